@@ -1,0 +1,92 @@
+"""Who sopbot talks to: channel accounts, contacts (friends), group chats, tags."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from sopbot.db import JSONType, UTCDateTime
+
+
+class ContactStatus:
+    ACTIVE = "active"
+    DELETED = "deleted"
+    BLOCKED = "blocked"
+    UNSUBSCRIBED = "unsubscribed"
+    ALL = (ACTIVE, DELETED, BLOCKED, UNSUBSCRIBED)
+
+
+class GroupStatus:
+    ACTIVE = "active"
+    DISSOLVED = "dissolved"
+    ALL = (ACTIVE, DISSOLVED)
+
+
+class Account(SQLModel, table=True):
+    """A staff member's or bot's account (员工账号 / 客服号) that owns friends and groups."""
+
+    __tablename__ = "accounts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(unique=True, max_length=128)
+    name: str = Field(default="", max_length=200)
+    channel: str | None = Field(default=None, max_length=100)
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("account_id", "external_id", name="uq_contact_external"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, index=True)
+    account_id: int | None = Field(default=None, foreign_key="accounts.id", index=True)
+    name: str = Field(default="", max_length=200)
+    joined_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    status: str = Field(default=ContactStatus.ACTIVE, max_length=16)
+    timezone: str | None = Field(default=None, max_length=64)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+
+
+class GroupChat(SQLModel, table=True):
+    __tablename__ = "group_chats"
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(unique=True, max_length=128)
+    owner_account_id: int | None = Field(default=None, foreign_key="accounts.id", index=True)
+    name: str = Field(default="", max_length=200)
+    member_count: int = 0
+    joined_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    status: str = Field(default=GroupStatus.ACTIVE, max_length=16)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+
+
+class Tag(SQLModel, table=True):
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("name", name="uq_tag_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    group_name: str | None = Field(default=None, max_length=100)  # 标签组
+
+
+class TagAssignment(SQLModel, table=True):
+    """A tag on a contact or a group chat, with the time it was applied."""
+
+    __tablename__ = "tag_assignments"
+    __table_args__ = (
+        UniqueConstraint("tag_id", "target_kind", "target_id", name="uq_tag_assignment"),
+        Index("ix_tag_assignments_target", "target_kind", "target_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tag_id: int = Field(foreign_key="tags.id")
+    target_kind: str = Field(max_length=16)
+    target_id: int
+    tagged_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -1,0 +1,1 @@
+"""Channel adapters: the narrow seam between sopbot and a chat platform."""

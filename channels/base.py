@@ -1,0 +1,113 @@
+"""The channel adapter protocol.
+
+An adapter has a name, a pydantic config model, declared capabilities and one
+async method that sends a batch of outbound messages and returns exactly one
+``SendResult`` per message, in order. Everything else (claiming, retries,
+statuses) belongs to the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.engine import Engine
+
+from sopbot.clock import Clock
+
+PartKind = Literal["text", "image", "link", "miniprogram", "file"]
+TargetKind = Literal["contact", "group"]
+ExecutionMode = Literal["send", "task", "remind"]
+
+
+class ResultStatus(StrEnum):
+    SENT = "sent"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One rendered delivery, ready for a platform."""
+
+    delivery_id: int
+    idempotency_key: str  # stable per delivery: "d<id>"
+    target_kind: TargetKind
+    target_external_id: str
+    account_external_id: str | None
+    parts: list[dict[str, Any]]  # rendered content parts, e.g. {"kind": "text", "text": "..."}
+    mode: ExecutionMode = "send"
+    target_name: str | None = None
+    template_name: str | None = None
+    touchpoint_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    status: ResultStatus
+    provider_message_id: str | None = None
+    error: str | None = None  # a reason a person can read
+    retry_after: float | None = None  # seconds, when the platform says so
+
+    @classmethod
+    def sent(cls, provider_message_id: str | None = None) -> SendResult:
+        return cls(ResultStatus.SENT, provider_message_id=provider_message_id)
+
+    @classmethod
+    def retryable(cls, error: str, retry_after: float | None = None) -> SendResult:
+        return cls(ResultStatus.RETRYABLE, error=error, retry_after=retry_after)
+
+    @classmethod
+    def permanent(cls, error: str) -> SendResult:
+        return cls(ResultStatus.PERMANENT, error=error)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    parts: frozenset[str] = frozenset({"text", "image", "link", "miniprogram", "file"})
+    targets: frozenset[str] = frozenset({"contact", "group"})
+    modes: frozenset[str] = frozenset({"send"})
+    # True when the platform itself drops a second send with the same idempotency
+    # key; then a delivery whose worker died mid-send may safely be sent again.
+    idempotent: bool = False
+    max_batch: int = 100
+
+
+class AdapterConfig(BaseModel):
+    """Base for adapter config models. Mark secrets with ``SecretStr``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class AdapterContext:
+    """What the runtime lends an adapter: shared HTTP client, database, clock."""
+
+    http: httpx.AsyncClient
+    engine: Engine
+    clock: Clock
+    instance_name: str = "default"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChannelAdapter(Protocol):
+    name: ClassVar[str]
+    config_model: ClassVar[type[AdapterConfig]]
+    capabilities: ClassVar[Capabilities]
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        """Send a batch; return one result per message, in the same order."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    def __call__(self, config: Any, context: AdapterContext) -> ChannelAdapter: ...
+
+
+class ChannelError(Exception):
+    """A channel is misconfigured or unknown; the message says what to fix."""

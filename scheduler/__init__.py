@@ -1,0 +1,1 @@
+"""Enrollments, the deliveries outbox, due-time computation and dispatch."""

@@ -1,0 +1,490 @@
+"""Dispatch: claim due deliveries, render them, hand them to channels, record
+the outcome. Two-phase and fenced by a lease so a delivery is never sent twice.
+
+    scheduled ──claim──► claimed ──mark──► sending ──result──► sent / failed /
+        ▲                   │ lease expired      │ lease expired     scheduled (retry)
+        └───────────────────┘                    ▼
+                                              unknown (not resent)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from audiences import service as audiences_service
+from channels.base import ChannelAdapter, ChannelError, OutboundMessage, ResultStatus, SendResult
+from channels.models import ChannelInstance
+from channels.registry import ChannelPool, adapter_class
+from scheduler import repository
+from scheduler.models import Delivery, DeliveryStatus
+from scheduler.service import held_template_ids
+from sop_templates.models import SopTemplate, Touchpoint
+from sop_templates.rendering import RenderError, build_context, render_parts
+from sopbot.clock import Clock
+from sopbot.db import session_scope
+from sopbot.settings import Settings
+
+log = logging.getLogger("sopbot.dispatch")
+
+S = DeliveryStatus
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+
+    def add(self, other: DispatchStats) -> None:
+        self.claimed += other.claimed
+        self.outcomes.update(other.outcomes)
+        self.batches += other.batches
+
+    @property
+    def sent(self) -> int:
+        return self.outcomes[S.SENT]
+
+
+@dataclass
+class _Outcome:
+    status: str
+    reason: str | None = None
+    provider_message_id: str | None = None
+    run_at: datetime | None = None
+    rendered: list[dict[str, Any]] | None = None
+    sent: bool = False
+    retry_after: float | None = None
+
+
+class Dispatcher:
+    """Claims and sends due deliveries. Safe to run in any number of processes:
+    all coordination happens in the database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        channels: ChannelPool,
+        settings: Settings,
+        worker_id: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.channels = channels
+        self.settings = settings
+        self.worker_id = worker_id
+        self.rng = rng or random.Random()
+        self._touchpoints: dict[int, Touchpoint] = {}
+        self._stopping = False
+
+    # -- the tick ---------------------------------------------------------------
+
+    async def run_once(self, max_batches: int | None = None) -> DispatchStats:
+        """Drain due deliveries: claim a batch, send it, repeat until none is due
+        (or ``max_batches``). Returns what happened."""
+        total = DispatchStats()
+        limit = max_batches or self.settings.max_batches_per_tick
+        while total.batches < limit and not self._stopping:
+            rows = await asyncio.to_thread(self.claim, self.settings.claim_batch_size)
+            if not rows:
+                break
+            total.add(await self.process(rows))
+        return total
+
+    def stop(self) -> None:
+        """Stop claiming new batches (graceful shutdown)."""
+        self._stopping = True
+
+    # -- phase 1: claim -----------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Any]:
+        now = self.clock.now()
+        with session_scope(self.engine, immediate=True) as session:
+            held = held_template_ids(session)
+            self._expire_overdue(session, now, held)
+            return repository.claim_due(
+                session,
+                now=now,
+                owner=self.worker_id,
+                lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                limit=limit,
+                held_templates=held,
+            )
+
+    def _expire_overdue(self, session: Session, now: datetime, held: Sequence[int]) -> int:
+        """Due rows past their grace period become missed (never tried) or failed
+        (retried until the deadline) instead of going out late."""
+        conditions = [
+            col(Delivery.status) == S.SCHEDULED,
+            col(Delivery.run_at) <= now,
+            col(Delivery.expires_at) < now,
+        ]
+        if held:
+            conditions.append(col(Delivery.template_id).not_in(list(held)))
+        stmt = (
+            update(Delivery)
+            .where(*conditions)
+            .values(
+                status=case((col(Delivery.attempts) > 0, S.FAILED), else_=S.MISSED),
+                reason=case(
+                    (
+                        col(Delivery.attempts) > 0,
+                        "gave up: retries ran past the grace period (last error: "
+                        + col(Delivery.reason)
+                        + ")",
+                    ),
+                    else_="not sent within its grace period (scheduler down or backlog)",
+                ),
+                finished_at=now,
+                lease_owner=None,
+            )
+        )
+        return session.execute(stmt).rowcount or 0
+
+    # -- phase 2: render, mark sending, send, record ---------------------------
+
+    async def process(self, rows: Sequence[Any]) -> DispatchStats:
+        stats = DispatchStats(claimed=len(rows), batches=1)
+        messages, outcomes = await asyncio.to_thread(self._prepare, rows)
+        by_id = {r.id: r for r in rows}
+        allowed = await asyncio.to_thread(self._mark_sending, list(messages), outcomes)
+        # Send per channel, in the adapter's batch size, concurrently.
+        groups: dict[str, list[OutboundMessage]] = defaultdict(list)
+        for delivery_id, message in messages.items():
+            if delivery_id in allowed:
+                groups[by_id[delivery_id].channel].append(message)
+        calls = []
+        for channel_name, batch in groups.items():
+            adapter = self.channels.get(channel_name)
+            size = max(1, adapter.capabilities.max_batch)
+            for start in range(0, len(batch), size):
+                calls.append(self._send(adapter, batch[start : start + size]))
+        results: dict[int, _Outcome] = {}
+        for part in await asyncio.gather(*calls):
+            results.update(part)
+        for delivery_id, outcome in results.items():
+            outcome.rendered = messages[delivery_id].parts
+            if outcome.status == "retry":
+                outcome = self._retry_or_fail(by_id[delivery_id], outcome)
+            results[delivery_id] = outcome
+        await asyncio.to_thread(self._finish, results)
+        for outcome in list(outcomes.values()) + list(results.values()):
+            stats.outcomes[outcome.status] += 1
+        lost = len(messages) - len(allowed)
+        if lost:
+            stats.outcomes["lease_lost"] += lost
+        return stats
+
+    def _prepare(
+        self, rows: Sequence[Any]
+    ) -> tuple[dict[int, OutboundMessage], dict[int, _Outcome]]:
+        """Render every claimed row. Rows that cannot be sent get their final
+        outcome here (inactive target, render error, channel cannot do it)."""
+        messages: dict[int, OutboundMessage] = {}
+        outcomes: dict[int, _Outcome] = {}
+        with Session(self.engine) as session:
+            self._load_touchpoints(session, {r.touchpoint_id for r in rows})
+            names = dict(
+                session.execute(
+                    select(SopTemplate.id, SopTemplate.name).where(  # type: ignore[call-overload]
+                        col(SopTemplate.id).in_({r.template_id for r in rows})
+                    )
+                ).all()
+            )
+            targets: dict[str, dict[int, dict[str, Any]]] = {}
+            for kind in {r.target_kind for r in rows}:
+                ids = [r.target_id for r in rows if r.target_kind == kind]
+                targets[kind] = audiences_service.render_targets(session, kind, ids)
+        for row in rows:
+            touchpoint = self._touchpoints[row.touchpoint_id]
+            target = targets[row.target_kind].get(row.target_id)
+            if target is None:
+                outcomes[row.id] = _Outcome(S.SKIPPED, f"{row.target_kind} no longer exists")
+                continue
+            if not audiences_service.is_active(target):
+                outcomes[row.id] = _Outcome(S.SKIPPED, f"{row.target_kind} is {target['status']}")
+                continue
+            try:
+                adapter = self.channels.get(row.channel)
+            except ChannelError as exc:
+                outcomes[row.id] = _Outcome(S.FAILED, str(exc))
+                continue
+            problem = _capability_problem(adapter, row, touchpoint)
+            if problem:
+                outcomes[row.id] = _Outcome(S.FAILED, problem)
+                continue
+            context = build_context(
+                target_kind=row.target_kind,
+                target=target,
+                template_name=names.get(row.template_id, ""),
+                touchpoint_name=touchpoint.name,
+                account=target.get("account"),
+                extra={"due_at": row.due_at},
+            )
+            try:
+                parts = render_parts(touchpoint.content, context)
+            except RenderError as exc:
+                outcomes[row.id] = _Outcome(S.FAILED, f"content could not be rendered: {exc}")
+                continue
+            account = target.get("account") or {}
+            messages[row.id] = OutboundMessage(
+                delivery_id=row.id,
+                idempotency_key=f"sopbot-d{row.id}",
+                target_kind=row.target_kind,
+                target_external_id=target["external_id"],
+                account_external_id=account.get("external_id"),
+                parts=parts,
+                mode=row.mode,
+                target_name=target.get("name"),
+                template_name=names.get(row.template_id),
+                touchpoint_name=touchpoint.name,
+            )
+        return messages, outcomes
+
+    def _load_touchpoints(self, session: Session, ids: set[int]) -> None:
+        missing = ids - self._touchpoints.keys()
+        if missing:
+            # Published touchpoints are immutable, so caching them forever is safe.
+            for tp in session.exec(
+                select(Touchpoint).where(col(Touchpoint.id).in_(missing))
+            ).scalars():  # type: ignore[call-overload]
+                self._touchpoints[tp.id] = tp
+
+    def _mark_sending(self, ids: list[int], outcomes: dict[int, _Outcome]) -> set[int]:
+        """Fence: only rows still claimed by this worker move to ``sending``.
+        Rows finished during preparation are recorded in the same transaction."""
+        now = self.clock.now()
+        with session_scope(self.engine) as session:
+            allowed: set[int] = set()
+            for chunk in repository.chunked(ids, 900):
+                stmt = (
+                    update(Delivery)
+                    .where(
+                        col(Delivery.id).in_(list(chunk)),
+                        col(Delivery.status) == S.CLAIMED,
+                        col(Delivery.lease_owner) == self.worker_id,
+                    )
+                    .values(status=S.SENDING, attempts=col(Delivery.attempts) + 1)
+                    .returning(col(Delivery.id))
+                )
+                allowed.update(session.execute(stmt).scalars())
+            self._write_outcomes(session, outcomes, now, from_status=(S.CLAIMED,))
+        return allowed
+
+    async def _send(
+        self, adapter: ChannelAdapter, batch: list[OutboundMessage]
+    ) -> dict[int, _Outcome]:
+        try:
+            results = await adapter.send(batch)
+        except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the batch
+            log.exception("channel %s raised while sending", adapter.name)
+            reason = f"channel {adapter.name} raised {type(exc).__name__}: {exc}; outcome unknown, not resent"
+            return {m.delivery_id: _Outcome(S.UNKNOWN, reason) for m in batch}
+        if len(results) != len(batch):
+            reason = (
+                f"channel {adapter.name} returned {len(results)} results for {len(batch)} messages"
+            )
+            return {m.delivery_id: _Outcome(S.UNKNOWN, reason) for m in batch}
+        return {m.delivery_id: _to_outcome(r) for m, r in zip(batch, results, strict=True)}
+
+    def _retry_or_fail(self, row: Any, outcome: _Outcome) -> _Outcome:
+        attempts = row.attempts + 1  # this attempt
+        error = outcome.reason or "retryable error"
+        if attempts >= self.settings.max_attempts:
+            return _Outcome(
+                S.FAILED, f"gave up after {attempts} attempts: {error}", rendered=outcome.rendered
+            )
+        backoff = min(
+            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempts - 1)
+        )
+        backoff *= 0.5 + self.rng.random() / 2  # equal jitter: spread retries of a burst
+        # The platform's Retry-After wins when it asks for a longer wait.
+        run_at = self.clock.now() + timedelta(seconds=max(backoff, outcome.retry_after or 0))
+        if run_at > row.expires_at:
+            return _Outcome(
+                S.FAILED,
+                f"gave up: next retry would be past the grace period ({error})",
+                rendered=outcome.rendered,
+            )
+        return _Outcome(
+            S.SCHEDULED,
+            f"attempt {attempts} failed, retrying: {error}",
+            run_at=run_at,
+            rendered=outcome.rendered,
+        )
+
+    def _finish(self, results: dict[int, _Outcome]) -> None:
+        now = self.clock.now()
+        with session_scope(self.engine) as session:
+            # A row the reaper marked unknown while we were still sending gets
+            # the truth once we know it.
+            self._write_outcomes(session, results, now, from_status=(S.SENDING, S.UNKNOWN))
+
+    def _write_outcomes(
+        self,
+        session: Session,
+        outcomes: dict[int, _Outcome],
+        now: datetime,
+        from_status: tuple[str, ...],
+    ) -> None:
+        if not outcomes:
+            return
+        params = []
+        for delivery_id, o in outcomes.items():
+            terminal = o.status != S.SCHEDULED
+            params.append(
+                {
+                    "b_id": delivery_id,
+                    "b_status": o.status,
+                    "b_reason": o.reason,
+                    "b_provider": o.provider_message_id,
+                    "b_sent_at": now if o.sent else None,
+                    "b_finished_at": now if terminal else None,
+                    "b_run_at": o.run_at or now,
+                    "b_keep_run_at": o.run_at is None,
+                    "b_rendered": o.rendered,
+                }
+            )
+        table = repository.DELIVERIES
+        stmt = (
+            table.update()
+            .where(
+                table.c.id == bindparam("b_id"),
+                table.c.lease_owner == self.worker_id,
+                or_(*(table.c.status == status for status in from_status)),
+            )
+            .values(
+                status=bindparam("b_status"),
+                reason=bindparam("b_reason"),
+                provider_message_id=bindparam("b_provider"),
+                sent_at=bindparam("b_sent_at", type_=table.c.sent_at.type),
+                finished_at=bindparam("b_finished_at", type_=table.c.finished_at.type),
+                run_at=case(
+                    (bindparam("b_keep_run_at"), table.c.run_at),
+                    else_=bindparam("b_run_at", type_=table.c.run_at.type),
+                ),
+                rendered=bindparam("b_rendered", type_=table.c.rendered.type),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        session.connection().execute(stmt, params)
+
+    # -- leases ---------------------------------------------------------------------
+
+    def reap_expired_leases(self) -> dict[str, int]:
+        """Claimed rows whose lease expired go back to scheduled (nothing was
+        sent). Sending rows whose lease expired become unknown — unless their
+        channel deduplicates on the delivery key, then they are retried."""
+        now = self.clock.now()
+        with session_scope(self.engine, immediate=True) as session:
+            released = (
+                session.execute(
+                    update(Delivery)
+                    .where(col(Delivery.status) == S.CLAIMED, col(Delivery.lease_expires_at) < now)
+                    .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+                or 0
+            )
+            channels = set(
+                session.execute(
+                    select(Delivery.channel)  # type: ignore[call-overload]
+                    .where(col(Delivery.status) == S.SENDING, col(Delivery.lease_expires_at) < now)
+                    .distinct()
+                ).scalars()
+            )
+            idempotent = [c for c in channels if _channel_is_idempotent(session, c)]
+            resent = 0
+            if idempotent:
+                resent = (
+                    session.execute(
+                        update(Delivery)
+                        .where(
+                            col(Delivery.status) == S.SENDING,
+                            col(Delivery.lease_expires_at) < now,
+                            col(Delivery.channel).in_(idempotent),
+                        )
+                        .values(
+                            status=S.SCHEDULED,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            reason="worker stopped mid-send; channel deduplicates, so sending again",
+                        )
+                    ).rowcount
+                    or 0
+                )
+            unknown = (
+                session.execute(
+                    update(Delivery)
+                    .where(col(Delivery.status) == S.SENDING, col(Delivery.lease_expires_at) < now)
+                    .values(
+                        status=S.UNKNOWN,
+                        reason="worker stopped while sending (lease expired); outcome unknown, not resent",
+                        finished_at=now,
+                    )
+                ).rowcount
+                or 0
+            )
+        return {"released": released, "resent": resent, "unknown": unknown}
+
+    def release_claims(self) -> int:
+        """Give back what this worker claimed but has not started sending."""
+        with session_scope(self.engine) as session:
+            return (
+                session.execute(
+                    update(Delivery)
+                    .where(
+                        col(Delivery.status) == S.CLAIMED,
+                        col(Delivery.lease_owner) == self.worker_id,
+                    )
+                    .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+                or 0
+            )
+
+
+def _to_outcome(result: SendResult) -> _Outcome:
+    if result.status == ResultStatus.SENT:
+        return _Outcome(S.SENT, None, result.provider_message_id, sent=True)
+    if result.status == ResultStatus.RETRYABLE:
+        return _Outcome(
+            "retry", result.error or "temporary channel error", retry_after=result.retry_after
+        )
+    return _Outcome(S.FAILED, result.error or "permanent channel error")
+
+
+def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Touchpoint) -> str | None:
+    caps = adapter.capabilities
+    if row.mode not in caps.modes:
+        return f"channel {row.channel!r} ({adapter.name}) cannot use execution mode {row.mode!r}"
+    if row.target_kind not in caps.targets:
+        return f"channel {row.channel!r} ({adapter.name}) cannot send to a {row.target_kind}"
+    kinds = {p["kind"] for p in touchpoint.content} - set(caps.parts)
+    if kinds:
+        return (
+            f"channel {row.channel!r} ({adapter.name}) cannot send {', '.join(sorted(kinds))} parts"
+        )
+    return None
+
+
+def _channel_is_idempotent(session: Session, channel: str) -> bool:
+    row = session.exec(select(ChannelInstance).where(ChannelInstance.name == channel)).first()  # type: ignore[call-overload]
+    if row is None:
+        return False
+    instance = row[0] if isinstance(row, tuple) else row
+    try:
+        return adapter_class(instance.adapter).capabilities.idempotent
+    except ChannelError:
+        return False

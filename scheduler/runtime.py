@@ -1,0 +1,150 @@
+"""The APScheduler side: an in-process clock that drives dispatch, cron fan-out
+and lease reaping. APScheduler holds no send jobs; the database is the source of
+truth, so its jobs live in the memory store with fixed ids and every process may
+run them (claims are atomic in the database)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.engine import Engine
+
+from channels.base import AdapterContext
+from channels.registry import ChannelPool
+from scheduler import service
+from scheduler.dispatch import Dispatcher, DispatchStats
+from sopbot.clock import Clock
+from sopbot.db import session_scope
+from sopbot.settings import Settings
+
+log = logging.getLogger("sopbot.scheduler")
+
+JOB_DISPATCH = "sopbot:dispatch"
+JOB_PLAN = "sopbot:plan-cron"
+JOB_REAP = "sopbot:reap-leases"
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_channel_pool(engine: Engine, clock: Clock, http: httpx.AsyncClient) -> ChannelPool:
+    return ChannelPool(
+        engine,
+        lambda name: AdapterContext(http=http, engine=engine, clock=clock, instance_name=name),
+    )
+
+
+class SchedulerRuntime:
+    """Owns the APScheduler instance, the dispatcher and the channel pool."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        settings: Settings,
+        http: httpx.AsyncClient | None = None,
+        channels: ChannelPool | None = None,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.settings = settings
+        self.http = http or httpx.AsyncClient(timeout=30)
+        self.channels = channels or build_channel_pool(engine, clock, self.http)
+        self.worker_id = settings.worker_id or default_worker_id()
+        self.dispatcher = Dispatcher(engine, clock, self.channels, settings, self.worker_id)
+        self.scheduler: AsyncIOScheduler | None = None
+        self.last_dispatch: DispatchStats | None = None
+
+    # -- jobs (each safe to run concurrently in many processes) -----------------
+
+    async def dispatch_tick(self) -> DispatchStats:
+        stats = await self.dispatcher.run_once()
+        self.last_dispatch = stats
+        if stats.claimed:
+            log.info("dispatched %s", dict(stats.outcomes))
+        return stats
+
+    async def plan_tick(self) -> service.PlanResult:
+        return await asyncio.to_thread(self.plan_now)
+
+    def plan_now(self) -> service.PlanResult:
+        with session_scope(self.engine) as session:
+            return service.plan_cron(
+                session,
+                self.clock.now(),
+                lookahead=timedelta(seconds=self.settings.plan_lookahead_seconds),
+                catch_up=timedelta(days=self.settings.catch_up_days),
+            )
+
+    async def reap_tick(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.dispatcher.reap_expired_leases)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def build_scheduler(self) -> AsyncIOScheduler:
+        """The APScheduler instance with our three jobs, configured carefully:
+        memory store only, fixed ids, replace_existing, max_instances=1,
+        coalesce and an explicit misfire grace time (its default of 1 s silently
+        drops a late run)."""
+        scheduler = AsyncIOScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": AsyncIOExecutor()},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+            timezone="UTC",
+        )
+        common: dict[str, Any] = {
+            "replace_existing": True,
+            "max_instances": 1,
+            "coalesce": True,
+            "misfire_grace_time": 60,
+        }
+        scheduler.add_job(
+            self.plan_tick,
+            "interval",
+            seconds=self.settings.plan_interval_seconds,
+            id=JOB_PLAN,
+            **common,
+        )
+        scheduler.add_job(
+            self.dispatch_tick,
+            "interval",
+            seconds=self.settings.tick_seconds,
+            id=JOB_DISPATCH,
+            **common,
+        )
+        scheduler.add_job(
+            self.reap_tick,
+            "interval",
+            seconds=max(5.0, self.settings.lease_seconds / 4),
+            id=JOB_REAP,
+            **common,
+        )
+        return scheduler
+
+    async def start(self) -> None:
+        """Catch up (reap leases, plan cron) once, then start ticking."""
+        await self.reap_tick()
+        await self.plan_tick()
+        self.scheduler = self.build_scheduler()
+        self.scheduler.start()
+        log.info("scheduler started as %s", self.worker_id)
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new claims, release what is claimed but unsent."""
+        self.dispatcher.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+        released = await asyncio.to_thread(self.dispatcher.release_claims)
+        if released:
+            log.info("released %d claimed deliveries", released)

@@ -1,0 +1,392 @@
+"""Enrollment and cron fan-out: turning published versions into deliveries.
+
+Both paths write deliveries in bulk with ``INSERT ... ON CONFLICT DO NOTHING`` on
+the (enrollment, touchpoint, occurrence) key, so repeating them is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, literal, select, update
+from sqlmodel import Session, col
+
+from scheduler.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
+from scheduler.repository import DELIVERIES, ENROLLMENTS, chunked, insert_ignore
+from sop_templates import service as templates_service
+from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
+from sop_templates.schemas import TouchpointSpec
+from sop_templates.timing import CronTiming, cron_occurrences, due_at, get_zone
+
+
+class EnrollmentError(ValueError):
+    """An enrollment request that cannot be carried out; the message says why."""
+
+
+@dataclass
+class EnrollResult:
+    enrolled: int = 0  # new enrollments
+    already: int = 0  # targets that were enrolled before (no-op)
+    deliveries: int = 0  # delivery rows written
+    skipped: int = 0  # of which recorded as skipped (time already past)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    touchpoint_id: int
+    timing: Any
+    kind: str
+    grace: timedelta
+    past_policy: str
+    mode: str
+
+
+def _plans(session: Session, version: TemplateVersion) -> list[_Plan]:
+    plans = []
+    for tp in templates_service.touchpoints_of(session, version.id):  # type: ignore[arg-type]
+        spec = TouchpointSpec.model_validate(
+            {"name": tp.name, "timing": tp.timing, "content": tp.content}
+        )
+        plans.append(
+            _Plan(
+                touchpoint_id=tp.id,  # type: ignore[arg-type]
+                timing=spec.timing,
+                kind=tp.timing_kind,
+                grace=timedelta(seconds=tp.grace_seconds),
+                past_policy=tp.past_policy,
+                mode=tp.mode,
+            )
+        )
+    return plans
+
+
+def enroll(
+    session: Session,
+    template: SopTemplate,
+    targets: Sequence[tuple[int, datetime]],
+    now: datetime,
+    *,
+    cycle: int = 0,
+    version: TemplateVersion | None = None,
+) -> EnrollResult:
+    """Enroll ``targets`` — ``(target id, anchor instant)`` pairs — into the
+    template's live version and write their deliveries.
+
+    A target already enrolled in this template (same cycle) is left as it is.
+    One-off touchpoints get their due time now; a day/at time already past is
+    skipped with a reason (or sent, if the touchpoint says so); an offset already
+    past its grace period is skipped too. Cron touchpoints are fanned out by
+    ``plan_cron`` occurrence by occurrence.
+    """
+    if template.status not in (TemplateStatus.PUBLISHED, TemplateStatus.PAUSED):
+        raise EnrollmentError(
+            f"template {template.name!r} is {template.status}; only a published template enrolls"
+        )
+    version = version or templates_service.current_version(session, template)
+    spec = templates_service.version_spec(version)
+    zone = get_zone(spec.timezone)
+    plans = _plans(session, version)
+    result = EnrollResult()
+    unique: dict[int, datetime] = {}
+    for target_id, anchor in targets:
+        unique.setdefault(int(target_id), anchor)
+    ids = list(unique)
+    for chunk in chunked(ids):
+        key = (
+            ENROLLMENTS.c.template_id == template.id,
+            ENROLLMENTS.c.target_kind == template.target_kind,
+            ENROLLMENTS.c.cycle == cycle,
+        )
+        existing = set(
+            session.execute(
+                select(ENROLLMENTS.c.target_id).where(
+                    *key, ENROLLMENTS.c.target_id.in_(list(chunk))
+                )
+            ).scalars()
+        )
+        new_ids = [t for t in chunk if t not in existing]
+        result.already += len(existing)
+        if not new_ids:
+            continue
+        rows = [
+            {
+                "template_id": template.id,
+                "version_id": version.id,
+                "target_kind": template.target_kind,
+                "target_id": target_id,
+                "cycle": cycle,
+                "anchor_at": unique[target_id],
+                "enrolled_at": now,
+                "status": EnrollmentStatus.ACTIVE,
+            }
+            for target_id in new_ids
+        ]
+        insert_ignore(session, ENROLLMENTS, rows)
+        fresh = session.execute(
+            select(ENROLLMENTS.c.id, ENROLLMENTS.c.target_id, ENROLLMENTS.c.anchor_at).where(
+                *key, ENROLLMENTS.c.target_id.in_(new_ids)
+            )
+        ).all()
+        result.enrolled += len(fresh)
+        deliveries = _deliveries_for(fresh, plans, template, version, spec.channel, zone, now)
+        result.deliveries += len(deliveries)
+        result.skipped += sum(1 for d in deliveries if d["status"] == DeliveryStatus.SKIPPED)
+        insert_ignore(session, DELIVERIES, deliveries)
+    # Cron occurrences already fanned out ahead of time must include newcomers.
+    for plan in plans:
+        if plan.kind == "cron":
+            _fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
+    return result
+
+
+def _deliveries_for(
+    enrollments: Sequence[Any],
+    plans: Sequence[_Plan],
+    template: SopTemplate,
+    version: TemplateVersion,
+    channel: str,
+    zone: Any,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    one_off = [p for p in plans if p.kind != "cron"]
+    for enrollment in enrollments:
+        for plan in one_off:
+            due = due_at(plan.timing, enrollment.anchor_at, zone)
+            status, reason = DeliveryStatus.SCHEDULED, None
+            if due < now:
+                late_ok = plan.kind == "offset" or plan.past_policy == "send"
+                if not late_ok:
+                    status, reason = DeliveryStatus.SKIPPED, "time already past when enrolled"
+                elif due + plan.grace < now:
+                    status, reason = (
+                        DeliveryStatus.SKIPPED,
+                        "already past its grace period when enrolled",
+                    )
+            rows.append(
+                {
+                    "enrollment_id": enrollment.id,
+                    "touchpoint_id": plan.touchpoint_id,
+                    "occurrence": 0,
+                    "template_id": template.id,
+                    "version_id": version.id,
+                    "target_kind": template.target_kind,
+                    "target_id": enrollment.target_id,
+                    "channel": channel,
+                    "mode": plan.mode,
+                    "due_at": due,
+                    "run_at": due,
+                    "expires_at": due + plan.grace,
+                    "status": status,
+                    "reason": reason,
+                    "attempts": 0,
+                    "created_at": now,
+                    "finished_at": now if status != DeliveryStatus.SCHEDULED else None,
+                }
+            )
+    return rows
+
+
+def _fan_out_planned_ahead(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    plan: _Plan,
+    spec: Any,
+    zone: Any,
+    now: datetime,
+) -> None:
+    touchpoint = session.get(Touchpoint, plan.touchpoint_id)
+    if touchpoint is None or touchpoint.planned_until is None or touchpoint.planned_until <= now:
+        return
+    for occurrence in cron_occurrences(plan.timing, zone, now, touchpoint.planned_until):
+        _fan_out_occurrence(session, template, version, plan, spec.channel, occurrence, now)
+
+
+def _fan_out_occurrence(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    plan: _Plan,
+    channel: str,
+    occurrence: datetime,
+    now: datetime,
+) -> int:
+    """One cron occurrence → one delivery per active enrollment, in one
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
+    expires = occurrence + plan.grace
+    missed = expires < now
+    status = DeliveryStatus.MISSED if missed else DeliveryStatus.SCHEDULED
+    reason = "occurrence passed while no scheduler was running" if missed else None
+    source = select(
+        ENROLLMENTS.c.id,
+        literal(plan.touchpoint_id),
+        literal(int(occurrence.timestamp())),
+        ENROLLMENTS.c.template_id,
+        ENROLLMENTS.c.version_id,
+        ENROLLMENTS.c.target_kind,
+        ENROLLMENTS.c.target_id,
+        literal(channel),
+        literal(plan.mode),
+        literal(occurrence, DELIVERIES.c.due_at.type),
+        literal(occurrence, DELIVERIES.c.run_at.type),
+        literal(expires, DELIVERIES.c.expires_at.type),
+        literal(status),
+        literal(reason, DELIVERIES.c.reason.type),
+        literal(0),
+        literal(now, DELIVERIES.c.created_at.type),
+        literal(now if missed else None, DELIVERIES.c.finished_at.type),
+    ).where(
+        ENROLLMENTS.c.version_id == version.id,
+        ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
+        ENROLLMENTS.c.enrolled_at <= occurrence,
+    )
+    columns = [
+        "enrollment_id",
+        "touchpoint_id",
+        "occurrence",
+        "template_id",
+        "version_id",
+        "target_kind",
+        "target_id",
+        "channel",
+        "mode",
+        "due_at",
+        "run_at",
+        "expires_at",
+        "status",
+        "reason",
+        "attempts",
+        "created_at",
+        "finished_at",
+    ]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(DELIVERIES).from_select(columns, source).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        # SQLite needs a WHERE on the SELECT of an upsert to parse ON CONFLICT.
+        stmt = sqlite_insert(DELIVERIES).from_select(columns, source.where(literal(1) == 1))
+        stmt = stmt.on_conflict_do_nothing()
+    return session.execute(stmt).rowcount or 0
+
+
+@dataclass
+class PlanResult:
+    occurrences: int = 0
+    deliveries: int = 0
+    missed: int = 0
+
+
+def plan_cron(
+    session: Session, now: datetime, *, lookahead: timedelta, catch_up: timedelta
+) -> PlanResult:
+    """Fan out every cron touchpoint's occurrences up to ``now + lookahead``.
+
+    Each touchpoint remembers how far it has been planned (``planned_until``), so
+    after downtime the occurrences that passed are written as ``missed`` (at most
+    ``catch_up`` back) instead of being sent late or forgotten.
+    """
+    result = PlanResult()
+    until = now + lookahead
+    rows = session.exec(
+        select(Touchpoint, TemplateVersion, SopTemplate)  # type: ignore[call-overload]
+        .join(TemplateVersion, col(TemplateVersion.id) == Touchpoint.version_id)
+        .join(SopTemplate, col(SopTemplate.id) == Touchpoint.template_id)
+        .where(
+            Touchpoint.timing_kind == "cron",
+            col(SopTemplate.status).in_([TemplateStatus.PUBLISHED, TemplateStatus.PAUSED]),
+        )
+    ).all()
+    for touchpoint, version, template in rows:
+        spec = templates_service.version_spec(version)
+        zone = get_zone(spec.timezone)
+        timing = CronTiming.model_validate(touchpoint.timing)
+        start = max(touchpoint.planned_until or now, now - catch_up)
+        if start >= until:
+            continue
+        plan = _Plan(
+            touchpoint_id=touchpoint.id,
+            timing=timing,
+            kind="cron",
+            grace=timedelta(seconds=touchpoint.grace_seconds),
+            past_policy=touchpoint.past_policy,
+            mode=touchpoint.mode,
+        )
+        for occurrence in cron_occurrences(timing, zone, start, until):
+            written = _fan_out_occurrence(
+                session, template, version, plan, spec.channel, occurrence, now
+            )
+            result.occurrences += 1
+            result.deliveries += written
+            if occurrence + plan.grace < now:
+                result.missed += written
+        # Monotonic even when two workers plan at once.
+        session.execute(
+            update(Touchpoint)
+            .where(
+                col(Touchpoint.id) == touchpoint.id,
+                (col(Touchpoint.planned_until).is_(None)) | (col(Touchpoint.planned_until) < until),
+            )
+            .values(planned_until=until)
+        )
+    return result
+
+
+def cancel_pending(
+    session: Session,
+    *,
+    reason: str,
+    now: datetime,
+    template_id: int | None = None,
+    enrollment_ids: Sequence[int] | None = None,
+) -> int:
+    """Cancel deliveries that have not started sending (scheduled or claimed)."""
+    conditions = [col(Delivery.status).in_([DeliveryStatus.SCHEDULED, DeliveryStatus.CLAIMED])]
+    if template_id is not None:
+        conditions.append(col(Delivery.template_id) == template_id)
+    if enrollment_ids is not None:
+        conditions.append(col(Delivery.enrollment_id).in_(list(enrollment_ids)))
+    stmt = (
+        update(Delivery)
+        .where(and_(*conditions))
+        .values(status=DeliveryStatus.CANCELLED, reason=reason, finished_at=now, lease_owner=None)
+    )
+    return session.execute(stmt).rowcount or 0
+
+
+def archive_template(session: Session, template_id: int, now: datetime) -> int:
+    """Archive a template: cancel its pending deliveries and end its enrollments."""
+    templates_service.set_status(session, template_id, TemplateStatus.ARCHIVED, now)
+    count = cancel_pending(session, reason="template archived", now=now, template_id=template_id)
+    session.execute(
+        update(Enrollment)
+        .where(
+            col(Enrollment.template_id) == template_id,
+            col(Enrollment.status) == EnrollmentStatus.ACTIVE,
+        )
+        .values(status=EnrollmentStatus.CANCELLED, exited_at=now, exit_reason="template archived")
+    )
+    return count
+
+
+def held_template_ids(session: Session) -> list[int]:
+    """Templates whose deliveries must not go out right now (paused)."""
+    return list(
+        session.execute(
+            select(SopTemplate.id).where(col(SopTemplate.status) == TemplateStatus.PAUSED)  # type: ignore[call-overload]
+        ).scalars()
+    )
+
+
+def delivery_counts(session: Session, template_id: int | None = None) -> dict[str, int]:
+    stmt = select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
+    if template_id is not None:
+        stmt = stmt.where(col(Delivery.template_id) == template_id)
+    return {status: n for status, n in session.execute(stmt).all()}

@@ -1,0 +1,1 @@
+"""SOP templates: versions, touchpoints, timing rules, content and rendering."""

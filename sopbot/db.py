@@ -1,0 +1,119 @@
+"""Database engine, sessions and the column types shared by every table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, event
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Session, SQLModel, create_engine
+
+from sopbot.settings import Settings
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text in a fixed
+    format, so string comparison in SQL orders correctly. Naive input is
+    rejected: it is always a bug to guess a zone here.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSON that becomes JSONB on PostgreSQL would be nicer for querying; plain JSON
+# keeps one schema for both backends.
+JSONType = JSON
+
+
+def is_sqlite(engine_or_dialect: Engine | Dialect) -> bool:
+    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
+    return dialect.name == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy/us issue BEGIN ourselves (see _sqlite_begin) so that
+    # "BEGIN IMMEDIATE" can take the write lock up front when claiming.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(settings: Settings | str) -> Engine:
+    """Build the engine for ``settings.database_url`` (or a URL string)."""
+    url = settings if isinstance(settings, str) else settings.database_url
+    echo = False if isinstance(settings, str) else settings.sql_echo
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table (import the model modules first so they register)."""
+    import_models()
+    SQLModel.metadata.create_all(engine)
+
+
+def import_models() -> None:
+    import audiences.models  # noqa: F401
+    import channels.models  # noqa: F401
+    import scheduler.models  # noqa: F401
+    import sop_templates.models  # noqa: F401
+
+
+@contextmanager
+def session_scope(engine: Engine, *, immediate: bool = False) -> Iterator[Session]:
+    """A session whose owner commits: commit on success, roll back on error.
+
+    ``immediate=True`` takes SQLite's write lock at BEGIN (``BEGIN IMMEDIATE``),
+    which is what makes a claim atomic between processes there; other backends
+    ignore it.
+    """
+    bind = engine.execution_options(sqlite_begin="IMMEDIATE") if immediate else engine
+    with Session(bind, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
