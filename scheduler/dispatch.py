@@ -32,7 +32,7 @@ from scheduler.service import held_template_ids
 from sop_templates.models import SopTemplate, Touchpoint
 from sop_templates.rendering import RenderError, build_context, render_parts
 from sopbot.clock import Clock
-from sopbot.db import session_scope
+from sopbot.db import reader, session_scope
 from sopbot.settings import Settings
 
 log = logging.getLogger("sopbot.dispatch")
@@ -194,7 +194,7 @@ class Dispatcher:
         outcome here (inactive target, render error, channel cannot do it)."""
         messages: dict[int, OutboundMessage] = {}
         outcomes: dict[int, _Outcome] = {}
-        with Session(self.engine) as session:
+        with Session(reader(self.engine)) as session:
             self._load_touchpoints(session, {r.touchpoint_id for r in rows})
             names = dict(
                 session.execute(

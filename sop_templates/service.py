@@ -48,25 +48,24 @@ def parse_spec(data: dict[str, Any] | TemplateSpec) -> TemplateSpec:
     return spec
 
 
+_TAGS = {"offset", "day_at", "at", "cron", "text", "image", "link", "miniprogram", "file"}
+
+
 def _loc(loc: Sequence[int | str]) -> str:
+    """pydantic's error location as operators read it: ``touchpoints[1].timing.cron``."""
     out = ""
+    previous: int | str | None = None
     for part in loc:
+        # pydantic inserts the discriminator tag of a union after the field name
+        tagged_union = previous == "timing" or (isinstance(previous, int) and "content" in out)
+        if isinstance(part, str) and part in _TAGS and tagged_union:
+            previous = part
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {
-            "offset",
-            "day_at",
-            "at",
-            "cron",
-            "text",
-            "image",
-            "link",
-            "miniprogram",
-            "file",
-        } and out.endswith(("timing", "]")):
-            continue  # the discriminator tag pydantic inserts, not a field
         else:
             out += f".{part}" if out else str(part)
+        previous = part
     return out or "template"
 
 

@@ -68,7 +68,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    # IMMEDIATE by default: a deferred transaction that reads and then writes
+    # fails at once with "database is locked" when another writer got in
+    # between (the busy timeout cannot help it). Read-only paths opt out.
+    mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
@@ -105,15 +108,20 @@ def import_models() -> None:
 def session_scope(engine: Engine, *, immediate: bool = False) -> Iterator[Session]:
     """A session whose owner commits: commit on success, roll back on error.
 
-    ``immediate=True`` takes SQLite's write lock at BEGIN (``BEGIN IMMEDIATE``),
-    which is what makes a claim atomic between processes there; other backends
-    ignore it.
+    On SQLite every such transaction begins IMMEDIATE (takes the write lock up
+    front), which is also what makes a claim atomic between processes there.
+    ``immediate`` documents the intent at call sites that depend on it.
     """
-    bind = engine.execution_options(sqlite_begin="IMMEDIATE") if immediate else engine
-    with Session(bind, expire_on_commit=False) as session:
+    with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+def reader(engine: Engine) -> Engine:
+    """The engine for read-only work: on SQLite a deferred BEGIN, so reads do not
+    queue behind writers (WAL gives them a consistent snapshot)."""
+    return engine.execution_options(sqlite_begin="DEFERRED")

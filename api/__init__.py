@@ -1,0 +1,1 @@
+"""The FastAPI app (JSON API under /api, operator UI) and the CLI."""

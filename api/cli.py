@@ -1,0 +1,280 @@
+"""The ``sopbot`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from sopbot.settings import Settings
+
+app = typer.Typer(
+    help="sopbot: private-domain community-operations SOP scheduler.", no_args_is_help=True
+)
+template_app = typer.Typer(help="Author, publish and run SOP templates.", no_args_is_help=True)
+contact_app = typer.Typer(help="Contacts (friends) and group chats.", no_args_is_help=True)
+app.add_typer(template_app, name="template")
+app.add_typer(contact_app, name="contact")
+
+
+def _engine_and_clock() -> tuple[Any, Any, Settings]:
+    from sopbot.clock import SystemClock
+    from sopbot.db import create_all, make_engine
+
+    settings = Settings()
+    engine = make_engine(settings)
+    create_all(engine)
+    return engine, SystemClock(), settings
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    demo: Annotated[bool, typer.Option(help="load the demo SOPs, contacts and groups")] = False,
+    host: Annotated[str | None, typer.Option(help="bind address (SOPBOT_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (SOPBOT_PORT)")] = None,
+) -> None:
+    """Run the API, the status page and the scheduler in one process."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = Settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def startup(app_: Any) -> None:
+        if demo:
+            from api.demo import load_demo
+
+            created = load_demo(app_.state.engine, app_.state.clock.now())
+            logging.getLogger("sopbot").info("demo loaded: %s", created)
+
+    application = create_app(settings, on_startup=startup)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    typer.echo(
+        f"sopbot on http://{bind_host}:{bind_port}/  (API docs: /docs, database: {settings.database_url})"
+    )
+    uvicorn.run(application, host=bind_host, port=bind_port, log_level="info")
+
+
+@app.command()
+def demo() -> None:
+    """Load the demo SOPs, contacts and groups into the database (idempotent)."""
+    from api.demo import load_demo
+
+    engine, clock, _ = _engine_and_clock()
+    _echo_json(load_demo(engine, clock.now()))
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        _fail(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
+    if not isinstance(data, dict):
+        _fail(f"{path} must hold one template (a mapping), not {type(data).__name__}")
+    return data  # type: ignore[return-value]
+
+
+@template_app.command("create")
+def template_create(
+    file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
+    publish: Annotated[bool, typer.Option(help="publish it right away")] = False,
+) -> None:
+    """Create a draft template from a YAML/JSON file."""
+    from sop_templates import service
+    from sopbot.db import session_scope
+
+    spec = _read_spec(file)
+    engine, clock, _ = _engine_and_clock()
+    try:
+        with session_scope(engine) as session:
+            template = service.create_template(session, spec, clock.now())
+            out: dict[str, Any] = {
+                "id": template.id,
+                "name": template.name,
+                "status": template.status,
+            }
+            if publish:
+                version = service.publish(session, template.id, clock.now())  # type: ignore[arg-type]
+                out.update(status="published", version=version.version)
+    except service.TemplateError as exc:
+        _fail(str(exc))
+    _echo_json(out)
+
+
+@template_app.command("validate")
+def template_validate(
+    file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
+) -> None:
+    """Check a template file without saving it."""
+    from sop_templates import service
+
+    try:
+        spec = service.parse_spec(_read_spec(file))
+    except service.TemplateError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"ok: {spec.name} — "
+        + ", ".join(f"{t.name} {t.timing.describe()}" for t in spec.touchpoints)
+    )
+
+
+@template_app.command("publish")
+def template_publish(template: Annotated[str, typer.Argument(help="id or name")]) -> None:
+    """Publish the draft as a new immutable version."""
+    from sop_templates import service
+    from sopbot.db import session_scope
+
+    engine, clock, _ = _engine_and_clock()
+    try:
+        with session_scope(engine) as session:
+            found = service.find_template(session, template)
+            version = service.publish(session, found.id, clock.now())  # type: ignore[arg-type]
+            out = {"id": found.id, "name": found.name, "version": version.version}
+    except (service.TemplateError, service.NotFound) as exc:
+        _fail(str(exc))
+    _echo_json(out)
+
+
+@template_app.command("list")
+def template_list() -> None:
+    """List templates with their delivery counts."""
+    from scheduler import service as scheduler_service
+    from sop_templates import service
+    from sopbot.db import session_scope
+
+    engine, _, _ = _engine_and_clock()
+    with session_scope(engine) as session:
+        for t in service.list_templates(session):
+            counts = scheduler_service.delivery_counts(session, t.id)
+            summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
+            typer.echo(f"{t.id:>4}  {t.status:<10} {t.target_kind:<8} {t.name}  [{summary}]")
+
+
+@template_app.command("enroll")
+def template_enroll(
+    template: Annotated[str, typer.Argument(help="template id or name")],
+    targets: Annotated[list[str], typer.Argument(help="contact/group ids or external ids")],
+    anchor: Annotated[
+        datetime | None, typer.Option(help="anchor time (default: join time)")
+    ] = None,
+) -> None:
+    """Enroll contacts or groups into a published template."""
+    from audiences import service as audiences_service
+    from scheduler import service as scheduler_service
+    from sop_templates import service
+    from sopbot.clock import ensure_utc
+    from sopbot.db import session_scope
+
+    engine, clock, _ = _engine_and_clock()
+    try:
+        with session_scope(engine) as session:
+            found = service.find_template(session, template)
+            finder = (
+                audiences_service.find_contact
+                if found.target_kind == "contact"
+                else audiences_service.find_group
+            )
+            pairs = []
+            for key in targets:
+                target = finder(session, key)
+                pairs.append((target.id, ensure_utc(anchor) if anchor else target.joined_at))
+            result = scheduler_service.enroll(session, found, pairs, clock.now())
+    except (service.TemplateError, service.NotFound, audiences_service.NotFound, ValueError) as exc:
+        _fail(str(exc))
+    _echo_json(result.__dict__)
+
+
+@contact_app.command("add")
+def contact_add(
+    external_id: Annotated[str, typer.Argument(help="the platform's id, e.g. wm...")],
+    name: Annotated[str, typer.Option(help="display name")] = "",
+    account: Annotated[str | None, typer.Option(help="owning staff account external id")] = None,
+    joined_at: Annotated[
+        datetime | None, typer.Option(help="friend-added time (ISO, with offset)")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="tag to apply (repeatable)")] = None,
+) -> None:
+    """Add or update a contact."""
+    from pydantic import ValidationError
+
+    from audiences import service as audiences_service
+    from audiences.schemas import ContactIn
+    from sopbot.db import session_scope
+
+    engine, clock, _ = _engine_and_clock()
+    try:
+        data = ContactIn(
+            external_id=external_id, name=name, account=account, joined_at=joined_at, tags=tag or []
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    with session_scope(engine) as session:
+        contact = audiences_service.upsert_contact(session, data, clock.now())
+        out = {
+            "id": contact.id,
+            "external_id": contact.external_id,
+            "name": contact.name,
+            "joined_at": contact.joined_at,
+        }
+    _echo_json(out)
+
+
+@app.command()
+def deliveries(
+    template: Annotated[str | None, typer.Option(help="template id or name")] = None,
+    status: Annotated[str | None, typer.Option(help="delivery status")] = None,
+    limit: Annotated[int, typer.Option(help="rows")] = 20,
+) -> None:
+    """Show the latest deliveries."""
+    from sqlmodel import col, select
+
+    from scheduler.models import Delivery
+    from sop_templates import service
+    from sopbot.db import session_scope
+
+    engine, _, _ = _engine_and_clock()
+    with session_scope(engine) as session:
+        stmt = select(Delivery).order_by(col(Delivery.due_at).desc()).limit(limit)
+        if template:
+            try:
+                stmt = stmt.where(
+                    Delivery.template_id == service.find_template(session, template).id
+                )
+            except service.NotFound as exc:
+                _fail(str(exc))
+        if status:
+            stmt = stmt.where(Delivery.status == status)
+        for d in session.exec(stmt).all():
+            typer.echo(
+                f"{d.id:>6} {d.status:<9} due {d.due_at:%Y-%m-%d %H:%M:%S}Z  "
+                f"{d.target_kind} {d.target_id}  tp {d.touchpoint_id}  {d.reason or ''}"
+            )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
