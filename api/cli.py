@@ -73,6 +73,40 @@ def serve(
 
 
 @app.command()
+def worker() -> None:
+    """Run only the scheduler and dispatch (scale-out: many workers, one PostgreSQL)."""
+    import asyncio
+
+    from scheduler.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(Settings()))
+
+
+@app.command("api")
+def api_only(
+    host: Annotated[str | None, typer.Option(help="bind address (SOPBOT_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (SOPBOT_PORT)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run only the API and UI (no scheduler); safe with several workers."""
+    import os
+
+    import uvicorn
+
+    settings = Settings()
+    os.environ["SOPBOT_RUN_SCHEDULER"] = "false"
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+@app.command()
 def demo() -> None:
     """Load the demo SOPs, contacts and groups into the database (idempotent)."""
     from api.demo import load_demo

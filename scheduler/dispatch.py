@@ -480,10 +480,9 @@ def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Touchpoin
 
 
 def _channel_is_idempotent(session: Session, channel: str) -> bool:
-    row = session.exec(select(ChannelInstance).where(ChannelInstance.name == channel)).first()  # type: ignore[call-overload]
-    if row is None:
+    instance = session.exec(select(ChannelInstance).where(ChannelInstance.name == channel)).scalars().first()  # type: ignore[call-overload]
+    if instance is None:
         return False
-    instance = row[0] if isinstance(row, tuple) else row
     try:
         return adapter_class(instance.adapter).capabilities.idempotent
     except ChannelError:
