@@ -13,7 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from api import errors
-from api.routes import audiences, deliveries, pages, templates
+from api.routes import audiences, deliveries, pages, report_pages, templates, wecom_callback
+from api.routes import channels as channel_routes
+from api.routes import events as event_routes
+from api.routes import segments as segment_routes
+from api.routes import stats as stats_routes
 from channels.registry import ensure_instance
 from scheduler.models import Delivery, DeliveryStatus
 from scheduler.runtime import SchedulerRuntime
@@ -73,7 +77,13 @@ def create_app(
     app.include_router(templates.router)
     app.include_router(audiences.router)
     app.include_router(deliveries.router)
+    app.include_router(channel_routes.router)
     app.include_router(pages.router)
+    app.include_router(event_routes.router)
+    app.include_router(segment_routes.router)
+    app.include_router(wecom_callback.router)
+    app.include_router(stats_routes.router)
+    app.include_router(report_pages.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

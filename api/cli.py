@@ -20,6 +20,8 @@ template_app = typer.Typer(help="Author, publish and run SOP templates.", no_arg
 contact_app = typer.Typer(help="Contacts (friends) and group chats.", no_args_is_help=True)
 app.add_typer(template_app, name="template")
 app.add_typer(contact_app, name="contact")
+import_app = typer.Typer(help="Import contacts from CSV files.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 
 def _engine_and_clock() -> tuple[Any, Any, Settings]:
@@ -304,6 +306,112 @@ def deliveries(
                 f"{d.id:>6} {d.status:<9} due {d.due_at:%Y-%m-%d %H:%M:%S}Z  "
                 f"{d.target_kind} {d.target_id}  tp {d.touchpoint_id}  {d.reason or ''}"
             )
+
+
+@import_app.command("contacts")
+def import_contacts(
+    file: Annotated[Path, typer.Argument(help="CSV file, UTF-8 with or without BOM")],
+    dry_run: Annotated[bool, typer.Option(help="check and count, write nothing")] = False,
+    allow_partial: Annotated[
+        bool, typer.Option(help="import the good rows even if some rows are bad")
+    ] = False,
+    create_accounts: Annotated[
+        bool, typer.Option(help="register accounts the file names that sopbot does not know")
+    ] = False,
+    timezone: Annotated[
+        str | None, typer.Option(help="zone of times without an offset (default: settings)")
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="file encoding, e.g. gb18030")] = "utf-8",
+) -> None:
+    """Import contacts (columns: external_id, name, account, joined_at, tags, ...;
+    other columns become attributes). All or nothing unless --allow-partial;
+    imported tags start tagged-customer SOPs, new-friend SOPs do not start."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from sqlmodel import Session
+
+    from audiences import importer
+    from scheduler import membership
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}")
+    engine, clock, settings = _engine_and_clock()
+    parsed = importer.parse_csv(
+        data, timezone=timezone or settings.default_timezone, encoding=encoding
+    )
+    console = Console(stderr=True)
+    with (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=len(parsed.rows) < 1000 or not sys.stderr.isatty(),
+        ) as progress,
+        Session(engine, expire_on_commit=False) as session,
+    ):
+        task = progress.add_task("importing contacts", total=len(parsed.rows))
+        report = membership.import_contacts(
+            session,
+            parsed,
+            clock.now(),
+            allow_partial=allow_partial,
+            create_accounts=create_accounts,
+            progress=lambda n: progress.advance(task, n),
+        )
+        if report.applied and not dry_run:
+            session.commit()
+        else:
+            session.rollback()
+            report.applied = False
+    report.dry_run = dry_run
+    for error in report.errors[:50]:
+        typer.secho(f"line {error.line}: {error.field}: {error.reason}", fg="red", err=True)
+    if len(report.errors) > 50:
+        typer.secho(f"... and {len(report.errors) - 50} more", fg="red", err=True)
+    summary = report.as_dict()
+    summary.pop("errors")
+    summary["error_count"] = len(report.errors)
+    _echo_json(summary)
+    if report.errors and not report.applied:
+        raise typer.Exit(1)
+
+
+retention_app = typer.Typer(help="Delivery log rollups and retention.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("run")
+def retention_run(
+    days: Annotated[
+        int | None, typer.Option(help="keep this many days (default SOPBOT_RETENTION_DAYS)")
+    ] = None,
+) -> None:
+    """Roll up finished deliveries, then archive (gzip'd NDJSON per day) and
+    delete the ones older than the retention period. Statistics keep them."""
+    from dataclasses import asdict
+
+    from scheduler.retention import run_retention
+
+    engine, clock, settings = _engine_and_clock()
+    _echo_json(asdict(run_retention(engine, clock, settings, days=days)))
+
+
+@retention_app.command("rollup")
+def retention_rollup() -> None:
+    """Only roll up finished deliveries (keeps statistics fast; run it often)."""
+    from dataclasses import asdict
+
+    from scheduler.retention import roll_up
+
+    engine, clock, settings = _engine_and_clock()
+    _echo_json(asdict(roll_up(engine, clock, settings)))
 
 
 def main() -> None:

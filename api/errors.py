@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from audiences.service import AudienceError
 from audiences.service import NotFound as AudienceNotFound
 from channels.base import ChannelError
+from channels.service import ChannelNotFound
 from scheduler.service import EnrollmentError
 from sop_templates.service import NotFound as TemplateNotFound
 from sop_templates.service import TemplateError, TemplateValidationError
@@ -24,7 +25,7 @@ def install(app: FastAPI) -> None:
             },
         )
 
-    for error_type in (TemplateNotFound, AudienceNotFound):
+    for error_type in (TemplateNotFound, AudienceNotFound, ChannelNotFound):
 
         @app.exception_handler(error_type)
         async def _not_found(_: Request, exc: Exception) -> JSONResponse:

@@ -90,3 +90,34 @@ class TagAssignment(SQLModel, table=True):
     target_kind: str = Field(max_length=16)
     target_id: int
     tagged_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class InboxStatus:
+    PENDING = "pending"  # stored, not applied yet (WeCom callbacks are applied after the reply)
+    APPLIED = "applied"
+    FAILED = "failed"  # could not be applied; ``error`` says why, nothing of it was changed
+    IGNORED = "ignored"  # a kind sopbot does not act on (e.g. a WeCom change type it skips)
+    ALL = (PENDING, APPLIED, FAILED, IGNORED)
+
+
+class InboxEvent(SQLModel, table=True):
+    """Every audience event received, with the key that makes a replay a no-op.
+
+    ``dedupe_key`` is the caller's idempotency id (``api:<id>``) or, for WeCom
+    callbacks, a hash of the decrypted event (WeCom retries up to 3 times)."""
+
+    __tablename__ = "audience_events"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", name="uq_audience_event_key"),
+        Index("ix_audience_events_status", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str | None = Field(default=None, max_length=300)
+    source: str = Field(max_length=16)  # api / wecom / import / internal
+    kind: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    status: str = Field(default=InboxStatus.PENDING, max_length=16)
+    applied_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    error: str | None = Field(default=None, max_length=2000)

@@ -80,7 +80,8 @@ class Capabilities:
 class AdapterConfig(BaseModel):
     """Base for adapter config models. Mark secrets with ``SecretStr``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Inputs stay out of validation errors: they may hold a secret.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 @dataclass

@@ -41,6 +41,9 @@ class MockAdapter:
         self.context = context
         self.calls = 0
 
+    async def check_connection(self) -> str:
+        return "mock channel ready (messages are recorded in mock_messages)"
+
     def _fails(self, message: OutboundMessage) -> bool:
         if self.config.fail_mode == "none":
             return False

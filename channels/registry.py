@@ -27,6 +27,8 @@ BUILTINS: dict[str, str] = {
     "webhook": "channels.webhook:WebhookAdapter",
     "wecom": "channels.wecom:WeComAdapter",
     "wecom_group_bot": "channels.wecom_group_bot:WeComGroupBotAdapter",
+    # needs the optional extra: pip install 'sopbot[apprise]'
+    "apprise": "channels.apprise_adapter:AppriseAdapter",
 }
 
 

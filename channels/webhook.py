@@ -123,6 +123,16 @@ class WebhookAdapter:
 
         return list(await asyncio.gather(*(bounded(m) for m in messages)))
 
+    async def check_connection(self) -> str:
+        """HEAD the URL (sends no message): any HTTP answer proves it is reachable."""
+        try:
+            response = await self.context.http.head(
+                str(self.config.url), timeout=self.config.timeout_s
+            )
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"webhook URL not reachable: {exc.__class__.__name__}") from None
+        return f"webhook URL reachable (HEAD answered HTTP {response.status_code})"
+
     def build_body(self, message: OutboundMessage) -> bytes:
         """The exact bytes posted (and signed) for ``message``."""
         payload: dict[str, Any] = {

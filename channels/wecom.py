@@ -252,6 +252,12 @@ class WeComAdapter:
             )
         return SendResult.sent(str(data.get("msgid") or "") or None)
 
+    async def check_connection(self) -> str:
+        """Fetch an access token (sends nothing): proves corp_id and corp_secret."""
+        self._token = None
+        await self._access_token()
+        return f"WeCom accepted corp {self.config.corp_id}: access token issued"
+
     # -- task results -------------------------------------------------------
 
     async def poll_task(self, msgid: str, userid: str) -> dict[str, str]:

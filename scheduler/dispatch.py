@@ -23,13 +23,18 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from audiences import service as audiences_service
+from audiences.models import Contact
+from channels import service as channels_service
 from channels.base import ChannelAdapter, ChannelError, OutboundMessage, ResultStatus, SendResult
+from channels.breaker import CircuitBreakers
 from channels.models import ChannelInstance
+from channels.ratelimit import build_limiter
 from channels.registry import ChannelPool, adapter_class
-from scheduler import repository
+from scheduler import policies, repository, tasks
 from scheduler.models import Delivery, DeliveryStatus
 from scheduler.service import held_template_ids
-from sop_templates.models import SopTemplate, Touchpoint
+from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
+from sop_templates.schemas import TemplateSpec
 from sop_templates.rendering import RenderError, build_context, render_parts
 from sopbot.clock import Clock
 from sopbot.db import reader, session_scope
@@ -65,6 +70,19 @@ class _Outcome:
     rendered: list[dict[str, Any]] | None = None
     sent: bool = False
     retry_after: float | None = None
+    expires_at: datetime | None = None  # a policy deferral moves the deadline too
+
+
+@dataclass(frozen=True)
+class _CapCheck:
+    """A claimed row whose template caps sends per target; decided in _mark_sending."""
+
+    key: policies.TargetKey
+    cap: policies.FrequencyCap
+    zone: Any
+    quiet: policies.QuietHours | None
+    grace: timedelta
+    expires_at: datetime
 
 
 class Dispatcher:
@@ -88,6 +106,19 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self._touchpoints: dict[int, Touchpoint] = {}
         self._stopping = False
+        # Delivery policies (scheduler.policies), channel controls (channels.*).
+        self.workspace = policies.WorkspaceDefaults.from_settings(settings)
+        self.limiter = build_limiter(engine, settings)
+        self.breakers = CircuitBreakers(
+            engine,
+            worker_id,
+            probe_wait=timedelta(seconds=settings.breaker_probe_wait_seconds),
+            probe_lease=timedelta(seconds=settings.lease_seconds),
+        )
+        self._template_policies: dict[int, policies.TemplatePolicy] = {}  # by version id
+        self._channel_policies: dict[str, channels_service.EffectivePolicy] = {}
+        self._breaker_seen: dict[str, dict[str, Any]] = {}
+        self._cap_checks: dict[int, _CapCheck] = {}
 
     # -- the tick ---------------------------------------------------------------
 
@@ -97,7 +128,11 @@ class Dispatcher:
         total = DispatchStats()
         limit = max_batches or self.settings.max_batches_per_tick
         while total.batches < limit and not self._stopping:
-            rows = await asyncio.to_thread(self.claim, self.settings.claim_batch_size)
+            # Expiring overdue rows scans every due row, so once per tick is
+            # enough; doing it per batch made draining a backlog quadratic.
+            rows = await asyncio.to_thread(
+                self.claim, self.settings.claim_batch_size, expire=total.batches == 0
+            )
             if not rows:
                 break
             total.add(await self.process(rows))
@@ -109,11 +144,13 @@ class Dispatcher:
 
     # -- phase 1: claim -----------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Any]:
+    def claim(self, limit: int, *, expire: bool = True) -> list[Any]:
+        """Claim up to ``limit`` due rows (after marking overdue ones missed)."""
         now = self.clock.now()
         with session_scope(self.engine, immediate=True) as session:
             held = held_template_ids(session)
-            self._expire_overdue(session, now, held)
+            if expire:
+                self._expire_overdue(session, now, held)
             return repository.claim_due(
                 session,
                 now=now,
@@ -165,12 +202,16 @@ class Dispatcher:
         for delivery_id, message in messages.items():
             if delivery_id in allowed:
                 groups[by_id[delivery_id].channel].append(message)
+        # Bounded: at most send_concurrency adapter calls in flight per tick.
+        limit = asyncio.Semaphore(self.settings.send_concurrency)
         calls = []
         for channel_name, batch in groups.items():
             adapter = self.channels.get(channel_name)
             size = max(1, adapter.capabilities.max_batch)
             for start in range(0, len(batch), size):
-                calls.append(self._send(adapter, batch[start : start + size]))
+                calls.append(
+                    self._send_recorded(channel_name, adapter, batch[start : start + size], limit)
+                )
         results: dict[int, _Outcome] = {}
         for part in await asyncio.gather(*calls):
             results.update(part)
@@ -179,10 +220,11 @@ class Dispatcher:
             if outcome.status == "retry":
                 outcome = self._retry_or_fail(by_id[delivery_id], outcome)
             results[delivery_id] = outcome
-        await asyncio.to_thread(self._finish, results)
+        created = self._note_modes(by_id, messages, results)
+        await asyncio.to_thread(self._finish, results, created)
         for outcome in list(outcomes.values()) + list(results.values()):
             stats.outcomes[outcome.status] += 1
-        lost = len(messages) - len(allowed)
+        lost = sum(1 for i in messages if i not in allowed and i not in outcomes)
         if lost:
             stats.outcomes["lease_lost"] += lost
         return stats
@@ -194,8 +236,11 @@ class Dispatcher:
         outcome here (inactive target, render error, channel cannot do it)."""
         messages: dict[int, OutboundMessage] = {}
         outcomes: dict[int, _Outcome] = {}
+        now = self.clock.now()
         with Session(reader(self.engine)) as session:
             self._load_touchpoints(session, {r.touchpoint_id for r in rows})
+            self._load_template_policies(session, {r.version_id for r in rows})
+            zones = self._contact_zones(session, rows)
             names = dict(
                 session.execute(
                     select(SopTemplate.id, SopTemplate.name).where(  # type: ignore[call-overload]
@@ -225,6 +270,15 @@ class Dispatcher:
             if problem:
                 outcomes[row.id] = _Outcome(S.FAILED, problem)
                 continue
+            policy = self._template_policies[row.version_id]
+            own_zone = zones.get(row.target_id) if row.target_kind == "contact" else None
+            zone = policies.local_zone(policy.zone, own_zone)
+            grace = timedelta(seconds=touchpoint.grace_seconds)
+            if policy.quiet is not None:
+                decision = policy.quiet.decide(now, zone)
+                if decision.action != "send":
+                    outcomes[row.id] = _policy_outcome(decision, grace, row.expires_at)
+                    continue
             context = build_context(
                 target_kind=row.target_kind,
                 target=target,
@@ -251,7 +305,95 @@ class Dispatcher:
                 template_name=names.get(row.template_id),
                 touchpoint_name=touchpoint.name,
             )
+            if policy.cap is not None:
+                key = (row.target_kind, row.target_id)
+                self._cap_checks[row.id] = _CapCheck(
+                    key, policy.cap, zone, policy.quiet, grace, row.expires_at
+                )
+        self._admit_channels(rows, messages, outcomes, now)
         return messages, outcomes
+
+    def _load_template_policies(self, session: Session, version_ids: set[int]) -> None:
+        missing = version_ids - self._template_policies.keys()
+        if missing:
+            # Published versions are immutable: their policies can be cached forever.
+            for version_id, spec in session.execute(
+                select(TemplateVersion.id, TemplateVersion.spec).where(  # type: ignore[call-overload]
+                    col(TemplateVersion.id).in_(missing)
+                )
+            ).all():
+                self._template_policies[version_id] = policies.template_policy(
+                    TemplateSpec.model_validate(spec), self.workspace
+                )
+
+    def _contact_zones(self, session: Session, rows: Sequence[Any]) -> dict[int, str]:
+        """Contacts' own time zones, where known (quiet hours follow them)."""
+        ids = {
+            r.target_id
+            for r in rows
+            if r.target_kind == "contact" and self._template_policies[r.version_id].quiet
+        }
+        if not ids:
+            return {}
+        return dict(
+            session.execute(
+                select(Contact.id, Contact.timezone).where(  # type: ignore[call-overload]
+                    col(Contact.id).in_(ids), col(Contact.timezone).is_not(None)
+                )
+            ).all()
+        )
+
+    def _admit_channels(
+        self,
+        rows: Sequence[Any],
+        messages: dict[int, OutboundMessage],
+        outcomes: dict[int, _Outcome],
+        now: datetime,
+    ) -> None:
+        """Circuit breaker and rate limit, per channel instance: what may not be
+        sent now goes back to ``scheduled`` (no attempt used) with the reason."""
+        by_id = {r.id: r for r in rows}
+        by_channel: dict[str, list[int]] = defaultdict(list)
+        for delivery_id in messages:
+            by_channel[by_id[delivery_id].channel].append(delivery_id)
+        if not by_channel:
+            return
+        with Session(reader(self.engine)) as session:
+            self._channel_policies.update(
+                channels_service.effective_policies(session, by_channel, self.settings)
+            )
+            states = self.breakers.states(session, by_channel)
+        self._breaker_seen.update(states)
+
+        def hold(delivery_id: int, until: datetime, reason: str) -> None:
+            row = by_id[delivery_id]
+            del messages[delivery_id]
+            self._cap_checks.pop(delivery_id, None)
+            if until > row.expires_at:
+                status = S.FAILED if row.attempts else S.MISSED
+                outcomes[delivery_id] = _Outcome(
+                    status, f"not sent within its grace period: {reason}"
+                )
+            else:
+                outcomes[delivery_id] = _Outcome(S.SCHEDULED, reason, run_at=until)
+
+        for channel, ids in by_channel.items():
+            admission = self.breakers.admit(states[channel], now)
+            keep = ids if admission.allow is None else ids[: admission.allow]
+            for delivery_id in ids[len(keep) :]:
+                assert admission.until is not None and admission.reason is not None
+                hold(delivery_id, admission.until, admission.reason)
+            policy = self._channel_policies[channel]
+            if policy.rate_per_second and policy.burst and keep:
+                grant = self.limiter.acquire(
+                    channel, len(keep), policy.rate_per_second, policy.burst, now
+                )
+                reason = (
+                    f"rate limit: channel {channel!r} sends at most "
+                    f"{policy.rate_per_second:g}/s; waiting for its turn"
+                )
+                for index, delivery_id in enumerate(keep[grant.granted :]):
+                    hold(delivery_id, now + timedelta(seconds=grant.delay_for(index)), reason)
 
     def _load_touchpoints(self, session: Session, ids: set[int]) -> None:
         missing = ids - self._touchpoints.keys()
@@ -264,9 +406,19 @@ class Dispatcher:
 
     def _mark_sending(self, ids: list[int], outcomes: dict[int, _Outcome]) -> set[int]:
         """Fence: only rows still claimed by this worker move to ``sending``.
-        Rows finished during preparation are recorded in the same transaction."""
+        Rows finished during preparation are recorded in the same transaction.
+
+        Frequency caps are decided here, in the transaction that marks rows
+        sending (targets locked on PostgreSQL, the write lock on SQLite), so two
+        workers cannot both send a contact's one-per-day message. Capped rows
+        get their outcome added to ``outcomes``."""
         now = self.clock.now()
+        checks = {i: self._cap_checks.pop(i) for i in ids if i in self._cap_checks}
         with session_scope(self.engine) as session:
+            if checks:
+                capped = self._apply_caps(session, checks, now)
+                outcomes.update(capped)
+                ids = [i for i in ids if i not in capped]
             allowed: set[int] = set()
             for chunk in repository.chunked(ids, 900):
                 stmt = (
@@ -282,6 +434,88 @@ class Dispatcher:
                 allowed.update(session.execute(stmt).scalars())
             self._write_outcomes(session, outcomes, now, from_status=(S.CLAIMED,))
         return allowed
+
+    def _apply_caps(
+        self, session: Session, checks: dict[int, _CapCheck], now: datetime
+    ) -> dict[int, _Outcome]:
+        keys = {c.key for c in checks.values()}
+        policies.lock_targets(session, keys)
+        since = min(c.cap.lookback(now, c.zone) for c in checks.values())
+        recent = policies.recent_sends(session, keys, since)
+        admitted: dict[policies.TargetKey, list[datetime]] = defaultdict(list)
+        held: dict[int, _Outcome] = {}
+        for delivery_id, check in checks.items():  # claim order: earliest due first
+            decision = check.cap.decide(
+                now, check.zone, recent.of(check.key, now) + admitted[check.key]
+            )
+            if decision.action == "send":
+                admitted[check.key].append(now)
+                continue
+            if decision.action == "defer" and check.quiet is not None and decision.until:
+                # Not into the night: a cap deferral lands after quiet hours.
+                end = check.quiet.window_end(decision.until, check.zone)
+                if end is not None:
+                    decision = policies.Decision(
+                        "defer", end, f"{decision.reason}, after quiet hours {check.quiet.label}"
+                    )
+            held[delivery_id] = _policy_outcome(decision, check.grace, check.expires_at)
+        return held
+
+    async def _send_recorded(
+        self,
+        channel: str,
+        adapter: ChannelAdapter,
+        batch: list[OutboundMessage],
+        limit: asyncio.Semaphore,
+    ) -> dict[int, _Outcome]:
+        """One adapter call under the concurrency limit; its results feed the breaker."""
+        async with limit:
+            results = await self._send(adapter, batch)
+        successes = sum(1 for o in results.values() if o.status == S.SENT)
+        failed = [o for o in results.values() if o.status in ("retry", S.UNKNOWN)]
+        seen = self._breaker_seen.get(channel, {})
+        healthy = seen.get("state", "closed") == "closed" and not seen.get("consecutive_failures")
+        if failed or not healthy:  # a healthy channel costs no write
+            policy = self._channel_policies.get(channel) or channels_service.effective_policy(
+                None, self.settings
+            )
+            state = await asyncio.to_thread(
+                self.breakers.record,
+                channel,
+                successes=successes,
+                failures=len(failed),
+                error=failed[0].reason if failed else None,
+                now=self.clock.now(),
+                config=policy.breaker,
+            )
+            if state != "closed":
+                log.warning("channel %s circuit breaker is %s", channel, state)
+            self._breaker_seen[channel] = {"state": state, "consecutive_failures": len(failed)}
+        return results
+
+    def _note_modes(
+        self,
+        by_id: dict[int, Any],
+        messages: dict[int, OutboundMessage],
+        results: dict[int, _Outcome],
+    ) -> dict[tuple[str, str, str], list[int]]:
+        """Say in the log what ``sent`` means for task and remind modes; return the
+        mass-send tasks created, to be polled (``scheduler.tasks``)."""
+        created: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        for delivery_id, outcome in results.items():
+            message = messages[delivery_id]
+            if outcome.status != S.SENT or message.mode == "send":
+                continue
+            account = message.account_external_id or "?"
+            if message.mode == "remind":
+                outcome.reason = f"reminder sent to staff account {account}; they send it by hand"
+                continue
+            channel = by_id[delivery_id].channel
+            adapter = self.channels.get(channel)
+            if outcome.provider_message_id and hasattr(adapter, "poll_task_outcomes"):
+                outcome.reason = tasks.awaiting_reason(outcome.provider_message_id, account)
+                created[(channel, outcome.provider_message_id, account)].append(delivery_id)
+        return created
 
     async def _send(
         self, adapter: ChannelAdapter, batch: list[OutboundMessage]
@@ -302,7 +536,9 @@ class Dispatcher:
     def _retry_or_fail(self, row: Any, outcome: _Outcome) -> _Outcome:
         attempts = row.attempts + 1  # this attempt
         error = outcome.reason or "retryable error"
-        if attempts >= self.settings.max_attempts:
+        channel_policy = self._channel_policies.get(row.channel)
+        max_attempts = channel_policy.max_attempts if channel_policy else self.settings.max_attempts
+        if attempts >= max_attempts:
             return _Outcome(
                 S.FAILED, f"gave up after {attempts} attempts: {error}", rendered=outcome.rendered
             )
@@ -325,12 +561,18 @@ class Dispatcher:
             rendered=outcome.rendered,
         )
 
-    def _finish(self, results: dict[int, _Outcome]) -> None:
+    def _finish(
+        self,
+        results: dict[int, _Outcome],
+        created: dict[tuple[str, str, str], list[int]] | None = None,
+    ) -> None:
         now = self.clock.now()
         with session_scope(self.engine) as session:
             # A row the reaper marked unknown while we were still sending gets
             # the truth once we know it.
             self._write_outcomes(session, results, now, from_status=(S.SENDING, S.UNKNOWN))
+            if created:
+                tasks.record_created(session, created, now, self.settings)
 
     def _write_outcomes(
         self,
@@ -354,6 +596,8 @@ class Dispatcher:
                     "b_finished_at": now if terminal else None,
                     "b_run_at": o.run_at or now,
                     "b_keep_run_at": o.run_at is None,
+                    "b_expires_at": o.expires_at or now,
+                    "b_keep_expires_at": o.expires_at is None,
                     "b_rendered": o.rendered,
                 }
             )
@@ -375,12 +619,16 @@ class Dispatcher:
                     (bindparam("b_keep_run_at"), table.c.run_at),
                     else_=bindparam("b_run_at", type_=table.c.run_at.type),
                 ),
+                expires_at=case(
+                    (bindparam("b_keep_expires_at"), table.c.expires_at),
+                    else_=bindparam("b_expires_at", type_=table.c.expires_at.type),
+                ),
                 rendered=bindparam("b_rendered", type_=table.c.rendered.type),
                 lease_owner=None,
                 lease_expires_at=None,
             )
         )
-        session.connection().execute(stmt, params)
+        repository.execute_many(session.connection(), stmt, params)
 
     # -- leases ---------------------------------------------------------------------
 
@@ -465,6 +713,19 @@ def _to_outcome(result: SendResult) -> _Outcome:
     return _Outcome(S.FAILED, result.error or "permanent channel error")
 
 
+def _policy_outcome(
+    decision: policies.Decision, grace: timedelta, expires_at: datetime
+) -> _Outcome:
+    """A quiet-hours or cap decision as an outcome: skipped, or back to scheduled
+    at the deferral time with the touchpoint's grace period counted from there."""
+    if decision.action == "skip" or decision.until is None:
+        return _Outcome(S.SKIPPED, decision.reason)
+    until = decision.until
+    return _Outcome(
+        S.SCHEDULED, decision.reason, run_at=until, expires_at=max(expires_at, until + grace)
+    )
+
+
 def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Touchpoint) -> str | None:
     caps = adapter.capabilities
     if row.mode not in caps.modes:
@@ -480,7 +741,11 @@ def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Touchpoin
 
 
 def _channel_is_idempotent(session: Session, channel: str) -> bool:
-    instance = session.exec(select(ChannelInstance).where(ChannelInstance.name == channel)).scalars().first()  # type: ignore[call-overload]
+    instance = (
+        session.exec(select(ChannelInstance).where(ChannelInstance.name == channel))
+        .scalars()
+        .first()
+    )  # type: ignore[call-overload]
     if instance is None:
         return False
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from sopbot.db import JSONType, UTCDateTime
@@ -72,6 +72,27 @@ class Delivery(SQLModel, table=True):
         UniqueConstraint("enrollment_id", "touchpoint_id", "occurrence", name="uq_delivery_key"),
         Index("ix_deliveries_status_run_at", "status", "run_at"),
         Index("ix_deliveries_template_status", "template_id", "status"),
+        # Frequency caps count a target's recent sends (scheduler.policies). Partial,
+        # so enrolling (sent_at still NULL) does not pay for it.
+        Index(
+            "ix_deliveries_target_sent",
+            "target_kind",
+            "target_id",
+            "sent_at",
+            sqlite_where=text("sent_at IS NOT NULL"),
+            postgresql_where=text("sent_at IS NOT NULL"),
+        ),
+        # The delivery log (scheduler.log) reads in (due_at, id) / (sent_at, id)
+        # order, keyset-paged; the sent_at one is partial like the one above.
+        Index("ix_deliveries_due_at", "due_at", "id"),
+        Index("ix_deliveries_template_due_at", "template_id", "due_at", "id"),
+        Index(
+            "ix_deliveries_sent_at",
+            "sent_at",
+            "id",
+            sqlite_where=text("sent_at IS NOT NULL"),
+            postgresql_where=text("sent_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(

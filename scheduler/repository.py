@@ -4,15 +4,17 @@ claim, which is the one place the two databases differ."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Table, bindparam, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from scheduler.models import Delivery, DeliveryStatus, Enrollment
+from sopbot.db import UTCDateTime
 
 DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 ENROLLMENTS: Table = Enrollment.__table__  # type: ignore[attr-defined]
@@ -23,17 +25,61 @@ CHUNK = 5000
 def insert_ignore(
     session: Session | Connection, table: Table, rows: Sequence[dict[str, Any]]
 ) -> None:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in chunks (executemany)."""
+    """``INSERT ... ON CONFLICT DO NOTHING`` in chunks (executemany).
+
+    This is the bulk path of enrollment (a million rows for a large segment), so
+    on SQLite it skips SQLAlchemy's per-value processing: rows go to the driver
+    as tuples with datetimes already in the text form ``UTCDateTime`` stores.
+    """
     if not rows:
         return
-    dialect = (
-        session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
-    )
-    stmt = (
-        postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    ).on_conflict_do_nothing()
+    conn = session.connection() if isinstance(session, Session) else session
+    if conn.dialect.name == "sqlite":
+        columns = list(rows[0])
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
+        )
+        converters = [_sqlite_converter(table.c[name].type) for name in columns]
+        # Many rows share instants (created_at, due_at == run_at): format each once.
+        memo: dict[datetime, str] = {}
+
+        def stamp(value: datetime) -> str:
+            text_value = memo.get(value)
+            if text_value is None:
+                text_value = memo[value] = _sqlite_datetime(value)
+            return text_value
+
+        converters = [stamp if c is _sqlite_datetime else c for c in converters]
+        for start in range(0, len(rows), CHUNK):
+            params = [
+                tuple(
+                    value if value is None or convert is None else convert(value)
+                    for convert, value in zip(converters, row.values(), strict=True)
+                )
+                for row in rows[start : start + CHUNK]
+            ]
+            conn.exec_driver_sql(sql, params)  # type: ignore[arg-type]
+        return
+    stmt = postgresql.insert(table).on_conflict_do_nothing()
     for start in range(0, len(rows), CHUNK):
-        session.execute(stmt, list(rows[start : start + CHUNK]))
+        conn.execute(stmt, list(rows[start : start + CHUNK]))
+
+
+def _sqlite_converter(column_type: Any) -> Any:
+    if isinstance(column_type, UTCDateTime):
+        return _sqlite_datetime
+    if isinstance(column_type, JSON):
+        return lambda value: json.dumps(value, ensure_ascii=False)
+    return None
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    # The exact text SQLAlchemy's SQLite DATETIME writes, so comparisons in SQL
+    # (always against parameters bound through UTCDateTime) order correctly.
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def chunked(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -115,3 +161,29 @@ def claim_due(
     )
     rows = session.execute(typed, params).all()
     return sorted(rows, key=lambda r: (r.run_at, r.id))
+
+
+def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Run one statement for many parameter sets (an executemany).
+
+    On SQLite the statement is compiled once and the driver gets plain tuples:
+    SQLAlchemy's per-row parameter processing costs more than the UPDATE itself
+    on the dispatch hot path. Elsewhere SQLAlchemy's own executemany is used.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(stmt, list(rows))
+        return
+    compiled = stmt.compile(dialect=conn.dialect)
+    names = compiled.positiontup or []
+    fixed = compiled.construct_params(rows[0])
+    converters = [_sqlite_converter(compiled.binds[name].type) for name in names]
+    params = []
+    for row in rows:
+        values = []
+        for name, convert in zip(names, converters, strict=True):
+            value = row[name] if name in row else fixed[name]
+            values.append(value if value is None or convert is None else convert(value))
+        params.append(tuple(values))
+    conn.exec_driver_sql(compiled.string, params)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from channels.base import AdapterContext
 from channels.registry import ChannelPool
-from scheduler import service
+from scheduler import service, tasks
 from scheduler.dispatch import Dispatcher, DispatchStats
 from sopbot.clock import Clock
 from sopbot.db import session_scope
@@ -31,6 +31,7 @@ log = logging.getLogger("sopbot.scheduler")
 JOB_DISPATCH = "sopbot:dispatch"
 JOB_PLAN = "sopbot:plan-cron"
 JOB_REAP = "sopbot:reap-leases"
+JOB_TASKS = "sopbot:poll-tasks"
 
 
 def default_worker_id() -> str:
@@ -63,12 +64,16 @@ class SchedulerRuntime:
         self.worker_id = settings.worker_id or default_worker_id()
         self.dispatcher = Dispatcher(engine, clock, self.channels, settings, self.worker_id)
         self.scheduler: AsyncIOScheduler | None = None
+        # Held while a dispatch tick runs, so shutdown can wait for it instead of
+        # cancelling it halfway (a claim in a worker thread cannot be cancelled).
+        self._dispatching = asyncio.Lock()
         self.last_dispatch: DispatchStats | None = None
 
     # -- jobs (each safe to run concurrently in many processes) -----------------
 
     async def dispatch_tick(self) -> DispatchStats:
-        stats = await self.dispatcher.run_once()
+        async with self._dispatching:
+            stats = await self.dispatcher.run_once()
         self.last_dispatch = stats
         if stats.claimed:
             log.info("dispatched %s", dict(stats.outcomes))
@@ -89,10 +94,14 @@ class SchedulerRuntime:
     async def reap_tick(self) -> dict[str, int]:
         return await asyncio.to_thread(self.dispatcher.reap_expired_leases)
 
+    async def poll_tasks_tick(self) -> tasks.PollStats:
+        """Resolve task-mode deliveries (staff-confirmed mass sends)."""
+        return await tasks.poll_tasks(self.engine, self.clock, self.channels, self.settings)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def build_scheduler(self) -> AsyncIOScheduler:
-        """The APScheduler instance with our three jobs, configured carefully:
+        """The APScheduler instance with our jobs, configured carefully:
         memory store only, fixed ids, replace_existing, max_instances=1,
         coalesce and an explicit misfire grace time (its default of 1 s silently
         drops a late run)."""
@@ -123,6 +132,13 @@ class SchedulerRuntime:
             **common,
         )
         scheduler.add_job(
+            self.poll_tasks_tick,
+            "interval",
+            seconds=self.settings.task_poll_seconds,
+            id=JOB_TASKS,
+            **common,
+        )
+        scheduler.add_job(
             self.reap_tick,
             "interval",
             seconds=max(5.0, self.settings.lease_seconds / 4),
@@ -142,6 +158,8 @@ class SchedulerRuntime:
     async def shutdown(self) -> None:
         """Graceful stop: no new claims, release what is claimed but unsent."""
         self.dispatcher.stop()
+        async with self._dispatching:  # let a running tick finish its batch
+            pass
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, literal, select, update
 from sqlmodel import Session, col
 
+from scheduler import policies
 from scheduler.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from scheduler.repository import DELIVERIES, ENROLLMENTS, chunked, insert_ignore
 from sop_templates import service as templates_service
@@ -42,10 +43,16 @@ class _Plan:
     grace: timedelta
     past_policy: str
     mode: str
+    # The template's own quiet hours and zone, applied as due times are computed
+    # (workspace defaults are applied at dispatch, where settings are known).
+    quiet: policies.QuietHours | None = None
+    zone: Any = None
 
 
 def _plans(session: Session, version: TemplateVersion) -> list[_Plan]:
     plans = []
+    template_spec = templates_service.version_spec(version)
+    quiet, zone = policies.quiet_hours_of(template_spec), get_zone(template_spec.timezone)
     for tp in templates_service.touchpoints_of(session, version.id):  # type: ignore[arg-type]
         spec = TouchpointSpec.model_validate(
             {"name": tp.name, "timing": tp.timing, "content": tp.content}
@@ -58,6 +65,8 @@ def _plans(session: Session, version: TemplateVersion) -> list[_Plan]:
                 grace=timedelta(seconds=tp.grace_seconds),
                 past_policy=tp.past_policy,
                 mode=tp.mode,
+                quiet=quiet,
+                zone=zone,
             )
         )
     return plans
@@ -166,6 +175,13 @@ def _deliveries_for(
                         DeliveryStatus.SKIPPED,
                         "already past its grace period when enrolled",
                     )
+            run_at = due
+            if plan.quiet is not None and status == DeliveryStatus.SCHEDULED:
+                decision = plan.quiet.decide(max(due, now), plan.zone)
+                if decision.action == "skip":
+                    status, reason = DeliveryStatus.SKIPPED, decision.reason
+                elif decision.action == "defer":
+                    run_at, reason = decision.until, decision.reason
             rows.append(
                 {
                     "enrollment_id": enrollment.id,
@@ -178,8 +194,8 @@ def _deliveries_for(
                     "channel": channel,
                     "mode": plan.mode,
                     "due_at": due,
-                    "run_at": due,
-                    "expires_at": due + plan.grace,
+                    "run_at": run_at,
+                    "expires_at": run_at + plan.grace,
                     "status": status,
                     "reason": reason,
                     "attempts": 0,
@@ -221,6 +237,14 @@ def _fan_out_occurrence(
     missed = expires < now
     status = DeliveryStatus.MISSED if missed else DeliveryStatus.SCHEDULED
     reason = "occurrence passed while no scheduler was running" if missed else None
+    run_at = occurrence
+    if not missed and plan.quiet is not None:
+        decision = plan.quiet.decide(max(occurrence, now), plan.zone)
+        if decision.action == "skip":
+            status, reason = DeliveryStatus.SKIPPED, decision.reason
+        elif decision.action == "defer" and decision.until is not None:
+            run_at, reason = decision.until, decision.reason
+            expires = run_at + plan.grace
     source = select(
         ENROLLMENTS.c.id,
         literal(plan.touchpoint_id),
@@ -232,13 +256,13 @@ def _fan_out_occurrence(
         literal(channel),
         literal(plan.mode),
         literal(occurrence, DELIVERIES.c.due_at.type),
-        literal(occurrence, DELIVERIES.c.run_at.type),
+        literal(run_at, DELIVERIES.c.run_at.type),
         literal(expires, DELIVERIES.c.expires_at.type),
         literal(status),
         literal(reason, DELIVERIES.c.reason.type),
         literal(0),
         literal(now, DELIVERIES.c.created_at.type),
-        literal(now if missed else None, DELIVERIES.c.finished_at.type),
+        literal(now if status != DeliveryStatus.SCHEDULED else None, DELIVERIES.c.finished_at.type),
     ).where(
         ENROLLMENTS.c.version_id == version.id,
         ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
@@ -318,6 +342,8 @@ def plan_cron(
             grace=timedelta(seconds=touchpoint.grace_seconds),
             past_policy=touchpoint.past_policy,
             mode=touchpoint.mode,
+            quiet=policies.quiet_hours_of(spec),
+            zone=zone,
         )
         for occurrence in cron_occurrences(timing, zone, start, until):
             written = _fan_out_occurrence(

@@ -7,12 +7,20 @@ published version, so what was validated is exactly what runs.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sop_templates.timing import Timing, format_duration, get_zone, parse_duration, parse_timing
+from audiences.segments import SEGMENT_TARGET, ExitRules, Reentry, Segment, infer_segment_kind
+from sop_templates.timing import (
+    Timing,
+    format_duration,
+    get_zone,
+    parse_duration,
+    parse_hhmm,
+    parse_timing,
+)
 
 TargetKind = Literal["contact", "group"]
 AnchorKind = Literal["join", "tag", "fixed"]
@@ -137,6 +145,106 @@ class TouchpointSpec(BaseModel):
         return int(parse_duration(self.grace or default).total_seconds())
 
 
+PolicyAction = Literal["defer", "skip"]
+CapPreset = Literal["wecom_daily", "wecom_weekly", "wecom_monthly_days"]
+CAP_PRESETS: tuple[str, ...] = ("wecom_daily", "wecom_weekly", "wecom_monthly_days")
+
+
+class QuietHoursSpec(BaseModel):
+    """No sends between ``start`` and ``end`` (local time; may wrap midnight)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str | None = Field(None, description="local HH:MM when quiet hours begin, e.g. 22:00")
+    end: str | None = Field(None, description="local HH:MM when they end (next day if earlier)")
+    policy: PolicyAction = Field("defer", description="defer to the end of the window, or skip")
+    off: bool = Field(False, description="no quiet hours for this template (overrides workspace)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: object) -> object:
+        # "22:00-08:00" (policy defer); false / "off": none, whatever the workspace says
+        if value is False or value == "off":
+            return {"off": True}
+        if isinstance(value, str):
+            start, sep, end = value.partition("-")
+            if not sep:
+                raise ValueError(f"quiet hours {value!r} are not like 22:00-08:00")
+            return {"start": start.strip(), "end": end.strip()}
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str | None) -> str | None:
+        return None if value is None else parse_hhmm(value).strftime("%H:%M")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHoursSpec:
+        if self.off:
+            if self.start or self.end:
+                raise ValueError("quiet hours are either off or have a start and an end")
+            return self
+        if self.start is None or self.end is None:
+            raise ValueError("quiet hours need a start and an end, e.g. 22:00 and 08:00")
+        if self.start == self.end:
+            raise ValueError("quiet hours start and end are the same time; remove quiet_hours")
+        return self
+
+
+class FrequencyCapSpec(BaseModel):
+    """At most so many deliveries per contact (or group) across all templates.
+
+    Presets follow WeCom's mass-send rules: ``wecom_daily`` one per day,
+    ``wecom_weekly`` seven per week, ``wecom_monthly_days`` as many per calendar
+    month as the month has days. Custom: ``{max: 2, per: "1d"}`` (a sliding window).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: CapPreset | None = None
+    max: int | None = Field(None, ge=1, le=10_000)
+    per: str | None = Field(None, description="sliding window, e.g. 1d, 12h, 7d")
+    policy: PolicyAction = Field("defer", description="defer to when the cap allows, or skip")
+    off: bool = Field(False, description="no cap for this template (overrides workspace)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_name(cls, value: object) -> object:
+        if value is False or value == "off":
+            return {"off": True}
+        if isinstance(value, str):
+            if value not in CAP_PRESETS:
+                raise ValueError(
+                    f"unknown frequency cap {value!r}; use one of {', '.join(CAP_PRESETS)} "
+                    "or {max: N, per: '1d'}"
+                )
+            return {"preset": value}
+        return value
+
+    @field_validator("per")
+    @classmethod
+    def _per_valid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        window = parse_duration(value)
+        if window < timedelta(minutes=1) or window > timedelta(days=366):
+            raise ValueError(f"per {value!r} must be between 1m and 366d")
+        return format_duration(window)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FrequencyCapSpec:
+        custom = self.max is not None or self.per is not None
+        if self.off:
+            if custom or self.preset is not None:
+                raise ValueError("a frequency cap is either off or has a preset or {max, per}")
+            return self
+        if self.preset is not None and custom:
+            raise ValueError("a frequency cap is either a preset or {max, per}, not both")
+        if self.preset is None and (self.max is None or self.per is None):
+            raise ValueError("a custom frequency cap needs both max and per, e.g. {max: 1, per: 1d}")
+        return self
+
+
 class TemplateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -148,16 +256,37 @@ class TemplateSpec(BaseModel):
     anchor_tag: str | None = Field(None, description="the tag whose time anchors (anchor=tag)")
     start_at: datetime | None = Field(None, description="fixed start (anchor=fixed), local time")
     channel: str = Field("mock", description="channel instance that delivers this SOP")
-    segment: dict[str, object] | None = Field(
-        None, description="who enrolls automatically (see audiences)"
+    segment: Segment | None = Field(
+        None, description="who enrolls automatically (see audiences.segments)"
+    )
+    exit: ExitRules = Field(
+        default_factory=ExitRules, description="when an enrolled target leaves (退出条件)"
+    )
+    reentry: Reentry = Field(
+        "never", description="enroll a target again: never / after_finish / always (restart)"
     )
     touchpoints: list[TouchpointSpec] = Field(min_length=1)
+    # None: the workspace default applies; false / "off": none for this template.
+    quiet_hours: QuietHoursSpec | None = Field(
+        None, description="e.g. {start: '22:00', end: '08:00', policy: defer|skip}, or off"
+    )
+    frequency_cap: FrequencyCapSpec | None = Field(
+        None, description="wecom_daily | wecom_weekly | wecom_monthly_days | {max, per} | off"
+    )
 
     @field_validator("timezone")
     @classmethod
     def _zone_exists(cls, value: str) -> str:
         get_zone(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _segment_kind(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("segment"), dict):
+            target = data.get("target", "contact")
+            data = {**data, "segment": infer_segment_kind(data["segment"], target)}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TemplateSpec:
@@ -169,6 +298,17 @@ class TemplateSpec(BaseModel):
             raise ValueError("anchor 'fixed' needs start_at (the fixed start date-time)")
         if self.anchor == "tag" and not self.anchor_tag:
             raise ValueError("anchor 'tag' needs anchor_tag (the tag whose time counts)")
+        if self.segment is not None:
+            selects = SEGMENT_TARGET[self.segment.kind]
+            if selects != self.target:
+                raise ValueError(
+                    f"a {self.segment.kind} segment selects {selects}s; "
+                    f"this template targets {self.target}s"
+                )
+            if self.segment.kind == "new_friends" and self.anchor != "join":
+                raise ValueError(
+                    "a new_friends segment needs anchor 'join' (the friend-added time)"
+                )
         return self
 
     @property

@@ -100,6 +100,7 @@ def create_all(engine: Engine) -> None:
 def import_models() -> None:
     import audiences.models  # noqa: F401
     import channels.models  # noqa: F401
+    import scheduler.analytics_models  # noqa: F401
     import scheduler.models  # noqa: F401
     import sop_templates.models  # noqa: F401
 

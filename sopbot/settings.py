@@ -36,6 +36,44 @@ class Settings(BaseSettings):
         7, ge=0, description="after downtime, cron occurrences this far back are recorded missed"
     )
 
+    # delivery policies: workspace defaults (a template's own settings win)
+    quiet_hours: str | None = Field(
+        None, description="default quiet hours in the template's zone, e.g. 22:00-08:00"
+    )
+    quiet_hours_policy: str = Field("defer", pattern="^(defer|skip)$", description="defer|skip")
+    frequency_cap: str | None = Field(
+        None, description="default per-contact cap: wecom_daily, wecom_weekly, wecom_monthly_days"
+    )
+    frequency_cap_policy: str = Field("defer", pattern="^(defer|skip)$", description="defer|skip")
+
+    # channels
+    send_concurrency: int = Field(8, ge=1, le=256, description="adapter calls in flight per tick")
+    redis_url: str | None = Field(None, description="shared rate-limit buckets (else database)")
+    breaker_threshold: int = Field(5, ge=1, description="consecutive failures that open a breaker")
+    breaker_cooldown_seconds: float = Field(60.0, gt=0, description="open breaker pause")
+    breaker_probe_wait_seconds: float = Field(
+        10.0, gt=0, description="while a half-open probe runs, others wait this long"
+    )
+    task_poll_seconds: float = Field(60.0, gt=0, description="task-mode result polling interval")
+    task_confirm_hours: float = Field(
+        72.0, gt=0, description="unconfirmed mass-send tasks become unknown after this"
+    )
+
+    # WeCom (企业微信) callback: 客户联系 → 接收事件服务器 (the callback is off until all three are set)
+    wecom_callback_token: str | None = Field(None, description="callback Token")
+    wecom_callback_aes_key: str | None = Field(
+        None, description="callback EncodingAESKey (43 characters)"
+    )
+    wecom_corp_id: str | None = Field(None, description="corp id the callbacks are addressed to")
+
+    # delivery log retention (scheduler.retention)
+    retention_days: int = Field(
+        90, ge=0, description="archive finished deliveries older than this many days; 0 keeps all"
+    )
+    archive_dir: str = Field(
+        "./sopbot-archive", description="where retention writes deliveries-<day>.ndjson.gz"
+    )
+
     worker_id: str | None = Field(None, description="lease owner name; default host:pid")
     run_scheduler: bool = Field(True, description="run the scheduler inside `serve`")
     sql_echo: bool = False

@@ -1,29 +1,167 @@
-"""The delivery log (first cut) and the mock channel's inbox."""
+"""The delivery log over HTTP: filtered and cursor-paginated, or streamed out as
+CSV / NDJSON with the same filters; and the mock channel's inbox."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from api.deps import SessionDep
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from channels.models import MockMessage
-from scheduler.models import Delivery, DeliveryStatus
+from scheduler import log, stats
+from scheduler.log import InvalidLogQuery, LogFilter
+from scheduler.models import DeliveryStatus
 
 router = APIRouter(prefix="/api", tags=["deliveries"])
+
+
+# -- shared by the log, stats and report routes ---------------------------------------
+
+
+def get_reader(request: Request) -> Iterator[Session]:
+    """A read-only session on one consistent snapshot (it never takes SQLite's
+    write lock, so reading the log does not hold up the scheduler)."""
+    with Session(stats.snapshot(request.app.state.engine)) as session:
+        yield session
+
+
+ReaderDep = Annotated[Session, Depends(get_reader)]
+
+
+def unprocessable(param: str, message: str) -> HTTPException:
+    """422 in FastAPI's own shape, naming the query parameter."""
+    return HTTPException(
+        422, detail=[{"loc": ["query", param], "msg": message, "type": "value_error"}]
+    )
+
+
+LOG_PARAMS = (
+    "template_id",
+    "version_id",
+    "touchpoint_id",
+    "status",
+    "reason",
+    "channel",
+    "account_id",
+    "contact_id",
+    "group_id",
+    "tag",
+    "due_from",
+    "due_to",
+    "sent_from",
+    "sent_to",
+)
+
+
+def parse_log_filter(get: Callable[[str], list[str]], zone: ZoneInfo) -> LogFilter:
+    """A ``LogFilter`` from query parameters (``get(name)`` → its values; empty
+    values count as absent, as an HTML form sends them). Raises InvalidLogQuery."""
+
+    def one(name: str) -> str | None:
+        values = [v for v in get(name) if v.strip()]
+        return values[-1].strip() if values else None
+
+    def number(name: str) -> int | None:
+        value = one(name)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidLogQuery(name, f"{name} {value!r} is not a whole number") from None
+
+    statuses = tuple(s.strip() for v in get("status") for s in v.split(",") if s.strip())
+    return LogFilter(
+        template_id=number("template_id"),
+        version_id=number("version_id"),
+        touchpoint_id=number("touchpoint_id"),
+        statuses=statuses,
+        reason=one("reason"),
+        channel=one("channel"),
+        account_id=number("account_id"),
+        contact_id=number("contact_id"),
+        group_id=number("group_id"),
+        tag=one("tag"),
+        due_from=log.parse_instant(one("due_from"), zone, "due_from"),
+        due_to=log.parse_instant(one("due_to"), zone, "due_to", end=True),
+        sent_from=log.parse_instant(one("sent_from"), zone, "sent_from"),
+        sent_to=log.parse_instant(one("sent_to"), zone, "sent_to", end=True),
+    )
+
+
+def log_query_string(request: Request, **override: str | None) -> str:
+    """The request's own log parameters (non-empty ones), with overrides — for
+    next-page links and export links that keep the filters."""
+    pairs = [
+        (k, v)
+        for k, v in request.query_params.multi_items()
+        if v.strip() and k not in override and k in (*LOG_PARAMS, "sort", "order", "limit")
+    ]
+    pairs += [(k, v) for k, v in override.items() if v]
+    return urlencode(pairs)
+
+
+def log_filter(
+    request: Request,
+    settings: SettingsDep,
+    template_id: int | None = None,
+    version_id: int | None = None,
+    touchpoint_id: int | None = None,
+    status: Annotated[
+        list[str] | None,
+        Query(description="repeat or comma-separate; one of " + ", ".join(DeliveryStatus.ALL)),
+    ] = None,
+    reason: Annotated[str | None, Query(description="case-insensitive substring")] = None,
+    channel: Annotated[str | None, Query(description="channel instance name")] = None,
+    account_id: Annotated[int | None, Query(description="staff account owning the target")] = None,
+    contact_id: int | None = None,
+    group_id: int | None = None,
+    tag: Annotated[str | None, Query(description="tag name the target carries now")] = None,
+    due_from: Annotated[
+        str | None,
+        Query(description="ISO 8601; without an offset in the workspace zone; inclusive"),
+    ] = None,
+    due_to: Annotated[str | None, Query(description="exclusive; a bare date: to its end")] = None,
+    sent_from: str | None = None,
+    sent_to: str | None = None,
+) -> LogFilter:
+    try:
+        return parse_log_filter(request.query_params.getlist, ZoneInfo(settings.default_timezone))
+    except InvalidLogQuery as exc:
+        raise unprocessable(exc.param, str(exc)) from None
+
+
+LogFilterDep = Annotated[LogFilter, Depends(log_filter)]
+Sort = Annotated[str, Query(description="due_at or sent_at (unsent rows last)")]
+Order = Annotated[str, Query(description="desc or asc")]
+
+
+# -- the log ------------------------------------------------------------------------
 
 
 class DeliveryOut(BaseModel):
     id: int
     template_id: int
+    template_name: str | None
     version_id: int
+    version: int | None
     touchpoint_id: int
+    touchpoint_name: str | None
     occurrence: int
     target_kind: str
     target_id: int
+    target_external_id: str | None
+    target_name: str | None
+    account_id: int | None
+    account_name: str | None
     channel: str
     mode: str
     status: str
@@ -32,28 +170,96 @@ class DeliveryOut(BaseModel):
     run_at: datetime
     sent_at: datetime | None
     finished_at: datetime | None
+    lateness_seconds: float | None
     attempts: int
     provider_message_id: str | None
     rendered: list[dict[str, Any]] | None
 
+    model_config = {"from_attributes": True}
+
 
 @router.get("/deliveries", response_model=list[DeliveryOut])
 def list_deliveries(
-    session: SessionDep,
-    template_id: int | None = None,
-    status: str | None = Query(None, description="one of " + ", ".join(DeliveryStatus.ALL)),
-    limit: int = Query(100, ge=1, le=1000),
+    request: Request,
+    response: Response,
+    session: ReaderDep,
+    flt: LogFilterDep,
+    sort: Sort = "due_at",
+    order: Order = "desc",
+    limit: Annotated[int, Query(ge=1, le=log.MAX_PAGE)] = 50,
+    cursor: Annotated[
+        str | None, Query(description="from the previous page's X-Next-Cursor")
+    ] = None,
 ) -> Any:
-    if status is not None and status not in DeliveryStatus.ALL:
-        raise HTTPException(
-            422, f"status {status!r} is not one of: {', '.join(DeliveryStatus.ALL)}"
-        )
-    stmt = select(Delivery).order_by(col(Delivery.due_at).desc(), col(Delivery.id).desc())
-    if template_id is not None:
-        stmt = stmt.where(Delivery.template_id == template_id)
-    if status is not None:
-        stmt = stmt.where(Delivery.status == status)
-    return session.exec(stmt.limit(limit)).all()
+    """The delivery log, newest due first. More pages: the ``X-Next-Cursor``
+    header (and ``Link: rel="next"``) carries the cursor of the next one."""
+    try:
+        page = log.list_page(session, flt, sort=sort, order=order, limit=limit, cursor=cursor)
+    except InvalidLogQuery as exc:
+        raise unprocessable(exc.param, str(exc)) from None
+    if page.next_cursor:
+        response.headers["X-Next-Cursor"] = page.next_cursor
+        next_url = request.url.replace(query=log_query_string(request, cursor=page.next_cursor))
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return page.entries
+
+
+def _export(
+    kind: str,
+    flt: LogFilter,
+    engine: Any,
+    settings: Any,
+    clock: Any,
+    sort: str,
+    order: str,
+) -> StreamingResponse:
+    if sort not in log.SORTS or order not in log.ORDERS:
+        param, value = ("sort", sort) if sort not in log.SORTS else ("order", order)
+        raise unprocessable(param, f"{param} {value!r} is not one of the allowed values")
+    zone = ZoneInfo(settings.default_timezone)
+    stamp = clock.now().astimezone(zone).strftime("%Y%m%d-%H%M%S")
+    if kind == "csv":
+        body = log.export_csv(engine, flt, zone, sort=sort, order=order)
+        media = "text/csv; charset=utf-8"
+    else:
+        body = log.export_ndjson(engine, flt, sort=sort, order=order)
+        media = "application/x-ndjson"
+    return StreamingResponse(
+        body,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="deliveries-{stamp}.{kind}"'},
+    )
+
+
+@router.get("/deliveries/export.csv", response_class=StreamingResponse)
+def export_csv(
+    flt: LogFilterDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    sort: Sort = "due_at",
+    order: Order = "desc",
+) -> StreamingResponse:
+    """The filtered log as CSV (UTF-8 with BOM for Excel; times in the workspace
+    zone), streamed: memory stays flat for any number of rows."""
+    return _export("csv", flt, engine, settings, clock, sort, order)
+
+
+@router.get("/deliveries/export.ndjson", response_class=StreamingResponse)
+def export_ndjson(
+    flt: LogFilterDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    sort: Sort = "due_at",
+    order: Order = "desc",
+) -> StreamingResponse:
+    """The filtered log as NDJSON (one delivery per line, the row shape of
+    ``GET /api/deliveries``, times in UTC), streamed."""
+    return _export("ndjson", flt, engine, settings, clock, sort, order)
+
+
+# -- the mock channel -----------------------------------------------------------------
 
 
 class MockMessageOut(BaseModel):

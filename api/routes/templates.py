@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ClockDep, SessionDep
 from audiences import service as audiences_service
+from scheduler import membership
 from scheduler import service as scheduler_service
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
@@ -83,9 +84,17 @@ def update_template(
 
 @router.post("/{template_id}/publish")
 def publish(template_id: int, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
-    """Freeze the draft as a new immutable version and make it live."""
-    version = templates_service.publish(session, template_id, clock.now())
-    return {"template_id": template_id, "version_id": version.id, "version": version.version}
+    """Freeze the draft as a new immutable version and make it live. A group
+    template or a fixed-start tagged template enrolls its whole segment now."""
+    result = membership.publish_and_enroll(session, template_id, clock.now())
+    version = result.version
+    return {
+        "template_id": template_id,
+        "version_id": version.id,
+        "version": version.version,
+        "enrolled": result.enrolled,
+        "deliveries": result.deliveries,
+    }
 
 
 @router.post("/{template_id}/pause", response_model=TemplateOut)

@@ -1,0 +1,279 @@
+"""Read-only pages for analysts: the delivery log (发送记录) with shareable filter
+URLs and CSV download, and the template report (SOP 数据报表) with a funnel across
+touchpoints and a sends-per-hour chart drawn as server-side SVG (no scripts, no
+CDN)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from api.deps import ClockDep, SettingsDep
+from api.routes.deliveries import ReaderDep, log_query_string, parse_log_filter
+from api.routes.pages import STATUS_ZH
+from api.routes.stats import stats_filter
+from audiences.models import Account
+from channels.models import ChannelInstance
+from scheduler import log, stats
+from scheduler.log import InvalidLogQuery
+from scheduler.models import DeliveryStatus
+from sop_templates import service as templates_service
+from sop_templates.models import TemplateVersion, Touchpoint
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+
+PAGE_SIZES = (50, 100, 200, 500)
+
+
+def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
+    """What the filter form offers: templates, their touchpoints, accounts, channels."""
+    touchpoints: list[Any] = []
+    if template_id is not None:
+        tp, v = Touchpoint.__table__.c, TemplateVersion.__table__.c  # type: ignore[attr-defined]
+        touchpoints = session.execute(
+            select(tp.id, tp.name, v.version)
+            .join_from(Touchpoint.__table__, TemplateVersion.__table__, v.id == tp.version_id)  # type: ignore[attr-defined]
+            .where(tp.template_id == template_id)
+            .order_by(v.version, tp.position)
+        ).all()
+    accounts = Account.__table__.c  # type: ignore[attr-defined]
+    return {
+        "templates": templates_service.list_templates(session),
+        "touchpoints": touchpoints,
+        "accounts": session.execute(select(accounts.id, accounts.name).order_by(accounts.id)).all(),
+        "channels": session.execute(
+            select(ChannelInstance.name).order_by(ChannelInstance.name)  # type: ignore[call-overload]
+        )
+        .scalars()
+        .all(),
+    }
+
+
+@router.get("/log", response_class=HTMLResponse)
+def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTMLResponse:
+    zone = ZoneInfo(settings.default_timezone)
+    params = request.query_params
+    sort = params.get("sort") or "due_at"
+    order = params.get("order") or "desc"
+    limit = int(params["limit"]) if params.get("limit", "").isdigit() else 50
+    limit = min(max(limit, 1), log.MAX_PAGE)
+    error: InvalidLogQuery | None = None
+    page = None
+    flt = None
+    try:
+        flt = parse_log_filter(params.getlist, zone)
+        page = log.list_page(
+            session, flt, sort=sort, order=order, limit=limit, cursor=params.get("cursor") or None
+        )
+    except InvalidLogQuery as exc:
+        error = exc
+    export_query = log_query_string(request, cursor=None, limit=None)
+    return templates.TemplateResponse(
+        request,
+        "log.html",
+        {
+            "zone": zone,
+            "zh": STATUS_ZH,
+            "statuses": DeliveryStatus.ALL,
+            "selected_statuses": set(flt.statuses) if flt else set(params.getlist("status")),
+            "params": params,
+            "sort": sort,
+            "order": order,
+            "limit": limit,
+            "page_sizes": PAGE_SIZES,
+            "error": error,
+            "entries": page.entries if page else [],
+            "next_url": f"/log?{log_query_string(request, cursor=page.next_cursor)}"
+            if page and page.next_cursor
+            else None,
+            "first_url": f"/log?{log_query_string(request, cursor=None)}",
+            "csv_url": f"/api/deliveries/export.csv?{export_query}",
+            "ndjson_url": f"/api/deliveries/export.ndjson?{export_query}",
+            "content_text": log.content_text,
+            **_choices(session, flt.template_id if flt else None),
+        },
+        status_code=422 if error else 200,
+    )
+
+
+@router.get("/report", response_class=HTMLResponse)
+def report_index(request: Request, session: ReaderDep, clock: ClockDep) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        "report.html",
+        {"overview": stats.overview(session, now=clock.now()), "report": None, "zh": STATUS_ZH},
+    )
+
+
+@router.get("/report/{template_id}", response_class=HTMLResponse)
+def report_page(
+    template_id: int,
+    request: Request,
+    session: ReaderDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+) -> HTMLResponse:
+    zone = ZoneInfo(settings.default_timezone)
+    params = request.query_params
+    error: Exception | None = None
+    report = None
+    try:
+        version = params.get("version_id") or None
+        flt = stats_filter(
+            template_id,
+            zone,
+            version_id=int(version) if version and version.isdigit() else None,
+            channel=params.get("channel") or None,
+            due_from=params.get("due_from") or None,
+            due_to=params.get("due_to") or None,
+            interval=params.get("interval") or "auto",
+        )
+        report = stats.template_stats(session, flt, now=clock.now(), zone=zone)
+    except (InvalidLogQuery, stats.InvalidStatsQuery) as exc:
+        error = exc
+    template = templates_service.get_template(session, template_id)
+    versions = session.execute(
+        select(TemplateVersion.id, TemplateVersion.version)  # type: ignore[call-overload]
+        .where(TemplateVersion.template_id == template_id)
+        .order_by(TemplateVersion.version)
+    ).all()
+    log_base = {"template_id": str(template_id)}
+    for key in ("version_id", "channel", "due_from", "due_to"):
+        if params.get(key):
+            log_base[key] = params[key]
+    return templates.TemplateResponse(
+        request,
+        "report.html",
+        {
+            "overview": None,
+            "template": template,
+            "report": report,
+            "error": error,
+            "params": params,
+            "versions": versions,
+            "channels": session.execute(
+                select(ChannelInstance.name).order_by(ChannelInstance.name)  # type: ignore[call-overload]
+            )
+            .scalars()
+            .all(),
+            "zh": STATUS_ZH,
+            "zone": zone,
+            "funnel": funnel_chart(report.touchpoints) if report else None,
+            "chart": series_chart(report.series, report.interval) if report else None,
+            "log_base": log_base,
+        },
+        status_code=422 if error else 200,
+    )
+
+
+# -- SVG geometry (the template only draws what is computed here) ----------------------
+
+
+@dataclass
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    css: str
+    title: str
+
+
+@dataclass
+class Label:
+    x: float
+    y: float
+    text: str
+    anchor: str = "start"
+
+
+@dataclass
+class Chart:
+    width: int
+    height: int
+    bars: list[Bar]
+    labels: list[Label]
+    grid: list[tuple[float, str]]  # (y, value label)
+
+
+def funnel_chart(touchpoints: Sequence[stats.TouchpointStats]) -> Chart:
+    """One row per touchpoint: planned deliveries (light) and sent (dark)."""
+    width, label_w, row_h, bar_h = 760, 210, 34, 22
+    widest = max((t.counts.deliveries for t in touchpoints), default=0) or 1
+    scale = (width - label_w - 150) / widest
+    bars, labels = [], []
+    for i, t in enumerate(touchpoints):
+        y = 8 + i * row_h
+        name = f"v{t.version or '?'} · {t.name or t.touchpoint_id}"
+        labels.append(Label(label_w - 8, y + bar_h * 0.72, name, "end"))
+        planned, sent = t.counts.deliveries, t.counts.sent
+        bars.append(Bar(label_w, y, planned * scale, bar_h, "planned", f"{name}: 计划 {planned}"))
+        bars.append(Bar(label_w, y, sent * scale, bar_h, "sent", f"{name}: 已发送 {sent}"))
+        rate = "—" if t.counts.send_rate is None else f"{t.counts.send_rate:.1%}"
+        labels.append(
+            Label(label_w + planned * scale + 6, y + bar_h * 0.72, f"{sent} / {planned} · {rate}")
+        )
+    return Chart(width, 16 + len(touchpoints) * row_h, bars, labels, [])
+
+
+SERIES_PARTS = (
+    ("sent", "sent", "已发送"),
+    ("failed", "failed", "失败"),
+    ("unknown", "failed", "结果未知"),
+    ("missed", "missed", "已错过"),
+    ("skipped", "missed", "已跳过"),
+    ("cancelled", "missed", "已取消"),
+    ("pending", "pending", "待发送"),
+)
+
+
+def series_chart(points: Sequence[stats.SeriesPoint], interval: str) -> Chart:
+    """Stacked bars per hour (or day) of due time: sent, failed, not sent, pending."""
+    width, height, left, bottom, top = 760, 240, 44, 36, 10
+    plot_w, plot_h = width - left - 8, height - top - bottom
+    peak = max((p.deliveries for p in points), default=0)
+    step = _nice_step(peak)
+    ceiling = max(step * math.ceil(peak / step), step) if peak else 1
+    slot = plot_w / max(len(points), 1)
+    bars, labels = [], []
+    every = max(1, math.ceil(len(points) / 8))
+    fmt = "%m-%d %H:00" if interval == "hour" else "%m-%d"
+    for i, p in enumerate(points):
+        x = left + i * slot
+        y = top + plot_h
+        when = p.start.strftime("%Y-%m-%d %H:%M" if interval == "hour" else "%Y-%m-%d")
+        for attr, css, zh in SERIES_PARTS:
+            n = getattr(p, attr)
+            if n:
+                h = n / ceiling * plot_h
+                y -= h
+                bars.append(Bar(x + slot * 0.1, y, max(slot * 0.8, 1), h, css, f"{when} {zh} {n}"))
+        if i % every == 0:
+            labels.append(
+                Label(x + slot / 2, height - bottom + 16, p.start.strftime(fmt), "middle")
+            )
+    grid = [
+        (top + plot_h - v / ceiling * plot_h, str(v)) for v in range(0, int(ceiling) + 1, step or 1)
+    ]
+    return Chart(width, height, bars, labels, grid)
+
+
+def _nice_step(peak: int) -> int:
+    if peak <= 4:
+        return 1
+    raw = peak / 4
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if factor * magnitude >= raw:
+            return int(factor * magnitude)
+    return int(10 * magnitude)

@@ -1,0 +1,344 @@
+"""Reading contacts from a CSV file (as Excel or a WeCom export writes it).
+
+UTF-8 with or without a BOM. One header row; recognised columns (English or the
+Chinese an export uses):
+
+============  ==========================================
+external_id   外部联系人ID, 客户ID — required
+name          姓名, 客户名称, 昵称
+account       员工账号, 添加人, 所属员工 — the owning staff account
+joined_at     添加时间 — ISO 8601, or ``2027-03-01 21:30`` / ``2027/3/1`` in
+              the import's time zone
+tags          标签 — separated by ``|``, ``,``, ``;``, ``、``
+timezone      时区 — IANA name
+status        状态 — active / deleted / blocked / unsubscribed
+============  ==========================================
+
+Every other column is an attribute, text by default; ``child_age:number`` or
+``vip:bool`` in the header types it (segments compare by type).
+
+Parsing is pure: it returns the rows and the per-row problems (line number,
+column, reason). Applying them is ``scheduler.membership.import_contacts``, so
+imported tags trigger SOPs like any other tag.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from audiences.models import ContactStatus
+from sopbot.clock import ensure_utc
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "external_id": ("external_id", "externaluserid", "external_user_id", "外部联系人id", "客户id"),
+    "name": ("name", "姓名", "客户名称", "客户昵称", "昵称", "名称"),
+    "account": ("account", "员工账号", "添加人", "所属员工", "员工"),
+    "joined_at": ("joined_at", "添加时间", "加好友时间"),
+    "tags": ("tags", "标签", "客户标签"),
+    "timezone": ("timezone", "时区"),
+    "status": ("status", "状态"),
+}
+_ALIASES = {alias: column for column, names in COLUMNS.items() for alias in names}
+STATUS_WORDS = {
+    "正常": ContactStatus.ACTIVE,
+    "已删除": ContactStatus.DELETED,
+    "删除": ContactStatus.DELETED,
+    "已拉黑": ContactStatus.BLOCKED,
+    "拉黑": ContactStatus.BLOCKED,
+    "退订": ContactStatus.UNSUBSCRIBED,
+    "已退订": ContactStatus.UNSUBSCRIBED,
+    **{s: s for s in ContactStatus.ALL},
+}
+_TAG_SPLIT = re.compile(r"[|,;，；、]")
+_DATE = re.compile(
+    r"^(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})"
+    r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$"
+)
+_TRUE = {"true", "yes", "y", "1", "是", "对"}
+_FALSE = {"false", "no", "n", "0", "否", "不是"}
+MAX_BYTES = 200 * 1024 * 1024
+
+
+@dataclass
+class RowError:
+    line: int  # 1-based line in the file where the record starts
+    field: str  # the column as written in the header ("file" for the whole file)
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "field": self.field, "reason": self.reason}
+
+
+@dataclass
+class ImportRow:
+    line: int
+    external_id: str
+    name: str | None = None
+    account: str | None = None
+    account_column: str = "account"
+    joined_at: datetime | None = None
+    timezone: str | None = None
+    status: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParsedCsv:
+    rows: list[ImportRow] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    total: int = 0  # data records read
+
+    @property
+    def lines_with_errors(self) -> set[int]:
+        return {e.line for e in self.errors}
+
+
+def decode(data: bytes, encoding: str = "utf-8") -> tuple[str | None, RowError | None]:
+    """Bytes → text; a BOM is dropped. A file in another encoding is refused
+    with the line where it first fails (Excel: save as "CSV UTF-8")."""
+    if len(data) > MAX_BYTES:
+        return None, RowError(0, "file", f"the file is over {MAX_BYTES // 1024 // 1024} MB")
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return data.decode(codec), None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return None, RowError(
+            line,
+            "file",
+            f"not valid {encoding} at byte {exc.start}; save the file as 'CSV UTF-8' "
+            "(Excel: Save As → CSV UTF-8) or pass the encoding it was written in",
+        )
+    except LookupError:
+        return None, RowError(0, "file", f"unknown encoding {encoding!r}")
+
+
+def parse_csv(
+    data: bytes | str, *, timezone: str = "Asia/Shanghai", encoding: str = "utf-8"
+) -> ParsedCsv:
+    """Read and validate every row; never raises for bad content."""
+    out = ParsedCsv()
+    if isinstance(data, bytes):
+        text, problem = decode(data, encoding)
+        if problem:
+            out.errors.append(problem)
+            return out
+        assert text is not None
+    else:
+        text = data.removeprefix("\ufeff")
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        out.errors.append(RowError(0, "file", f"unknown time zone {timezone!r}"))
+        return out
+    first_line = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=first_line.count) if first_line else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        out.errors.append(RowError(1, "file", "the file is empty; the first row must be a header"))
+        return out
+    except csv.Error as exc:
+        out.errors.append(RowError(1, "file", f"cannot read the header: {exc}"))
+        return out
+    columns, problems = _read_header(header)
+    if problems:
+        out.errors += problems
+        return out
+    seen: dict[tuple[str | None, str], int] = {}
+    line = reader.line_num + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            out.errors.append(RowError(line, "file", f"unreadable CSV: {exc}"))
+            break
+        start, line = line, reader.line_num + 1
+        if not any(v.strip() for v in values):
+            continue
+        out.total += 1
+        row, row_errors = _read_row(start, header, columns, values, zone)
+        if row is not None and not row_errors:
+            key = (row.account, row.external_id)
+            if key in seen:
+                row_errors.append(
+                    RowError(
+                        start,
+                        _header_of(header, columns, "external_id"),
+                        f"{row.external_id!r} appears again (first on line {seen[key]})",
+                    )
+                )
+            else:
+                seen[key] = start
+        if row_errors:
+            out.errors += row_errors
+        elif row is not None:
+            out.rows.append(row)
+    return out
+
+
+def _read_header(header: list[str]) -> tuple[list[tuple[str, str | None]], list[RowError]]:
+    """Per column: (known column name or attribute name, attribute type or None)."""
+    columns: list[tuple[str, str | None]] = []
+    errors: list[RowError] = []
+    used: dict[str, str] = {}
+    for raw in header:
+        name = raw.strip()
+        known = _ALIASES.get(name.lower())
+        if known:
+            if known in used:
+                errors.append(
+                    RowError(1, name, f"a second {known} column (first: {used[known]!r})")
+                )
+            used[known] = name
+            columns.append((known, None))
+            continue
+        if not name:
+            columns.append(("", "skip"))
+            continue
+        attr, _, kind = name.partition(":")
+        kind = kind.strip().lower() or "text"
+        if kind not in ("text", "number", "bool"):
+            errors.append(
+                RowError(1, name, f"unknown attribute type {kind!r}; use text, number or bool")
+            )
+        if not attr.strip() or '"' in attr or "\\" in attr:
+            errors.append(RowError(1, name, "an attribute column needs a name without quotes"))
+        columns.append(("attr:" + attr.strip(), kind))
+    if "external_id" not in used:
+        errors.append(
+            RowError(
+                1, "external_id", "missing column; the header needs external_id (外部联系人ID)"
+            )
+        )
+    return columns, errors
+
+
+def _header_of(header: list[str], columns: list[tuple[str, str | None]], name: str) -> str:
+    for raw, (column, _) in zip(header, columns, strict=False):
+        if column == name:
+            return raw.strip()
+    return name
+
+
+def _read_row(
+    line: int,
+    header: list[str],
+    columns: list[tuple[str, str | None]],
+    values: list[str],
+    zone: ZoneInfo,
+) -> tuple[ImportRow | None, list[RowError]]:
+    errors: list[RowError] = []
+    if len(values) > len(header):
+        return None, [
+            RowError(line, "file", f"{len(values)} values but the header has {len(header)} columns")
+        ]
+    fields: dict[str, str] = {}
+    row = ImportRow(line=line, external_id="")
+    for raw, (column, kind), value in zip(header, columns, values, strict=False):
+        value = value.strip()
+        label = raw.strip()
+        if kind == "skip" or not value:
+            continue
+        if column.startswith("attr:"):
+            try:
+                row.attributes[column[5:]] = _typed(value, kind or "text")
+            except ValueError as exc:
+                errors.append(RowError(line, label, str(exc)))
+            continue
+        fields[column] = value
+        if column == "account":
+            row.account_column = label
+        try:
+            _set(row, column, value, zone)
+        except ValueError as exc:
+            errors.append(RowError(line, label, str(exc)))
+    if not fields.get("external_id"):
+        errors.append(RowError(line, _header_of(header, columns, "external_id"), "empty; required"))
+    return row, errors
+
+
+def _set(row: ImportRow, column: str, value: str, zone: ZoneInfo) -> None:
+    if column == "external_id":
+        if len(value) > 128:
+            raise ValueError("longer than 128 characters")
+        row.external_id = value
+    elif column == "name":
+        if len(value) > 200:
+            raise ValueError("longer than 200 characters")
+        row.name = value
+    elif column == "account":
+        if len(value) > 128:
+            raise ValueError("longer than 128 characters")
+        row.account = value
+    elif column == "joined_at":
+        row.joined_at = parse_time(value, zone)
+    elif column == "tags":
+        tags = [t.strip() for t in _TAG_SPLIT.split(value) if t.strip()]
+        for tag in tags:
+            if len(tag) > 100:
+                raise ValueError(f"tag {tag[:20]!r}… is longer than 100 characters")
+        row.tags = list(dict.fromkeys(tags))
+    elif column == "timezone":
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like Asia/Shanghai"
+            ) from None
+        row.timezone = value
+    elif column == "status":
+        status = STATUS_WORDS.get(value.lower()) or STATUS_WORDS.get(value)
+        if status is None:
+            raise ValueError(f"unknown status {value!r}; use {', '.join(ContactStatus.ALL)}")
+        row.status = status
+
+
+def parse_time(value: str, zone: ZoneInfo) -> datetime:
+    """ISO 8601 or the forms Excel writes; without an offset, local time in ``zone``."""
+    match = _DATE.match(value.strip())
+    if not match:
+        raise ValueError(
+            f"{value!r} is not a date-time like 2027-03-01 21:30 or 2027-03-01T21:30:00+08:00"
+        )
+    year, month, day, hour, minute, second, offset = match.groups()
+    try:
+        local = datetime(
+            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)
+        )
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid date: {exc}") from None
+    if offset:
+        text = local.isoformat() + ("+00:00" if offset == "Z" else offset)
+        return ensure_utc(datetime.fromisoformat(text))
+    return ensure_utc(local.replace(tzinfo=zone))
+
+
+def _typed(value: str, kind: str) -> Any:
+    if kind == "number":
+        try:
+            number = int(value) if re.fullmatch(r"[+-]?\d+", value) else float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
+    if kind == "bool":
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"{value!r} is not true/false")
+    return value

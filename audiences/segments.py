@@ -1,0 +1,804 @@
+"""Segments: who a template enrolls by itself (人群 / 客户分群).
+
+Three kinds, matching the three SOP scenarios:
+
+* ``new_friends`` — contacts added as friends after the template goes live,
+  optionally only of some accounts and/or with some attributes;
+* ``tagged`` — contacts whose tags satisfy a tag expression (AND / OR / NOT),
+  plus account and attribute filters;
+* ``groups`` — group chats by tag expression, name pattern and owner account.
+
+A segment is evaluated two ways that must agree: in Python on one target's facts
+(``Segment.matches``, used when an event changes a few targets) and in SQL over
+the whole table (``segment_query``, used when a template is published and for
+previews). ``tests/audiences/test_segments.py`` checks both on the same cases.
+
+The per-template membership rules (exit conditions, re-entry policy) live here
+too because they are expressed in the same vocabulary (tags, segment, status).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+    PlainValidator,
+    SerializationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, core_schema
+from sqlalchemy import (
+    Float,
+    and_,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session, col
+
+from audiences.models import (
+    Account,
+    Contact,
+    ContactStatus,
+    GroupChat,
+    GroupStatus,
+    Tag,
+    TagAssignment,
+)
+
+TargetKind = Literal["contact", "group"]
+
+# --------------------------------------------------------------------------- tags
+
+
+class TagExpr:
+    """A boolean expression over tag names. Parse with :func:`parse_tag_expr`.
+
+    Written as text (``spring-class-2027 and not purchased``, ``a & (b | !c)``)
+    or structured (``{"all": [...]}``, ``{"any": [...]}``, ``{"not": ...}``).
+    Stored and shown in its canonical text form.
+    """
+
+    def matches(self, tags: Collection[str]) -> bool:
+        raise NotImplementedError
+
+    def names(self) -> set[str]:
+        """Every tag name the expression mentions."""
+        raise NotImplementedError
+
+    def to_sql(self, leaf: Callable[[str], ColumnElement[bool]]) -> ColumnElement[bool]:
+        raise NotImplementedError
+
+    def _text(self, parent: str) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self._text("")
+
+    def __repr__(self) -> str:
+        return f"TagExpr({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TagExpr) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, _source: Any, _handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            parse_tag_expr,
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, _schema: core_schema.CoreSchema, _handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "description": "tag expression: names with and / or / not and parentheses",
+            "examples": ["spring-class-2027 and not purchased"],
+        }
+
+
+class _Tag(TagExpr):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def matches(self, tags: Collection[str]) -> bool:
+        return self.name in tags
+
+    def names(self) -> set[str]:
+        return {self.name}
+
+    def to_sql(self, leaf: Callable[[str], ColumnElement[bool]]) -> ColumnElement[bool]:
+        return leaf(self.name)
+
+    def _text(self, parent: str) -> str:
+        if _BARE_TAG.fullmatch(self.name) and self.name.lower() not in _KEYWORDS:
+            return self.name
+        return '"' + self.name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _All(TagExpr):
+    def __init__(self, items: list[TagExpr]) -> None:
+        self.items = items
+
+    def matches(self, tags: Collection[str]) -> bool:
+        return all(item.matches(tags) for item in self.items)
+
+    def names(self) -> set[str]:
+        return set().union(*(item.names() for item in self.items))
+
+    def to_sql(self, leaf: Callable[[str], ColumnElement[bool]]) -> ColumnElement[bool]:
+        return and_(*(item.to_sql(leaf) for item in self.items))
+
+    def _text(self, parent: str) -> str:
+        text = " and ".join(item._text("and") for item in self.items)
+        return f"({text})" if parent == "not" else text
+
+
+class _Any(TagExpr):
+    def __init__(self, items: list[TagExpr]) -> None:
+        self.items = items
+
+    def matches(self, tags: Collection[str]) -> bool:
+        return any(item.matches(tags) for item in self.items)
+
+    def names(self) -> set[str]:
+        return set().union(*(item.names() for item in self.items))
+
+    def to_sql(self, leaf: Callable[[str], ColumnElement[bool]]) -> ColumnElement[bool]:
+        return or_(*(item.to_sql(leaf) for item in self.items))
+
+    def _text(self, parent: str) -> str:
+        text = " or ".join(item._text("or") for item in self.items)
+        return f"({text})" if parent in ("and", "not") else text
+
+
+class _Not(TagExpr):
+    def __init__(self, item: TagExpr) -> None:
+        self.item = item
+
+    def matches(self, tags: Collection[str]) -> bool:
+        return not self.item.matches(tags)
+
+    def names(self) -> set[str]:
+        return self.item.names()
+
+    def to_sql(self, leaf: Callable[[str], ColumnElement[bool]]) -> ColumnElement[bool]:
+        return not_(self.item.to_sql(leaf))
+
+    def _text(self, parent: str) -> str:
+        return "not " + self.item._text("not")
+
+
+_KEYWORDS = {"and", "or", "not"}
+_BARE_TAG = re.compile(r'[^\s()!&|"]+')
+_TOKEN = re.compile(r'\s*(?:(?P<op>[()!&|])|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<word>[^\s()!&|"]+))')
+MAX_TAG_LENGTH = 100
+
+
+def _tag_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise ValueError("empty tag name")
+    if len(name) > MAX_TAG_LENGTH:
+        raise ValueError(f"tag name {name[:20]!r}… is longer than {MAX_TAG_LENGTH} characters")
+    return name
+
+
+def parse_tag_expr(value: object) -> TagExpr:
+    """Parse the text or structured form of a tag expression (raises ``ValueError``)."""
+    if isinstance(value, TagExpr):
+        return value
+    if isinstance(value, str):
+        return _parse_text(value)
+    if isinstance(value, dict):
+        if len(value) != 1:
+            raise ValueError("a tag expression object has exactly one key: all, any or not")
+        ((op, arg),) = value.items()
+        if op in ("all", "any"):
+            if not isinstance(arg, list) or not arg:
+                raise ValueError(f"'{op}' needs a non-empty list of tag expressions")
+            # in the structured form a string is one tag name, spaces and all
+            items = [_Tag(_tag_name(a)) if isinstance(a, str) else parse_tag_expr(a) for a in arg]
+            return items[0] if len(items) == 1 else (_All(items) if op == "all" else _Any(items))
+        if op == "not":
+            return _Not(_Tag(_tag_name(arg)) if isinstance(arg, str) else parse_tag_expr(arg))
+        raise ValueError(f"unknown tag operator {op!r}; use all, any or not")
+    if isinstance(value, list):
+        raise ValueError(
+            "a list of tags is ambiguous: write {all: [...]} (every tag) or {any: [...]} (one of them)"
+        )
+    raise ValueError(f"a tag expression is text or an object, not {type(value).__name__}")
+
+
+def _parse_text(text: str) -> TagExpr:
+    tokens: list[tuple[str, str]] = []  # (type, value): op / tag
+    pos = 0
+    stripped = text.rstrip()
+    while pos < len(stripped):
+        match = _TOKEN.match(stripped, pos)
+        if not match or match.end() == pos:
+            raise ValueError(f"cannot read the tag expression {text!r} at position {pos}")
+        pos = match.end()
+        if match.group("op"):
+            op = match.group("op")
+            tokens.append(("op", {"&": "and", "|": "or", "!": "not"}.get(op, op)))
+        elif match.group("quoted") is not None:
+            tokens.append(("tag", _tag_name(re.sub(r"\\(.)", r"\1", match.group("quoted")))))
+        else:
+            word = match.group("word")
+            if word.lower() in _KEYWORDS:
+                tokens.append(("op", word.lower()))
+            else:
+                tokens.append(("tag", _tag_name(word)))
+    if not tokens:
+        raise ValueError("the tag expression is empty")
+    parser = _Parser(tokens, text)
+    expr = parser.parse_or()
+    if parser.pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[parser.pos][1]!r} in the tag expression {text!r}")
+    return expr
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]], text: str) -> None:
+        self.tokens = tokens
+        self.text = text
+        self.pos = 0
+
+    def _peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def parse_or(self) -> TagExpr:
+        items = [self.parse_and()]
+        while self._peek() == ("op", "or"):
+            self.pos += 1
+            items.append(self.parse_and())
+        return items[0] if len(items) == 1 else _Any(items)
+
+    def parse_and(self) -> TagExpr:
+        items = [self.parse_unary()]
+        while self._peek() == ("op", "and"):
+            self.pos += 1
+            items.append(self.parse_unary())
+        return items[0] if len(items) == 1 else _All(items)
+
+    def parse_unary(self) -> TagExpr:
+        token = self._peek()
+        if token is None:
+            raise ValueError(f"the tag expression {self.text!r} ends too early")
+        self.pos += 1
+        if token == ("op", "not"):
+            return _Not(self.parse_unary())
+        if token == ("op", "("):
+            inner = self.parse_or()
+            if self._peek() != ("op", ")"):
+                raise ValueError(f"missing ')' in the tag expression {self.text!r}")
+            self.pos += 1
+            return inner
+        if token[0] == "tag":
+            return _Tag(token[1])
+        raise ValueError(f"unexpected {token[1]!r} in the tag expression {self.text!r}")
+
+
+# --------------------------------------------------------------------- attributes
+
+Scalar = str | int | float | bool
+_ATTR_KEY = re.compile(r'^[^"\\]{1,64}$')
+
+
+def _kind_of(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return None
+
+
+class AttributeFilter(BaseModel):
+    """A condition on one attribute. Short forms: a scalar means ``eq``, a list ``in``.
+
+    Values compare by type: ``"3"`` (text) never equals ``3`` (number). Ordering
+    (``gt``/``gte``/``lt``/``lte``) is for numbers only.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    in_: list[Scalar] | None = Field(None, alias="in")
+    not_in: list[Scalar] | None = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    exists: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, value: object) -> object:
+        if isinstance(value, str | int | float | bool):
+            return {"eq": value}
+        if isinstance(value, list):
+            return {"in": value}
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AttributeFilter:
+        if not self.conditions():
+            raise ValueError("an attribute filter needs a condition: eq, ne, in, not_in, gt, ...")
+        for name in ("gt", "gte", "lt", "lte"):
+            value = getattr(self, name)
+            if value is not None and isinstance(value, bool):
+                raise ValueError(f"'{name}' compares numbers, not true/false")
+        return self
+
+    @model_serializer
+    def _compact(self) -> dict[str, Any]:
+        return dict(self.conditions())
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        out = []
+        for name in ("eq", "ne", "in_", "not_in", "gt", "gte", "lt", "lte", "exists"):
+            value = getattr(self, name)
+            if value is not None:
+                out.append((name.rstrip("_"), value))
+        return out
+
+    def matches(self, present: bool, value: Any) -> bool:
+        def equal(expected: Scalar) -> bool:
+            return present and _kind_of(value) == _kind_of(expected) and value == expected
+
+        number = value if present and _kind_of(value) == "number" else None
+        for op, arg in self.conditions():
+            ok = {
+                "eq": lambda a: equal(a),
+                "ne": lambda a: not equal(a),
+                "in": lambda a: any(equal(x) for x in a),
+                "not_in": lambda a: not any(equal(x) for x in a),
+                "gt": lambda a: number is not None and number > a,
+                "gte": lambda a: number is not None and number >= a,
+                "lt": lambda a: number is not None and number < a,
+                "lte": lambda a: number is not None and number <= a,
+                "exists": lambda a: (present and value is not None) == a,
+            }[op](arg)
+            if not ok:
+                return False
+        return True
+
+
+def _check_attr_keys(value: dict[str, AttributeFilter]) -> dict[str, AttributeFilter]:
+    for key in value:
+        if not _ATTR_KEY.match(key):
+            raise ValueError(f"attribute name {key!r} must be 1–64 characters without quotes")
+    return value
+
+
+# ----------------------------------------------------------------------- segments
+
+
+@dataclass
+class TargetFacts:
+    """What a segment looks at on one contact or group."""
+
+    account: str | None  # the owning account's external id
+    name: str
+    attributes: Mapping[str, Any]
+    tags: Collection[str]
+
+
+class _Segment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[str, AttributeFilter] = Field(
+        default_factory=dict,
+        description="attribute filters, e.g. {city: 上海, child_age: {lte: 3}}",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_keys(cls, value: dict[str, AttributeFilter]) -> dict[str, AttributeFilter]:
+        return _check_attr_keys(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, value: object) -> object:
+        # Operators write the singular: {tag: store}, {account: staff_1}.
+        if isinstance(value, dict):
+            value = dict(value)
+            for short, full in (("tag", "tags"), ("account", "accounts"), ("owner", "owners")):
+                if short in value and full not in value:
+                    item = value.pop(short)
+                    value[full] = [item] if full != "tags" and isinstance(item, str) else item
+        return value
+
+    def matches(self, facts: TargetFacts) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tag_names(self) -> set[str]:
+        tags = getattr(self, "tags", None)
+        return tags.names() if tags is not None else set()
+
+
+def _attrs_match(filters: Mapping[str, AttributeFilter], attributes: Mapping[str, Any]) -> bool:
+    return all(f.matches(k in attributes, attributes.get(k)) for k, f in filters.items())
+
+
+class NewFriendsSegment(_Segment):
+    """Contacts added as friends after the template goes live (新好友)."""
+
+    kind: Literal["new_friends"] = "new_friends"
+    accounts: list[str] = Field(default_factory=list, description="only friends of these accounts")
+
+    def matches(self, facts: TargetFacts) -> bool:
+        if self.accounts and facts.account not in self.accounts:
+            return False
+        return _attrs_match(self.attributes, facts.attributes)
+
+
+class TaggedSegment(_Segment):
+    """Contacts whose tags satisfy an expression (客户标签)."""
+
+    kind: Literal["tagged"] = "tagged"
+    tags: TagExpr
+    accounts: list[str] = Field(default_factory=list)
+
+    def matches(self, facts: TargetFacts) -> bool:
+        if self.accounts and facts.account not in self.accounts:
+            return False
+        return self.tags.matches(facts.tags) and _attrs_match(self.attributes, facts.attributes)
+
+
+class GroupSegment(_Segment):
+    """Group chats by tag expression, name pattern and owner (客户群)."""
+
+    kind: Literal["groups"] = "groups"
+    tags: TagExpr | None = None
+    name_pattern: str | None = Field(
+        None, min_length=1, max_length=200, description="glob on the group name: *店*, 门店?群"
+    )
+    owners: list[str] = Field(default_factory=list, description="owner account external ids")
+
+    def matches(self, facts: TargetFacts) -> bool:
+        if self.owners and facts.account not in self.owners:
+            return False
+        if self.tags is not None and not self.tags.matches(facts.tags):
+            return False
+        if self.name_pattern and not fnmatch.fnmatchcase(
+            facts.name.lower(), self.name_pattern.lower()
+        ):
+            return False
+        return _attrs_match(self.attributes, facts.attributes)
+
+
+SEGMENT_KINDS: dict[str, type[_Segment]] = {
+    "new_friends": NewFriendsSegment,
+    "tagged": TaggedSegment,
+    "groups": GroupSegment,
+}
+
+
+def _validate_segment(value: object) -> _Segment:
+    # By hand rather than a pydantic discriminator so error locations read
+    # ``segment.tags``, not ``segment.tagged.tags``.
+    if isinstance(value, _Segment):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("a segment is an object such as {kind: tagged, tags: vip}")
+    kind = value.get("kind")
+    model = SEGMENT_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise PydanticCustomError(
+            "segment_kind",
+            "unknown segment kind '{kind}'; use new_friends, tagged or groups",
+            {"kind": kind},
+        )
+    return model.model_validate(value)
+
+
+def _dump_segment(value: _Segment, info: SerializationInfo) -> dict[str, Any]:
+    return value.model_dump(mode=info.mode)
+
+
+Segment = Annotated[
+    NewFriendsSegment | TaggedSegment | GroupSegment,
+    PlainValidator(_validate_segment),
+    PlainSerializer(_dump_segment),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "kind: new_friends | tagged | groups, with tags, accounts/owners, "
+            "name_pattern and attributes filters",
+            "examples": [{"kind": "tagged", "tags": "spring-class-2027 and not purchased"}],
+        }
+    ),
+]
+SEGMENT_TARGET: dict[str, TargetKind] = {
+    "new_friends": "contact",
+    "tagged": "contact",
+    "groups": "group",
+}
+
+
+def infer_segment_kind(segment: object, target: object) -> object:
+    """Fill in ``kind`` of a segment written without one, from the template's target:
+    a group template means ``groups``; a contact template with tags ``tagged``,
+    otherwise ``new_friends``."""
+    if not isinstance(segment, dict) or "kind" in segment:
+        return segment
+    if target == "group":
+        kind = "groups"
+    else:
+        kind = "tagged" if ("tags" in segment or "tag" in segment) else "new_friends"
+    return {"kind": kind, **segment}
+
+
+# ---------------------------------------------------------------- template rules
+
+Reentry = Literal["never", "after_finish", "always"]
+
+
+class ExitRules(BaseModel):
+    """When an enrolled target leaves a template (退出条件); its pending deliveries
+    are then cancelled with the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags_added: list[str] = Field(
+        default_factory=list, description="leave when one of these tags is added (e.g. purchased)"
+    )
+    tags_removed: list[str] = Field(
+        default_factory=list, description="leave when one of these tags is removed"
+    )
+    on_inactive: bool = Field(
+        True,
+        description="leave when the contact is deleted/blocked/unsubscribed or the group dissolved",
+    )
+    on_segment_mismatch: bool = Field(
+        True, description="leave when it no longer matches the segment"
+    )
+    add_tags: list[str] = Field(
+        default_factory=list,
+        description="tags sopbot applies to the target when it leaves (they trigger other SOPs)",
+    )
+
+    @field_validator("tags_added", "tags_removed", "add_tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(_tag_name(v) for v in value))
+
+
+# --------------------------------------------------------------------------- SQL
+
+CONTACTS = Contact.__table__  # type: ignore[attr-defined]
+GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
+TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
+_NUMBER_TYPES = {"sqlite": ("integer", "real"), "postgresql": ("number",)}
+_TEXT_TYPE = {"sqlite": "text", "postgresql": "string"}
+
+
+def _json_type_and_value(
+    column: Any, key: str, dialect: str
+) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    if dialect == "postgresql":
+        return func.json_typeof(column.op("->")(key)), column.op("->>")(key)
+    path = '$."' + key + '"'
+    return func.json_type(column, path), func.json_extract(column, path)
+
+
+def _attr_sql(column: Any, key: str, flt: AttributeFilter, dialect: str) -> ColumnElement[bool]:
+    typ, value = _json_type_and_value(column, key, dialect)
+    numbers = _NUMBER_TYPES.get(dialect, _NUMBER_TYPES["sqlite"])
+    number = case((typ.in_(numbers), cast(value, Float)), else_=None)
+
+    def equal(expected: Scalar) -> ColumnElement[bool]:
+        kind = _kind_of(expected)
+        if kind == "bool":
+            if dialect == "postgresql":
+                return and_(typ == "boolean", value == ("true" if expected else "false"))
+            return typ == ("true" if expected else "false")
+        if kind == "number":
+            return and_(typ.in_(numbers), number == float(expected))  # type: ignore[arg-type]
+        return and_(typ == _TEXT_TYPE.get(dialect, "text"), value == expected)
+
+    def is_true(expr: ColumnElement[bool]) -> ColumnElement[bool]:
+        # NULL (missing attribute) must count as false, also under NOT
+        return func.coalesce(expr, false())
+
+    conditions: list[ColumnElement[bool]] = []
+    for op, arg in flt.conditions():
+        if op == "eq":
+            conditions.append(is_true(equal(arg)))
+        elif op == "ne":
+            conditions.append(not_(is_true(equal(arg))))
+        elif op == "in":
+            conditions.append(is_true(or_(*(equal(a) for a in arg))))
+        elif op == "not_in":
+            conditions.append(not_(is_true(or_(*(equal(a) for a in arg)))))
+        elif op in ("gt", "gte", "lt", "lte"):
+            compare = {
+                "gt": number > arg,
+                "gte": number >= arg,
+                "lt": number < arg,
+                "lte": number <= arg,
+            }[op]
+            conditions.append(is_true(compare))
+        elif op == "exists":
+            present = is_true(and_(typ.is_not(None), typ != "null"))
+            conditions.append(present if arg else not_(present))
+    return and_(true(), *conditions)
+
+
+def _tag_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
+    names = sorted(set(names))
+    if not names:
+        return {}
+    rows = session.execute(select(Tag.id, Tag.name).where(col(Tag.name).in_(names))).all()
+    return {name: tag_id for tag_id, name in rows}
+
+
+def segment_condition(
+    session: Session, target: TargetKind, segment: NewFriendsSegment | TaggedSegment | GroupSegment
+) -> ColumnElement[bool]:
+    """The segment as a SQL condition on the contacts or group_chats table
+    (status not included)."""
+    table = CONTACTS if target == "contact" else GROUPS
+    account_col = table.c.account_id if target == "contact" else table.c.owner_account_id
+    dialect = session.get_bind().dialect.name
+    tag_ids = _tag_ids(session, segment.tag_names())
+
+    def leaf(name: str) -> ColumnElement[bool]:
+        tag_id = tag_ids.get(name)
+        if tag_id is None:
+            return false()
+        return exists().where(
+            TAG_ASSIGNMENTS.c.tag_id == tag_id,
+            TAG_ASSIGNMENTS.c.target_kind == target,
+            TAG_ASSIGNMENTS.c.target_id == table.c.id,
+        )
+
+    conditions: list[ColumnElement[bool]] = []
+    accounts = getattr(segment, "accounts", None) or getattr(segment, "owners", None)
+    if accounts:
+        conditions.append(
+            account_col.in_(select(Account.id).where(col(Account.external_id).in_(accounts)))
+        )
+    tags = getattr(segment, "tags", None)
+    if tags is not None:
+        conditions.append(tags.to_sql(leaf))
+    pattern = getattr(segment, "name_pattern", None)
+    if pattern:
+        conditions.append(table.c.name.ilike(_glob_to_like(pattern), escape="\\"))
+    for key, flt in segment.attributes.items():
+        conditions.append(_attr_sql(table.c.attributes, key, flt, dialect))
+    return and_(true(), *conditions)
+
+
+def _glob_to_like(pattern: str) -> str:
+    out = []
+    for ch in pattern:
+        if ch in "%_\\":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def segment_query(
+    session: Session,
+    target: TargetKind,
+    segment: NewFriendsSegment | TaggedSegment | GroupSegment,
+    *,
+    joined_since: datetime | None = None,
+) -> Any:
+    """``SELECT id FROM contacts|group_chats`` of the active targets in the segment."""
+    table = CONTACTS if target == "contact" else GROUPS
+    active = ContactStatus.ACTIVE if target == "contact" else GroupStatus.ACTIVE
+    stmt = select(table.c.id).where(
+        table.c.status == active, segment_condition(session, target, segment)
+    )
+    if joined_since is not None:
+        stmt = stmt.where(table.c.joined_at >= joined_since)
+    return stmt
+
+
+@dataclass
+class Preview:
+    count: int
+    rows: list[dict[str, Any]]
+    unknown_tags: list[str]
+    unknown_accounts: list[str]
+
+
+def preview(
+    session: Session,
+    target: TargetKind,
+    segment: NewFriendsSegment | TaggedSegment | GroupSegment,
+    *,
+    limit: int = 20,
+    joined_since: datetime | None = None,
+) -> Preview:
+    """How many active targets the segment holds now, and the first ``limit`` of them."""
+    if SEGMENT_TARGET[segment.kind] != target:
+        raise ValueError(f"a {segment.kind} segment selects {SEGMENT_TARGET[segment.kind]}s")
+    ids_query = segment_query(session, target, segment, joined_since=joined_since)
+    count = session.execute(select(func.count()).select_from(ids_query.subquery())).scalar_one()
+    table = CONTACTS if target == "contact" else GROUPS
+    account_col = table.c.account_id if target == "contact" else table.c.owner_account_id
+    rows = session.execute(
+        select(
+            table.c.id, table.c.external_id, table.c.name, table.c.joined_at, Account.external_id
+        )
+        .outerjoin(Account, col(Account.id) == account_col)
+        .where(table.c.id.in_(ids_query.order_by(table.c.id).limit(limit).scalar_subquery()))
+        .order_by(table.c.id)
+    ).all()
+    tags: dict[int, list[str]] = {r[0]: [] for r in rows}
+    if rows:
+        for target_id, name in session.execute(
+            select(TAG_ASSIGNMENTS.c.target_id, Tag.name)
+            .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
+            .where(
+                TAG_ASSIGNMENTS.c.target_kind == target,
+                TAG_ASSIGNMENTS.c.target_id.in_(list(tags)),
+            )
+            .order_by(Tag.name)
+        ).all():
+            tags[target_id].append(name)
+    mentioned = segment.tag_names()
+    known = _tag_ids(session, mentioned)
+    accounts = list(getattr(segment, "accounts", None) or getattr(segment, "owners", None) or [])
+    known_accounts = set(
+        session.execute(
+            select(Account.external_id).where(col(Account.external_id).in_(accounts))
+        ).scalars()
+    )
+    return Preview(
+        count=count,
+        rows=[
+            {
+                "id": r[0],
+                "external_id": r[1],
+                "name": r[2],
+                "joined_at": r[3],
+                "account": r[4],
+                "tags": tags[r[0]],
+            }
+            for r in rows
+        ],
+        unknown_tags=sorted(mentioned - set(known)),
+        unknown_accounts=sorted(set(accounts) - known_accounts),
+    )

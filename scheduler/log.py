@@ -1,0 +1,703 @@
+"""The delivery log: filtered reads of the ``deliveries`` table with keyset
+(cursor) pagination, and the same filters streamed out as CSV or NDJSON.
+
+Keyset pagination orders by ``(sort key, id)`` and continues strictly after the
+last row of the previous page, so a page deep into millions of rows costs what
+the first one does, and rows inserted meanwhile never make a page skip or repeat
+one. ``due_at`` never changes once a delivery exists, which is why it is the
+default sort; ``sent_at`` is empty until a delivery is sent, so that sort lists
+the sent rows first and then the unsent ones by id (NULLS LAST, both directions).
+
+Query plans (SQLite, 2 million rows; see ``benchmarks/log.py``): the sort column's
+index drives every page — ``ix_deliveries_due_at`` or, with a template filter,
+``ix_deliveries_template_due_at``; ``ix_deliveries_sent_at`` (partial) for the
+sent-time sort. On SQLite the other indexed filters are written ``+column`` so its
+planner does not trade the ordered scan for an index on, say, status followed by
+a sort of every matching row; PostgreSQL plans from statistics and gets plain
+predicates. A contact or group filter goes through its enrollments (a handful of
+rows) instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    exists,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
+from sqlmodel import Session
+
+from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
+from scheduler.models import Delivery, DeliveryStatus, Enrollment
+from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
+from sopbot.db import is_sqlite, reader
+
+D = Delivery.__table__  # type: ignore[attr-defined]
+ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
+CONTACTS = Contact.__table__  # type: ignore[attr-defined]
+GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
+TAGS = Tag.__table__  # type: ignore[attr-defined]
+TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
+
+SORTS = ("due_at", "sent_at")
+ORDERS = ("desc", "asc")
+MAX_PAGE = 1000
+EXPORT_BATCH = 2000
+
+STATUS_ZH = {
+    "scheduled": "待发送",
+    "claimed": "已领取",
+    "sending": "发送中",
+    "sent": "已发送",
+    "failed": "失败",
+    "skipped": "已跳过",
+    "cancelled": "已取消",
+    "missed": "已错过",
+    "unknown": "结果未知",
+}
+TARGET_ZH = {"contact": "客户", "group": "客户群"}
+MODE_ZH = {"send": "自动发送", "task": "群发任务（员工确认）", "remind": "提醒员工发送"}
+PART_ZH = {"image": "图片", "link": "链接", "miniprogram": "小程序", "file": "文件"}
+
+
+class InvalidLogQuery(ValueError):
+    """A log filter, sort or cursor that cannot be used; ``param`` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# -- filters ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """What to show. Every field is optional; set ones combine with AND.
+
+    Time ranges are half-open, ``[from, to)``, aware datetimes. ``statuses`` may
+    hold several. ``reason`` matches a case-insensitive substring. ``tag`` is a tag
+    name: deliveries whose target carries it now. ``account_id`` is the staff
+    account that owns the target (the contact's account, the group's owner).
+    """
+
+    template_id: int | None = None
+    version_id: int | None = None
+    touchpoint_id: int | None = None
+    statuses: tuple[str, ...] = ()
+    reason: str | None = None
+    channel: str | None = None
+    account_id: int | None = None
+    contact_id: int | None = None
+    group_id: int | None = None
+    tag: str | None = None
+    due_from: datetime | None = None
+    due_to: datetime | None = None
+    sent_from: datetime | None = None
+    sent_to: datetime | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.statuses if s not in DeliveryStatus.ALL]
+        if unknown:
+            raise InvalidLogQuery(
+                "status",
+                f"status {', '.join(map(repr, unknown))} is not one of: "
+                + ", ".join(DeliveryStatus.ALL),
+            )
+        for lo, hi in (("due_from", "due_to"), ("sent_from", "sent_to")):
+            start, end = getattr(self, lo), getattr(self, hi)
+            for name, value in ((lo, start), (hi, end)):
+                if value is not None and value.tzinfo is None:
+                    raise InvalidLogQuery(name, f"{name} needs a time zone")
+            if start is not None and end is not None and end <= start:
+                raise InvalidLogQuery(
+                    hi, f"{hi} ({end.isoformat()}) must be after {lo} ({start.isoformat()})"
+                )
+        if self.contact_id is not None and self.group_id is not None:
+            raise InvalidLogQuery("group_id", "filter by contact_id or by group_id, not both")
+
+    def conditions(self, *, sqlite: bool, sort: str) -> list[ColumnElement[bool]]:
+        """SQL predicates on ``deliveries`` for these filters (see the module
+        docstring for why some columns are wrapped on SQLite)."""
+
+        def plain(column: Any, *, keep_index: bool = False) -> Any:
+            if not sqlite or keep_index:
+                return column
+            return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+
+        where: list[ColumnElement[bool]] = []
+        if self.template_id is not None:
+            # (template_id, due_at, id) is the ordered index for the due sort.
+            where.append(plain(D.c.template_id, keep_index=sort == "due_at") == self.template_id)
+        if self.version_id is not None:
+            where.append(plain(D.c.version_id) == self.version_id)
+        if self.touchpoint_id is not None:
+            where.append(plain(D.c.touchpoint_id) == self.touchpoint_id)
+        if self.statuses:
+            where.append(plain(D.c.status).in_(self.statuses))
+        if self.reason:
+            where.append(D.c.reason.icontains(self.reason, autoescape=True))
+        if self.channel is not None:
+            where.append(D.c.channel == self.channel)
+        if self.account_id is not None:
+            where.append(
+                or_(
+                    and_(
+                        D.c.target_kind == "contact",
+                        D.c.target_id.in_(
+                            select(CONTACTS.c.id).where(CONTACTS.c.account_id == self.account_id)
+                        ),
+                    ),
+                    and_(
+                        D.c.target_kind == "group",
+                        D.c.target_id.in_(
+                            select(GROUPS.c.id).where(GROUPS.c.owner_account_id == self.account_id)
+                        ),
+                    ),
+                )
+            )
+        for kind, target_id in (("contact", self.contact_id), ("group", self.group_id)):
+            if target_id is not None:
+                where += [
+                    D.c.target_kind == kind,
+                    D.c.target_id == target_id,
+                    D.c.enrollment_id.in_(
+                        select(ENROLLMENTS.c.id).where(
+                            ENROLLMENTS.c.target_kind == kind, ENROLLMENTS.c.target_id == target_id
+                        )
+                    ),
+                ]
+        if self.tag is not None:
+            where.append(
+                exists().where(
+                    TAG_ASSIGNMENTS.c.tag_id == TAGS.c.id,
+                    TAGS.c.name == self.tag,
+                    TAG_ASSIGNMENTS.c.target_kind == D.c.target_kind,
+                    TAG_ASSIGNMENTS.c.target_id == D.c.target_id,
+                )
+            )
+        if self.due_from is not None:
+            where.append(D.c.due_at >= self.due_from)
+        if self.due_to is not None:
+            where.append(D.c.due_at < self.due_to)
+        if self.sent_from is not None:
+            where.append(D.c.sent_at >= self.sent_from)
+        if self.sent_to is not None:
+            where.append(D.c.sent_at < self.sent_to)
+        return where
+
+
+def parse_instant(
+    value: str | None, zone: tzinfo, param: str, *, end: bool = False
+) -> datetime | None:
+    """An ISO 8601 instant from a query string. Without an offset it is read in
+    ``zone`` (the workspace zone: what an operator typed in the UI). A bare date
+    means that day's start — or, with ``end``, the next day's start, so
+    ``due_to=2027-03-02`` includes all of 2 March."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            parsed = datetime.combine(day + timedelta(days=1) if end else day, time())
+        else:
+            parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        raise InvalidLogQuery(
+            param, f"{param} {value!r} is not an ISO 8601 date or date-time"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)
+
+
+# -- cursors ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: after the row with this sort key and id."""
+
+    sort: str
+    order: str
+    key: datetime | None
+    id: int
+
+    def encode(self) -> str:
+        key = self.key.astimezone(UTC).isoformat() if self.key is not None else None
+        raw = json.dumps([1, self.sort, self.order, key, self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
+
+    @classmethod
+    def decode(cls, token: str, *, sort: str, order: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            version, c_sort, c_order, key, row_id = json.loads(raw)
+            if version != 1 or not isinstance(row_id, int) or isinstance(row_id, bool):
+                raise ValueError
+            parsed = None if key is None else datetime.fromisoformat(key)
+            if parsed is not None and parsed.tzinfo is None:
+                raise ValueError
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise InvalidLogQuery(
+                "cursor", "cursor is not one this API issued; start again without it"
+            ) from None
+        if (c_sort, c_order) != (sort, order):
+            raise InvalidLogQuery(
+                "cursor",
+                f"cursor belongs to sort={c_sort} order={c_order}, not sort={sort} order={order}",
+            )
+        if parsed is None and sort == "due_at":
+            raise InvalidLogQuery(
+                "cursor", "cursor is not one this API issued; start again without it"
+            )
+        return cls(c_sort, c_order, parsed, row_id)
+
+
+# -- entries ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """One line of the delivery log, with the names an operator reads."""
+
+    id: int
+    template_id: int
+    template_name: str | None
+    version_id: int
+    version: int | None
+    touchpoint_id: int
+    touchpoint_name: str | None
+    occurrence: int
+    target_kind: str
+    target_id: int
+    target_external_id: str | None
+    target_name: str | None
+    account_id: int | None
+    account_name: str | None
+    channel: str
+    mode: str
+    status: str
+    reason: str | None
+    due_at: datetime
+    run_at: datetime
+    sent_at: datetime | None
+    finished_at: datetime | None
+    lateness_seconds: float | None
+    attempts: int
+    provider_message_id: str | None
+    rendered: list[dict[str, Any]] | None
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601 in UTC (``Z``)."""
+        out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        for key in ("due_at", "run_at", "sent_at", "finished_at"):
+            value = out[key]
+            if value is not None:
+                out[key] = value.isoformat().replace("+00:00", "Z")
+        return out
+
+
+@dataclass
+class LogPage:
+    entries: list[LogEntry]
+    next_cursor: str | None
+
+
+def content_text(parts: Sequence[dict[str, Any]] | None) -> str:
+    """Rendered content as an operator reads it: text as is, other parts labelled."""
+    lines = []
+    for part in parts or ():
+        kind = part.get("kind")
+        if kind == "text":
+            lines.append(str(part.get("text") or ""))
+            continue
+        detail = " ".join(str(part[k]) for k in ("title", "name", "page", "url") if part.get(k))
+        lines.append(f"[{PART_ZH.get(str(kind), str(kind))}] {detail}".rstrip())
+    return "\n".join(lines)
+
+
+_COLUMNS = (
+    D.c.id,
+    D.c.template_id,
+    D.c.version_id,
+    D.c.touchpoint_id,
+    D.c.occurrence,
+    D.c.target_kind,
+    D.c.target_id,
+    D.c.channel,
+    D.c.mode,
+    D.c.status,
+    D.c.reason,
+    D.c.due_at,
+    D.c.run_at,
+    D.c.sent_at,
+    D.c.finished_at,
+    D.c.attempts,
+    D.c.provider_message_id,
+    D.c.rendered,
+)
+_TIMES = ("due_at", "run_at", "sent_at", "finished_at")
+# SQLite stores UTC as text; reading it raw and parsing it here is several times
+# cheaper per value than the generic column type, which counts on an export.
+_SQLITE_COLUMNS = tuple(
+    type_coerce(c, String).label(c.name) if c.name in _TIMES else c for c in _COLUMNS
+)
+
+
+def _columns(sqlite: bool) -> tuple[Any, ...]:
+    return _SQLITE_COLUMNS if sqlite else _COLUMNS
+
+
+def _utc(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text + "+00:00")
+
+
+_NO_TARGET: tuple[Any, Any, Any] = (None, None, None)
+_NO_TOUCHPOINT: tuple[Any, Any] = (None, None)
+
+
+class _Labels:
+    """Names for ids, looked up once per batch of rows (templates and
+    touchpoints are cached for the whole read: there are few of them)."""
+
+    def __init__(self, conn: Connection | Session, *, sqlite: bool) -> None:
+        self.conn = conn
+        self.raw_times = sqlite
+        self.templates: dict[int, str] = {}
+        self.touchpoints: dict[int, tuple[str, int]] = {}
+        self.accounts: dict[int, str] = {}
+
+    def entries(self, rows: Sequence[Row[Any]]) -> list[LogEntry]:
+        self._load_templates({r.template_id for r in rows} - self.templates.keys())
+        self._load_touchpoints({r.touchpoint_id for r in rows} - self.touchpoints.keys())
+        targets = self._targets(rows)
+        self._load_accounts(
+            {t[2] for t in targets.values() if t[2] is not None} - self.accounts.keys()
+        )
+        out = []
+        accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
+        for r in rows:
+            # Tuple unpacking: much cheaper than attribute access per column on an export.
+            (
+                row_id,
+                template_id,
+                version_id,
+                touchpoint_id,
+                occurrence,
+                target_kind,
+                target_id,
+                channel,
+                mode,
+                status,
+                reason,
+                due_at,
+                run_at,
+                sent_at,
+                finished_at,
+                attempts,
+                provider_message_id,
+                rendered,
+            ) = r
+            if self.raw_times:
+                due_at, run_at, sent_at, finished_at = (
+                    _utc(due_at),
+                    _utc(run_at),
+                    _utc(sent_at),
+                    _utc(finished_at),
+                )
+            external_id, name, account_id = targets.get((target_kind, target_id), _NO_TARGET)
+            tp_name, version = touchpoints.get(touchpoint_id, _NO_TOUCHPOINT)
+            out.append(
+                LogEntry(
+                    row_id,
+                    template_id,
+                    templates.get(template_id),
+                    version_id,
+                    version,
+                    touchpoint_id,
+                    tp_name,
+                    occurrence,
+                    target_kind,
+                    target_id,
+                    external_id,
+                    name,
+                    account_id,
+                    accounts.get(account_id) if account_id is not None else None,
+                    channel,
+                    mode,
+                    status,
+                    reason,
+                    due_at,
+                    run_at,
+                    sent_at,
+                    finished_at,
+                    (sent_at - due_at).total_seconds() if sent_at is not None else None,
+                    attempts,
+                    provider_message_id,
+                    rendered,
+                )
+            )
+        return out
+
+    def _load_templates(self, ids: set[int]) -> None:
+        if ids:
+            stmt = select(SopTemplate.id, SopTemplate.name).where(SopTemplate.id.in_(ids))  # type: ignore[union-attr]
+            self.templates.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
+
+    def _load_touchpoints(self, ids: set[int]) -> None:
+        if ids:
+            stmt = (
+                select(Touchpoint.id, Touchpoint.name, TemplateVersion.version)
+                .join(TemplateVersion, TemplateVersion.id == Touchpoint.version_id)  # type: ignore[arg-type]
+                .where(Touchpoint.id.in_(ids))  # type: ignore[union-attr]
+            )
+            for tp_id, name, version in self.conn.execute(stmt).all():
+                self.touchpoints[tp_id] = (name, version)
+
+    def _load_accounts(self, ids: set[int]) -> None:
+        if ids:
+            stmt = select(Account.id, Account.name).where(Account.id.in_(ids))  # type: ignore[union-attr]
+            self.accounts.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
+
+    def _targets(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
+        out: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        for kind, table, account in (
+            ("contact", CONTACTS, CONTACTS.c.account_id),
+            ("group", GROUPS, GROUPS.c.owner_account_id),
+        ):
+            ids = {r.target_id for r in rows if r.target_kind == kind}
+            if not ids:
+                continue
+            stmt = select(table.c.id, table.c.external_id, table.c.name, account).where(
+                table.c.id.in_(ids)
+            )
+            for target_id, external_id, name, account_id in self.conn.execute(stmt).all():
+                out[(kind, target_id)] = (external_id, name, account_id)
+        return out
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def _check_sort(sort: str, order: str) -> None:
+    if sort not in SORTS:
+        raise InvalidLogQuery("sort", f"sort {sort!r} is not one of: {', '.join(SORTS)}")
+    if order not in ORDERS:
+        raise InvalidLogQuery("order", f"order {order!r} is not one of: {', '.join(ORDERS)}")
+
+
+def _statements(
+    flt: LogFilter, *, sqlite: bool, sort: str, order: str, after: Cursor | None
+) -> list[Select[Any]]:
+    """The ordered statements whose concatenated results are the log, from just
+    after ``after``: one for the due sort; for the sent sort, the sent rows by
+    (sent_at, id), then the unsent ones by id."""
+    base = flt.conditions(sqlite=sqlite, sort=sort)
+    desc = order == "desc"
+
+    def ordered(*columns: Any) -> list[Any]:
+        return [c.desc() if desc else c.asc() for c in columns]
+
+    def beyond(columns: tuple[Any, ...], values: tuple[Any, ...]) -> ColumnElement[bool]:
+        typed = [literal(v, c.type) for c, v in zip(columns, values, strict=True)]
+        return tuple_(*columns) < tuple_(*typed) if desc else tuple_(*columns) > tuple_(*typed)
+
+    key = D.c.due_at if sort == "due_at" else D.c.sent_at
+    keyed = select(*_columns(sqlite)).where(*base).order_by(*ordered(key, D.c.id))
+    if sort == "sent_at":
+        keyed = keyed.where(D.c.sent_at.is_not(None))
+    unkeyed = (
+        select(*_columns(sqlite)).where(*base, D.c.sent_at.is_(None)).order_by(*ordered(D.c.id))
+    )
+    if after is None:
+        return [keyed] if sort == "due_at" else [keyed, unkeyed]
+    if after.key is None:  # already among the unsent rows of the sent sort
+        return [unkeyed.where(beyond((D.c.id,), (after.id,)))]
+    statements = [keyed.where(beyond((key, D.c.id), (after.key, after.id)))]
+    return statements if sort == "due_at" else [*statements, unkeyed]
+
+
+def list_page(
+    conn: Connection | Session,
+    flt: LogFilter,
+    *,
+    sort: str = "due_at",
+    order: str = "desc",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> LogPage:
+    """One page of the log and the cursor of the next (``None`` on the last)."""
+    _check_sort(sort, order)
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidLogQuery("limit", f"limit must be between 1 and {MAX_PAGE}")
+    after = Cursor.decode(cursor, sort=sort, order=order) if cursor else None
+    sqlite = is_sqlite(conn.get_bind() if isinstance(conn, Session) else conn)
+    rows: list[Row[Any]] = []
+    for stmt in _statements(flt, sqlite=sqlite, sort=sort, order=order, after=after):
+        rows += conn.execute(stmt.limit(limit + 1 - len(rows))).all()
+        if len(rows) > limit:
+            break
+    more = len(rows) > limit
+    entries = _Labels(conn, sqlite=sqlite).entries(rows[:limit])
+    next_cursor = None
+    if more:
+        last = entries[-1]
+        next_cursor = Cursor(sort, order, getattr(last, sort), last.id).encode()
+    return LogPage(entries, next_cursor)
+
+
+def iter_entries(
+    engine: Engine,
+    flt: LogFilter,
+    *,
+    sort: str = "due_at",
+    order: str = "desc",
+    batch_size: int = EXPORT_BATCH,
+) -> Iterator[list[LogEntry]]:
+    """Every matching entry, in batches, over one server-side cursor (a
+    consistent snapshot; memory stays at one batch however many rows match)."""
+    _check_sort(sort, order)
+    with reader(engine).connect() as conn:
+        sqlite = is_sqlite(engine)
+        labels = _Labels(conn, sqlite=sqlite)
+        for stmt in _statements(flt, sqlite=sqlite, sort=sort, order=order, after=None):
+            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
+            for rows in result.partitions():
+                yield labels.entries(rows)
+
+
+def read_entries(
+    conn: Connection | Session, where: Sequence[Any], order_by: Sequence[Any], limit: int
+) -> list[LogEntry]:
+    """Log entries of the deliveries matching ``where`` (for other readers of the
+    log, such as retention's archive)."""
+    sqlite = is_sqlite(conn.get_bind() if isinstance(conn, Session) else conn)
+    rows = conn.execute(
+        select(*_columns(sqlite)).where(*where).order_by(*order_by).limit(limit)
+    ).all()
+    return _Labels(conn, sqlite=sqlite).entries(rows)
+
+
+# -- exports ------------------------------------------------------------------------
+
+
+@dataclass
+class _LocalTime:
+    """UTC → "YYYY-MM-DD HH:MM:SS" in the workspace zone (Excel reads it as a
+    date-time), with the zone offset cached per UTC hour."""
+
+    zone: tzinfo
+    _offsets: dict[tuple[int, int], timedelta] = field(default_factory=dict)
+
+    def __call__(self, value: datetime | None) -> str:
+        if value is None:
+            return ""
+        hour = (value.toordinal(), value.hour)
+        offset = self._offsets.get(hour)
+        if offset is None:
+            offset = self._offsets[hour] = value.astimezone(self.zone).utcoffset() or timedelta()
+        return (value + offset).isoformat(" ", "seconds")[:19]
+
+
+def csv_header(zone_name: str) -> list[str]:
+    return [
+        "发送任务ID",
+        "SOP 模板",
+        "模板ID",
+        "版本",
+        "触达节点",
+        "触达节点ID",
+        "对象类型",
+        "对象",
+        "对象ID",
+        "对象外部ID",
+        "员工账号",
+        "渠道",
+        "执行方式",
+        "状态",
+        "原因",
+        f"计划时间 ({zone_name})",
+        f"发送时间 ({zone_name})",
+        f"完成时间 ({zone_name})",
+        "延迟(秒)",
+        "尝试次数",
+        "渠道消息ID",
+        "内容",
+    ]
+
+
+def export_csv(
+    engine: Engine, flt: LogFilter, zone: tzinfo, *, sort: str = "due_at", order: str = "desc"
+) -> Iterator[bytes]:
+    """The log as CSV, UTF-8 with a BOM (so Excel reads Chinese text), times in
+    ``zone``; one chunk of bytes per batch of rows."""
+    local = _LocalTime(zone)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(csv_header(str(zone)))
+    yield "\ufeff".encode() + buffer.getvalue().encode()
+    for entries in iter_entries(engine, flt, sort=sort, order=order):
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(
+            [
+                e.id,
+                e.template_name or "",
+                e.template_id,
+                e.version or "",
+                e.touchpoint_name or "",
+                e.touchpoint_id,
+                TARGET_ZH.get(e.target_kind, e.target_kind),
+                e.target_name or "",
+                e.target_id,
+                e.target_external_id or "",
+                e.account_name or "",
+                e.channel,
+                MODE_ZH.get(e.mode, e.mode),
+                STATUS_ZH.get(e.status, e.status),
+                e.reason or "",
+                local(e.due_at),
+                local(e.sent_at),
+                local(e.finished_at),
+                "" if e.lateness_seconds is None else f"{e.lateness_seconds:.3f}",
+                e.attempts,
+                e.provider_message_id or "",
+                content_text(e.rendered),
+            ]
+            for e in entries
+        )
+        yield buffer.getvalue().encode()
+
+
+def export_ndjson(
+    engine: Engine, flt: LogFilter, *, sort: str = "due_at", order: str = "desc"
+) -> Iterator[bytes]:
+    """The log as newline-delimited JSON: one object per delivery (the API's row
+    shape, times in UTC), one chunk of bytes per batch of rows."""
+    for entries in iter_entries(engine, flt, sort=sort, order=order):
+        yield "".join(
+            json.dumps(e.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+            for e in entries
+        ).encode()
