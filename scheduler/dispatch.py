@@ -34,8 +34,8 @@ from scheduler import policies, repository, tasks
 from scheduler.models import Delivery, DeliveryStatus
 from scheduler.service import held_template_ids
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
-from sop_templates.schemas import TemplateSpec
 from sop_templates.rendering import RenderError, build_context, render_parts
+from sop_templates.schemas import TemplateSpec
 from sopbot.clock import Clock
 from sopbot.db import reader, session_scope
 from sopbot.settings import Settings

@@ -32,6 +32,7 @@ JOB_DISPATCH = "sopbot:dispatch"
 JOB_PLAN = "sopbot:plan-cron"
 JOB_REAP = "sopbot:reap-leases"
 JOB_TASKS = "sopbot:poll-tasks"
+JOB_INBOX = "sopbot:apply-inbox"
 
 
 def default_worker_id() -> str:
@@ -91,6 +92,17 @@ class SchedulerRuntime:
                 catch_up=timedelta(days=self.settings.catch_up_days),
             )
 
+    async def inbox_tick(self) -> Any:
+        """Apply stored audience events (WeCom callbacks) not yet applied, so an
+        event survives a crash between the callback's reply and its processing."""
+        return await asyncio.to_thread(self.apply_inbox_now)
+
+    def apply_inbox_now(self) -> Any:
+        from scheduler import membership
+
+        with session_scope(self.engine) as session:
+            return membership.apply_pending(session, self.clock.now())
+
     async def reap_tick(self) -> dict[str, int]:
         return await asyncio.to_thread(self.dispatcher.reap_expired_leases)
 
@@ -136,6 +148,13 @@ class SchedulerRuntime:
             "interval",
             seconds=self.settings.task_poll_seconds,
             id=JOB_TASKS,
+            **common,
+        )
+        scheduler.add_job(
+            self.inbox_tick,
+            "interval",
+            seconds=5,
+            id=JOB_INBOX,
             **common,
         )
         scheduler.add_job(

@@ -98,6 +98,10 @@ def create_all(engine: Engine) -> None:
 
 
 def import_models() -> None:
+    import api.users.models  # noqa: F401
+    import scheduler.authoring_models  # noqa: F401
+    import sop_templates.approval_models  # noqa: F401
+
     import audiences.models  # noqa: F401
     import channels.models  # noqa: F401
     import scheduler.analytics_models  # noqa: F401

@@ -74,6 +74,19 @@ class Settings(BaseSettings):
         "./sopbot-archive", description="where retention writes deliveries-<day>.ndjson.gz"
     )
 
+    # operator UI and API auth (api.auth)
+    secret_key: str | None = Field(
+        None, description="signs session cookies and CSRF tokens; default: generated once, stored"
+    )
+    cookie_secure: bool = Field(
+        False, description="mark the session cookie Secure (set when served over HTTPS)"
+    )
+    session_hours: float = Field(12.0, gt=0, description="UI login lifetime")
+    require_approval: bool = Field(
+        False, description="workspace default: templates need an approver before publishing"
+    )
+    ui_language: str = Field("zh_CN", pattern="^(zh_CN|en)$", description="default UI language")
+
     worker_id: str | None = Field(None, description="lease owner name; default host:pid")
     run_scheduler: bool = Field(True, description="run the scheduler inside `serve`")
     sql_echo: bool = False
