@@ -9,6 +9,8 @@ COPY channels channels
 COPY audiences audiences
 COPY sop_templates sop_templates
 COPY api api
+COPY migrations migrations
+COPY alembic.ini ./
 RUN pip install '.[postgres]' && useradd --create-home sopbot && mkdir -p /data && chown sopbot /data
 USER sopbot
 ENV SOPBOT_DATABASE_URL=sqlite:////data/sopbot.db SOPBOT_HOST=0.0.0.0 SOPBOT_PORT=8000
@@ -16,4 +18,5 @@ VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --retries=3 \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
-CMD ["sopbot", "serve"]
+# --migrate: a single-process install upgrades its own SQLite schema on start.
+CMD ["sopbot", "serve", "--migrate"]

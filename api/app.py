@@ -5,21 +5,37 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-import httpx
-from fastapi import FastAPI
-from sqlalchemy import func, select
+from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
-from api import errors
-from api.routes import audiences, deliveries, pages, report_pages, templates, wecom_callback
+from api import auth, errors
+from api.audit_middleware import AuditMiddleware
+from api.routes import (
+    audiences,
+    deliveries,
+    pages,
+    report_pages,
+    templates,
+    ui_admin,
+    ui_audiences,
+    ui_auth,
+    ui_templates,
+    wecom_callback,
+)
 from api.routes import channels as channel_routes
 from api.routes import events as event_routes
+from api.routes import ops as ops_routes
 from api.routes import segments as segment_routes
 from api.routes import stats as stats_routes
+from api.routes import users as user_routes
+from channels.http import channel_http_client
 from channels.registry import ensure_instance
-from scheduler.models import Delivery, DeliveryStatus
+from scheduler.metrics import build_registry
 from scheduler.runtime import SchedulerRuntime
 from sopbot import __version__
 from sopbot.clock import Clock, SystemClock
@@ -27,6 +43,8 @@ from sopbot.db import create_all, make_engine, session_scope
 from sopbot.settings import Settings
 
 log = logging.getLogger("sopbot")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def create_app(
@@ -49,9 +67,26 @@ def create_app(
         create_all(app.state.engine)
         with session_scope(app.state.engine) as session:
             ensure_instance(session, "mock", "mock")
-        app.state.http = httpx.AsyncClient(timeout=30)
+        app.state.secret_key = auth.load_secret_key(
+            app.state.engine, settings.secret_key, app.state.clock.now()
+        )
+        # Several small connection pools: see channels.http.
+        app.state.http = channel_http_client()
+        # Per-app Prometheus registry (nothing global): database-wide figures
+        # plus what this process's scheduler dispatches (scheduler.metrics).
+        app.state.metrics_registry, dispatch_metrics = build_registry(
+            app.state.engine,
+            app.state.clock,
+            stale=timedelta(seconds=settings.worker_stale_seconds),
+            cache_seconds=settings.metrics_cache_seconds,
+        )
         app.state.runtime = SchedulerRuntime(
-            app.state.engine, app.state.clock, settings, http=app.state.http
+            app.state.engine,
+            app.state.clock,
+            settings,
+            http=app.state.http,
+            role="serve",
+            metrics=dispatch_metrics,
         )
         if on_startup is not None:
             on_startup(app)
@@ -74,32 +109,34 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    app.include_router(templates.router)
-    app.include_router(audiences.router)
-    app.include_router(deliveries.router)
-    app.include_router(channel_routes.router)
-    app.include_router(pages.router)
-    app.include_router(event_routes.router)
-    app.include_router(segment_routes.router)
+    # Every route checks the caller (api.auth). Routers that declare the
+    # permission of each route themselves only need a logged-in user here; the
+    # others get a method-based gate: reads need `read`, changes the permission given.
+    Permission = auth.Permission
+    signed_in = [Depends(auth.current_user)]
+    app.include_router(templates.router, dependencies=signed_in)
+    app.include_router(audiences.router, dependencies=signed_in)
+    app.include_router(user_routes.router, dependencies=signed_in)
+    app.include_router(deliveries.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
+    app.include_router(channel_routes.router, dependencies=[Depends(auth.gate(Permission.ADMIN))])
+    app.include_router(pages.router, dependencies=signed_in)
+    app.include_router(event_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
+    app.include_router(segment_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
+    # WeCom callbacks carry their own signature (audiences.wecom_crypto), no user.
     app.include_router(wecom_callback.router)
-    app.include_router(stats_routes.router)
-    app.include_router(report_pages.router)
-
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, Any]:
-        """Liveness plus the backlog: deliveries due now and not yet sent."""
-        now = app.state.clock.now()
-        with session_scope(app.state.engine) as session:
-            backlog = session.execute(
-                select(func.count(), func.min(Delivery.run_at)).where(
-                    Delivery.status == DeliveryStatus.SCHEDULED, Delivery.run_at <= now
-                )
-            ).one()
-        return {
-            "status": "ok",
-            "version": __version__,
-            "backlog": backlog[0],
-            "oldest_due": backlog[1],
-        }
+    app.include_router(stats_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
+    app.include_router(report_pages.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
+    # /healthz (load balancers) and /metrics (Prometheus) stay open; /api/workers needs a user.
+    app.include_router(
+        ops_routes.router,
+        dependencies=[Depends(auth.gate(Permission.ADMIN, public=("/healthz", "/metrics")))],
+    )
+    # The operator UI (server-rendered; each route declares its permission).
+    app.include_router(ui_auth.router)
+    app.include_router(ui_templates.router, dependencies=signed_in)
+    app.include_router(ui_audiences.router, dependencies=signed_in)
+    app.include_router(ui_admin.router, dependencies=signed_in)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.add_middleware(AuditMiddleware)
 
     return app

@@ -30,8 +30,41 @@ def _engine_and_clock() -> tuple[Any, Any, Settings]:
 
     settings = Settings()
     engine = make_engine(settings)
+    _refuse_outdated_schema(engine)
     create_all(engine)
     return engine, SystemClock(), settings
+
+
+def _refuse_outdated_schema(engine: Any) -> None:
+    """Commands that work on data may build a fresh database with create_all
+    (the developer path), but never on top of an older or newer schema."""
+    from sopbot.migrate import SchemaError, describe, schema_state
+
+    try:
+        state = schema_state(engine)
+    except SchemaError as exc:
+        _fail(str(exc))
+    if state.status in ("behind", "unknown"):
+        _fail(describe(state, engine))
+
+
+def _require_current_schema(
+    settings: Settings, *, upgrade_empty: bool, migrate: bool = False
+) -> None:
+    """Start-up gate of serve/api/worker: the schema must be at the code's head."""
+    from sopbot.db import make_engine
+    from sopbot.migrate import SchemaError, ensure_current, upgrade
+
+    engine = make_engine(settings)
+    try:
+        if migrate:
+            upgrade(engine)
+        else:
+            ensure_current(engine, upgrade_empty=upgrade_empty)
+    except SchemaError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
 
 
 def _echo_json(data: Any) -> None:
@@ -48,16 +81,24 @@ def serve(
     demo: Annotated[bool, typer.Option(help="load the demo SOPs, contacts and groups")] = False,
     host: Annotated[str | None, typer.Option(help="bind address (SOPBOT_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (SOPBOT_PORT)")] = None,
+    migrate: Annotated[
+        bool, typer.Option(help="run `sopbot db upgrade` first (single-process deployments)")
+    ] = False,
 ) -> None:
-    """Run the API, the status page and the scheduler in one process."""
+    """Run the API, the status page and the scheduler in one process.
+
+    Refuses to start on an outdated schema (run `sopbot db upgrade`, or pass
+    --migrate); a brand-new, empty SQLite database is created on the spot."""
     import uvicorn
 
     from api.app import create_app
+    from sopbot.logging import configure_logging, uvicorn_log_config
 
     settings = Settings()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
+    _require_current_schema(settings, upgrade_empty=True, migrate=migrate)
+
+    bind_host, bind_port = host or settings.host, port or settings.port
 
     def startup(app_: Any) -> None:
         if demo:
@@ -65,24 +106,114 @@ def serve(
 
             created = load_demo(app_.state.engine, app_.state.clock.now())
             logging.getLogger("sopbot").info("demo loaded: %s", created)
+        _print_setup_link(app_, bind_host, bind_port)
 
     application = create_app(settings, on_startup=startup)
-    bind_host, bind_port = host or settings.host, port or settings.port
     typer.echo(
         f"sopbot on http://{bind_host}:{bind_port}/  (API docs: /docs, database: {settings.database_url})"
     )
-    uvicorn.run(application, host=bind_host, port=bind_port, log_level="info")
+    log_config = uvicorn_log_config(settings)
+    uvicorn.run(
+        application,
+        host=bind_host,
+        port=bind_port,
+        log_level="info",
+        **({"log_config": log_config} if log_config else {}),
+    )
+
+
+def _print_setup_link(app_: Any, host: str, port: int) -> None:
+    """No users yet: print a one-time link that creates the first admin."""
+    from api.users import service as users_service
+    from sopbot.db import session_scope
+
+    with session_scope(app_.state.engine) as session:
+        token = users_service.issue_setup_token(session, app_.state.clock.now())
+    if token:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        typer.secho(
+            "\nNo users yet. Create the first admin (this link works once):\n"
+            f"  http://{shown}:{port}/setup?token={token}\n"
+            "or run: sopbot user create admin --role admin\n",
+            fg=typer.colors.YELLOW,
+        )
+
+
+user_app = typer.Typer(help="Users of the operator UI and API.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("create")
+def user_create(
+    username: Annotated[str, typer.Argument(help="login name")],
+    role: Annotated[
+        list[str] | None, typer.Option(help="admin, operator, approver, analyst (repeatable)")
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(help="password (default: asked for; SOPBOT_NEW_PASSWORD also works)"),
+    ] = None,
+    display_name: Annotated[str, typer.Option(help="name shown in the UI")] = "",
+    token: Annotated[
+        str | None, typer.Option(help="also create an API token with this name (printed once)")
+    ] = None,
+) -> None:
+    """Create a user (the first admin: `sopbot user create admin --role admin`)."""
+    import os
+
+    from api.users import service as users_service
+    from sopbot.db import session_scope
+
+    secret = password or os.environ.get("SOPBOT_NEW_PASSWORD")
+    if not secret:
+        secret = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    engine, clock, _ = _engine_and_clock()
+    try:
+        with session_scope(engine) as session:
+            user = users_service.create_user(
+                session,
+                username,
+                secret,
+                role or ["admin"],
+                clock.now(),
+                display_name=display_name,
+            )
+            out: dict[str, Any] = {"id": user.id, "username": user.username, "roles": user.roles}
+            if token:
+                new = users_service.create_token(session, user.id, token, clock.now())  # type: ignore[arg-type]
+                out["token"] = new.secret
+    except users_service.UserError as exc:
+        _fail(str(exc))
+    _echo_json(out)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users and their roles."""
+    from api.users import service as users_service
+    from sopbot.db import session_scope
+
+    engine, _, _ = _engine_and_clock()
+    with session_scope(engine) as session:
+        for user in users_service.list_users(session):
+            state = "" if user.active else "  (disabled)"
+            typer.echo(f"{user.id:>4}  {user.username:<24} {user.roles}{state}")
 
 
 @app.command()
 def worker() -> None:
-    """Run only the scheduler and dispatch (scale-out: many workers, one PostgreSQL)."""
+    """Run only the scheduler and dispatch (scale-out: many workers, one PostgreSQL).
+
+    Refuses to start unless the schema is current (`sopbot db upgrade`)."""
     import asyncio
 
     from scheduler.worker import run_worker
+    from sopbot.logging import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_worker(Settings()))
+    settings = Settings()
+    configure_logging(settings, process_role="worker", worker_id=settings.worker_id)
+    _require_current_schema(settings, upgrade_empty=False)
+    asyncio.run(run_worker(settings))
 
 
 @app.command("api")
@@ -91,13 +222,20 @@ def api_only(
     port: Annotated[int | None, typer.Option(help="port (SOPBOT_PORT)")] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Run only the API and UI (no scheduler); safe with several workers."""
+    """Run only the API and UI (no scheduler); safe with several workers.
+
+    Refuses to start unless the schema is current (`sopbot db upgrade`)."""
     import os
 
     import uvicorn
 
+    from sopbot.logging import configure_logging, uvicorn_log_config
+
     settings = Settings()
+    configure_logging(settings, process_role="api")
+    _require_current_schema(settings, upgrade_empty=False)
     os.environ["SOPBOT_RUN_SCHEDULER"] = "false"
+    log_config = uvicorn_log_config(settings)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -105,6 +243,7 @@ def api_only(
         port=port or settings.port,
         workers=workers,
         log_level="info",
+        **({"log_config": log_config} if log_config else {}),
     )
 
 
@@ -412,6 +551,52 @@ def retention_rollup() -> None:
 
     engine, clock, settings = _engine_and_clock()
     _echo_json(asdict(roll_up(engine, clock, settings)))
+
+
+db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+) -> None:
+    """Migrate the database (SOPBOT_DATABASE_URL) to the latest schema. Creates
+    the schema on an empty database; adopts one made before migrations when its
+    tables match. Safe to run again, and from several machines at once."""
+    from sopbot.db import make_engine
+    from sopbot.logging import configure_logging
+    from sopbot.migrate import SchemaError, describe, upgrade
+
+    settings = Settings()
+    configure_logging(settings, process_role="migrate")
+    engine = make_engine(settings)
+    try:
+        state = upgrade(engine, revision)
+        typer.echo(describe(state, engine) if state.ok else f"schema at revision {state.current}")
+    except SchemaError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and the code's; exit 1 unless current."""
+    from sopbot.db import make_engine
+    from sopbot.migrate import SchemaError, describe, schema_state
+
+    engine = make_engine(Settings())
+    try:
+        state = schema_state(engine)
+    except SchemaError as exc:
+        _fail(str(exc))
+    finally:
+        engine.dispose()
+    typer.echo(f"database: {state.current or '-'} ({state.status})\ncode head: {state.head}")
+    if not state.ok:
+        typer.echo(describe(state, engine), err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

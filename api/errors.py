@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from typing import Any
+from urllib.parse import quote
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DataError
+
+from api.auth import Forbidden, NotAuthenticated
+from api.users.service import UserError, UserNotFound
 from audiences.service import AudienceError
 from audiences.service import NotFound as AudienceNotFound
 from channels.base import ChannelError
 from channels.service import ChannelNotFound
+from scheduler.authoring import AuthoringError
 from scheduler.service import EnrollmentError
 from sop_templates.service import NotFound as TemplateNotFound
 from sop_templates.service import TemplateError, TemplateValidationError
@@ -25,14 +32,97 @@ def install(app: FastAPI) -> None:
             },
         )
 
-    for error_type in (TemplateNotFound, AudienceNotFound, ChannelNotFound):
+    for error_type in (TemplateNotFound, AudienceNotFound, ChannelNotFound, UserNotFound):
 
         @app.exception_handler(error_type)
         async def _not_found(_: Request, exc: Exception) -> JSONResponse:
             return JSONResponse(status_code=404, content={"detail": str(exc)})
 
-    for error_type in (TemplateError, EnrollmentError, AudienceError, ChannelError):
+    for error_type in (
+        TemplateError,
+        EnrollmentError,
+        AudienceError,
+        ChannelError,
+        UserError,
+        AuthoringError,
+    ):
 
         @app.exception_handler(error_type)
         async def _conflict(_: Request, exc: Exception) -> JSONResponse:
             return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(NotAuthenticated)
+    async def _unauthenticated(request: Request, exc: NotAuthenticated) -> Response:
+        if wants_html(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+        return JSONResponse(
+            status_code=401,
+            content={"detail": str(exc)},
+            headers={"WWW-Authenticate": 'Bearer realm="sopbot"'},
+        )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if wants_html(request):
+            from api.views import render
+
+            return render(
+                request, "ui/error.html", {"message": str(exc), "code": 403}, status_code=403
+            )
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
+    # Input the database cannot hold (an id past 2**63, found by fuzzing the
+    # OpenAPI document) is the caller's mistake, not a 500.
+    @app.exception_handler(OverflowError)
+    async def _overflow(_: Request, exc: OverflowError) -> JSONResponse:
+        return JSONResponse(
+            status_code=422, content={"detail": f"a number in the request is out of range: {exc}"}
+        )
+
+    @app.exception_handler(DataError)
+    async def _data_error(_: Request, exc: DataError) -> JSONResponse:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
+        return JSONResponse(
+            status_code=422, content={"detail": f"a value in the request does not fit: {reason}"}
+        )
+
+    _document_validation_errors(app)
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """A 422 here is FastAPI's (``detail``: a list of problems) or a domain one
+    (``detail``: the message, ``errors``: ``[{loc, msg}]``, see ``_invalid``);
+    say so in the OpenAPI document, so clients and schema checks expect both."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        shape = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if shape is not None:
+            listed = shape["properties"].get("detail", {"type": "array"})
+            shape["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [{k: v for k, v in listed.items() if k != "title"}, {"type": "string"}],
+            }
+            shape["properties"]["errors"] = {
+                "title": "Errors",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"loc": {"type": "string"}, "msg": {"type": "string"}},
+                },
+            }
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def wants_html(request: Request) -> bool:
+    """UI pages answer in HTML; /api and anything asking for JSON in JSON."""
+    path = request.url.path
+    if path.startswith(("/api/", "/docs", "/openapi", "/redoc", "/healthz")):
+        return False
+    return "json" not in request.headers.get("accept", "")

@@ -135,7 +135,10 @@ class AppriseAdapter:
         if not body.strip():
             return SendResult.permanent("message is empty: nothing to send")
         notifier = apprise.Apprise(asset=self._asset)
-        values = {"target": message.target_external_id, "account": message.account_external_id or ""}
+        values = {
+            "target": message.target_external_id,
+            "account": message.account_external_id or "",
+        }
         for index, secret in enumerate(self.config.urls):
             url = _fill(secret.get_secret_value(), values)
             if not notifier.add(url):

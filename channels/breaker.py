@@ -114,9 +114,7 @@ class CircuitBreakers:
         names = sorted(set(instances))
         found = {
             row.instance: row
-            for row in session.execute(
-                select(BREAKERS).where(BREAKERS.c.instance.in_(names))
-            ).all()
+            for row in session.execute(select(BREAKERS).where(BREAKERS.c.instance.in_(names))).all()
         }
         return {name: _row_dict(found.get(name), name) for name in names}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -27,6 +28,9 @@ class MockConfig(AdapterConfig):
     latency_ms: float = Field(0.0, ge=0, description="simulated time per batch call")
     retry_after_s: float | None = Field(None, ge=0, description="Retry-After on retryable errors")
     persist: bool = Field(True, description="record every accepted message")
+    max_batch: int | None = Field(
+        None, ge=1, le=1000, description="messages per call (1 = a per-message API); default 1000"
+    )
 
 
 class MockAdapter:
@@ -40,6 +44,8 @@ class MockAdapter:
         self.config = config
         self.context = context
         self.calls = 0
+        if config.max_batch is not None:  # this instance's batch size (benchmarks)
+            self.capabilities = replace(type(self).capabilities, max_batch=config.max_batch)
 
     async def check_connection(self) -> str:
         return "mock channel ready (messages are recorded in mock_messages)"

@@ -110,9 +110,12 @@ class WebhookAdapter:
     def __init__(self, config: WebhookConfig, context: AdapterContext) -> None:
         self.config = config
         self.context = context
+        # Per instance, not per call: concurrent batches share max_concurrency, so
+        # requests in flight (and the HTTP pool's connections) stay bounded.
+        self._in_flight = asyncio.Semaphore(config.max_concurrency)
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        semaphore = self._in_flight
 
         async def bounded(message: OutboundMessage) -> SendResult:
             async with semaphore:

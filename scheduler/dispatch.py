@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from audiences import service as audiences_service
@@ -43,6 +45,7 @@ from sopbot.settings import Settings
 log = logging.getLogger("sopbot.dispatch")
 
 S = DeliveryStatus
+_FINISH_ATTEMPTS = 4
 
 
 @dataclass
@@ -50,11 +53,19 @@ class DispatchStats:
     claimed: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    # For metrics (scheduler.metrics): seconds from claim to recorded outcome per
+    # batch, sent - due per sent delivery, channel errors by (channel, kind).
+    batch_seconds: list[float] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)
+    channel_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def add(self, other: DispatchStats) -> None:
         self.claimed += other.claimed
         self.outcomes.update(other.outcomes)
         self.batches += other.batches
+        self.batch_seconds.extend(other.batch_seconds)
+        self.lateness.extend(other.lateness)
+        self.channel_errors.update(other.channel_errors)
 
     @property
     def sent(self) -> int:
@@ -135,7 +146,10 @@ class Dispatcher:
             )
             if not rows:
                 break
-            total.add(await self.process(rows))
+            started = time.perf_counter()
+            batch = await self.process(rows)
+            batch.batch_seconds.append(time.perf_counter() - started)
+            total.add(batch)
         return total
 
     def stop(self) -> None:
@@ -216,17 +230,26 @@ class Dispatcher:
         for part in await asyncio.gather(*calls):
             results.update(part)
         for delivery_id, outcome in results.items():
+            if outcome.status != S.SENT:
+                kind = _ERROR_KINDS.get(outcome.status, outcome.status)
+                stats.channel_errors[(by_id[delivery_id].channel, kind)] += 1
             outcome.rendered = messages[delivery_id].parts
             if outcome.status == "retry":
                 outcome = self._retry_or_fail(by_id[delivery_id], outcome)
             results[delivery_id] = outcome
         created = self._note_modes(by_id, messages, results)
         await asyncio.to_thread(self._finish, results, created)
+        finished_at = self.clock.now()
+        for delivery_id, outcome in results.items():
+            if outcome.sent:
+                due_at = by_id[delivery_id].due_at
+                stats.lateness.append((finished_at - due_at).total_seconds())
         for outcome in list(outcomes.values()) + list(results.values()):
             stats.outcomes[outcome.status] += 1
-        lost = sum(1 for i in messages if i not in allowed and i not in outcomes)
+        lost = [i for i in messages if i not in allowed and i not in outcomes]
         if lost:
-            stats.outcomes["lease_lost"] += lost
+            stats.outcomes["lease_lost"] += len(lost)
+        _log_batch(self.worker_id, rows, outcomes, results, lost)
         return stats
 
     def _prepare(
@@ -566,13 +589,29 @@ class Dispatcher:
         results: dict[int, _Outcome],
         created: dict[tuple[str, str, str], list[int]] | None = None,
     ) -> None:
-        now = self.clock.now()
-        with session_scope(self.engine) as session:
-            # A row the reaper marked unknown while we were still sending gets
-            # the truth once we know it.
-            self._write_outcomes(session, results, now, from_status=(S.SENDING, S.UNKNOWN))
-            if created:
-                tasks.record_created(session, created, now, self.settings)
+        # The messages are out: losing these writes to a dropped database
+        # connection would turn sent deliveries into ``unknown``. The writes are
+        # fenced by lease owner and status, so trying again on a new connection
+        # (pool_pre_ping) is safe.
+        for attempt in range(_FINISH_ATTEMPTS):
+            now = self.clock.now()
+            try:
+                with session_scope(self.engine) as session:
+                    # A row the reaper marked unknown while we were still sending
+                    # gets the truth once we know it.
+                    self._write_outcomes(session, results, now, from_status=(S.SENDING, S.UNKNOWN))
+                    if created:
+                        tasks.record_created(session, created, now, self.settings)
+                return
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt + 1 == _FINISH_ATTEMPTS:
+                    raise
+                log.warning(
+                    "database connection lost while recording %d outcomes; retrying",
+                    len(results),
+                    extra={"worker_id": self.worker_id, "delivery_ids": list(results)},
+                )
+                time.sleep(0.2 * 2**attempt)
 
     def _write_outcomes(
         self,
@@ -701,6 +740,61 @@ class Dispatcher:
                 ).rowcount
                 or 0
             )
+
+
+_ERROR_KINDS = {"retry": "retryable", S.FAILED: "permanent", S.UNKNOWN: "unknown"}
+
+
+def _log_batch(
+    worker_id: str,
+    rows: Sequence[Any],
+    outcomes: dict[int, _Outcome],
+    results: dict[int, _Outcome],
+    lease_lost: list[int],
+) -> None:
+    """One INFO line per batch with every delivery id, and one WARNING line per
+    (status, reason) for what did not go out, so a delivery id in a complaint
+    can be found in the logs (``SOPBOT_LOG_FORMAT=json`` keeps them as fields)."""
+    by_status: dict[str, list[int]] = defaultdict(list)
+    problems: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for delivery_id, outcome in (*outcomes.items(), *results.items()):
+        by_status[outcome.status].append(delivery_id)
+        if outcome.status in (S.FAILED, S.UNKNOWN, S.SCHEDULED):
+            problems[(outcome.status, outcome.reason or "")].append(delivery_id)
+    if lease_lost:
+        by_status["lease_lost"] = list(lease_lost)
+    log.info(
+        "dispatched batch of %d: %s",
+        len(rows),
+        ", ".join(f"{status}={len(ids)}" for status, ids in sorted(by_status.items())),
+        extra={
+            "worker_id": worker_id,
+            "delivery_ids": [r.id for r in rows],
+            "outcomes": {status: ids for status, ids in sorted(by_status.items())},
+        },
+    )
+    for (status, reason), ids in problems.items():
+        log.log(
+            logging.INFO if status == S.SCHEDULED else logging.WARNING,
+            "%d deliveries %s: %s (ids %s)",
+            len(ids),
+            "deferred" if status == S.SCHEDULED else status,
+            reason,
+            _id_list(ids),
+            extra={"worker_id": worker_id, "status": status, "delivery_ids": ids, "reason": reason},
+        )
+    if lease_lost:
+        log.warning(
+            "%d deliveries lost their lease before sending (ids %s)",
+            len(lease_lost),
+            _id_list(lease_lost),
+            extra={"worker_id": worker_id, "delivery_ids": list(lease_lost)},
+        )
+
+
+def _id_list(ids: Sequence[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown if len(ids) <= limit else f"{shown}, ... {len(ids) - limit} more"
 
 
 def _to_outcome(result: SendResult) -> _Outcome:

@@ -24,9 +24,11 @@ import base64
 import binascii
 import csv
 import io
+import itertools
 import json
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
@@ -62,6 +64,7 @@ TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
 SORTS = ("due_at", "sent_at")
 ORDERS = ("desc", "asc")
 MAX_PAGE = 1000
+MAX_ID = 2**63 - 1  # ids are 64-bit: larger numbers cannot name a row
 EXPORT_BATCH = 2000
 
 STATUS_ZH = {
@@ -137,24 +140,20 @@ class LogFilter:
             raise InvalidLogQuery("group_id", "filter by contact_id or by group_id, not both")
 
     def conditions(self, *, sqlite: bool, sort: str) -> list[ColumnElement[bool]]:
-        """SQL predicates on ``deliveries`` for these filters (see the module
-        docstring for why some columns are wrapped on SQLite)."""
-
-        def plain(column: Any, *, keep_index: bool = False) -> Any:
-            if not sqlite or keep_index:
-                return column
-            return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
-
+        """SQL predicates on ``deliveries`` for these filters, for a read in
+        ``sort`` order (see the module docstring for the columns SQLite gets as
+        ``+column``)."""
         where: list[ColumnElement[bool]] = []
         if self.template_id is not None:
-            # (template_id, due_at, id) is the ordered index for the due sort.
-            where.append(plain(D.c.template_id, keep_index=sort == "due_at") == self.template_id)
+            # (template_id, due_at, id) is itself an index in due order
+            keep = sort == "due_at"
+            where.append(unindexed(D.c.template_id, sqlite and not keep) == self.template_id)
         if self.version_id is not None:
-            where.append(plain(D.c.version_id) == self.version_id)
+            where.append(unindexed(D.c.version_id, sqlite) == self.version_id)
         if self.touchpoint_id is not None:
-            where.append(plain(D.c.touchpoint_id) == self.touchpoint_id)
+            where.append(unindexed(D.c.touchpoint_id, sqlite) == self.touchpoint_id)
         if self.statuses:
-            where.append(plain(D.c.status).in_(self.statuses))
+            where.append(unindexed(D.c.status, sqlite).in_(self.statuses))
         if self.reason:
             where.append(D.c.reason.icontains(self.reason, autoescape=True))
         if self.channel is not None:
@@ -207,6 +206,18 @@ class LogFilter:
         return where
 
 
+def unindexed(column: Any, sqlite: bool) -> Any:
+    """On SQLite, ``+column``: the planner will not use an index on it, so the
+    read stays driven by the index that gives the wanted order or range (a
+    documented SQLite idiom). Elsewhere the column itself."""
+    if not sqlite:
+        return column
+    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+
+
+_OFFSET = re.compile(r"\d{2}:?\d{2}")
+
+
 def parse_instant(
     value: str | None, zone: tzinfo, param: str, *, end: bool = False
 ) -> datetime | None:
@@ -217,6 +228,9 @@ def parse_instant(
     if value is None or not value.strip():
         return None
     text = value.strip()
+    head, space, tail = text.rpartition(" ")
+    if space and _OFFSET.fullmatch(tail) and ("T" in head or " " in head):
+        text = f"{head}+{tail}"  # a "+08:00" that arrived unencoded in a URL
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
@@ -255,6 +269,8 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             version, c_sort, c_order, key, row_id = json.loads(raw)
             if version != 1 or not isinstance(row_id, int) or isinstance(row_id, bool):
+                raise ValueError
+            if not 0 <= row_id <= MAX_ID:
                 raise ValueError
             parsed = None if key is None else datetime.fromisoformat(key)
             if parsed is not None and parsed.tzinfo is None:
@@ -327,6 +343,8 @@ class LogPage:
 
 def content_text(parts: Sequence[dict[str, Any]] | None) -> str:
     """Rendered content as an operator reads it: text as is, other parts labelled."""
+    if parts and len(parts) == 1 and parts[0].get("kind") == "text":
+        return str(parts[0].get("text") or "")
     lines = []
     for part in parts or ():
         kind = part.get("kind")
@@ -501,42 +519,64 @@ class _Labels:
 # -- reading ------------------------------------------------------------------------
 
 
-def _check_sort(sort: str, order: str) -> None:
+def check_sort(sort: str, order: str) -> None:
+    """Raise InvalidLogQuery naming ``sort`` or ``order`` if either is unknown."""
     if sort not in SORTS:
         raise InvalidLogQuery("sort", f"sort {sort!r} is not one of: {', '.join(SORTS)}")
     if order not in ORDERS:
         raise InvalidLogQuery("order", f"order {order!r} is not one of: {', '.join(ORDERS)}")
 
 
-def _statements(
+class _Segment:
+    """One ordered run of the log: a statement and the key it is ordered by."""
+
+    def __init__(self, stmt: Select[Any], key: tuple[Any, ...], desc: bool) -> None:
+        self.stmt = stmt.order_by(*(c.desc() if desc else c.asc() for c in key))
+
+    def page(self, limit: int) -> Select[Any]:
+        return self.stmt.limit(limit)
+
+    def stream(self, conn: Connection, batch_size: int) -> Iterator[Row[Any]]:
+        return iter(
+            conn.execution_options(stream_results=True, yield_per=batch_size).execute(self.stmt)
+        )
+
+
+def _segments(
     flt: LogFilter, *, sqlite: bool, sort: str, order: str, after: Cursor | None
-) -> list[Select[Any]]:
-    """The ordered statements whose concatenated results are the log, from just
-    after ``after``: one for the due sort; for the sent sort, the sent rows by
-    (sent_at, id), then the unsent ones by id."""
-    base = flt.conditions(sqlite=sqlite, sort=sort)
+) -> list[_Segment]:
+    """The log from just after ``after``, as ordered segments read one after the
+    other: one for the due sort; for the sent sort, the sent rows by (sent_at,
+    id), then the unsent ones by id."""
     desc = order == "desc"
+    columns = _columns(sqlite)
 
-    def ordered(*columns: Any) -> list[Any]:
-        return [c.desc() if desc else c.asc() for c in columns]
+    def beyond(keys: tuple[Any, ...], values: tuple[Any, ...]) -> ColumnElement[bool]:
+        typed = [literal(v, c.type) for c, v in zip(keys, values, strict=True)]
+        return tuple_(*keys) < tuple_(*typed) if desc else tuple_(*keys) > tuple_(*typed)
 
-    def beyond(columns: tuple[Any, ...], values: tuple[Any, ...]) -> ColumnElement[bool]:
-        typed = [literal(v, c.type) for c, v in zip(columns, values, strict=True)]
-        return tuple_(*columns) < tuple_(*typed) if desc else tuple_(*columns) > tuple_(*typed)
-
-    key = D.c.due_at if sort == "due_at" else D.c.sent_at
-    keyed = select(*_columns(sqlite)).where(*base).order_by(*ordered(key, D.c.id))
-    if sort == "sent_at":
-        keyed = keyed.where(D.c.sent_at.is_not(None))
-    unkeyed = (
-        select(*_columns(sqlite)).where(*base, D.c.sent_at.is_(None)).order_by(*ordered(D.c.id))
-    )
+    if sort == "due_at":
+        key = (D.c.due_at, D.c.id)
+        where = flt.conditions(sqlite=sqlite, sort=sort)
+        if after is not None:
+            where.append(beyond(key, (after.key, after.id)))
+        return [_Segment(select(*columns).where(*where), key, desc)]
+    base = flt.conditions(sqlite=sqlite, sort=sort)
+    sent_key, id_key = (D.c.sent_at, D.c.id), (D.c.id,)
+    sent = select(*columns).where(*base, D.c.sent_at.is_not(None))
+    unsent = select(*columns).where(*base, D.c.sent_at.is_(None))
     if after is None:
-        return [keyed] if sort == "due_at" else [keyed, unkeyed]
-    if after.key is None:  # already among the unsent rows of the sent sort
-        return [unkeyed.where(beyond((D.c.id,), (after.id,)))]
-    statements = [keyed.where(beyond((key, D.c.id), (after.key, after.id)))]
-    return statements if sort == "due_at" else [*statements, unkeyed]
+        return [_Segment(sent, sent_key, desc), _Segment(unsent, id_key, desc)]
+    if after.key is None:  # already among the unsent rows
+        return [_Segment(unsent.where(beyond(id_key, (after.id,))), id_key, desc)]
+    return [
+        _Segment(sent.where(beyond(sent_key, (after.key, after.id))), sent_key, desc),
+        _Segment(unsent, id_key, desc),
+    ]
+
+
+def _dialect_is_sqlite(conn: Connection | Session) -> bool:
+    return is_sqlite(conn.get_bind() if isinstance(conn, Session) else conn)
 
 
 def list_page(
@@ -549,14 +589,14 @@ def list_page(
     cursor: str | None = None,
 ) -> LogPage:
     """One page of the log and the cursor of the next (``None`` on the last)."""
-    _check_sort(sort, order)
+    check_sort(sort, order)
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidLogQuery("limit", f"limit must be between 1 and {MAX_PAGE}")
     after = Cursor.decode(cursor, sort=sort, order=order) if cursor else None
-    sqlite = is_sqlite(conn.get_bind() if isinstance(conn, Session) else conn)
+    sqlite = _dialect_is_sqlite(conn)
     rows: list[Row[Any]] = []
-    for stmt in _statements(flt, sqlite=sqlite, sort=sort, order=order, after=after):
-        rows += conn.execute(stmt.limit(limit + 1 - len(rows))).all()
+    for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=after):
+        rows += conn.execute(segment.page(limit + 1 - len(rows))).all()
         if len(rows) > limit:
             break
     more = len(rows) > limit
@@ -568,6 +608,15 @@ def list_page(
     return LogPage(entries, next_cursor)
 
 
+def read_snapshot(engine: Engine) -> Engine:
+    """The engine for reads that must see one consistent snapshot across
+    several statements (SQLite: a deferred read transaction in WAL mode, which
+    also never takes the write lock; PostgreSQL: REPEATABLE READ)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return reader(engine)
+
+
 def iter_entries(
     engine: Engine,
     flt: LogFilter,
@@ -576,16 +625,16 @@ def iter_entries(
     order: str = "desc",
     batch_size: int = EXPORT_BATCH,
 ) -> Iterator[list[LogEntry]]:
-    """Every matching entry, in batches, over one server-side cursor (a
-    consistent snapshot; memory stays at one batch however many rows match)."""
-    _check_sort(sort, order)
-    with reader(engine).connect() as conn:
-        sqlite = is_sqlite(engine)
+    """Every matching entry in log order, in batches, streamed from server-side
+    cursors in one snapshot: memory stays at one batch however many rows match."""
+    check_sort(sort, order)
+    sqlite = is_sqlite(engine)
+    with read_snapshot(engine).connect() as conn:
         labels = _Labels(conn, sqlite=sqlite)
-        for stmt in _statements(flt, sqlite=sqlite, sort=sort, order=order, after=None):
-            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
-            for rows in result.partitions():
-                yield labels.entries(rows)
+        for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None):
+            rows = segment.stream(conn, batch_size)
+            while batch := list(itertools.islice(rows, batch_size)):
+                yield labels.entries(batch)
 
 
 def read_entries(
@@ -603,22 +652,28 @@ def read_entries(
 # -- exports ------------------------------------------------------------------------
 
 
-@dataclass
 class _LocalTime:
     """UTC → "YYYY-MM-DD HH:MM:SS" in the workspace zone (Excel reads it as a
-    date-time), with the zone offset cached per UTC hour."""
+    date-time). The local "YYYY-MM-DD HH" of each UTC hour is worked out once;
+    a zone whose offset is not whole hours takes the general path."""
 
-    zone: tzinfo
-    _offsets: dict[tuple[int, int], timedelta] = field(default_factory=dict)
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self._hours: dict[int, str | None] = {}
 
     def __call__(self, value: datetime | None) -> str:
         if value is None:
             return ""
-        hour = (value.toordinal(), value.hour)
-        offset = self._offsets.get(hour)
-        if offset is None:
-            offset = self._offsets[hour] = value.astimezone(self.zone).utcoffset() or timedelta()
-        return (value + offset).isoformat(" ", "seconds")[:19]
+        hour = value.toordinal() * 24 + value.hour
+        prefix = self._hours.get(hour, "")
+        if prefix == "":
+            local = value.astimezone(self.zone)
+            offset = local.utcoffset() or timedelta()
+            whole = offset % timedelta(hours=1) == timedelta()
+            prefix = self._hours[hour] = local.strftime("%Y-%m-%d %H") if whole else None
+        if prefix is None:
+            return value.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{prefix}:{value.minute:02d}:{value.second:02d}"
 
 
 def csv_header(zone_name: str) -> list[str]:

@@ -123,16 +123,24 @@ def claim_due(
         held = "AND template_id NOT IN :held"
         params["held"] = list(held_templates)
     lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
-    stmt = text(
-        f"""
-        UPDATE deliveries SET status = :claimed, lease_owner = :owner,
-               lease_expires_at = :lease_until
-        WHERE id IN (
+    due = f"""
             SELECT id FROM deliveries
             WHERE status = :scheduled AND run_at <= :now {held}
             ORDER BY run_at
             LIMIT :limit {lock}
-        ) AND status = :scheduled
+    """
+    # PostgreSQL may plan ``id IN (... LIMIT n FOR UPDATE SKIP LOCKED)`` as a nested-loop
+    # semi join that rescans the subquery per row and claims far more than ``limit``
+    # rows; a MATERIALIZED CTE runs it exactly once.
+    prefix, source = "", due
+    if dialect == "postgresql":
+        prefix, source = f"WITH due AS MATERIALIZED ({due})", "SELECT id FROM due"
+    stmt = text(
+        f"""
+        {prefix}
+        UPDATE deliveries SET status = :claimed, lease_owner = :owner,
+               lease_expires_at = :lease_until
+        WHERE id IN ({source}) AND status = :scheduled
         RETURNING {CLAIM_COLUMNS}
         """
     )

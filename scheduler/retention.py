@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, delete, func, literal, select, tuple_, update
+from sqlalchemy import and_, delete, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from scheduler import log
+from scheduler.log import unindexed
 from scheduler.models import DeliveryStatus
 from scheduler.stats import (
     ACCOUNT_ROLLUPS,
@@ -51,9 +52,10 @@ from scheduler.stats import (
     hour_number,
     hour_start,
     lateness_bucket_sql,
-    lateness_ms,
+    sent_lateness_ms,
 )
 from sopbot.clock import Clock
+from sopbot.db import reader
 from sopbot.settings import Settings
 
 S = DeliveryStatus
@@ -83,7 +85,7 @@ class RetentionResult:
 
 
 @contextmanager
-def _step(engine: Engine) -> Iterator[tuple[Connection, Watermark]]:
+def _step(engine: Engine, now: datetime) -> Iterator[tuple[Connection, Watermark]]:
     """One transaction holding the watermark row: SQLite's BEGIN IMMEDIATE takes
     the write lock, PostgreSQL locks the row (FOR UPDATE), so concurrent runs
     queue instead of counting the same deliveries twice."""
@@ -91,7 +93,7 @@ def _step(engine: Engine) -> Iterator[tuple[Connection, Watermark]]:
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
             insert(STATE)
-            .values(id=1, settled_max_id=0, settled_before=None, updated_at=_epoch())
+            .values(id=1, settled_max_id=0, settled_before=None, updated_at=now)
             .on_conflict_do_nothing()
         )
         row = conn.execute(
@@ -100,10 +102,6 @@ def _step(engine: Engine) -> Iterator[tuple[Connection, Watermark]]:
             .with_for_update()
         ).one()
         yield conn, Watermark(int(row[0]), row[1])
-
-
-def _epoch() -> datetime:
-    return hour_start(0)
 
 
 def _save(conn: Connection, mark: Watermark, now: datetime) -> None:
@@ -127,60 +125,72 @@ def roll_up(engine: Engine, clock: Clock, settings: Settings) -> RollupResult:
     result = RollupResult()
     # Only rows created SETTLE ago count as absorbed: on PostgreSQL an id may
     # commit after a higher one, but not an hour after.
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         top = conn.execute(
             select(D.c.id).where(D.c.created_at < final_before).order_by(D.c.id.desc()).limit(1)
         ).scalar()
         first_due = conn.execute(select(func.min(D.c.due_at))).scalar()
     top = int(top or 0)
 
-    with _step(engine) as (conn, mark):
+    with _step(engine, now) as (conn, mark):
         if mark.before is None:
             # Nothing is due before the first row: the settled set starts empty.
             start = first_due.replace(minute=0, second=0, microsecond=0) if first_due else target
             mark = Watermark(mark.max_id, min(start, target))
             _save(conn, mark, now)
     while True:  # rows added since the last run, below the due watermark
-        with _step(engine) as (conn, mark):
+        with _step(engine, now) as (conn, mark):
             if mark.max_id >= top:
                 break
             upper = min(top, mark.max_id + ID_STEP)
             assert mark.before is not None
             result.settled += _settle(
                 conn,
-                [D.c.id > mark.max_id, D.c.id <= upper, D.c.due_at < mark.before],
+                [
+                    D.c.id > mark.max_id,
+                    D.c.id <= upper,
+                    unindexed(D.c.due_at, _sqlite(conn)) < mark.before,
+                ],
                 final_before,
                 zone,
             )
             _save(conn, Watermark(upper, mark.before), now)
-    with _step(engine) as (conn, mark):  # held rows that have become final
+    with _step(engine, now) as (conn, mark):  # held rows that have become final
         result.settled += _settle(
             conn, [D.c.id.in_(select(HOLDS.c.delivery_id))], final_before, zone, from_holds=True
         )
     while True:  # the due watermark, a day per transaction
-        with _step(engine) as (conn, mark):
+        with _step(engine, now) as (conn, mark):
             assert mark.before is not None
             if mark.before >= target:
                 break
             step_to = min(target, mark.before + DUE_STEP)
             result.settled += _settle(
                 conn,
-                [D.c.id <= mark.max_id, D.c.due_at >= mark.before, D.c.due_at < step_to],
+                [
+                    unindexed(D.c.id, _sqlite(conn)) <= mark.max_id,
+                    D.c.due_at >= mark.before,
+                    D.c.due_at < step_to,
+                ],
                 final_before,
                 zone,
             )
             _save(conn, Watermark(mark.max_id, step_to), now)
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         result.held = int(conn.execute(select(func.count()).select_from(HOLDS)).scalar_one())
         final = conn.execute(select(STATE.c.settled_max_id, STATE.c.settled_before)).one()
     result.settled_max_id, result.settled_before = int(final[0]), final[1]
     return result
 
 
-def _final(final_before: datetime) -> Any:
+def _final(final_before: datetime, sqlite: bool) -> Any:
     return and_(
-        D.c.status.in_(S.TERMINAL), func.coalesce(D.c.finished_at, D.c.due_at) < final_before
+        unindexed(D.c.status, sqlite).in_(S.TERMINAL),
+        func.coalesce(D.c.finished_at, D.c.due_at) < final_before,
     )
+
+
+_KEYS = ("hour", "template_id", "version_id", "touchpoint_id", "channel", "status", "reason")
 
 
 def _settle(
@@ -193,35 +203,37 @@ def _settle(
 ) -> int:
     """Roll up the final deliveries among ``candidates``; hold back the rest."""
     dialect = conn.dialect.name
-    final = _final(final_before)
-    hour = hour_number(D.c.due_at, dialect).label("hour")
-    late = case((D.c.status == S.SENT, lateness_ms(D.c.sent_at, D.c.due_at, dialect)))
-    keys = (
-        hour,
-        D.c.template_id,
-        D.c.version_id,
-        D.c.touchpoint_id,
-        D.c.channel,
-        D.c.status,
-        D.c.reason,
-    )
-    groups = conn.execute(
-        select(*keys, func.count(), func.count(late), func.sum(late), func.max(late))
+    final = _final(final_before, dialect == "sqlite")
+    # The final rows once, with their due hour and lateness computed once (a
+    # materialized CTE: SQLite would otherwise inline the expressions per use).
+    rows = (
+        select(
+            hour_number(D.c.due_at, dialect).label("hour"),
+            D.c.template_id,
+            D.c.version_id,
+            D.c.touchpoint_id,
+            D.c.channel,
+            D.c.status,
+            D.c.reason,
+            D.c.target_kind,
+            D.c.target_id,
+            sent_lateness_ms(dialect).label("late_ms"),
+        )
         .where(*candidates, final)
-        .group_by(*keys)
-    ).all()
-    settled = sum(int(g[7]) for g in groups)
-
-    histograms: dict[tuple[Any, ...], Counter[str]] = defaultdict(Counter)
-    sent = (
-        select(*keys, lateness_ms(D.c.sent_at, D.c.due_at, dialect).label("ms"))
-        .where(*candidates, final, D.c.status == S.SENT, D.c.sent_at.is_not(None))
-        .subquery()
+        .cte("settling")
+        .prefix_with("MATERIALIZED")
     )
-    sent_keys = tuple(sent.c[k.name] for k in keys)
-    bucket = lateness_bucket_sql(sent.c.ms)
+    keys = [rows.c[name] for name in _KEYS]
+    late = rows.c.late_ms
+    groups = conn.execute(
+        select(*keys, func.count(), func.count(late), func.sum(late), func.max(late)).group_by(
+            *keys
+        )
+    ).all()
+    histograms: dict[tuple[Any, ...], Counter[str]] = defaultdict(Counter)
+    bucket = lateness_bucket_sql(late)
     for *key, bucket_ms, n in conn.execute(
-        select(*sent_keys, bucket, func.count()).group_by(*sent_keys, bucket)
+        select(*keys, bucket, func.count()).where(late.is_not(None)).group_by(*keys, bucket)
     ).all():
         histograms[tuple(key)][str(int(bucket_ms))] += int(n)
 
@@ -249,7 +261,7 @@ def _settle(
         )
     if rollups:
         conn.execute(ROLLUPS.insert(), rollups)
-        conn.execute(ACCOUNT_ROLLUPS.insert(), _account_rollups(conn, candidates, final, zone))
+        conn.execute(ACCOUNT_ROLLUPS.insert(), _account_rollups(conn, rows, zone))
 
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     not_final = select(D.c.id).where(*candidates, ~final)
@@ -260,30 +272,27 @@ def _settle(
         conn.execute(
             delete(HOLDS).where(HOLDS.c.delivery_id.in_(select(D.c.id).where(*candidates, final)))
         )
-    return settled
+    return sum(int(g[7]) for g in groups)
 
 
-def _account_rollups(
-    conn: Connection, candidates: Sequence[Any], final: Any, zone: ZoneInfo
-) -> list[dict[str, Any]]:
-    """Final deliveries per local due day and owning staff account."""
+def _account_rollups(conn: Connection, rows: Any, zone: ZoneInfo) -> list[dict[str, Any]]:
+    """The settling deliveries per local due day and owning staff account."""
     account = func.coalesce(CONTACTS.c.account_id, GROUPS.c.owner_account_id)
-    hour = hour_number(D.c.due_at, conn.dialect.name)
     keys = (
-        hour,
-        D.c.template_id,
-        D.c.version_id,
-        D.c.touchpoint_id,
-        D.c.channel,
+        rows.c.hour,
+        rows.c.template_id,
+        rows.c.version_id,
+        rows.c.touchpoint_id,
+        rows.c.channel,
         account,
-        D.c.status,
+        rows.c.status,
     )
-    joined = D.outerjoin(
-        CONTACTS, and_(D.c.target_kind == "contact", CONTACTS.c.id == D.c.target_id)
-    ).outerjoin(GROUPS, and_(D.c.target_kind == "group", GROUPS.c.id == D.c.target_id))
+    joined = rows.outerjoin(
+        CONTACTS, and_(rows.c.target_kind == "contact", CONTACTS.c.id == rows.c.target_id)
+    ).outerjoin(GROUPS, and_(rows.c.target_kind == "group", GROUPS.c.id == rows.c.target_id))
     per_day: Counter[tuple[Any, ...]] = Counter()
     for number, *key, n in conn.execute(
-        select(*keys, func.count()).select_from(joined).where(*candidates, final).group_by(*keys)
+        select(*keys, func.count()).select_from(joined).group_by(*keys)
     ).all():
         per_day[(hour_start(int(number)).astimezone(zone).date(), *key)] += int(n)
     return [
@@ -363,15 +372,15 @@ def run_retention(
     after: tuple[datetime, int] | None = None
     while True:
         try:
-            with _step(engine) as (conn, mark):
+            with _step(engine, now) as (conn, mark):
                 if mark.before is None:
                     break
+                sqlite = _sqlite(conn)
                 where = [
                     D.c.due_at < min(cutoff, mark.before),
-                    D.c.id <= mark.max_id,
+                    unindexed(D.c.id, sqlite) <= mark.max_id,
                     D.c.id.not_in(select(HOLDS.c.delivery_id)),
-                    D.c.status.in_(S.TERMINAL),
-                    func.coalesce(D.c.finished_at, D.c.due_at) < cutoff,
+                    _final(cutoff, sqlite),
                 ]
                 if after is not None:
                     where.append(tuple_(D.c.due_at, D.c.id) > tuple_(*_typed(after)))
@@ -396,6 +405,10 @@ def run_retention(
         result.archived += len(entries)
     result.files = sorted(files)
     return result
+
+
+def _sqlite(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite"
 
 
 def _typed(after: tuple[datetime, int]) -> tuple[Any, Any]:

@@ -17,11 +17,15 @@ from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from channels.base import AdapterContext
+from channels.http import channel_http_client
 from channels.registry import ChannelPool
 from scheduler import service, tasks
 from scheduler.dispatch import Dispatcher, DispatchStats
+from scheduler.heartbeat import Heartbeat
+from scheduler.metrics import DispatchMetrics
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings
@@ -32,6 +36,7 @@ JOB_DISPATCH = "sopbot:dispatch"
 JOB_PLAN = "sopbot:plan-cron"
 JOB_REAP = "sopbot:reap-leases"
 JOB_TASKS = "sopbot:poll-tasks"
+JOB_HEARTBEAT = "sopbot:heartbeat"
 JOB_INBOX = "sopbot:apply-inbox"
 
 
@@ -56,14 +61,21 @@ class SchedulerRuntime:
         settings: Settings,
         http: httpx.AsyncClient | None = None,
         channels: ChannelPool | None = None,
+        *,
+        role: str = "serve",
+        metrics: DispatchMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.settings = settings
-        self.http = http or httpx.AsyncClient(timeout=30)
+        self.http = http or channel_http_client()
         self.channels = channels or build_channel_pool(engine, clock, self.http)
         self.worker_id = settings.worker_id or default_worker_id()
         self.dispatcher = Dispatcher(engine, clock, self.channels, settings, self.worker_id)
+        # Heartbeat row in ``workers`` (scheduler.heartbeat) and this process's
+        # dispatch metrics (scheduler.metrics), when the owner keeps a registry.
+        self.heartbeat = Heartbeat(engine, clock, self.worker_id, role=role)
+        self.metrics = metrics
         self.scheduler: AsyncIOScheduler | None = None
         # Held while a dispatch tick runs, so shutdown can wait for it instead of
         # cancelling it halfway (a claim in a worker thread cannot be cancelled).
@@ -73,9 +85,20 @@ class SchedulerRuntime:
     # -- jobs (each safe to run concurrently in many processes) -----------------
 
     async def dispatch_tick(self) -> DispatchStats:
-        async with self._dispatching:
-            stats = await self.dispatcher.run_once()
+        try:
+            async with self._dispatching:
+                stats = await self.dispatcher.run_once()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A dropped connection (database restart, failover): what this tick
+            # claimed is reaped when its lease expires; the pool reconnects.
+            log.warning("database connection lost during a dispatch tick: %s", exc.orig)
+            return DispatchStats()
         self.last_dispatch = stats
+        self.heartbeat.record(stats)
+        if self.metrics is not None:
+            self.metrics.observe(stats)
         if stats.claimed:
             log.info("dispatched %s", dict(stats.outcomes))
         return stats
@@ -104,7 +127,16 @@ class SchedulerRuntime:
             return membership.apply_pending(session, self.clock.now())
 
     async def reap_tick(self) -> dict[str, int]:
-        return await asyncio.to_thread(self.dispatcher.reap_expired_leases)
+        reaped = await asyncio.to_thread(self.dispatcher.reap_expired_leases)
+        if any(reaped.values()):
+            log.warning("expired leases resolved: %s", reaped, extra={"reaped": reaped})
+        if self.metrics is not None:
+            self.metrics.observe_reap(reaped)
+        return reaped
+
+    async def heartbeat_tick(self) -> None:
+        """Tell the database this process is alive (``workers`` row)."""
+        await asyncio.to_thread(self.heartbeat.beat)
 
     async def poll_tasks_tick(self) -> tasks.PollStats:
         """Resolve task-mode deliveries (staff-confirmed mass sends)."""
@@ -158,6 +190,13 @@ class SchedulerRuntime:
             **common,
         )
         scheduler.add_job(
+            self.heartbeat_tick,
+            "interval",
+            seconds=self.settings.heartbeat_seconds,
+            id=JOB_HEARTBEAT,
+            **common,
+        )
+        scheduler.add_job(
             self.reap_tick,
             "interval",
             seconds=max(5.0, self.settings.lease_seconds / 4),
@@ -168,6 +207,7 @@ class SchedulerRuntime:
 
     async def start(self) -> None:
         """Catch up (reap leases, plan cron) once, then start ticking."""
+        await self.heartbeat_tick()
         await self.reap_tick()
         await self.plan_tick()
         self.scheduler = self.build_scheduler()
@@ -185,3 +225,7 @@ class SchedulerRuntime:
         released = await asyncio.to_thread(self.dispatcher.release_claims)
         if released:
             log.info("released %d claimed deliveries", released)
+        try:
+            await asyncio.to_thread(self.heartbeat.beat, stopped=True)
+        except Exception:  # noqa: BLE001 - the row then just goes stale
+            log.exception("could not record the stop of worker %s", self.worker_id)

@@ -42,11 +42,10 @@ from sqlalchemy import (
     extract,
     func,
     select,
+    true,
     union_all,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql import operators
-from sqlalchemy.sql.expression import UnaryExpression
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from audiences.models import Account, Contact, GroupChat
@@ -56,10 +55,10 @@ from scheduler.analytics_models import (
     DeliveryRollupHold,
     DeliveryRollupState,
 )
+from scheduler.log import unindexed
 from scheduler.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
-from sopbot.db import reader
 
 D = Delivery.__table__  # type: ignore[attr-defined]
 ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
@@ -147,13 +146,6 @@ def percentile(histogram: Mapping[int, int], pct: float) -> int | None:
     raise AssertionError("unreachable")
 
 
-def _unindexed(column: Any, dialect: str) -> Any:
-    # SQLite: "+column" so the planner drives the read by the other condition.
-    if dialect != "sqlite":
-        return column
-    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
-
-
 def hour_start(number: int) -> datetime:
     return datetime.fromtimestamp(number * 3600, UTC)
 
@@ -169,33 +161,24 @@ class Watermark:
     max_id: int = 0
     before: datetime | None = None
 
-    def live_parts(self) -> list[tuple[list[Any], bool]]:
+    def live_parts(self, sqlite: bool) -> list[tuple[list[Any], bool]]:
         """Three disjoint sets of predicates whose union is the live part, each
-        with whether it is best read by id (the rows added since the roll-up)."""
+        with whether it is read by id (rows added since the roll-up, held rows)
+        rather than by due time."""
         if self.before is None:
             return [([], False)]
         return [
             ([D.c.id > self.max_id], True),
-            ([D.c.id <= self.max_id, D.c.due_at >= self.before], False),
+            ([unindexed(D.c.id, sqlite) <= self.max_id, D.c.due_at >= self.before], False),
             (
                 [
                     D.c.id.in_(select(HOLDS.c.delivery_id)),
-                    D.c.id <= self.max_id,
-                    D.c.due_at < self.before,
+                    unindexed(D.c.id, sqlite) <= self.max_id,
+                    unindexed(D.c.due_at, sqlite) < self.before,
                 ],
-                False,
+                True,
             ),
         ]
-
-
-def snapshot(engine: Engine) -> Engine:
-    """The engine for reading statistics: one consistent snapshot per
-    transaction, so a roll-up committing meanwhile cannot count a delivery both
-    in the rollups and in the live part (SQLite: a deferred read transaction in
-    WAL mode; PostgreSQL: REPEATABLE READ)."""
-    if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="REPEATABLE READ")
-    return reader(engine)
 
 
 def read_watermark(conn: Connection | Session) -> Watermark:
@@ -381,9 +364,8 @@ class StatsFilter:
                 f"({self.due_from.isoformat()})",
             )
 
-    def delivery_conditions(self, dialect: str, *, by_id: bool = False) -> list[Any]:
-        template = _unindexed(D.c.template_id, dialect) if by_id else D.c.template_id
-        where = [template == self.template_id]
+    def delivery_conditions(self, sqlite: bool, *, by_id: bool = False) -> list[Any]:
+        where = [unindexed(D.c.template_id, sqlite and by_id) == self.template_id]
         if self.version_id is not None:
             where.append(D.c.version_id == self.version_id)
         if self.touchpoint_id is not None:
@@ -440,13 +422,22 @@ _LIVE_COLUMNS = (
 )
 
 
-def _live_rows(mark: Watermark, conditions: Callable[[bool], list[Any]]) -> Any:
-    """The live deliveries matching ``conditions(by_id)`` as one subquery."""
+def sent_lateness_ms(dialect: str) -> Any:
+    """``lateness_ms`` of a sent delivery, NULL for any other."""
+    return case((D.c.status == S.SENT, lateness_ms(D.c.sent_at, D.c.due_at, dialect)))
+
+
+def _live_rows(mark: Watermark, dialect: str, conditions: Callable[[bool], list[Any]]) -> Any:
+    """The live deliveries matching ``conditions(by_id)``, with their lateness,
+    as a materialized CTE: computed once per statement, not once per reference
+    (SQLite would otherwise inline the lateness expression everywhere)."""
+    late = sent_lateness_ms(dialect).label("late_ms")
     parts = [
-        select(*_LIVE_COLUMNS).where(*conditions(by_id), *extra)
-        for extra, by_id in mark.live_parts()
+        select(*_LIVE_COLUMNS, late).where(*conditions(by_id), *extra)
+        for extra, by_id in mark.live_parts(dialect == "sqlite")
     ]
-    return (parts[0] if len(parts) == 1 else union_all(*parts)).subquery("live")
+    rows = parts[0] if len(parts) == 1 else union_all(*parts)
+    return rows.cte("live").prefix_with("MATERIALIZED")
 
 
 class _Fact(NamedTuple):
@@ -463,16 +454,10 @@ class _Fact(NamedTuple):
 
 
 def _facts(
-    session: Session,
-    live: Any,
-    flt: StatsFilter,
-    mark: Watermark,
-    dialect: str,
-    now: datetime,
-    zone: tzinfo,
+    session: Session, live: Any, flt: StatsFilter, mark: Watermark, now: datetime, zone: tzinfo
 ) -> list[_Fact]:
     """Deliveries by (version, touchpoint, channel, status, reason), live plus settled."""
-    late = case((live.c.status == S.SENT, lateness_ms(live.c.sent_at, live.c.due_at, dialect)))
+    late = live.c.late_ms
     keys = (live.c.version_id, live.c.touchpoint_id, live.c.channel, live.c.status, live.c.reason)
     rows = session.execute(
         select(
@@ -523,25 +508,26 @@ def _histograms(
 ) -> dict[int, Counter[int]]:
     """Lateness histograms per touchpoint, live plus settled."""
     out: dict[int, Counter[int]] = defaultdict(Counter)
-    sent = (
-        select(
-            live.c.touchpoint_id, lateness_ms(live.c.sent_at, live.c.due_at, dialect).label("ms")
-        )
-        .where(live.c.status == S.SENT, live.c.sent_at.is_not(None))
-        .subquery()
-    )
-    bucket = lateness_bucket_sql(sent.c.ms)
+    bucket = lateness_bucket_sql(live.c.late_ms)
     for tp_id, bucket_ms, n in session.execute(
-        select(sent.c.touchpoint_id, bucket, func.count()).group_by(sent.c.touchpoint_id, bucket)
+        select(live.c.touchpoint_id, bucket, func.count())
+        .where(live.c.late_ms.is_not(None))
+        .group_by(live.c.touchpoint_id, bucket)
     ).all():
         out[tp_id][int(bucket_ms)] += n
     if mark.before is not None:
-        for tp_id, histogram in session.execute(
-            select(ROLLUPS.c.touchpoint_id, ROLLUPS.c.late_histogram).where(
-                *flt.rollup_conditions(ROLLUPS, zone), ROLLUPS.c.late_count > 0
-            )
+        # Summed in SQL from each rollup's JSON histogram (json_each on SQLite,
+        # json_each_text on PostgreSQL): thousands of small objects per template.
+        each = "json_each" if dialect == "sqlite" else "json_each_text"
+        pairs = getattr(func, each)(ROLLUPS.c.late_histogram).table_valued("key", "value")
+        bucket_ms = cast(pairs.c.key, BigInteger)
+        for tp_id, bucket_ms_, n in session.execute(
+            select(ROLLUPS.c.touchpoint_id, bucket_ms, func.sum(cast(pairs.c.value, BigInteger)))
+            .select_from(ROLLUPS.join(pairs, true()))
+            .where(*flt.rollup_conditions(ROLLUPS, zone), ROLLUPS.c.late_count > 0)
+            .group_by(ROLLUPS.c.touchpoint_id, bucket_ms)
         ).all():
-            out[tp_id].update({int(k): int(v) for k, v in (histogram or {}).items()})
+            out[tp_id][int(bucket_ms_)] += int(n)
     return out
 
 
@@ -573,12 +559,13 @@ def template_stats(
     template = templates_service.get_template(session, flt.template_id)
     dialect = session.get_bind().dialect.name
     mark = read_watermark(session)
-    live = _live_rows(mark, lambda by_id: flt.delivery_conditions(dialect, by_id=by_id))
+    sqlite = dialect == "sqlite"
+    live = _live_rows(mark, dialect, lambda by_id: flt.delivery_conditions(sqlite, by_id=by_id))
 
     total = _Tally()
     per_touchpoint: dict[int, _Tally] = defaultdict(_Tally)
     per_channel: dict[str, _Tally] = defaultdict(_Tally)
-    for fact in _facts(session, live, flt, mark, dialect, now, zone):
+    for fact in _facts(session, live, flt, mark, now, zone):
         for tally in (total, per_touchpoint[fact.touchpoint_id], per_channel[fact.channel]):
             tally.add(fact)
     for tp_id, histogram in _histograms(session, live, flt, mark, dialect, zone).items():
@@ -651,14 +638,21 @@ def _touchpoints(
     )
 
 
+def _versions(flt: StatsFilter) -> Any:
+    """The template's version ids (enrollments are indexed by version and status)."""
+    if flt.version_id is not None:
+        return [flt.version_id]
+    v = TemplateVersion.__table__.c  # type: ignore[attr-defined]
+    return select(v.id).where(v.template_id == flt.template_id)
+
+
 def _enrollments(session: Session, flt: StatsFilter) -> tuple[int, int]:
     e = ENROLLMENTS.c
-    stmt = select(
-        func.count(), func.sum(case((e.status == EnrollmentStatus.ACTIVE, 1), else_=0))
-    ).where(e.template_id == flt.template_id)
-    if flt.version_id is not None:
-        stmt = stmt.where(e.version_id == flt.version_id)
-    enrolled, active = session.execute(stmt).one()
+    enrolled, active = session.execute(
+        select(
+            func.count(), func.sum(case((e.status == EnrollmentStatus.ACTIVE, 1), else_=0))
+        ).where(e.version_id.in_(_versions(flt)))
+    ).one()
     return int(enrolled), int(active or 0)
 
 
@@ -781,9 +775,8 @@ def _exits(session: Session, flt: StatsFilter, names: Mapping[int, str | None]) 
         .limit(1)
         .scalar_subquery()
     )
-    where = [e.template_id == flt.template_id, e.exited_at.is_not(None)]
-    if flt.version_id is not None:
-        where.append(e.version_id == flt.version_id)
+    ended = (EnrollmentStatus.EXITED, EnrollmentStatus.CANCELLED, EnrollmentStatus.COMPLETED)
+    where = [e.version_id.in_(_versions(flt)), e.status.in_(ended), e.exited_at.is_not(None)]
     if flt.due_from is not None:
         where.append(e.exited_at >= flt.due_from)
     if flt.due_to is not None:
@@ -806,7 +799,7 @@ def _exits(session: Session, flt: StatsFilter, names: Mapping[int, str | None]) 
 def overview(session: Session, *, now: datetime) -> list[TemplateSummary]:
     """Every template with its delivery counts, live plus settled."""
     mark = read_watermark(session)
-    live = _live_rows(mark, lambda by_id: [])
+    live = _live_rows(mark, session.get_bind().dialect.name, lambda by_id: [])
     counts: dict[int, Counts] = defaultdict(Counts)
     for template_id, status, n, due in session.execute(
         select(

@@ -241,7 +241,9 @@ class FrequencyCapSpec(BaseModel):
         if self.preset is not None and custom:
             raise ValueError("a frequency cap is either a preset or {max, per}, not both")
         if self.preset is None and (self.max is None or self.per is None):
-            raise ValueError("a custom frequency cap needs both max and per, e.g. {max: 1, per: 1d}")
+            raise ValueError(
+                "a custom frequency cap needs both max and per, e.g. {max: 1, per: 1d}"
+            )
         return self
 
 

@@ -217,6 +217,17 @@ def current_version(session: Session, template: SopTemplate) -> TemplateVersion:
     return get_version(session, template.current_version_id)
 
 
+def list_versions(session: Session, template_id: int) -> list[TemplateVersion]:
+    """A template's published versions, newest first."""
+    return list(
+        session.exec(
+            select(TemplateVersion)
+            .where(TemplateVersion.template_id == template_id)
+            .order_by(col(TemplateVersion.version).desc())
+        ).all()
+    )
+
+
 def touchpoints_of(session: Session, version_id: int) -> list[Touchpoint]:
     return list(
         session.exec(

@@ -99,13 +99,13 @@ def create_all(engine: Engine) -> None:
 
 def import_models() -> None:
     import api.users.models  # noqa: F401
-    import scheduler.authoring_models  # noqa: F401
-    import sop_templates.approval_models  # noqa: F401
-
     import audiences.models  # noqa: F401
     import channels.models  # noqa: F401
     import scheduler.analytics_models  # noqa: F401
+    import scheduler.authoring_models  # noqa: F401
     import scheduler.models  # noqa: F401
+    import scheduler.ops_models  # noqa: F401
+    import sop_templates.approval_models  # noqa: F401
     import sop_templates.models  # noqa: F401
 
 

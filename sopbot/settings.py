@@ -88,5 +88,21 @@ class Settings(BaseSettings):
     ui_language: str = Field("zh_CN", pattern="^(zh_CN|en)$", description="default UI language")
 
     worker_id: str | None = Field(None, description="lease owner name; default host:pid")
+
+    # operations (scheduler.heartbeat, api/routes/ops.py, sopbot.logging)
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, description="how often a scheduler process records its heartbeat"
+    )
+    worker_stale_seconds: float = Field(
+        45.0, gt=0, description="a worker not seen for this long is no longer counted live"
+    )
+    metrics_cache_seconds: float = Field(
+        5.0, ge=0, description="/metrics reuses its database figures for this long"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="`sopbot worker` serves /metrics on this port"
+    )
+    log_format: str = Field("text", pattern="^(text|json)$", description="text|json")
+    log_level: str = Field("INFO", description="root log level (DEBUG, INFO, WARNING, ...)")
     run_scheduler: bool = Field(True, description="run the scheduler inside `serve`")
     sql_echo: bool = False

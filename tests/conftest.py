@@ -86,3 +86,12 @@ async def runtime(engine: Engine, clock: ManualClock, settings: Settings) -> Sch
     rt = SchedulerRuntime(engine, clock, settings, http=http)
     yield rt
     await http.aclose()
+
+
+@pytest.fixture
+def auth_headers(engine: Engine, clock: ManualClock) -> dict[str, str]:
+    """An admin's API token as request headers: every route checks the caller
+    (api.auth). Pass it to TestClient(app, headers=auth_headers)."""
+    from auth_helpers import make_auth_headers
+
+    return make_auth_headers(engine, clock.now())

@@ -26,6 +26,7 @@ def test_compose_has_postgres_api_and_two_workers():
         assert worker["command"] == ["sopbot", "worker"]
         assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert worker["environment"]["SOPBOT_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert worker["stop_grace_period"] == "30s"  # SIGTERM: finish the batch in hand
     worker_ids = {services[n]["environment"]["SOPBOT_WORKER_ID"] for n in ("worker-1", "worker-2")}
     assert len(worker_ids) == 2
 
@@ -60,7 +61,67 @@ def test_compose_commands_are_real_cli_commands():
 
 def test_dockerfile_installs_every_package_and_runs_sopbot():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("sopbot", "scheduler", "channels", "audiences", "sop_templates", "api"):
+    for package in (
+        "sopbot",
+        "scheduler",
+        "channels",
+        "audiences",
+        "sop_templates",
+        "api",
+        "migrations",
+    ):
         assert f"COPY {package} {package}" in dockerfile
-    assert 'CMD ["sopbot", "serve"]' in dockerfile
+    assert 'CMD ["sopbot", "serve", "--migrate"]' in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+
+
+def test_migrate_runs_once_before_api_and_workers():
+    services = _compose()["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["sopbot", "db", "upgrade"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate.get("restart") == "no"
+    assert (
+        migrate["environment"]["SOPBOT_DATABASE_URL"]
+        == (services["api"]["environment"]["SOPBOT_DATABASE_URL"])
+    )
+    # Built once (by migrate), used by all.
+    assert "build" in migrate and migrate["image"] == services["api"]["image"]
+    for name in ("api", "worker-1", "worker-2"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert services[name]["image"] == migrate["image"]
+
+
+def test_embedded_service_migrates_its_own_sqlite():
+    command = _compose()["services"]["sopbot"]["command"]
+    assert command[:2] == ["sopbot", "serve"] and "--migrate" in command
+
+
+def test_workers_expose_metrics_and_a_healthcheck():
+    services = _compose()["services"]
+    for name in ("worker-1", "worker-2"):
+        worker = services[name]
+        port = worker["environment"]["SOPBOT_METRICS_PORT"]
+        assert port in worker["expose"]
+        assert f"127.0.0.1:{port}/metrics" in " ".join(worker["healthcheck"]["test"])
+    assert services["api"]["environment"]["SOPBOT_LOG_FORMAT"] == "json"
+
+
+def test_every_compose_setting_is_a_real_setting():
+    from sopbot.settings import Settings
+
+    known = {f"SOPBOT_{name.upper()}" for name in Settings.model_fields}
+    for name, service in _compose()["services"].items():
+        for key in service.get("environment", {}):
+            if key.startswith("SOPBOT_"):
+                assert key in known, f"{name}: {key} is not a setting"
+
+
+def test_cli_commands_in_compose_include_db_upgrade():
+    from typer.main import get_command
+
+    from api.cli import app
+
+    db = get_command(app).commands["db"]  # type: ignore[attr-defined]
+    assert {"upgrade", "current"} <= set(db.commands)

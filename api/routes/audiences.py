@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
+from api import auth
+from api.auth import Author
 from api.deps import ClockDep, SessionDep
+from audiences import search as audiences_search
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
+from scheduler import targets as scheduler_targets
 
 router = APIRouter(prefix="/api", tags=["audiences"])
 
@@ -35,10 +39,70 @@ class GroupOut(BaseModel):
     status: str
 
 
+class SearchOut(BaseModel):
+    total: int
+    rows: list[dict[str, Any]]
+
+
+@router.get("/contacts", response_model=SearchOut)
+def search_contacts(
+    session: SessionDep,
+    q: str | None = Query(None, description="part of the name or external id"),
+    tag: str | None = Query(None, description="carrying this tag"),
+    status: str | None = Query(None, description="active, deleted, blocked, unsubscribed"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> Any:
+    """Find contacts (newest first) with their tags and owning account."""
+    return audiences_search.search(
+        session, "contact", q=q, tag=tag, status=status, limit=limit, offset=offset
+    )
+
+
+@router.get("/groups", response_model=SearchOut)
+def search_groups(
+    session: SessionDep,
+    q: str | None = Query(None, description="part of the name or external id"),
+    tag: str | None = Query(None, description="carrying this tag"),
+    status: str | None = Query(None, description="active, dissolved"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> Any:
+    """Find group chats (newest first) with their tags and owner account."""
+    return audiences_search.search(
+        session, "group", q=q, tag=tag, status=status, limit=limit, offset=offset
+    )
+
+
+@router.get("/contacts/{key}/sops")
+def contact_sops(key: str, session: SessionDep) -> list[dict[str, Any]]:
+    """The SOPs a contact is (or was) in, with the version and delivery counts."""
+    contact = audiences_service.find_contact(session, key)
+    return scheduler_targets.enrollments_of(session, "contact", contact.id)  # type: ignore[arg-type]
+
+
+@router.get("/groups/{key}/sops")
+def group_sops(key: str, session: SessionDep) -> list[dict[str, Any]]:
+    group = audiences_service.find_group(session, key)
+    return scheduler_targets.enrollments_of(session, "group", group.id)  # type: ignore[arg-type]
+
+
 @router.post("/contacts", response_model=ContactOut, status_code=201)
-def add_contact(body: ContactIn, session: SessionDep, clock: ClockDep) -> Any:
+def add_contact(
+    body: ContactIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Any:
     """Add (or update) a contact; ``joined_at`` defaults to now."""
-    return audiences_service.upsert_contact(session, body, clock.now())
+    contact = audiences_service.upsert_contact(session, body, clock.now())
+    auth.record(
+        request,
+        session,
+        me,
+        "contact.upsert",
+        object_kind="contact",
+        object_id=contact.id,
+        summary=contact.external_id,
+    )
+    return contact
 
 
 @router.get("/contacts/{key}", response_model=ContactOut)
@@ -47,8 +111,20 @@ def get_contact(key: str, session: SessionDep) -> Any:
 
 
 @router.post("/groups", response_model=GroupOut, status_code=201)
-def add_group(body: GroupIn, session: SessionDep, clock: ClockDep) -> Any:
-    return audiences_service.upsert_group(session, body, clock.now())
+def add_group(
+    body: GroupIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Any:
+    group = audiences_service.upsert_group(session, body, clock.now())
+    auth.record(
+        request,
+        session,
+        me,
+        "group.upsert",
+        object_kind="group",
+        object_id=group.id,
+        summary=group.external_id,
+    )
+    return group
 
 
 @router.get("/groups/{key}", response_model=GroupOut)

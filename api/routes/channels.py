@@ -109,7 +109,9 @@ def _forget(request: Request, name: str) -> None:
 @router.get("", response_model=list[ChannelOut])
 def list_channels(session: SessionDep, settings: SettingsDep, engine: EngineDep) -> Any:
     breakers = _breakers(engine)
-    return [_out(session, row, settings, breakers) for row in channels_service.list_instances(session)]
+    return [
+        _out(session, row, settings, breakers) for row in channels_service.list_instances(session)
+    ]
 
 
 @router.get("/adapters")

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from channels.models import MockMessage
-from scheduler import log, stats
+from scheduler import log
 from scheduler.log import InvalidLogQuery, LogFilter
 from scheduler.models import DeliveryStatus
 
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api", tags=["deliveries"])
 def get_reader(request: Request) -> Iterator[Session]:
     """A read-only session on one consistent snapshot (it never takes SQLite's
     write lock, so reading the log does not hold up the scheduler)."""
-    with Session(stats.snapshot(request.app.state.engine)) as session:
+    with Session(log.read_snapshot(request.app.state.engine)) as session:
         yield session
 
 
@@ -42,6 +42,8 @@ def unprocessable(param: str, message: str) -> HTTPException:
         422, detail=[{"loc": ["query", param], "msg": message, "type": "value_error"}]
     )
 
+
+IdQuery = Annotated[int | None, Query(ge=1, le=log.MAX_ID)]
 
 LOG_PARAMS = (
     "template_id",
@@ -74,9 +76,12 @@ def parse_log_filter(get: Callable[[str], list[str]], zone: ZoneInfo) -> LogFilt
         if value is None:
             return None
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise InvalidLogQuery(name, f"{name} {value!r} is not a whole number") from None
+        if not 1 <= number <= log.MAX_ID:
+            raise InvalidLogQuery(name, f"{name} must be an id between 1 and {log.MAX_ID}")
+        return number
 
     statuses = tuple(s.strip() for v in get("status") for s in v.split(",") if s.strip())
     return LogFilter(
@@ -112,18 +117,20 @@ def log_query_string(request: Request, **override: str | None) -> str:
 def log_filter(
     request: Request,
     settings: SettingsDep,
-    template_id: int | None = None,
-    version_id: int | None = None,
-    touchpoint_id: int | None = None,
+    template_id: IdQuery = None,
+    version_id: IdQuery = None,
+    touchpoint_id: IdQuery = None,
     status: Annotated[
         list[str] | None,
         Query(description="repeat or comma-separate; one of " + ", ".join(DeliveryStatus.ALL)),
     ] = None,
     reason: Annotated[str | None, Query(description="case-insensitive substring")] = None,
     channel: Annotated[str | None, Query(description="channel instance name")] = None,
-    account_id: Annotated[int | None, Query(description="staff account owning the target")] = None,
-    contact_id: int | None = None,
-    group_id: int | None = None,
+    account_id: Annotated[
+        int | None, Query(ge=1, le=log.MAX_ID, description="staff account owning the target")
+    ] = None,
+    contact_id: IdQuery = None,
+    group_id: IdQuery = None,
     tag: Annotated[str | None, Query(description="tag name the target carries now")] = None,
     due_from: Annotated[
         str | None,
@@ -133,6 +140,9 @@ def log_filter(
     sent_from: str | None = None,
     sent_to: str | None = None,
 ) -> LogFilter:
+    # The parameters above are declared for FastAPI's type checks and the OpenAPI
+    # page; the filter is read from the query string the same way the HTML log
+    # page reads it (repeated or comma-separated statuses, local times).
     try:
         return parse_log_filter(request.query_params.getlist, ZoneInfo(settings.default_timezone))
     except InvalidLogQuery as exc:
@@ -213,9 +223,10 @@ def _export(
     sort: str,
     order: str,
 ) -> StreamingResponse:
-    if sort not in log.SORTS or order not in log.ORDERS:
-        param, value = ("sort", sort) if sort not in log.SORTS else ("order", order)
-        raise unprocessable(param, f"{param} {value!r} is not one of the allowed values")
+    try:  # now: once the response has started streaming it is too late for a 422
+        log.check_sort(sort, order)
+    except InvalidLogQuery as exc:
+        raise unprocessable(exc.param, str(exc)) from None
     zone = ZoneInfo(settings.default_timezone)
     stamp = clock.now().astimezone(zone).strftime("%Y%m%d-%H%M%S")
     if kind == "csv":

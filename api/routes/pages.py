@@ -1,23 +1,19 @@
-"""A small live status page: what is scheduled, what went out. The full operator
-UI builds on the same service functions."""
+"""The dashboard at ``/`` (the operator UI's home), and the status labels the
+read-only report pages share."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from zoneinfo import ZoneInfo
-
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
 
-from api.deps import SessionDep, SettingsDep
-from channels.models import MockMessage
-from scheduler.models import Delivery
-from sop_templates import service as templates_service
+from api.auth import Reader
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.users import audit
+from api.views import render, zone_of
+from scheduler import dashboard as dashboard_service
+from scheduler import stats
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
 
 STATUS_ZH = {
     "scheduled": "待发送",
@@ -38,41 +34,24 @@ STATUS_ZH = {
 
 
 @router.get("/", response_class=HTMLResponse)
-def status_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    zone = ZoneInfo(settings.default_timezone)
-    counts: dict[int, dict[str, int]] = {}
-    for template_id, status, n in session.execute(
-        select(Delivery.template_id, Delivery.status, func.count()).group_by(
-            Delivery.template_id, Delivery.status
-        )
-    ).all():
-        counts.setdefault(template_id, {})[status] = n
-    upcoming = (
-        session.execute(
-            select(Delivery)
-            .where(Delivery.status == "scheduled")
-            .order_by(Delivery.run_at)
-            .limit(10)
-        )
-        .scalars()
-        .all()
-    )
-    messages = (
-        session.execute(
-            select(MockMessage).order_by(MockMessage.id.desc()).limit(30)  # type: ignore[union-attr]
-        )
-        .scalars()
-        .all()
-    )
-    return templates.TemplateResponse(
+def dashboard(
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> HTMLResponse:
+    """The dashboard (运行状态): sends today, failures, backlog, next sends, channel
+    health, templates waiting for approval, recent changes."""
+    zone = zone_of(request)
+    board = dashboard_service.dashboard(session, engine, settings, clock.now(), zone)
+    return render(
         request,
-        "status.html",
+        "ui/dashboard.html",
         {
-            "templates": templates_service.list_templates(session),
-            "counts": counts,
-            "upcoming": upcoming,
-            "messages": messages,
-            "zone": zone,
-            "zh": STATUS_ZH,
+            "board": board,
+            "recent": audit.entries(session, limit=8),
+            "templates": stats.overview(session, now=clock.now()),
         },
     )

@@ -9,10 +9,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
+from fastapi import Path as FastAPIPath
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
@@ -65,7 +66,8 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
     params = request.query_params
     sort = params.get("sort") or "due_at"
     order = params.get("order") or "desc"
-    limit = int(params["limit"]) if params.get("limit", "").isdigit() else 50
+    raw_limit = params.get("limit", "")
+    limit = int(raw_limit) if raw_limit.isdigit() and len(raw_limit) < 6 else 50
     limit = min(max(limit, 1), log.MAX_PAGE)
     error: InvalidLogQuery | None = None
     page = None
@@ -117,7 +119,7 @@ def report_index(request: Request, session: ReaderDep, clock: ClockDep) -> HTMLR
 
 @router.get("/report/{template_id}", response_class=HTMLResponse)
 def report_page(
-    template_id: int,
+    template_id: Annotated[int, FastAPIPath(ge=1, le=log.MAX_ID)],
     request: Request,
     session: ReaderDep,
     clock: ClockDep,
@@ -132,7 +134,9 @@ def report_page(
         flt = stats_filter(
             template_id,
             zone,
-            version_id=int(version) if version and version.isdigit() else None,
+            version_id=int(version)
+            if version and version.isdigit() and len(version) < 19
+            else None,
             channel=params.get("channel") or None,
             due_from=params.get("due_from") or None,
             due_to=params.get("due_to") or None,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from api.deps import ClockDep, SettingsDep
-from api.routes.deliveries import ReaderDep, unprocessable
+from api.routes.deliveries import IdQuery, ReaderDep, unprocessable
 from scheduler import stats
-from scheduler.log import InvalidLogQuery, parse_instant
+from scheduler.log import MAX_ID, InvalidLogQuery, parse_instant
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
@@ -46,12 +46,12 @@ def templates_overview(session: ReaderDep, clock: ClockDep) -> list[stats.Templa
 
 @router.get("/templates/{template_id}", response_model=stats.TemplateStats)
 def template_stats(
-    template_id: int,
+    template_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     session: ReaderDep,
     clock: ClockDep,
     settings: SettingsDep,
-    version_id: int | None = None,
-    touchpoint_id: int | None = None,
+    version_id: IdQuery = None,
+    touchpoint_id: IdQuery = None,
     channel: Annotated[str | None, Query(description="channel instance name")] = None,
     due_from: Annotated[
         str | None, Query(description="ISO 8601; without an offset in the workspace zone")

@@ -5,16 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
-from api.deps import ClockDep, SessionDep
+from api import auth
+from api.auth import Approver, Author
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.users import audit
+from api.users import service as users_service
 from audiences import service as audiences_service
-from scheduler import membership
+from scheduler import authoring, policies, versions
 from scheduler import service as scheduler_service
+from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
 from sopbot.clock import ensure_utc
+from sopbot.db import session_scope
 
 router = APIRouter(prefix="/api/templates", tags=["templates"])
 
@@ -55,10 +61,49 @@ def list_templates(session: SessionDep) -> list[TemplateOut]:
 
 @router.post("", response_model=TemplateOut, status_code=201)
 def create_template(
-    session: SessionDep, clock: ClockDep, spec: dict[str, Any] = Body(examples=[SPEC_EXAMPLE])
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
+    spec: dict[str, Any] = Body(examples=[SPEC_EXAMPLE]),
 ) -> TemplateOut:
     """Create a draft from a template spec (validated: timings, zone, cron, Jinja)."""
-    return _out(templates_service.create_template(session, spec, clock.now()))
+    template = templates_service.create_template(session, spec, clock.now())
+    _edited(request, session, me, template, "template.create", clock)
+    return _out(template)
+
+
+def _edited(
+    request: Request,
+    session: Any,
+    me: auth.Principal,
+    template: SopTemplate,
+    action: str,
+    clock: Any,
+) -> None:
+    approvals.note_edit(session, template.id, _reviewer(me), clock.now())  # type: ignore[arg-type]
+    auth.record(
+        request,
+        session,
+        me,
+        action,
+        object_kind="template",
+        object_id=template.id,
+        summary=template.name,
+    )
+
+
+def _reviewer(me: auth.Principal) -> approvals.Reviewer:
+    return approvals.Reviewer(me.user_id, me.username)
+
+
+@router.get("/library")
+def list_library() -> list[dict[str, Any]]:
+    """The built-in scenarios (new friends, tagged customers, group chats) to start from."""
+    return [
+        {"key": key, "name": spec["name"], "description": spec.get("description", ""), "spec": spec}
+        for key, spec in ((k, library.load(k)) for k in library.names())
+    ]
 
 
 @router.post("/validate")
@@ -76,47 +121,310 @@ def get_template(template_id: int, session: SessionDep) -> TemplateOut:
 
 @router.put("/{template_id}", response_model=TemplateOut)
 def update_template(
-    template_id: int, session: SessionDep, clock: ClockDep, spec: dict[str, Any] = Body()
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
+    spec: dict[str, Any] = Body(),
 ) -> TemplateOut:
-    """Replace the draft. A published template keeps running until published again."""
-    return _out(templates_service.update_draft(session, template_id, spec, clock.now()))
+    """Replace the draft. A published template keeps running until published again.
+    Editing voids a submission or approval of the previous draft."""
+    template = templates_service.update_draft(session, template_id, spec, clock.now())
+    _edited(request, session, me, template, "template.update", clock)
+    return _out(template)
+
+
+class PublishIn(BaseModel):
+    migrate: str = Field(
+        "keep",
+        pattern="^(keep|move)$",
+        description="contacts mid-SOP: keep their version, or move pending touchpoints "
+        "to the new version by touchpoint name",
+    )
 
 
 @router.post("/{template_id}/publish")
-def publish(template_id: int, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
+def publish(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    body: PublishIn | None = Body(None),
+) -> dict[str, Any]:
     """Freeze the draft as a new immutable version and make it live. A group
-    template or a fixed-start tagged template enrolls its whole segment now."""
-    result = membership.publish_and_enroll(session, template_id, clock.now())
-    version = result.version
-    return {
+    template or a fixed-start tagged template enrolls its whole segment now.
+    When the workspace requires approval, the draft must have been approved."""
+    migrate = body.migrate if body else "keep"
+    outcome = versions.publish(
+        session,
+        template_id,
+        clock.now(),
+        migrate=migrate,
+        require_approval=users_service.requires_approval(session, settings.require_approval),
+    )
+    version = outcome.version
+    out = {
         "template_id": template_id,
         "version_id": version.id,
         "version": version.version,
-        "enrolled": result.enrolled,
-        "deliveries": result.deliveries,
+        "enrolled": outcome.enrolled,
+        "deliveries": outcome.deliveries,
+        "migrate": migrate,
+        "moved": outcome.moved.__dict__,
     }
+    auth.record(
+        request,
+        session,
+        me,
+        "template.publish",
+        object_kind="template",
+        object_id=template_id,
+        summary=f"v{version.version} ({migrate})",
+        detail=out,
+    )
+    return out
+
+
+def _status_change(
+    request: Request, me: auth.Principal, session: Any, clock: Any, template_id: int, status: str
+) -> TemplateOut:
+    template = templates_service.set_status(session, template_id, status, clock.now())
+    action = "template.pause" if status == TemplateStatus.PAUSED else "template.resume"
+    auth.record(
+        request,
+        session,
+        me,
+        action,
+        object_kind="template",
+        object_id=template_id,
+        summary=template.name,
+    )
+    return _out(template)
 
 
 @router.post("/{template_id}/pause", response_model=TemplateOut)
-def pause(template_id: int, session: SessionDep, clock: ClockDep) -> TemplateOut:
+def pause(
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> TemplateOut:
     """Hold deliveries: nothing goes out until resumed (past grace they are missed)."""
-    return _out(
-        templates_service.set_status(session, template_id, TemplateStatus.PAUSED, clock.now())
-    )
+    return _status_change(request, me, session, clock, template_id, TemplateStatus.PAUSED)
 
 
 @router.post("/{template_id}/resume", response_model=TemplateOut)
-def resume(template_id: int, session: SessionDep, clock: ClockDep) -> TemplateOut:
-    return _out(
-        templates_service.set_status(session, template_id, TemplateStatus.PUBLISHED, clock.now())
-    )
+def resume(
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> TemplateOut:
+    """Release held deliveries (each goes out once; those past their grace are missed)."""
+    return _status_change(request, me, session, clock, template_id, TemplateStatus.PUBLISHED)
 
 
 @router.post("/{template_id}/archive")
-def archive(template_id: int, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
+def archive(
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> dict[str, Any]:
     """Archive: pending deliveries are cancelled with the reason."""
     cancelled = scheduler_service.archive_template(session, template_id, clock.now())
+    auth.record(
+        request,
+        session,
+        me,
+        "template.archive",
+        object_kind="template",
+        object_id=template_id,
+        summary=f"{cancelled} pending deliveries cancelled",
+    )
     return {"template_id": template_id, "status": "archived", "cancelled": cancelled}
+
+
+class ReviewIn(BaseModel):
+    note: str | None = Field(None, max_length=1000, description="for the authors")
+
+
+def _review_out(session: Any, template_id: int) -> dict[str, Any]:
+    template = templates_service.get_template(session, template_id)
+    return {
+        "template_id": template_id,
+        "status": template.status,
+        **approvals.review_state(session, template),
+    }
+
+
+@router.post("/{template_id}/submit")
+def submit(
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> dict[str, Any]:
+    """Submit the draft for approval (审批)."""
+    approvals.submit(session, template_id, _reviewer(me), clock.now())
+    auth.record(
+        request, session, me, "template.submit", object_kind="template", object_id=template_id
+    )
+    return _review_out(session, template_id)
+
+
+@router.post("/{template_id}/approve")
+def approve(
+    template_id: int,
+    request: Request,
+    me: Approver,
+    session: SessionDep,
+    clock: ClockDep,
+    body: ReviewIn | None = Body(None),
+) -> dict[str, Any]:
+    """Approve the submitted draft. Its authors cannot approve it."""
+    note = body.note if body else None
+    approvals.approve(session, template_id, _reviewer(me), clock.now(), note)
+    auth.record(
+        request,
+        session,
+        me,
+        "template.approve",
+        object_kind="template",
+        object_id=template_id,
+        summary=note or "",
+    )
+    return _review_out(session, template_id)
+
+
+@router.post("/{template_id}/reject")
+def reject(
+    template_id: int,
+    request: Request,
+    me: Approver,
+    session: SessionDep,
+    clock: ClockDep,
+    body: ReviewIn | None = Body(None),
+) -> dict[str, Any]:
+    """Send the draft back with a note."""
+    note = body.note if body else None
+    approvals.reject(session, template_id, _reviewer(me), clock.now(), note)
+    auth.record(
+        request,
+        session,
+        me,
+        "template.reject",
+        object_kind="template",
+        object_id=template_id,
+        summary=note or "",
+    )
+    return _review_out(session, template_id)
+
+
+@router.get("/{template_id}/review")
+def review(template_id: int, session: SessionDep) -> dict[str, Any]:
+    """The draft's approval state: authors, submitted by, approved or rejected by."""
+    return _review_out(session, template_id)
+
+
+@router.get("/{template_id}/versions")
+def list_versions(template_id: int, session: SessionDep) -> list[dict[str, Any]]:
+    """Published versions, newest first (immutable)."""
+    templates_service.get_template(session, template_id)
+    return [
+        {"id": v.id, "version": v.version, "published_at": v.published_at, "spec": v.spec}
+        for v in templates_service.list_versions(session, template_id)
+    ]
+
+
+@router.get("/{template_id}/timeline")
+def timeline(
+    template_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    sample_at: datetime | None = Query(
+        None,
+        description="when the sample target joins / is tagged (default: now); "
+        "a time without an offset is in the template's zone",
+    ),
+) -> dict[str, Any]:
+    """When each touchpoint of the draft fires for a target joining at ``sample_at``:
+    due times, quiet-hours deferrals and skips, as the scheduler computes them."""
+    spec = templates_service.parse_spec(templates_service.get_template(session, template_id).draft)
+    result = authoring.timeline(
+        spec,
+        _sample_instant(sample_at, spec.timezone, clock.now()),
+        defaults=policies.WorkspaceDefaults.from_settings(settings),
+    )
+    return {**result.__dict__, "entries": [e.__dict__ for e in result.entries]}
+
+
+def _sample_instant(value: datetime | None, zone_name: str, now: datetime) -> datetime:
+    if value is None:
+        return now
+    if value.tzinfo is None:
+        from sop_templates.timing import get_zone, local_to_utc
+
+        return local_to_utc(value, get_zone(zone_name))
+    return ensure_utc(value)
+
+
+@router.get("/{template_id}/preview")
+def preview(
+    template_id: int,
+    session: SessionDep,
+    target: str | None = Query(None, description="contact/group id or external id; none: sample"),
+) -> dict[str, Any]:
+    """Every touchpoint of the draft rendered for a real or the sample target."""
+    spec = templates_service.parse_spec(templates_service.get_template(session, template_id).draft)
+    result = authoring.preview(session, spec, target)
+    return {**result.__dict__, "items": [i.__dict__ for i in result.items]}
+
+
+class TestSendIn(BaseModel):
+    target: str | int = Field(description="contact/group id or external id")
+    touchpoint: str | None = Field(None, description="touchpoint name (default: the first)")
+
+
+@router.post("/{template_id}/test-send")
+async def test_send(
+    template_id: int,
+    body: TestSendIn,
+    request: Request,
+    me: Author,
+    engine: EngineDep,
+    clock: ClockDep,
+) -> dict[str, Any]:
+    """Send one touchpoint of the draft to one target now, through the template's
+    channel, and record it (the test send is not a delivery of the SOP)."""
+    row = await authoring.test_send(
+        engine,
+        request.app.state.runtime.channels,
+        clock,
+        template_id=template_id,
+        target_key=body.target,
+        touchpoint=body.touchpoint,
+        requested_by=me.user_id,
+        requested_by_name=me.username,
+    )
+    with session_scope(engine) as session:
+        auth.record(
+            request,
+            session,
+            me,
+            "template.test_send",
+            object_kind="template",
+            object_id=template_id,
+            summary=f"{row.touchpoint_name} → {row.target_external_id}: {row.status}",
+            detail={"test_send_id": row.id, "error": row.error},
+        )
+    return row.model_dump()
+
+
+@router.get("/{template_id}/test-sends")
+def list_test_sends(template_id: int, session: SessionDep) -> list[dict[str, Any]]:
+    return [t.model_dump() for t in authoring.test_sends(session, template_id)]
+
+
+@router.get("/{template_id}/audit")
+def template_audit(template_id: int, session: SessionDep) -> list[dict[str, Any]]:
+    """Who changed this template, when, and what."""
+    return [
+        e.model_dump()
+        for e in audit.entries(session, object_kind="template", object_id=template_id)
+    ]
 
 
 class EnrollIn(BaseModel):
@@ -130,7 +438,12 @@ class EnrollIn(BaseModel):
 
 @router.post("/{template_id}/enrollments")
 def enroll(
-    template_id: int, body: EnrollIn, session: SessionDep, clock: ClockDep
+    template_id: int,
+    body: EnrollIn,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> dict[str, Any]:
     """Enroll targets into the live version. Enrolling a target twice is a no-op."""
     template = templates_service.get_template(session, template_id)
@@ -145,4 +458,14 @@ def enroll(
         anchor = ensure_utc(body.anchor_at) if body.anchor_at else target.joined_at
         pairs.append((target.id, anchor))
     result = scheduler_service.enroll(session, template, pairs, now)
+    auth.record(
+        request,
+        session,
+        me,
+        "template.enroll",
+        object_kind="template",
+        object_id=template_id,
+        summary=f"{result.enrolled} enrolled",
+        detail={"targets": [str(t) for t in body.targets][:100]},
+    )
     return result.__dict__

@@ -151,7 +151,7 @@ class World:
         self.rows.clear()
 
 
-CONTACT_NAMES = ["张三", "李四, \"小李\"", "王五\n第二行", "Zoë", "赵六"]
+CONTACT_NAMES = ["张三", '李四, "小李"', "王五\n第二行", "Zoë", "赵六"]
 
 
 def build_world(engine: Engine, now: datetime) -> World:
@@ -162,9 +162,14 @@ def build_world(engine: Engine, now: datetime) -> World:
     world.friend_template = publish(engine, new_friend_spec(), now - timedelta(days=60))
     world.group_template = publish(engine, store_menu_spec(), now - timedelta(days=60))
     with engine.begin() as conn:
-        for template_id, attr in ((world.friend_template, "friend"), (world.group_template, "group")):
+        for template_id, attr in (
+            (world.friend_template, "friend"),
+            (world.group_template, "group"),
+        ):
             version = conn.execute(
-                select(T(SopTemplate).c.current_version_id).where(T(SopTemplate).c.id == template_id)
+                select(T(SopTemplate).c.current_version_id).where(
+                    T(SopTemplate).c.id == template_id
+                )
             ).scalar_one()
             setattr(world, f"{attr}_version", version)
             setattr(

@@ -62,9 +62,9 @@ def world(engine, clock) -> World:
 
 
 @pytest.fixture
-def client(engine, clock, settings):
+def client(engine, clock, settings, auth_headers):
     app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         yield c
 
 
@@ -81,7 +81,9 @@ def fetch_all(client: TestClient, params: dict[str, Any], limit: int = 7) -> lis
         cursor = response.headers.get("x-next-cursor")
         if not cursor:
             return rows
-        assert response.headers["link"].endswith('rel="next"') and cursor in response.headers["link"]
+        assert (
+            response.headers["link"].endswith('rel="next"') and cursor in response.headers["link"]
+        )
     raise AssertionError("pagination did not end")
 
 
@@ -154,19 +156,28 @@ CASES: list[Case] = [
     ("unknown tag", lambda w: {"tag": "no-such-tag"}, lambda r, w: False),
     (
         "due range (half-open)",
-        lambda w: {"due_from": iso(NOW - timedelta(days=5)), "due_to": iso(NOW - timedelta(days=2))},
+        lambda w: {
+            "due_from": iso(NOW - timedelta(days=5)),
+            "due_to": iso(NOW - timedelta(days=2)),
+        },
         lambda r, w: NOW - timedelta(days=5) <= r.due_at < NOW - timedelta(days=2),
     ),
     (
         "due range in the workspace zone, a bare end date covers that day",
         lambda w: {"due_from": "2027-03-15T08:00", "due_to": "2027-03-16"},
-        lambda r, w: datetime(2027, 3, 15, 8, tzinfo=SH) <= r.due_at < datetime(2027, 3, 17, tzinfo=SH),
+        lambda r, w: (
+            datetime(2027, 3, 15, 8, tzinfo=SH) <= r.due_at < datetime(2027, 3, 17, tzinfo=SH)
+        ),
     ),
     (
         "sent range",
-        lambda w: {"sent_from": iso(NOW - timedelta(days=4)), "sent_to": iso(NOW - timedelta(days=1))},
-        lambda r, w: r.sent_at is not None
-        and NOW - timedelta(days=4) <= r.sent_at < NOW - timedelta(days=1),
+        lambda w: {
+            "sent_from": iso(NOW - timedelta(days=4)),
+            "sent_to": iso(NOW - timedelta(days=1)),
+        },
+        lambda r, w: (
+            r.sent_at is not None and NOW - timedelta(days=4) <= r.sent_at < NOW - timedelta(days=1)
+        ),
     ),
     (
         "template + status + one day",
@@ -176,16 +187,24 @@ CASES: list[Case] = [
             "due_from": "2027-03-17",
             "due_to": "2027-03-17",
         },
-        lambda r, w: r.template_id == w.friend_template
-        and r.status == "sent"
-        and r.due_at.astimezone(SH).date().isoformat() == "2027-03-17",
+        lambda r, w: (
+            r.template_id == w.friend_template
+            and r.status == "sent"
+            and r.due_at.astimezone(SH).date().isoformat() == "2027-03-17"
+        ),
     ),
     (
         "tag + account + statuses",
-        lambda w: {"tag": "spring-class-2027", "account_id": w.accounts["a"], "status": "sent,failed"},
-        lambda r, w: "spring-class-2027" in r.target.tags
-        and r.target.account_id == w.accounts["a"]
-        and r.status in ("sent", "failed"),
+        lambda w: {
+            "tag": "spring-class-2027",
+            "account_id": w.accounts["a"],
+            "status": "sent,failed",
+        },
+        lambda r, w: (
+            "spring-class-2027" in r.target.tags
+            and r.target.account_id == w.accounts["a"]
+            and r.status in ("sent", "failed")
+        ),
     ),
     (
         "contact + sent range + channel",
@@ -194,10 +213,12 @@ CASES: list[Case] = [
             "sent_from": iso(NOW - timedelta(days=8)),
             "channel": "mock",
         },
-        lambda r, w: r.target is w.contacts[0]
-        and r.sent_at is not None
-        and r.sent_at >= NOW - timedelta(days=8)
-        and r.channel == "mock",
+        lambda r, w: (
+            r.target is w.contacts[0]
+            and r.sent_at is not None
+            and r.sent_at >= NOW - timedelta(days=8)
+            and r.channel == "mock"
+        ),
     ),
     (
         "group template + account that owns no group",
@@ -220,8 +241,10 @@ def test_filters_combine_and_every_page_is_in_order(world, client, sort, order):
 
 def test_a_row_shows_what_an_operator_needs(world, client):
     row = next(r for r in world.rows if r.target is world.contacts[1] and r.status == "sent")
-    [out] = [r for r in fetch_all(client, {"contact_id": world.contacts[1].id}) if r["id"] == row.id]
-    assert out["target_name"] == "李四, \"小李\"" and out["target_kind"] == "contact"
+    [out] = [
+        r for r in fetch_all(client, {"contact_id": world.contacts[1].id}) if r["id"] == row.id
+    ]
+    assert out["target_name"] == '李四, "小李"' and out["target_kind"] == "contact"
     assert out["target_external_id"] == "wm_1" and out["account_name"] == "客服小李"
     assert out["template_name"] == "新好友 SOP" and out["version"] == 1
     assert out["touchpoint_name"] in ("welcome", "coupon", "reminder")
@@ -229,7 +252,7 @@ def test_a_row_shows_what_an_operator_needs(world, client):
     assert datetime.fromisoformat(out["sent_at"]) == row.sent_at
     assert out["lateness_seconds"] == pytest.approx((row.sent_at - row.due_at).total_seconds())
     assert out["provider_message_id"] and out["attempts"] == 1
-    assert out["rendered"] == [{"kind": "text", "text": "李四, \"小李\"，你好"}]
+    assert out["rendered"] == [{"kind": "text", "text": '李四, "小李"，你好'}]
 
 
 @pytest.mark.parametrize(
@@ -241,7 +264,12 @@ def test_pages_never_skip_or_repeat_while_rows_are_being_inserted(world, client,
     seen: list[dict[str, Any]] = []
     cursor = None
     while True:
-        params = {"sort": sort, "order": order, "limit": 6, **({"cursor": cursor} if cursor else {})}
+        params = {
+            "sort": sort,
+            "order": order,
+            "limit": 6,
+            **({"cursor": cursor} if cursor else {}),
+        }
         response = client.get("/api/deliveries", params=params)
         assert response.status_code == 200, response.text
         page = response.json()
@@ -301,6 +329,16 @@ def _detail(response) -> dict[str, Any]:
         ({"order": "sideways"}, "order", "desc"),
         ({"limit": 0}, "limit", ""),
         ({"template_id": "abc"}, "template_id", ""),
+        ({"template_id": 2**63}, "template_id", ""),
+        (
+            {
+                "cursor": base64.urlsafe_b64encode(
+                    b'[1,"due_at","desc","2027-03-01T00:00:00+00:00",9223372036854775808]'
+                ).decode()
+            },
+            "cursor",
+            "start again",
+        ),
     ],
 )
 def test_bad_parameters_are_422_naming_the_parameter(client, params, param, says):
@@ -319,3 +357,16 @@ def test_a_cursor_only_continues_the_listing_it_came_from(world, client):
     for path in ("/api/deliveries/export.csv", "/api/deliveries/export.ndjson"):
         detail = _detail(client.get(path, params={"status": "lost"}))
         assert detail["loc"] == ["query", "status"]
+
+
+def test_an_offset_whose_plus_was_not_url_encoded_still_parses(world, client):
+    raw = client.get(
+        "/api/deliveries?due_from=2027-03-15T08:00+08:00&due_to=2027-03-16T00:00+08:00"
+    )
+    assert raw.status_code == 200, raw.text
+    want = [
+        r.id
+        for r in sorted(world.rows, key=lambda r: (r.due_at, r.id), reverse=True)
+        if datetime(2027, 3, 15, 8, tzinfo=SH) <= r.due_at < datetime(2027, 3, 16, tzinfo=SH)
+    ]
+    assert [r["id"] for r in raw.json()] == want and want

@@ -13,9 +13,9 @@ from api.app import create_app
 
 
 @pytest.fixture
-def client(engine, clock, settings):
+def client(engine, clock, settings, auth_headers):
     app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         yield c
 
 

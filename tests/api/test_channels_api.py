@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from api.app import create_app
 from channels.models import ChannelInstance
+from sopbot.db import session_scope
 
 SECRET = "hmac-secret-do-not-show"
 WECOM_SECRET = "corp-secret-do-not-show"
@@ -23,12 +24,27 @@ def client(engine, clock, settings):
     clock.set(datetime(2027, 3, 1, 2, 0, tzinfo=UTC))
     app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
     with TestClient(app) as c:
-        yield c
+        yield signed_in(c, engine, clock.now())
+
+
+def signed_in(client: TestClient, engine, now, roles=("admin",)) -> TestClient:
+    """Send an API token of a user with ``roles`` on every request (api.auth)."""
+    from api.users import service as users_service
+
+    with session_scope(engine) as session:
+        user = users_service.create_user(
+            session, f"u-{'-'.join(roles)}", "a-long-test-password", roles, now
+        )
+        token = users_service.create_token(session, user.id, "tests", now)
+    client.headers["Authorization"] = f"Bearer {token.secret}"
+    return client
 
 
 def stored_config(engine, name: str) -> dict:
     with Session(engine) as session:
-        return session.exec(select(ChannelInstance).where(ChannelInstance.name == name)).one().config
+        return (
+            session.exec(select(ChannelInstance).where(ChannelInstance.name == name)).one().config
+        )
 
 
 def test_create_list_update_never_return_secrets(client, engine):
@@ -75,7 +91,11 @@ def test_create_list_update_never_return_secrets(client, engine):
         ({"name": "x", "adapter": "nope"}, 409, "unknown channel adapter 'nope'"),
         ({"name": "x", "adapter": "webhook", "config": {}}, 409, "url: Field required"),
         (
-            {"name": "x", "adapter": "wecom", "config": {"corp_id": "a", "corp_secret": "**********"}},
+            {
+                "name": "x",
+                "adapter": "wecom",
+                "config": {"corp_id": "a", "corp_secret": "**********"},
+            },
             409,
             "masked value",
         ),
@@ -123,7 +143,11 @@ def test_connection_test_asks_the_platform_without_sending(client):
     asyncio.run(client.app.state.http.aclose())
     client.app.state.http = httpx.AsyncClient(transport=httpx.MockTransport(fake_wecom))
     ok = client.post("/api/channels/wecom-a/test").json()
-    assert ok == {"ok": True, "checked": True, "detail": "WeCom accepted corp ww1: access token issued"}
+    assert ok == {
+        "ok": True,
+        "checked": True,
+        "detail": "WeCom accepted corp ww1: access token issued",
+    }
 
     client.patch("/api/channels/wecom-a", json={"config": {"corp_secret": "wrong"}})
     bad = client.post("/api/channels/wecom-a/test").json()
@@ -140,3 +164,10 @@ def test_adapter_catalog_lists_every_builtin_with_secret_fields_flagged(client):
     assert wecom["capabilities"]["modes"] == ["remind", "task"]
     secret = wecom["config_schema"]["properties"]["corp_secret"]
     assert secret.get("writeOnly") is True and secret.get("format") == "password"
+
+
+def test_only_admins_change_channels(client, engine, clock):
+    signed_in(client, engine, clock.now(), roles=("operator",))
+    assert client.get("/api/channels").status_code == 200  # masked anyway
+    assert client.post("/api/channels", json={"name": "x", "adapter": "mock"}).status_code == 403
+    assert client.post("/api/channels/mock/breaker/reset").status_code == 403

@@ -15,8 +15,9 @@ from sopbot.db import session_scope
 
 
 @pytest.fixture
-def client(engine, clock, settings):
-    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
+def client(engine, clock, settings, auth_headers):
+    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
+    with TestClient(app, headers=auth_headers) as c:
         assert c.post("/api/accounts", json={"external_id": "staff_1"}).status_code == 201
         yield c
 

@@ -37,7 +37,7 @@ def _count(engine, model):
         return session.execute(select(func.count()).select_from(model)).scalar_one()
 
 
-def test_events_per_second_through_the_api(engine, clock, settings):
+def test_events_per_second_through_the_api(engine, clock, settings, auth_headers):
     clock.set(datetime(2027, 3, 1, 1, 0, tzinfo=UTC))
     register_account(engine, "staff_1")
     touchpoints = [
@@ -52,7 +52,7 @@ def test_events_per_second_through_the_api(engine, clock, settings):
     }
     create_and_publish(engine, spec, clock.now())
     app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth_headers) as client:
         batches = [
             [
                 {

@@ -24,8 +24,9 @@ SH = ZoneInfo("Asia/Shanghai")
 
 
 @pytest.fixture
-def client(engine, clock, settings):
-    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
+def client(engine, clock, settings, auth_headers):
+    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
+    with TestClient(app, headers=auth_headers) as c:
         assert (
             c.post("/api/accounts", json={"external_id": "staff_1", "name": "小王"}).status_code
             == 201

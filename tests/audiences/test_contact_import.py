@@ -156,9 +156,10 @@ def test_cli_is_all_or_nothing_unless_partial_is_allowed(tmp_path, cli_db):
 
 
 @pytest.fixture
-def client(engine, clock, settings):
+def client(engine, clock, settings, auth_headers):
     register_account(engine, "staff_1")
-    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
+    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
+    with TestClient(app, headers=auth_headers) as c:
         yield c
 
 

@@ -155,8 +155,9 @@ def test_python_and_sql_agree_on_every_case(engine):
 
 
 @pytest.fixture
-def client(engine, clock, settings):
-    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
+def client(engine, clock, settings, auth_headers):
+    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
+    with TestClient(app, headers=auth_headers) as c:
         yield c
 
 

@@ -28,7 +28,7 @@ WECOM = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
 
 
 @pytest.fixture
-def client(engine, clock, settings):
+def client(engine, clock, settings, auth_headers):
     clock.set(datetime.fromtimestamp(1_800_000_000 - 3600, UTC))  # events' CreateTime is later
     configured = settings.model_copy(
         update={
@@ -38,7 +38,7 @@ def client(engine, clock, settings):
         }
     )
     app = create_app(configured, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         yield c
 
 

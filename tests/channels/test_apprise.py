@@ -25,8 +25,12 @@ FAIL_HOSTS: set[str] = set()
 
 
 @apprise.decorators.notify(on="sopbottest")
-def _fake_service(body: str, title: str, notify_type: str, meta: dict, *args: Any, **kw: Any) -> bool:
-    RECEIVED.append({"body": body, "title": title, "host": meta.get("host"), "path": meta.get("fullpath")})
+def _fake_service(
+    body: str, title: str, notify_type: str, meta: dict, *args: Any, **kw: Any
+) -> bool:
+    RECEIVED.append(
+        {"body": body, "title": title, "host": meta.get("host"), "path": meta.get("fullpath")}
+    )
     return meta.get("host") not in FAIL_HOSTS
 
 
@@ -56,7 +60,9 @@ def message(parts: list[dict[str, Any]] | None = None, **overrides: Any) -> Outb
 
 def adapter(**config: Any) -> AppriseAdapter:
     context = AdapterContext(
-        http=httpx.AsyncClient(), engine=None, clock=ManualClock(datetime(2027, 3, 1, tzinfo=UTC))  # type: ignore[arg-type]
+        http=httpx.AsyncClient(),
+        engine=None,
+        clock=ManualClock(datetime(2027, 3, 1, tzinfo=UTC)),  # type: ignore[arg-type]
     )
     return AppriseAdapter(AppriseConfig.model_validate(config), context)
 
@@ -70,7 +76,11 @@ FILE = {"kind": "file", "url": "https://example.com/a.pdf", "name": "课表"}
     ("parts", "body_format", "expected"),
     [
         ([{"kind": "text", "text": "你好"}], "text", "你好"),
-        ([{"kind": "text", "text": "看看"}, LINK], "text", "看看\n问卷 https://example.com/q\n两分钟"),
+        (
+            [{"kind": "text", "text": "看看"}, LINK],
+            "text",
+            "看看\n问卷 https://example.com/q\n两分钟",
+        ),
         ([LINK], "markdown", "[问卷](https://example.com/q)\n两分钟"),
         ([IMAGE], "markdown", "![](https://example.com/menu.png)"),
         ([FILE], "text", "课表 https://example.com/a.pdf"),
@@ -81,7 +91,9 @@ def test_body_rendering(parts, body_format, expected):
 
 
 async def test_target_and_title_placeholders_are_filled_per_delivery():
-    sender = adapter(urls=["sopbottest://{target}/via/{account}"], title="{template} · {touchpoint}")
+    sender = adapter(
+        urls=["sopbottest://{target}/via/{account}"], title="{template} · {touchpoint}"
+    )
     results = await sender.send([message(target_external_id="wm_1")])
     assert results[0].status is ResultStatus.SENT
     (got,) = RECEIVED

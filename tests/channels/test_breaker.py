@@ -29,13 +29,21 @@ def test_opens_at_the_threshold_and_lets_one_worker_probe(engine):
     a = CircuitBreakers(engine, "worker-a", probe_wait=timedelta(seconds=10))
     b = CircuitBreakers(engine, "worker-b", probe_wait=timedelta(seconds=10))
     for n in (1, 2):
-        assert a.record("ch", successes=0, failures=1, error="HTTP 503", now=T0, config=CONFIG) == "closed"
+        assert (
+            a.record("ch", successes=0, failures=1, error="HTTP 503", now=T0, config=CONFIG)
+            == "closed"
+        )
         assert state(engine, "ch")["consecutive_failures"] == n
-    assert a.record("ch", successes=0, failures=1, error="HTTP 503", now=T0, config=CONFIG) == "open"
+    assert (
+        a.record("ch", successes=0, failures=1, error="HTTP 503", now=T0, config=CONFIG) == "open"
+    )
 
     held = a.admit(state(engine, "ch"), T0 + timedelta(seconds=30))
     assert held.open and held.until == T0 + timedelta(seconds=60)
-    assert "circuit breaker open until 2027-03-01 02:01:00 UTC after 3 consecutive failures" in held.reason
+    assert (
+        "circuit breaker open until 2027-03-01 02:01:00 UTC after 3 consecutive failures"
+        in held.reason
+    )
     assert "(last error: HTTP 503)" in held.reason
 
     later = T0 + timedelta(seconds=61)
@@ -46,7 +54,10 @@ def test_opens_at_the_threshold_and_lets_one_worker_probe(engine):
     assert state(engine, "ch")["state"] == "half_open"
 
     # Trial failed: open again for another cool-down.
-    assert a.record("ch", successes=0, failures=1, error="HTTP 503", now=later, config=CONFIG) == "open"
+    assert (
+        a.record("ch", successes=0, failures=1, error="HTTP 503", now=later, config=CONFIG)
+        == "open"
+    )
     assert state(engine, "ch")["trips"] == 2
     again = T0 + timedelta(seconds=122)
     assert b.admit(state(engine, "ch"), again).probe
@@ -60,15 +71,22 @@ def test_a_success_resets_the_count_and_permanent_errors_do_not_count(engine):
     breakers.record("ch", successes=5, failures=0, error=None, now=T0, config=CONFIG)
     assert state(engine, "ch")["consecutive_failures"] == 0
     # record() is only fed retryable/unknown failures; nothing at all is a no-op.
-    assert breakers.record("ch", successes=0, failures=0, error=None, now=T0, config=CONFIG) == "closed"
+    assert (
+        breakers.record("ch", successes=0, failures=0, error=None, now=T0, config=CONFIG)
+        == "closed"
+    )
 
 
 async def test_failing_channel_opens_then_resumes_after_a_successful_trial(engine, clock, settings):
     clock.set(T0)
     with session_scope(engine) as session:
-        session.add(ChannelPolicy(instance="mock", breaker_threshold=3, breaker_cooldown_seconds=60))
+        session.add(
+            ChannelPolicy(instance="mock", breaker_threshold=3, breaker_cooldown_seconds=60)
+        )
     runtime = SchedulerRuntime(engine, clock, settings.model_copy(update={"claim_batch_size": 1}))
-    spec = new_friend_spec(touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1d"}])
+    spec = new_friend_spec(
+        touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1d"}]
+    )
     template_id = publish(engine, spec, T0)
     contacts = [add_contact(engine, f"wm_{i}", f"客户{i}", T0) for i in range(8)]
     enroll(engine, template_id, [(c, T0) for c in contacts], T0)
@@ -107,7 +125,9 @@ async def test_failing_channel_opens_then_resumes_after_a_successful_trial(engin
 async def test_breaker_past_the_grace_period_records_missed_with_the_reason(engine, clock, runtime):
     clock.set(T0)
     CircuitBreakers(engine, "op").trip("mock", T0, T0 + timedelta(days=1), "maintenance window")
-    spec = new_friend_spec(touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1h"}])
+    spec = new_friend_spec(
+        touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1h"}]
+    )
     template_id = publish(engine, spec, T0)
     contact = add_contact(engine, "wm_1", "甲", T0)
     enroll(engine, template_id, [(contact, T0)], T0)
@@ -122,6 +142,14 @@ async def test_breaker_past_the_grace_period_records_missed_with_the_reason(engi
 def client(engine, clock, settings):
     app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
     with TestClient(app) as c:
+        from api.users import service as users_service
+
+        with session_scope(engine) as session:
+            admin = users_service.create_user(
+                session, "admin", "a-long-test-password", ["admin"], T0
+            )
+            token = users_service.create_token(session, admin.id, "tests", T0)
+        c.headers["Authorization"] = f"Bearer {token.secret}"
         yield c
 
 
@@ -138,3 +166,22 @@ def test_api_shows_the_breaker_and_lets_an_operator_pause_and_reset(client, cloc
     assert listed["mock"]["breaker"]["state"] == "open"
     assert client.post("/api/channels/mock/breaker/reset").json()["state"] == "closed"
     assert client.get("/api/channels/nope/breaker").status_code == 404
+
+
+async def test_max_attempts_is_set_per_channel(engine, clock, runtime):
+    clock.set(T0)
+    with session_scope(engine) as session:
+        session.add(ChannelPolicy(instance="mock", max_attempts=2, breaker_threshold=100))
+    spec = new_friend_spec(
+        touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1d"}]
+    )
+    template_id = publish(engine, spec, T0)
+    contact = add_contact(engine, "wm_1", "甲", T0)
+    enroll(engine, template_id, [(contact, T0)], T0)
+    runtime.channels.get("mock").config.fail_mode = "retryable"
+    for _ in range(2):
+        await runtime.dispatch_tick()
+        clock.advance(hours=1)
+    (row,) = deliveries(engine)
+    assert (row.status, row.attempts) == ("failed", 2)  # the workspace default is 5
+    assert row.reason.startswith("gave up after 2 attempts: mock: simulated temporary error")

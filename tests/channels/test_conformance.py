@@ -37,7 +37,9 @@ APPRISE_FAIL = {"on": False}
 
 
 @apprise.decorators.notify(on="sopbotconformance")
-def _apprise_fake(body: str, title: str, notify_type: str, meta: dict, *args: Any, **kw: Any) -> bool:
+def _apprise_fake(
+    body: str, title: str, notify_type: str, meta: dict, *args: Any, **kw: Any
+) -> bool:
     APPRISE_CALLS.append({"body": body, "host": meta.get("host")})
     return not APPRISE_FAIL["on"]
 
@@ -59,7 +61,9 @@ def _wecom(fail: bool) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path.rsplit("/cgi-bin/", 1)[-1]
         if path == "gettoken":
-            return httpx.Response(200, json={"errcode": 0, "access_token": "tok", "expires_in": 7200})
+            return httpx.Response(
+                200, json={"errcode": 0, "access_token": "tok", "expires_in": 7200}
+            )
         if fail:
             return httpx.Response(200, json={"errcode": -1, "errmsg": "system busy"})
         return httpx.Response(200, json={"errcode": 0, "msgid": "task-1", "fail_list": []})

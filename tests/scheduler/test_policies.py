@@ -25,7 +25,9 @@ def sh(day: int, hour: int, minute: int = 0) -> datetime:
 
 def one_touchpoint(name: str, timing: str, **extra: object) -> dict[str, object]:
     return new_friend_spec(
-        name=name, touchpoints=[{"name": "tp", "timing": timing, "content": f"{name}：你好"}], **extra
+        name=name,
+        touchpoints=[{"name": "tp", "timing": timing, "content": f"{name}：你好"}],
+        **extra,
     )
 
 
@@ -104,7 +106,9 @@ def test_custom_cap_is_a_sliding_window():
     assert held.action == "defer"
     assert held.until == t + timedelta(hours=4, seconds=1)  # the 20-hour-old one leaves
     assert two_a_day.decide(held.until, SHANGHAI, sends).action == "send"
-    assert cap({"max": 1, "per": "1d", "policy": "skip"}).decide(t, SHANGHAI, sends).action == "skip"
+    assert (
+        cap({"max": 1, "per": "1d", "policy": "skip"}).decide(t, SHANGHAI, sends).action == "skip"
+    )
 
 
 @pytest.mark.parametrize(
@@ -245,7 +249,9 @@ async def test_one_per_day_cap_across_two_templates_defers_the_second(engine, cl
     morning = sh(1, 10)
     clock.set(morning)
     first = publish(engine, one_touchpoint("课程提醒", "+0m", frequency_cap="wecom_daily"), morning)
-    second = publish(engine, one_touchpoint("活动通知", "+5h", frequency_cap="wecom_daily"), morning)
+    second = publish(
+        engine, one_touchpoint("活动通知", "+5h", frequency_cap="wecom_daily"), morning
+    )
     contact = add_contact(engine, "wm_1", "甲", morning)
     for template_id in (first, second):
         enroll(engine, template_id, [(contact, morning)], morning)
@@ -314,7 +320,10 @@ async def test_two_workers_at_once_still_send_one_per_day(engine, clock, setting
     contacts = [add_contact(engine, f"wm_{i}", f"客户{i}", now) for i in range(10)]
     for template_id in templates:
         enroll(engine, template_id, [(c, now) for c in contacts], now)
-    workers = [runtime_with(engine, clock, settings, worker_id=f"w{n}", claim_batch_size=4) for n in range(3)]
+    workers = [
+        runtime_with(engine, clock, settings, worker_id=f"w{n}", claim_batch_size=4)
+        for n in range(3)
+    ]
 
     await asyncio.gather(*(w.dispatch_tick() for w in workers))
 
@@ -324,7 +333,9 @@ async def test_two_workers_at_once_still_send_one_per_day(engine, clock, setting
     assert len(mock_sends(engine)) == 10
 
 
-async def test_a_delivery_in_flight_elsewhere_counts_against_the_cap(engine, clock, runtime, settings):
+async def test_a_delivery_in_flight_elsewhere_counts_against_the_cap(
+    engine, clock, runtime, settings
+):
     from scheduler.dispatch import Dispatcher
 
     now = sh(1, 10)

@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from channels.models import ChannelTask
 from channels.registry import ensure_instance
 from scheduler.runtime import SchedulerRuntime
+from scheduler.tasks import open_tasks
 from sopbot.db import session_scope
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
@@ -32,7 +33,9 @@ class FakeWeCom:
         body = json.loads(request.content) if request.content else {}
         self.calls.append((path, body))
         if path == "gettoken":
-            return httpx.Response(200, json={"errcode": 0, "access_token": "tok", "expires_in": 7200})
+            return httpx.Response(
+                200, json={"errcode": 0, "access_token": "tok", "expires_in": 7200}
+            )
         if path == "externalcontact/add_msg_template":
             return httpx.Response(200, json={"errcode": 0, "msgid": "msg-1", "fail_list": []})
         if path == "externalcontact/get_groupmsg_send_result":
@@ -81,7 +84,9 @@ async def test_task_is_awaiting_confirmation_until_the_poll_resolves_it(
 ):
     clock.set(T0)
     template_id = publish(engine, wecom_spec("task"), T0)
-    contacts = [add_contact(engine, f"wm_{i}", f"客户{i}", T0, account="staff_li") for i in range(3)]
+    contacts = [
+        add_contact(engine, f"wm_{i}", f"客户{i}", T0, account="staff_li") for i in range(3)
+    ]
     enroll(engine, template_id, [(c, T0) for c in contacts], T0)
 
     await wecom_runtime.dispatch_tick()
@@ -93,6 +98,8 @@ async def test_task_is_awaiting_confirmation_until_the_poll_resolves_it(
     }
     task = task_row(engine)
     assert (task.state, sorted(task.delivery_ids)) == ("awaiting", sorted(r.id for r in rows))
+    with Session(engine) as session:  # what GET /api/channels/tasks lists
+        assert [t.provider_task_id for t in open_tasks(session, "wecom-a")] == ["msg-1"]
 
     await wecom_runtime.poll_tasks_tick()  # not due yet
     assert "externalcontact/get_groupmsg_send_result" not in wecom.paths()

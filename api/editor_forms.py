@@ -1,0 +1,476 @@
+"""The template editor's HTML form ↔ a template spec, and validation problems ↔
+the form fields they belong to.
+
+The form is flat (``tp-1-cron``, ``tp-1-part-0-text``) so it works without
+JavaScript; the editor keeps its state in the form until it validates and is
+saved. Structural actions (add, move, remove a touchpoint or a part) change the
+form state only. Validation itself is ``sop_templates.service.parse_spec``: the
+UI shows exactly the messages the API returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PART_KINDS = ("text", "image", "link", "miniprogram", "file")
+TIMING_KINDS = ("offset", "day_at", "at", "cron")
+MODES = ("send", "task", "remind")
+# Form field of each part kind, in display order: (field, required)
+PART_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "text": (("text", True),),
+    "image": (("url", True),),
+    "link": (("title", True), ("url", True), ("description", False), ("image_url", False)),
+    "miniprogram": (("title", True), ("appid", True), ("page", True), ("pic_url", False)),
+    "file": (("url", True), ("name", False)),
+}
+CAP_PRESETS = ("wecom_daily", "wecom_weekly", "wecom_monthly_days")
+
+
+def _blank_part(kind: str = "text") -> dict[str, str]:
+    return {"kind": kind, **{name: "" for name, _ in PART_FIELDS.get(kind, PART_FIELDS["text"])}}
+
+
+def blank_touchpoint(n: int = 1) -> dict[str, Any]:
+    return {
+        "name": "",
+        "timing_kind": "offset",
+        "offset": "0m" if n == 1 else "",
+        "day": "",
+        "at": "",
+        "datetime": "",
+        "cron": "",
+        "cron_start": "",
+        "cron_end": "",
+        "mode": "send",
+        "grace": "",
+        "past_policy": "skip",
+        "parts": [_blank_part("text")],
+    }
+
+
+def blank_form(target: str = "contact", timezone: str = "Asia/Shanghai") -> dict[str, Any]:
+    return {
+        "name": "",
+        "description": "",
+        "target": target,
+        "timezone": timezone,
+        "channel": "mock",
+        "anchor": "join",
+        "anchor_tag": "",
+        "start_at": "",
+        "segment_kind": "new_friends" if target == "contact" else "groups",
+        "segment_tags": "",
+        "segment_accounts": "",
+        "segment_name_pattern": "",
+        "segment_attributes": "",
+        "exit_tags_added": "",
+        "exit_tags_removed": "",
+        "exit_add_tags": "",
+        "exit_on_inactive": True,
+        "exit_on_segment_mismatch": True,
+        "reentry": "never",
+        "quiet_mode": "default",
+        "quiet_start": "",
+        "quiet_end": "",
+        "quiet_policy": "defer",
+        "cap_mode": "default",
+        "cap_max": "",
+        "cap_per": "",
+        "cap_policy": "defer",
+        "touchpoints": [blank_touchpoint(1)],
+    }
+
+
+def _csv(values: Sequence[str] | None) -> str:
+    return ", ".join(values or [])
+
+
+def _split(text: str) -> list[str]:
+    return [v.strip() for v in re.split(r"[,，\s]+", text or "") if v.strip()]
+
+
+def form_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored (or library) spec → the editor's form state."""
+    form = blank_form(spec.get("target", "contact"), spec.get("timezone", "Asia/Shanghai"))
+    for key in ("name", "description", "channel", "anchor", "reentry"):
+        if spec.get(key) is not None:
+            form[key] = spec[key]
+    form["anchor_tag"] = spec.get("anchor_tag") or ""
+    start = spec.get("start_at")
+    form["start_at"] = str(start)[:16].replace(" ", "T") if start else ""
+    segment = spec.get("segment")
+    if segment is None:
+        form["segment_kind"] = ""
+    else:
+        kind = segment.get("kind") or ("groups" if form["target"] == "group" else "new_friends")
+        form["segment_kind"] = kind
+        tags = segment.get("tags")
+        form["segment_tags"] = tags if isinstance(tags, str) else _csv(tags)
+        form["segment_accounts"] = _csv(segment.get("accounts") or segment.get("owners"))
+        form["segment_name_pattern"] = segment.get("name_pattern") or ""
+        attributes = segment.get("attributes") or {}
+        form["segment_attributes"] = (
+            json.dumps(attributes, ensure_ascii=False) if attributes else ""
+        )
+    exit_rules = spec.get("exit") or {}
+    form["exit_tags_added"] = _csv(exit_rules.get("tags_added"))
+    form["exit_tags_removed"] = _csv(exit_rules.get("tags_removed"))
+    form["exit_add_tags"] = _csv(exit_rules.get("add_tags"))
+    form["exit_on_inactive"] = exit_rules.get("on_inactive", True)
+    form["exit_on_segment_mismatch"] = exit_rules.get("on_segment_mismatch", True)
+    quiet = spec.get("quiet_hours")
+    if quiet in (False, "off") or (isinstance(quiet, dict) and quiet.get("off")):
+        form["quiet_mode"] = "off"
+    elif isinstance(quiet, str):
+        form["quiet_mode"] = "custom"
+        form["quiet_start"], _, form["quiet_end"] = (p.strip() for p in quiet.partition("-"))
+    elif isinstance(quiet, dict):
+        form["quiet_mode"] = "custom"
+        form["quiet_start"] = quiet.get("start") or ""
+        form["quiet_end"] = quiet.get("end") or ""
+        form["quiet_policy"] = quiet.get("policy") or "defer"
+    cap = spec.get("frequency_cap")
+    if cap in (False, "off") or (isinstance(cap, dict) and cap.get("off")):
+        form["cap_mode"] = "off"
+    elif isinstance(cap, str):
+        form["cap_mode"] = cap
+    elif isinstance(cap, dict):
+        if cap.get("preset"):
+            form["cap_mode"] = cap["preset"]
+        else:
+            form["cap_mode"] = "custom"
+            form["cap_max"] = str(cap.get("max") or "")
+            form["cap_per"] = cap.get("per") or ""
+        form["cap_policy"] = cap.get("policy") or "defer"
+    form["touchpoints"] = [_touchpoint_form(tp) for tp in spec.get("touchpoints") or []]
+    return form
+
+
+def _touchpoint_form(tp: Mapping[str, Any]) -> dict[str, Any]:
+    out = blank_touchpoint(2)
+    out["name"] = tp.get("name") or ""
+    timing = tp.get("timing")
+    if isinstance(timing, str):  # library short forms
+        from sop_templates.timing import parse_timing
+
+        timing = parse_timing(timing)
+    timing = timing or {}
+    kind = timing.get("kind", "offset")
+    out["timing_kind"] = kind
+    if kind == "offset":
+        out["offset"] = str(timing.get("offset", ""))
+    elif kind == "day_at":
+        out["day"], out["at"] = str(timing.get("day", "")), str(timing.get("at", ""))
+    elif kind == "at":
+        out["datetime"] = str(timing.get("at", ""))[:16].replace(" ", "T")
+    elif kind == "cron":
+        out["cron"] = str(timing.get("cron", ""))
+        for bound in ("start", "end"):
+            value = timing.get(bound)
+            out[f"cron_{bound}"] = str(value)[:16].replace(" ", "T") if value else ""
+    out["mode"] = tp.get("mode") or "send"
+    out["grace"] = tp.get("grace") or ""
+    out["past_policy"] = tp.get("past_policy") or "skip"
+    content = tp.get("content") or []
+    if isinstance(content, str | dict):
+        content = [content]
+    parts = []
+    for raw in content:
+        from sop_templates.schemas import _normalize_part
+
+        part = _normalize_part(raw)
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("kind", "text")
+        parts.append(
+            {
+                "kind": kind,
+                **{name: str(part.get(name) or "") for name, _ in PART_FIELDS.get(kind, ())},
+            }
+        )
+    out["parts"] = parts
+    return out
+
+
+def form_from_request(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The posted form → form state (no validation; keeps what was typed)."""
+    get = lambda key, default="": str(data.get(key, default) or "").strip()  # noqa: E731
+    form = blank_form(get("target", "contact") or "contact", get("timezone") or "Asia/Shanghai")
+    for key in form:
+        if key == "touchpoints":
+            continue
+        if key.startswith("exit_on_"):
+            form[key] = data.get(key) in ("on", "true", "1")
+        elif key in data:
+            form[key] = str(data.get(key) or "")
+    count = int(get("tp-count", "0") or 0)
+    touchpoints = []
+    for i in range(min(count, 100)):
+        prefix = f"tp-{i}-"
+        tp = blank_touchpoint(2)
+        for key in (
+            "name",
+            "timing_kind",
+            "offset",
+            "day",
+            "at",
+            "datetime",
+            "cron",
+            "cron_start",
+            "cron_end",
+            "mode",
+        ):
+            tp[key] = get(prefix + key, tp[key])
+        tp["grace"] = get(prefix + "grace")
+        tp["past_policy"] = get(prefix + "past_policy", "skip") or "skip"
+        parts = []
+        for j in range(min(int(get(prefix + "part-count", "0") or 0), 50)):
+            kind = get(f"{prefix}part-{j}-kind", "text")
+            if kind not in PART_KINDS:
+                kind = "text"
+            part = {"kind": kind}
+            for name, _ in PART_FIELDS[kind]:
+                # text keeps its line breaks and spacing
+                value = data.get(f"{prefix}part-{j}-{name}", "") or ""
+                part[name] = str(value) if name == "text" else str(value).strip()
+            parts.append(part)
+        tp["parts"] = parts
+        touchpoints.append(tp)
+    form["touchpoints"] = touchpoints
+    return form
+
+
+def spec_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
+    """Form state → a spec dict for ``parse_spec`` (which does all validation)."""
+    spec: dict[str, Any] = {
+        "name": form["name"].strip(),
+        "description": form["description"].strip(),
+        "target": form["target"],
+        "timezone": form["timezone"].strip(),
+        "anchor": form["anchor"],
+        "channel": form["channel"].strip() or "mock",
+        "reentry": form["reentry"] or "never",
+        "touchpoints": [_touchpoint_spec(tp) for tp in form["touchpoints"]],
+    }
+    if form["anchor"] == "tag" or form["anchor_tag"].strip():
+        spec["anchor_tag"] = form["anchor_tag"].strip() or None
+    if form["anchor"] == "fixed" or form["start_at"].strip():
+        spec["start_at"] = form["start_at"].strip() or None
+    kind = form["segment_kind"]
+    if kind:
+        segment: dict[str, Any] = {"kind": kind}
+        accounts = _split(form["segment_accounts"])
+        if kind == "tagged":
+            segment["tags"] = form["segment_tags"].strip()
+        if kind == "groups":
+            if form["segment_tags"].strip():
+                segment["tags"] = form["segment_tags"].strip()
+            if form["segment_name_pattern"].strip():
+                segment["name_pattern"] = form["segment_name_pattern"].strip()
+            if accounts:
+                segment["owners"] = accounts
+        elif accounts:
+            segment["accounts"] = accounts
+        attributes = form["segment_attributes"].strip()
+        if attributes:
+            try:
+                segment["attributes"] = json.loads(attributes)
+            except json.JSONDecodeError:
+                segment["attributes"] = attributes  # parse_spec reports it at segment.attributes
+        spec["segment"] = segment
+    spec["exit"] = {
+        "tags_added": _split(form["exit_tags_added"]),
+        "tags_removed": _split(form["exit_tags_removed"]),
+        "add_tags": _split(form["exit_add_tags"]),
+        "on_inactive": bool(form["exit_on_inactive"]),
+        "on_segment_mismatch": bool(form["exit_on_segment_mismatch"]),
+    }
+    if form["quiet_mode"] == "off":
+        spec["quiet_hours"] = "off"
+    elif form["quiet_mode"] == "custom":
+        spec["quiet_hours"] = {
+            "start": form["quiet_start"].strip() or None,
+            "end": form["quiet_end"].strip() or None,
+            "policy": form["quiet_policy"] or "defer",
+        }
+    if form["cap_mode"] == "off":
+        spec["frequency_cap"] = "off"
+    elif form["cap_mode"] in CAP_PRESETS:
+        spec["frequency_cap"] = {
+            "preset": form["cap_mode"],
+            "policy": form["cap_policy"] or "defer",
+        }
+    elif form["cap_mode"] == "custom":
+        spec["frequency_cap"] = {
+            "max": form["cap_max"].strip() or None,
+            "per": form["cap_per"].strip() or None,
+            "policy": form["cap_policy"] or "defer",
+        }
+    return spec
+
+
+def _touchpoint_spec(tp: Mapping[str, Any]) -> dict[str, Any]:
+    kind = tp["timing_kind"]
+    timing: dict[str, Any] = {"kind": kind}
+    if kind == "offset":
+        timing["offset"] = tp["offset"]
+    elif kind == "day_at":
+        timing["day"] = tp["day"]
+        timing["at"] = tp["at"]
+    elif kind == "at":
+        timing["at"] = tp["datetime"]
+    else:
+        timing["cron"] = tp["cron"]
+        for bound in ("start", "end"):
+            if tp.get(f"cron_{bound}", "").strip():
+                timing[bound] = tp[f"cron_{bound}"].strip()
+    out: dict[str, Any] = {
+        "name": tp["name"].strip(),
+        "timing": timing,
+        "content": [
+            {
+                "kind": part["kind"],
+                **{
+                    name: part.get(name, "")
+                    for name, required in PART_FIELDS[part["kind"]]
+                    if required or part.get(name)
+                },
+            }
+            for part in tp["parts"]
+        ],
+        "mode": tp["mode"] or "send",
+        "past_policy": tp["past_policy"] or "skip",
+    }
+    if tp["grace"].strip():
+        out["grace"] = tp["grace"].strip()
+    return out
+
+
+# -- structural actions ------------------------------------------------------------
+
+
+def apply_action(form: dict[str, Any], action: str, data: Mapping[str, Any]) -> bool:
+    """Add / move / remove a touchpoint or a part. True when ``action`` was one."""
+    tps: list[dict[str, Any]] = form["touchpoints"]
+    verb, _, rest = action.partition(":")
+    args = [int(a) for a in rest.split(":") if a.isdigit()]
+    if verb == "add_touchpoint":
+        tps.append(blank_touchpoint(len(tps) + 1))
+    elif verb == "remove_touchpoint" and args and args[0] < len(tps):
+        tps.pop(args[0])
+    elif verb in ("up", "down") and args and args[0] < len(tps):
+        i = args[0]
+        j = i - 1 if verb == "up" else i + 1
+        if 0 <= j < len(tps):
+            tps[i], tps[j] = tps[j], tps[i]
+    elif verb == "add_part" and args and args[0] < len(tps):
+        kind = str(data.get(f"tp-{args[0]}-new-part") or "text")
+        tps[args[0]]["parts"].append(_blank_part(kind if kind in PART_KINDS else "text"))
+    elif verb == "remove_part" and len(args) == 2 and args[0] < len(tps):
+        parts = tps[args[0]]["parts"]
+        if args[1] < len(parts):
+            parts.pop(args[1])
+    elif verb in ("part_up", "part_down") and len(args) == 2 and args[0] < len(tps):
+        parts = tps[args[0]]["parts"]
+        i = args[1]
+        j = i - 1 if verb == "part_up" else i + 1
+        if 0 <= i < len(parts) and 0 <= j < len(parts):
+            parts[i], parts[j] = parts[j], parts[i]
+    else:
+        return False
+    return True
+
+
+# -- validation problems → fields ------------------------------------------------------
+
+_TP = re.compile(r"^touchpoints\[(\d+)\](?:\.(.*))?$")
+_PART = re.compile(r"^content(?:\[(\d+)\](?:\.(\w+))?)?$")
+_TOP_FIELDS = {
+    "name",
+    "description",
+    "target",
+    "timezone",
+    "channel",
+    "anchor",
+    "anchor_tag",
+    "start_at",
+    "reentry",
+}
+_SECTIONS = {"segment", "exit", "quiet_hours", "frequency_cap"}
+
+
+@dataclass
+class FieldErrors:
+    """Messages by form field id; ``general`` for those that belong to no field."""
+
+    by_field: dict[str, list[str]] = field(default_factory=dict)
+    general: list[str] = field(default_factory=list)
+
+    def add(self, field_id: str | None, message: str) -> None:
+        if field_id is None:
+            self.general.append(message)
+        else:
+            self.by_field.setdefault(field_id, []).append(message)
+
+    def get(self, field_id: str) -> list[str]:
+        return self.by_field.get(field_id, [])
+
+    def __bool__(self) -> bool:
+        return bool(self.by_field or self.general)
+
+    def count(self) -> int:
+        return len(self.general) + sum(len(v) for v in self.by_field.values())
+
+
+def field_for(location: str, form: Mapping[str, Any]) -> str | None:
+    """``touchpoints[1].timing.cron`` → ``tp-1-cron``; None: show it at the top."""
+    if location in _TOP_FIELDS:
+        return location
+    head = location.split(".", 1)[0].split("[", 1)[0]
+    if head in _SECTIONS:
+        return head
+    match = _TP.match(location)
+    if not match:
+        return "touchpoints" if location == "touchpoints" else None
+    i, rest = int(match.group(1)), match.group(2) or ""
+    prefix = f"tp-{i}"
+    if i >= len(form.get("touchpoints", [])):
+        return None
+    if not rest:
+        return prefix
+    if rest.startswith("timing"):
+        sub = rest.removeprefix("timing").lstrip(".")
+        kind = form["touchpoints"][i]["timing_kind"]
+        if not sub:
+            return f"{prefix}-timing"
+        if sub == "at" and kind == "at":
+            return f"{prefix}-datetime"
+        if sub in ("offset", "day", "at", "cron"):
+            return f"{prefix}-{sub}"
+        if sub in ("start", "end"):
+            return f"{prefix}-cron_{sub}"
+        return f"{prefix}-timing"
+    part = _PART.match(rest)
+    if part:
+        j, name = part.group(1), part.group(2)
+        if j is None:
+            return f"{prefix}-content"
+        if name is None or name == "kind":
+            return f"{prefix}-part-{j}"
+        return f"{prefix}-part-{j}-{name}"
+    name = rest.split(".", 1)[0]
+    if name in ("name", "mode", "grace", "past_policy"):
+        return f"{prefix}-{name}"
+    return prefix
+
+
+def map_problems(problems: Sequence[tuple[str, str]], form: Mapping[str, Any]) -> FieldErrors:
+    errors = FieldErrors()
+    for location, message in problems:
+        field_id = field_for(location, form)
+        errors.add(field_id, message if field_id else f"{location}: {message}")
+    return errors

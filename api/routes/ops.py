@@ -1,0 +1,153 @@
+"""Operations: ``/healthz`` (liveness, backlog, live workers), ``/api/workers``
+and ``/metrics`` (Prometheus text format)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from api.deps import ClockDep, EngineDep, SettingsDep
+from scheduler import heartbeat
+from sopbot import __version__
+from sopbot.db import reader
+
+router = APIRouter(tags=["ops"])
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    role: str
+    version: str
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None
+    claimed_total: int
+    sent_total: int
+    failed_total: int
+    live: bool
+    seen_seconds_ago: float
+
+
+class OverdueOut(BaseModel):
+    id: int
+    template_id: int
+    channel: str
+    due_at: datetime
+    run_at: datetime
+    overdue_seconds: float
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    backlog: int
+    oldest_due: datetime | None
+    oldest_overdue: OverdueOut | None
+    live_workers: int
+    workers: list[str]
+    scheduler_in_process: bool
+    warnings: list[str]
+
+
+class WorkersOut(BaseModel):
+    now: datetime
+    live_workers: int
+    stale_after_seconds: float
+    backlog: int
+    oldest_overdue: OverdueOut | None
+    workers: list[WorkerOut]
+
+
+def _summary(
+    engine: EngineDep, clock: ClockDep, settings: SettingsDep, *, include_gone: bool = False
+) -> heartbeat.OpsSummary:
+    with Session(reader(engine)) as session:
+        return heartbeat.ops_summary(
+            session,
+            clock.now(),
+            timedelta(seconds=settings.worker_stale_seconds),
+            include_gone=include_gone,
+        )
+
+
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    responses={503: {"description": "the database does not answer"}},
+)
+def healthz(
+    request: Request, engine: EngineDep, clock: ClockDep, settings: SettingsDep
+) -> HealthOut | JSONResponse:
+    """Liveness plus the backlog (deliveries due now and not yet claimed), the
+    oldest overdue delivery and the live scheduler processes."""
+    try:
+        summary = _summary(engine, clock, settings)
+    except OperationalError as exc:
+        return JSONResponse(
+            status_code=503,
+            content={"status": "error", "detail": f"database unreachable: {exc.orig}"},
+        )
+    runtime = getattr(request.app.state, "runtime", None)
+    in_process = bool(runtime is not None and runtime.scheduler is not None)
+    warnings = []
+    if summary.backlog and not summary.live_workers and not in_process:
+        warnings.append(
+            f"{summary.backlog} deliveries are due and no scheduler process is alive "
+            "(start `sopbot worker` or `sopbot serve`)"
+        )
+    oldest = summary.oldest_overdue
+    return HealthOut(
+        status="ok",
+        version=__version__,
+        backlog=summary.backlog,
+        oldest_due=oldest.run_at if oldest else None,
+        oldest_overdue=OverdueOut(**oldest.__dict__) if oldest else None,
+        live_workers=summary.live_workers,
+        workers=[w.id for w in summary.workers if w.live],
+        scheduler_in_process=in_process,
+        warnings=warnings,
+    )
+
+
+@router.get("/api/workers", response_model=WorkersOut)
+def list_workers(
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    include_gone: Annotated[
+        bool, Query(description="also list stopped and silent workers seen in the last day")
+    ] = False,
+) -> WorkersOut:
+    """Scheduler processes (live first) with what each has claimed and sent,
+    the backlog and the oldest overdue delivery."""
+    summary = _summary(engine, clock, settings, include_gone=include_gone)
+    oldest = summary.oldest_overdue
+    return WorkersOut(
+        now=summary.now,
+        live_workers=summary.live_workers,
+        stale_after_seconds=settings.worker_stale_seconds,
+        backlog=summary.backlog,
+        oldest_overdue=OverdueOut(**oldest.__dict__) if oldest else None,
+        workers=[WorkerOut(**w.__dict__) for w in summary.workers],
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics: deliveries by status, backlog, oldest overdue, live
+    workers, breakers (database-wide), and this process's dispatch histograms."""
+    registry = request.app.state.metrics_registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

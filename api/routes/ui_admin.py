@@ -1,0 +1,501 @@
+"""Operator UI: channels (configure, test; secrets write-only), users, my
+account and API tokens, workspace settings, the audit log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from api import auth
+from api.auth import Admin, CurrentUser, Reader
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.users import audit
+from api.users import service as users_service
+from api.views import redirect, render, translator
+from channels import service as channels_service
+from channels.base import AdapterContext, ChannelError
+from channels.breaker import CircuitBreakers
+from sopbot.db import reader
+
+router = APIRouter(include_in_schema=False)
+
+
+# -- channels ---------------------------------------------------------------------------
+
+
+def _channel_rows(session: Session, engine: Any, settings: Any) -> list[dict[str, Any]]:
+    breakers = CircuitBreakers(engine, owner="ui")
+    rows = []
+    for row in channels_service.list_instances(session):
+        policy = channels_service.get_policy(session, row.name, settings)
+        rows.append(
+            {
+                "row": row,
+                "breaker": breakers.view(session, row.name, policy.breaker),
+                "policy": policy.as_dict(),
+            }
+        )
+    return rows
+
+
+@router.get("/channels", response_class=HTMLResponse)
+def channels_page(
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    error: str = "",
+) -> Response:
+    return render(
+        request,
+        "ui/channels.html",
+        {
+            "rows": _channel_rows(session, engine, settings),
+            "adapters": [a for a in channels_service.adapter_catalog() if a.get("available")],
+            "flash_error": error or None,
+        },
+    )
+
+
+@router.post("/channels")
+async def create_channel(
+    request: Request, me: Admin, session: SessionDep, engine: EngineDep, settings: SettingsDep
+) -> Response:
+    form = await request.form()
+    try:
+        config = json.loads(str(form.get("config") or "{}") or "{}")
+        data = channels_service.ChannelInstanceIn(
+            name=str(form.get("name") or "").strip(),
+            adapter=str(form.get("adapter") or ""),
+            config=config,
+        )
+        with session.begin_nested():
+            row = channels_service.create_instance(session, data)
+    except (json.JSONDecodeError, ValidationError, ChannelError) as exc:
+        return render(
+            request,
+            "ui/channels.html",
+            {
+                "rows": _channel_rows(session, engine, settings),
+                "adapters": [a for a in channels_service.adapter_catalog() if a.get("available")],
+                "flash_error": str(exc),
+                "new": dict(form),
+            },
+            status_code=422,
+        )
+    auth.record(
+        request,
+        session,
+        me,
+        "channel.create",
+        object_kind="channel",
+        object_id=row.name,
+        summary=row.adapter,
+    )
+    return redirect(request, f"/channels/{row.name}?done=created")
+
+
+def _channel_page(
+    request: Request, session: Session, engine: Any, settings: Any, name: str, **extra: Any
+) -> HTMLResponse:
+    row = channels_service.get_instance(session, name)
+    policy = channels_service.get_policy(session, name, settings)
+    try:
+        config = channels_service.masked_config(row.adapter, row.config)
+        problem = None
+    except ChannelError as exc:
+        config, problem = {}, str(exc)
+    schema = next(
+        (
+            a["config_schema"]
+            for a in channels_service.adapter_catalog()
+            if a["name"] == row.adapter
+        ),
+        {},
+    )
+    fields = [
+        {
+            "name": key,
+            "type": prop.get("type")
+            or "/".join(
+                str(o.get("type")) for o in prop.get("anyOf", []) if o.get("type") != "null"
+            ),
+            "secret": _is_secret(prop),
+            "description": prop.get("description", ""),
+            "required": key in schema.get("required", []),
+        }
+        for key, prop in schema.get("properties", {}).items()
+    ]
+    context = {
+        "row": row,
+        "config_json": extra.pop("config_json", None)
+        or json.dumps(config, ensure_ascii=False, indent=2),
+        "problem": problem,
+        "policy": policy.as_dict(),
+        "breaker": CircuitBreakers(engine, owner="ui").view(session, name, policy.breaker),
+        "fields": fields,
+        **extra,
+    }
+    return render(request, "ui/channel_detail.html", context, status_code=extra.get("status", 200))
+
+
+def _is_secret(prop: dict[str, Any]) -> bool:
+    options = [prop, prop.get("items") or {}, *prop.get("anyOf", [])]
+    return any(o.get("writeOnly") for o in options)
+
+
+@router.get("/channels/{name}", response_class=HTMLResponse)
+def channel_page(
+    name: str,
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    done: str = "",
+) -> Response:
+    _ = translator(request)
+    messages = {
+        "created": _("Channel created."),
+        "saved": _("Saved."),
+        "reset": _("Breaker closed."),
+    }
+    return _channel_page(request, session, engine, settings, name, flash=messages.get(done))
+
+
+def _number(value: Any, cast: Any) -> Any:
+    text = str(value or "").strip()
+    return cast(text) if text else None
+
+
+@router.post("/channels/{name}")
+async def save_channel(
+    name: str,
+    request: Request,
+    me: Admin,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+) -> Response:
+    """Save config (masked secrets are kept), enabled and the sending policy."""
+    form = await request.form()
+    raw = str(form.get("config") or "{}")
+    try:
+        config = json.loads(raw or "{}")
+        if not isinstance(config, dict):
+            raise ValueError("the config must be a JSON object")
+        policy = channels_service.ChannelPolicyIn(
+            rate_per_second=_number(form.get("rate_per_second"), float),
+            burst=_number(form.get("burst"), int),
+            breaker_threshold=_number(form.get("breaker_threshold"), int),
+            breaker_cooldown_seconds=_number(form.get("breaker_cooldown_seconds"), float),
+            max_attempts=_number(form.get("max_attempts"), int),
+        )
+        patch = channels_service.ChannelInstanceUpdate(
+            config=config, enabled=form.get("enabled") == "on", policy=policy
+        )
+        with session.begin_nested():
+            channels_service.update_instance(session, name, patch)
+    except (ValueError, ValidationError, ChannelError) as exc:
+        return _channel_page(
+            request,
+            session,
+            engine,
+            settings,
+            name,
+            flash_error=str(exc),
+            config_json=raw,
+            status=422,
+        )
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.channels.forget(name)
+    auth.record(
+        request,
+        session,
+        me,
+        "channel.update",
+        object_kind="channel",
+        object_id=name,
+        summary=", ".join(sorted(config)),
+    )
+    return redirect(request, f"/channels/{name}?done=saved")
+
+
+@router.post("/channels/{name}/test", response_class=HTMLResponse)
+async def test_channel(
+    name: str,
+    request: Request,
+    me: Admin,
+    engine: EngineDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    with Session(reader(engine)) as session:
+        row = channels_service.get_instance(session, name)
+    context = AdapterContext(
+        http=request.app.state.http, engine=engine, clock=clock, instance_name=name
+    )
+    check = await channels_service.test_connection(row, context)
+    with Session(reader(engine)) as session:
+        return _channel_page(request, session, engine, settings, name, check=check)
+
+
+@router.post("/channels/{name}/breaker/reset")
+def reset_breaker(
+    name: str, request: Request, me: Admin, session: SessionDep, engine: EngineDep, clock: ClockDep
+) -> Response:
+    channels_service.get_instance(session, name)
+    CircuitBreakers(engine, owner="ui").reset(name, clock.now())
+    auth.record(
+        request, session, me, "channel.breaker_reset", object_kind="channel", object_id=name
+    )
+    return redirect(request, f"/channels/{name}?done=reset")
+
+
+# -- users --------------------------------------------------------------------------------
+
+
+@router.get("/users", response_class=HTMLResponse)
+def users_page(request: Request, me: Admin, session: SessionDep, done: str = "") -> Response:
+    _ = translator(request)
+    return render(
+        request,
+        "ui/users.html",
+        {
+            "users": users_service.list_users(session),
+            "roles": users_service.ROLES,
+            "flash": _("Saved.") if done else None,
+        },
+    )
+
+
+@router.post("/users")
+async def create_user(
+    request: Request, me: Admin, session: SessionDep, clock: ClockDep
+) -> Response:
+    form = await request.form()
+    try:
+        with session.begin_nested():
+            user = users_service.create_user(
+                session,
+                str(form.get("username") or ""),
+                str(form.get("password") or ""),
+                [str(r) for r in form.getlist("roles")],
+                clock.now(),
+                display_name=str(form.get("display_name") or ""),
+            )
+    except users_service.UserError as exc:
+        return render(
+            request,
+            "ui/users.html",
+            {
+                "users": users_service.list_users(session),
+                "roles": users_service.ROLES,
+                "flash_error": str(exc),
+                "new": {
+                    "username": form.get("username"),
+                    "display_name": form.get("display_name"),
+                    "roles": form.getlist("roles"),
+                },
+            },
+            status_code=422,
+        )
+    auth.record(
+        request,
+        session,
+        me,
+        "user.create",
+        object_kind="user",
+        object_id=user.id,
+        summary=f"{user.username} ({user.roles})",
+    )
+    return redirect(request, "/users?done=created")
+
+
+@router.post("/users/{user_id}")
+async def update_user(user_id: int, request: Request, me: Admin, session: SessionDep) -> Response:
+    form = await request.form()
+    try:
+        with session.begin_nested():
+            user = users_service.update_user(
+                session,
+                user_id,
+                roles=[str(r) for r in form.getlist("roles")],
+                active=form.get("active") == "on",
+                password=str(form.get("password") or "") or None,
+            )
+    except users_service.UserError as exc:
+        return render(
+            request,
+            "ui/users.html",
+            {
+                "users": users_service.list_users(session),
+                "roles": users_service.ROLES,
+                "flash_error": str(exc),
+            },
+            status_code=422,
+        )
+    auth.record(
+        request,
+        session,
+        me,
+        "user.update",
+        object_kind="user",
+        object_id=user_id,
+        summary=f"{user.username}: roles {user.roles}, active {user.active}",
+    )
+    return redirect(request, "/users?done=saved")
+
+
+# -- my account and API tokens ------------------------------------------------------------
+
+
+def _account(request: Request, session: Session, me: auth.Principal, **extra: Any) -> HTMLResponse:
+    user = users_service.get_user(session, me.user_id)
+    return render(
+        request,
+        "ui/account.html",
+        {"user": user, "tokens": users_service.list_tokens(session, me.user_id), **extra},
+        status_code=extra.pop("status", 200),
+    )
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account_page(request: Request, me: CurrentUser, session: SessionDep) -> Response:
+    return _account(request, session, me)
+
+
+@router.post("/account")
+async def save_account(request: Request, me: CurrentUser, session: SessionDep) -> Response:
+    """Display name, test contact, password (the current one is asked again)."""
+    form = await request.form()
+    _ = translator(request)
+    new_password = str(form.get("new_password") or "")
+    try:
+        with session.begin_nested():
+            if new_password:
+                user = users_service.get_user(session, me.user_id)
+                if not users_service.verify_password(
+                    str(form.get("current_password") or ""), user.password_hash
+                ):
+                    raise users_service.UserError(_("The current password is wrong."))
+            users_service.update_user(
+                session,
+                me.user_id,
+                display_name=str(form.get("display_name") or ""),
+                test_contact=str(form.get("test_contact") or ""),
+                password=new_password or None,
+            )
+    except users_service.UserError as exc:
+        return _account(request, session, me, flash_error=str(exc), status=422)
+    auth.record(request, session, me, "user.update_self", object_kind="user", object_id=me.user_id)
+    if new_password:  # sessions ended: log in again
+        return redirect(request, "/login")
+    return _account(request, session, me, flash=_("Saved."))
+
+
+@router.post("/account/tokens")
+async def create_token(
+    request: Request, me: CurrentUser, session: SessionDep, clock: ClockDep
+) -> Response:
+    form = await request.form()
+    try:
+        with session.begin_nested():
+            new = users_service.create_token(
+                session, me.user_id, str(form.get("name") or ""), clock.now()
+            )
+    except users_service.UserError as exc:
+        return _account(request, session, me, flash_error=str(exc), status=422)
+    auth.record(
+        request,
+        session,
+        me,
+        "token.create",
+        object_kind="token",
+        object_id=new.token.id,
+        summary=f"{new.token.name} ({new.token.prefix}…)",
+    )
+    return _account(request, session, me, new_token=new.secret)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+def revoke_token(
+    token_id: int, request: Request, me: CurrentUser, session: SessionDep, clock: ClockDep
+) -> Response:
+    token = users_service.revoke_token(session, token_id, clock.now(), owner_id=me.user_id)
+    auth.record(
+        request,
+        session,
+        me,
+        "token.revoke",
+        object_kind="token",
+        object_id=token_id,
+        summary=token.name,
+    )
+    return redirect(request, "/account")
+
+
+# -- settings and audit ----------------------------------------------------------------------
+
+
+@router.get("/settings", response_class=HTMLResponse)
+def settings_page(
+    request: Request, me: Admin, session: SessionDep, settings: SettingsDep, done: str = ""
+) -> Response:
+    _ = translator(request)
+    return render(
+        request,
+        "ui/settings.html",
+        {
+            "require_approval": users_service.requires_approval(session, settings.require_approval),
+            "settings": settings,
+            "flash": _("Saved.") if done else None,
+        },
+    )
+
+
+@router.post("/settings")
+async def save_settings(
+    request: Request, me: Admin, session: SessionDep, clock: ClockDep
+) -> Response:
+    form = await request.form()
+    value = form.get("require_approval") == "on"
+    users_service.set_setting(session, users_service.REQUIRE_APPROVAL, value, clock.now())
+    auth.record(
+        request,
+        session,
+        me,
+        "settings.update",
+        object_kind="settings",
+        summary=f"require_approval={value}",
+    )
+    return redirect(request, "/settings?done=saved")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    object_kind: str = "",
+    before_id: int | None = None,
+) -> Response:
+    entries = audit.entries(
+        session, object_kind=object_kind or None, before_id=before_id, limit=100
+    )
+    return render(
+        request,
+        "ui/audit.html",
+        {
+            "entries": entries,
+            "object_kind": object_kind,
+            "next_before": entries[-1].id if len(entries) == 100 else None,
+        },
+    )

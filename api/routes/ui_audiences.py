@@ -1,0 +1,208 @@
+"""Operator UI: contacts, group chats and segments (search, tags, the SOPs each
+target is in and what it received; segment counts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from api import auth
+from api.auth import Author, Reader
+from api.deps import ClockDep, SessionDep
+from api.views import redirect, render, translator
+from audiences import search as audiences_search
+from audiences import segments
+from audiences import service as audiences_service
+from audiences.models import Contact, GroupChat
+from scheduler import log as delivery_log
+from scheduler import service as scheduler_service
+from scheduler import targets as scheduler_targets
+from sop_templates import service as templates_service
+from sop_templates.models import TemplateStatus
+from sop_templates.schemas import TemplateSpec
+
+router = APIRouter(include_in_schema=False)
+
+PAGE = 50
+
+
+def _kind(path_kind: str) -> str:
+    return "contact" if path_kind == "contacts" else "group"
+
+
+@router.get("/contacts", response_class=HTMLResponse)
+@router.get("/groups", response_class=HTMLResponse)
+def target_list(
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    q: str = "",
+    tag: str = "",
+    page: int = 1,
+) -> Response:
+    path_kind = request.url.path.strip("/")
+    kind = _kind(path_kind)
+    page = max(page, 1)
+    result = audiences_search.search(
+        session, kind, q=q or None, tag=tag or None, limit=PAGE, offset=(page - 1) * PAGE
+    )
+    return render(
+        request,
+        "ui/targets.html",
+        {
+            "kind": kind,
+            "path_kind": path_kind,
+            "result": result,
+            "q": q,
+            "tag": tag,
+            "page": page,
+            "pages": max(1, -(-result.total // PAGE)),
+            "all_tags": audiences_search.all_tags(session),
+        },
+    )
+
+
+def _detail(request: Request, session: Session, kind: str, target_id: int, **extra: Any) -> Any:
+    model: Any = Contact if kind == "contact" else GroupChat
+    target = session.get(model, target_id)
+    if target is None:
+        raise audiences_service.NotFound(f"no {kind} with id {target_id}")
+    tags = audiences_service.tags_of(session, kind, [target_id])[target_id]
+    flt = delivery_log.LogFilter(
+        contact_id=target_id if kind == "contact" else None,
+        group_id=target_id if kind == "group" else None,
+    )
+    page = delivery_log.list_page(session, flt, sort="due_at", order="desc", limit=50)
+    enrollable = [
+        t
+        for t in templates_service.list_templates(session)
+        if t.target_kind == kind and t.status in (TemplateStatus.PUBLISHED, TemplateStatus.PAUSED)
+    ]
+    return render(
+        request,
+        "ui/target_detail.html",
+        {
+            "kind": kind,
+            "path_kind": "contacts" if kind == "contact" else "groups",
+            "target": target,
+            "tags": sorted(tags),
+            "sops": scheduler_targets.enrollments_of(session, kind, target_id),
+            "deliveries": page.entries,
+            "content_text": delivery_log.content_text,
+            "enrollable": enrollable,
+            **extra,
+        },
+    )
+
+
+@router.get("/contacts/{target_id}", response_class=HTMLResponse)
+@router.get("/groups/{target_id}", response_class=HTMLResponse)
+def target_detail(
+    target_id: int, request: Request, me: Reader, session: SessionDep, done: str = ""
+) -> Response:
+    kind = _kind(request.url.path.strip("/").split("/")[0])
+    _ = translator(request)
+    flash = _("Enrolled.") if done == "enrolled" else None
+    return _detail(request, session, kind, target_id, flash=flash)
+
+
+@router.post("/contacts/{target_id}/enroll")
+@router.post("/groups/{target_id}/enroll")
+async def enroll(
+    target_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    """Enroll this target into a published SOP by hand (anchored at its join time)."""
+    kind = _kind(request.url.path.strip("/").split("/")[0])
+    form = await request.form()
+    template_id = int(str(form.get("template_id") or 0))
+    try:
+        template = templates_service.get_template(session, template_id)
+        model: Any = Contact if kind == "contact" else GroupChat
+        target = session.get(model, target_id)
+        if target is None or template.target_kind != kind:
+            raise scheduler_service.EnrollmentError(f"this SOP does not send to {kind}s")
+        result = scheduler_service.enroll(
+            session, template, [(target_id, target.joined_at)], clock.now()
+        )
+    except (scheduler_service.EnrollmentError, templates_service.NotFound) as exc:
+        return _detail(request, session, kind, target_id, flash_error=str(exc))
+    auth.record(
+        request,
+        session,
+        me,
+        "template.enroll",
+        object_kind="template",
+        object_id=template_id,
+        summary=f"{kind} {target_id}: {result.enrolled} enrolled",
+    )
+    path = "contacts" if kind == "contact" else "groups"
+    return redirect(request, f"/{path}/{target_id}?done=enrolled")
+
+
+# -- segments ------------------------------------------------------------------------------
+
+
+@router.get("/segments", response_class=HTMLResponse)
+def segments_page(
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    target: str = "contact",
+    kind: str = "",
+    tags: str = "",
+    accounts: str = "",
+    name_pattern: str = "",
+) -> Response:
+    """Every template's segment with its live count, and a segment to try out."""
+    rows = []
+    for template in templates_service.list_templates(session):
+        if template.status == TemplateStatus.ARCHIVED:
+            continue
+        try:
+            spec = TemplateSpec.model_validate(template.draft)
+        except ValidationError:
+            continue
+        if spec.segment is None:
+            continue
+        count = segments.preview(session, spec.target, spec.segment, limit=0).count
+        rows.append({"template": template, "segment": spec.segment, "count": count})
+    trial: dict[str, Any] = {
+        "target": target,
+        "kind": kind,
+        "tags": tags,
+        "accounts": accounts,
+        "name_pattern": name_pattern,
+    }
+    result = error = None
+    if kind:
+        raw: dict[str, Any] = {"kind": kind}
+        names = [a.strip() for a in accounts.split(",") if a.strip()]
+        if tags.strip():
+            raw["tags"] = tags.strip()
+        if kind == "groups":
+            if name_pattern.strip():
+                raw["name_pattern"] = name_pattern.strip()
+            if names:
+                raw["owners"] = names
+        elif names:
+            raw["accounts"] = names
+        try:
+            segment = segments.SEGMENT_KINDS[kind].model_validate(raw)
+            result = segments.preview(session, segments.SEGMENT_TARGET[kind], segment, limit=20)  # type: ignore[arg-type]
+        except (ValidationError, KeyError, ValueError) as exc:
+            error = str(exc)
+    return render(
+        request,
+        "ui/segments.html",
+        {
+            "rows": rows,
+            "trial": trial,
+            "result": result,
+            "error": error,
+            "all_tags": audiences_search.all_tags(session),
+        },
+    )

@@ -1,0 +1,613 @@
+"""Operator UI: SOP templates — the list, the editor (timeline, preview, test
+send) and the lifecycle buttons. Thin: every decision is a service call
+(``sop_templates``, ``scheduler.authoring``, ``scheduler.versions``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlmodel import Session, col, select
+
+from api import auth, editor_forms
+from api.auth import Approver, Author, Reader
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.i18n import N_
+from api.users import audit
+from api.users import service as users_service
+from api.views import is_htmx, redirect, render, translator
+from audiences import service as audiences_service
+from audiences.models import Contact, GroupChat
+from channels import service as channels_service
+from scheduler import authoring, policies, stats, versions
+from scheduler import service as scheduler_service
+from sop_templates import approvals, library
+from sop_templates import service as templates_service
+from sop_templates.models import SopTemplate, TemplateStatus
+from sop_templates.service import NotFound, TemplateError, TemplateValidationError
+from sop_templates.timing import get_zone, local_to_utc
+
+router = APIRouter(include_in_schema=False)
+
+DONE_MESSAGES = {
+    "created": N_("Template created."),
+    "saved": N_("Draft saved."),
+    "submitted": N_("Submitted for approval."),
+    "approved": N_("Approved: it can be published now."),
+    "rejected": N_("Sent back to the authors."),
+    "published": N_("Published."),
+    "paused": N_("Paused: deliveries are held until you resume."),
+    "resumed": N_("Resumed: held deliveries go out now (once each)."),
+    "archived": N_("Archived: pending deliveries were cancelled."),
+    "test_sent": N_("Test message sent."),
+}
+
+
+# -- list --------------------------------------------------------------------------
+
+
+@router.get("/templates", response_class=HTMLResponse)
+def template_list(request: Request, me: Reader, session: SessionDep, clock: ClockDep) -> Response:
+    summaries = {s.template_id: s for s in stats.overview(session, now=clock.now())}
+    rows = []
+    for template in templates_service.list_templates(session):
+        review = approvals.open_review(session, template.id)  # type: ignore[arg-type]
+        version = (
+            templates_service.get_version(session, template.current_version_id)
+            if template.current_version_id
+            else None
+        )
+        rows.append(
+            {
+                "template": template,
+                "counts": summaries[template.id].counts if template.id in summaries else None,
+                "review": review.state if review else None,
+                "version": version.version if version else None,
+            }
+        )
+    return render(request, "ui/templates.html", {"rows": rows})
+
+
+# -- editor ---------------------------------------------------------------------------
+
+
+def _library() -> list[dict[str, Any]]:
+    return [
+        {"key": key, "name": spec["name"], "description": spec.get("description", "")}
+        for key, spec in ((k, library.load(k)) for k in library.names())
+    ]
+
+
+@router.get("/templates/new", response_class=HTMLResponse)
+def new_template(
+    request: Request, me: Author, session: SessionDep, settings: SettingsDep, start: str = ""
+) -> Response:
+    """Pick a starting point (blank or a library scenario), then edit before saving."""
+    if not start:
+        return render(request, "ui/template_new.html", {"library": _library()})
+    if start in library.names():
+        form = editor_forms.form_from_spec(library.load(start))
+    else:
+        target = "group" if start == "blank-group" else "contact"
+        form = editor_forms.blank_form(target, settings.default_timezone)
+    return _editor(request, session, settings, None, form)
+
+
+@router.post("/templates/new", response_class=HTMLResponse)
+async def new_template_post(
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    data = await request.form()
+    return _editor_post(request, me, session, settings, clock, None, data)
+
+
+@router.get("/templates/{template_id}", response_class=HTMLResponse)
+def edit_template(
+    template_id: int,
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    sample_at: str = "",
+    target: str = "",
+    done: str = "",
+    error: str = "",
+) -> Response:
+    template = templates_service.get_template(session, template_id)
+    form = editor_forms.form_from_spec(template.draft)
+    _ = translator(request)
+    flash = _(DONE_MESSAGES[done]) if done in DONE_MESSAGES else None
+    return _editor(
+        request,
+        session,
+        settings,
+        template,
+        form,
+        clock=clock,
+        sample_at=sample_at,
+        preview_target=target,
+        flash=flash,
+        flash_error=error[:500] or None,
+    )
+
+
+@router.post("/templates/{template_id}", response_class=HTMLResponse)
+async def edit_template_post(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    data = await request.form()
+    templates_service.get_template(session, template_id)
+    return _editor_post(request, me, session, settings, clock, template_id, data)
+
+
+def _editor_post(
+    request: Request,
+    me: auth.Principal,
+    session: Session,
+    settings: Any,
+    clock: Any,
+    template_id: int | None,
+    data: Any,
+) -> Response:
+    """Save (validate, then create or update the draft) or change the form's shape."""
+    form = editor_forms.form_from_request(data)
+    action = str(data.get("action") or "save")
+    template = templates_service.get_template(session, template_id) if template_id else None
+    if action != "save" and action != "check":
+        editor_forms.apply_action(form, action, data)
+        return _editor(request, session, settings, template, form, clock=clock, with_panels=False)
+    spec = editor_forms.spec_from_form(form)
+    try:
+        parsed = templates_service.parse_spec(spec)
+    except TemplateValidationError as exc:
+        errors = editor_forms.map_problems(exc.problems, form)
+        return _editor(
+            request, session, settings, template, form, errors=errors, clock=clock, status=422
+        )
+    if action == "check":
+        _ = translator(request)
+        return _editor(
+            request, session, settings, template, form, clock=clock, flash=_("No problems found.")
+        )
+    now = clock.now()
+    try:
+        if template is None:
+            saved = templates_service.create_template(session, parsed, now)
+            action_name, done = "template.create", "created"
+        else:
+            saved = templates_service.update_draft(session, template.id, parsed, now)  # type: ignore[arg-type]
+            action_name, done = "template.update", "saved"
+    except TemplateError as exc:
+        errors = editor_forms.FieldErrors()
+        errors.add("name" if "named" in str(exc) else None, str(exc))
+        return _editor(
+            request, session, settings, template, form, errors=errors, clock=clock, status=409
+        )
+    approvals.note_edit(session, saved.id, approvals.Reviewer(me.user_id, me.username), now)  # type: ignore[arg-type]
+    auth.record(
+        request,
+        session,
+        me,
+        action_name,
+        object_kind="template",
+        object_id=saved.id,
+        summary=saved.name,
+    )
+    return redirect(request, f"/templates/{saved.id}?done={done}")
+
+
+def _choices(session: Session, target_kind: str) -> list[tuple[str, str]]:
+    """Recent contacts (or groups) to preview and test-send with."""
+    model: Any = Contact if target_kind == "contact" else GroupChat
+    rows = session.exec(select(model).order_by(col(model.id).desc()).limit(50)).all()
+    return [(r.external_id, f"{r.name or r.external_id} ({r.external_id})") for r in rows]
+
+
+def _sample_instant(value: str, zone_name: str, now: datetime) -> datetime:
+    if value:
+        try:
+            return local_to_utc(datetime.fromisoformat(value), get_zone(zone_name))
+        except ValueError:
+            pass
+    return now.replace(second=0, microsecond=0)
+
+
+def _panels(
+    request: Request,
+    session: Session,
+    settings: Any,
+    template: SopTemplate,
+    now: datetime,
+    sample_at: str,
+    preview_target: str,
+) -> dict[str, Any]:
+    """Timeline and preview of the saved draft (what would be published)."""
+    try:
+        spec = templates_service.parse_spec(template.draft)
+    except TemplateValidationError:
+        return {}
+    sample = _sample_instant(sample_at, spec.timezone, now)
+    line = authoring.timeline(
+        spec, sample, defaults=policies.WorkspaceDefaults.from_settings(settings)
+    )
+    preview_error = None
+    try:
+        preview = authoring.preview(session, spec, preview_target or None)
+    except (audiences_service.NotFound, authoring.AuthoringError) as exc:
+        preview, preview_error = authoring.preview(session, spec, None), str(exc)
+    targets = _choices(session, spec.target)
+    me = getattr(request.state, "principal", None)
+    own = users_service.get_user(session, me.user_id).test_contact if me else None
+    if own and spec.target == "contact":
+        _ = translator(request)
+        targets = [(own, _("My test contact (%(id)s)", id=own)), *targets]
+    return {
+        "spec": spec,
+        "timeline": line,
+        "template_zone": get_zone(spec.timezone),
+        "sample_value": sample.astimezone(get_zone(spec.timezone)).strftime("%Y-%m-%dT%H:%M"),
+        "preview": preview,
+        "preview_error": preview_error,
+        "preview_target": preview_target,
+        "targets": targets,
+    }
+
+
+def _editor(
+    request: Request,
+    session: Session,
+    settings: Any,
+    template: SopTemplate | None,
+    form: dict[str, Any],
+    *,
+    errors: editor_forms.FieldErrors | None = None,
+    clock: Any = None,
+    sample_at: str = "",
+    preview_target: str = "",
+    flash: str | None = None,
+    flash_error: str | None = None,
+    status: int = 200,
+    with_panels: bool = True,
+) -> HTMLResponse:
+    context: dict[str, Any] = {
+        "template": template,
+        "form": form,
+        "errors": errors or editor_forms.FieldErrors(),
+        "channels": [c.name for c in channels_service.list_instances(session)],
+        "part_kinds": editor_forms.PART_KINDS,
+        "timing_kinds": editor_forms.TIMING_KINDS,
+        "modes": editor_forms.MODES,
+        "cap_presets": editor_forms.CAP_PRESETS,
+        "flash": flash,
+        "flash_error": flash_error,
+        "require_approval": users_service.requires_approval(session, settings.require_approval),
+        "action_url": f"/templates/{template.id}" if template else "/templates/new",
+    }
+    if template is not None:
+        now = clock.now() if clock else request.app.state.clock.now()
+        context.update(
+            {
+                "review": approvals.review_state(session, template),
+                "versions": templates_service.list_versions(session, template.id),  # type: ignore[arg-type]
+                "counts": scheduler_service.delivery_counts(session, template.id),
+                "history": audit.entries(
+                    session, object_kind="template", object_id=template.id, limit=20
+                ),
+                "test_sends": authoring.test_sends(session, template.id, limit=10),  # type: ignore[arg-type]
+                "unpublished": _unpublished(session, template),
+            }
+        )
+        if with_panels:
+            context.update(
+                _panels(request, session, settings, template, now, sample_at, preview_target)
+            )
+    name = "ui/template_editor.html"
+    if is_htmx(request) and request.method == "POST":
+        name = "ui/_editor_form.html"  # the form only; the page around it stays
+    return render(request, name, context, status_code=status)
+
+
+def _unpublished(session: Session, template: SopTemplate) -> bool:
+    if template.current_version_id is None:
+        return True
+    live = templates_service.get_version(session, template.current_version_id)
+    return approvals.draft_digest(live.spec) != approvals.draft_digest(template.draft)
+
+
+# -- panels (htmx fragments; without JS the editor page takes the same parameters) --------
+
+
+@router.get("/templates/{template_id}/timeline", response_class=HTMLResponse)
+def timeline_panel(
+    template_id: int,
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    sample_at: str = "",
+) -> Response:
+    template = templates_service.get_template(session, template_id)
+    context = _panels(request, session, settings, template, clock.now(), sample_at, "")
+    return render(request, "ui/_timeline.html", {"template": template, **context})
+
+
+@router.get("/templates/{template_id}/preview", response_class=HTMLResponse)
+def preview_panel(
+    template_id: int,
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    target: str = "",
+) -> Response:
+    template = templates_service.get_template(session, template_id)
+    context = _panels(request, session, settings, template, clock.now(), "", target)
+    return render(request, "ui/_preview.html", {"template": template, **context})
+
+
+@router.post("/templates/{template_id}/test-send", response_class=HTMLResponse)
+async def test_send(
+    template_id: int,
+    request: Request,
+    me: Author,
+    engine: EngineDep,
+    clock: ClockDep,
+) -> Response:
+    data = await request.form()
+    target = str(data.get("target") or "").strip()
+    touchpoint = str(data.get("touchpoint") or "") or None
+    _ = translator(request)
+    if not target:
+        return _after(request, template_id, error=_("Choose who gets the test message."))
+    try:
+        row = await authoring.test_send(
+            engine,
+            request.app.state.runtime.channels,
+            clock,
+            template_id=template_id,
+            target_key=target,
+            touchpoint=touchpoint,
+            requested_by=me.user_id,
+            requested_by_name=me.username,
+        )
+    except (audiences_service.NotFound, TemplateError, authoring.AuthoringError) as exc:
+        return _after(request, template_id, error=str(exc))
+    from sopbot.db import session_scope
+
+    with session_scope(engine) as session:
+        auth.record(
+            request,
+            session,
+            me,
+            "template.test_send",
+            object_kind="template",
+            object_id=template_id,
+            summary=f"{row.touchpoint_name} → {row.target_external_id}: {row.status}",
+            detail={"test_send_id": row.id, "error": row.error},
+        )
+        rows = authoring.test_sends(session, template_id, limit=10)
+    if is_htmx(request):
+        return render(request, "ui/_test_sends.html", {"test_sends": rows, "just_sent": row})
+    if row.status == "sent":
+        return _after(request, template_id, message="test_sent")
+    return _after(request, template_id, error=row.error or row.status)
+
+
+def _after(request: Request, template_id: int, *, message: str = "", error: str = "") -> Response:
+    query = {"done": message} if message else {}
+    if error:
+        query["error"] = error
+    return redirect(request, f"/templates/{template_id}?{urlencode(query)}")
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def _lifecycle(
+    request: Request,
+    session: Session,
+    settings: Any,
+    clock: Any,
+    template_id: int,
+    run: Any,
+    done: str,
+) -> Response:
+    """Run one lifecycle step; on a refusal show the editor with the reason."""
+    try:
+        with session.begin_nested():
+            run()
+    except (TemplateError, NotFound, scheduler_service.EnrollmentError) as exc:
+        template = templates_service.get_template(session, template_id)
+        return _editor(
+            request,
+            session,
+            settings,
+            template,
+            editor_forms.form_from_spec(template.draft),
+            clock=clock,
+            flash_error=str(exc),
+            status=409,
+        )
+    return redirect(request, f"/templates/{template_id}?done={done}")
+
+
+def _reviewer(me: auth.Principal) -> approvals.Reviewer:
+    return approvals.Reviewer(me.user_id, me.username)
+
+
+@router.post("/templates/{template_id}/submit")
+def submit(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    def run() -> None:
+        approvals.submit(session, template_id, _reviewer(me), clock.now())
+        auth.record(
+            request, session, me, "template.submit", object_kind="template", object_id=template_id
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "submitted")
+
+
+@router.post("/templates/{template_id}/approve")
+async def approve(
+    template_id: int,
+    request: Request,
+    me: Approver,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    note = str((await request.form()).get("note") or "")
+
+    def run() -> None:
+        approvals.approve(session, template_id, _reviewer(me), clock.now(), note)
+        auth.record(
+            request,
+            session,
+            me,
+            "template.approve",
+            object_kind="template",
+            object_id=template_id,
+            summary=note,
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "approved")
+
+
+@router.post("/templates/{template_id}/reject")
+async def reject(
+    template_id: int,
+    request: Request,
+    me: Approver,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    note = str((await request.form()).get("note") or "")
+
+    def run() -> None:
+        approvals.reject(session, template_id, _reviewer(me), clock.now(), note)
+        auth.record(
+            request,
+            session,
+            me,
+            "template.reject",
+            object_kind="template",
+            object_id=template_id,
+            summary=note,
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "rejected")
+
+
+@router.post("/templates/{template_id}/publish")
+async def publish(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    migrate = str((await request.form()).get("migrate") or "keep")
+
+    def run() -> None:
+        outcome = versions.publish(
+            session,
+            template_id,
+            clock.now(),
+            migrate=migrate,
+            require_approval=users_service.requires_approval(session, settings.require_approval),
+        )
+        auth.record(
+            request,
+            session,
+            me,
+            "template.publish",
+            object_kind="template",
+            object_id=template_id,
+            summary=f"v{outcome.version.version} ({migrate})",
+            detail={"enrolled": outcome.enrolled, "moved": outcome.moved.__dict__},
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "published")
+
+
+@router.post("/templates/{template_id}/pause")
+def pause(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    def run() -> None:
+        templates_service.set_status(session, template_id, TemplateStatus.PAUSED, clock.now())
+        auth.record(
+            request, session, me, "template.pause", object_kind="template", object_id=template_id
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "paused")
+
+
+@router.post("/templates/{template_id}/resume")
+def resume(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    def run() -> None:
+        templates_service.set_status(session, template_id, TemplateStatus.PUBLISHED, clock.now())
+        auth.record(
+            request, session, me, "template.resume", object_kind="template", object_id=template_id
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "resumed")
+
+
+@router.post("/templates/{template_id}/archive")
+def archive(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    def run() -> None:
+        cancelled = scheduler_service.archive_template(session, template_id, clock.now())
+        auth.record(
+            request,
+            session,
+            me,
+            "template.archive",
+            object_kind="template",
+            object_id=template_id,
+            summary=f"{cancelled} pending deliveries cancelled",
+        )
+
+    return _lifecycle(request, session, settings, clock, template_id, run, "archived")

@@ -1,0 +1,1 @@
+"""Users, roles, API tokens, UI sessions, the audit log and workspace settings."""

@@ -1,0 +1,77 @@
+"""Finding contacts and group chats: by name or external id, by tag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import exists, func, or_, select
+from sqlmodel import Session, col
+
+from audiences import service as audiences_service
+from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
+
+
+@dataclass
+class SearchResult:
+    total: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def search(
+    session: Session,
+    target_kind: str,
+    *,
+    q: str | None = None,
+    tag: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> SearchResult:
+    """Contacts (``contact``) or groups (``group``) whose name or external id
+    contains ``q`` and that carry ``tag``; newest first, with their tags."""
+    model: Any = Contact if target_kind == "contact" else GroupChat
+    owner = model.account_id if target_kind == "contact" else model.owner_account_id
+    conditions = []
+    if q:
+        pattern = f"%{q.strip()}%"
+        conditions.append(
+            or_(col(model.name).ilike(pattern), col(model.external_id).ilike(pattern))
+        )
+    if tag:
+        conditions.append(
+            exists().where(
+                TagAssignment.tag_id == Tag.id,
+                Tag.name == tag.strip(),
+                TagAssignment.target_kind == target_kind,
+                TagAssignment.target_id == model.id,
+            )
+        )
+    if status:
+        conditions.append(model.status == status)
+    total = session.execute(select(func.count()).select_from(model).where(*conditions)).scalar_one()
+    rows = session.execute(
+        select(model, Account.external_id, Account.name)
+        .outerjoin(Account, col(Account.id) == owner)
+        .where(*conditions)
+        .order_by(col(model.id).desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    tags = audiences_service.tags_of(session, target_kind, [r[0].id for r in rows])
+    return SearchResult(
+        total=total,
+        rows=[
+            {
+                **r[0].model_dump(),
+                "account": r[1],
+                "account_name": r[2],
+                "tags": sorted(tags.get(r[0].id, [])),
+            }
+            for r in rows
+        ],
+    )
+
+
+def all_tags(session: Session) -> list[str]:
+    return list(session.execute(select(Tag.name).order_by(Tag.name)).scalars())  # type: ignore[call-overload]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the sopbot schema (``sopbot db upgrade``; see sopbot.migrate)."""
