@@ -376,11 +376,12 @@ _COLUMNS = (
     D.c.provider_message_id,
     D.c.rendered,
 )
-_TIMES = ("due_at", "run_at", "sent_at", "finished_at")
-# SQLite stores UTC as text; reading it raw and parsing it here is several times
-# cheaper per value than the generic column type, which counts on an export.
+_RAW_ON_SQLITE = ("due_at", "run_at", "sent_at", "finished_at", "rendered")
+# SQLite stores UTC times and JSON as text; reading them raw and converting them
+# here is several times cheaper per value than the generic column types, which
+# counts on an export (the CSV needs the stored time text, not even a datetime).
 _SQLITE_COLUMNS = tuple(
-    type_coerce(c, String).label(c.name) if c.name in _TIMES else c for c in _COLUMNS
+    type_coerce(c, String).label(c.name) if c.name in _RAW_ON_SQLITE else c for c in _COLUMNS
 )
 
 
@@ -390,6 +391,19 @@ def _columns(sqlite: bool) -> tuple[Any, ...]:
 
 def _utc(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text + "+00:00")
+
+
+def _parts(value: Any) -> list[dict[str, Any]] | None:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _seconds(later: Any, earlier: Any) -> float | None:
+    """``later - earlier`` in seconds, from datetimes or SQLite's stored text."""
+    if later is None:
+        return None
+    if isinstance(later, str):
+        return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+    return float((later - earlier).total_seconds())
 
 
 _NO_TARGET: tuple[Any, Any, Any] = (None, None, None)
@@ -407,17 +421,23 @@ class _Labels:
         self.touchpoints: dict[int, tuple[str, int]] = {}
         self.accounts: dict[int, str] = {}
 
-    def entries(self, rows: Sequence[Row[Any]]) -> list[LogEntry]:
-        self._load_templates({r.template_id for r in rows} - self.templates.keys())
-        self._load_touchpoints({r.touchpoint_id for r in rows} - self.touchpoints.keys())
+    def _prepare(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
+        """Load the names this batch needs; return its targets by (kind, id)."""
+        self._load_templates({r[1] for r in rows} - self.templates.keys())
+        self._load_touchpoints({r[3] for r in rows} - self.touchpoints.keys())
         targets = self._targets(rows)
         self._load_accounts(
             {t[2] for t in targets.values() if t[2] is not None} - self.accounts.keys()
         )
-        out = []
+        return targets
+
+    def entries(self, rows: Sequence[Row[Any]]) -> list[LogEntry]:
+        targets = self._prepare(rows)
+        raw = self.raw_times
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
+        out = []
         for r in rows:
-            # Tuple unpacking: much cheaper than attribute access per column on an export.
+            # Tuple unpacking: much cheaper than attribute access per column.
             (
                 row_id,
                 template_id,
@@ -438,13 +458,6 @@ class _Labels:
                 provider_message_id,
                 rendered,
             ) = r
-            if self.raw_times:
-                due_at, run_at, sent_at, finished_at = (
-                    _utc(due_at),
-                    _utc(run_at),
-                    _utc(sent_at),
-                    _utc(finished_at),
-                )
             external_id, name, account_id = targets.get((target_kind, target_id), _NO_TARGET)
             tp_name, version = touchpoints.get(touchpoint_id, _NO_TOUCHPOINT)
             out.append(
@@ -467,15 +480,73 @@ class _Labels:
                     mode,
                     status,
                     reason,
-                    due_at,
-                    run_at,
-                    sent_at,
-                    finished_at,
-                    (sent_at - due_at).total_seconds() if sent_at is not None else None,
+                    _utc(due_at) if raw else due_at,
+                    _utc(run_at) if raw else run_at,
+                    _utc(sent_at) if raw else sent_at,
+                    _utc(finished_at) if raw else finished_at,
+                    _seconds(sent_at, due_at),
                     attempts,
                     provider_message_id,
-                    rendered,
+                    _parts(rendered),
                 )
+            )
+        return out
+
+    def csv_rows(self, rows: Sequence[Row[Any]], local: _LocalTime) -> list[list[Any]]:
+        """CSV lines straight from database rows: the export's hot loop, so no
+        LogEntry and, on SQLite, no datetime for a time that is only printed."""
+        targets = self._prepare(rows)
+        accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
+        out = []
+        for r in rows:
+            (
+                row_id,
+                template_id,
+                _version_id,
+                touchpoint_id,
+                _occurrence,
+                target_kind,
+                target_id,
+                channel,
+                mode,
+                status,
+                reason,
+                due_at,
+                _run_at,
+                sent_at,
+                finished_at,
+                attempts,
+                provider_message_id,
+                rendered,
+            ) = r
+            external_id, name, account_id = targets.get((target_kind, target_id), _NO_TARGET)
+            tp_name, version = touchpoints.get(touchpoint_id, _NO_TOUCHPOINT)
+            lateness = _seconds(sent_at, due_at)
+            out.append(
+                [
+                    row_id,
+                    templates.get(template_id) or "",
+                    template_id,
+                    version or "",
+                    tp_name or "",
+                    touchpoint_id,
+                    TARGET_ZH.get(target_kind, target_kind),
+                    name or "",
+                    target_id,
+                    external_id or "",
+                    accounts.get(account_id, "") if account_id is not None else "",
+                    channel,
+                    MODE_ZH.get(mode, mode),
+                    STATUS_ZH.get(status, status),
+                    reason or "",
+                    local(due_at),
+                    local(sent_at),
+                    local(finished_at),
+                    "" if lateness is None else f"{lateness:.3f}",
+                    attempts,
+                    provider_message_id or "",
+                    content_text(_parts(rendered)),
+                ]
             )
         return out
 
@@ -505,7 +576,7 @@ class _Labels:
             ("contact", CONTACTS, CONTACTS.c.account_id),
             ("group", GROUPS, GROUPS.c.owner_account_id),
         ):
-            ids = {r.target_id for r in rows if r.target_kind == kind}
+            ids = {r[6] for r in rows if r[5] == kind}  # (target_kind, target_id)
             if not ids:
                 continue
             stmt = select(table.c.id, table.c.external_id, table.c.name, account).where(
@@ -617,15 +688,10 @@ def read_snapshot(engine: Engine) -> Engine:
     return reader(engine)
 
 
-def iter_entries(
-    engine: Engine,
-    flt: LogFilter,
-    *,
-    sort: str = "due_at",
-    order: str = "desc",
-    batch_size: int = EXPORT_BATCH,
-) -> Iterator[list[LogEntry]]:
-    """Every matching entry in log order, in batches, streamed from server-side
+def _batches(
+    engine: Engine, flt: LogFilter, *, sort: str, order: str, batch_size: int = EXPORT_BATCH
+) -> Iterator[tuple[_Labels, list[Row[Any]]]]:
+    """Every matching row in log order, in batches, streamed from server-side
     cursors in one snapshot: memory stays at one batch however many rows match."""
     check_sort(sort, order)
     sqlite = is_sqlite(engine)
@@ -634,7 +700,15 @@ def iter_entries(
         for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None):
             rows = segment.stream(conn, batch_size)
             while batch := list(itertools.islice(rows, batch_size)):
-                yield labels.entries(batch)
+                yield labels, batch
+
+
+def iter_entries(
+    engine: Engine, flt: LogFilter, *, sort: str = "due_at", order: str = "desc"
+) -> Iterator[list[LogEntry]]:
+    """Every matching entry in log order, in batches (see ``_batches``)."""
+    for labels, rows in _batches(engine, flt, sort=sort, order=order):
+        yield labels.entries(rows)
 
 
 def read_entries(
@@ -654,23 +728,35 @@ def read_entries(
 
 class _LocalTime:
     """UTC → "YYYY-MM-DD HH:MM:SS" in the workspace zone (Excel reads it as a
-    date-time). The local "YYYY-MM-DD HH" of each UTC hour is worked out once;
-    a zone whose offset is not whole hours takes the general path."""
+    date-time), from a datetime or SQLite's stored "YYYY-MM-DD HH:MM:SS.ffffff"
+    UTC text. The local "YYYY-MM-DD HH" of each UTC hour is worked out once; a
+    zone whose offset is not whole hours takes the general path."""
 
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
-        self._hours: dict[int, str | None] = {}
+        self._hours: dict[Any, str | None] = {}
 
-    def __call__(self, value: datetime | None) -> str:
+    def _prefix(self, key: Any, instant: datetime) -> str | None:
+        local = instant.astimezone(self.zone)
+        whole = (local.utcoffset() or timedelta()) % timedelta(hours=1) == timedelta()
+        prefix = self._hours[key] = local.strftime("%Y-%m-%d %H") if whole else None
+        return prefix
+
+    def __call__(self, value: datetime | str | None) -> str:
         if value is None:
             return ""
+        if isinstance(value, str):
+            key = value[:13]
+            prefix = self._hours.get(key, "")
+            if prefix == "":
+                prefix = self._prefix(key, datetime.fromisoformat(value[:19] + "+00:00"))
+            if prefix is not None:
+                return prefix + value[13:19]
+            value = datetime.fromisoformat(value[:19] + "+00:00")
         hour = value.toordinal() * 24 + value.hour
         prefix = self._hours.get(hour, "")
         if prefix == "":
-            local = value.astimezone(self.zone)
-            offset = local.utcoffset() or timedelta()
-            whole = offset % timedelta(hours=1) == timedelta()
-            prefix = self._hours[hour] = local.strftime("%Y-%m-%d %H") if whole else None
+            prefix = self._prefix(hour, value)
         if prefix is None:
             return value.astimezone(self.zone).strftime("%Y-%m-%d %H:%M:%S")
         return f"{prefix}:{value.minute:02d}:{value.second:02d}"
@@ -713,36 +799,10 @@ def export_csv(
     writer = csv.writer(buffer)
     writer.writerow(csv_header(str(zone)))
     yield "\ufeff".encode() + buffer.getvalue().encode()
-    for entries in iter_entries(engine, flt, sort=sort, order=order):
+    for labels, rows in _batches(engine, flt, sort=sort, order=order):
         buffer.seek(0)
         buffer.truncate()
-        writer.writerows(
-            [
-                e.id,
-                e.template_name or "",
-                e.template_id,
-                e.version or "",
-                e.touchpoint_name or "",
-                e.touchpoint_id,
-                TARGET_ZH.get(e.target_kind, e.target_kind),
-                e.target_name or "",
-                e.target_id,
-                e.target_external_id or "",
-                e.account_name or "",
-                e.channel,
-                MODE_ZH.get(e.mode, e.mode),
-                STATUS_ZH.get(e.status, e.status),
-                e.reason or "",
-                local(e.due_at),
-                local(e.sent_at),
-                local(e.finished_at),
-                "" if e.lateness_seconds is None else f"{e.lateness_seconds:.3f}",
-                e.attempts,
-                e.provider_message_id or "",
-                content_text(e.rendered),
-            ]
-            for e in entries
-        )
+        writer.writerows(labels.csv_rows(rows, local))
         yield buffer.getvalue().encode()
 
 
