@@ -24,7 +24,6 @@ import base64
 import binascii
 import csv
 import io
-import itertools
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -343,16 +342,23 @@ class LogPage:
 
 def content_text(parts: Sequence[dict[str, Any]] | None) -> str:
     """Rendered content as an operator reads it: text as is, other parts labelled."""
-    if parts and len(parts) == 1 and parts[0].get("kind") == "text":
+    if not parts:
+        return ""
+    if len(parts) == 1 and parts[0].get("kind") == "text":
         return str(parts[0].get("text") or "")
     lines = []
-    for part in parts or ():
+    for part in parts:
         kind = part.get("kind")
         if kind == "text":
             lines.append(str(part.get("text") or ""))
             continue
-        detail = " ".join(str(part[k]) for k in ("title", "name", "page", "url") if part.get(k))
-        lines.append(f"[{PART_ZH.get(str(kind), str(kind))}] {detail}".rstrip())
+        label = PART_ZH.get(str(kind), str(kind))
+        details = [
+            str(v)
+            for v in (part.get("title"), part.get("name"), part.get("page"), part.get("url"))
+            if v
+        ]
+        lines.append(f"[{label}] {' '.join(details)}" if details else f"[{label}]")
     return "\n".join(lines)
 
 
@@ -393,8 +399,16 @@ def _utc(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text + "+00:00")
 
 
+_scan_json = json.JSONDecoder().scan_once  # json.loads minus two Python frames per value
+
+
 def _parts(value: Any) -> list[dict[str, Any]] | None:
-    return json.loads(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:
+            return _scan_json(value, 0)[0]  # type: ignore[no-any-return]
+        except StopIteration:  # not at a value: leading whitespace, say
+            return json.loads(value)  # type: ignore[no-any-return]
+    return value  # type: ignore[no-any-return]
 
 
 def _seconds(later: Any, earlier: Any) -> float | None:
@@ -607,10 +621,11 @@ class _Segment:
     def page(self, limit: int) -> Select[Any]:
         return self.stmt.limit(limit)
 
-    def stream(self, conn: Connection, batch_size: int) -> Iterator[Row[Any]]:
-        return iter(
-            conn.execution_options(stream_results=True, yield_per=batch_size).execute(self.stmt)
-        )
+    def stream(self, conn: Connection, batch_size: int) -> Iterator[list[Row[Any]]]:
+        """The rows in batches, from a server-side cursor."""
+        streaming = conn.execution_options(stream_results=True, yield_per=batch_size)
+        for batch in streaming.execute(self.stmt).partitions():
+            yield list(batch)
 
 
 def _segments(
@@ -698,8 +713,7 @@ def _batches(
     with read_snapshot(engine).connect() as conn:
         labels = _Labels(conn, sqlite=sqlite)
         for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None):
-            rows = segment.stream(conn, batch_size)
-            while batch := list(itertools.islice(rows, batch_size)):
+            for batch in segment.stream(conn, batch_size):
                 yield labels, batch
 
 

@@ -86,16 +86,20 @@ class InvalidStatsQuery(ValueError):
 # -- SQL that differs between SQLite and PostgreSQL ---------------------------------
 
 
+def _sqlite_epoch(instant: Any) -> ColumnElement[int]:
+    # Whole seconds of the stored "YYYY-MM-DD HH:MM:SS.ffffff" text. Only the
+    # first 19 characters: SQLite rounds a fraction to milliseconds, so
+    # ".999999" would otherwise count as the next second.
+    return cast(func.strftime("%s", func.substr(instant, 1, 19)), Integer)
+
+
 def lateness_ms(sent_at: Any, due_at: Any, dialect: str) -> ColumnElement[int]:
     """``sent_at - due_at`` in whole milliseconds (floored, never negative), exact
-    on both backends: SQLite compares its stored UTC text field by field."""
+    on both backends: on SQLite from the stored UTC text, seconds and
+    microseconds apart."""
     if dialect == "sqlite":
         micros = (
-            (
-                cast(func.strftime("%s", sent_at), Integer)
-                - cast(func.strftime("%s", due_at), Integer)
-            )
-            * 1_000_000
+            (_sqlite_epoch(sent_at) - _sqlite_epoch(due_at)) * 1_000_000
             + cast(func.substr(sent_at, 21, 6), Integer)
             - cast(func.substr(due_at, 21, 6), Integer)
         )
@@ -107,7 +111,7 @@ def lateness_ms(sent_at: Any, due_at: Any, dialect: str) -> ColumnElement[int]:
 def hour_number(instant: Any, dialect: str) -> ColumnElement[int]:
     """Hours since the Unix epoch (UTC) of an instant column."""
     if dialect == "sqlite":
-        return cast(func.strftime("%s", instant), Integer) // 3600
+        return _sqlite_epoch(instant) // 3600
     return cast(func.floor(extract("epoch", instant) / 3600), BigInteger)
 
 

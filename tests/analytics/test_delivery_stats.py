@@ -149,6 +149,9 @@ deliveries = st.lists(
         st.integers(0, 2),  # touchpoint (groups have one)
         st.sampled_from(S.ALL),
         st.integers(-72 * 60, 12 * 60),  # due, minutes from NOW
+        # and its fraction of a second, the edges included: SQLite rounds
+        # fractions to milliseconds when it parses a time (.999999 → next second)
+        st.one_of(st.integers(0, 999_999), st.sampled_from([0, 999_499, 999_500, 999_999])),
         st.one_of(st.integers(0, 12_000), st.integers(0, 30 * 3600 * 1000)),  # lateness ms
         st.integers(0, 999),  # and microseconds
         st.sampled_from(
@@ -163,9 +166,9 @@ deliveries = st.lists(
 
 def write(world: World, specs: list[tuple[Any, ...]], created_at: datetime) -> None:
     targets = world.contacts + world.groups
-    for target_i, tp, status, due_min, late_ms, late_us, reason, channel, finish_s in specs:
+    for target_i, tp, status, due_min, due_us, late_ms, late_us, reason, channel, finish_s in specs:
         target = targets[target_i]
-        due = NOW + timedelta(minutes=due_min, seconds=due_min % 7, microseconds=due_min % 1000)
+        due = NOW + timedelta(minutes=due_min, seconds=due_min % 7, microseconds=due_us)
         late = timedelta(milliseconds=late_ms, microseconds=late_us)
         finished = None
         if status in S.TERMINAL:
@@ -191,11 +194,6 @@ def world(engine, clock) -> World:
     return build_world(engine, NOW)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug: lateness percentiles can differ by a whole second from the recount "
-    "for some generated rows (sub-second sent/due times); tracked in the delivery-log issue",
-)
 @settings(
     max_examples=25,
     deadline=None,
@@ -235,6 +233,26 @@ def test_stats_agree_with_a_brute_force_recount(
 
 
 # -- specifics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("due_us", "late", "want_ms"),
+    [
+        (999_999, timedelta(microseconds=1), 0),  # sent at the next whole second
+        (999_999, timedelta(milliseconds=999), 999),
+        (0, timedelta(microseconds=999_999), 999),
+        (999_500, timedelta(seconds=59, microseconds=500), 59_000),
+    ],
+)
+def test_lateness_is_exact_across_second_boundaries(world, clock, settings, due_us, late, want_ms):
+    due = NOW - timedelta(hours=3) + timedelta(microseconds=due_us)
+    world.add(world.contacts[0], due_at=due, late=late)
+    check(world, world.friend_template, NOW)
+    roll_up(world.engine, clock, settings)  # and from the rollups
+    check(world, world.friend_template, NOW)
+    with Session(log.read_snapshot(world.engine)) as session:
+        report = stats.template_stats(session, StatsFilter(world.friend_template), now=NOW, zone=SH)
+    assert report.lateness.max_seconds == want_ms / 1000
 
 
 def test_roll_up_is_idempotent_and_holds_what_is_not_final(world, clock, settings):
