@@ -678,15 +678,15 @@ class _Batch:
             new = [s for s in states if s.kind == kind and s.id is None]
             if new:
                 rows = [self._row(s) for s in new]
-                ids = (
-                    session.execute(
-                        insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
-                    )
-                    .scalars()
-                    .all()
-                )
-                for state, new_id in zip(new, ids, strict=True):
-                    state.id = new_id
+                # Ids are matched back by the natural key, not by position: asking
+                # for RETURNING in parameter order makes SQLite insert row by row.
+                owner = table.c.account_id if kind == "contact" else table.c.owner_account_id
+                returned = session.execute(
+                    insert(table).returning(table.c.id, owner, table.c.external_id), rows
+                ).all()
+                ids = {(account, external): new_id for new_id, account, external in returned}
+                for state in new:
+                    state.id = ids[(state.account_id, state.external_id)]
                 applied.created += len(new)
             changed = []
             for s in states:

@@ -6,7 +6,7 @@ the (enrollment, touchpoint, occurrence) key, so repeating them is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,13 @@ from sqlmodel import Session, col
 
 from scheduler import policies
 from scheduler.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
-from scheduler.repository import DELIVERIES, ENROLLMENTS, chunked, insert_ignore
+from scheduler.repository import (
+    DELIVERIES,
+    ENROLLMENTS,
+    chunked,
+    insert_rows,
+    instant_param,
+)
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.schemas import TouchpointSpec
@@ -103,6 +109,7 @@ def enroll(
     for target_id, anchor in targets:
         unique.setdefault(int(target_id), anchor)
     ids = list(unique)
+    instant, active = instant_param(session), EnrollmentStatus.ACTIVE
     for chunk in chunked(ids):
         key = (
             ENROLLMENTS.c.template_id == template.id,
@@ -120,35 +127,146 @@ def enroll(
         result.already += len(existing)
         if not new_ids:
             continue
-        rows = [
-            {
-                "template_id": template.id,
-                "version_id": version.id,
-                "target_kind": template.target_kind,
-                "target_id": target_id,
-                "cycle": cycle,
-                "anchor_at": unique[target_id],
-                "enrolled_at": now,
-                "status": EnrollmentStatus.ACTIVE,
-            }
-            for target_id in new_ids
-        ]
-        insert_ignore(session, ENROLLMENTS, rows)
+        head = (template.id, version.id, template.target_kind)
+        enrolled_at = instant(now)
+        insert_rows(
+            session,
+            ENROLLMENTS,
+            _ENROLLMENT_COLUMNS,
+            [
+                (*head, target_id, cycle, instant(unique[target_id]), enrolled_at, active)
+                for target_id in new_ids
+            ],
+        )
         fresh = session.execute(
             select(ENROLLMENTS.c.id, ENROLLMENTS.c.target_id, ENROLLMENTS.c.anchor_at).where(
                 *key, ENROLLMENTS.c.target_id.in_(new_ids)
             )
         ).all()
         result.enrolled += len(fresh)
-        deliveries = _deliveries_for(fresh, plans, template, version, spec.channel, zone, now)
-        result.deliveries += len(deliveries)
-        result.skipped += sum(1 for d in deliveries if d["status"] == DeliveryStatus.SKIPPED)
-        insert_ignore(session, DELIVERIES, deliveries)
+        outbox = _delivery_rows(fresh, plans, template, version, spec.channel, zone, now, instant)
+        result.deliveries += len(outbox)
+        result.skipped += sum(1 for row in outbox if row[_STATUS] == DeliveryStatus.SKIPPED)
+        insert_rows(session, DELIVERIES, DELIVERY_COLUMNS, outbox)
     # Cron occurrences already fanned out ahead of time must include newcomers.
     for plan in plans:
         if plan.kind == "cron":
             _fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
     return result
+
+
+_ENROLLMENT_COLUMNS = (
+    "template_id",
+    "version_id",
+    "target_kind",
+    "target_id",
+    "cycle",
+    "anchor_at",
+    "enrolled_at",
+    "status",
+)
+DELIVERY_COLUMNS = (
+    "enrollment_id",
+    "touchpoint_id",
+    "occurrence",
+    "template_id",
+    "version_id",
+    "target_kind",
+    "target_id",
+    "channel",
+    "mode",
+    "due_at",
+    "run_at",
+    "expires_at",
+    "status",
+    "reason",
+    "attempts",
+    "created_at",
+    "finished_at",
+)
+_STATUS = DELIVERY_COLUMNS.index("status")
+
+
+def _delivery_rows(
+    enrollments: Sequence[Any],
+    plans: Sequence[_Plan],
+    template: SopTemplate,
+    version: TemplateVersion,
+    channel: str,
+    zone: Any,
+    now: datetime,
+    instant: Callable[[datetime], Any] = lambda value: value,
+) -> list[tuple[Any, ...]]:
+    """The one-off deliveries of ``enrollments`` (rows with ``id``, ``target_id``
+    and ``anchor_at``) as tuples in ``DELIVERY_COLUMNS`` order, instants passed
+    through ``instant`` (see ``repository.instant_param``).
+
+    This is the inner loop of a bulk enroll (a million rows for a large segment):
+    the common case -- due in the future, no template quiet hours -- costs one
+    due-time computation and two instant conversions per row.
+    """
+    head = (template.id, version.id, template.target_kind)
+    # Many rows share an instant (a day-at time for everyone who joined that day,
+    # a fixed start for a whole segment): convert each distinct one once.
+    memo: dict[datetime, Any] = {}
+
+    def convert(value: datetime) -> Any:
+        out = memo.get(value)
+        if out is None:
+            out = memo[value] = instant(value)
+        return out
+
+    created = instant(now)
+    scheduled = DeliveryStatus.SCHEDULED
+    steps = [
+        (
+            p,
+            p.timing.delta if p.kind == "offset" else None,
+            p.grace,
+            p.quiet is None,
+        )
+        for p in plans
+        if p.kind != "cron"
+    ]
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for enrollment in enrollments:
+        enrollment_id, target_id, anchor = enrollment.id, enrollment.target_id, enrollment.anchor_at
+        for plan, delta, grace, plain in steps:
+            due = anchor + delta if delta is not None else due_at(plan.timing, anchor, zone)
+            if plain and due >= now:
+                at = convert(due)
+                append(
+                    (enrollment_id, plan.touchpoint_id, 0, *head, target_id, channel, plan.mode)
+                    + (at, at, convert(due + grace), scheduled, None, 0, created, None)
+                )
+                continue
+            status, reason, run_at = _one_off_outcome(plan, due, now)
+            append(
+                (enrollment_id, plan.touchpoint_id, 0, *head, target_id, channel, plan.mode)
+                + (convert(due), convert(run_at), convert(run_at + grace), status, reason, 0)
+                + (created, created if status != scheduled else None)
+            )
+    return rows
+
+
+def _one_off_outcome(plan: _Plan, due: datetime, now: datetime) -> tuple[str, str | None, datetime]:
+    """(status, reason, run_at) of a one-off touchpoint due at ``due``, enrolled at ``now``."""
+    status, reason = DeliveryStatus.SCHEDULED, None
+    if due < now:
+        late_ok = plan.kind == "offset" or plan.past_policy == "send"
+        if not late_ok:
+            status, reason = DeliveryStatus.SKIPPED, "time already past when enrolled"
+        elif due + plan.grace < now:
+            status, reason = DeliveryStatus.SKIPPED, "already past its grace period when enrolled"
+    run_at = due
+    if plan.quiet is not None and status == DeliveryStatus.SCHEDULED:
+        decision = plan.quiet.decide(max(due, now), plan.zone)
+        if decision.action == "skip":
+            status, reason = DeliveryStatus.SKIPPED, decision.reason
+        elif decision.action == "defer":
+            run_at, reason = decision.until, decision.reason
+    return status, reason, run_at
 
 
 def _deliveries_for(
@@ -160,50 +278,11 @@ def _deliveries_for(
     zone: Any,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    one_off = [p for p in plans if p.kind != "cron"]
-    for enrollment in enrollments:
-        for plan in one_off:
-            due = due_at(plan.timing, enrollment.anchor_at, zone)
-            status, reason = DeliveryStatus.SCHEDULED, None
-            if due < now:
-                late_ok = plan.kind == "offset" or plan.past_policy == "send"
-                if not late_ok:
-                    status, reason = DeliveryStatus.SKIPPED, "time already past when enrolled"
-                elif due + plan.grace < now:
-                    status, reason = (
-                        DeliveryStatus.SKIPPED,
-                        "already past its grace period when enrolled",
-                    )
-            run_at = due
-            if plan.quiet is not None and status == DeliveryStatus.SCHEDULED:
-                decision = plan.quiet.decide(max(due, now), plan.zone)
-                if decision.action == "skip":
-                    status, reason = DeliveryStatus.SKIPPED, decision.reason
-                elif decision.action == "defer":
-                    run_at, reason = decision.until, decision.reason
-            rows.append(
-                {
-                    "enrollment_id": enrollment.id,
-                    "touchpoint_id": plan.touchpoint_id,
-                    "occurrence": 0,
-                    "template_id": template.id,
-                    "version_id": version.id,
-                    "target_kind": template.target_kind,
-                    "target_id": enrollment.target_id,
-                    "channel": channel,
-                    "mode": plan.mode,
-                    "due_at": due,
-                    "run_at": run_at,
-                    "expires_at": run_at + plan.grace,
-                    "status": status,
-                    "reason": reason,
-                    "attempts": 0,
-                    "created_at": now,
-                    "finished_at": now if status != DeliveryStatus.SCHEDULED else None,
-                }
-            )
-    return rows
+    """:func:`_delivery_rows` as dicts (column → value), for callers that edit them."""
+    return [
+        dict(zip(DELIVERY_COLUMNS, row, strict=True))
+        for row in _delivery_rows(enrollments, plans, template, version, channel, zone, now)
+    ]
 
 
 def _fan_out_planned_ahead(
