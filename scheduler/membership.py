@@ -24,6 +24,7 @@ inbox job, the importer.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, false, func, literal, not_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col
 
 from audiences import events as audience_events
@@ -47,7 +49,7 @@ from audiences.segments import (
 )
 from scheduler import service as scheduler_service
 from scheduler.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
-from scheduler.repository import ENROLLMENTS, chunked
+from scheduler.repository import ENROLLMENTS, chunked, insert_rows, instant_param
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
 from sop_templates.schemas import TemplateSpec
@@ -201,16 +203,54 @@ def _inbox_row(event: Any, source: str, now: datetime) -> dict[str, Any]:
     }
 
 
+_INBOX_COLUMNS = (
+    "dedupe_key",
+    "source",
+    "kind",
+    "payload",
+    "received_at",
+    "status",
+    "applied_at",
+)
+
+
 def _claim_keys(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     """Insert inbox rows; return the dedupe keys that were new."""
     if not rows:
         return set()
-    dialect = session.get_bind().dialect.name
-    from sqlalchemy.dialects import postgresql, sqlite
-
     table = audience_events.INBOX
-    stmt = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    stmt = stmt.on_conflict_do_nothing().returning(table.c.dedupe_key)
+    if session.get_bind().dialect.name == "sqlite":
+        # The transaction holds SQLite's write lock (BEGIN IMMEDIATE): nobody can
+        # claim a key between this read and the insert, so no RETURNING is needed.
+        keys = [r["dedupe_key"] for r in rows if r["dedupe_key"]]
+        each = func.json_each(json.dumps(keys)).table_valued("value")
+        taken = set(
+            session.execute(
+                select(table.c.dedupe_key).where(table.c.dedupe_key.in_(select(each.c.value)))
+            ).scalars()
+        )
+        new = [r for r in rows if r["dedupe_key"] not in taken]
+        instant = instant_param(session)
+        insert_rows(
+            session,
+            table,
+            _INBOX_COLUMNS,
+            [
+                (
+                    r["dedupe_key"],
+                    r["source"],
+                    r["kind"],
+                    json.dumps(r["payload"], ensure_ascii=False),
+                    instant(r["received_at"]),
+                    r["status"],
+                    instant(r["applied_at"]),
+                )
+                for r in new
+            ],
+        )
+        return {r["dedupe_key"] for r in new if r["dedupe_key"]}
+    # PostgreSQL: concurrent API workers race for a key; the unique key decides.
+    stmt = postgresql.insert(table).on_conflict_do_nothing().returning(table.c.dedupe_key)
     claimed: set[str] = set()
     keyed = [r for r in rows if r["dedupe_key"]]
     for chunk in chunked(keyed, 1000):

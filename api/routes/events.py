@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Body, File, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
+from api import auth
 from api.deps import ClockDep, SessionDep, SettingsDep
 from audiences import importer
 from audiences.models import Account, InboxEvent, InboxStatus
@@ -39,6 +40,7 @@ EVENT_EXAMPLES = [
 
 @router.post("/events")
 def post_events(
+    request: Request,
     session: SessionDep,
     clock: ClockDep,
     body: Any = Body(examples=EVENT_EXAMPLES),
@@ -59,6 +61,16 @@ def post_events(
     except membership.EventsRejected as exc:
         session.rollback()
         raise HTTPException(422, detail=exc.report()) from None
+    # The audit entry goes in the batch's own transaction: at thousands of events
+    # a second, a separate write per request would contend for the write lock.
+    auth.record(
+        request,
+        session,
+        getattr(request.state, "principal", None),
+        "api.post",
+        object_kind="events",
+        summary=f"POST /api/events ({len(items)} events, {report.applied} applied)",
+    )
     return report.as_dict()
 
 
