@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from scheduler import log
 from sopbot.clock import Clock
+from sopbot.db import session_scope
 from sopbot.settings import Settings
 
 
@@ -27,16 +29,19 @@ def get_clock(request: Request) -> Clock:
 
 def get_session(request: Request) -> Iterator[Session]:
     """The request owns the session: commit on success, roll back on error."""
-    with Session(request.app.state.engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with session_scope(request.app.state.engine) as session:
+        yield session
+
+
+def get_reader(request: Request) -> Iterator[Session]:
+    """A read-only session on one consistent snapshot (it never takes SQLite's
+    write lock, so reading the delivery log does not hold up the scheduler)."""
+    with Session(log.read_snapshot(request.app.state.engine)) as session:
+        yield session
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ReaderDep = Annotated[Session, Depends(get_reader)]

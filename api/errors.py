@@ -16,7 +16,9 @@ from audiences.service import NotFound as AudienceNotFound
 from channels.base import ChannelError
 from channels.service import ChannelNotFound
 from scheduler.authoring import AuthoringError
+from scheduler.log import InvalidLogQuery
 from scheduler.service import EnrollmentError
+from scheduler.stats import InvalidStatsQuery
 from sop_templates.service import NotFound as TemplateNotFound
 from sop_templates.service import TemplateError, TemplateValidationError
 
@@ -50,6 +52,20 @@ def install(app: FastAPI) -> None:
         @app.exception_handler(error_type)
         async def _conflict(_: Request, exc: Exception) -> JSONResponse:
             return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    for error_type in (InvalidLogQuery, InvalidStatsQuery):
+
+        @app.exception_handler(error_type)
+        async def _bad_query(_: Request, exc: InvalidLogQuery | InvalidStatsQuery) -> JSONResponse:
+            # FastAPI's own 422 shape, naming the query parameter
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "detail": [
+                        {"loc": ["query", exc.param], "msg": str(exc), "type": "value_error"}
+                    ]
+                },
+            )
 
     @app.exception_handler(NotAuthenticated)
     async def _unauthenticated(request: Request, exc: NotAuthenticated) -> Response:

@@ -22,6 +22,7 @@ from channels.breaker import BreakerConfig
 from channels.models import ChannelInstance, ChannelPolicy
 from channels.ratelimit import default_burst
 from channels.registry import adapter_class, available_adapters, validate_config
+from sopbot.db import reader
 from sopbot.settings import Settings
 
 MASK = "**********"
@@ -165,6 +166,13 @@ def list_instances(session: Session) -> list[ChannelInstance]:
     return list(session.exec(select(ChannelInstance).order_by(col(ChannelInstance.name))).all())
 
 
+def instance_names(session: Session) -> list[str]:
+    """The channel instances' names, in order (what a channel filter offers)."""
+    return list(
+        session.exec(select(ChannelInstance.name).order_by(col(ChannelInstance.name))).all()
+    )
+
+
 def get_instance(session: Session, name: str) -> ChannelInstance:
     row = session.exec(select(ChannelInstance).where(ChannelInstance.name == name)).first()
     if row is None:
@@ -237,9 +245,12 @@ def adapter_catalog() -> list[dict[str, Any]]:
     return out
 
 
-async def test_connection(row: ChannelInstance, context: AdapterContext) -> ConnectionCheck:
-    """Validate the stored config and, where the adapter can check without
-    sending anything (``check_connection``), ask the platform."""
+async def test_connection(context: AdapterContext) -> ConnectionCheck:
+    """Validate the stored config of ``context.instance_name`` and, where the
+    adapter can check without sending anything (``check_connection``), ask the
+    platform. Raises ChannelNotFound for an unknown instance."""
+    with Session(reader(context.engine)) as session:
+        row = get_instance(session, context.instance_name)
     try:
         cls = adapter_class(row.adapter)
         config = validate_config(row.adapter, row.config)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, NamedTuple
@@ -45,7 +45,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlmodel import Session
 
 from audiences.models import Account, Contact, GroupChat
@@ -670,12 +670,7 @@ def _series(
     ).all():
         per_hour[int(number)][status] += n
     if mark.before is not None:
-        r = ROLLUPS.c
-        for start, status, n in session.execute(
-            select(r.hour_start, r.status, func.sum(r.deliveries))
-            .where(*flt.rollup_conditions(ROLLUPS, zone))
-            .group_by(r.hour_start, r.status)
-        ).all():
+        for start, status, n in _archived_by(session, ROLLUPS, "hour_start", flt, zone):
             per_hour[int(start.timestamp()) // 3600][status] += int(n)
     interval = flt.interval
     if not per_hour:
@@ -701,6 +696,18 @@ def _series(
         points.append(_point(datetime.combine(day, time(), zone), per_day.get(day)))
         day += timedelta(days=1)
     return points, interval
+
+
+def _archived_by(
+    session: Session, rollups: Any, key: str, flt: StatsFilter, zone: tzinfo
+) -> Sequence[Row[Any]]:
+    """``(key, status, deliveries)`` of the rolled-up (archived) deliveries."""
+    column, status = rollups.c[key], rollups.c.status
+    return session.execute(
+        select(column, status, func.sum(rollups.c.deliveries))
+        .where(*flt.rollup_conditions(rollups, zone))
+        .group_by(column, status)
+    ).all()
 
 
 def _point(start: datetime, counts: Counter[str] | None) -> SeriesPoint:
@@ -748,12 +755,9 @@ def _accounts(
     ).all():
         counts[account_id].add(status, int(n), int(due or 0))
     if mark.before is not None:
-        a = ACCOUNT_ROLLUPS.c
-        for account_id, status, n in session.execute(
-            select(a.account_id, a.status, func.sum(a.deliveries))
-            .where(*flt.rollup_conditions(ACCOUNT_ROLLUPS, zone))
-            .group_by(a.account_id, a.status)
-        ).all():
+        for account_id, status, n in _archived_by(
+            session, ACCOUNT_ROLLUPS, "account_id", flt, zone
+        ):
             counts[account_id].add(status, int(n), int(n))
     accounts = Account.__table__.c  # type: ignore[attr-defined]
     ids = [a for a in counts if a is not None]

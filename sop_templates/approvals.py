@@ -130,6 +130,14 @@ def _pending(session: Session, template: SopTemplate) -> TemplateReview:
     return review
 
 
+def _decide(
+    review: TemplateReview, state: str, who: Reviewer, now: datetime, note: str | None
+) -> None:
+    review.state = state
+    review.decided_by, review.decided_by_name, review.decided_at = who.id, who.name, now
+    review.note = (note or "").strip() or None
+
+
 def approve(
     session: Session, template_id: int, who: Reviewer, now: datetime, note: str | None = None
 ) -> TemplateReview:
@@ -142,9 +150,7 @@ def approve(
         raise ApprovalError("you wrote or submitted this draft; another approver must approve it")
     if review.draft_digest != draft_digest(template.draft):
         raise ApprovalError("the draft changed after it was submitted; submit it again")
-    review.state = ReviewState.APPROVED
-    review.decided_by, review.decided_by_name, review.decided_at = who.id, who.name, now
-    review.note = (note or "").strip() or None
+    _decide(review, ReviewState.APPROVED, who, now, note)
     session.add(review)
     session.flush()
     return review
@@ -156,9 +162,7 @@ def reject(
     """Send the draft back to its authors with a note."""
     template = templates_service.get_template(session, template_id)
     review = _pending(session, template)
-    review.state = ReviewState.REJECTED
-    review.decided_by, review.decided_by_name, review.decided_at = who.id, who.name, now
-    review.note = (note or "").strip() or None
+    _decide(review, ReviewState.REJECTED, who, now, note)
     _back_to_draft(template, now)
     session.add_all([review, template])
     session.flush()

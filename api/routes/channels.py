@@ -171,12 +171,10 @@ async def test_channel(
     name: str, request: Request, engine: EngineDep, clock: ClockDep
 ) -> ConnectionCheckOut:
     """Check the stored config and, where possible without sending, the platform."""
-    with Session(reader(engine)) as session:
-        row = channels_service.get_instance(session, name)
     context = AdapterContext(
         http=request.app.state.http, engine=engine, clock=clock, instance_name=name
     )
-    check = await channels_service.test_connection(row, context)
+    check = await channels_service.test_connection(context)
     return ConnectionCheckOut(ok=check.ok, checked=check.checked, detail=check.detail)
 
 

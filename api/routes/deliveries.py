@@ -3,18 +3,18 @@ CSV / NDJSON with the same filters; and the mock channel's inbox."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep
 from channels.models import MockMessage
 from scheduler import log
 from scheduler.log import InvalidLogQuery, LogFilter
@@ -24,23 +24,6 @@ router = APIRouter(prefix="/api", tags=["deliveries"])
 
 
 # -- shared by the log, stats and report routes ---------------------------------------
-
-
-def get_reader(request: Request) -> Iterator[Session]:
-    """A read-only session on one consistent snapshot (it never takes SQLite's
-    write lock, so reading the log does not hold up the scheduler)."""
-    with Session(log.read_snapshot(request.app.state.engine)) as session:
-        yield session
-
-
-ReaderDep = Annotated[Session, Depends(get_reader)]
-
-
-def unprocessable(param: str, message: str) -> HTTPException:
-    """422 in FastAPI's own shape, naming the query parameter."""
-    return HTTPException(
-        422, detail=[{"loc": ["query", param], "msg": message, "type": "value_error"}]
-    )
 
 
 IdQuery = Annotated[int | None, Query(ge=1, le=log.MAX_ID)]
@@ -142,11 +125,9 @@ def log_filter(
 ) -> LogFilter:
     # The parameters above are declared for FastAPI's type checks and the OpenAPI
     # page; the filter is read from the query string the same way the HTML log
-    # page reads it (repeated or comma-separated statuses, local times).
-    try:
-        return parse_log_filter(request.query_params.getlist, ZoneInfo(settings.default_timezone))
-    except InvalidLogQuery as exc:
-        raise unprocessable(exc.param, str(exc)) from None
+    # page reads it (repeated or comma-separated statuses, local times). An
+    # InvalidLogQuery becomes a 422 naming the parameter (api.errors).
+    return parse_log_filter(request.query_params.getlist, ZoneInfo(settings.default_timezone))
 
 
 LogFilterDep = Annotated[LogFilter, Depends(log_filter)]
@@ -157,38 +138,7 @@ Order = Annotated[str, Query(description="desc or asc")]
 # -- the log ------------------------------------------------------------------------
 
 
-class DeliveryOut(BaseModel):
-    id: int
-    template_id: int
-    template_name: str | None
-    version_id: int
-    version: int | None
-    touchpoint_id: int
-    touchpoint_name: str | None
-    occurrence: int
-    target_kind: str
-    target_id: int
-    target_external_id: str | None
-    target_name: str | None
-    account_id: int | None
-    account_name: str | None
-    channel: str
-    mode: str
-    status: str
-    reason: str | None
-    due_at: datetime
-    run_at: datetime
-    sent_at: datetime | None
-    finished_at: datetime | None
-    lateness_seconds: float | None
-    attempts: int
-    provider_message_id: str | None
-    rendered: list[dict[str, Any]] | None
-
-    model_config = {"from_attributes": True}
-
-
-@router.get("/deliveries", response_model=list[DeliveryOut])
+@router.get("/deliveries", response_model=list[log.LogEntry])
 def list_deliveries(
     request: Request,
     response: Response,
@@ -203,10 +153,7 @@ def list_deliveries(
 ) -> Any:
     """The delivery log, newest due first. More pages: the ``X-Next-Cursor``
     header (and ``Link: rel="next"``) carries the cursor of the next one."""
-    try:
-        page = log.list_page(session, flt, sort=sort, order=order, limit=limit, cursor=cursor)
-    except InvalidLogQuery as exc:
-        raise unprocessable(exc.param, str(exc)) from None
+    page = log.list_page(session, flt, sort=sort, order=order, limit=limit, cursor=cursor)
     if page.next_cursor:
         response.headers["X-Next-Cursor"] = page.next_cursor
         next_url = request.url.replace(query=log_query_string(request, cursor=page.next_cursor))
@@ -223,10 +170,8 @@ def _export(
     sort: str,
     order: str,
 ) -> StreamingResponse:
-    try:  # now: once the response has started streaming it is too late for a 422
-        log.check_sort(sort, order)
-    except InvalidLogQuery as exc:
-        raise unprocessable(exc.param, str(exc)) from None
+    # now: once the response has started streaming it is too late for a 422
+    log.check_sort(sort, order)
     zone = ZoneInfo(settings.default_timezone)
     stamp = clock.now().astimezone(zone).strftime("%Y%m%d-%H%M%S")
     if kind == "csv":

@@ -21,37 +21,12 @@ from sopbot.db import reader
 router = APIRouter(tags=["ops"])
 
 
-class WorkerOut(BaseModel):
-    id: str
-    host: str
-    pid: int
-    role: str
-    version: str
-    started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None
-    claimed_total: int
-    sent_total: int
-    failed_total: int
-    live: bool
-    seen_seconds_ago: float
-
-
-class OverdueOut(BaseModel):
-    id: int
-    template_id: int
-    channel: str
-    due_at: datetime
-    run_at: datetime
-    overdue_seconds: float
-
-
 class HealthOut(BaseModel):
     status: str
     version: str
     backlog: int
     oldest_due: datetime | None
-    oldest_overdue: OverdueOut | None
+    oldest_overdue: heartbeat.OverdueDelivery | None
     live_workers: int
     workers: list[str]
     scheduler_in_process: bool
@@ -63,8 +38,8 @@ class WorkersOut(BaseModel):
     live_workers: int
     stale_after_seconds: float
     backlog: int
-    oldest_overdue: OverdueOut | None
-    workers: list[WorkerOut]
+    oldest_overdue: heartbeat.OverdueDelivery | None
+    workers: list[heartbeat.WorkerView]
 
 
 def _summary(
@@ -110,7 +85,7 @@ def healthz(
         version=__version__,
         backlog=summary.backlog,
         oldest_due=oldest.run_at if oldest else None,
-        oldest_overdue=OverdueOut(**oldest.__dict__) if oldest else None,
+        oldest_overdue=oldest,
         live_workers=summary.live_workers,
         workers=[w.id for w in summary.workers if w.live],
         scheduler_in_process=in_process,
@@ -130,14 +105,13 @@ def list_workers(
     """Scheduler processes (live first) with what each has claimed and sent,
     the backlog and the oldest overdue delivery."""
     summary = _summary(engine, clock, settings, include_gone=include_gone)
-    oldest = summary.oldest_overdue
     return WorkersOut(
         now=summary.now,
         live_workers=summary.live_workers,
         stale_after_seconds=settings.worker_stale_seconds,
         backlog=summary.backlog,
-        oldest_overdue=OverdueOut(**oldest.__dict__) if oldest else None,
-        workers=[WorkerOut(**w.__dict__) for w in summary.workers],
+        oldest_overdue=summary.oldest_overdue,
+        workers=summary.workers,
     )
 
 

@@ -11,20 +11,12 @@ from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from api.views import render, zone_of
 from scheduler import dashboard as dashboard_service
-from scheduler import stats
+from scheduler import log, stats
 
 router = APIRouter(include_in_schema=False)
 
 STATUS_ZH = {
-    "scheduled": "待发送",
-    "claimed": "已领取",
-    "sending": "发送中",
-    "sent": "已发送",
-    "failed": "失败",
-    "skipped": "已跳过",
-    "cancelled": "已取消",
-    "missed": "已错过",
-    "unknown": "结果未知",
+    **log.STATUS_ZH,  # deliveries
     "draft": "草稿",
     "pending_approval": "待审批",
     "published": "已发布",

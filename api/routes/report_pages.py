@@ -18,12 +18,12 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from api.deps import ClockDep, SettingsDep
-from api.routes.deliveries import ReaderDep, log_query_string, parse_log_filter
+from api.deps import ClockDep, ReaderDep, SettingsDep
+from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.pages import STATUS_ZH
 from api.routes.stats import stats_filter
 from audiences.models import Account
-from channels.models import ChannelInstance
+from channels import service as channels_service
 from scheduler import log, stats
 from scheduler.log import InvalidLogQuery
 from scheduler.models import DeliveryStatus
@@ -52,11 +52,7 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
         "templates": templates_service.list_templates(session),
         "touchpoints": touchpoints,
         "accounts": session.execute(select(accounts.id, accounts.name).order_by(accounts.id)).all(),
-        "channels": session.execute(
-            select(ChannelInstance.name).order_by(ChannelInstance.name)  # type: ignore[call-overload]
-        )
-        .scalars()
-        .all(),
+        "channels": channels_service.instance_names(session),
     }
 
 
@@ -165,11 +161,7 @@ def report_page(
             "error": error,
             "params": params,
             "versions": versions,
-            "channels": session.execute(
-                select(ChannelInstance.name).order_by(ChannelInstance.name)  # type: ignore[call-overload]
-            )
-            .scalars()
-            .all(),
+            "channels": channels_service.instance_names(session),
             "zh": STATUS_ZH,
             "zone": zone,
             "funnel": funnel_chart(report.touchpoints) if report else None,

@@ -8,19 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
-from api import auth
+from api import template_actions
 from api.auth import Approver, Author
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
-from api.users import service as users_service
 from audiences import service as audiences_service
-from scheduler import authoring, policies, versions
+from scheduler import authoring, policies
 from scheduler import service as scheduler_service
 from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
 from sopbot.clock import ensure_utc
-from sopbot.db import session_scope
 
 router = APIRouter(prefix="/api/templates", tags=["templates"])
 
@@ -68,42 +66,13 @@ def create_template(
     spec: dict[str, Any] = Body(examples=[SPEC_EXAMPLE]),
 ) -> TemplateOut:
     """Create a draft from a template spec (validated: timings, zone, cron, Jinja)."""
-    template = templates_service.create_template(session, spec, clock.now())
-    _edited(request, session, me, template, "template.create", clock)
-    return _out(template)
-
-
-def _edited(
-    request: Request,
-    session: Any,
-    me: auth.Principal,
-    template: SopTemplate,
-    action: str,
-    clock: Any,
-) -> None:
-    approvals.note_edit(session, template.id, _reviewer(me), clock.now())  # type: ignore[arg-type]
-    auth.record(
-        request,
-        session,
-        me,
-        action,
-        object_kind="template",
-        object_id=template.id,
-        summary=template.name,
-    )
-
-
-def _reviewer(me: auth.Principal) -> approvals.Reviewer:
-    return approvals.Reviewer(me.user_id, me.username)
+    return _out(template_actions.create(request, session, me, spec, clock.now()))
 
 
 @router.get("/library")
 def list_library() -> list[dict[str, Any]]:
     """The built-in scenarios (new friends, tagged customers, group chats) to start from."""
-    return [
-        {"key": key, "name": spec["name"], "description": spec.get("description", ""), "spec": spec}
-        for key, spec in ((k, library.load(k)) for k in library.names())
-    ]
+    return library.catalog()
 
 
 @router.post("/validate")
@@ -130,9 +99,7 @@ def update_template(
 ) -> TemplateOut:
     """Replace the draft. A published template keeps running until published again.
     Editing voids a submission or approval of the previous draft."""
-    template = templates_service.update_draft(session, template_id, spec, clock.now())
-    _edited(request, session, me, template, "template.update", clock)
-    return _out(template)
+    return _out(template_actions.update(request, session, me, template_id, spec, clock.now()))
 
 
 class PublishIn(BaseModel):
@@ -158,51 +125,9 @@ def publish(
     template or a fixed-start tagged template enrolls its whole segment now.
     When the workspace requires approval, the draft must have been approved."""
     migrate = body.migrate if body else "keep"
-    outcome = versions.publish(
-        session,
-        template_id,
-        clock.now(),
-        migrate=migrate,
-        require_approval=users_service.requires_approval(session, settings.require_approval),
+    return template_actions.publish(
+        request, session, me, settings, template_id, migrate, clock.now()
     )
-    version = outcome.version
-    out = {
-        "template_id": template_id,
-        "version_id": version.id,
-        "version": version.version,
-        "enrolled": outcome.enrolled,
-        "deliveries": outcome.deliveries,
-        "migrate": migrate,
-        "moved": outcome.moved.__dict__,
-    }
-    auth.record(
-        request,
-        session,
-        me,
-        "template.publish",
-        object_kind="template",
-        object_id=template_id,
-        summary=f"v{version.version} ({migrate})",
-        detail=out,
-    )
-    return out
-
-
-def _status_change(
-    request: Request, me: auth.Principal, session: Any, clock: Any, template_id: int, status: str
-) -> TemplateOut:
-    template = templates_service.set_status(session, template_id, status, clock.now())
-    action = "template.pause" if status == TemplateStatus.PAUSED else "template.resume"
-    auth.record(
-        request,
-        session,
-        me,
-        action,
-        object_kind="template",
-        object_id=template_id,
-        summary=template.name,
-    )
-    return _out(template)
 
 
 @router.post("/{template_id}/pause", response_model=TemplateOut)
@@ -210,7 +135,8 @@ def pause(
     template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> TemplateOut:
     """Hold deliveries: nothing goes out until resumed (past grace they are missed)."""
-    return _status_change(request, me, session, clock, template_id, TemplateStatus.PAUSED)
+    paused = TemplateStatus.PAUSED
+    return _out(template_actions.set_status(request, session, me, template_id, paused, clock.now()))
 
 
 @router.post("/{template_id}/resume", response_model=TemplateOut)
@@ -218,7 +144,8 @@ def resume(
     template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> TemplateOut:
     """Release held deliveries (each goes out once; those past their grace are missed)."""
-    return _status_change(request, me, session, clock, template_id, TemplateStatus.PUBLISHED)
+    live = TemplateStatus.PUBLISHED
+    return _out(template_actions.set_status(request, session, me, template_id, live, clock.now()))
 
 
 @router.post("/{template_id}/archive")
@@ -226,16 +153,7 @@ def archive(
     template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> dict[str, Any]:
     """Archive: pending deliveries are cancelled with the reason."""
-    cancelled = scheduler_service.archive_template(session, template_id, clock.now())
-    auth.record(
-        request,
-        session,
-        me,
-        "template.archive",
-        object_kind="template",
-        object_id=template_id,
-        summary=f"{cancelled} pending deliveries cancelled",
-    )
+    cancelled = template_actions.archive(request, session, me, template_id, clock.now())
     return {"template_id": template_id, "status": "archived", "cancelled": cancelled}
 
 
@@ -257,10 +175,7 @@ def submit(
     template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> dict[str, Any]:
     """Submit the draft for approval (审批)."""
-    approvals.submit(session, template_id, _reviewer(me), clock.now())
-    auth.record(
-        request, session, me, "template.submit", object_kind="template", object_id=template_id
-    )
+    template_actions.submit(request, session, me, template_id, clock.now())
     return _review_out(session, template_id)
 
 
@@ -275,16 +190,7 @@ def approve(
 ) -> dict[str, Any]:
     """Approve the submitted draft. Its authors cannot approve it."""
     note = body.note if body else None
-    approvals.approve(session, template_id, _reviewer(me), clock.now(), note)
-    auth.record(
-        request,
-        session,
-        me,
-        "template.approve",
-        object_kind="template",
-        object_id=template_id,
-        summary=note or "",
-    )
+    template_actions.decide(request, session, me, template_id, "approve", note, clock.now())
     return _review_out(session, template_id)
 
 
@@ -299,16 +205,7 @@ def reject(
 ) -> dict[str, Any]:
     """Send the draft back with a note."""
     note = body.note if body else None
-    approvals.reject(session, template_id, _reviewer(me), clock.now(), note)
-    auth.record(
-        request,
-        session,
-        me,
-        "template.reject",
-        object_kind="template",
-        object_id=template_id,
-        summary=note or "",
-    )
+    template_actions.decide(request, session, me, template_id, "reject", note, clock.now())
     return _review_out(session, template_id)
 
 
@@ -389,27 +286,9 @@ async def test_send(
 ) -> dict[str, Any]:
     """Send one touchpoint of the draft to one target now, through the template's
     channel, and record it (the test send is not a delivery of the SOP)."""
-    row = await authoring.test_send(
-        engine,
-        request.app.state.runtime.channels,
-        clock,
-        template_id=template_id,
-        target_key=body.target,
-        touchpoint=body.touchpoint,
-        requested_by=me.user_id,
-        requested_by_name=me.username,
+    row = await template_actions.test_send(
+        request, me, engine, clock, template_id, body.target, body.touchpoint
     )
-    with session_scope(engine) as session:
-        auth.record(
-            request,
-            session,
-            me,
-            "template.test_send",
-            object_kind="template",
-            object_id=template_id,
-            summary=f"{row.touchpoint_name} → {row.target_external_id}: {row.status}",
-            detail={"test_send_id": row.id, "error": row.error},
-        )
     return row.model_dump()
 
 
@@ -457,15 +336,13 @@ def enroll(
         )
         anchor = ensure_utc(body.anchor_at) if body.anchor_at else target.joined_at
         pairs.append((target.id, anchor))
-    result = scheduler_service.enroll(session, template, pairs, now)
-    auth.record(
+    result = template_actions.enroll(
         request,
         session,
         me,
-        "template.enroll",
-        object_kind="template",
-        object_id=template_id,
-        summary=f"{result.enrolled} enrolled",
+        template,
+        pairs,
+        now,
         detail={"targets": [str(t) for t in body.targets][:100]},
     )
     return result.__dict__

@@ -237,12 +237,10 @@ async def test_channel(
     settings: SettingsDep,
     clock: ClockDep,
 ) -> Response:
-    with Session(reader(engine)) as session:
-        row = channels_service.get_instance(session, name)
     context = AdapterContext(
         http=request.app.state.http, engine=engine, clock=clock, instance_name=name
     )
-    check = await channels_service.test_connection(row, context)
+    check = await channels_service.test_connection(context)
     with Session(reader(engine)) as session:
         return _channel_page(request, session, engine, settings, name, check=check)
 

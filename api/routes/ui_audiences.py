@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from api import auth
+from api import template_actions
 from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep
 from api.views import redirect, render, translator
@@ -125,20 +125,12 @@ async def enroll(
         target = session.get(model, target_id)
         if target is None or template.target_kind != kind:
             raise scheduler_service.EnrollmentError(f"this SOP does not send to {kind}s")
-        result = scheduler_service.enroll(
-            session, template, [(target_id, target.joined_at)], clock.now()
+        pairs = [(target_id, target.joined_at)]
+        template_actions.enroll(
+            request, session, me, template, pairs, clock.now(), named=f"{kind} {target_id}"
         )
     except (scheduler_service.EnrollmentError, templates_service.NotFound) as exc:
         return _detail(request, session, kind, target_id, flash_error=str(exc))
-    auth.record(
-        request,
-        session,
-        me,
-        "template.enroll",
-        object_kind="template",
-        object_id=template_id,
-        summary=f"{kind} {target_id}: {result.enrolled} enrolled",
-    )
     path = "contacts" if kind == "contact" else "groups"
     return redirect(request, f"/{path}/{target_id}?done=enrolled")
 

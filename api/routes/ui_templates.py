@@ -4,6 +4,7 @@ send) and the lifecycle buttons. Thin: every decision is a service call
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -12,9 +13,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, col, select
 
-from api import auth, editor_forms
+from api import auth, editor_forms, template_actions
 from api.auth import Approver, Author, Reader
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
@@ -22,13 +23,14 @@ from api.views import is_htmx, redirect, render, translator
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
-from scheduler import authoring, policies, stats, versions
+from scheduler import authoring, policies, stats
 from scheduler import service as scheduler_service
 from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
 from sop_templates.service import NotFound, TemplateError, TemplateValidationError
 from sop_templates.timing import get_zone, local_to_utc
+from sopbot.db import session_scope
 
 router = APIRouter(include_in_schema=False)
 
@@ -74,20 +76,13 @@ def template_list(request: Request, me: Reader, session: SessionDep, clock: Cloc
 # -- editor ---------------------------------------------------------------------------
 
 
-def _library() -> list[dict[str, Any]]:
-    return [
-        {"key": key, "name": spec["name"], "description": spec.get("description", "")}
-        for key, spec in ((k, library.load(k)) for k in library.names())
-    ]
-
-
 @router.get("/templates/new", response_class=HTMLResponse)
 def new_template(
     request: Request, me: Author, session: SessionDep, settings: SettingsDep, start: str = ""
 ) -> Response:
     """Pick a starting point (blank or a library scenario), then edit before saving."""
     if not start:
-        return render(request, "ui/template_new.html", {"library": _library()})
+        return render(request, "ui/template_new.html", {"library": library.catalog()})
     if start in library.names():
         form = editor_forms.form_from_spec(library.load(start))
     else:
@@ -182,30 +177,19 @@ def _editor_post(
         return _editor(
             request, session, settings, template, form, clock=clock, flash=_("No problems found.")
         )
-    now = clock.now()
     try:
-        if template is None:
-            saved = templates_service.create_template(session, parsed, now)
-            action_name, done = "template.create", "created"
+        if template_id is None:
+            saved = template_actions.create(request, session, me, parsed, clock.now())
+            done = "created"
         else:
-            saved = templates_service.update_draft(session, template.id, parsed, now)  # type: ignore[arg-type]
-            action_name, done = "template.update", "saved"
+            saved = template_actions.update(request, session, me, template_id, parsed, clock.now())
+            done = "saved"
     except TemplateError as exc:
         errors = editor_forms.FieldErrors()
         errors.add("name" if "named" in str(exc) else None, str(exc))
         return _editor(
             request, session, settings, template, form, errors=errors, clock=clock, status=409
         )
-    approvals.note_edit(session, saved.id, approvals.Reviewer(me.user_id, me.username), now)  # type: ignore[arg-type]
-    auth.record(
-        request,
-        session,
-        me,
-        action_name,
-        object_kind="template",
-        object_id=saved.id,
-        summary=saved.name,
-    )
     return redirect(request, f"/templates/{saved.id}?done={done}")
 
 
@@ -286,7 +270,7 @@ def _editor(
         "template": template,
         "form": form,
         "errors": errors or editor_forms.FieldErrors(),
-        "channels": [c.name for c in channels_service.list_instances(session)],
+        "channels": channels_service.instance_names(session),
         "part_kinds": editor_forms.PART_KINDS,
         "timing_kinds": editor_forms.TIMING_KINDS,
         "modes": editor_forms.MODES,
@@ -375,33 +359,14 @@ async def test_send(
     if not target:
         return _after(request, template_id, error=_("Choose who gets the test message."))
     try:
-        row = await authoring.test_send(
-            engine,
-            request.app.state.runtime.channels,
-            clock,
-            template_id=template_id,
-            target_key=target,
-            touchpoint=touchpoint,
-            requested_by=me.user_id,
-            requested_by_name=me.username,
+        row = await template_actions.test_send(
+            request, me, engine, clock, template_id, target, touchpoint
         )
     except (audiences_service.NotFound, TemplateError, authoring.AuthoringError) as exc:
         return _after(request, template_id, error=str(exc))
-    from sopbot.db import session_scope
-
-    with session_scope(engine) as session:
-        auth.record(
-            request,
-            session,
-            me,
-            "template.test_send",
-            object_kind="template",
-            object_id=template_id,
-            summary=f"{row.touchpoint_name} → {row.target_external_id}: {row.status}",
-            detail={"test_send_id": row.id, "error": row.error},
-        )
-        rows = authoring.test_sends(session, template_id, limit=10)
     if is_htmx(request):
+        with session_scope(engine) as session:
+            rows = authoring.test_sends(session, template_id, limit=10)
         return render(request, "ui/_test_sends.html", {"test_sends": rows, "just_sent": row})
     if row.status == "sent":
         return _after(request, template_id, message="test_sent")
@@ -419,13 +384,7 @@ def _after(request: Request, template_id: int, *, message: str = "", error: str 
 
 
 def _lifecycle(
-    request: Request,
-    session: Session,
-    settings: Any,
-    clock: Any,
-    template_id: int,
-    run: Any,
-    done: str,
+    request: Request, session: Session, template_id: int, run: Callable[[], Any], done: str
 ) -> Response:
     """Run one lifecycle step; on a refusal show the editor with the reason."""
     try:
@@ -436,88 +395,51 @@ def _lifecycle(
         return _editor(
             request,
             session,
-            settings,
+            get_settings(request),
             template,
             editor_forms.form_from_spec(template.draft),
-            clock=clock,
             flash_error=str(exc),
             status=409,
         )
     return redirect(request, f"/templates/{template_id}?done={done}")
 
 
-def _reviewer(me: auth.Principal) -> approvals.Reviewer:
-    return approvals.Reviewer(me.user_id, me.username)
+async def _note(request: Request) -> str:
+    return str((await request.form()).get("note") or "")
 
 
 @router.post("/templates/{template_id}/submit")
 def submit(
-    template_id: int,
-    request: Request,
-    me: Author,
-    session: SessionDep,
-    settings: SettingsDep,
-    clock: ClockDep,
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     def run() -> None:
-        approvals.submit(session, template_id, _reviewer(me), clock.now())
-        auth.record(
-            request, session, me, "template.submit", object_kind="template", object_id=template_id
-        )
+        template_actions.submit(request, session, me, template_id, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "submitted")
+    return _lifecycle(request, session, template_id, run, "submitted")
 
 
 @router.post("/templates/{template_id}/approve")
 async def approve(
-    template_id: int,
-    request: Request,
-    me: Approver,
-    session: SessionDep,
-    settings: SettingsDep,
-    clock: ClockDep,
+    template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
 ) -> Response:
-    note = str((await request.form()).get("note") or "")
+    note = await _note(request)
 
     def run() -> None:
-        approvals.approve(session, template_id, _reviewer(me), clock.now(), note)
-        auth.record(
-            request,
-            session,
-            me,
-            "template.approve",
-            object_kind="template",
-            object_id=template_id,
-            summary=note,
-        )
+        template_actions.decide(request, session, me, template_id, "approve", note, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "approved")
+    return _lifecycle(request, session, template_id, run, "approved")
 
 
 @router.post("/templates/{template_id}/reject")
 async def reject(
-    template_id: int,
-    request: Request,
-    me: Approver,
-    session: SessionDep,
-    settings: SettingsDep,
-    clock: ClockDep,
+    template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
 ) -> Response:
-    note = str((await request.form()).get("note") or "")
+    note = await _note(request)
 
     def run() -> None:
-        approvals.reject(session, template_id, _reviewer(me), clock.now(), note)
-        auth.record(
-            request,
-            session,
-            me,
-            "template.reject",
-            object_kind="template",
-            object_id=template_id,
-            summary=note,
-        )
+        template_actions.decide(request, session, me, template_id, "reject", note, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "rejected")
+    return _lifecycle(request, session, template_id, run, "rejected")
 
 
 @router.post("/templates/{template_id}/publish")
@@ -532,82 +454,38 @@ async def publish(
     migrate = str((await request.form()).get("migrate") or "keep")
 
     def run() -> None:
-        outcome = versions.publish(
-            session,
-            template_id,
-            clock.now(),
-            migrate=migrate,
-            require_approval=users_service.requires_approval(session, settings.require_approval),
-        )
-        auth.record(
-            request,
-            session,
-            me,
-            "template.publish",
-            object_kind="template",
-            object_id=template_id,
-            summary=f"v{outcome.version.version} ({migrate})",
-            detail={"enrolled": outcome.enrolled, "moved": outcome.moved.__dict__},
-        )
+        template_actions.publish(request, session, me, settings, template_id, migrate, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "published")
+    return _lifecycle(request, session, template_id, run, "published")
 
 
 @router.post("/templates/{template_id}/pause")
 def pause(
-    template_id: int,
-    request: Request,
-    me: Author,
-    session: SessionDep,
-    settings: SettingsDep,
-    clock: ClockDep,
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     def run() -> None:
-        templates_service.set_status(session, template_id, TemplateStatus.PAUSED, clock.now())
-        auth.record(
-            request, session, me, "template.pause", object_kind="template", object_id=template_id
-        )
+        paused = TemplateStatus.PAUSED
+        template_actions.set_status(request, session, me, template_id, paused, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "paused")
+    return _lifecycle(request, session, template_id, run, "paused")
 
 
 @router.post("/templates/{template_id}/resume")
 def resume(
-    template_id: int,
-    request: Request,
-    me: Author,
-    session: SessionDep,
-    settings: SettingsDep,
-    clock: ClockDep,
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     def run() -> None:
-        templates_service.set_status(session, template_id, TemplateStatus.PUBLISHED, clock.now())
-        auth.record(
-            request, session, me, "template.resume", object_kind="template", object_id=template_id
-        )
+        live = TemplateStatus.PUBLISHED
+        template_actions.set_status(request, session, me, template_id, live, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "resumed")
+    return _lifecycle(request, session, template_id, run, "resumed")
 
 
 @router.post("/templates/{template_id}/archive")
 def archive(
-    template_id: int,
-    request: Request,
-    me: Author,
-    session: SessionDep,
-    settings: SettingsDep,
-    clock: ClockDep,
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     def run() -> None:
-        cancelled = scheduler_service.archive_template(session, template_id, clock.now())
-        auth.record(
-            request,
-            session,
-            me,
-            "template.archive",
-            object_kind="template",
-            object_id=template_id,
-            summary=f"{cancelled} pending deliveries cancelled",
-        )
+        template_actions.archive(request, session, me, template_id, clock.now())
 
-    return _lifecycle(request, session, settings, clock, template_id, run, "archived")
+    return _lifecycle(request, session, template_id, run, "archived")

@@ -17,3 +17,11 @@ def load(name: str) -> dict[str, Any]:
 
 def names() -> list[str]:
     return sorted(p.stem for p in LIBRARY_DIR.glob("*.yaml"))
+
+
+def catalog() -> list[dict[str, Any]]:
+    """Every library scenario to start from: its key, name, description and spec."""
+    return [
+        {"key": key, "name": spec["name"], "description": spec.get("description", ""), "spec": spec}
+        for key, spec in ((k, load(k)) for k in names())
+    ]

@@ -19,16 +19,19 @@ from sopbot.db import session_scope
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def client(engine, clock, settings):
+def _app(engine, clock, settings, *, metrics_cache_seconds: float):
     clock.set(T0)
-    app = create_app(
-        settings.model_copy(update={"metrics_cache_seconds": 0}),
+    return create_app(
+        settings.model_copy(update={"metrics_cache_seconds": metrics_cache_seconds}),
         engine=engine,
         clock=clock,
         run_scheduler=False,
     )
-    with TestClient(app) as c:
+
+
+@pytest.fixture
+def client(engine, clock, settings):
+    with TestClient(_app(engine, clock, settings, metrics_cache_seconds=0)) as c:
         c.headers.update(make_auth_headers(engine, T0))
         yield c
 
@@ -128,14 +131,7 @@ def test_metrics_show_breaker_state(client, engine, clock):
 
 
 def test_database_figures_are_cached_between_scrapes(engine, clock, settings):
-    clock.set(T0)
-    app = create_app(
-        settings.model_copy(update={"metrics_cache_seconds": 3600}),
-        engine=engine,
-        clock=clock,
-        run_scheduler=False,
-    )
-    with TestClient(app) as client:
+    with TestClient(_app(engine, clock, settings, metrics_cache_seconds=3600)) as client:
         assert _metrics(client)[("sopbot_backlog", ())] == 0
         _due_welcomes(engine, 2, T0)
         assert _metrics(client)[("sopbot_backlog", ())] == 0  # the cached reading

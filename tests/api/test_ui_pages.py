@@ -136,6 +136,37 @@ def test_publish_keep_and_move_from_the_ui(client, operator, engine):
     assert "v2 (move)" in audit
 
 
+def test_ui_steps_leave_the_audit_entries_the_api_leaves(client, operator, engine, clock):
+    """A step taken in the UI is recorded as the JSON API records it: same
+    action, summary and detail (one function carries out both)."""
+    form = editor_forms.form_from_spec(library.load("new_friend"))
+    client.post("/templates/new", data=posted(form, operator))
+    for step in ("publish", "pause", "resume"):
+        client.post(f"/templates/1/{step}", data={"csrf_token": operator})
+    api = TestClient(client.app, headers=make_auth_headers(engine, clock.now()))
+    api.post("/api/templates", json={**library.load("new_friend"), "name": "API SOP"})
+    for step in ("publish", "pause", "resume"):
+        assert api.post(f"/api/templates/2/{step}").status_code == 200
+
+    def entries(template_id: int) -> list[tuple[str, str, set[str]]]:
+        rows = api.get(f"/api/audit?object_kind=template&object_id={template_id}").json()
+        return [(e["action"], e["summary"], set(e["detail"])) for e in rows]
+
+    ui, by_api = entries(1), entries(2)
+    assert [e[0] for e in ui] == [
+        "template.resume",
+        "template.pause",
+        "template.publish",
+        "template.create",
+    ]
+    assert ui[:2] == [
+        ("template.resume", "新好友 SOP", set()),
+        ("template.pause", "新好友 SOP", set()),
+    ]
+    assert [(a, d) for a, _, d in ui] == [(a, d) for a, _, d in by_api]
+    assert ui[2][1] == by_api[2][1] == "v1 (keep)"
+
+
 def test_a_refused_lifecycle_step_explains_why(client, operator):
     form = editor_forms.form_from_spec(library.load("new_friend"))
     client.post("/templates/new", data=posted(form, operator))
