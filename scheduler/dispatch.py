@@ -135,22 +135,53 @@ class Dispatcher:
 
     async def run_once(self, max_batches: int | None = None) -> DispatchStats:
         """Drain due deliveries: claim a batch, send it, repeat until none is due
-        (or ``max_batches``). Returns what happened."""
+        (or ``max_batches``). Returns what happened.
+
+        Up to ``dispatch_pipeline`` batches are in progress at once: the next
+        batch is claimed and rendered while the previous one waits on its
+        channel, so a slow provider does not leave the worker idle between
+        batches. Each batch is fenced by its own lease exactly as batches of two
+        workers are, so this changes nothing about exactly-once.
+        """
         total = DispatchStats()
         limit = max_batches or self.settings.max_batches_per_tick
-        while total.batches < limit and not self._stopping:
-            # Expiring overdue rows scans every due row, so once per tick is
-            # enough; doing it per batch made draining a backlog quadratic.
-            rows = await asyncio.to_thread(
-                self.claim, self.settings.claim_batch_size, expire=total.batches == 0
-            )
-            if not rows:
-                break
-            started = time.perf_counter()
-            batch = await self.process(rows)
-            batch.batch_seconds.append(time.perf_counter() - started)
-            total.add(batch)
+        depth = max(1, self.settings.dispatch_pipeline)
+        running: set[asyncio.Task[DispatchStats]] = set()
+        claimed, drained = 0, False
+        try:
+            while True:
+                while not drained and not self._stopping and claimed < limit:
+                    if len(running) >= depth:
+                        break
+                    # Expiring overdue rows scans every due row, so once per tick
+                    # is enough; doing it per batch made draining a backlog quadratic.
+                    rows = await asyncio.to_thread(
+                        self.claim, self.settings.claim_batch_size, expire=claimed == 0
+                    )
+                    if not rows:
+                        drained = True
+                        break
+                    claimed += 1
+                    running.add(asyncio.create_task(self._timed_process(rows)))
+                if not running:
+                    break
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    total.add(task.result())
+        finally:
+            # Never abandon a batch half sent: let the others finish and record.
+            if running:
+                await asyncio.wait(running)
+                for task in running:
+                    if not task.cancelled() and task.exception() is None:
+                        total.add(task.result())
         return total
+
+    async def _timed_process(self, rows: Sequence[Any]) -> DispatchStats:
+        started = time.perf_counter()
+        batch = await self.process(rows)
+        batch.batch_seconds.append(time.perf_counter() - started)
+        return batch
 
     def stop(self) -> None:
         """Stop claiming new batches (graceful shutdown)."""

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
 
     # channels
     send_concurrency: int = Field(8, ge=1, le=256, description="adapter calls in flight per tick")
+    dispatch_pipeline: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="batches in progress at once per worker (the next is claimed and "
+        "rendered while the previous one waits on its channel)",
+    )
     redis_url: str | None = Field(None, description="shared rate-limit buckets (else database)")
     breaker_threshold: int = Field(5, ge=1, description="consecutive failures that open a breaker")
     breaker_cooldown_seconds: float = Field(60.0, gt=0, description="open breaker pause")
@@ -105,4 +112,20 @@ class Settings(BaseSettings):
     log_format: str = Field("text", pattern="^(text|json)$", description="text|json")
     log_level: str = Field("INFO", description="root log level (DEBUG, INFO, WARNING, ...)")
     run_scheduler: bool = Field(True, description="run the scheduler inside `serve`")
-    sql_echo: bool = False
+    sql_echo: bool = Field(False, description="log every SQL statement (debugging)")
+
+
+def markdown_table() -> str:
+    """Every setting as the README's configuration table (a test keeps them equal)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        else:
+            shown = f"`{default}`"
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `SOPBOT_{name.upper()}` | {shown} | {meaning} |")
+    return "\n".join(lines)

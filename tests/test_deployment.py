@@ -125,3 +125,15 @@ def test_cli_commands_in_compose_include_db_upgrade():
 
     db = get_command(app).commands["db"]  # type: ignore[attr-defined]
     assert {"upgrade", "current"} <= set(db.commands)
+
+
+def test_readme_configuration_table_lists_every_setting():
+    """One table documents the whole configuration; it is generated from the
+    settings model (``sopbot.settings.markdown_table``) and must be kept equal."""
+    from sopbot.settings import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, (
+        "README's configuration table is out of date: paste "
+        "`python -c 'from sopbot.settings import markdown_table; print(markdown_table())'`"
+    )
