@@ -46,6 +46,7 @@ from audiences.models import Account, Contact
 from channels.base import AdapterContext, OutboundMessage
 from channels.http import channel_http_client
 from channels.registry import ensure_instance
+from channels.webhook import WebhookConfig
 from channels.wecom import WeComAdapter, WeComConfig
 from scheduler import service as scheduler_service
 from scheduler.dispatch import Dispatcher
@@ -390,7 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     parser.add_argument("--quick", action="store_true", help="10x smaller")
     parser.add_argument("--webhook-deliveries", type=int, default=0)
-    parser.add_argument("--webhook-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--webhook-concurrency",
+        type=int,
+        default=WebhookConfig.model_fields["max_concurrency"].default,
+        help="the webhook instance's max_concurrency (default: the adapter's default)",
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(_main(args))
     if args.json:
