@@ -59,10 +59,10 @@ def insert_ignore(
         def stamp(value: datetime) -> str:
             text_value = memo.get(value)
             if text_value is None:
-                text_value = memo[value] = _sqlite_datetime(value)
+                text_value = memo[value] = sqlite_instant(value)
             return text_value
 
-        converters = [stamp if c is _sqlite_datetime else c for c in converters]
+        converters = [stamp if c is sqlite_instant else c for c in converters]
         for start in range(0, len(rows), CHUNK):
             params = [
                 tuple(
@@ -152,7 +152,7 @@ def _pg_array_type(column_type: Any, conn: Connection) -> str:
 
 def _sqlite_converter(column_type: Any) -> Any:
     if isinstance(column_type, UTCDateTime):
-        return _sqlite_datetime
+        return sqlite_instant
     if isinstance(column_type, JSON):
         return lambda value: json.dumps(value, ensure_ascii=False)
     return None
@@ -271,6 +271,15 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
     names = compiled.positiontup or []
     fixed = compiled.construct_params(rows[0])
     converters = [_sqlite_converter(compiled.binds[name].type) for name in names]
+    memo: dict[datetime, str] = {}  # the batch's rows share "now"
+
+    def stamp(value: datetime) -> str:
+        text_value = memo.get(value)
+        if text_value is None:
+            text_value = memo[value] = sqlite_instant(value)
+        return text_value
+
+    converters = [stamp if c is sqlite_instant else c for c in converters]
     params = []
     for row in rows:
         values = []

@@ -83,7 +83,10 @@ async def test_failing_channel_opens_then_resumes_after_a_successful_trial(engin
         session.add(
             ChannelPolicy(instance="mock", breaker_threshold=3, breaker_cooldown_seconds=60)
         )
-    runtime = SchedulerRuntime(engine, clock, settings.model_copy(update={"claim_batch_size": 1}))
+    # One batch at a time: with a pipeline, the batch already admitted when the
+    # breaker opens still goes out (as a second worker's would), one call more.
+    one_at_a_time = {"claim_batch_size": 1, "dispatch_pipeline": 1}
+    runtime = SchedulerRuntime(engine, clock, settings.model_copy(update=one_at_a_time))
     spec = new_friend_spec(
         touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1d"}]
     )
@@ -109,7 +112,9 @@ async def test_failing_channel_opens_then_resumes_after_a_successful_trial(engin
     # Cool-down over, channel fixed: one trial send first, the rest wait briefly.
     mock.config.fail_mode = "none"
     clock.set(T0 + timedelta(seconds=61))
-    runtime.dispatcher.settings = settings.model_copy(update={"claim_batch_size": 100})
+    runtime.dispatcher.settings = settings.model_copy(
+        update={"claim_batch_size": 100, "dispatch_pipeline": 1}
+    )
     await runtime.dispatch_tick()
     assert len(mock_sends(engine)) == 1
     assert state(engine)["state"] == "closed"
