@@ -54,14 +54,7 @@ def insert_ignore(
         )
         converters = [_sqlite_converter(table.c[name].type) for name in columns]
         # Many rows share instants (created_at, due_at == run_at): format each once.
-        memo: dict[datetime, str] = {}
-
-        def stamp(value: datetime) -> str:
-            text_value = memo.get(value)
-            if text_value is None:
-                text_value = memo[value] = sqlite_instant(value)
-            return text_value
-
+        stamp = memoized(sqlite_instant)
         converters = [stamp if c is sqlite_instant else c for c in converters]
         for start in range(0, len(rows), CHUNK):
             params = [
@@ -88,6 +81,19 @@ def among(column: Any, ids: Sequence[int], conn: Session | Connection) -> Column
         each = func.json_each(json.dumps(values)).table_valued("value")
         return column.in_(select(each.c.value))  # type: ignore[no-any-return]
     return column == any_(literal(values, ARRAY(BigInteger)))  # type: ignore[no-any-return]
+
+
+def memoized(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert`` remembering its answers: bulk rows share a few instants."""
+    memo: dict[Any, Any] = {}
+
+    def cached(value: Any) -> Any:
+        out = memo.get(value)
+        if out is None:
+            out = memo[value] = convert(value)
+        return out
+
+    return cached
 
 
 def instant_param(conn: Session | Connection) -> Callable[[datetime], Any]:
@@ -271,14 +277,7 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
     names = compiled.positiontup or []
     fixed = compiled.construct_params(rows[0])
     converters = [_sqlite_converter(compiled.binds[name].type) for name in names]
-    memo: dict[datetime, str] = {}  # the batch's rows share "now"
-
-    def stamp(value: datetime) -> str:
-        text_value = memo.get(value)
-        if text_value is None:
-            text_value = memo[value] = sqlite_instant(value)
-        return text_value
-
+    stamp = memoized(sqlite_instant)  # the batch's rows share "now"
     converters = [stamp if c is sqlite_instant else c for c in converters]
     params = []
     for row in rows:

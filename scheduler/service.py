@@ -23,6 +23,7 @@ from scheduler.repository import (
     chunked,
     insert_rows,
     instant_param,
+    memoized,
 )
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
@@ -220,13 +221,7 @@ def _delivery_rows(
     head = (template.id, version.id, template.target_kind)
     # Many rows share an instant (a day-at time for everyone who joined that day,
     # a fixed start for a whole segment): convert each distinct one once.
-    memo: dict[datetime, Any] = {}
-
-    def convert(value: datetime) -> Any:
-        out = memo.get(value)
-        if out is None:
-            out = memo[value] = instant(value)
-        return out
+    convert = memoized(instant)
 
     created = instant(now)
     scheduled = DeliveryStatus.SCHEDULED
@@ -366,25 +361,7 @@ def _fan_out_occurrence(
         ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
         ENROLLMENTS.c.enrolled_at <= occurrence,
     )
-    columns = [
-        "enrollment_id",
-        "touchpoint_id",
-        "occurrence",
-        "template_id",
-        "version_id",
-        "target_kind",
-        "target_id",
-        "channel",
-        "mode",
-        "due_at",
-        "run_at",
-        "expires_at",
-        "status",
-        "reason",
-        "attempts",
-        "created_at",
-        "finished_at",
-    ]
+    columns = list(DELIVERY_COLUMNS)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
