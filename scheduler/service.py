@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import and_, func, literal, select, update
@@ -160,6 +161,9 @@ def enroll(
         outbox = _delivery_rows(fresh, plans, template, version, spec.channel, zone, now, instant)
         result.deliveries += len(outbox)
         result.skipped += sum(1 for row in outbox if row[_STATUS] == DeliveryStatus.SKIPPED)
+        # In due order, the outbox's time indexes grow at a few points instead of
+        # taking every row at a random place: fewer B-tree pages touched.
+        outbox.sort(key=_run_at_key)
         insert_rows(session, DELIVERIES, DELIVERY_COLUMNS, outbox)
     # Cron occurrences already fanned out ahead of time must include newcomers.
     for plan in plans:
@@ -198,6 +202,7 @@ DELIVERY_COLUMNS = (
     "finished_at",
 )
 _STATUS = DELIVERY_COLUMNS.index("status")
+_run_at_key = itemgetter(DELIVERY_COLUMNS.index("run_at"))
 
 
 def _delivery_rows(
