@@ -25,11 +25,18 @@ app.add_typer(import_app, name="import")
 
 
 def _engine_and_clock() -> tuple[Any, Any, Settings]:
+    import click
+
     from sopbot.clock import SystemClock
     from sopbot.db import create_all, make_engine
 
     settings = Settings()
     engine = make_engine(settings)
+    command = click.get_current_context(silent=True)
+    if command is not None:
+        # Close the pool when the command ends: a process that runs several
+        # commands (tests, scripts) must not keep their connections open.
+        command.call_on_close(engine.dispose)
     _refuse_outdated_schema(engine)
     create_all(engine)
     return engine, SystemClock(), settings

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
@@ -28,12 +28,12 @@ from audiences import service as audiences_service
 from audiences.models import Contact
 from channels import service as channels_service
 from channels.base import ChannelAdapter, ChannelError, OutboundMessage, ResultStatus, SendResult
-from channels.breaker import CircuitBreakers
+from channels.breaker import BreakerConfig, CircuitBreakers
 from channels.models import ChannelInstance
 from channels.ratelimit import build_limiter
 from channels.registry import ChannelPool, adapter_class
 from scheduler import policies, repository, tasks
-from scheduler.models import Delivery, DeliveryStatus
+from scheduler.models import REASON_LENGTH, Delivery, DeliveryStatus, clip_reason
 from scheduler.service import held_template_ids
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 from sop_templates.rendering import RenderError, build_context, render_parts
@@ -223,9 +223,13 @@ class Dispatcher:
                 reason=case(
                     (
                         col(Delivery.attempts) > 0,
-                        "gave up: retries ran past the grace period (last error: "
-                        + col(Delivery.reason)
-                        + ")",
+                        func.substr(
+                            "gave up: retries ran past the grace period (last error: "
+                            + col(Delivery.reason)
+                            + ")",
+                            1,
+                            REASON_LENGTH,
+                        ),
                     ),
                     else_="not sent within its grace period (scheduler down or backlog)",
                 ),
@@ -534,18 +538,59 @@ class Dispatcher:
                 None, self.settings
             )
             state = await asyncio.to_thread(
-                self.breakers.record,
+                self._record_breaker,
                 channel,
                 successes=successes,
                 failures=len(failed),
                 error=failed[0].reason if failed else None,
-                now=self.clock.now(),
                 config=policy.breaker,
             )
-            if state != "closed":
-                log.warning("channel %s circuit breaker is %s", channel, state)
-            self._breaker_seen[channel] = {"state": state, "consecutive_failures": len(failed)}
+            if state is not None:
+                if state != "closed":
+                    log.warning("channel %s circuit breaker is %s", channel, state)
+                self._breaker_seen[channel] = {"state": state, "consecutive_failures": len(failed)}
         return results
+
+    def _record_breaker(
+        self,
+        channel: str,
+        *,
+        successes: int,
+        failures: int,
+        error: str | None,
+        config: BreakerConfig,
+    ) -> str | None:
+        """Feed one call's results to the channel's breaker; its state afterwards,
+        or None when that could not be written.
+
+        The messages are already out: the batch must still reach :meth:`_finish`,
+        or its sent deliveries would end ``unknown``. So a dropped database
+        connection is retried on a new one, and any other failure here costs
+        only this one breaker update (the next call's results feed it again)."""
+        for attempt in range(_FINISH_ATTEMPTS):
+            try:
+                return self.breakers.record(
+                    channel,
+                    successes=successes,
+                    failures=failures,
+                    error=error,
+                    now=self.clock.now(),
+                    config=config,
+                )
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt + 1 == _FINISH_ATTEMPTS:
+                    log.exception("could not update channel %s's circuit breaker", channel)
+                    return None
+                log.warning(
+                    "database connection lost while updating channel %s's circuit breaker; "
+                    "retrying",
+                    channel,
+                )
+                time.sleep(0.2 * 2**attempt)
+            except Exception:  # noqa: BLE001 - bookkeeping must not lose the batch
+                log.exception("could not update channel %s's circuit breaker", channel)
+                return None
+        return None
 
     def _note_modes(
         self,
@@ -660,7 +705,7 @@ class Dispatcher:
                 {
                     "b_id": delivery_id,
                     "b_status": o.status,
-                    "b_reason": o.reason,
+                    "b_reason": clip_reason(o.reason),
                     "b_provider": o.provider_message_id,
                     "b_sent_at": now if o.sent else None,
                     "b_finished_at": now if terminal else None,

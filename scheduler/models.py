@@ -32,6 +32,20 @@ class DeliveryStatus:
     ALL = PENDING + TERMINAL
 
 
+# ``deliveries.reason`` is a VARCHAR of this length. PostgreSQL rejects a longer
+# value (SQLite stores it), and one over-long reason fails the whole batch's
+# write, so dynamic text (adapter errors, exception messages) goes through
+# ``clip_reason`` first.
+REASON_LENGTH = 1000
+
+
+def clip_reason(reason: str | None) -> str | None:
+    """``reason`` cut to fit ``deliveries.reason`` (an ellipsis marks the cut)."""
+    if reason is None or len(reason) <= REASON_LENGTH:
+        return reason
+    return reason[: REASON_LENGTH - 1] + "…"
+
+
 class EnrollmentStatus:
     ACTIVE = "active"
     EXITED = "exited"  # an exit condition or the target left
@@ -117,7 +131,7 @@ class Delivery(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
     status: str = Field(default=DeliveryStatus.SCHEDULED, max_length=16)
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=REASON_LENGTH)
     attempts: int = 0
     lease_owner: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

@@ -34,7 +34,7 @@ from audiences.models import Contact, GroupChat
 from channels.base import ChannelError
 from channels.models import ChannelTask, TaskState
 from channels.registry import ChannelPool
-from scheduler.models import Delivery, DeliveryStatus
+from scheduler.models import Delivery, DeliveryStatus, clip_reason
 from scheduler.repository import DELIVERIES, chunked, insert_ignore
 from sopbot.clock import Clock
 from sopbot.db import session_scope
@@ -214,7 +214,9 @@ def _apply(
                 failed.append(
                     {
                         "b_id": delivery_id,
-                        "b_reason": f"mass-send task {task_id}: {outcome.reason or 'failed'}",
+                        "b_reason": clip_reason(
+                            f"mass-send task {task_id}: {outcome.reason or 'failed'}"
+                        ),
                     }
                 )
         deadline = task["created_at"] + timedelta(hours=settings.task_confirm_hours)

@@ -1,6 +1,12 @@
 """Shared fixtures. Every test gets a real database: a fresh SQLite file, or —
-when SOPBOT_TEST_DATABASE_URL points at PostgreSQL — the same suite against it,
-with the tables emptied between tests."""
+when SOPBOT_TEST_DATABASE_URL points at PostgreSQL — the same suite against a
+database of this run's own (``sopbot_test_<pid>`` on that URL's server, created
+at the start and dropped at the end), emptied between tests.
+
+Emptying between tests must never wait on a lock: whatever connection a
+previous test left open (an engine it did not dispose, a thread still in a
+transaction) is terminated first, and the statement runs under a lock timeout,
+so a leak fails the next test loudly instead of hanging the run."""
 
 from __future__ import annotations
 
@@ -11,42 +17,94 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pgtools import drop_database, fresh_database, private_name, reachable
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from scheduler.runtime import SchedulerRuntime
 from sopbot.clock import ManualClock
-from sopbot.db import create_all, import_models, make_engine, session_scope
+from sopbot.db import create_all, make_engine, session_scope
 from sopbot.settings import Settings
 
 TEST_DB_URL = os.environ.get("SOPBOT_TEST_DATABASE_URL", "")
+# How long emptying the tables may wait for a lock once leftovers are gone.
+LOCK_TIMEOUT = "10s"
 
 
 def _is_pg(url: str) -> bool:
     return url.startswith("postgresql")
 
 
+class PostgresTestDatabase:
+    """This run's PostgreSQL database and the one connection that empties it."""
+
+    def __init__(self, url: str, admin: Engine) -> None:
+        self.url = url
+        self.admin = admin
+        self.tables = [t.name for t in SQLModel.metadata.sorted_tables]
+        # One round trip tells which tables hold rows: most tests touch a few.
+        self._non_empty = text(
+            " UNION ALL ".join(
+                f"SELECT '{name}' WHERE EXISTS (SELECT 1 FROM \"{name}\")" for name in self.tables
+            )
+        )
+
+    def empty(self) -> None:
+        """Truncate the tables that hold rows and restart every id sequence
+        (tests expect the first row of a table to get id 1)."""
+        with self.admin.begin() as conn:
+            conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            self._end_other_connections(conn)
+            filled = list(conn.execute(self._non_empty).scalars())
+            if filled:
+                names = ", ".join(f'"{name}"' for name in filled)
+                conn.execute(text(f"TRUNCATE {names} CASCADE"))
+            conn.execute(
+                text(
+                    "SELECT setval(format('%I.%I', schemaname, sequencename), 1, false) "
+                    "FROM pg_sequences WHERE schemaname = current_schema() "
+                    "AND last_value IS NOT NULL"
+                )
+            )
+
+    @staticmethod
+    def _end_other_connections(conn: Connection) -> None:
+        """Terminate every other connection to this database, and wait for them
+        to go (up to 5 s each): a test's engines are disposed when it ends, so
+        anything still connected is a leftover that could hold a lock."""
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+
+
 @pytest.fixture(scope="session")
-def _pg_engine() -> Iterator[Engine | None]:
+def _pg_database() -> Iterator[PostgresTestDatabase | None]:
+    """On PostgreSQL: ``sopbot_test_<pid>`` with every table, for the whole run."""
     if not _is_pg(TEST_DB_URL):
         yield None
         return
-    engine = make_engine(TEST_DB_URL)
-    import_models()
-    SQLModel.metadata.drop_all(engine)
-    SQLModel.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+    if not reachable():
+        pytest.exit(f"PostgreSQL not reachable at SOPBOT_TEST_DATABASE_URL={TEST_DB_URL}", 3)
+    name = private_name("sopbot_test")
+    url = fresh_database(name)
+    admin = make_engine(url)
+    try:
+        create_all(admin)
+        yield PostgresTestDatabase(url, admin)
+    finally:
+        admin.dispose()
+        drop_database(name)
 
 
 @pytest.fixture
-def db_url(tmp_path: Path, _pg_engine: Engine | None) -> str:
-    if _pg_engine is not None:
-        tables = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
-        with _pg_engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        return TEST_DB_URL
+def db_url(tmp_path: Path, _pg_database: PostgresTestDatabase | None) -> str:
+    if _pg_database is not None:
+        _pg_database.empty()
+        return _pg_database.url
     return f"sqlite:///{tmp_path / 'sopbot-test.db'}"
 
 
@@ -63,9 +121,9 @@ def settings(db_url: str) -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings, _pg_engine: Engine | None) -> Iterator[Engine]:
+def engine(settings: Settings, _pg_database: PostgresTestDatabase | None) -> Iterator[Engine]:
     engine = make_engine(settings)
-    if _pg_engine is None:
+    if _pg_database is None:
         create_all(engine)
     with session_scope(engine) as session:
         from channels.registry import ensure_instance

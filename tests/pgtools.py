@@ -1,5 +1,8 @@
-"""PostgreSQL databases of their own for tests that must not share the suite's
-``test`` database (migrations, multi-process runs).
+"""PostgreSQL databases of their own: the suite's, one per run
+(``tests/conftest.py``), and those of tests that need a database to themselves
+(migrations, multi-process runs). Each is created and dropped through the
+server's ``postgres`` maintenance database, and named after this process, so
+several runs on one server never touch each other's.
 
 The server is the one SOPBOT_TEST_DATABASE_URL points at, else the machine's
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``; tests that need it
@@ -24,9 +27,11 @@ def server_url() -> str:
 
 @cache
 def reachable() -> bool:
+    """Whether the server answers, through the ``postgres`` maintenance database
+    every helper here works from (the URL's own database need not exist)."""
     try:
         engine = create_engine(
-            make_url(server_url()).set(drivername="postgresql+psycopg"),
+            make_url(server_url()).set(drivername="postgresql+psycopg", database="postgres"),
             connect_args={"connect_timeout": 3},
         )
         with engine.connect():

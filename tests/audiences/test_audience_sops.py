@@ -213,9 +213,10 @@ def test_a_group_dissolved_with_occurrences_planned_ahead_has_them_cancelled(eng
     from sopbot.db import session_scope
 
     with session_scope(engine) as session:  # the look-ahead fans 11:00 out a minute early
-        scheduler_service.plan_cron(
+        planned = scheduler_service.plan_cron(
             session, clock.now(), lookahead=timedelta(minutes=2), catch_up=timedelta(days=1)
         )
+    assert (planned.occurrences, planned.deliveries, planned.missed) == (1, 1, 0)
     assert [r.status for r in deliveries(engine)] == ["scheduled"]
     send_events(engine, clock.now(), {"kind": "group_dissolved", "external_id": "wr1"})
     (row,) = deliveries(engine)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import add_contact, deliveries, enroll, mock_sends, new_friend_spec, publish
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from api.app import create_app
@@ -141,6 +142,48 @@ async def test_breaker_past_the_grace_period_records_missed_with_the_reason(engi
     assert row.status == "missed"
     assert row.reason.startswith("not sent within its grace period: channel 'mock' paused")
     assert "maintenance window" in row.reason
+
+
+@pytest.mark.parametrize("connection_lost", [True, False], ids=["connection-lost", "other-error"])
+async def test_a_failed_breaker_update_does_not_lose_what_was_sent(
+    engine, clock, runtime, connection_lost
+):
+    """The breaker is fed after the channel call: when that write fails the
+    messages are out all the same, and must be recorded sent (not left in
+    ``sending`` for the reaper to call unknown)."""
+    clock.set(T0)
+    breakers = runtime.dispatcher.breakers
+    # One earlier failure: the next call's results are written to the breaker.
+    breakers.record("mock", successes=0, failures=1, error="HTTP 503", now=T0, config=CONFIG)
+    spec = new_friend_spec(
+        touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1d"}]
+    )
+    template_id = publish(engine, spec, T0)
+    contacts = [add_contact(engine, f"wm_{i}", f"客户{i}", T0) for i in range(2)]
+    enroll(engine, template_id, [(c, T0) for c in contacts], T0)
+    record = breakers.record
+    tries = []
+
+    def drops_the_first_write(*args, **kwargs):
+        tries.append(args)
+        if len(tries) == 1:
+            raise DBAPIError(
+                "UPDATE channel_breakers",
+                None,
+                OSError("server closed the connection unexpectedly"),
+                connection_invalidated=connection_lost,
+            )
+        return record(*args, **kwargs)
+
+    breakers.record = drops_the_first_write  # type: ignore[method-assign]
+    await runtime.dispatch_tick()
+
+    assert {r.status for r in deliveries(engine)} == {"sent"}
+    assert len(mock_sends(engine)) == 2
+    # A lost connection is tried again on a new one; any other error costs only
+    # this one breaker update.
+    assert len(tries) == (2 if connection_lost else 1)
+    assert state(engine)["consecutive_failures"] == (0 if connection_lost else 1)
 
 
 @pytest.fixture
