@@ -53,7 +53,7 @@ class ChannelPolicy(SQLModel, table=True):
     instance: str = Field(primary_key=True, max_length=100)
     rate_per_second: float | None = None  # None: no rate limit
     burst: int | None = None  # bucket size; default max(1, ceil(rate))
-    breaker_threshold: int | None = None  # consecutive failures that open the breaker
+    breaker_threshold: int | None = None  # consecutive failed calls that open the breaker
     breaker_cooldown_seconds: float | None = None
     max_attempts: int | None = None  # per channel, else Settings.max_attempts
 

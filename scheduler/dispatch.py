@@ -529,8 +529,14 @@ class Dispatcher:
         """One adapter call under the concurrency limit; its results feed the breaker."""
         async with limit:
             results = await self._send(adapter, batch)
-        successes = sum(1 for o in results.values() if o.status == S.SENT)
+        # The breaker counts calls, not messages: one failed mass send of 10,000
+        # contacts is one failure of the channel, and a call that delivered
+        # anything shows the channel works (a few bad recipients do not trip it).
+        sent_any = any(o.status == S.SENT for o in results.values())
         failed = [o for o in results.values() if o.status in ("retry", S.UNKNOWN)]
+        if sent_any:
+            failed = []
+        successes = 1 if sent_any else 0
         seen = self._breaker_seen.get(channel, {})
         healthy = seen.get("state", "closed") == "closed" and not seen.get("consecutive_failures")
         if failed or not healthy:  # a healthy channel costs no write
@@ -541,14 +547,17 @@ class Dispatcher:
                 self._record_breaker,
                 channel,
                 successes=successes,
-                failures=len(failed),
+                failures=1 if failed else 0,
                 error=failed[0].reason if failed else None,
                 config=policy.breaker,
             )
             if state is not None:
                 if state != "closed":
                     log.warning("channel %s circuit breaker is %s", channel, state)
-                self._breaker_seen[channel] = {"state": state, "consecutive_failures": len(failed)}
+                self._breaker_seen[channel] = {
+                    "state": state,
+                    "consecutive_failures": 1 if failed else 0,
+                }
         return results
 
     def _record_breaker(

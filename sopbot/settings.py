@@ -56,7 +56,9 @@ class Settings(BaseSettings):
         "rendered while the previous one waits on its channel)",
     )
     redis_url: str | None = Field(None, description="shared rate-limit buckets (else database)")
-    breaker_threshold: int = Field(5, ge=1, description="consecutive failures that open a breaker")
+    breaker_threshold: int = Field(
+        5, ge=1, description="consecutive failed channel calls that open its breaker"
+    )
     breaker_cooldown_seconds: float = Field(60.0, gt=0, description="open breaker pause")
     breaker_probe_wait_seconds: float = Field(
         10.0, gt=0, description="while a half-open probe runs, others wait this long"

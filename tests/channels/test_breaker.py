@@ -128,6 +128,35 @@ async def test_failing_channel_opens_then_resumes_after_a_successful_trial(engin
     assert len(mock_sends(engine)) == 8
 
 
+async def test_the_breaker_counts_failed_calls_not_recipients(engine, clock, settings):
+    """One failed call carrying ten messages is one failure of the channel: with a
+    threshold of 3 the breaker stays closed; two more failed calls open it."""
+    clock.set(T0)
+    with session_scope(engine) as session:
+        session.add(
+            ChannelPolicy(instance="mock", breaker_threshold=3, breaker_cooldown_seconds=60)
+        )
+    spec = new_friend_spec(
+        touchpoints=[{"name": "hi", "timing": "+0m", "content": "你好", "grace": "1d"}]
+    )
+    template_id = publish(engine, spec, T0)
+    contacts = [add_contact(engine, f"wm_{i}", f"客户{i}", T0) for i in range(10)]
+    enroll(engine, template_id, [(c, T0) for c in contacts], T0)
+    runtime = SchedulerRuntime(engine, clock, settings.model_copy(update={"dispatch_pipeline": 1}))
+    mock = runtime.channels.get("mock")
+    mock.config.fail_mode = "retryable"
+
+    await runtime.dispatch_tick()  # one call, ten messages
+    assert mock.calls == 1
+    assert state(engine)["state"] == "closed"
+    assert state(engine)["consecutive_failures"] == 1
+
+    for _ in range(2):  # the ten retries come due together: two more failed calls
+        clock.advance(seconds=3600)
+        await runtime.dispatch_tick()
+    assert state(engine)["state"] == "open"
+
+
 async def test_breaker_past_the_grace_period_records_missed_with_the_reason(engine, clock, runtime):
     clock.set(T0)
     CircuitBreakers(engine, "op").trip("mock", T0, T0 + timedelta(days=1), "maintenance window")
