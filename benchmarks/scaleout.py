@@ -395,6 +395,17 @@ def workers(
 # -- the benchmark ----------------------------------------------------------------------------
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine, from /proc/stat (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 def run_case(
     database_url: str,
     n: int,
@@ -403,6 +414,7 @@ def run_case(
     workdir: Path,
     *,
     timeout: float,
+    worker_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     engine = make_engine(database_url)
     try:
@@ -427,9 +439,12 @@ def run_case(
             claim_batch_size=100 if per_message else 500,
             log_format="text",
             log_level="WARNING",
+            **(worker_settings or {}),
         ):
+            cpu_before = _cpu_times()
             released_at = release(engine)
             wait_until(lambda: pending(engine) == 0, timeout, interval=0.2, what="drained")
+            cpu_after = _cpu_times()
         totals = worker_totals(engine)  # after the graceful stop's last heartbeat
         with engine.connect() as conn:
             first, last = conn.execute(
@@ -454,6 +469,13 @@ def run_case(
             "exactly_once": ok,
             "heartbeat_counts_match": sum(t["sent"] for t in totals.values()) == n,
             "sent_by_worker": {k: v["sent"] for k, v in sorted(totals.items())},
+            # How busy the whole machine's CPUs were while draining (workers,
+            # database, everything): near 1.0 means more workers cannot help here.
+            "machine_cpu_busy": (
+                round((cpu_after[0] - cpu_before[0]) / (cpu_after[1] - cpu_before[1]), 2)
+                if cpu_before and cpu_after and cpu_after[1] > cpu_before[1]
+                else None
+            ),
         }
     finally:
         engine.dispose()
@@ -463,6 +485,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_latency = args.deliveries_latency or (2_000 if args.quick else 10_000)
     n_zero = args.deliveries_zero or (5_000 if args.quick else 30_000)
     counts = [int(c) for c in args.workers.split(",")]
+    tuning: dict[str, Any] = {}
+    if args.send_concurrency:
+        tuning["send_concurrency"] = args.send_concurrency
+    if args.pipeline:
+        tuning["dispatch_pipeline"] = args.pipeline
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sopbot-scaleout-") as tmp:
         workdir = Path(tmp)
@@ -471,7 +498,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for count in counts:
                 _log(f"postgresql, {count} worker(s), latency {latency:g} ms, {n} deliveries")
                 url = fresh_postgres(args.database_url, BENCH_DATABASE)
-                result = run_case(url, n, count, latency, workdir, timeout=args.timeout)
+                result = run_case(
+                    url, n, count, latency, workdir, timeout=args.timeout, worker_settings=tuning
+                )
                 result["database"] = "postgresql"
                 results.append(result)
                 _log(
@@ -479,7 +508,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             _log(f"sqlite, 1 worker, latency {latency:g} ms, {n} deliveries")
             path = workdir / f"bench-{int(latency)}.db"
-            result = run_case(f"sqlite:///{path}", n, 1, latency, workdir, timeout=args.timeout)
+            result = run_case(
+                f"sqlite:///{path}",
+                n,
+                1,
+                latency,
+                workdir,
+                timeout=args.timeout,
+                worker_settings=tuning,
+            )
             result["database"] = "sqlite"
             results.append(result)
             _log(
@@ -506,6 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "scaleout",
         "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "worker_settings": tuning or "defaults",
         "results": results,
         "speedup_20ms": {str(c): speedup(20.0, c) for c in counts if c != 1},
         "speedup_0ms": {str(c): speedup(0.0, c) for c in counts if c != 1},
@@ -522,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deliveries-latency", type=int, default=None)
     parser.add_argument("--deliveries-zero", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    parser.add_argument(
+        "--send-concurrency", type=int, default=None, help="SOPBOT_SEND_CONCURRENCY of the workers"
+    )
+    parser.add_argument(
+        "--pipeline", type=int, default=None, help="SOPBOT_DISPATCH_PIPELINE of the workers"
+    )
     args = parser.parse_args(argv)
     result = run(args)
     if args.json:
