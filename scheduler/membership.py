@@ -686,9 +686,11 @@ def segment_targets(
         ENROLLMENTS.c.target_id == table.c.id,
     )
     conditions = [not_(enrolled), *(not_(has_tag(t)) for t in spec.exit.tags_added)]
-    if spec.anchor == "fixed":
-        anchor: Any = literal(fixed_start(spec), table.c.joined_at.type)
-    elif spec.anchor == "tag" and spec.anchor_tag in tag_ids:
+    if spec.anchor == "fixed":  # one anchor for everyone: no need to read it per row
+        start = ensure_utc(fixed_start(spec))
+        ids = session.execute(query.where(and_(*conditions)).order_by(table.c.id)).scalars()
+        return [(target_id, start) for target_id in ids]
+    if spec.anchor == "tag" and spec.anchor_tag in tag_ids:
         anchor = func.coalesce(
             select(TAG_ASSIGNMENTS.c.tagged_at)
             .where(

@@ -112,7 +112,7 @@ def enroll(
     for target_id, anchor in targets:
         unique.setdefault(int(target_id), anchor)
     ids = list(unique)
-    instant, active = instant_param(session), EnrollmentStatus.ACTIVE
+    instant, active = memoized(instant_param(session)), EnrollmentStatus.ACTIVE
     sqlite = session.get_bind().dialect.name == "sqlite"
     key = (
         ENROLLMENTS.c.template_id == template.id,
@@ -162,8 +162,11 @@ def enroll(
         result.deliveries += len(outbox)
         result.skipped += sum(1 for row in outbox if row[_STATUS] == DeliveryStatus.SKIPPED)
         # In due order, the outbox's time indexes grow at a few points instead of
-        # taking every row at a random place: fewer B-tree pages touched.
-        outbox.sort(key=_run_at_key)
+        # taking every row at a random place: fewer B-tree pages touched. (With one
+        # shared anchor -- a fixed start -- they already do, and the key's order
+        # is better left alone.)
+        if len({anchor for _, _, anchor in fresh}) > 1:
+            outbox.sort(key=_run_at_key)
         insert_rows(session, DELIVERIES, DELIVERY_COLUMNS, outbox)
     # Cron occurrences already fanned out ahead of time must include newcomers.
     for plan in plans:
