@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -50,6 +49,7 @@ from sqlmodel import Session
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
 from scheduler.models import Delivery, DeliveryStatus, Enrollment
+from scheduler.repository import among
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 from sopbot.db import is_sqlite, reader
 
@@ -65,6 +65,7 @@ ORDERS = ("desc", "asc")
 MAX_PAGE = 1000
 MAX_ID = 2**63 - 1  # ids are 64-bit: larger numbers cannot name a row
 EXPORT_BATCH = 2000
+TARGET_MEMORY = 10_000  # targets an export remembers across batches (see _Labels._targets)
 
 STATUS_ZH = {
     "scheduled": "待发送",
@@ -391,8 +392,16 @@ _SQLITE_COLUMNS = tuple(
 )
 
 
-def _columns(sqlite: bool) -> tuple[Any, ...]:
-    return _SQLITE_COLUMNS if sqlite else _COLUMNS
+_NOT_IN_CSV = ("version_id", "occurrence", "run_at")
+
+
+def _columns(sqlite: bool, *, csv: bool = False) -> tuple[Any, ...]:
+    """The columns read for log entries, or (``csv``) for CSV lines, which leave
+    out a few (fewer values to convert on an export)."""
+    columns = _SQLITE_COLUMNS if sqlite else _COLUMNS
+    if csv:
+        return tuple(c for c in columns if c.name not in _NOT_IN_CSV)
+    return columns
 
 
 def _utc(text: str | None) -> datetime | None:
@@ -420,30 +429,73 @@ def _seconds(later: Any, earlier: Any) -> float | None:
     return float((later - earlier).total_seconds())
 
 
+def _iso_utc(value: datetime | str | None) -> str | None:
+    """An instant as ``LogEntry.as_json`` writes it (ISO 8601, UTC, ``Z``), from a
+    datetime or SQLite's stored "YYYY-MM-DD HH:MM:SS.ffffff" UTC text, which is
+    rearranged rather than parsed."""
+    if value is None:
+        return None
+    if value.__class__ is str:
+        text: str = value  # type: ignore[assignment]
+        if len(text) == 26 and text[19] == ".":
+            if text.endswith("000000"):  # isoformat() leaves out a zero fraction
+                return f"{text[:10]}T{text[11:19]}Z"
+            return f"{text[:10]}T{text[11:]}Z"
+        value = _utc(text)
+    return value.isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+
+
+def _json_line(entry: dict[str, Any]) -> bytes:
+    """One NDJSON line, the bytes of ``json.dumps(entry, ensure_ascii=False,
+    separators=(",", ":"))`` in UTF-8, from pydantic's JSON serializer (a
+    fraction of the standard library encoder's time). The two write everything
+    alike but floats below 1e-4 ("5e-05" against "0.00005"); the one float of an
+    entry is its lateness (content parts hold strings), and such a lateness, rare
+    as it is, goes through the standard library."""
+    late = entry["lateness_seconds"]
+    if late is not None and -1e-4 < late < 1e-4 and late:
+        return _stdlib_json_line(entry).encode()
+    return to_json(entry)
+
+
+_stdlib_json_line = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 _NO_TARGET: tuple[Any, Any, Any] = (None, None, None)
 _NO_TOUCHPOINT: tuple[Any, Any] = (None, None)
 
 
 class _Labels:
-    """Names for ids, looked up once per batch of rows (templates and
-    touchpoints are cached for the whole read: there are few of them)."""
+    """Names for ids, looked up once per batch of rows (templates, touchpoints
+    and accounts are cached for the whole read: there are few of them; targets
+    for recent batches, see ``_targets``)."""
 
-    def __init__(self, conn: Connection | Session, *, sqlite: bool) -> None:
+    def __init__(self, conn: Connection | Session, *, sqlite: bool, csv: bool = False) -> None:
         self.conn = conn
         self.raw_times = sqlite
+        # where the ids to look up are in the rows (see _columns)
+        names = [c.name for c in _columns(sqlite, csv=csv)]
+        self._template_at, self._touchpoint_at, self._kind_at, self._target_at = (
+            names.index(name)
+            for name in ("template_id", "touchpoint_id", "target_kind", "target_id")
+        )
         self.templates: dict[int, str] = {}
         self.touchpoints: dict[int, tuple[str, int]] = {}
         self.accounts: dict[int, str] = {}
+        self._recent_targets: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        self._older_targets: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        # CSV columns already written, by (template, touchpoint), by account and
+        # by (target kind, channel, mode, status): few of each, kept for the read.
+        self._csv_touchpoints: dict[tuple[int, int], str] = {}
+        self._csv_accounts: dict[int | None, str] = {}
+        self._csv_outcomes: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
     def _prepare(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
         """Load the names this batch needs; return its targets by (kind, id)."""
-        self._load_templates({r[1] for r in rows} - self.templates.keys())
-        self._load_touchpoints({r[3] for r in rows} - self.touchpoints.keys())
-        targets = self._targets(rows)
-        self._load_accounts(
-            {t[2] for t in targets.values() if t[2] is not None} - self.accounts.keys()
-        )
-        return targets
+        template, touchpoint = self._template_at, self._touchpoint_at
+        self._load_templates({r[template] for r in rows} - self.templates.keys())
+        self._load_touchpoints({r[touchpoint] for r in rows} - self.touchpoints.keys())
+        return self._targets(rows)
 
     def entries(self, rows: Sequence[Row[Any]]) -> list[LogEntry]:
         targets = self._prepare(rows)
@@ -506,63 +558,154 @@ class _Labels:
             )
         return out
 
-    def csv_rows(self, rows: Sequence[Row[Any]], local: _LocalTime) -> list[list[Any]]:
-        """CSV lines straight from database rows: the export's hot loop, so no
-        LogEntry and, on SQLite, no datetime for a time that is only printed."""
+    def json_lines(self, rows: Sequence[Row[Any]]) -> bytes:
+        """NDJSON lines of these rows, each ``LogEntry.as_json()`` of the row but
+        built straight from it: the NDJSON export's hot loop, so no LogEntry, and
+        on SQLite no datetime for a time that is only printed."""
         targets = self._prepare(rows)
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
+        encode, iso, seconds = _json_line, _iso_utc, _seconds
         out = []
-        for r in rows:
-            (
-                row_id,
-                template_id,
-                _version_id,
-                touchpoint_id,
-                _occurrence,
-                target_kind,
-                target_id,
-                channel,
-                mode,
-                status,
-                reason,
-                due_at,
-                _run_at,
-                sent_at,
-                finished_at,
-                attempts,
-                provider_message_id,
-                rendered,
-            ) = r
+        for (
+            row_id,
+            template_id,
+            version_id,
+            touchpoint_id,
+            occurrence,
+            target_kind,
+            target_id,
+            channel,
+            mode,
+            status,
+            reason,
+            due_at,
+            run_at,
+            sent_at,
+            finished_at,
+            attempts,
+            provider_message_id,
+            rendered,
+        ) in rows:
             external_id, name, account_id = targets.get((target_kind, target_id), _NO_TARGET)
             tp_name, version = touchpoints.get(touchpoint_id, _NO_TOUCHPOINT)
-            lateness = _seconds(sent_at, due_at)
+            entry = {
+                "id": row_id,
+                "template_id": template_id,
+                "template_name": templates.get(template_id),
+                "version_id": version_id,
+                "version": version,
+                "touchpoint_id": touchpoint_id,
+                "touchpoint_name": tp_name,
+                "occurrence": occurrence,
+                "target_kind": target_kind,
+                "target_id": target_id,
+                "target_external_id": external_id,
+                "target_name": name,
+                "account_id": account_id,
+                "account_name": accounts.get(account_id) if account_id is not None else None,
+                "channel": channel,
+                "mode": mode,
+                "status": status,
+                "reason": reason,
+                "due_at": iso(due_at),
+                "run_at": iso(run_at),
+                "sent_at": iso(sent_at),
+                "finished_at": iso(finished_at),
+                "lateness_seconds": seconds(sent_at, due_at),
+                "attempts": attempts,
+                "provider_message_id": provider_message_id,
+                "rendered": _parts(rendered),
+            }
+            out.append(encode(entry))
+        out.append(b"")
+        return b"\n".join(out)
+
+    def csv_text(self, rows: Sequence[Row[Any]], local: _LocalTime) -> str:
+        """The CSV lines of these rows, straight from database rows: the export's
+        hot loop, so no LogEntry, no list per line for ``csv.writer`` to walk
+        again, and, on SQLite, no datetime for a time that is only printed. The
+        columns that follow from the touchpoint, the staff account or the outcome
+        are written once per export and reused."""
+        targets = self._prepare(rows)
+        touchpoints, outcomes = self._csv_touchpoints, self._csv_outcomes
+        accounts = self._csv_accounts
+        local_text, seconds, parse = local.text, _seconds, datetime.fromisoformat
+        raw = self.raw_times
+        out = []
+        for (  # the columns of _columns(csv=True)
+            row_id,
+            template_id,
+            touchpoint_id,
+            target_kind,
+            target_id,
+            channel,
+            mode,
+            status,
+            reason,
+            due_at,
+            sent_at,
+            finished_at,
+            attempts,
+            provider_message_id,
+            rendered,
+        ) in rows:
+            key = (template_id, touchpoint_id)
+            touchpoint = touchpoints.get(key)
+            if touchpoint is None:
+                touchpoint = touchpoints[key] = self._csv_touchpoint(template_id, touchpoint_id)
+            external_id, name, account_id = targets.get((target_kind, target_id), _NO_TARGET)
+            account = accounts.get(account_id)
+            if account is None:
+                account = accounts[account_id] = self._csv_account(account_id)
+            outcome_key = (target_kind, channel, mode, status)
+            outcome = outcomes.get(outcome_key)
+            if outcome is None:
+                outcome = outcomes[outcome_key] = self._csv_outcome(*outcome_key)
+            if sent_at is None:
+                sent = lateness = ""
+                finished = local_text(finished_at)
+            else:
+                sent = local_text(sent_at)
+                # a sent delivery usually finished the moment it was sent
+                finished = sent if finished_at == sent_at else local_text(finished_at)
+                if raw:  # _seconds, inline: this loop runs once per exported row
+                    late = (parse(sent_at) - parse(due_at)).total_seconds()
+                else:
+                    late = seconds(sent_at, due_at)
+                lateness = f"{late:.3f}"
+            content = csv_field(content_text(_parts(rendered))) if rendered else ""
             out.append(
-                [
-                    row_id,
-                    templates.get(template_id) or "",
-                    template_id,
-                    version or "",
-                    tp_name or "",
-                    touchpoint_id,
-                    TARGET_ZH.get(target_kind, target_kind),
-                    name or "",
-                    target_id,
-                    external_id or "",
-                    accounts.get(account_id, "") if account_id is not None else "",
-                    channel,
-                    MODE_ZH.get(mode, mode),
-                    STATUS_ZH.get(status, status),
-                    reason or "",
-                    local(due_at),
-                    local(sent_at),
-                    local(finished_at),
-                    "" if lateness is None else f"{lateness:.3f}",
-                    attempts,
-                    provider_message_id or "",
-                    content_text(_parts(rendered)),
-                ]
+                f"{row_id},{touchpoint},{outcome[0]},{csv_field(name) if name else ''},"
+                f"{target_id},{csv_field(external_id) if external_id else ''},{account},"
+                f"{outcome[1]},{csv_field(reason) if reason else ''},"
+                f"{local_text(due_at)},{sent},{finished},{lateness},{attempts},"
+                f"{csv_field(provider_message_id) if provider_message_id else ''},{content}\r\n"
             )
-        return out
+        return "".join(out)
+
+    def _csv_touchpoint(self, template_id: int, touchpoint_id: int) -> str:
+        """The template and touchpoint columns of the CSV."""
+        name, version = self.touchpoints.get(touchpoint_id, _NO_TOUCHPOINT)
+        return csv_line(
+            (
+                self.templates.get(template_id) or "",
+                str(template_id),
+                str(version or ""),
+                name or "",
+                str(touchpoint_id),
+            ),
+            end="",
+        )
+
+    def _csv_account(self, account_id: int | None) -> str:
+        """The staff account column of the CSV."""
+        return csv_field(self.accounts.get(account_id, "") if account_id is not None else "")
+
+    def _csv_outcome(self, kind: str, channel: str, mode: str, status: str) -> tuple[str, str]:
+        """The target type column, and the channel, mode and status ones, of the CSV."""
+        return csv_field(TARGET_ZH.get(kind, kind)), csv_line(
+            (channel, MODE_ZH.get(mode, mode), STATUS_ZH.get(status, status)), end=""
+        )
 
     def _load_templates(self, ids: set[int]) -> None:
         if ids:
@@ -585,20 +728,42 @@ class _Labels:
             self.accounts.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
 
     def _targets(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
-        out: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
-        for kind, table, account in (
+        """(external id, name, account id) by (kind, id), for (at least) these
+        rows' targets, whose accounts are loaded too. A target's deliveries lie
+        close together in log order (its touchpoints are hours apart), so the
+        targets of recent batches are remembered rather than looked up again:
+        two generations of about ``TARGET_MEMORY``, which keeps a long export's
+        memory bounded."""
+        if len(self._recent_targets) > TARGET_MEMORY:
+            self._older_targets, self._recent_targets = self._recent_targets, {}
+        recent, older = self._recent_targets, self._older_targets
+        wanted: dict[str, set[int]] = {"contact": set(), "group": set()}
+        kind, target = self._kind_at, self._target_at
+        for r in rows:
+            key = (r[kind], r[target])
+            if key not in recent:
+                known = older.get(key)
+                if known is not None:
+                    recent[key] = known
+                elif key[0] in wanted:
+                    wanted[key[0]].add(key[1])
+        accounts = set()
+        for kind_name, table, account in (
             ("contact", CONTACTS, CONTACTS.c.account_id),
             ("group", GROUPS, GROUPS.c.owner_account_id),
         ):
-            ids = {r[6] for r in rows if r[5] == kind}  # (target_kind, target_id)
+            ids = wanted[kind_name]
             if not ids:
                 continue
             stmt = select(table.c.id, table.c.external_id, table.c.name, account).where(
-                table.c.id.in_(ids)
+                among(table.c.id, list(ids), self.conn)
             )
-            for target_id, external_id, name, account_id in self.conn.execute(stmt).all():
-                out[(kind, target_id)] = (external_id, name, account_id)
-        return out
+            found = {row[0]: tuple(row[1:]) for row in self.conn.execute(stmt).all()}
+            for target_id in ids:  # a target deleted since: no names, remembered too
+                recent[(kind_name, target_id)] = found.get(target_id, _NO_TARGET)
+            accounts.update(t[2] for t in found.values() if t[2] is not None)
+        self._load_accounts(accounts - self.accounts.keys())
+        return recent
 
 
 # -- reading ------------------------------------------------------------------------
@@ -629,13 +794,19 @@ class _Segment:
 
 
 def _segments(
-    flt: LogFilter, *, sqlite: bool, sort: str, order: str, after: Cursor | None
+    flt: LogFilter,
+    *,
+    sqlite: bool,
+    sort: str,
+    order: str,
+    after: Cursor | None,
+    columns: tuple[Any, ...] | None = None,
 ) -> list[_Segment]:
     """The log from just after ``after``, as ordered segments read one after the
     other: one for the due sort; for the sent sort, the sent rows by (sent_at,
-    id), then the unsent ones by id."""
+    id), then the unsent ones by id. ``columns``: those of ``_columns``."""
     desc = order == "desc"
-    columns = _columns(sqlite)
+    columns = columns or _columns(sqlite)
 
     def beyond(keys: tuple[Any, ...], values: tuple[Any, ...]) -> ColumnElement[bool]:
         typed = [literal(v, c.type) for c, v in zip(keys, values, strict=True)]
@@ -704,15 +875,27 @@ def read_snapshot(engine: Engine) -> Engine:
 
 
 def _batches(
-    engine: Engine, flt: LogFilter, *, sort: str, order: str, batch_size: int = EXPORT_BATCH
+    engine: Engine,
+    flt: LogFilter,
+    *,
+    sort: str,
+    order: str,
+    csv: bool = False,
+    batch_size: int | None = None,
 ) -> Iterator[tuple[_Labels, list[Row[Any]]]]:
-    """Every matching row in log order, in batches, streamed from server-side
+    """Every matching row in log order (the columns of ``_columns``), in batches
+    of ``batch_size`` (default ``EXPORT_BATCH``), streamed from server-side
     cursors in one snapshot: memory stays at one batch however many rows match."""
     check_sort(sort, order)
+    batch_size = batch_size or EXPORT_BATCH
     sqlite = is_sqlite(engine)
+    columns = _columns(sqlite, csv=csv)
     with read_snapshot(engine).connect() as conn:
-        labels = _Labels(conn, sqlite=sqlite)
-        for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None):
+        labels = _Labels(conn, sqlite=sqlite, csv=csv)
+        segments = _segments(
+            flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns
+        )
+        for segment in segments:
             for batch in segment.stream(conn, batch_size):
                 yield labels, batch
 
@@ -743,12 +926,16 @@ def read_entries(
 class _LocalTime:
     """UTC → "YYYY-MM-DD HH:MM:SS" in the workspace zone (Excel reads it as a
     date-time), from a datetime or SQLite's stored "YYYY-MM-DD HH:MM:SS.ffffff"
-    UTC text. The local "YYYY-MM-DD HH" of each UTC hour is worked out once; a
-    zone whose offset is not whole hours takes the general path."""
+    UTC text. The local "YYYY-MM-DD HH" of each UTC hour is worked out once, and
+    the last hour's text is kept at hand (a log is read in time order, so most
+    values fall in the hour before them); a zone whose offset is not whole hours
+    takes the general path."""
 
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
         self._hours: dict[Any, str | None] = {}
+        self._last_hour = "-"  # stored text of the last hour seen, and its local prefix
+        self._last_prefix = ""
 
     def _prefix(self, key: Any, instant: datetime) -> str | None:
         local = instant.astimezone(self.zone)
@@ -756,7 +943,13 @@ class _LocalTime:
         prefix = self._hours[key] = local.strftime("%Y-%m-%d %H") if whole else None
         return prefix
 
-    def __call__(self, value: datetime | str | None) -> str:
+    def text(self, value: datetime | str | None) -> str:
+        """``value`` in local time, as written in the CSV ("" for none)."""
+        if value.__class__ is str and value.startswith(self._last_hour):  # type: ignore[union-attr]
+            return self._last_prefix + value[13:19]  # type: ignore[index]
+        return self._general(value)
+
+    def _general(self, value: datetime | str | None) -> str:
         if value is None:
             return ""
         if isinstance(value, str):
@@ -765,6 +958,7 @@ class _LocalTime:
             if prefix == "":
                 prefix = self._prefix(key, datetime.fromisoformat(value[:19] + "+00:00"))
             if prefix is not None:
+                self._last_hour, self._last_prefix = key, prefix
                 return prefix + value[13:19]
             value = datetime.fromisoformat(value[:19] + "+00:00")
         hour = value.toordinal() * 24 + value.hour
@@ -803,30 +997,38 @@ def csv_header(zone_name: str) -> list[str]:
     ]
 
 
+def csv_field(text: str) -> str:
+    """``text`` as one CSV field, as ``csv.writer`` writes it by default (the
+    excel dialect, minimal quoting): quoted when it holds a comma, a quote or a
+    line break, its quotes doubled."""
+    if '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    if "," in text or "\n" in text or "\r" in text:
+        return '"' + text + '"'
+    return text
+
+
+def csv_line(fields: Iterable[str], *, end: str = "\r\n") -> str:
+    """CSV fields joined into a line, ending in CRLF as ``csv.writer``'s lines do
+    (``end=""``: part of a line)."""
+    return ",".join(map(csv_field, fields)) + end
+
+
 def export_csv(
     engine: Engine, flt: LogFilter, zone: tzinfo, *, sort: str = "due_at", order: str = "desc"
 ) -> Iterator[bytes]:
     """The log as CSV, UTF-8 with a BOM (so Excel reads Chinese text), times in
     ``zone``; one chunk of bytes per batch of rows."""
     local = _LocalTime(zone)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(csv_header(str(zone)))
-    yield "\ufeff".encode() + buffer.getvalue().encode()
-    for labels, rows in _batches(engine, flt, sort=sort, order=order):
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerows(labels.csv_rows(rows, local))
-        yield buffer.getvalue().encode()
+    yield ("\ufeff" + csv_line(csv_header(str(zone)))).encode()
+    for labels, rows in _batches(engine, flt, sort=sort, order=order, csv=True):
+        yield labels.csv_text(rows, local).encode()
 
 
 def export_ndjson(
     engine: Engine, flt: LogFilter, *, sort: str = "due_at", order: str = "desc"
 ) -> Iterator[bytes]:
     """The log as newline-delimited JSON: one object per delivery (the API's row
-    shape, times in UTC), one chunk of bytes per batch of rows."""
-    for entries in iter_entries(engine, flt, sort=sort, order=order):
-        yield "".join(
-            json.dumps(e.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
-            for e in entries
-        ).encode()
+    shape, ``LogEntry.as_json``: times in UTC), one chunk of bytes per batch of rows."""
+    for labels, rows in _batches(engine, flt, sort=sort, order=order):
+        yield labels.json_lines(rows)

@@ -26,6 +26,7 @@ from scheduler import service, tasks
 from scheduler.dispatch import Dispatcher, DispatchStats
 from scheduler.heartbeat import Heartbeat
 from scheduler.metrics import DispatchMetrics
+from scheduler.retention import RollupResult, roll_up
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings
@@ -38,6 +39,7 @@ JOB_REAP = "sopbot:reap-leases"
 JOB_TASKS = "sopbot:poll-tasks"
 JOB_HEARTBEAT = "sopbot:heartbeat"
 JOB_INBOX = "sopbot:apply-inbox"
+JOB_ROLLUP = "sopbot:rollup"
 
 
 def default_worker_id() -> str:
@@ -138,6 +140,12 @@ class SchedulerRuntime:
         """Tell the database this process is alive (``workers`` row)."""
         await asyncio.to_thread(self.heartbeat.beat)
 
+    async def rollup_tick(self) -> RollupResult:
+        """Add newly finished deliveries to the statistics rollups, so a
+        template's report reads a few hourly rows instead of every delivery.
+        Workers may all run it: the rollup watermark is locked while it moves."""
+        return await asyncio.to_thread(roll_up, self.engine, self.clock, self.settings)
+
     async def poll_tasks_tick(self) -> tasks.PollStats:
         """Resolve task-mode deliveries (staff-confirmed mass sends)."""
         return await tasks.poll_tasks(self.engine, self.clock, self.channels, self.settings)
@@ -189,6 +197,14 @@ class SchedulerRuntime:
             id=JOB_INBOX,
             **common,
         )
+        if self.settings.rollup_interval_seconds > 0:
+            scheduler.add_job(
+                self.rollup_tick,
+                "interval",
+                seconds=self.settings.rollup_interval_seconds,
+                id=JOB_ROLLUP,
+                **common,
+            )
         scheduler.add_job(
             self.heartbeat_tick,
             "interval",

@@ -12,6 +12,10 @@ Every figure is the sum of two disjoint parts:
   are ``id > M``, ``id <= M AND due_at >= W`` and ``id IN H``, three index-driven
   reads whose size is the recent and pending part of the log, not its history.
 
+Each part is read once: the live rows in one statement (one materialized CTE,
+every breakdown a GROUP BY of it, joined by UNION ALL), the rollups in three
+(per status and reason with their histograms, per hour, per account).
+
 Lateness (``sent_at - due_at`` of sent deliveries) is counted in whole
 milliseconds into buckets (``lateness_bucket``: 0.1 s wide below 10 s, 1 s below
 10 min, 1 min below a day, 1 h beyond), so settled and live parts merge exactly;
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, NamedTuple
@@ -36,16 +40,20 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Integer,
+    Select,
+    String,
+    Text,
     and_,
     case,
     cast,
     extract,
     func,
+    literal,
+    null,
     select,
-    true,
     union_all,
 )
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from audiences.models import Account, Contact, GroupChat
@@ -457,82 +465,177 @@ class _Fact(NamedTuple):
     late_max_ms: int | None
 
 
-def _facts(
-    session: Session, live: Any, flt: StatsFilter, mark: Watermark, now: datetime, zone: tzinfo
-) -> list[_Fact]:
-    """Deliveries by (version, touchpoint, channel, status, reason), live plus settled."""
-    late = live.c.late_ms
-    keys = (live.c.version_id, live.c.touchpoint_id, live.c.channel, live.c.status, live.c.reason)
-    rows = session.execute(
+@dataclass
+class _Part:
+    """One part of the deliveries (live or settled) counted by every breakdown
+    the statistics show; ``template_stats`` adds the parts up."""
+
+    facts: list[_Fact] = field(default_factory=list)
+    histograms: dict[int, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+    hours: dict[int, dict[str, int]] = field(default_factory=dict)  # hour number -> status -> n
+    # (account, status, deliveries, of which due)
+    accounts: list[tuple[int | None, str, int, int]] = field(default_factory=list)
+
+
+# The columns of the live read. Each of its UNION ALL arms fills the ones it groups
+# by and leaves the rest NULL, typed, so PostgreSQL can match the arms up.
+_LIVE_SHAPE: dict[str, Any] = {
+    "version_id": BigInteger,
+    "touchpoint_id": BigInteger,
+    "channel": String,
+    "status": String,
+    "reason": String,
+    "late_bucket": BigInteger,
+    "hour": BigInteger,
+    "account_id": BigInteger,
+    "deliveries": BigInteger,
+    "due": BigInteger,
+    "late_count": BigInteger,
+    "late_sum_ms": BigInteger,
+    "late_max_ms": BigInteger,
+}
+
+
+def _arm(part: str, **columns: Any) -> Select[Any]:
+    """A SELECT in the shape of ``_LIVE_SHAPE``, tagged ``part``."""
+    return select(
+        literal(part, String).label("part"),
+        *(
+            (columns[name] if name in columns else cast(null(), type_)).label(name)
+            for name, type_ in _LIVE_SHAPE.items()
+        ),
+    )
+
+
+def _read_live(session: Session, live: Any, dialect: str, target_kind: str, now: datetime) -> _Part:
+    """The live part in one statement: three GROUP BYs of the live CTE joined by
+    UNION ALL, so the CTE (the read of ``deliveries``) is computed once, not once
+    per breakdown. The facts are split by lateness bucket as well, which gives the
+    histograms with them (only sent rows have a bucket; every figure of a fact is
+    a sum or a maximum, so the split adds up to the same tallies)."""
+    late, status = live.c.late_ms, live.c.status
+    bucket = lateness_bucket_sql(late)
+    hour = hour_number(live.c.due_at, dialect)
+    targets, account = account_of(target_kind)
+    due = func.sum(case((live.c.due_at <= now, 1), else_=0))
+    keys = (live.c.version_id, live.c.touchpoint_id, live.c.channel, status, live.c.reason)
+    facts = _arm(
+        "fact",
+        **{key.name: key for key in keys},
+        late_bucket=bucket,
+        deliveries=func.count(),
+        due=due,
+        late_count=func.count(late),
+        late_sum_ms=func.sum(late),
+        late_max_ms=func.max(late),
+    ).group_by(*keys, bucket)
+    hours = _arm("hour", hour=hour, status=status, deliveries=func.count()).group_by(hour, status)
+    joined = live.outerjoin(
+        targets, and_(targets.c.id == live.c.target_id, live.c.target_kind == target_kind)
+    )
+    accounts = (
+        _arm("account", account_id=account, status=status, deliveries=func.count(), due=due)
+        .select_from(joined)
+        .group_by(account, status)
+    )
+    out = _Part()
+    for row in session.execute(union_all(facts, hours, accounts)).all():
+        if row.part == "fact":
+            fact = _Fact(
+                row.version_id,
+                row.touchpoint_id,
+                row.channel,
+                row.status,
+                row.reason,
+                int(row.deliveries),
+                int(row.due),
+                int(row.late_count),
+                int(row.late_sum_ms or 0),
+                None if row.late_max_ms is None else int(row.late_max_ms),
+            )
+            out.facts.append(fact)
+            if row.late_bucket is not None:
+                out.histograms[fact.touchpoint_id][int(row.late_bucket)] += fact.late_count
+        elif row.part == "hour":
+            out.hours.setdefault(int(row.hour), {})[row.status] = int(row.deliveries)
+        else:
+            out.accounts.append((row.account_id, row.status, int(row.deliveries), int(row.due)))
+    return out
+
+
+def _read_settled(session: Session, flt: StatsFilter, zone: tzinfo) -> _Part:
+    """The settled part, from the rollups (settled deliveries are all due:
+    ``due_at < settled_before <= now``)."""
+    out = _Part()
+    r = ROLLUPS.c
+    total = func.sum(r.deliveries)
+    keys = (r.version_id, r.touchpoint_id, r.channel, r.status, r.reason)
+    # Each group's lateness histograms come along as their JSON texts joined by
+    # commas, added up in Python: SQL would have to sort every (bucket, count)
+    # pair of thousands of small objects to group them, several times slower.
+    sent = case((r.late_count > 0, cast(r.late_histogram, Text)))
+    where = flt.rollup_conditions(ROLLUPS, zone)
+    for v, tp, ch, st, rs, n, late_n, late_sum, late_max, histograms in session.execute(
         select(
             *keys,
-            func.count(),
-            func.sum(case((live.c.due_at <= now, 1), else_=0)),
-            func.count(late),
-            func.sum(late),
-            func.max(late),
-        ).group_by(*keys)
-    ).all()
-    if mark.before is not None:
-        r = ROLLUPS.c
-        total = func.sum(r.deliveries)
-        keys = (r.version_id, r.touchpoint_id, r.channel, r.status, r.reason)
-        # settled deliveries are all due: due_at < settled_before <= now
-        rows += session.execute(
-            select(
-                *keys,
-                total,
-                total,
-                func.sum(r.late_count),
-                func.sum(r.late_sum_ms),
-                func.max(r.late_max_ms),
-            )
-            .where(*flt.rollup_conditions(ROLLUPS, zone))
-            .group_by(*keys)
-        ).all()
-    return [
-        _Fact(
-            v,
-            tp,
-            ch,
-            st,
-            rs,
-            int(n),
-            int(due or 0),
-            int(ln or 0),
-            int(ls or 0),
-            None if lm is None else int(lm),
+            total,
+            func.sum(r.late_count),
+            func.sum(r.late_sum_ms),
+            func.max(r.late_max_ms),
+            func.aggregate_strings(sent, ","),
         )
-        for v, tp, ch, st, rs, n, due, ln, ls, lm in rows
-    ]
-
-
-def _histograms(
-    session: Session, live: Any, flt: StatsFilter, mark: Watermark, dialect: str, zone: tzinfo
-) -> dict[int, Counter[int]]:
-    """Lateness histograms per touchpoint, live plus settled."""
-    out: dict[int, Counter[int]] = defaultdict(Counter)
-    bucket = lateness_bucket_sql(live.c.late_ms)
-    for tp_id, bucket_ms, n in session.execute(
-        select(live.c.touchpoint_id, bucket, func.count())
-        .where(live.c.late_ms.is_not(None))
-        .group_by(live.c.touchpoint_id, bucket)
+        .where(*where)
+        .group_by(*keys)
     ).all():
-        out[tp_id][int(bucket_ms)] += n
-    if mark.before is not None:
-        # Summed in SQL from each rollup's JSON histogram (json_each on SQLite,
-        # json_each_text on PostgreSQL): thousands of small objects per template.
-        each = "json_each" if dialect == "sqlite" else "json_each_text"
-        pairs = getattr(func, each)(ROLLUPS.c.late_histogram).table_valued("key", "value")
-        bucket_ms = cast(pairs.c.key, BigInteger)
-        for tp_id, bucket_ms_, n in session.execute(
-            select(ROLLUPS.c.touchpoint_id, bucket_ms, func.sum(cast(pairs.c.value, BigInteger)))
-            .select_from(ROLLUPS.join(pairs, true()))
-            .where(*flt.rollup_conditions(ROLLUPS, zone), ROLLUPS.c.late_count > 0)
-            .group_by(ROLLUPS.c.touchpoint_id, bucket_ms)
-        ).all():
-            out[tp_id][int(bucket_ms_)] += int(n)
+        out.facts.append(
+            _Fact(
+                v,
+                tp,
+                ch,
+                st,
+                rs,
+                int(n),
+                int(n),
+                int(late_n),
+                int(late_sum),
+                None if late_max is None else int(late_max),
+            )
+        )
+        if histograms:
+            add_histograms(out.histograms[tp], histograms)
+    # Per hour, a column per status: grouped in the order of the (template_id,
+    # hour_start) index, so without a sort. Rollups hold terminal statuses only.
+    per_status = [func.sum(case((r.status == status, r.deliveries))) for status in S.TERMINAL]
+    for start, *counts in session.execute(
+        select(r.hour_start, *per_status).where(*where).group_by(r.hour_start)
+    ):
+        out.hours[int(start.timestamp()) // 3600] = {
+            s: int(n) for s, n in zip(S.TERMINAL, counts, strict=True) if n
+        }
+    a = ACCOUNT_ROLLUPS.c
+    out.accounts = [
+        (account_id, status, int(n), int(n))
+        for account_id, status, n in session.execute(
+            select(a.account_id, a.status, func.sum(a.deliveries))
+            .where(*flt.rollup_conditions(ACCOUNT_ROLLUPS, zone))
+            .group_by(a.account_id, a.status)
+        ).all()
+    ]
     return out
+
+
+_NOT_IN_PAIRS = str.maketrans("", "", '{}" \t\r\n')
+
+
+def add_histograms(into: Counter[int], texts: str) -> None:
+    """Add lateness histograms, flat JSON objects ``{"<bucket ms>": count, ...}``
+    given as their texts joined by commas, to ``into``. Read as ``bucket:count``
+    pairs, identical pairs counted first (in C, by ``Counter``): the histograms of
+    one touchpoint share most of their pairs, so few are left to convert."""
+    for pair, times in Counter(texts.translate(_NOT_IN_PAIRS).split(",")).items():
+        bucket, colon, count = pair.partition(":")
+        if colon:  # not an empty histogram ("{}") or JSON null
+            into[int(bucket)] += int(count) * times
 
 
 @dataclass
@@ -565,20 +668,24 @@ def template_stats(
     mark = read_watermark(session)
     sqlite = dialect == "sqlite"
     live = _live_rows(mark, dialect, lambda by_id: flt.delivery_conditions(sqlite, by_id=by_id))
+    parts = [_read_live(session, live, dialect, template.target_kind, now)]
+    if mark.before is not None:
+        parts.append(_read_settled(session, flt, zone))
 
     total = _Tally()
     per_touchpoint: dict[int, _Tally] = defaultdict(_Tally)
     per_channel: dict[str, _Tally] = defaultdict(_Tally)
-    for fact in _facts(session, live, flt, mark, now, zone):
-        for tally in (total, per_touchpoint[fact.touchpoint_id], per_channel[fact.channel]):
-            tally.add(fact)
-    for tp_id, histogram in _histograms(session, live, flt, mark, dialect, zone).items():
-        total.lateness.histogram.update(histogram)
-        per_touchpoint[tp_id].lateness.histogram.update(histogram)
+    for part in parts:
+        for fact in part.facts:
+            for tally in (total, per_touchpoint[fact.touchpoint_id], per_channel[fact.channel]):
+                tally.add(fact)
+        for tp_id, histogram in part.histograms.items():
+            total.lateness.histogram.update(histogram)
+            per_touchpoint[tp_id].lateness.histogram.update(histogram)
 
     touchpoints = _touchpoints(session, flt, per_touchpoint)
     enrolled, active = _enrollments(session, flt)
-    series, interval = _series(session, live, flt, mark, dialect, zone)
+    series, interval = _series([p.hours for p in parts], flt.interval, zone)
     return TemplateStats(
         template_id=flt.template_id,
         template_name=template.name,
@@ -591,7 +698,7 @@ def template_stats(
         reasons=total.reason_list(),
         touchpoints=touchpoints,
         channels=[ChannelStats(name, t.counts) for name, t in sorted(per_channel.items())],
-        accounts=_accounts(session, live, flt, mark, template.target_kind, zone, now),
+        accounts=_accounts(session, [p.accounts for p in parts]),
         interval=interval,
         zone=str(zone),
         series=series,
@@ -661,67 +768,58 @@ def _enrollments(session: Session, flt: StatsFilter) -> tuple[int, int]:
 
 
 def _series(
-    session: Session, live: Any, flt: StatsFilter, mark: Watermark, dialect: str, zone: tzinfo
+    parts: Iterable[Mapping[int, Mapping[str, int]]], interval: str, zone: tzinfo
 ) -> tuple[list[SeriesPoint], str]:
-    per_hour: dict[int, Counter[str]] = defaultdict(Counter)
-    hour = hour_number(live.c.due_at, dialect)
-    for number, status, n in session.execute(
-        select(hour, live.c.status, func.count()).group_by(hour, live.c.status)
-    ).all():
-        per_hour[int(number)][status] += n
-    if mark.before is not None:
-        for start, status, n in _archived_by(session, ROLLUPS, "hour_start", flt, zone):
-            per_hour[int(start.timestamp()) // 3600][status] += int(n)
-    interval = flt.interval
-    if not per_hour:
+    """The series from deliveries per hour number and status, per hour or per
+    local day (``auto``: hours up to ``AUTO_HOURS_UP_TO``, days beyond)."""
+    parts = [p for p in parts if p]
+    if not parts:
         return [], "hour" if interval == "auto" else interval
-    first, last = min(per_hour), max(per_hour)
+    first, last = min(min(p) for p in parts), max(max(p) for p in parts)
     if interval == "auto":
         interval = "hour" if (last - first) * 3600 <= AUTO_HOURS_UP_TO.total_seconds() else "day"
+    if interval == "hour" and last - first + 1 > MAX_SERIES_POINTS:
+        raise InvalidStatsQuery(
+            "interval",
+            f"{last - first + 1} hourly points are too many (at most {MAX_SERIES_POINTS}); "
+            "use interval=day or narrow due_from/due_to",
+        )
+    per: dict[Any, dict[str, int]] = defaultdict(dict)
+    days: dict[int, date] = {}  # hour number -> its local day, worked out once per hour
+    for part in parts:
+        for number, by_status in part.items():
+            if interval == "hour":
+                key: Any = number
+            else:
+                key = days.get(number)
+                if key is None:
+                    key = days[number] = hour_start(number).astimezone(zone).date()
+            counts = per[key]
+            for status, n in by_status.items():
+                counts[status] = counts.get(status, 0) + n
     if interval == "hour":
-        if last - first + 1 > MAX_SERIES_POINTS:
-            raise InvalidStatsQuery(
-                "interval",
-                f"{last - first + 1} hourly points are too many (at most {MAX_SERIES_POINTS}); "
-                "use interval=day or narrow due_from/due_to",
-            )
         return [
-            _point(hour_start(n).astimezone(zone), per_hour.get(n)) for n in range(first, last + 1)
+            _point(hour_start(n).astimezone(zone), per.get(n)) for n in range(first, last + 1)
         ], interval
-    per_day: dict[date, Counter[str]] = defaultdict(Counter)
-    for number, counts in per_hour.items():
-        per_day[hour_start(number).astimezone(zone).date()].update(counts)
-    points, day = [], min(per_day)
-    while day <= max(per_day):
-        points.append(_point(datetime.combine(day, time(), zone), per_day.get(day)))
+    points, day, end = [], min(per), max(per)
+    while day <= end:
+        points.append(_point(datetime.combine(day, time(), zone), per.get(day)))
         day += timedelta(days=1)
     return points, interval
 
 
-def _archived_by(
-    session: Session, rollups: Any, key: str, flt: StatsFilter, zone: tzinfo
-) -> Sequence[Row[Any]]:
-    """``(key, status, deliveries)`` of the rolled-up (archived) deliveries."""
-    column, status = rollups.c[key], rollups.c.status
-    return session.execute(
-        select(column, status, func.sum(rollups.c.deliveries))
-        .where(*flt.rollup_conditions(rollups, zone))
-        .group_by(column, status)
-    ).all()
-
-
-def _point(start: datetime, counts: Counter[str] | None) -> SeriesPoint:
-    counts = counts or Counter()
+def _point(start: datetime, counts: Mapping[str, int] | None) -> SeriesPoint:
+    counts = counts or {}
     return SeriesPoint(
         start=start,
         deliveries=sum(counts.values()),
-        sent=counts[S.SENT],
-        failed=counts[S.FAILED],
-        skipped=counts[S.SKIPPED],
-        cancelled=counts[S.CANCELLED],
-        missed=counts[S.MISSED],
-        unknown=counts[S.UNKNOWN],
-        pending=sum(counts[s] for s in S.PENDING),
+        sent=counts.get(S.SENT, 0),
+        failed=counts.get(S.FAILED, 0),
+        skipped=counts.get(S.SKIPPED, 0),
+        cancelled=counts.get(S.CANCELLED, 0),
+        missed=counts.get(S.MISSED, 0),
+        unknown=counts.get(S.UNKNOWN, 0),
+        pending=sum(counts.get(s, 0) for s in S.PENDING),
     )
 
 
@@ -733,32 +831,13 @@ def account_of(target_kind: str) -> tuple[Any, Any]:
 
 
 def _accounts(
-    session: Session,
-    live: Any,
-    flt: StatsFilter,
-    mark: Watermark,
-    target_kind: str,
-    zone: tzinfo,
-    now: datetime,
+    session: Session, parts: Iterable[Iterable[tuple[int | None, str, int, int]]]
 ) -> list[AccountStats]:
-    targets, account = account_of(target_kind)
+    """Counts per owning staff account from ``(account, status, deliveries, due)``."""
     counts: dict[int | None, Counts] = defaultdict(Counts)
-    joined = live.outerjoin(
-        targets, and_(targets.c.id == live.c.target_id, live.c.target_kind == target_kind)
-    )
-    for account_id, status, n, due in session.execute(
-        select(
-            account, live.c.status, func.count(), func.sum(case((live.c.due_at <= now, 1), else_=0))
-        )
-        .select_from(joined)
-        .group_by(account, live.c.status)
-    ).all():
-        counts[account_id].add(status, int(n), int(due or 0))
-    if mark.before is not None:
-        for account_id, status, n in _archived_by(
-            session, ACCOUNT_ROLLUPS, "account_id", flt, zone
-        ):
-            counts[account_id].add(status, int(n), int(n))
+    for rows in parts:
+        for account_id, status, n, due in rows:
+            counts[account_id].add(status, n, due)
     accounts = Account.__table__.c  # type: ignore[attr-defined]
     ids = [a for a in counts if a is not None]
     names = (

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     wecom_corp_id: str | None = Field(None, description="corp id the callbacks are addressed to")
 
     # delivery log retention (scheduler.retention)
+    rollup_interval_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="how often the scheduler adds finished deliveries to the statistics "
+        "rollups (0: only `sopbot retention rollup`)",
+    )
     retention_days: int = Field(
         90, ge=0, description="archive finished deliveries older than this many days; 0 keeps all"
     )

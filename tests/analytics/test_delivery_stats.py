@@ -374,3 +374,22 @@ def test_stats_api_rejects_bad_filters_by_name(world, client, params, param):
 def test_unknown_template_is_404_and_an_impossible_id_422(client):
     assert client.get("/api/stats/templates/999").status_code == 404
     assert client.get(f"/api/stats/templates/{2**63}").status_code == 422
+
+
+def test_rollup_histograms_add_up_whatever_their_json_spacing():
+    """Settled histograms arrive as their JSON texts joined by commas (group_concat
+    / string_agg); empty ones and JSON null add nothing."""
+    total: Counter[int] = Counter()
+    stats.add_histograms(
+        total,
+        ",".join(
+            [
+                '{"0": 1, "100": 2}',
+                '{"100":3,"60000":1}',
+                "{}",
+                "null",
+                '{\n  "3600000": 4,\t"0": 5\n}',
+            ]
+        ),
+    )
+    assert total == {0: 6, 100: 5, 60000: 1, 3600000: 4}

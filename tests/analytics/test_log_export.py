@@ -172,3 +172,102 @@ def test_export_streams_in_constant_memory(world, kind):
     assert big_rows >= small_rows + 16_000
     # eight times the rows, not eight times the memory: one batch at a time
     assert big_peak < small_peak * 1.5 + 512 * 1024, (small_peak, big_peak)
+
+
+# -- the exports write what the log entries say ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["plain", "", "with space", " lead", "trail "],
+        ["a,b", 'say "hi"', "line\nbreak", "cr\rreturn", "crlf\r\n", '",\n'],
+        ["客户，全角逗号", "Zoë", "tab\there", "'single'", "=1+1", '""'],
+    ],
+)
+def test_csv_lines_are_what_csv_writer_writes(fields):
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(fields)
+    assert log.csv_line(fields) == buffer.getvalue()
+
+
+def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
+    """The CSV an export should write for these entries, by ``csv.writer``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(log.csv_header(str(zone)))
+
+    def local(value: datetime | None) -> str:
+        return "" if value is None else value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+    for e in entries:
+        lateness = e.lateness_seconds
+        writer.writerow(
+            [
+                e.id,
+                e.template_name or "",
+                e.template_id,
+                e.version or "",
+                e.touchpoint_name or "",
+                e.touchpoint_id,
+                log.TARGET_ZH.get(e.target_kind, e.target_kind),
+                e.target_name or "",
+                e.target_id,
+                e.target_external_id or "",
+                e.account_name or "",
+                e.channel,
+                log.MODE_ZH.get(e.mode, e.mode),
+                log.STATUS_ZH.get(e.status, e.status),
+                e.reason or "",
+                local(e.due_at),
+                local(e.sent_at),
+                local(e.finished_at),
+                "" if lateness is None else f"{lateness:.3f}",
+                e.attempts,
+                e.provider_message_id or "",
+                log.content_text(e.rendered),
+            ]
+        )
+    return ("\ufeff" + buffer.getvalue()).encode()
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Asia/Kolkata", "America/New_York"])
+def test_exports_write_the_log_entries_across_batches(world, monkeypatch, zone):
+    """Byte for byte what the entries give (``LogEntry.as_json`` for NDJSON, the
+    columns through ``csv.writer`` for CSV) with batches of three rows and a
+    target memory of two, so names come from lookups and from memory alike.
+    Sub-millisecond, zero and tiny lateness; times with and without a fraction;
+    a target that no longer exists."""
+    contact, group = world.contacts[1], world.groups[0]
+    world.add(contact, due_at=NOW - timedelta(hours=30), late=timedelta(microseconds=50))
+    world.add(contact, due_at=NOW - timedelta(hours=31), late=timedelta(0))
+    world.add(contact, due_at=NOW - timedelta(hours=32, microseconds=7), late=timedelta(days=2))
+    world.add(group, status="skipped", reason='cap, "daily"', due_at=NOW - timedelta(hours=3))
+    ghost = world.add(world.contacts[2], due_at=NOW - timedelta(hours=33))
+    with world.engine.begin() as conn:
+        conn.execute(
+            Delivery.__table__.update()  # type: ignore[attr-defined]
+            .where(Delivery.__table__.c.id == ghost.id)  # type: ignore[attr-defined]
+            .values(target_id=10**9)
+        )
+    monkeypatch.setattr(log, "EXPORT_BATCH", 3)
+    monkeypatch.setattr(log, "TARGET_MEMORY", 2)
+    tz = ZoneInfo(zone)
+    for flt in (log.LogFilter(), log.LogFilter(statuses=("sent",))):
+        for sort, order in (("due_at", "desc"), ("sent_at", "asc")):
+            entries = [
+                e
+                for batch in log.iter_entries(world.engine, flt, sort=sort, order=order)
+                for e in batch
+            ]
+            assert len(entries) >= 5 and any(e.target_name is None for e in entries)
+            ndjson = b"".join(log.export_ndjson(world.engine, flt, sort=sort, order=order))
+            assert (
+                ndjson
+                == "".join(
+                    json.dumps(e.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+                    for e in entries
+                ).encode()
+            )
+            exported = b"".join(log.export_csv(world.engine, flt, tz, sort=sort, order=order))
+            assert exported == _entries_csv(entries, tz)

@@ -158,3 +158,15 @@ def test_cli_retention_run(world, engine, settings, tmp_path, monkeypatch):
     assert live_ids(engine) == set()
     rolled = CliRunner().invoke(cli, ["retention", "rollup"])
     assert rolled.exit_code == 0 and json.loads(rolled.output)["settled"] == 0
+
+
+async def test_the_scheduler_keeps_the_rollups_current(world, engine, clock, settings):
+    from scheduler.runtime import JOB_ROLLUP, SchedulerRuntime
+
+    world.add(world.contacts[0], due_at=NOW - timedelta(days=2))
+    runtime = SchedulerRuntime(engine, clock, settings)
+    assert runtime.build_scheduler().get_job(JOB_ROLLUP) is not None
+    assert (await runtime.rollup_tick()).settled == 1
+    assert (await runtime.rollup_tick()).settled == 0  # once only
+    off = SchedulerRuntime(engine, clock, settings.model_copy(update={"rollup_interval_seconds": 0}))
+    assert off.build_scheduler().get_job(JOB_ROLLUP) is None
