@@ -168,5 +168,7 @@ async def test_the_scheduler_keeps_the_rollups_current(world, engine, clock, set
     assert runtime.build_scheduler().get_job(JOB_ROLLUP) is not None
     assert (await runtime.rollup_tick()).settled == 1
     assert (await runtime.rollup_tick()).settled == 0  # once only
-    off = SchedulerRuntime(engine, clock, settings.model_copy(update={"rollup_interval_seconds": 0}))
+    off = SchedulerRuntime(
+        engine, clock, settings.model_copy(update={"rollup_interval_seconds": 0})
+    )
     assert off.build_scheduler().get_job(JOB_ROLLUP) is None

@@ -35,9 +35,13 @@ def test_template_contact_enroll_and_deliver(client, clock):
     )
     assert contact.status_code == 201, contact.text
 
-    enrolled = client.post(f"/api/templates/{template['id']}/enrollments", json={"targets": ["wm_api"]})
+    enrolled = client.post(
+        f"/api/templates/{template['id']}/enrollments", json={"targets": ["wm_api"]}
+    )
     assert enrolled.json() == {"enrolled": 1, "already": 0, "deliveries": 3, "skipped": 0}
-    again = client.post(f"/api/templates/{template['id']}/enrollments", json={"targets": ["wm_api"]})
+    again = client.post(
+        f"/api/templates/{template['id']}/enrollments", json={"targets": ["wm_api"]}
+    )
     assert again.json()["already"] == 1
 
     asyncio.run(client.app.state.runtime.dispatch_tick())
@@ -73,13 +77,17 @@ def test_duplicate_name_and_unknown_things(client):
 def test_enrolling_into_a_draft_is_refused(client):
     template = client.post("/api/templates", json=new_friend_spec()).json()
     client.post("/api/contacts", json={"external_id": "wm_x", "name": "x"})
-    response = client.post(f"/api/templates/{template['id']}/enrollments", json={"targets": ["wm_x"]})
+    response = client.post(
+        f"/api/templates/{template['id']}/enrollments", json={"targets": ["wm_x"]}
+    )
     assert response.status_code == 409
     assert "only a published template enrolls" in response.json()["detail"]
 
 
 def test_naive_joined_at_is_refused(client):
-    response = client.post("/api/contacts", json={"external_id": "wm_n", "joined_at": "2027-03-01T21:30:00"})
+    response = client.post(
+        "/api/contacts", json={"external_id": "wm_n", "joined_at": "2027-03-01T21:30:00"}
+    )
     assert response.status_code == 422
     assert "UTC offset" in response.text
 

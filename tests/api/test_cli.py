@@ -22,7 +22,10 @@ def test_create_publish_enroll_from_files(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status"] == "published"
 
-    result = runner.invoke(app, ["contact", "add", "wm_cli", "--name", "小红", "--joined-at", "2027-03-01T21:30:00+08:00"])
+    result = runner.invoke(
+        app,
+        ["contact", "add", "wm_cli", "--name", "小红", "--joined-at", "2027-03-01T21:30:00+08:00"],
+    )
     assert result.exit_code == 0, result.output
 
     result = runner.invoke(app, ["template", "enroll", "新好友 SOP", "wm_cli"])
@@ -36,7 +39,9 @@ def test_create_publish_enroll_from_files(tmp_path, monkeypatch):
 def test_bad_file_gets_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SOPBOT_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ntouchpoints:\n  - name: a\n    timing: cron 0 99 * * *\n    content: hi\n")
+    bad.write_text(
+        "name: x\ntouchpoints:\n  - name: a\n    timing: cron 0 99 * * *\n    content: hi\n"
+    )
     result = runner.invoke(app, ["template", "validate", str(bad)])
     assert result.exit_code == 2
     assert "touchpoints[0].timing.cron" in result.output

@@ -74,7 +74,9 @@ async def test_concurrent_dispatch_ticks_never_send_twice(engine, clock, setting
     assert set(sends_per_delivery(engine).values()) == {1}
 
 
-async def test_crash_after_claim_before_sending_sends_exactly_once(engine, clock, runtime, settings):
+async def test_crash_after_claim_before_sending_sends_exactly_once(
+    engine, clock, runtime, settings
+):
     clock.set(T0)
     template_id = publish(engine, new_friend_spec(), T0)
     ids = _contacts(engine, 2)
@@ -95,7 +97,9 @@ async def test_crash_after_claim_before_sending_sends_exactly_once(engine, clock
     assert sends_per_delivery(engine) == {c.id: 1 for c in claimed}
 
 
-async def test_crash_while_sending_becomes_unknown_and_is_not_resent(engine, clock, runtime, settings):
+async def test_crash_while_sending_becomes_unknown_and_is_not_resent(
+    engine, clock, runtime, settings
+):
     clock.set(T0)
     template_id = publish(engine, new_friend_spec(), T0)
     ids = _contacts(engine, 2)
@@ -149,7 +153,9 @@ async def test_retryable_errors_back_off_then_succeed(engine, clock, runtime):
 
 async def test_retries_stop_at_the_attempt_limit(engine, clock, runtime, settings):
     clock.set(T0)
-    spec = new_friend_spec(touchpoints=[{"name": "a", "timing": "+0m", "content": "hi", "grace": "1d"}])
+    spec = new_friend_spec(
+        touchpoints=[{"name": "a", "timing": "+0m", "content": "hi", "grace": "1d"}]
+    )
     template_id = publish(engine, spec, T0)
     (contact,) = _contacts(engine, 1)
     enroll(engine, template_id, [(contact, T0)], T0)
@@ -211,7 +217,9 @@ async def test_archive_cancels_pending_and_pause_holds(engine, clock, runtime):
         assert scheduler_service.archive_template(session, template_id, T0) == 4
     statuses = sorted(r.status for r in deliveries(engine))
     assert statuses == ["cancelled"] * 4 + ["sent"] * 2
-    assert {r.reason for r in deliveries(engine) if r.status == "cancelled"} == {"template archived"}
+    assert {r.reason for r in deliveries(engine) if r.status == "cancelled"} == {
+        "template archived"
+    }
 
 
 async def test_inactive_contact_is_skipped_with_reason(engine, clock, runtime):
@@ -236,7 +244,12 @@ async def test_day_at_time_already_past_is_skipped_with_reason(engine, clock, ru
     spec = new_friend_spec(
         touchpoints=[
             {"name": "d1", "timing": "day 1 20:00", "content": "今晚上课"},
-            {"name": "d1-send", "timing": "day 1 20:00", "content": "今晚上课", "past_policy": "send"},
+            {
+                "name": "d1-send",
+                "timing": "day 1 20:00",
+                "content": "今晚上课",
+                "past_policy": "send",
+            },
             {"name": "d2", "timing": "day 2 19:30", "content": "预习"},
         ]
     )

@@ -40,7 +40,12 @@ def test_durations(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("-1h", "negative"), ("3x", "not a duration"), ("", "not a duration"), ("h", "not a duration")],
+    [
+        ("-1h", "negative"),
+        ("3x", "not a duration"),
+        ("", "not a duration"),
+        ("h", "not a duration"),
+    ],
 )
 def test_bad_durations_say_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
@@ -57,8 +62,12 @@ def test_compact_timing_forms():
 def test_day_one_is_the_anchor_local_date():
     # 2027-03-01 23:30 Shanghai is still 15:30 UTC on the same date; day 1 is 03-01 local
     anchor = datetime(2027, 3, 1, 15, 30, tzinfo=UTC)
-    assert due_at(DayAtTiming(day=1, at="20:00"), anchor, SH) == datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
-    assert due_at(DayAtTiming(day=3, at="09:00"), anchor, SH) == datetime(2027, 3, 3, 1, 0, tzinfo=UTC)
+    assert due_at(DayAtTiming(day=1, at="20:00"), anchor, SH) == datetime(
+        2027, 3, 1, 12, 0, tzinfo=UTC
+    )
+    assert due_at(DayAtTiming(day=3, at="09:00"), anchor, SH) == datetime(
+        2027, 3, 3, 1, 0, tzinfo=UTC
+    )
 
 
 def test_spring_forward_gap_moves_forward_by_the_gap():
@@ -93,12 +102,17 @@ def test_offset_is_absolute_elapsed_time_even_across_dst():
 
 def test_absolute_local_time():
     timing = AtTiming(at=datetime(2027, 5, 1, 10, 0))
-    assert due_at(timing, datetime(2027, 3, 1, tzinfo=UTC), SH) == datetime(2027, 5, 1, 2, 0, tzinfo=UTC)
+    assert due_at(timing, datetime(2027, 3, 1, tzinfo=UTC), SH) == datetime(
+        2027, 5, 1, 2, 0, tzinfo=UTC
+    )
 
 
 def test_cron_in_new_york_over_dst():
     occurrences = cron_occurrences(
-        CronTiming(cron="0 9 * * *"), NY, datetime(2027, 3, 13, tzinfo=UTC), datetime(2027, 3, 16, tzinfo=UTC)
+        CronTiming(cron="0 9 * * *"),
+        NY,
+        datetime(2027, 3, 13, tzinfo=UTC),
+        datetime(2027, 3, 16, tzinfo=UTC),
     )
     assert [o.astimezone(NY).strftime("%d %H:%M %Z") for o in occurrences] == [
         "13 09:00 EST",
@@ -113,10 +127,18 @@ def test_cron_weekday_numbers_mean_what_crontab_means():
     sundays = cron_occurrences(CronTiming(cron="0 9 * * 0"), SH, *week)
     weekdays = cron_occurrences(CronTiming(cron="0 9 * * 1-5"), SH, *week)
     assert [d.astimezone(SH).strftime("%a") for d in sundays] == ["Sun"]
-    assert [d.astimezone(SH).strftime("%a") for d in weekdays] == ["Mon", "Tue", "Wed", "Thu", "Fri"]
+    assert [d.astimezone(SH).strftime("%a") for d in weekdays] == [
+        "Mon",
+        "Tue",
+        "Wed",
+        "Thu",
+        "Fri",
+    ]
 
 
 def test_cron_start_and_end_bound_the_schedule():
     timing = CronTiming(cron="0 11 * * *", start=datetime(2027, 3, 2), end=datetime(2027, 3, 4))
-    got = cron_occurrences(timing, SH, datetime(2027, 3, 1, tzinfo=UTC), datetime(2027, 3, 10, tzinfo=UTC))
+    got = cron_occurrences(
+        timing, SH, datetime(2027, 3, 1, tzinfo=UTC), datetime(2027, 3, 10, tzinfo=UTC)
+    )
     assert [d.astimezone(SH).day for d in got] == [2, 3]

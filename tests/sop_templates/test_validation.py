@@ -23,11 +23,23 @@ CASES = [
     ({**new_friend_spec(), "timezone": "Mars/Olympus"}, "timezone", "unknown time zone"),
     (_with_touchpoint(timing="-3h"), "touchpoints[0].timing.offset", "negative"),
     (_with_touchpoint(content=[]), "touchpoints[0].content", "content is empty"),
-    (_with_touchpoint(content="{{ contact.name "), "touchpoints[0].content[0].text", "syntax error"),
-    (_with_touchpoint(content="{{ coupon_code }}"), "touchpoints[0].content[0].text", "coupon_code"),
+    (
+        _with_touchpoint(content="{{ contact.name "),
+        "touchpoints[0].content[0].text",
+        "syntax error",
+    ),
+    (
+        _with_touchpoint(content="{{ coupon_code }}"),
+        "touchpoints[0].content[0].text",
+        "coupon_code",
+    ),
     (_with_touchpoint(timing="day 0 20:00"), "touchpoints[0].timing.day", "day 1 is the anchor"),
     (_with_touchpoint(timing="day 2 25:00"), "touchpoints[0].timing.at", "HH:MM"),
-    (_with_touchpoint(content=[{"link": {"title": "x"}}]), "touchpoints[0].content[0].url", "Field required"),
+    (
+        _with_touchpoint(content=[{"link": {"title": "x"}}]),
+        "touchpoints[0].content[0].url",
+        "Field required",
+    ),
     ({**new_friend_spec(), "anchor": "fixed"}, "template", "needs start_at"),
     ({**new_friend_spec(), "target": "planet"}, "target", "'contact' or 'group'"),
 ]
@@ -66,7 +78,9 @@ def test_sandbox_refuses_attribute_escapes(payload):
 def test_sandbox_also_holds_at_send_time():
     from sop_templates.rendering import RenderError
 
-    context = build_context(target_kind="contact", target={"name": "x"}, template_name="t", touchpoint_name="a")
+    context = build_context(
+        target_kind="contact", target={"name": "x"}, template_name="t", touchpoint_name="a"
+    )
     with pytest.raises(RenderError, match="not allowed"):
         render_parts([{"kind": "text", "text": "{{ target.__class__ }}"}], context)
 
