@@ -34,8 +34,11 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    Text,
     and_,
+    cast,
     exists,
+    func,
     literal,
     or_,
     select,
@@ -392,13 +395,28 @@ _SQLITE_COLUMNS = tuple(
 )
 
 
+def _pg_raw(column: Any) -> Any:
+    # The same text as SQLite stores, made by the server: an export then formats
+    # times from text instead of building a datetime per value in Python.
+    if column.name == "rendered":
+        return type_coerce(cast(column, Text), String).label(column.name)
+    utc_text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
+    return type_coerce(utc_text, String).label(column.name)
+
+
+_PG_RAW_COLUMNS = tuple(_pg_raw(c) if c.name in _RAW_ON_SQLITE else c for c in _COLUMNS)
+
+
 _NOT_IN_CSV = ("version_id", "occurrence", "run_at")
 
 
-def _columns(sqlite: bool, *, csv: bool = False) -> tuple[Any, ...]:
+def _columns(sqlite: bool, *, csv: bool = False, raw: bool | None = None) -> tuple[Any, ...]:
     """The columns read for log entries, or (``csv``) for CSV lines, which leave
-    out a few (fewer values to convert on an export)."""
-    columns = _SQLITE_COLUMNS if sqlite else _COLUMNS
+    out a few (fewer values to convert on an export). ``raw`` (the default on
+    SQLite; what exports ask for on PostgreSQL too) reads times and content as
+    their UTC text and JSON text."""
+    raw = sqlite if raw is None else raw
+    columns = (_SQLITE_COLUMNS if sqlite else _PG_RAW_COLUMNS) if raw else _COLUMNS
     if csv:
         return tuple(c for c in columns if c.name not in _NOT_IN_CSV)
     return columns
@@ -470,11 +488,18 @@ class _Labels:
     and accounts are cached for the whole read: there are few of them; targets
     for recent batches, see ``_targets``)."""
 
-    def __init__(self, conn: Connection | Session, *, sqlite: bool, csv: bool = False) -> None:
+    def __init__(
+        self,
+        conn: Connection | Session,
+        *,
+        sqlite: bool,
+        csv: bool = False,
+        raw: bool | None = None,
+    ) -> None:
         self.conn = conn
-        self.raw_times = sqlite
+        self.raw_times = sqlite if raw is None else raw
         # where the ids to look up are in the rows (see _columns)
-        names = [c.name for c in _columns(sqlite, csv=csv)]
+        names = [c.name for c in _columns(sqlite, csv=csv, raw=raw)]
         self._template_at, self._touchpoint_at, self._kind_at, self._target_at = (
             names.index(name)
             for name in ("template_id", "touchpoint_id", "target_kind", "target_id")
@@ -889,9 +914,9 @@ def _batches(
     check_sort(sort, order)
     batch_size = batch_size or EXPORT_BATCH
     sqlite = is_sqlite(engine)
-    columns = _columns(sqlite, csv=csv)
+    columns = _columns(sqlite, csv=csv, raw=True)
     with read_snapshot(engine).connect() as conn:
-        labels = _Labels(conn, sqlite=sqlite, csv=csv)
+        labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
         segments = _segments(
             flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns
         )
