@@ -400,7 +400,9 @@ def _pg_raw(column: Any) -> Any:
     # times from text instead of building a datetime per value in Python.
     if column.name == "rendered":
         return type_coerce(cast(column, Text), String).label(column.name)
-    utc_text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
+    # timestamp::text is "YYYY-MM-DD HH:MM:SS[.ffffff]" (zeros of the fraction
+    # dropped), which the readers of raw times accept; to_char costs more.
+    utc_text = cast(func.timezone("UTC", column), Text)
     return type_coerce(utc_text, String).label(column.name)
 
 
