@@ -163,62 +163,28 @@ class SchedulerRuntime:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
             timezone="UTC",
         )
-        common: dict[str, Any] = {
-            "replace_existing": True,
-            "max_instances": 1,
-            "coalesce": True,
-            "misfire_grace_time": 60,
-        }
-        scheduler.add_job(
-            self.plan_tick,
-            "interval",
-            seconds=self.settings.plan_interval_seconds,
-            id=JOB_PLAN,
-            **common,
-        )
-        scheduler.add_job(
-            self.dispatch_tick,
-            "interval",
-            seconds=self.settings.tick_seconds,
-            id=JOB_DISPATCH,
-            **common,
-        )
-        scheduler.add_job(
-            self.poll_tasks_tick,
-            "interval",
-            seconds=self.settings.task_poll_seconds,
-            id=JOB_TASKS,
-            **common,
-        )
-        scheduler.add_job(
-            self.inbox_tick,
-            "interval",
-            seconds=5,
-            id=JOB_INBOX,
-            **common,
-        )
-        if self.settings.rollup_interval_seconds > 0:
-            scheduler.add_job(
-                self.rollup_tick,
-                "interval",
-                seconds=self.settings.rollup_interval_seconds,
-                id=JOB_ROLLUP,
-                **common,
-            )
-        scheduler.add_job(
-            self.heartbeat_tick,
-            "interval",
-            seconds=self.settings.heartbeat_seconds,
-            id=JOB_HEARTBEAT,
-            **common,
-        )
-        scheduler.add_job(
-            self.reap_tick,
-            "interval",
-            seconds=max(5.0, self.settings.lease_seconds / 4),
-            id=JOB_REAP,
-            **common,
-        )
+        settings = self.settings
+        jobs: list[tuple[str, Any, float]] = [  # (id, coroutine, interval in seconds)
+            (JOB_PLAN, self.plan_tick, settings.plan_interval_seconds),
+            (JOB_DISPATCH, self.dispatch_tick, settings.tick_seconds),
+            (JOB_TASKS, self.poll_tasks_tick, settings.task_poll_seconds),
+            (JOB_INBOX, self.inbox_tick, 5.0),
+            (JOB_ROLLUP, self.rollup_tick, settings.rollup_interval_seconds),
+            (JOB_HEARTBEAT, self.heartbeat_tick, settings.heartbeat_seconds),
+            (JOB_REAP, self.reap_tick, max(5.0, settings.lease_seconds / 4)),
+        ]
+        for job_id, tick, seconds in jobs:
+            if seconds > 0:  # 0 switches a job off (the rollup)
+                scheduler.add_job(
+                    tick,
+                    "interval",
+                    seconds=seconds,
+                    id=job_id,
+                    replace_existing=True,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=60,
+                )
         return scheduler
 
     async def start(self) -> None:

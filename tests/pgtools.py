@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from benchmarks.scaleout import fresh_postgres
+
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -50,22 +52,7 @@ def require_postgres() -> None:
 def fresh_database(name: str) -> str:
     """Drop and create database ``name`` on the test server; return its URL."""
     require_postgres()
-    base = make_url(server_url()).set(drivername="postgresql+psycopg")
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
+    return fresh_postgres(server_url(), name)
 
 
 def drop_database(name: str) -> None:
