@@ -227,10 +227,6 @@ def _delivery_rows(
     due-time computation and two instant conversions per row.
     """
     head = (template.id, version.id, template.target_kind)
-    # Many rows share an instant (a day-at time for everyone who joined that day,
-    # a fixed start for a whole segment): convert each distinct one once.
-    convert = memoized(instant)
-
     created = instant(now)
     scheduled = DeliveryStatus.SCHEDULED
     steps = [
@@ -255,16 +251,16 @@ def _delivery_rows(
                 if due is None:
                     due = dues[(step, anchor)] = due_at(plan.timing, anchor, zone)
             if plain and due >= now:
-                at = convert(due)
+                at = instant(due)
                 append(
                     (enrollment_id, plan.touchpoint_id, 0, *head, target_id, channel, plan.mode)
-                    + (at, at, convert(due + grace), scheduled, None, 0, created, None)
+                    + (at, at, instant(due + grace), scheduled, None, 0, created, None)
                 )
                 continue
             status, reason, run_at = _one_off_outcome(plan, due, now)
             append(
                 (enrollment_id, plan.touchpoint_id, 0, *head, target_id, channel, plan.mode)
-                + (convert(due), convert(run_at), convert(run_at + grace), status, reason, 0)
+                + (instant(due), instant(run_at), instant(run_at + grace), status, reason, 0)
                 + (created, created if status != scheduled else None)
             )
     return rows
