@@ -23,11 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import queue
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic_core import to_json
 from sqlalchemy import (
@@ -68,6 +70,7 @@ ORDERS = ("desc", "asc")
 MAX_PAGE = 1000
 MAX_ID = 2**63 - 1  # ids are 64-bit: larger numbers cannot name a row
 EXPORT_BATCH = 2000
+EXPORT_PREFETCH = 2  # batches an export reads ahead of the one being written out
 TARGET_MEMORY = 10_000  # targets an export remembers across batches (see _Labels._targets)
 
 STATUS_ZH = {
@@ -485,6 +488,9 @@ _NO_TARGET: tuple[Any, Any, Any] = (None, None, None)
 _NO_TOUCHPOINT: tuple[Any, Any] = (None, None)
 
 
+_Targets = dict[tuple[str, int], tuple[Any, Any, Any]]  # (kind, id) -> (external id, name, account)
+
+
 class _Labels:
     """Names for ids, looked up once per batch of rows (templates, touchpoints
     and accounts are cached for the whole read: there are few of them; targets
@@ -517,15 +523,18 @@ class _Labels:
         self._csv_accounts: dict[int | None, str] = {}
         self._csv_outcomes: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
-    def _prepare(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
-        """Load the names this batch needs; return its targets by (kind, id)."""
+    def prepare(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
+        """Load the names this batch needs; return its targets by (kind, id).
+        This reads the database, and only it: the ``entries``, ``json_lines`` and
+        ``csv_text`` of a prepared batch only read what it loaded (which is how
+        an export reads the next batch while it writes this one out)."""
         template, touchpoint = self._template_at, self._touchpoint_at
         self._load_templates({r[template] for r in rows} - self.templates.keys())
         self._load_touchpoints({r[touchpoint] for r in rows} - self.touchpoints.keys())
         return self._targets(rows)
 
-    def entries(self, rows: Sequence[Row[Any]]) -> list[LogEntry]:
-        targets = self._prepare(rows)
+    def entries(self, rows: Sequence[Row[Any]], targets: _Targets | None = None) -> list[LogEntry]:
+        targets = self.prepare(rows) if targets is None else targets
         raw = self.raw_times
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
         out = []
@@ -585,11 +594,10 @@ class _Labels:
             )
         return out
 
-    def json_lines(self, rows: Sequence[Row[Any]]) -> bytes:
+    def json_lines(self, rows: Sequence[Row[Any]], targets: _Targets) -> bytes:
         """NDJSON lines of these rows, each ``LogEntry.as_json()`` of the row but
         built straight from it: the NDJSON export's hot loop, so no LogEntry, and
         on SQLite no datetime for a time that is only printed."""
-        targets = self._prepare(rows)
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
         encode, iso, seconds = _json_line, _iso_utc, _seconds
         out = []
@@ -647,13 +655,12 @@ class _Labels:
         out.append(b"")
         return b"\n".join(out)
 
-    def csv_text(self, rows: Sequence[Row[Any]], local: _LocalTime) -> str:
+    def csv_text(self, rows: Sequence[Row[Any]], targets: _Targets, local: _LocalTime) -> str:
         """The CSV lines of these rows, straight from database rows: the export's
         hot loop, so no LogEntry, no list per line for ``csv.writer`` to walk
         again, and, on SQLite, no datetime for a time that is only printed. The
         columns that follow from the touchpoint, the staff account or the outcome
         are written once per export and reused."""
-        targets = self._prepare(rows)
         touchpoints, outcomes = self._csv_touchpoints, self._csv_outcomes
         accounts = self._csv_accounts
         local_text, seconds, parse = local.text, _seconds, datetime.fromisoformat
@@ -754,7 +761,7 @@ class _Labels:
             stmt = select(Account.id, Account.name).where(Account.id.in_(ids))  # type: ignore[union-attr]
             self.accounts.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
 
-    def _targets(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
+    def _targets(self, rows: Sequence[Row[Any]]) -> _Targets:
         """(external id, name, account id) by (kind, id), for (at least) these
         rows' targets, whose accounts are loaded too. A target's deliveries lie
         close together in log order (its touchpoints are hours apart), so the
@@ -901,6 +908,62 @@ def read_snapshot(engine: Engine) -> Engine:
     return reader(engine)
 
 
+_T = TypeVar("_T")
+_DONE = object()
+
+
+class _Stopped(Exception):
+    """The reader of a prefetched stream went away."""
+
+
+def _prefetched(produce: Callable[[Callable[[_T], None]], None], depth: int) -> Iterator[_T]:
+    """What ``produce`` emits, produced in a thread of its own up to ``depth``
+    items ahead of the reader. The database round trips of the next batch then
+    overlap the formatting of this one (the driver lets go of the GIL while it
+    waits on the server). The thread owns everything ``produce`` opens: a reader
+    that stops early (a client that hangs up) stops it at its next item, and
+    ``produce`` closes what it opened as it unwinds."""
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def emit(item: Any) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                items.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def run() -> None:
+        try:
+            try:
+                produce(emit)
+            except _Stopped:
+                return
+            except BaseException as exc:  # handed to the reader, raised there
+                emit(exc)
+                return
+            emit(_DONE)
+        except _Stopped:
+            pass
+
+    thread = threading.Thread(target=run, name="sopbot-log-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # a producer waiting to put sees it within its timeout
+        thread.join()
+
+
 def _batches(
     engine: Engine,
     flt: LogFilter,
@@ -909,30 +972,34 @@ def _batches(
     order: str,
     csv: bool = False,
     batch_size: int | None = None,
-) -> Iterator[tuple[_Labels, list[Row[Any]]]]:
+) -> Iterator[tuple[_Labels, list[Row[Any]], _Targets]]:
     """Every matching row in log order (the columns of ``_columns``), in batches
-    of ``batch_size`` (default ``EXPORT_BATCH``), streamed from server-side
-    cursors in one snapshot: memory stays at one batch however many rows match."""
+    of ``batch_size`` (default ``EXPORT_BATCH``), each with its labels prepared.
+    The rows come from server-side cursors in one snapshot, read ahead in a
+    thread (see ``_prefetched``): memory stays at a few batches however many
+    rows match."""
     check_sort(sort, order)
     batch_size = batch_size or EXPORT_BATCH
     sqlite = is_sqlite(engine)
     columns = _columns(sqlite, csv=csv, raw=True)
-    with read_snapshot(engine).connect() as conn:
-        labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
-        segments = _segments(
-            flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns
-        )
-        for segment in segments:
-            for batch in segment.stream(conn, batch_size):
-                yield labels, batch
+    segments = _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns)
+
+    def produce(emit: Callable[[tuple[_Labels, list[Row[Any]], _Targets]], None]) -> None:
+        with read_snapshot(engine).connect() as conn:
+            labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
+            for segment in segments:
+                for batch in segment.stream(conn, batch_size):
+                    emit((labels, batch, labels.prepare(batch)))
+
+    return _prefetched(produce, EXPORT_PREFETCH)
 
 
 def iter_entries(
     engine: Engine, flt: LogFilter, *, sort: str = "due_at", order: str = "desc"
 ) -> Iterator[list[LogEntry]]:
     """Every matching entry in log order, in batches (see ``_batches``)."""
-    for labels, rows in _batches(engine, flt, sort=sort, order=order):
-        yield labels.entries(rows)
+    for labels, rows, targets in _batches(engine, flt, sort=sort, order=order):
+        yield labels.entries(rows, targets)
 
 
 def read_entries(
@@ -1048,8 +1115,8 @@ def export_csv(
     ``zone``; one chunk of bytes per batch of rows."""
     local = _LocalTime(zone)
     yield ("\ufeff" + csv_line(csv_header(str(zone)))).encode()
-    for labels, rows in _batches(engine, flt, sort=sort, order=order, csv=True):
-        yield labels.csv_text(rows, local).encode()
+    for labels, rows, targets in _batches(engine, flt, sort=sort, order=order, csv=True):
+        yield labels.csv_text(rows, targets, local).encode()
 
 
 def export_ndjson(
@@ -1057,5 +1124,5 @@ def export_ndjson(
 ) -> Iterator[bytes]:
     """The log as newline-delimited JSON: one object per delivery (the API's row
     shape, ``LogEntry.as_json``: times in UTC), one chunk of bytes per batch of rows."""
-    for labels, rows in _batches(engine, flt, sort=sort, order=order):
-        yield labels.json_lines(rows)
+    for labels, rows, targets in _batches(engine, flt, sort=sort, order=order):
+        yield labels.json_lines(rows, targets)

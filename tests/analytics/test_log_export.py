@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -164,14 +165,55 @@ def _peak_export_bytes(world, kind: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("kind", ["csv", "ndjson"])
-def test_export_streams_in_constant_memory(world, kind):
+def test_export_streams_in_constant_memory(world, kind, monkeypatch):
+    # small batches, so that even the small export fills the read-ahead
+    monkeypatch.setattr(log, "EXPORT_BATCH", 250)
     _bulk(world, 2_000, batch=1)
     small_rows, small_peak = _peak_export_bytes(world, kind)
     _bulk(world, 16_000, batch=2)
     big_rows, big_peak = _peak_export_bytes(world, kind)
     assert big_rows >= small_rows + 16_000
-    # eight times the rows, not eight times the memory: one batch at a time
+    # eight times the rows, not eight times the memory: a few batches at a time
     assert big_peak < small_peak * 1.5 + 512 * 1024, (small_peak, big_peak)
+
+
+def _log_readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sopbot-log-reader" and t.is_alive()]
+
+
+def test_an_export_stopped_early_stops_its_reader_and_returns_its_connection(world, monkeypatch):
+    # a client that hangs up after the first chunk: the read-ahead thread ends
+    # and the connection goes back to the pool
+    monkeypatch.setattr(log, "EXPORT_BATCH", 100)
+    _bulk(world, 2_000, batch=1)
+    body = log.export_csv(world.engine, log.LogFilter(template_id=world.friend_template), SH)
+    next(body)
+    next(body)
+    assert _log_readers()
+    body.close()
+    assert not _log_readers()
+    assert world.engine.pool.checkedout() == 0
+
+
+def test_a_failed_read_during_an_export_reaches_its_reader(world, monkeypatch):
+    monkeypatch.setattr(log, "EXPORT_BATCH", 100)
+    _bulk(world, 1_000, batch=1)
+    prepare = log._Labels.prepare
+    calls = []
+
+    def failing(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise RuntimeError("connection lost")
+        return prepare(self, rows)
+
+    monkeypatch.setattr(log._Labels, "prepare", failing)
+    body = log.export_ndjson(world.engine, log.LogFilter(template_id=world.friend_template))
+    with pytest.raises(RuntimeError, match="connection lost"):
+        for _ in body:
+            pass
+    assert not _log_readers()
+    assert world.engine.pool.checkedout() == 0
 
 
 # -- the exports write what the log entries say ------------------------------------
