@@ -913,20 +913,20 @@ _DONE = object()
 
 
 class _Stopped(Exception):
-    """The reader of a prefetched stream went away."""
+    """The reader of a read-ahead stream went away."""
 
 
-def _prefetched(produce: Callable[[Callable[[_T], None]], None], depth: int) -> Iterator[_T]:
-    """What ``produce`` emits, produced in a thread of its own up to ``depth``
+def _read_ahead(read: Callable[[], Iterator[_T]], depth: int) -> Iterator[_T]:
+    """The items of ``read()``, read in a thread of their own up to ``depth``
     items ahead of the reader. The database round trips of the next batch then
     overlap the formatting of this one (the driver lets go of the GIL while it
-    waits on the server). The thread owns everything ``produce`` opens: a reader
+    waits on the server). The thread owns everything ``read`` opens: a reader
     that stops early (a client that hangs up) stops it at its next item, and
-    ``produce`` closes what it opened as it unwinds."""
+    ``read`` closes what it opened as it unwinds."""
     items: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def emit(item: Any) -> None:
+    def put(item: Any) -> None:
         while True:
             if stop.is_set():
                 raise _Stopped
@@ -938,14 +938,18 @@ def _prefetched(produce: Callable[[Callable[[_T], None]], None], depth: int) -> 
 
     def run() -> None:
         try:
+            source = read()
             try:
-                produce(emit)
+                for item in source:
+                    put(item)
             except _Stopped:
                 return
             except BaseException as exc:  # handed to the reader, raised there
-                emit(exc)
+                put(exc)
                 return
-            emit(_DONE)
+            finally:
+                source.close()  # type: ignore[attr-defined]
+            put(_DONE)
         except _Stopped:
             pass
 
@@ -960,7 +964,7 @@ def _prefetched(produce: Callable[[Callable[[_T], None]], None], depth: int) -> 
                 raise item
             yield item
     finally:
-        stop.set()  # a producer waiting to put sees it within its timeout
+        stop.set()  # a thread waiting to put sees it within its timeout
         thread.join()
 
 
@@ -975,23 +979,25 @@ def _batches(
 ) -> Iterator[tuple[_Labels, list[Row[Any]], _Targets]]:
     """Every matching row in log order (the columns of ``_columns``), in batches
     of ``batch_size`` (default ``EXPORT_BATCH``), each with its labels prepared.
-    The rows come from server-side cursors in one snapshot, read ahead in a
-    thread (see ``_prefetched``): memory stays at a few batches however many
-    rows match."""
+    The rows come from server-side cursors in one snapshot (from a database
+    server, read ahead in a thread: see ``_read_ahead``); memory stays at a few
+    batches however many rows match."""
     check_sort(sort, order)
     batch_size = batch_size or EXPORT_BATCH
     sqlite = is_sqlite(engine)
     columns = _columns(sqlite, csv=csv, raw=True)
     segments = _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns)
 
-    def produce(emit: Callable[[tuple[_Labels, list[Row[Any]], _Targets]], None]) -> None:
+    def read() -> Iterator[tuple[_Labels, list[Row[Any]], _Targets]]:
         with read_snapshot(engine).connect() as conn:
             labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
             for segment in segments:
                 for batch in segment.stream(conn, batch_size):
-                    emit((labels, batch, labels.prepare(batch)))
+                    yield labels, batch, labels.prepare(batch)
 
-    return _prefetched(produce, EXPORT_PREFETCH)
+    if sqlite:  # in this process: no server to wait on, and a thread would contend for the GIL
+        return read()
+    return _read_ahead(read, EXPORT_PREFETCH)
 
 
 def iter_entries(

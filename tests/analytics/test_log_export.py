@@ -181,15 +181,14 @@ def _log_readers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "sopbot-log-reader" and t.is_alive()]
 
 
-def test_an_export_stopped_early_stops_its_reader_and_returns_its_connection(world, monkeypatch):
-    # a client that hangs up after the first chunk: the read-ahead thread ends
-    # and the connection goes back to the pool
+def test_an_export_stopped_early_returns_its_connection(world, monkeypatch):
+    # a client that hangs up after the first chunks (on a server database the
+    # read-ahead thread ends too)
     monkeypatch.setattr(log, "EXPORT_BATCH", 100)
     _bulk(world, 2_000, batch=1)
     body = log.export_csv(world.engine, log.LogFilter(template_id=world.friend_template), SH)
     next(body)
     next(body)
-    assert _log_readers()
     body.close()
     assert not _log_readers()
     assert world.engine.pool.checkedout() == 0
@@ -214,6 +213,44 @@ def test_a_failed_read_during_an_export_reaches_its_reader(world, monkeypatch):
             pass
     assert not _log_readers()
     assert world.engine.pool.checkedout() == 0
+
+
+def _source(n: int, closed: list[bool], fail_at: int | None = None):
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"bad item {i}")
+            yield i
+    finally:
+        closed.append(True)
+
+
+def test_read_ahead_keeps_order_and_closes_its_source():
+    closed: list[bool] = []
+    assert list(log._read_ahead(lambda: _source(1_000, closed), 2)) == list(range(1_000))
+    assert closed == [True]
+    assert not _log_readers()
+
+
+def test_read_ahead_stopped_early_stops_its_thread_and_closes_its_source():
+    closed: list[bool] = []
+    items = log._read_ahead(lambda: _source(10**9, closed), 2)
+    assert [next(items) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert _log_readers()
+    items.close()
+    assert not _log_readers()
+    assert closed == [True]
+
+
+def test_read_ahead_raises_the_sources_error_in_the_reader():
+    closed: list[bool] = []
+    got = []
+    with pytest.raises(ValueError, match="bad item 7"):
+        for item in log._read_ahead(lambda: _source(100, closed, fail_at=7), 2):
+            got.append(item)
+    assert got == list(range(7))
+    assert closed == [True]
+    assert not _log_readers()
 
 
 # -- the exports write what the log entries say ------------------------------------
