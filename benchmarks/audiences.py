@@ -48,6 +48,7 @@ from api.users import service as users_service
 from api.users.models import User
 from audiences import service as audiences_service
 from audiences.models import Contact, Tag, TagAssignment
+from benchmarks.machine import describe
 from scheduler import membership
 from scheduler.models import Delivery, Enrollment
 from sop_templates import service as templates_service
@@ -280,8 +281,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         "benchmark": "audiences",
         "database": "sqlite",
         "quick": quick,
-        "cpus": os.cpu_count(),
-        "load_avg_start": round(os.getloadavg()[0], 2),
+        "machine": describe(),
     }
     result.update(phase_events(events))
     result.update(phase_publish(contacts))

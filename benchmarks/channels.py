@@ -29,7 +29,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import socket
 import sys
@@ -43,6 +42,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
 from audiences.models import Account, Contact
+from benchmarks.machine import describe
 from channels.base import AdapterContext, OutboundMessage
 from channels.http import channel_http_client
 from channels.registry import ensure_instance
@@ -345,6 +345,7 @@ async def _wecom_dispatch(n: int, settings: Settings) -> dict[str, Any]:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    machine = describe()
     scale = 10 if args.quick else 1
     base = Settings(
         database_url="sqlite://",
@@ -370,7 +371,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "channels",
         "quick": bool(args.quick),
-        "python": platform.python_version(),
+        "machine": machine,
         "webhook": webhook,
         "wecom": {
             "contacts": n_wecom,

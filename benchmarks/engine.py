@@ -68,6 +68,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
 from audiences.models import Account, Contact
+from benchmarks.machine import describe
 from channels.models import MockMessage
 from channels.registry import ensure_instance
 from scheduler import service as scheduler_service
@@ -627,6 +628,7 @@ def run(
 ) -> dict[str, Any]:
     """Run every phase once; return the result object (see the module docstring)."""
     t_start = time.perf_counter()
+    machine = describe()
     load_start = os.getloadavg()[0]
     sizes = Sizes.quick() if quick else Sizes.full()
     profiler = Profiler(profile_dir)
@@ -656,8 +658,8 @@ def run(
             "apscheduler": dist_version("apscheduler"),
             "sqlite": sqlite3.sqlite_version,
         },
+        "machine": machine,
         "host": {
-            "cpus": os.cpu_count(),
             "loadavg_1m_start": round(load_start, 2),
             "loadavg_1m_end": round(os.getloadavg()[0], 2),
         },

@@ -3,9 +3,11 @@
 Measured through the same service functions the API routes call (``scheduler.log``,
 ``scheduler.stats``, ``scheduler.retention``), on a reader session like the routes':
 
-Every timing is reported as wall-clock and as this process's CPU time; the targets are
-judged on CPU time (what the work costs on an otherwise idle machine) because the
-machines this runs on are shared -- ``load_avg_start``/``load_avg_end`` say how much.
+Every timing is reported as wall-clock and as this process's CPU time. On SQLite the
+targets are judged on CPU time (what the work costs on an otherwise idle machine)
+because the machines this runs on are shared -- ``machine.load_avg_start``/
+``load_avg_end`` say how much; on PostgreSQL, whose server does part of the work in
+another process, on wall-clock time.
 
 * ``page_filtered_ms`` -- a log page (50 rows) filtered by template + status ``sent`` +
   one local day of due time, for 50 random (template, day) pairs; p50/p95.
@@ -59,6 +61,7 @@ from sqlmodel import Session, SQLModel
 
 from benchmarks import log_data
 from benchmarks.engine import _ensure_pg_database, _percentile, _rss_now_mb
+from benchmarks.machine import describe
 from scheduler import log, stats
 from scheduler.models import Delivery
 from scheduler.repository import DELIVERIES, insert_ignore
@@ -332,8 +335,7 @@ def run(
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "sqlalchemy": sqlalchemy.__version__,
-        "cpus": os.cpu_count(),
-        "load_avg_start": round(os.getloadavg()[0], 2),
+        "machine": describe(),
     }
     with _database(database_url, pg_database, "log") as engine:
         _log(f"building {rows:,} deliveries on {result['database']}")
@@ -356,15 +358,19 @@ def run(
     result.update(phase_insert(database_url, pg_database, insert_rows))
     result["load_avg_end"] = round(os.getloadavg()[0], 2)
     result["targets"] = TARGETS
-    # judged on CPU time: what the work costs without the other load (wall in the result too)
+    # judged on this process's CPU time on SQLite (in-process: what the work costs
+    # without the other load); on PostgreSQL the server's time counts too, so on
+    # wall-clock time (both are in the result)
+    basis = "wall" if database_url else "cpu"
+    result["targets_judged_on"] = basis
     result["meets_targets"] = {
-        "page_filtered_p95_ms": result["page_filtered_ms"]["cpu"]["p95"]
+        "page_filtered_p95_ms": result["page_filtered_ms"][basis]["p95"]
         <= TARGETS["page_filtered_p95_ms"],
         "page_deep_p95_ms": all(
-            d["cpu"]["p95"] <= TARGETS["page_deep_p95_ms"] for d in result["page_deep_ms"].values()
+            d[basis]["p95"] <= TARGETS["page_deep_p95_ms"] for d in result["page_deep_ms"].values()
         ),
-        "stats_p95_ms": result["stats_ms"]["cpu"]["p95"] <= TARGETS["stats_p95_ms"],
-        "export_csv_rows_per_s": result["export_csv_rows_per_s"]["cpu"]
+        "stats_p95_ms": result["stats_ms"][basis]["p95"] <= TARGETS["stats_p95_ms"],
+        "export_csv_rows_per_s": result["export_csv_rows_per_s"][basis]
         >= TARGETS["export_csv_rows_per_s"],
     }
     result["verified"] = bool(result["stats_verified"] and result["export_verified"])

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Engine, make_url
 
 from audiences.models import Account, Contact
+from benchmarks.machine import describe
 from channels.models import MockMessage
 from channels.registry import ensure_instance
 from scheduler import service as scheduler_service
@@ -482,6 +482,7 @@ def run_case(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    machine = describe()
     n_latency = args.deliveries_latency or (2_000 if args.quick else 10_000)
     n_zero = args.deliveries_zero or (5_000 if args.quick else 30_000)
     counts = [int(c) for c in args.workers.split(",")]
@@ -542,7 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "scaleout",
         "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine,
         "worker_settings": tuning or "defaults",
         "results": results,
         "speedup_20ms": {str(c): speedup(20.0, c) for c in counts if c != 1},
