@@ -115,6 +115,8 @@ class WebhookAdapter:
         # Per instance, not per call: concurrent batches share max_concurrency, so
         # requests in flight (and the HTTP pool's connections) stay bounded.
         self._in_flight = asyncio.Semaphore(config.max_concurrency)
+        # Parsed once: httpx parses a URL given as text on every request.
+        self._url = httpx.URL(str(config.url))
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         semaphore = self._in_flight
@@ -131,9 +133,7 @@ class WebhookAdapter:
     async def check_connection(self) -> str:
         """HEAD the URL (sends no message): any HTTP answer proves it is reachable."""
         try:
-            response = await self.context.http.head(
-                str(self.config.url), timeout=self.config.timeout_s
-            )
+            response = await self.context.http.head(self._url, timeout=self.config.timeout_s)
         except httpx.HTTPError as exc:
             raise ConnectionError(f"webhook URL not reachable: {exc.__class__.__name__}") from None
         return f"webhook URL reachable (HEAD answered HTTP {response.status_code})"
@@ -184,7 +184,7 @@ class WebhookAdapter:
 
         try:
             response = await self.context.http.post(
-                str(self.config.url),
+                self._url,
                 content=body,
                 headers=self._headers(message, body),
                 timeout=self.config.timeout_s,
