@@ -629,7 +629,6 @@ def run(
     """Run every phase once; return the result object (see the module docstring)."""
     t_start = time.perf_counter()
     machine = describe()
-    load_start = os.getloadavg()[0]
     sizes = Sizes.quick() if quick else Sizes.full()
     profiler = Profiler(profile_dir)
     dbs = Databases(database_url, pg_database)
@@ -660,7 +659,7 @@ def run(
         },
         "machine": machine,
         "host": {
-            "loadavg_1m_start": round(load_start, 2),
+            "loadavg_1m_start": machine["load_avg_start"],
             "loadavg_1m_end": round(os.getloadavg()[0], 2),
         },
         "python": platform.python_version(),

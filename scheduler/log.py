@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, TypeVar
@@ -523,7 +524,7 @@ class _Labels:
         self._csv_accounts: dict[int | None, str] = {}
         self._csv_outcomes: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
-    def prepare(self, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], tuple[Any, Any, Any]]:
+    def prepare(self, rows: Sequence[Row[Any]]) -> _Targets:
         """Load the names this batch needs; return its targets by (kind, id).
         This reads the database, and only it: the ``entries``, ``json_lines`` and
         ``csv_text`` of a prepared batch only read what it loaded (which is how
@@ -916,7 +917,7 @@ class _Stopped(Exception):
     """The reader of a read-ahead stream went away."""
 
 
-def _read_ahead(read: Callable[[], Iterator[_T]], depth: int) -> Iterator[_T]:
+def _read_ahead(read: Callable[[], Generator[_T, None, None]], depth: int) -> Iterator[_T]:
     """The items of ``read()``, read in a thread of their own up to ``depth``
     items ahead of the reader. The database round trips of the next batch then
     overlap the formatting of this one (the driver lets go of the GIL while it
@@ -937,21 +938,18 @@ def _read_ahead(read: Callable[[], Iterator[_T]], depth: int) -> Iterator[_T]:
                 continue
 
     def run() -> None:
+        source = read()
         try:
-            source = read()
-            try:
-                for item in source:
-                    put(item)
-            except _Stopped:
-                return
-            except BaseException as exc:  # handed to the reader, raised there
-                put(exc)
-                return
-            finally:
-                source.close()  # type: ignore[attr-defined]
+            for item in source:
+                put(item)
             put(_DONE)
         except _Stopped:
             pass
+        except BaseException as exc:  # handed to the reader, raised there
+            with contextlib.suppress(_Stopped):
+                put(exc)
+        finally:
+            source.close()
 
     thread = threading.Thread(target=run, name="sopbot-log-reader", daemon=True)
     thread.start()
@@ -988,7 +986,7 @@ def _batches(
     columns = _columns(sqlite, csv=csv, raw=True)
     segments = _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns)
 
-    def read() -> Iterator[tuple[_Labels, list[Row[Any]], _Targets]]:
+    def read() -> Generator[tuple[_Labels, list[Row[Any]], _Targets], None, None]:
         with read_snapshot(engine).connect() as conn:
             labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
             for segment in segments:
