@@ -101,8 +101,8 @@ class SchedulerRuntime:
         self.heartbeat.record(stats)
         if self.metrics is not None:
             self.metrics.observe(stats)
-        if stats.claimed:
-            log.info("dispatched %s", dict(stats.outcomes))
+        if stats.claimed:  # each batch has its own INFO line (scheduler.dispatch)
+            log.debug("dispatched %s", dict(stats.outcomes))
         return stats
 
     async def plan_tick(self) -> service.PlanResult:

@@ -51,6 +51,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# Libraries that narrate routine work at INFO: APScheduler two lines per job run
+# (the dispatch tick runs every second), Alembic one per plugin it loads. At
+# the default level they are held to warnings and errors; SOPBOT_LOG_LEVEL=debug
+# lets them through again.
+CHATTY_LOGGERS = ("apscheduler", "alembic.runtime.plugins")
+
+
 class _BusyTickFilter(logging.Filter):
     """APScheduler warns each time a tick is skipped because the previous one
     still runs; for the dispatch tick draining a backlog that is the design
@@ -73,6 +80,9 @@ def configure_logging(settings: Settings, **fields: Any) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
     apscheduler = logging.getLogger("apscheduler.scheduler")
     if not any(isinstance(f, _BusyTickFilter) for f in apscheduler.filters):
         apscheduler.addFilter(_BusyTickFilter())

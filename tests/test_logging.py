@@ -14,7 +14,7 @@ from factories import add_contact, deliveries, enroll, new_friend_spec, publish
 
 from channels.registry import ensure_instance
 from sopbot.db import session_scope
-from sopbot.logging import JsonFormatter, configure_logging, uvicorn_log_config
+from sopbot.logging import CHATTY_LOGGERS, JsonFormatter, configure_logging, uvicorn_log_config
 from sopbot.settings import Settings
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
@@ -90,6 +90,28 @@ def test_configure_logging_switches_the_root_handler():
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_routine_library_chatter_is_held_to_warnings_unless_debugging():
+    """APScheduler logs two INFO lines per job run (the dispatch tick runs every
+    second): at the default level they would bury sopbot's own lines."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging(Settings(_env_file=None))  # type: ignore[call-arg]
+        executor = logging.getLogger("apscheduler.executors.default")
+        assert not executor.isEnabledFor(logging.INFO)
+        assert executor.isEnabledFor(logging.WARNING)  # a failing job still shows
+        assert not logging.getLogger("alembic.runtime.plugins").isEnabledFor(logging.INFO)
+        assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+        assert logging.getLogger("sopbot.dispatch").isEnabledFor(logging.INFO)
+        configure_logging(Settings(log_level="debug", _env_file=None))  # type: ignore[call-arg]
+        assert executor.isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_uvicorn_gets_a_json_config_only_when_asked():
