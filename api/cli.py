@@ -112,7 +112,10 @@ def serve(
             from api.demo import load_demo
 
             created = load_demo(app_.state.engine, app_.state.clock.now())
-            logging.getLogger("sopbot").info("demo loaded: %s", created)
+            if created["templates"]:
+                logging.getLogger("sopbot").info("demo loaded: %s", created)
+            else:
+                logging.getLogger("sopbot").info("demo data already there: nothing added")
         _print_setup_link(app_, bind_host, bind_port)
 
     application = create_app(settings, on_startup=startup)
