@@ -1,5 +1,4 @@
-"""The dashboard at ``/`` (the operator UI's home), and the status labels the
-read-only report pages share."""
+"""The dashboard at ``/`` (the operator UI's home)."""
 
 from __future__ import annotations
 
@@ -11,18 +10,9 @@ from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from api.views import render, zone_of
 from scheduler import dashboard as dashboard_service
-from scheduler import log, stats
+from scheduler import stats
 
 router = APIRouter(include_in_schema=False)
-
-STATUS_ZH = {
-    **log.STATUS_ZH,  # deliveries
-    "draft": "草稿",
-    "pending_approval": "待审批",
-    "published": "已发布",
-    "paused": "已暂停",
-    "archived": "已归档",
-}
 
 
 @router.get("/", response_class=HTMLResponse)

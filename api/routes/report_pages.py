@@ -1,27 +1,26 @@
-"""Read-only pages for analysts: the delivery log (发送记录) with shareable filter
-URLs and CSV download, and the template report (SOP 数据报表) with a funnel across
-touchpoints and a sends-per-hour chart drawn as server-side SVG (no scripts, no
-CDN)."""
+"""Read-only pages for analysts, in the operator UI: the delivery log (发送记录)
+with shareable filter URLs and CSV download, and the template report (SOP 数据报表)
+with a funnel across touchpoints and a sends-per-hour chart drawn as server-side
+SVG (no chart script, no CDN)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi import Path as FastAPIPath
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from api.deps import ClockDep, ReaderDep, SettingsDep
+from api.i18n import N_
 from api.routes.deliveries import log_query_string, parse_log_filter
-from api.routes.pages import STATUS_ZH
 from api.routes.stats import stats_filter
+from api.views import KIND_LABELS, render, translator
 from audiences.models import Account
 from channels import service as channels_service
 from scheduler import log, stats
@@ -31,7 +30,6 @@ from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
 
 PAGE_SIZES = (50, 100, 200, 500)
 
@@ -56,6 +54,28 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
     }
 
 
+def content_text(parts: Sequence[dict[str, Any]] | None, gettext: Callable[[str], str]) -> str:
+    """``log.content_text`` in the page's language: text as is, other parts labelled."""
+    if not parts:
+        return ""
+    if len(parts) == 1 and parts[0].get("kind") == "text":
+        return str(parts[0].get("text") or "")
+    lines = []
+    for part in parts:
+        kind = str(part.get("kind"))
+        if kind == "text":
+            lines.append(str(part.get("text") or ""))
+            continue
+        label = gettext(KIND_LABELS.get(kind, kind))
+        details = [
+            str(v)
+            for v in (part.get("title"), part.get("name"), part.get("page"), part.get("url"))
+            if v
+        ]
+        lines.append(f"[{label}] {' '.join(details)}" if details else f"[{label}]")
+    return "\n".join(lines)
+
+
 @router.get("/log", response_class=HTMLResponse)
 def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTMLResponse:
     zone = ZoneInfo(settings.default_timezone)
@@ -76,12 +96,11 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
     except InvalidLogQuery as exc:
         error = exc
     export_query = log_query_string(request, cursor=None, limit=None)
-    return templates.TemplateResponse(
+    gettext = translator(request)
+    return render(
         request,
-        "log.html",
+        "ui/log.html",
         {
-            "zone": zone,
-            "zh": STATUS_ZH,
             "statuses": DeliveryStatus.ALL,
             "selected_statuses": set(flt.statuses) if flt else set(params.getlist("status")),
             "params": params,
@@ -97,7 +116,7 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
             "first_url": f"/log?{log_query_string(request, cursor=None)}",
             "csv_url": f"/api/deliveries/export.csv?{export_query}",
             "ndjson_url": f"/api/deliveries/export.ndjson?{export_query}",
-            "content_text": log.content_text,
+            "content_text": lambda parts: content_text(parts, gettext),
             **_choices(session, flt.template_id if flt else None),
         },
         status_code=422 if error else 200,
@@ -106,10 +125,10 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
 
 @router.get("/report", response_class=HTMLResponse)
 def report_index(request: Request, session: ReaderDep, clock: ClockDep) -> HTMLResponse:
-    return templates.TemplateResponse(
+    return render(
         request,
-        "report.html",
-        {"overview": stats.overview(session, now=clock.now()), "report": None, "zh": STATUS_ZH},
+        "ui/report.html",
+        {"overview": stats.overview(session, now=clock.now()), "report": None},
     )
 
 
@@ -151,9 +170,10 @@ def report_page(
     for key in ("version_id", "channel", "due_from", "due_to"):
         if params.get(key):
             log_base[key] = params[key]
-    return templates.TemplateResponse(
+    gettext = translator(request)
+    return render(
         request,
-        "report.html",
+        "ui/report.html",
         {
             "overview": None,
             "template": template,
@@ -162,10 +182,8 @@ def report_page(
             "params": params,
             "versions": versions,
             "channels": channels_service.instance_names(session),
-            "zh": STATUS_ZH,
-            "zone": zone,
-            "funnel": funnel_chart(report.touchpoints) if report else None,
-            "chart": series_chart(report.series, report.interval) if report else None,
+            "funnel": funnel_chart(report.touchpoints, gettext) if report else None,
+            "chart": series_chart(report.series, report.interval, gettext) if report else None,
             "log_base": log_base,
         },
         status_code=422 if error else 200,
@@ -202,19 +220,25 @@ class Chart:
     grid: list[tuple[float, str]]  # (y, value label)
 
 
-def funnel_chart(touchpoints: Sequence[stats.TouchpointStats]) -> Chart:
-    """One row per touchpoint: planned deliveries (light) and sent (dark)."""
+def funnel_chart(
+    touchpoints: Sequence[stats.TouchpointStats], gettext: Callable[[str], str]
+) -> Chart:
+    """One row per touchpoint: planned deliveries (light) and sent (dark); the
+    tooltips in the language of ``gettext``."""
     width, label_w, row_h, bar_h = 760, 210, 34, 22
     widest = max((t.counts.deliveries for t in touchpoints), default=0) or 1
     scale = (width - label_w - 150) / widest
     bars, labels = [], []
+    planned_label, sent_label = gettext(N_("Planned")), gettext(N_("Sent"))
     for i, t in enumerate(touchpoints):
         y = 8 + i * row_h
         name = f"v{t.version or '?'} · {t.name or t.touchpoint_id}"
         labels.append(Label(label_w - 8, y + bar_h * 0.72, name, "end"))
         planned, sent = t.counts.deliveries, t.counts.sent
-        bars.append(Bar(label_w, y, planned * scale, bar_h, "planned", f"{name}: 计划 {planned}"))
-        bars.append(Bar(label_w, y, sent * scale, bar_h, "sent", f"{name}: 已发送 {sent}"))
+        bars.append(
+            Bar(label_w, y, planned * scale, bar_h, "planned", f"{name}: {planned_label} {planned}")
+        )
+        bars.append(Bar(label_w, y, sent * scale, bar_h, "sent", f"{name}: {sent_label} {sent}"))
         rate = "—" if t.counts.send_rate is None else f"{t.counts.send_rate:.1%}"
         labels.append(
             Label(label_w + planned * scale + 6, y + bar_h * 0.72, f"{sent} / {planned} · {rate}")
@@ -223,18 +247,21 @@ def funnel_chart(touchpoints: Sequence[stats.TouchpointStats]) -> Chart:
 
 
 SERIES_PARTS = (
-    ("sent", "sent", "已发送"),
-    ("failed", "failed", "失败"),
-    ("unknown", "failed", "结果未知"),
-    ("missed", "missed", "已错过"),
-    ("skipped", "missed", "已跳过"),
-    ("cancelled", "missed", "已取消"),
-    ("pending", "pending", "待发送"),
+    ("sent", "sent", N_("Sent")),
+    ("failed", "failed", N_("Failed")),
+    ("unknown", "failed", N_("Unknown outcome")),
+    ("missed", "missed", N_("Missed")),
+    ("skipped", "missed", N_("Skipped")),
+    ("cancelled", "missed", N_("Cancelled")),
+    ("pending", "pending", N_("Pending")),
 )
 
 
-def series_chart(points: Sequence[stats.SeriesPoint], interval: str) -> Chart:
-    """Stacked bars per hour (or day) of due time: sent, failed, not sent, pending."""
+def series_chart(
+    points: Sequence[stats.SeriesPoint], interval: str, gettext: Callable[[str], str]
+) -> Chart:
+    """Stacked bars per hour (or day) of due time: sent, failed, not sent, pending;
+    the tooltips in the language of ``gettext``."""
     width, height, left, bottom, top = 760, 240, 44, 36, 10
     plot_w, plot_h = width - left - 8, height - top - bottom
     peak = max((p.deliveries for p in points), default=0)
@@ -248,16 +275,17 @@ def series_chart(points: Sequence[stats.SeriesPoint], interval: str) -> Chart:
         x = left + i * slot
         y = top + plot_h
         when = p.start.strftime("%Y-%m-%d %H:%M" if interval == "hour" else "%Y-%m-%d")
-        for attr, css, zh in SERIES_PARTS:
+        for attr, css, label in SERIES_PARTS:
             n = getattr(p, attr)
             if n:
                 h = n / ceiling * plot_h
                 y -= h
-                bars.append(Bar(x + slot * 0.1, y, max(slot * 0.8, 1), h, css, f"{when} {zh} {n}"))
+                title = f"{when} {gettext(label)} {n}"
+                bars.append(Bar(x + slot * 0.1, y, max(slot * 0.8, 1), h, css, title))
         if i % every == 0:
-            labels.append(
-                Label(x + slot / 2, height - bottom + 16, p.start.strftime(fmt), "middle")
-            )
+            # centred under its bar, but kept inside the chart (about 72px wide)
+            centre = min(x + slot / 2, width - 38)
+            labels.append(Label(centre, height - bottom + 16, p.start.strftime(fmt), "middle"))
     grid = [
         (top + plot_h - v / ceiling * plot_h, str(v)) for v in range(0, int(ceiling) + 1, step or 1)
     ]
