@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
@@ -107,6 +109,11 @@ def create_app(
         version=__version__,
         description="Private-domain community-operations SOP scheduler.",
         lifespan=lifespan,
+        # FastAPI's own pages load Swagger UI and ReDoc from a CDN; /docs is
+        # served below from the vendored copy instead, so it works offline and
+        # where the CDN is blocked.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     # Every route checks the caller (api.auth). Routers that declare the
@@ -137,6 +144,29 @@ def create_app(
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    _add_docs_and_icon(app)
     app.add_middleware(AuditMiddleware)
 
     return app
+
+
+SWAGGER_UI = "/static/vendor/swagger-ui-5.35.0"  # swagger-ui-dist from the npm registry
+
+
+def _add_docs_and_icon(app: FastAPI) -> None:
+    """The interactive API docs at /docs, and the site icon (open, like the
+    OpenAPI document itself)."""
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")

@@ -8,8 +8,8 @@ memory with Babel when it is installed.
 
 Extract and update (see README "Translations")::
 
-    pybabel extract -F api/babel.cfg -o api/locale/messages.pot .
-    pybabel update -i api/locale/messages.pot -d api/locale
+    pybabel extract -F api/babel.cfg -k N_ --no-location --sort-output -o api/locale/messages.pot .
+    pybabel update -i api/locale/messages.pot -d api/locale -w 100 -N
     pybabel compile -d api/locale
 """
 

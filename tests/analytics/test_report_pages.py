@@ -54,7 +54,7 @@ def nothing_from_elsewhere(html: str) -> None:
     assert re.findall(r"<script[^>]*>", html) == [
         '<script src="/static/vendor/htmx-2.0.11.min.js" defer>'
     ]
-    assert re.findall(r'<link[^>]*href="([^"]+)"', html) == ["/static/app.css"]
+    assert re.findall(r'<link[^>]*href="([^"]+)"', html) == ["/static/favicon.svg", "/static/app.css"]
 
 
 def test_log_page_filters_from_the_url_and_offers_the_same_rows_as_csv(world, client):
@@ -162,7 +162,7 @@ def test_the_analyst_pages_are_pages_of_the_app_in_both_languages(world, analyst
         assert "<style" not in html and "style=" not in html  # the look is app.css's
 
     log_zh = analyst.get("/log").text
-    assert "<title>sopbot 发送记录</title>" in log_zh and "<h1>发送记录</h1>" in log_zh
+    assert "<title>发送记录 · sopbot</title>" in log_zh and "<h1>发送记录</h1>" in log_zh
     assert headers_of(log_zh)[:4] == ["#", "计划时间", "对象", "SOP 模板 · 触达节点"]
     assert "筛选条件都在网址里，复制网址即可分享" in log_zh
     assert 'type="datetime-local" id="f-due_from" name="due_from"' in log_zh

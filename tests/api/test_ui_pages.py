@@ -186,6 +186,24 @@ def test_ui_test_send_with_htmx(client, operator, engine):
     assert "测试消息已发送" in response.text and "wm_me" in response.text
 
 
+def test_api_docs_and_icon_load_nothing_from_outside(client):
+    """/docs (linked from every page) must work offline and where public CDNs are
+    blocked: every script, style sheet and icon it names is served here."""
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/static/") for a in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert "'/openapi.json'" in docs.text and client.get("/openapi.json").status_code == 200
+    assert client.get("/redoc").status_code == 404  # FastAPI's CDN-loaded page is off
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    login = client.get("/login").text
+    assert '<link rel="icon" href="/static/favicon.svg"' in login
+    assert "<title>登录 · sopbot</title>" in login
+
+
 def test_the_compiled_catalog_is_current_and_complete():
     from babel.messages.extract import extract_from_dir
     from babel.messages.mofile import read_mo
