@@ -13,6 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.auth import Permission, Principal
 from api.i18n import N_, environment, gettext_for, negotiate
+from scheduler import log
+from sop_templates.schemas import RENDERED_FIELDS
 
 STATUS_LABELS: dict[str, str] = {
     # deliveries
@@ -127,6 +129,7 @@ def render(
     locale = locale_of(request)
     me = principal or getattr(request.state, "principal", None)
     gettext = gettext_for(locale)
+    part_labels = {kind: gettext(KIND_LABELS[kind]) for kind in RENDERED_FIELDS}
     path = request.url.path
     base: dict[str, Any] = {
         "request": request,
@@ -139,6 +142,7 @@ def render(
             for href, label, permission in NAV
             if me is not None and me.can(permission)
         ],
+        "content_text": lambda parts: log.content_text(parts, part_labels),
         "status_label": lambda s: gettext(STATUS_LABELS.get(s, s)) if s else "",
         "kind_label": lambda k: gettext(KIND_LABELS.get(k, k)) if k else "",
         # a contact or group that is "active" is simply there (正常)

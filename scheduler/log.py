@@ -27,7 +27,7 @@ import json
 import queue
 import re
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, TypeVar
@@ -348,8 +348,11 @@ class LogPage:
     next_cursor: str | None
 
 
-def content_text(parts: Sequence[dict[str, Any]] | None) -> str:
-    """Rendered content as an operator reads it: text as is, other parts labelled."""
+def content_text(
+    parts: Sequence[dict[str, Any]] | None, labels: Mapping[str, str] = PART_ZH
+) -> str:
+    """Rendered content as an operator reads it: text as is, other parts labelled
+    (``labels``: a part kind's name, Chinese by default as in the CSV export)."""
     if not parts:
         return ""
     if len(parts) == 1 and parts[0].get("kind") == "text":
@@ -360,7 +363,7 @@ def content_text(parts: Sequence[dict[str, Any]] | None) -> str:
         if kind == "text":
             lines.append(str(part.get("text") or ""))
             continue
-        label = PART_ZH.get(str(kind), str(kind))
+        label = labels.get(str(kind), str(kind))
         details = [
             str(v)
             for v in (part.get("title"), part.get("name"), part.get("page"), part.get("url"))

@@ -20,7 +20,7 @@ from api.deps import ClockDep, ReaderDep, SettingsDep
 from api.i18n import N_
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
-from api.views import KIND_LABELS, render, translator
+from api.views import render, translator
 from audiences.models import Account
 from channels import service as channels_service
 from scheduler import log, stats
@@ -54,28 +54,6 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
     }
 
 
-def content_text(parts: Sequence[dict[str, Any]] | None, gettext: Callable[[str], str]) -> str:
-    """``log.content_text`` in the page's language: text as is, other parts labelled."""
-    if not parts:
-        return ""
-    if len(parts) == 1 and parts[0].get("kind") == "text":
-        return str(parts[0].get("text") or "")
-    lines = []
-    for part in parts:
-        kind = str(part.get("kind"))
-        if kind == "text":
-            lines.append(str(part.get("text") or ""))
-            continue
-        label = gettext(KIND_LABELS.get(kind, kind))
-        details = [
-            str(v)
-            for v in (part.get("title"), part.get("name"), part.get("page"), part.get("url"))
-            if v
-        ]
-        lines.append(f"[{label}] {' '.join(details)}" if details else f"[{label}]")
-    return "\n".join(lines)
-
-
 @router.get("/log", response_class=HTMLResponse)
 def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTMLResponse:
     zone = ZoneInfo(settings.default_timezone)
@@ -96,7 +74,6 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
     except InvalidLogQuery as exc:
         error = exc
     export_query = log_query_string(request, cursor=None, limit=None)
-    gettext = translator(request)
     return render(
         request,
         "ui/log.html",
@@ -116,7 +93,6 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
             "first_url": f"/log?{log_query_string(request, cursor=None)}",
             "csv_url": f"/api/deliveries/export.csv?{export_query}",
             "ndjson_url": f"/api/deliveries/export.ndjson?{export_query}",
-            "content_text": lambda parts: content_text(parts, gettext),
             **_choices(session, flt.template_id if flt else None),
         },
         status_code=422 if error else 200,

@@ -92,7 +92,6 @@ def _detail(request: Request, session: Session, kind: str, target_id: int, **ext
             "tags": sorted(tags),
             "sops": scheduler_targets.enrollments_of(session, kind, target_id),
             "deliveries": page.entries,
-            "content_text": delivery_log.content_text,
             "enrollable": enrollable,
             **extra,
         },
