@@ -54,7 +54,10 @@ def nothing_from_elsewhere(html: str) -> None:
     assert re.findall(r"<script[^>]*>", html) == [
         '<script src="/static/vendor/htmx-2.0.11.min.js" defer>'
     ]
-    assert re.findall(r'<link[^>]*href="([^"]+)"', html) == ["/static/favicon.svg", "/static/app.css"]
+    assert re.findall(r'<link[^>]*href="([^"]+)"', html) == [
+        "/static/favicon.svg",
+        "/static/app.css",
+    ]
 
 
 def test_log_page_filters_from_the_url_and_offers_the_same_rows_as_csv(world, client):
