@@ -94,6 +94,6 @@ def test_naive_joined_at_is_refused(client):
 
 def test_status_page_and_health(client):
     page = client.get("/")
-    assert page.status_code == 200 and "sopbot 运行状态" in page.text
+    assert page.status_code == 200 and "<title>运行状态 · sopbot</title>" in page.text
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["backlog"] == 0
