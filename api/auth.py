@@ -142,11 +142,17 @@ def _resolve(request: Request, bearer: str | None, cookie: str | None) -> Princi
             found = users_service.find_token(session, bearer)
         if found is None:
             raise NotAuthenticated("the API token is not valid (unknown or revoked)")
-        token, user = found
+        token, token_user = found
         if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
             with session_scope(engine) as session:
                 users_service.touch_token(session, token.id, now)  # type: ignore[arg-type]
-        return Principal(user.id, user.username, user.display_name, user.role_set, "token")  # type: ignore[arg-type]
+        return Principal(
+            token_user.id,  # type: ignore[arg-type]
+            token_user.username,
+            token_user.display_name,
+            token_user.role_set,
+            "token",
+        )
     if cookie:
         key = secret_key(request)
         raw = unsign(key, cookie)

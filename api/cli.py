@@ -123,12 +123,13 @@ def serve(
         f"sopbot on http://{bind_host}:{bind_port}/  (API docs: /docs, database: {settings.database_url})"
     )
     log_config = uvicorn_log_config(settings)
+    logging_options: dict[str, Any] = {"log_config": log_config} if log_config else {}
     uvicorn.run(
         application,
         host=bind_host,
         port=bind_port,
         log_level="info",
-        **({"log_config": log_config} if log_config else {}),
+        **logging_options,
     )
 
 
@@ -246,6 +247,7 @@ def api_only(
     _require_current_schema(settings, upgrade_empty=False)
     os.environ["SOPBOT_RUN_SCHEDULER"] = "false"
     log_config = uvicorn_log_config(settings)
+    logging_options: dict[str, Any] = {"log_config": log_config} if log_config else {}
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -253,7 +255,7 @@ def api_only(
         port=port or settings.port,
         workers=workers,
         log_level="info",
-        **({"log_config": log_config} if log_config else {}),
+        **logging_options,
     )
 
 
@@ -380,9 +382,10 @@ def template_enroll(
                 if found.target_kind == "contact"
                 else audiences_service.find_group
             )
-            pairs = []
+            pairs: list[tuple[int, datetime]] = []
             for key in targets:
                 target = finder(session, key)
+                assert target.id is not None  # a stored row
                 pairs.append((target.id, ensure_utc(anchor) if anchor else target.joined_at))
             result = scheduler_service.enroll(session, found, pairs, clock.now())
     except (service.TemplateError, service.NotFound, audiences_service.NotFound, ValueError) as exc:

@@ -90,8 +90,8 @@ def load_demo(engine: Engine, now: datetime) -> dict[str, int]:
             result = scheduler_service.enroll(
                 session,
                 template,
-                [(t.id, now) for t in targets],
-                now,  # type: ignore[misc]
+                [(t.id, now) for t in targets],  # type: ignore[misc]
+                now,
             )
             created["enrolled"] += result.enrolled
     return created

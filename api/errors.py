@@ -34,6 +34,7 @@ def install(app: FastAPI) -> None:
             },
         )
 
+    error_type: type[Exception]
     for error_type in (TemplateNotFound, AudienceNotFound, ChannelNotFound, UserNotFound):
 
         @app.exception_handler(error_type)

@@ -418,7 +418,9 @@ class _Batch:
                 account_ids.add(owner)
         for chunk in _chunks(sorted(account_ids)):
             for account_id, external_id in self.session.execute(
-                select(Account.id, Account.external_id).where(col(Account.external_id).in_(chunk))
+                select(col(Account.id), col(Account.external_id)).where(
+                    col(Account.external_id).in_(chunk)
+                )
             ).all():
                 self.accounts[external_id] = account_id
         account_names = {v: k for k, v in self.accounts.items()}
@@ -469,7 +471,7 @@ class _Batch:
             ids = sorted(i for k, i in by_id if k == kind)
             for chunk in _chunks(ids):
                 for target_id, name, tagged_at in self.session.execute(
-                    select(TAG_ASSIGNMENTS.c.target_id, Tag.name, TAG_ASSIGNMENTS.c.tagged_at)
+                    select(TAG_ASSIGNMENTS.c.target_id, col(Tag.name), TAG_ASSIGNMENTS.c.tagged_at)
                     .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
                     .where(
                         TAG_ASSIGNMENTS.c.target_kind == kind,
@@ -695,7 +697,7 @@ class _Batch:
                 if self._row(s) != self._row(self.before[id(s)]):  # type: ignore[arg-type]
                     changed.append({"b_id": s.id, **{"v_" + k: v for k, v in self._row(s).items()}})
             if changed:
-                values = {k[2:]: bindparam(k) for k in changed[0] if k != "b_id"}
+                values: dict[str, Any] = {k[2:]: bindparam(k) for k in changed[0] if k != "b_id"}
                 session.execute(
                     update(table).where(table.c.id == bindparam("b_id")).values(values), changed
                 )
@@ -811,7 +813,7 @@ def ensure_tags(
         found.update(
             (name, tag_id)
             for tag_id, name in session.execute(
-                select(Tag.id, Tag.name).where(col(Tag.name).in_(chunk))
+                select(col(Tag.id), col(Tag.name)).where(col(Tag.name).in_(chunk))
             ).all()
         )
     missing = [n for n in names if n not in found]
@@ -819,14 +821,14 @@ def ensure_tags(
         groups = groups or {}
         insert_ignore(
             session,
-            Tag.__table__,
-            [{"name": n, "group_name": groups.get(n)} for n in missing],  # type: ignore[attr-defined]
+            Tag.__table__,  # type: ignore[attr-defined]
+            [{"name": n, "group_name": groups.get(n)} for n in missing],
         )
         for chunk in _chunks(missing):
             found.update(
                 (name, tag_id)
                 for tag_id, name in session.execute(
-                    select(Tag.id, Tag.name).where(col(Tag.name).in_(chunk))
+                    select(col(Tag.id), col(Tag.name)).where(col(Tag.name).in_(chunk))
                 ).all()
             )
     return found
@@ -863,7 +865,7 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
                     member_count=getattr(row, "member_count", 0),
                 )
             for target_id, name, tagged_at in session.execute(
-                select(TAG_ASSIGNMENTS.c.target_id, Tag.name, TAG_ASSIGNMENTS.c.tagged_at)
+                select(TAG_ASSIGNMENTS.c.target_id, col(Tag.name), TAG_ASSIGNMENTS.c.tagged_at)
                 .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
                 .where(
                     TAG_ASSIGNMENTS.c.target_kind == kind, TAG_ASSIGNMENTS.c.target_id.in_(chunk)
@@ -929,7 +931,7 @@ def claim_pending(session: Session, limit: int = 200) -> list[InboxEvent]:
     PostgreSQL; SQLite's transactions already hold the write lock)."""
     stmt = (
         select(InboxEvent)
-        .where(InboxEvent.status == InboxStatus.PENDING)
+        .where(col(InboxEvent.status) == InboxStatus.PENDING)
         .order_by(col(InboxEvent.id))
         .limit(limit)
     )

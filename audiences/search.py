@@ -41,17 +41,17 @@ def search(
     if tag:
         conditions.append(
             exists().where(
-                TagAssignment.tag_id == Tag.id,
-                Tag.name == tag.strip(),
-                TagAssignment.target_kind == target_kind,
-                TagAssignment.target_id == model.id,
+                col(TagAssignment.tag_id) == Tag.id,
+                col(Tag.name) == tag.strip(),
+                col(TagAssignment.target_kind) == target_kind,
+                col(TagAssignment.target_id) == model.id,
             )
         )
     if status:
         conditions.append(model.status == status)
     total = session.execute(select(func.count()).select_from(model).where(*conditions)).scalar_one()
     rows = session.execute(
-        select(model, Account.external_id, Account.name)
+        select(model, col(Account.external_id), col(Account.name))
         .outerjoin(Account, col(Account.id) == owner)
         .where(*conditions)
         .order_by(col(model.id).desc())

@@ -662,7 +662,7 @@ def _tag_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
     names = sorted(set(names))
     if not names:
         return {}
-    rows = session.execute(select(Tag.id, Tag.name).where(col(Tag.name).in_(names))).all()
+    rows = session.execute(select(col(Tag.id), col(Tag.name)).where(col(Tag.name).in_(names))).all()
     return {name: tag_id for tag_id, name in rows}
 
 
@@ -690,7 +690,7 @@ def segment_condition(
     accounts = getattr(segment, "accounts", None) or getattr(segment, "owners", None)
     if accounts:
         conditions.append(
-            account_col.in_(select(Account.id).where(col(Account.external_id).in_(accounts)))
+            account_col.in_(select(col(Account.id)).where(col(Account.external_id).in_(accounts)))
         )
     tags = getattr(segment, "tags", None)
     if tags is not None:
@@ -760,7 +760,11 @@ def preview(
     account_col = table.c.account_id if target == "contact" else table.c.owner_account_id
     rows = session.execute(
         select(
-            table.c.id, table.c.external_id, table.c.name, table.c.joined_at, Account.external_id
+            table.c.id,
+            table.c.external_id,
+            table.c.name,
+            table.c.joined_at,
+            col(Account.external_id),
         )
         .outerjoin(Account, col(Account.id) == account_col)
         .where(table.c.id.in_(ids_query.order_by(table.c.id).limit(limit).scalar_subquery()))
@@ -769,7 +773,7 @@ def preview(
     tags: dict[int, list[str]] = {r[0]: [] for r in rows}
     if rows:
         for target_id, name in session.execute(
-            select(TAG_ASSIGNMENTS.c.target_id, Tag.name)
+            select(TAG_ASSIGNMENTS.c.target_id, col(Tag.name))
             .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
             .where(
                 TAG_ASSIGNMENTS.c.target_kind == target,
@@ -783,7 +787,7 @@ def preview(
     accounts = list(getattr(segment, "accounts", None) or getattr(segment, "owners", None) or [])
     known_accounts = set(
         session.execute(
-            select(Account.external_id).where(col(Account.external_id).in_(accounts))
+            select(col(Account.external_id)).where(col(Account.external_id).in_(accounts))
         ).scalars()
     )
     return Preview(

@@ -169,12 +169,12 @@ def render_targets(
     ids = sorted(set(ids))
     if not ids:
         return {}
-    table = (Contact if target_kind == "contact" else GroupChat).__table__  # type: ignore[attr-defined]
+    table = (Contact if target_kind == "contact" else GroupChat).__table__  # type: ignore[union-attr]
     accounts = Account.__table__  # type: ignore[attr-defined]
     owner = table.c.account_id if target_kind == "contact" else table.c.owner_account_id
     extra = [table.c.member_count] if target_kind == "group" else []
     stmt = (
-        select(
+        select(  # type: ignore[call-overload]
             table.c.id,
             table.c.external_id,
             table.c.name,

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import secrets
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
@@ -178,7 +178,7 @@ def parse_xml(xml: str | bytes) -> dict[str, str]:
         if depth == 2:
             chunks.append(data)
 
-    def reject_dtd(*_args: object) -> None:
+    def reject_dtd(*_args: object) -> NoReturn:
         raise MalformedXMLError(
             "XML body contains a DOCTYPE/ENTITY declaration; refused (XXE / entity expansion)"
         )

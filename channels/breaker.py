@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import CursorResult, and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -168,24 +168,27 @@ class CircuitBreakers:
     def _take_probe(self, instance: str, now: datetime) -> bool:
         b = BREAKERS.c
         with session_scope(self.engine) as session:
-            taken = session.execute(
-                BREAKERS.update()
-                .where(
-                    b.instance == instance,
-                    or_(
-                        and_(b.state == BreakerState.OPEN, b.open_until <= now),
-                        and_(
-                            b.state == BreakerState.HALF_OPEN,
-                            or_(b.probe_expires_at.is_(None), b.probe_expires_at < now),
+            taken = cast(
+                CursorResult[Any],
+                session.execute(
+                    BREAKERS.update()
+                    .where(
+                        b.instance == instance,
+                        or_(
+                            and_(b.state == BreakerState.OPEN, b.open_until <= now),
+                            and_(
+                                b.state == BreakerState.HALF_OPEN,
+                                or_(b.probe_expires_at.is_(None), b.probe_expires_at < now),
+                            ),
                         ),
-                    ),
-                )
-                .values(
-                    state=BreakerState.HALF_OPEN,
-                    probe_owner=self.owner,
-                    probe_expires_at=now + self.probe_lease,
-                    updated_at=now,
-                )
+                    )
+                    .values(
+                        state=BreakerState.HALF_OPEN,
+                        probe_owner=self.owner,
+                        probe_expires_at=now + self.probe_lease,
+                        updated_at=now,
+                    )
+                ),
             ).rowcount
         return bool(taken)
 

@@ -45,7 +45,7 @@ class MockAdapter:
         self.context = context
         self.calls = 0
         if config.max_batch is not None:  # this instance's batch size (benchmarks)
-            self.capabilities = replace(type(self).capabilities, max_batch=config.max_batch)
+            self.capabilities = replace(type(self).capabilities, max_batch=config.max_batch)  # type: ignore[misc]
 
     async def check_connection(self) -> str:
         return "mock channel ready (messages are recorded in mock_messages)"

@@ -205,7 +205,8 @@ def load_target(session: Session, target_kind: str, key: str | int) -> dict[str,
         audiences_service.find_contact if target_kind == "contact" else audiences_service.find_group
     )
     found = finder(session, key)
-    return audiences_service.render_targets(session, target_kind, [found.id])[found.id]  # type: ignore[index]
+    assert found.id is not None  # a stored row
+    return audiences_service.render_targets(session, target_kind, [found.id])[found.id]
 
 
 def _context(

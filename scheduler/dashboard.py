@@ -70,7 +70,7 @@ def dashboard(
     local_day = now.astimezone(zone).date()
     day_start = datetime.combine(local_day, time(0), tzinfo=zone)
     held = held_template_ids(session)
-    finished = dict(
+    finished: dict[str, int] = dict(
         session.execute(
             select(Delivery.status, func.count())  # type: ignore[call-overload]
             .where(col(Delivery.finished_at) >= day_start)
@@ -95,7 +95,7 @@ def dashboard(
         if held
         else 0
     )
-    by_status = dict(
+    by_status: dict[str, int] = dict(
         session.execute(
             select(SopTemplate.status, func.count()).group_by(SopTemplate.status)  # type: ignore[call-overload]
         ).all()
@@ -145,7 +145,9 @@ def next_sends(session: Session, now: datetime, held: list[int], limit: int = 10
         ids = [r[6] for r in rows if r[5] == kind]
         if ids:
             for target_id, name, external_id in session.execute(
-                select(model.id, model.name, model.external_id).where(col(model.id).in_(ids))  # type: ignore[attr-defined]
+                select(col(model.id), col(model.name), col(model.external_id)).where(
+                    col(model.id).in_(ids)
+                )
             ).all():
                 names[(kind, target_id)] = name or external_id
     return [

@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, case, func, or_, select, update
+from sqlalchemy import CursorResult, bindparam, case, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
@@ -237,7 +237,7 @@ class Dispatcher:
                 lease_owner=None,
             )
         )
-        return session.execute(stmt).rowcount or 0
+        return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
 
     # -- phase 2: render, mark sending, send, record ---------------------------
 
@@ -299,7 +299,7 @@ class Dispatcher:
             self._load_touchpoints(session, {r.touchpoint_id for r in rows})
             self._load_template_policies(session, {r.version_id for r in rows})
             zones = self._contact_zones(session, rows)
-            names = dict(
+            names: dict[int, str] = dict(
                 session.execute(
                     select(SopTemplate.id, SopTemplate.name).where(  # type: ignore[call-overload]
                         col(SopTemplate.id).in_({r.template_id for r in rows})
@@ -763,10 +763,15 @@ class Dispatcher:
         now = self.clock.now()
         with session_scope(self.engine, immediate=True) as session:
             released = (
-                session.execute(
-                    update(Delivery)
-                    .where(col(Delivery.status) == S.CLAIMED, col(Delivery.lease_expires_at) < now)
-                    .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Delivery)
+                        .where(
+                            col(Delivery.status) == S.CLAIMED, col(Delivery.lease_expires_at) < now
+                        )
+                        .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                    ),
                 ).rowcount
                 or 0
             )
@@ -781,31 +786,39 @@ class Dispatcher:
             resent = 0
             if idempotent:
                 resent = (
-                    session.execute(
-                        update(Delivery)
-                        .where(
-                            col(Delivery.status) == S.SENDING,
-                            col(Delivery.lease_expires_at) < now,
-                            col(Delivery.channel).in_(idempotent),
-                        )
-                        .values(
-                            status=S.SCHEDULED,
-                            lease_owner=None,
-                            lease_expires_at=None,
-                            reason="worker stopped mid-send; channel deduplicates, so sending again",
-                        )
+                    cast(
+                        CursorResult[Any],
+                        session.execute(
+                            update(Delivery)
+                            .where(
+                                col(Delivery.status) == S.SENDING,
+                                col(Delivery.lease_expires_at) < now,
+                                col(Delivery.channel).in_(idempotent),
+                            )
+                            .values(
+                                status=S.SCHEDULED,
+                                lease_owner=None,
+                                lease_expires_at=None,
+                                reason="worker stopped mid-send; channel deduplicates, so sending again",
+                            )
+                        ),
                     ).rowcount
                     or 0
                 )
             unknown = (
-                session.execute(
-                    update(Delivery)
-                    .where(col(Delivery.status) == S.SENDING, col(Delivery.lease_expires_at) < now)
-                    .values(
-                        status=S.UNKNOWN,
-                        reason="worker stopped while sending (lease expired); outcome unknown, not resent",
-                        finished_at=now,
-                    )
+                cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Delivery)
+                        .where(
+                            col(Delivery.status) == S.SENDING, col(Delivery.lease_expires_at) < now
+                        )
+                        .values(
+                            status=S.UNKNOWN,
+                            reason="worker stopped while sending (lease expired); outcome unknown, not resent",
+                            finished_at=now,
+                        )
+                    ),
                 ).rowcount
                 or 0
             )
@@ -815,13 +828,16 @@ class Dispatcher:
         """Give back what this worker claimed but has not started sending."""
         with session_scope(self.engine) as session:
             return (
-                session.execute(
-                    update(Delivery)
-                    .where(
-                        col(Delivery.status) == S.CLAIMED,
-                        col(Delivery.lease_owner) == self.worker_id,
-                    )
-                    .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Delivery)
+                        .where(
+                            col(Delivery.status) == S.CLAIMED,
+                            col(Delivery.lease_owner) == self.worker_id,
+                        )
+                        .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                    ),
                 ).rowcount
                 or 0
             )
@@ -905,7 +921,7 @@ def _policy_outcome(
     )
 
 
-def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Touchpoint) -> str | None:
+def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Any) -> str | None:
     caps = adapter.capabilities
     if row.mode not in caps.modes:
         return f"channel {row.channel!r} ({adapter.name}) cannot use execution mode {row.mode!r}"
@@ -921,10 +937,10 @@ def _capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Touchpoin
 
 def _channel_is_idempotent(session: Session, channel: str) -> bool:
     instance = (
-        session.exec(select(ChannelInstance).where(ChannelInstance.name == channel))
+        session.exec(select(ChannelInstance).where(col(ChannelInstance.name) == channel))  # type: ignore[call-overload]
         .scalars()
         .first()
-    )  # type: ignore[call-overload]
+    )
     if instance is None:
         return False
     try:

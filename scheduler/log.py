@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic_core import to_json
 from sqlalchemy import (
@@ -51,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
 from scheduler.models import Delivery, DeliveryStatus, Enrollment
@@ -431,11 +431,15 @@ def _columns(sqlite: bool, *, csv: bool = False, raw: bool | None = None) -> tup
     return columns
 
 
+@overload
+def _utc(text: str) -> datetime: ...
+@overload
+def _utc(text: None) -> None: ...
 def _utc(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text + "+00:00")
 
 
-_scan_json = json.JSONDecoder().scan_once  # json.loads minus two Python frames per value
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # json.loads minus two Python frames per value
 
 
 def _parts(value: Any) -> list[dict[str, Any]] | None:
@@ -527,7 +531,7 @@ class _Labels:
         self._csv_accounts: dict[int | None, str] = {}
         self._csv_outcomes: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
-    def prepare(self, rows: Sequence[Row[Any]]) -> _Targets:
+    def prepare(self, rows: Sequence[Row[*tuple[Any, ...]]]) -> _Targets:
         """Load the names this batch needs; return its targets by (kind, id).
         This reads the database, and only it: the ``entries``, ``json_lines`` and
         ``csv_text`` of a prepared batch only read what it loaded (which is how
@@ -537,7 +541,9 @@ class _Labels:
         self._load_touchpoints({r[touchpoint] for r in rows} - self.touchpoints.keys())
         return self._targets(rows)
 
-    def entries(self, rows: Sequence[Row[Any]], targets: _Targets | None = None) -> list[LogEntry]:
+    def entries(
+        self, rows: Sequence[Row[*tuple[Any, ...]]], targets: _Targets | None = None
+    ) -> list[LogEntry]:
         targets = self.prepare(rows) if targets is None else targets
         raw = self.raw_times
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
@@ -598,7 +604,7 @@ class _Labels:
             )
         return out
 
-    def json_lines(self, rows: Sequence[Row[Any]], targets: _Targets) -> bytes:
+    def json_lines(self, rows: Sequence[Row[*tuple[Any, ...]]], targets: _Targets) -> bytes:
         """NDJSON lines of these rows, each ``LogEntry.as_json()`` of the row but
         built straight from it: the NDJSON export's hot loop, so no LogEntry, and
         on SQLite no datetime for a time that is only printed."""
@@ -659,7 +665,9 @@ class _Labels:
         out.append(b"")
         return b"\n".join(out)
 
-    def csv_text(self, rows: Sequence[Row[Any]], targets: _Targets, local: _LocalTime) -> str:
+    def csv_text(
+        self, rows: Sequence[Row[*tuple[Any, ...]]], targets: _Targets, local: _LocalTime
+    ) -> str:
         """The CSV lines of these rows, straight from database rows: the export's
         hot loop, so no LogEntry, no list per line for ``csv.writer`` to walk
         again, and, on SQLite, no datetime for a time that is only printed. The
@@ -707,7 +715,7 @@ class _Labels:
                 # a sent delivery usually finished the moment it was sent
                 finished = sent if finished_at == sent_at else local_text(finished_at)
                 if raw:  # _seconds, inline: this loop runs once per exported row
-                    late = (parse(sent_at) - parse(due_at)).total_seconds()
+                    late: float | None = (parse(sent_at) - parse(due_at)).total_seconds()
                 else:
                     late = seconds(sent_at, due_at)
                 lateness = f"{late:.3f}"
@@ -747,25 +755,27 @@ class _Labels:
 
     def _load_templates(self, ids: set[int]) -> None:
         if ids:
-            stmt = select(SopTemplate.id, SopTemplate.name).where(SopTemplate.id.in_(ids))  # type: ignore[union-attr]
+            stmt = select(col(SopTemplate.id), col(SopTemplate.name)).where(
+                col(SopTemplate.id).in_(ids)
+            )
             self.templates.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
 
     def _load_touchpoints(self, ids: set[int]) -> None:
         if ids:
             stmt = (
-                select(Touchpoint.id, Touchpoint.name, TemplateVersion.version)
-                .join(TemplateVersion, TemplateVersion.id == Touchpoint.version_id)  # type: ignore[arg-type]
-                .where(Touchpoint.id.in_(ids))  # type: ignore[union-attr]
+                select(col(Touchpoint.id), col(Touchpoint.name), col(TemplateVersion.version))
+                .join(TemplateVersion, col(TemplateVersion.id) == Touchpoint.version_id)
+                .where(col(Touchpoint.id).in_(ids))
             )
             for tp_id, name, version in self.conn.execute(stmt).all():
-                self.touchpoints[tp_id] = (name, version)
+                self.touchpoints[tp_id] = (name, version)  # type: ignore[index]
 
     def _load_accounts(self, ids: set[int]) -> None:
         if ids:
-            stmt = select(Account.id, Account.name).where(Account.id.in_(ids))  # type: ignore[union-attr]
+            stmt = select(col(Account.id), col(Account.name)).where(col(Account.id).in_(ids))
             self.accounts.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
 
-    def _targets(self, rows: Sequence[Row[Any]]) -> _Targets:
+    def _targets(self, rows: Sequence[Row[*tuple[Any, ...]]]) -> _Targets:
         """(external id, name, account id) by (kind, id), for (at least) these
         rows' targets, whose accounts are loaded too. A target's deliveries lie
         close together in log order (its touchpoints are hours apart), so the
@@ -785,7 +795,7 @@ class _Labels:
                     recent[key] = known
                 elif key[0] in wanted:
                     wanted[key[0]].add(key[1])
-        accounts = set()
+        accounts: set[int] = set()
         for kind_name, table, account in (
             ("contact", CONTACTS, CONTACTS.c.account_id),
             ("group", GROUPS, GROUPS.c.owner_account_id),
@@ -824,7 +834,7 @@ class _Segment:
     def page(self, limit: int) -> Select[Any]:
         return self.stmt.limit(limit)
 
-    def stream(self, conn: Connection, batch_size: int) -> Iterator[list[Row[Any]]]:
+    def stream(self, conn: Connection, batch_size: int) -> Iterator[list[Row[*tuple[Any, ...]]]]:
         """The rows in batches, from a server-side cursor."""
         streaming = conn.execution_options(stream_results=True, yield_per=batch_size)
         for batch in streaming.execute(self.stmt).partitions():
@@ -889,7 +899,7 @@ def list_page(
         raise InvalidLogQuery("limit", f"limit must be between 1 and {MAX_PAGE}")
     after = Cursor.decode(cursor, sort=sort, order=order) if cursor else None
     sqlite = _dialect_is_sqlite(conn)
-    rows: list[Row[Any]] = []
+    rows: list[Row[*tuple[Any, ...]]] = []
     for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=after):
         rows += conn.execute(segment.page(limit + 1 - len(rows))).all()
         if len(rows) > limit:
@@ -977,7 +987,7 @@ def _batches(
     order: str,
     csv: bool = False,
     batch_size: int | None = None,
-) -> Iterator[tuple[_Labels, list[Row[Any]], _Targets]]:
+) -> Iterator[tuple[_Labels, list[Row[*tuple[Any, ...]]], _Targets]]:
     """Every matching row in log order (the columns of ``_columns``), in batches
     of ``batch_size`` (default ``EXPORT_BATCH``), each with its labels prepared.
     The rows come from server-side cursors in one snapshot (from a database
@@ -989,7 +999,7 @@ def _batches(
     columns = _columns(sqlite, csv=csv, raw=True)
     segments = _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns)
 
-    def read() -> Generator[tuple[_Labels, list[Row[Any]], _Targets], None, None]:
+    def read() -> Generator[tuple[_Labels, list[Row[*tuple[Any, ...]]], _Targets], None, None]:
         with read_snapshot(engine).connect() as conn:
             labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
             for segment in segments:

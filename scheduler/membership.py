@@ -30,9 +30,21 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, false, func, literal, not_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Row,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, col
 
@@ -158,6 +170,7 @@ def apply_events(
     report = EventsReport()
     first_of_key: dict[str, int] = {}
     duplicate_in_batch: set[int] = set()
+    key: str | None
     for index, event in enumerate(parsed):
         if event.id:
             key = f"{source}:{event.id}"
@@ -315,18 +328,18 @@ def _live_templates(session: Session, target_kind: str | None = None) -> list[_L
     stmt = (
         select(SopTemplate, TemplateVersion)
         .join(TemplateVersion, col(TemplateVersion.id) == SopTemplate.current_version_id)
-        .where(SopTemplate.status == TemplateStatus.PUBLISHED)
+        .where(col(SopTemplate.status) == TemplateStatus.PUBLISHED)
     )
     if target_kind:
-        stmt = stmt.where(SopTemplate.target_kind == target_kind)
+        stmt = stmt.where(col(SopTemplate.target_kind) == target_kind)
     rows = session.execute(stmt).all()
     if not rows:
         return []
     first_published = dict(
         session.execute(
-            select(TemplateVersion.template_id, func.min(TemplateVersion.published_at))
+            select(col(TemplateVersion.template_id), func.min(TemplateVersion.published_at))
             .where(col(TemplateVersion.template_id).in_([t.id for t, _ in rows]))
-            .group_by(TemplateVersion.template_id)
+            .group_by(col(TemplateVersion.template_id))
         ).all()
     )
     out = []
@@ -372,7 +385,7 @@ def _exit_decisions(
     by_kind: dict[str, list[int]] = defaultdict(list)
     for kind, target_id in applied.after:
         by_kind[kind].append(target_id)
-    enrollments = []
+    enrollments: list[Row[*tuple[Any, ...]]] = []
     for kind, ids in by_kind.items():
         for chunk in chunked(sorted(ids)):
             enrollments += session.execute(
@@ -461,13 +474,16 @@ def _exit(
     for reason, ids in by_reason.items():
         for chunk in chunked(sorted(ids)):
             result.exited += (
-                session.execute(
-                    update(Enrollment)
-                    .where(
-                        col(Enrollment.id).in_(list(chunk)),
-                        col(Enrollment.status) == EnrollmentStatus.ACTIVE,
-                    )
-                    .values(status=status, exited_at=now, exit_reason=reason[:500])
+                cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Enrollment)
+                        .where(
+                            col(Enrollment.id).in_(list(chunk)),
+                            col(Enrollment.status) == EnrollmentStatus.ACTIVE,
+                        )
+                        .values(status=status, exited_at=now, exit_reason=reason[:500])
+                    ),
                 ).rowcount
                 or 0
             )
@@ -665,7 +681,7 @@ def segment_targets(
     query = segment_query(session, spec.target, segment)
     tag_ids = dict(
         session.execute(
-            select(Tag.name, Tag.id).where(
+            select(col(Tag.name), col(Tag.id)).where(
                 col(Tag.name).in_([*spec.exit.tags_added, spec.anchor_tag or ""])
             )
         ).all()
@@ -691,7 +707,7 @@ def segment_targets(
         ids = session.execute(query.where(and_(*conditions)).order_by(table.c.id)).scalars()
         return [(target_id, start) for target_id in ids]
     if spec.anchor == "tag" and spec.anchor_tag in tag_ids:
-        anchor = func.coalesce(
+        anchor: ColumnElement[Any] = func.coalesce(
             select(TAG_ASSIGNMENTS.c.tagged_at)
             .where(
                 TAG_ASSIGNMENTS.c.tag_id == tag_ids[spec.anchor_tag or ""],
@@ -815,7 +831,7 @@ def import_contacts(
     known = (
         set(
             session.execute(
-                select(Account.external_id).where(col(Account.external_id).in_(names))
+                select(col(Account.external_id)).where(col(Account.external_id).in_(names))
             ).scalars()
         )
         if names

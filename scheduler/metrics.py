@@ -158,7 +158,7 @@ class DatabaseCollector(Collector):
         by_status = GaugeMetricFamily(
             "sopbot_deliveries", "Deliveries in the outbox by status.", labels=["status"]
         )
-        counts = dict(
+        counts: dict[str, int] = dict(
             session.execute(
                 select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
             ).all()

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, literal, select, update
+from sqlalchemy import ColumnElement, CursorResult, Insert, and_, func, literal, select, update
 from sqlmodel import Session, col
 
 from scheduler import policies
@@ -281,6 +281,7 @@ def _one_off_outcome(plan: _Plan, due: datetime, now: datetime) -> tuple[str, st
         if decision.action == "skip":
             status, reason = DeliveryStatus.SKIPPED, decision.reason
         elif decision.action == "defer":
+            assert decision.until is not None  # a deferral always says until when
             run_at, reason = decision.until, decision.reason
     return status, reason, run_at
 
@@ -370,14 +371,14 @@ def _fan_out_occurrence(
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(DELIVERIES).from_select(columns, source).on_conflict_do_nothing()
+        stmt: Insert = pg_insert(DELIVERIES).from_select(columns, source).on_conflict_do_nothing()
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         # SQLite needs a WHERE on the SELECT of an upsert to parse ON CONFLICT.
         stmt = sqlite_insert(DELIVERIES).from_select(columns, source.where(literal(1) == 1))
         stmt = stmt.on_conflict_do_nothing()
-    return session.execute(stmt).rowcount or 0
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
 
 
 @dataclass
@@ -403,7 +404,7 @@ def plan_cron(
         .join(TemplateVersion, col(TemplateVersion.id) == Touchpoint.version_id)
         .join(SopTemplate, col(SopTemplate.id) == Touchpoint.template_id)
         .where(
-            Touchpoint.timing_kind == "cron",
+            col(Touchpoint.timing_kind) == "cron",
             col(SopTemplate.status).in_([TemplateStatus.PUBLISHED, TemplateStatus.PAUSED]),
         )
     ).all()
@@ -453,7 +454,9 @@ def cancel_pending(
     enrollment_ids: Sequence[int] | None = None,
 ) -> int:
     """Cancel deliveries that have not started sending (scheduled or claimed)."""
-    conditions = [col(Delivery.status).in_([DeliveryStatus.SCHEDULED, DeliveryStatus.CLAIMED])]
+    conditions: list[ColumnElement[bool]] = [
+        col(Delivery.status).in_([DeliveryStatus.SCHEDULED, DeliveryStatus.CLAIMED])
+    ]
     if template_id is not None:
         conditions.append(col(Delivery.template_id) == template_id)
     if enrollment_ids is not None:
@@ -463,7 +466,7 @@ def cancel_pending(
         .where(and_(*conditions))
         .values(status=DeliveryStatus.CANCELLED, reason=reason, finished_at=now, lease_owner=None)
     )
-    return session.execute(stmt).rowcount or 0
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
 
 
 def archive_template(session: Session, template_id: int, now: datetime) -> int:

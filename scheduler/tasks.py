@@ -146,7 +146,7 @@ def _take_due(
                 TASKS.update()
                 .where(TASKS.c.id == row.id, TASKS.c.next_poll_at == row.next_poll_at)
                 .values(next_poll_at=lease)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]
             if moved:
                 taken.append(dict(row._mapping))
         return taken

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col, select
 
 from scheduler import membership
@@ -188,4 +188,4 @@ def _update_pending(session: Session, delivery_id: int, values: dict[str, object
         .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.SCHEDULED)
         .values(**values)
     )
-    return session.execute(stmt).rowcount or 0
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, event
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -49,9 +49,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONType = JSON
 
 
-def is_sqlite(engine_or_dialect: Engine | Dialect) -> bool:
-    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
-    return dialect.name == "sqlite"
+def is_sqlite(engine_or_dialect: Engine | Connection | Dialect) -> bool:
+    if isinstance(engine_or_dialect, Dialect):
+        return engine_or_dialect.name == "sqlite"
+    return engine_or_dialect.dialect.name == "sqlite"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -327,7 +327,7 @@ def enroll(
     """Enroll targets into the live version. Enrolling a target twice is a no-op."""
     template = templates_service.get_template(session, template_id)
     now = clock.now()
-    pairs = []
+    pairs: list[tuple[int, datetime]] = []
     for key in body.targets:
         target = (
             audiences_service.find_contact(session, key)
@@ -335,6 +335,7 @@ def enroll(
             else audiences_service.find_group(session, key)
         )
         anchor = ensure_utc(body.anchor_at) if body.anchor_at else target.joined_at
+        assert target.id is not None  # a stored row
         pairs.append((target.id, anchor))
     result = template_actions.enroll(
         request,

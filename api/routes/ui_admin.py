@@ -111,7 +111,7 @@ def _channel_page(
         problem = None
     except ChannelError as exc:
         config, problem = {}, str(exc)
-    schema = next(
+    schema: dict[str, Any] = next(
         (
             a["config_schema"]
             for a in channels_service.adapter_catalog()
