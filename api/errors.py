@@ -107,10 +107,23 @@ def install(app: FastAPI) -> None:
     _document_validation_errors(app)
 
 
+# ``detail`` of a batch refused as a whole (POST /api/events, /api/contacts/import):
+# what was wrong with which item, and that nothing was applied.
+BATCH_REPORT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "message": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["message", "errors"],
+}
+
+
 def _document_validation_errors(app: FastAPI) -> None:
-    """A 422 here is FastAPI's (``detail``: a list of problems) or a domain one
-    (``detail``: the message, ``errors``: ``[{loc, msg}]``, see ``_invalid``);
-    say so in the OpenAPI document, so clients and schema checks expect both."""
+    """A 422 here is FastAPI's (``detail``: a list of problems), a domain one
+    (``detail``: the message, ``errors``: ``[{loc, msg}]``, see ``_invalid``) or a
+    refused batch's report (``detail``: ``BATCH_REPORT``); say so in the OpenAPI
+    document, so clients and schema checks expect all three."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -122,7 +135,11 @@ def _document_validation_errors(app: FastAPI) -> None:
             listed = shape["properties"].get("detail", {"type": "array"})
             shape["properties"]["detail"] = {
                 "title": "Detail",
-                "anyOf": [{k: v for k, v in listed.items() if k != "title"}, {"type": "string"}],
+                "anyOf": [
+                    {k: v for k, v in listed.items() if k != "title"},
+                    {"type": "string"},
+                    BATCH_REPORT,
+                ],
             }
             shape["properties"]["errors"] = {
                 "title": "Errors",

@@ -169,5 +169,13 @@ def import_contacts(
         session.rollback()
         report.applied = False
     if report.errors and not report.applied and not dry_run:
-        raise HTTPException(422, detail=report.as_dict())
+        whole_file = [e.reason for e in report.errors if e.field == "file"]
+        if whole_file:
+            message = f"the file cannot be imported: {whole_file[0]}"
+        else:
+            message = (
+                f"{len({e.line for e in report.errors})} of {report.rows} rows have errors; "
+                "nothing was imported (allow_partial=true imports the good rows)"
+            )
+        raise HTTPException(422, detail={"message": message, **report.as_dict()})
     return report.as_dict()

@@ -181,4 +181,7 @@ def test_upload_imports_and_reports_rows(client, engine):
         {"line": 5, "field": "添加时间", "reason": response.json()["detail"]["errors"][0]["reason"]}
     ]
     assert "bad-date" in response.json()["detail"]["errors"][0]["reason"]
+    assert response.json()["detail"]["message"] == (
+        "1 of 4 rows have errors; nothing was imported (allow_partial=true imports the good rows)"
+    )
     assert snapshot(engine) == before
