@@ -22,15 +22,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, and_, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from channels.models import BreakerState, ChannelBreaker
-from sopbot.db import session_scope
+from sopbot.db import rowcount, session_scope
 
 BREAKERS = ChannelBreaker.__table__  # type: ignore[attr-defined]
 _ERROR_CHARS = 500
@@ -168,8 +168,7 @@ class CircuitBreakers:
     def _take_probe(self, instance: str, now: datetime) -> bool:
         b = BREAKERS.c
         with session_scope(self.engine) as session:
-            taken = cast(
-                CursorResult[Any],
+            taken = rowcount(
                 session.execute(
                     BREAKERS.update()
                     .where(
@@ -188,8 +187,8 @@ class CircuitBreakers:
                         probe_expires_at=now + self.probe_lease,
                         updated_at=now,
                     )
-                ),
-            ).rowcount
+                )
+            )
         return bool(taken)
 
     # -- recording (after sending) --------------------------------------------------

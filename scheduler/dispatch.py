@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, bindparam, case, func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
@@ -39,7 +39,7 @@ from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 from sop_templates.rendering import RenderError, build_context, render_parts
 from sop_templates.schemas import TemplateSpec
 from sopbot.clock import Clock
-from sopbot.db import reader, session_scope
+from sopbot.db import reader, rowcount, session_scope
 from sopbot.settings import Settings
 
 log = logging.getLogger("sopbot.dispatch")
@@ -237,7 +237,7 @@ class Dispatcher:
                 lease_owner=None,
             )
         )
-        return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+        return rowcount(session.execute(stmt))
 
     # -- phase 2: render, mark sending, send, record ---------------------------
 
@@ -762,18 +762,12 @@ class Dispatcher:
         channel deduplicates on the delivery key, then they are retried."""
         now = self.clock.now()
         with session_scope(self.engine, immediate=True) as session:
-            released = (
-                cast(
-                    CursorResult[Any],
-                    session.execute(
-                        update(Delivery)
-                        .where(
-                            col(Delivery.status) == S.CLAIMED, col(Delivery.lease_expires_at) < now
-                        )
-                        .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
-                    ),
-                ).rowcount
-                or 0
+            released = rowcount(
+                session.execute(
+                    update(Delivery)
+                    .where(col(Delivery.status) == S.CLAIMED, col(Delivery.lease_expires_at) < now)
+                    .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                )
             )
             channels = set(
                 session.execute(
@@ -785,61 +779,47 @@ class Dispatcher:
             idempotent = [c for c in channels if _channel_is_idempotent(session, c)]
             resent = 0
             if idempotent:
-                resent = (
-                    cast(
-                        CursorResult[Any],
-                        session.execute(
-                            update(Delivery)
-                            .where(
-                                col(Delivery.status) == S.SENDING,
-                                col(Delivery.lease_expires_at) < now,
-                                col(Delivery.channel).in_(idempotent),
-                            )
-                            .values(
-                                status=S.SCHEDULED,
-                                lease_owner=None,
-                                lease_expires_at=None,
-                                reason="worker stopped mid-send; channel deduplicates, so sending again",
-                            )
-                        ),
-                    ).rowcount
-                    or 0
-                )
-            unknown = (
-                cast(
-                    CursorResult[Any],
+                resent = rowcount(
                     session.execute(
                         update(Delivery)
                         .where(
-                            col(Delivery.status) == S.SENDING, col(Delivery.lease_expires_at) < now
+                            col(Delivery.status) == S.SENDING,
+                            col(Delivery.lease_expires_at) < now,
+                            col(Delivery.channel).in_(idempotent),
                         )
                         .values(
-                            status=S.UNKNOWN,
-                            reason="worker stopped while sending (lease expired); outcome unknown, not resent",
-                            finished_at=now,
+                            status=S.SCHEDULED,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            reason="worker stopped mid-send; channel deduplicates, so sending again",
                         )
-                    ),
-                ).rowcount
-                or 0
+                    )
+                )
+            unknown = rowcount(
+                session.execute(
+                    update(Delivery)
+                    .where(col(Delivery.status) == S.SENDING, col(Delivery.lease_expires_at) < now)
+                    .values(
+                        status=S.UNKNOWN,
+                        reason="worker stopped while sending (lease expired); outcome unknown, not resent",
+                        finished_at=now,
+                    )
+                )
             )
         return {"released": released, "resent": resent, "unknown": unknown}
 
     def release_claims(self) -> int:
         """Give back what this worker claimed but has not started sending."""
         with session_scope(self.engine) as session:
-            return (
-                cast(
-                    CursorResult[Any],
-                    session.execute(
-                        update(Delivery)
-                        .where(
-                            col(Delivery.status) == S.CLAIMED,
-                            col(Delivery.lease_owner) == self.worker_id,
-                        )
-                        .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
-                    ),
-                ).rowcount
-                or 0
+            return rowcount(
+                session.execute(
+                    update(Delivery)
+                    .where(
+                        col(Delivery.status) == S.CLAIMED,
+                        col(Delivery.lease_owner) == self.worker_id,
+                    )
+                    .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+                )
             )
 
 

@@ -30,11 +30,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    CursorResult,
     Row,
     and_,
     exists,
@@ -67,6 +66,7 @@ from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
 from sop_templates.schemas import TemplateSpec
 from sop_templates.timing import get_zone, local_to_utc
 from sopbot.clock import ensure_utc
+from sopbot.db import rowcount
 
 log = logging.getLogger("sopbot.membership")
 
@@ -473,19 +473,15 @@ def _exit(
         by_reason[reason].append(enrollment_id)
     for reason, ids in by_reason.items():
         for chunk in chunked(sorted(ids)):
-            result.exited += (
-                cast(
-                    CursorResult[Any],
-                    session.execute(
-                        update(Enrollment)
-                        .where(
-                            col(Enrollment.id).in_(list(chunk)),
-                            col(Enrollment.status) == EnrollmentStatus.ACTIVE,
-                        )
-                        .values(status=status, exited_at=now, exit_reason=reason[:500])
-                    ),
-                ).rowcount
-                or 0
+            result.exited += rowcount(
+                session.execute(
+                    update(Enrollment)
+                    .where(
+                        col(Enrollment.id).in_(list(chunk)),
+                        col(Enrollment.status) == EnrollmentStatus.ACTIVE,
+                    )
+                    .values(status=status, exited_at=now, exit_reason=reason[:500])
+                )
             )
             result.cancelled += scheduler_service.cancel_pending(
                 session, reason=reason, now=now, enrollment_ids=list(chunk)

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Insert, and_, func, literal, select, update
+from sqlalchemy import ColumnElement, Insert, and_, func, literal, select, update
 from sqlmodel import Session, col
 
 from scheduler import policies
@@ -30,6 +30,7 @@ from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.schemas import TouchpointSpec
 from sop_templates.timing import CronTiming, cron_occurrences, due_at, get_zone
+from sopbot.db import rowcount
 
 
 class EnrollmentError(ValueError):
@@ -378,7 +379,7 @@ def _fan_out_occurrence(
         # SQLite needs a WHERE on the SELECT of an upsert to parse ON CONFLICT.
         stmt = sqlite_insert(DELIVERIES).from_select(columns, source.where(literal(1) == 1))
         stmt = stmt.on_conflict_do_nothing()
-    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+    return rowcount(session.execute(stmt))
 
 
 @dataclass
@@ -466,7 +467,7 @@ def cancel_pending(
         .where(and_(*conditions))
         .values(status=DeliveryStatus.CANCELLED, reason=reason, finished_at=now, lease_owner=None)
     )
-    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+    return rowcount(session.execute(stmt))
 
 
 def archive_template(session: Session, template_id: int, now: datetime) -> int:

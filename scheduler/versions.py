@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Literal
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from scheduler import membership
@@ -32,6 +32,7 @@ from sop_templates import approvals
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 from sop_templates.timing import get_zone
+from sopbot.db import rowcount
 
 Migration = Literal["keep", "move"]
 MIGRATIONS: tuple[str, ...] = ("keep", "move")
@@ -188,4 +189,4 @@ def _update_pending(session: Session, delivery_id: int, values: dict[str, object
         .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.SCHEDULED)
         .values(**values)
     )
-    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+    return rowcount(session.execute(stmt))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import JSON, DateTime, event
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, Result
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -47,6 +47,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 # JSON that becomes JSONB on PostgreSQL would be nicer for querying; plain JSON
 # keeps one schema for both backends.
 JSONType = JSON
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE, DELETE or INSERT touched (0 where the driver says nothing)."""
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def is_sqlite(engine_or_dialect: Engine | Connection | Dialect) -> bool:
