@@ -32,7 +32,7 @@ from sqlmodel import Session
 
 from api.users import audit
 from api.users import service as users_service
-from api.users.models import ApiToken
+from api.users.models import ApiToken, User
 from sopbot.db import reader, session_scope
 
 SESSION_COOKIE = "sopbot_session"
@@ -76,6 +76,12 @@ class Principal:
     via: str  # "session" or "token"
     session_id: str | None = None  # the raw session id (for the CSRF token)
     csrf_token: str | None = None
+
+    @classmethod
+    def of(cls, user: User, via: str, **session: Any) -> Principal:
+        """The principal of a stored ``user`` signed in ``via`` a session or token."""
+        assert user.id is not None  # a stored row
+        return cls(user.id, user.username, user.display_name, user.role_set, via, **session)
 
     @property
     def permissions(self) -> frozenset[str]:
@@ -146,13 +152,7 @@ def _resolve(request: Request, bearer: str | None, cookie: str | None) -> Princi
         if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
             with session_scope(engine) as session:
                 users_service.touch_token(session, token.id, now)  # type: ignore[arg-type]
-        return Principal(
-            token_user.id,  # type: ignore[arg-type]
-            token_user.username,
-            token_user.display_name,
-            token_user.role_set,
-            "token",
-        )
+        return Principal.of(token_user, "token")
     if cookie:
         key = secret_key(request)
         raw = unsign(key, cookie)
@@ -162,15 +162,7 @@ def _resolve(request: Request, bearer: str | None, cookie: str | None) -> Princi
             user = users_service.user_for_session(session, raw, now)
         if user is None:
             return None
-        return Principal(
-            user.id,  # type: ignore[arg-type]
-            user.username,
-            user.display_name,
-            user.role_set,
-            "session",
-            session_id=raw,
-            csrf_token=csrf_for(key, raw),
-        )
+        return Principal.of(user, "session", session_id=raw, csrf_token=csrf_for(key, raw))
     return None
 
 

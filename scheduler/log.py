@@ -497,6 +497,7 @@ _NO_TOUCHPOINT: tuple[Any, Any] = (None, None)
 
 
 _Targets = dict[tuple[str, int], tuple[Any, Any, Any]]  # (kind, id) -> (external id, name, account)
+_Row = Row[*tuple[Any, ...]]  # a row of any number of columns (Row[Any] is one column)
 
 
 class _Labels:
@@ -531,7 +532,7 @@ class _Labels:
         self._csv_accounts: dict[int | None, str] = {}
         self._csv_outcomes: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
-    def prepare(self, rows: Sequence[Row[*tuple[Any, ...]]]) -> _Targets:
+    def prepare(self, rows: Sequence[_Row]) -> _Targets:
         """Load the names this batch needs; return its targets by (kind, id).
         This reads the database, and only it: the ``entries``, ``json_lines`` and
         ``csv_text`` of a prepared batch only read what it loaded (which is how
@@ -541,9 +542,7 @@ class _Labels:
         self._load_touchpoints({r[touchpoint] for r in rows} - self.touchpoints.keys())
         return self._targets(rows)
 
-    def entries(
-        self, rows: Sequence[Row[*tuple[Any, ...]]], targets: _Targets | None = None
-    ) -> list[LogEntry]:
+    def entries(self, rows: Sequence[_Row], targets: _Targets | None = None) -> list[LogEntry]:
         targets = self.prepare(rows) if targets is None else targets
         raw = self.raw_times
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
@@ -604,7 +603,7 @@ class _Labels:
             )
         return out
 
-    def json_lines(self, rows: Sequence[Row[*tuple[Any, ...]]], targets: _Targets) -> bytes:
+    def json_lines(self, rows: Sequence[_Row], targets: _Targets) -> bytes:
         """NDJSON lines of these rows, each ``LogEntry.as_json()`` of the row but
         built straight from it: the NDJSON export's hot loop, so no LogEntry, and
         on SQLite no datetime for a time that is only printed."""
@@ -665,9 +664,7 @@ class _Labels:
         out.append(b"")
         return b"\n".join(out)
 
-    def csv_text(
-        self, rows: Sequence[Row[*tuple[Any, ...]]], targets: _Targets, local: _LocalTime
-    ) -> str:
+    def csv_text(self, rows: Sequence[_Row], targets: _Targets, local: _LocalTime) -> str:
         """The CSV lines of these rows, straight from database rows: the export's
         hot loop, so no LogEntry, no list per line for ``csv.writer`` to walk
         again, and, on SQLite, no datetime for a time that is only printed. The
@@ -775,7 +772,7 @@ class _Labels:
             stmt = select(col(Account.id), col(Account.name)).where(col(Account.id).in_(ids))
             self.accounts.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
 
-    def _targets(self, rows: Sequence[Row[*tuple[Any, ...]]]) -> _Targets:
+    def _targets(self, rows: Sequence[_Row]) -> _Targets:
         """(external id, name, account id) by (kind, id), for (at least) these
         rows' targets, whose accounts are loaded too. A target's deliveries lie
         close together in log order (its touchpoints are hours apart), so the
@@ -834,7 +831,7 @@ class _Segment:
     def page(self, limit: int) -> Select[Any]:
         return self.stmt.limit(limit)
 
-    def stream(self, conn: Connection, batch_size: int) -> Iterator[list[Row[*tuple[Any, ...]]]]:
+    def stream(self, conn: Connection, batch_size: int) -> Iterator[list[_Row]]:
         """The rows in batches, from a server-side cursor."""
         streaming = conn.execution_options(stream_results=True, yield_per=batch_size)
         for batch in streaming.execute(self.stmt).partitions():
@@ -899,7 +896,7 @@ def list_page(
         raise InvalidLogQuery("limit", f"limit must be between 1 and {MAX_PAGE}")
     after = Cursor.decode(cursor, sort=sort, order=order) if cursor else None
     sqlite = _dialect_is_sqlite(conn)
-    rows: list[Row[*tuple[Any, ...]]] = []
+    rows: list[_Row] = []
     for segment in _segments(flt, sqlite=sqlite, sort=sort, order=order, after=after):
         rows += conn.execute(segment.page(limit + 1 - len(rows))).all()
         if len(rows) > limit:
@@ -987,7 +984,7 @@ def _batches(
     order: str,
     csv: bool = False,
     batch_size: int | None = None,
-) -> Iterator[tuple[_Labels, list[Row[*tuple[Any, ...]]], _Targets]]:
+) -> Iterator[tuple[_Labels, list[_Row], _Targets]]:
     """Every matching row in log order (the columns of ``_columns``), in batches
     of ``batch_size`` (default ``EXPORT_BATCH``), each with its labels prepared.
     The rows come from server-side cursors in one snapshot (from a database
@@ -999,7 +996,7 @@ def _batches(
     columns = _columns(sqlite, csv=csv, raw=True)
     segments = _segments(flt, sqlite=sqlite, sort=sort, order=order, after=None, columns=columns)
 
-    def read() -> Generator[tuple[_Labels, list[Row[*tuple[Any, ...]]], _Targets], None, None]:
+    def read() -> Generator[tuple[_Labels, list[_Row], _Targets], None, None]:
         with read_snapshot(engine).connect() as conn:
             labels = _Labels(conn, sqlite=sqlite, csv=csv, raw=True)
             for segment in segments:

@@ -20,7 +20,7 @@ from api.deps import ClockDep, ReaderDep, SettingsDep
 from api.i18n import N_
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
-from api.views import render, translator
+from api.views import STATUS_LABELS, render, translator
 from audiences.models import Account
 from channels import service as channels_service
 from scheduler import log, stats
@@ -205,7 +205,7 @@ def funnel_chart(
     widest = max((t.counts.deliveries for t in touchpoints), default=0) or 1
     scale = (width - label_w - 150) / widest
     bars, labels = [], []
-    planned_label, sent_label = gettext(N_("Planned")), gettext(N_("Sent"))
+    planned_label, sent_label = gettext(N_("Planned")), gettext(STATUS_LABELS["sent"])
     for i, t in enumerate(touchpoints):
         y = 8 + i * row_h
         name = f"v{t.version or '?'} · {t.name or t.touchpoint_id}"
@@ -222,13 +222,13 @@ def funnel_chart(
     return Chart(width, 16 + len(touchpoints) * row_h, bars, labels, [])
 
 
-SERIES_PARTS = (
-    ("sent", "sent", N_("Sent")),
-    ("failed", "failed", N_("Failed")),
-    ("unknown", "failed", N_("Unknown outcome")),
-    ("missed", "missed", N_("Missed")),
-    ("skipped", "missed", N_("Skipped")),
-    ("cancelled", "missed", N_("Cancelled")),
+SERIES_PARTS = (  # (SeriesPoint attribute, CSS class, label)
+    ("sent", "sent", STATUS_LABELS["sent"]),
+    ("failed", "failed", STATUS_LABELS["failed"]),
+    ("unknown", "failed", STATUS_LABELS["unknown"]),
+    ("missed", "missed", STATUS_LABELS["missed"]),
+    ("skipped", "missed", STATUS_LABELS["skipped"]),
+    ("cancelled", "missed", STATUS_LABELS["cancelled"]),
     ("pending", "pending", N_("Pending")),
 )
 

@@ -70,7 +70,7 @@ def login(
             next_url=_safe_next(next),
         )
     raw = users_service.start_session(session, user, now, auth.session_lifetime(request))
-    principal = auth.Principal(user.id, user.username, user.display_name, user.role_set, "session")  # type: ignore[arg-type]
+    principal = auth.Principal.of(user, "session")
     auth.record(request, session, principal, "user.login", object_kind="user", object_id=user.id)
     response = RedirectResponse(_safe_next(next), status_code=303)
     auth.set_session_cookie(request, response, raw)
@@ -130,7 +130,7 @@ def setup(
             },
             status_code=422,
         )
-    principal = auth.Principal(user.id, user.username, user.display_name, user.role_set, "session")  # type: ignore[arg-type]
+    principal = auth.Principal.of(user, "session")
     auth.record(request, session, principal, "user.setup", object_kind="user", object_id=user.id)
     raw = users_service.start_session(session, user, now, auth.session_lifetime(request))
     response = RedirectResponse("/", status_code=303)
