@@ -37,7 +37,7 @@ from api.routes import stats as stats_routes
 from api.routes import users as user_routes
 from channels.http import channel_http_client
 from channels.registry import ensure_instance
-from scheduler.metrics import build_registry
+from scheduler.operations.metrics import build_registry
 from scheduler.runtime import SchedulerRuntime
 from sopbot import __version__
 from sopbot.clock import Clock, SystemClock
@@ -75,7 +75,7 @@ def create_app(
         # Several small connection pools: see channels.http.
         app.state.http = channel_http_client()
         # Per-app Prometheus registry (nothing global): database-wide figures
-        # plus what this process's scheduler dispatches (scheduler.metrics).
+        # plus what this process's scheduler dispatches (scheduler.operations.metrics).
         app.state.metrics_registry, dispatch_metrics = build_registry(
             app.state.engine,
             app.state.clock,

@@ -218,7 +218,7 @@ def worker() -> None:
     Refuses to start unless the schema is current (`sopbot db upgrade`)."""
     import asyncio
 
-    from scheduler.worker import run_worker
+    from scheduler.operations.worker import run_worker
     from sopbot.logging import configure_logging
 
     settings = Settings()
@@ -346,7 +346,7 @@ def template_publish(template: Annotated[str, typer.Argument(help="id or name")]
 @template_app.command("list")
 def template_list() -> None:
     """List templates with their delivery counts."""
-    from scheduler import service as scheduler_service
+    from scheduler.outbox import service as scheduler_service
     from sop_templates import service
     from sopbot.db import session_scope
 
@@ -368,7 +368,7 @@ def template_enroll(
 ) -> None:
     """Enroll contacts or groups into a published template."""
     from audiences import service as audiences_service
-    from scheduler import service as scheduler_service
+    from scheduler.outbox import service as scheduler_service
     from sop_templates import service
     from sopbot.clock import ensure_utc
     from sopbot.db import session_scope
@@ -437,7 +437,7 @@ def deliveries(
     """Show the latest deliveries."""
     from sqlmodel import col, select
 
-    from scheduler.models import Delivery
+    from scheduler.outbox.models import Delivery
     from sop_templates import service
     from sopbot.db import session_scope
 
@@ -485,7 +485,7 @@ def import_contacts(
     from sqlmodel import Session
 
     from audiences import importer
-    from scheduler import membership
+    from scheduler.flows import membership
 
     try:
         data = file.read_bytes()
@@ -549,7 +549,7 @@ def retention_run(
     delete the ones older than the retention period. Statistics keep them."""
     from dataclasses import asdict
 
-    from scheduler.retention import run_retention
+    from scheduler.analytics.retention import run_retention
 
     engine, clock, settings = _engine_and_clock()
     _echo_json(asdict(run_retention(engine, clock, settings, days=days)))
@@ -560,7 +560,7 @@ def retention_rollup() -> None:
     """Only roll up finished deliveries (keeps statistics fast; run it often)."""
     from dataclasses import asdict
 
-    from scheduler.retention import roll_up
+    from scheduler.analytics.retention import roll_up
 
     engine, clock, settings = _engine_and_clock()
     _echo_json(asdict(roll_up(engine, clock, settings)))

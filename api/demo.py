@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
-from scheduler import service as scheduler_service
+from scheduler.outbox import service as scheduler_service
 from sop_templates import library
 from sop_templates import service as templates_service
 from sopbot.db import session_scope

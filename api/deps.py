@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from scheduler import log
+from scheduler.analytics import log
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings

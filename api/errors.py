@@ -15,10 +15,10 @@ from audiences.service import AudienceError
 from audiences.service import NotFound as AudienceNotFound
 from channels.base import ChannelError
 from channels.service import ChannelNotFound
-from scheduler.authoring import AuthoringError
-from scheduler.log import InvalidLogQuery
-from scheduler.service import EnrollmentError
-from scheduler.stats import InvalidStatsQuery
+from scheduler.analytics.log import InvalidLogQuery
+from scheduler.analytics.stats import InvalidStatsQuery
+from scheduler.flows.authoring import AuthoringError
+from scheduler.outbox.service import EnrollmentError
 from sop_templates.service import NotFound as TemplateNotFound
 from sop_templates.service import TemplateError, TemplateValidationError
 

@@ -15,9 +15,9 @@ from sqlmodel import Session
 
 from api import auth
 from api.users import service as users_service
-from scheduler import authoring, versions
-from scheduler import service as scheduler_service
-from scheduler.authoring_models import TestSend
+from scheduler.flows import authoring, versions
+from scheduler.flows.models import TestSend
+from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus

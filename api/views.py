@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.auth import Permission, Principal
 from api.i18n import N_, environment, gettext_for, negotiate
-from scheduler import log
+from scheduler.analytics import log
 from sop_templates.schemas import RENDERED_FIELDS
 
 STATUS_LABELS: dict[str, str] = {

@@ -9,7 +9,7 @@ exit action that adds a tag). Each may carry an idempotency ``id``.
 ``apply`` applies a batch as one unit of work: it loads every contact, group and
 tag the batch refers to in a few queries, applies the events in order in memory,
 and writes the differences set-based. It returns each touched target's state
-before and after the batch, which is what ``scheduler.membership`` needs to
+before and after the batch, which is what ``scheduler.flows.membership`` needs to
 decide who starts or stops matching a template's segment. Nothing here knows
 about templates or enrollments.
 """

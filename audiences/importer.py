@@ -18,7 +18,7 @@ Every other column is an attribute, text by default; ``child_age:number`` or
 ``vip:bool`` in the header types it (segments compare by type).
 
 Parsing is pure: it returns the rows and the per-row problems (line number,
-column, reason). Applying them is ``scheduler.membership.import_contacts``, so
+column, reason). Applying them is ``scheduler.flows.membership.import_contacts``, so
 imported tags trigger SOPs like any other tag.
 """
 

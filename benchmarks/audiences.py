@@ -49,8 +49,8 @@ from api.users.models import User
 from audiences import service as audiences_service
 from audiences.models import Contact, Tag, TagAssignment
 from benchmarks.machine import describe
-from scheduler import membership
-from scheduler.models import Delivery, Enrollment
+from scheduler.flows import membership
+from scheduler.outbox.models import Delivery, Enrollment
 from sop_templates import service as templates_service
 from sopbot.db import make_engine, session_scope
 from sopbot.migrate import upgrade

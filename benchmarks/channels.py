@@ -48,9 +48,9 @@ from channels.http import channel_http_client
 from channels.registry import ensure_instance
 from channels.webhook import WebhookConfig
 from channels.wecom import WeComAdapter, WeComConfig
-from scheduler import service as scheduler_service
-from scheduler.dispatch import Dispatcher
-from scheduler.models import Delivery, DeliveryStatus
+from scheduler.outbox import service as scheduler_service
+from scheduler.outbox.dispatch import Dispatcher
+from scheduler.outbox.models import Delivery, DeliveryStatus
 from scheduler.runtime import build_channel_pool
 from sop_templates import service as templates_service
 from sopbot.clock import ManualClock

@@ -1,6 +1,6 @@
 """Engine benchmark: sopbot's outbox scheduler measured end to end.
 
-Four figures, each from the real code paths (``scheduler.service.enroll``, the
+Four figures, each from the real code paths (``scheduler.outbox.service.enroll``, the
 ``Dispatcher`` and the APScheduler-driven ``SchedulerRuntime``) with the mock channel:
 
 * ``enroll_per_s`` -- delivery rows written per second while enrolling 100,000 contacts
@@ -71,8 +71,8 @@ from audiences.models import Account, Contact
 from benchmarks.machine import describe
 from channels.models import MockMessage
 from channels.registry import ensure_instance
-from scheduler import service as scheduler_service
-from scheduler.models import Delivery, DeliveryStatus
+from scheduler.outbox import service as scheduler_service
+from scheduler.outbox.models import Delivery, DeliveryStatus
 from scheduler.runtime import SchedulerRuntime
 from sop_templates import service as templates_service
 from sopbot.clock import Clock, ManualClock, SystemClock

@@ -1,7 +1,7 @@
 """Delivery-log benchmark: the issue's figures at 2,000,000 deliveries.
 
-Measured through the same service functions the API routes call (``scheduler.log``,
-``scheduler.stats``, ``scheduler.retention``), on a reader session like the routes':
+Measured through the same service functions the API routes call (``scheduler.analytics.log``,
+``scheduler.analytics.stats``, ``scheduler.analytics.retention``), on a reader session like the routes':
 
 Every timing is reported as wall-clock and as this process's CPU time. On SQLite the
 targets are judged on CPU time (what the work costs on an otherwise idle machine)
@@ -62,10 +62,10 @@ from sqlmodel import Session, SQLModel
 from benchmarks import log_data
 from benchmarks.engine import _ensure_pg_database, _percentile, _rss_now_mb
 from benchmarks.machine import describe
-from scheduler import log, stats
-from scheduler.models import Delivery
-from scheduler.repository import DELIVERIES, insert_ignore
-from scheduler.retention import roll_up
+from scheduler.analytics import log, stats
+from scheduler.analytics.retention import roll_up
+from scheduler.outbox.models import Delivery
+from scheduler.outbox.repository import DELIVERIES, insert_ignore
 from sopbot.clock import ManualClock
 from sopbot.db import create_all, import_models, make_engine
 from sopbot.settings import Settings

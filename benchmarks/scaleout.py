@@ -25,7 +25,7 @@ Progress goes to stderr; with ``--json`` the last line of stdout is one JSON
 object. The PostgreSQL server is ``--database-url`` (default the local one);
 the benchmark uses its own database ``sopbot_scaleout_bench_<pid>`` (dropped after).
 
-The same helpers drive the multi-process tests in ``tests/scaleout``.
+The same helpers drive the multi-process tests in ``tests/scheduler/scaleout``.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ from audiences.models import Account, Contact
 from benchmarks.machine import describe
 from channels.models import MockMessage
 from channels.registry import ensure_instance
-from scheduler import service as scheduler_service
-from scheduler.models import Delivery, DeliveryStatus
-from scheduler.ops_models import Worker
+from scheduler.operations.models import Worker
+from scheduler.outbox import service as scheduler_service
+from scheduler.outbox.models import Delivery, DeliveryStatus
 from sop_templates import service as templates_service
 from sopbot import migrate
 from sopbot.db import make_engine, session_scope

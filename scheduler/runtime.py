@@ -22,11 +22,11 @@ from sqlalchemy.exc import DBAPIError
 from channels.base import AdapterContext
 from channels.http import channel_http_client
 from channels.registry import ChannelPool
-from scheduler import service, tasks
-from scheduler.dispatch import Dispatcher, DispatchStats
-from scheduler.heartbeat import Heartbeat
-from scheduler.metrics import DispatchMetrics
-from scheduler.retention import RollupResult, roll_up
+from scheduler.analytics.retention import RollupResult, roll_up
+from scheduler.operations.heartbeat import Heartbeat
+from scheduler.operations.metrics import DispatchMetrics
+from scheduler.outbox import service, tasks
+from scheduler.outbox.dispatch import Dispatcher, DispatchStats
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings
@@ -74,8 +74,8 @@ class SchedulerRuntime:
         self.channels = channels or build_channel_pool(engine, clock, self.http)
         self.worker_id = settings.worker_id or default_worker_id()
         self.dispatcher = Dispatcher(engine, clock, self.channels, settings, self.worker_id)
-        # Heartbeat row in ``workers`` (scheduler.heartbeat) and this process's
-        # dispatch metrics (scheduler.metrics), when the owner keeps a registry.
+        # Heartbeat row in ``workers`` (scheduler.operations.heartbeat) and this process's
+        # dispatch metrics (scheduler.operations.metrics), when the owner keeps a registry.
         self.heartbeat = Heartbeat(engine, clock, self.worker_id, role=role)
         self.metrics = metrics
         self.scheduler: AsyncIOScheduler | None = None
@@ -101,7 +101,7 @@ class SchedulerRuntime:
         self.heartbeat.record(stats)
         if self.metrics is not None:
             self.metrics.observe(stats)
-        if stats.claimed:  # each batch has its own INFO line (scheduler.dispatch)
+        if stats.claimed:  # each batch has its own INFO line (scheduler.outbox.dispatch)
             log.debug("dispatched %s", dict(stats.outcomes))
         return stats
 
@@ -123,7 +123,7 @@ class SchedulerRuntime:
         return await asyncio.to_thread(self.apply_inbox_now)
 
     def apply_inbox_now(self) -> Any:
-        from scheduler import membership
+        from scheduler.flows import membership
 
         with session_scope(self.engine) as session:
             return membership.apply_pending(session, self.clock.now())

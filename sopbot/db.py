@@ -122,10 +122,10 @@ def import_models() -> None:
     import api.users.models  # noqa: F401
     import audiences.models  # noqa: F401
     import channels.models  # noqa: F401
-    import scheduler.analytics_models  # noqa: F401
-    import scheduler.authoring_models  # noqa: F401
-    import scheduler.models  # noqa: F401
-    import scheduler.ops_models  # noqa: F401
+    import scheduler.analytics.models  # noqa: F401
+    import scheduler.flows.models  # noqa: F401
+    import scheduler.operations.models  # noqa: F401
+    import scheduler.outbox.models  # noqa: F401
     import sop_templates.approval_models  # noqa: F401
     import sop_templates.models  # noqa: F401
 

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     wecom_corp_id: str | None = Field(None, description="corp id the callbacks are addressed to")
 
-    # delivery log retention (scheduler.retention)
+    # delivery log retention (scheduler.analytics.retention)
     rollup_interval_seconds: float = Field(
         300.0,
         ge=0,
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
 
     worker_id: str | None = Field(None, description="lease owner name; default host:pid")
 
-    # operations (scheduler.heartbeat, api/routes/ops.py, sopbot.logging)
+    # operations (scheduler.operations.heartbeat, api/routes/ops.py, sopbot.logging)
     heartbeat_seconds: float = Field(
         10.0, gt=0, description="how often a scheduler process records its heartbeat"
     )

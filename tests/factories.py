@@ -11,8 +11,8 @@ from sqlalchemy.engine import Engine
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
 from channels.models import MockMessage
-from scheduler import service as scheduler_service
-from scheduler.models import Delivery
+from scheduler.outbox import service as scheduler_service
+from scheduler.outbox.models import Delivery
 from sop_templates import service as templates_service
 from sopbot.db import session_scope
 

@@ -293,14 +293,14 @@ def no_servers(monkeypatch):
     started: list[str] = []
     import uvicorn
 
-    import scheduler.worker
+    import scheduler.operations.worker
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append("uvicorn"))
 
     async def fake_worker(settings, stop=None):
         started.append("worker")
 
-    monkeypatch.setattr(scheduler.worker, "run_worker", fake_worker)
+    monkeypatch.setattr(scheduler.operations.worker, "run_worker", fake_worker)
     return started
 
 

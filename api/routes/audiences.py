@@ -14,7 +14,7 @@ from api.deps import ClockDep, SessionDep
 from audiences import search as audiences_search
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
-from scheduler import targets as scheduler_targets
+from scheduler.flows import targets as scheduler_targets
 
 router = APIRouter(prefix="/api", tags=["audiences"])
 

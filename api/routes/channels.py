@@ -14,7 +14,7 @@ from channels import service as channels_service
 from channels.base import AdapterContext, ChannelError
 from channels.breaker import BreakerView, CircuitBreakers
 from channels.models import ChannelInstance
-from scheduler import tasks as tasks_service
+from scheduler.outbox import tasks as tasks_service
 from sopbot.db import reader
 from sopbot.settings import Settings
 

@@ -16,9 +16,9 @@ from sqlmodel import col, select
 
 from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep
 from channels.models import MockMessage
-from scheduler import log
-from scheduler.log import InvalidLogQuery, LogFilter
-from scheduler.models import DeliveryStatus
+from scheduler.analytics import log
+from scheduler.analytics.log import InvalidLogQuery, LogFilter
+from scheduler.outbox.models import DeliveryStatus
 
 router = APIRouter(prefix="/api", tags=["deliveries"])
 

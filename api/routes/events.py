@@ -13,7 +13,7 @@ from api import auth
 from api.deps import ClockDep, SessionDep, SettingsDep
 from audiences import importer
 from audiences.models import Account, InboxEvent, InboxStatus
-from scheduler import membership
+from scheduler.flows import membership
 
 router = APIRouter(prefix="/api", tags=["audience events"])
 

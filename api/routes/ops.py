@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from api.deps import ClockDep, EngineDep, SettingsDep
-from scheduler import heartbeat
+from scheduler.operations import heartbeat
 from sopbot import __version__
 from sopbot.db import reader
 

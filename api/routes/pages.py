@@ -9,8 +9,8 @@ from api.auth import Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from api.views import render, zone_of
-from scheduler import dashboard as dashboard_service
-from scheduler import stats
+from scheduler.analytics import stats
+from scheduler.operations import dashboard as dashboard_service
 
 router = APIRouter(include_in_schema=False)
 

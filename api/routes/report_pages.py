@@ -23,9 +23,9 @@ from api.routes.stats import stats_filter
 from api.views import STATUS_LABELS, render, translator
 from audiences.models import Account
 from channels import service as channels_service
-from scheduler import log, stats
-from scheduler.log import InvalidLogQuery
-from scheduler.models import DeliveryStatus
+from scheduler.analytics import log, stats
+from scheduler.analytics.log import InvalidLogQuery
+from scheduler.outbox.models import DeliveryStatus
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import ClockDep, ReaderDep, SettingsDep
 from api.routes.deliveries import IdQuery
-from scheduler import stats
-from scheduler.log import MAX_ID, parse_instant
+from scheduler.analytics import stats
+from scheduler.analytics.log import MAX_ID, parse_instant
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 

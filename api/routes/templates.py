@@ -13,8 +13,9 @@ from api.auth import Approver, Author
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from audiences import service as audiences_service
-from scheduler import authoring, policies
-from scheduler import service as scheduler_service
+from scheduler.flows import authoring
+from scheduler.outbox import policies
+from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus

@@ -18,9 +18,9 @@ from audiences import search as audiences_search
 from audiences import segments
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
-from scheduler import log as delivery_log
-from scheduler import service as scheduler_service
-from scheduler import targets as scheduler_targets
+from scheduler.analytics import log as delivery_log
+from scheduler.flows import targets as scheduler_targets
+from scheduler.outbox import service as scheduler_service
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateStatus
 from sop_templates.schemas import TemplateSpec

@@ -1,6 +1,6 @@
 """Operator UI: SOP templates — the list, the editor (timeline, preview, test
 send) and the lifecycle buttons. Thin: every decision is a service call
-(``sop_templates``, ``scheduler.authoring``, ``scheduler.versions``)."""
+(``sop_templates``, ``scheduler.flows.authoring``, ``scheduler.flows.versions``)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from api.views import is_htmx, redirect, render, translator
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
-from scheduler import authoring, policies, stats
-from scheduler import service as scheduler_service
+from scheduler.analytics import stats
+from scheduler.flows import authoring
+from scheduler.outbox import policies
+from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus

@@ -15,7 +15,7 @@ from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from api.users import service as users_service
 from api.views import zone_of
-from scheduler import dashboard as dashboard_service
+from scheduler.operations import dashboard as dashboard_service
 
 router = APIRouter(prefix="/api", tags=["users and settings"])
 

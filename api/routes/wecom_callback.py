@@ -27,7 +27,7 @@ from audiences.wecom_crypto import (
     WeComCryptoError,
     parse_xml,
 )
-from scheduler import membership
+from scheduler.flows import membership
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings

@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat, InboxEvent
-from scheduler import membership
-from scheduler.models import Enrollment
+from scheduler.flows import membership
+from scheduler.outbox.models import Enrollment
 from sop_templates import service as templates_service
 from sopbot.db import session_scope
 
@@ -52,7 +52,7 @@ def count(engine: Engine, model: Any) -> int:
 def snapshot(engine: Engine) -> dict[str, int]:
     """Row counts of what events change: nothing may move after a rejected request."""
     from audiences.models import Account, TagAssignment
-    from scheduler.models import Delivery
+    from scheduler.outbox.models import Delivery
 
     return {
         m.__name__: count(engine, m)

@@ -18,7 +18,7 @@ from factories import deliveries, mock_sends, new_friend_spec, store_menu_spec
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from scheduler import membership
+from scheduler.flows import membership
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -209,7 +209,7 @@ def test_a_group_dissolved_with_occurrences_planned_ahead_has_them_cancelled(eng
     send_events(
         engine, clock.now(), {"kind": "group_created", "external_id": "wr1", "tags": ["store"]}
     )
-    from scheduler import service as scheduler_service
+    from scheduler.outbox import service as scheduler_service
     from sopbot.db import session_scope
 
     with session_scope(engine) as session:  # the look-ahead fans 11:00 out a minute early
@@ -368,7 +368,7 @@ def test_after_finish_reenters_once_the_first_run_is_over(engine, clock):
                                        "external_id": "wm1"}, {"kind": "tag_added", **tag}])  # fmt: skip
     from sqlalchemy import update
 
-    from scheduler.models import Delivery
+    from scheduler.outbox.models import Delivery
     from sopbot.db import session_scope
 
     with session_scope(engine) as session:  # as if all three had gone out

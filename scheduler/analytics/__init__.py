@@ -1,0 +1,1 @@
+"""What happened: the delivery log, statistics, roll-ups and retention."""

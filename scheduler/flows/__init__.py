@@ -1,0 +1,1 @@
+"""Orchestration across domains: how SOPs react to audience events, publishing, the editor's timeline and test sends."""

@@ -1,0 +1,1 @@
+"""Running sopbot: worker processes, heartbeats, metrics and the dashboard."""

@@ -1,0 +1,1 @@
+"""The outbox: enrollment, planning of cron occurrences, dispatch, delivery policies and task mode."""
