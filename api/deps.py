@@ -28,7 +28,13 @@ def get_clock(request: Request) -> Clock:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """The request owns the session: commit on success, roll back on error."""
+    """The request owns the session: commit on success, roll back on error.
+
+    Bound to the route function (``scope="function"`` below), not to the whole
+    request: the commit runs when the route has returned and before a byte of
+    the response is sent, so a client never sees a success (or follows a
+    redirect) before its data is readable by anyone else, and a commit that
+    fails is the request's 500, with nothing written."""
     with session_scope(request.app.state.engine) as session:
         yield session
 
@@ -43,5 +49,5 @@ def get_reader(request: Request) -> Iterator[Session]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReaderDep = Annotated[Session, Depends(get_reader)]
