@@ -6,12 +6,15 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from starlette.datastructures import QueryParams
 
 from scheduler.analytics import log
 from sopbot.clock import Clock
 from sopbot.db import session_scope
+from sopbot.ids import parse_id
 from sopbot.settings import Settings
 
 
@@ -25,6 +28,27 @@ def get_engine(request: Request) -> Engine:
 
 def get_clock(request: Request) -> Clock:
     return request.app.state.clock  # type: ignore[no-any-return]
+
+
+def query_id(params: QueryParams, name: str) -> int | None:
+    """The id in query parameter ``name`` (absent or empty: None). Anything but
+    ASCII digits is the caller's mistake: FastAPI's 422, naming the parameter."""
+    value = (params.get(name) or "").strip()
+    if not value:
+        return None
+    number = parse_id(value)
+    if number is None:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"{name} must be a whole number in ASCII digits",
+                    "type": "int_parsing",
+                    "input": value[:50],
+                }
+            ]
+        )
+    return number
 
 
 def get_session(request: Request) -> Iterator[Session]:

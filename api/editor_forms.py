@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sopbot.ids import is_id
+
 PART_KINDS = ("text", "image", "link", "miniprogram", "file")
 TIMING_KINDS = ("offset", "day_at", "at", "cron")
 MODES = ("send", "task", "remind")
@@ -357,7 +359,7 @@ def apply_action(form: dict[str, Any], action: str, data: Mapping[str, Any]) -> 
     """Add / move / remove a touchpoint or a part. True when ``action`` was one."""
     tps: list[dict[str, Any]] = form["touchpoints"]
     verb, _, rest = action.partition(":")
-    args = [int(a) for a in rest.split(":") if a.isdigit()]
+    args = [int(a) for a in rest.split(":") if is_id(a)]
     if verb == "add_touchpoint":
         tps.append(blank_touchpoint(len(tps) + 1))
     elif verb == "remove_touchpoint" and args and args[0] < len(tps):

@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
 from audiences.schemas import ContactIn, GroupIn
+from sopbot.ids import is_id
 
 
 class AudienceError(ValueError):
@@ -122,7 +123,7 @@ def get_contact(session: Session, contact_id: int) -> Contact:
 
 
 def find_contact(session: Session, key: str | int) -> Contact:
-    if isinstance(key, int) or str(key).isdigit():
+    if is_id(key):
         found = session.get(Contact, int(key))
         if found:
             return found
@@ -133,7 +134,7 @@ def find_contact(session: Session, key: str | int) -> Contact:
 
 
 def find_group(session: Session, key: str | int) -> GroupChat:
-    if isinstance(key, int) or str(key).isdigit():
+    if is_id(key):
         found = session.get(GroupChat, int(key))
         if found:
             return found

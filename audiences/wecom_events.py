@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from sopbot.ids import is_id
+
 SOURCE = "wecom"
 
 
@@ -46,7 +48,7 @@ def event_kind(fields: Mapping[str, str]) -> str:
 
 def _occurred_at(fields: Mapping[str, str]) -> str | None:
     raw = fields.get("CreateTime", "").strip()
-    if not raw.isdigit():
+    if not is_id(raw):
         return None
     return datetime.fromtimestamp(int(raw), tz=UTC).isoformat()
 
@@ -92,7 +94,7 @@ def to_events(fields: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | No
         if change == "update":
             detail = fields.get("UpdateDetail")
             count = fields.get("MemChangeCnt", "").strip()
-            members: dict[str, Any] = {"count": int(count)} if count.isdigit() else {}
+            members: dict[str, Any] = {"count": int(count)} if is_id(count) else {}
             if detail == "add_member":
                 return [
                     {"kind": "group_member_joined", **ref, **members, "create_missing": True}

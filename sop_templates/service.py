@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.rendering import validate_content
 from sop_templates.schemas import TemplateSpec
+from sopbot.ids import is_id
 
 
 class TemplateError(ValueError):
@@ -127,7 +128,7 @@ def get_template(session: Session, template_id: int) -> SopTemplate:
 
 
 def find_template(session: Session, id_or_name: str | int) -> SopTemplate:
-    if isinstance(id_or_name, int) or str(id_or_name).isdigit():
+    if is_id(id_or_name):
         return get_template(session, int(id_or_name))
     template = session.exec(select(SopTemplate).where(SopTemplate.name == id_or_name)).first()
     if template is None:

@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sopbot.ids import is_id
+
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
 
@@ -217,7 +219,7 @@ def _crontab_dow(field: str) -> str:
 def _dow_number(token: str) -> int:
     if token in _DOW_NAMES:
         return _DOW_NAMES.index(token)
-    if token.isdigit() and 0 <= int(token) <= 7:
+    if is_id(token) and 0 <= int(token) <= 7:
         return int(token)
     raise ValueError(f"day-of-week {token!r} must be 0-7 or sun..sat")
 

@@ -19,6 +19,7 @@ from channels.models import MockMessage
 from scheduler.analytics import log
 from scheduler.analytics.log import InvalidLogQuery, LogFilter
 from scheduler.outbox.models import DeliveryStatus
+from sopbot.ids import parse_id
 
 router = APIRouter(prefix="/api", tags=["deliveries"])
 
@@ -58,10 +59,9 @@ def parse_log_filter(get: Callable[[str], list[str]], zone: ZoneInfo) -> LogFilt
         value = one(name)
         if value is None:
             return None
-        try:
-            number = int(value)
-        except ValueError:
-            raise InvalidLogQuery(name, f"{name} {value!r} is not a whole number") from None
+        number = parse_id(value)
+        if number is None:
+            raise InvalidLogQuery(name, f"{name} {value!r} is not a whole number")
         if not 1 <= number <= log.MAX_ID:
             raise InvalidLogQuery(name, f"{name} must be an id between 1 and {log.MAX_ID}")
         return number

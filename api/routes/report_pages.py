@@ -16,7 +16,7 @@ from fastapi import Path as FastAPIPath
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from api.deps import ClockDep, ReaderDep, SettingsDep
+from api.deps import ClockDep, ReaderDep, SettingsDep, query_id
 from api.i18n import N_
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
@@ -60,8 +60,7 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
     params = request.query_params
     sort = params.get("sort") or "due_at"
     order = params.get("order") or "desc"
-    raw_limit = params.get("limit", "")
-    limit = int(raw_limit) if raw_limit.isdigit() and len(raw_limit) < 6 else 50
+    limit = query_id(params, "limit") or 50
     limit = min(max(limit, 1), log.MAX_PAGE)
     error: InvalidLogQuery | None = None
     page = None
@@ -121,13 +120,10 @@ def report_page(
     error: Exception | None = None
     report = None
     try:
-        version = params.get("version_id") or None
         flt = stats_filter(
             template_id,
             zone,
-            version_id=int(version)
-            if version and version.isdigit() and len(version) < 19
-            else None,
+            version_id=query_id(params, "version_id"),
             channel=params.get("channel") or None,
             due_from=params.get("due_from") or None,
             due_to=params.get("due_to") or None,

@@ -24,6 +24,7 @@ from scheduler.outbox import service as scheduler_service
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateStatus
 from sop_templates.schemas import TemplateSpec
+from sopbot.ids import parse_id
 
 router = APIRouter(include_in_schema=False)
 
@@ -117,7 +118,7 @@ async def enroll(
     """Enroll this target into a published SOP by hand (anchored at its join time)."""
     kind = _kind(request.url.path.strip("/").split("/")[0])
     form = await request.form()
-    template_id = int(str(form.get("template_id") or 0))
+    template_id = parse_id(form.get("template_id")) or 0
     try:
         template = templates_service.get_template(session, template_id)
         model: Any = Contact if kind == "contact" else GroupChat
