@@ -14,6 +14,7 @@ approves others' work); the approver of a template is never its author.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -205,7 +206,7 @@ def authenticate(session: Session, username: str, password: str, now: datetime) 
     """The active user with this username and password, else None (same time
     spent either way, so a wrong username is not told apart by timing)."""
     user = session.exec(select(User).where(User.username == username.strip())).first()
-    stored = user.password_hash if user else _DUMMY_HASH
+    stored = user.password_hash if user else _dummy_hash()
     ok = verify_password(password, stored)
     if user is None or not ok or not user.active:
         return None
@@ -214,7 +215,11 @@ def authenticate(session: Session, username: str, password: str, now: datetime) 
     return user
 
 
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check an unknown username's password against (as slow as a real
+    one); made on first use, not at import: starting a process hashes nothing."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 # -- API tokens ------------------------------------------------------------------------
