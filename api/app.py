@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
-from api import auth, errors
+from api import auth, errors, guards
 from api.audit_middleware import AuditMiddleware
 from api.routes import (
     audiences,
@@ -146,6 +146,15 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _add_docs_and_icon(app)
     app.add_middleware(AuditMiddleware)
+    # Outermost last: security headers on every answer, the size limit before
+    # anything reads a body, then JSON that routes and the database can hold.
+    app.add_middleware(guards.StrictJSON)
+    app.add_middleware(
+        guards.BodyLimit,
+        default=settings.max_body_bytes,
+        by_path={"/api/contacts/import": settings.max_import_bytes},
+    )
+    app.add_middleware(guards.SecurityHeaders)
 
     return app
 
@@ -159,12 +168,19 @@ def _add_docs_and_icon(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} API",
-            swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
-            swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
-            swagger_favicon_url="/static/favicon.svg",
+        # Swagger UI started by a static file (no inline script: see api.guards).
+        title = html.escape(f"{app.title} API")
+        spec = html.escape(app.openapi_url or "/openapi.json")
+        return HTMLResponse(
+            "<!doctype html><html><head>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css">'
+            '<link rel="icon" href="/static/favicon.svg">'
+            f"<title>{title}</title></head><body>"
+            f'<div id="swagger-ui" data-openapi-url="{spec}"></div>'
+            f'<script src="{SWAGGER_UI}/swagger-ui-bundle.js"></script>'
+            '<script src="/static/swagger-init.js"></script>'
+            "</body></html>"
         )
 
     @app.get("/favicon.ico", include_in_schema=False)

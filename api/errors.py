@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 
@@ -104,7 +106,53 @@ def install(app: FastAPI) -> None:
             status_code=422, content={"detail": f"a value in the request does not fit: {reason}"}
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape, but bounded and always encodable, whatever was sent.
+        problems = [_bounded_problem(e) for e in exc.errors()[:MAX_PROBLEMS]]
+        return JSONResponse(status_code=422, content={"detail": problems})
+
     _document_validation_errors(app)
+
+
+MAX_PROBLEMS = 50  # problems listed in one 422
+MAX_ECHO = 200  # characters of the input echoed per problem
+
+
+def _bounded_text(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` cut to ``limit`` characters, lone surrogates replaced."""
+    clipped = text[:limit] + ("…" if len(text) > limit else "")
+    return clipped.encode("utf-8", "replace").decode("utf-8")
+
+
+def _bounded_value(value: Any) -> Any:
+    """What a 422 may echo of an input: short, JSON-encodable, valid Unicode."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else f"a {value.bit_length()}-bit integer"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _bounded_text(value)
+    if isinstance(value, dict):
+        return f"an object of {len(value)} fields"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    return _bounded_text(type(value).__name__)
+
+
+def _bounded_problem(error: Any) -> dict[str, Any]:
+    problem: dict[str, Any] = {
+        "type": _bounded_text(str(error.get("type", "value_error"))),
+        "loc": [_bounded_value(part) for part in error.get("loc", ())][:20],
+        "msg": _bounded_text(str(error.get("msg", "")), 500),
+    }
+    if "input" in error:
+        problem["input"] = _bounded_value(error["input"])
+    if isinstance(error.get("ctx"), dict):
+        problem["ctx"] = {str(k)[:50]: _bounded_value(v) for k, v in error["ctx"].items()}
+    return problem
 
 
 # ``detail`` of a batch refused as a whole (POST /api/events, /api/contacts/import):

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sopbot.clock import ensure_utc
+from sopbot.ids import plain_identifier
 
 
 class ContactIn(BaseModel):
@@ -20,6 +21,8 @@ class ContactIn(BaseModel):
     timezone: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
+
+    _plain = field_validator("external_id", "account")(plain_identifier)
 
     @field_validator("joined_at")
     @classmethod
@@ -39,6 +42,8 @@ class GroupIn(BaseModel):
     joined_at: datetime | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
+
+    _plain = field_validator("external_id", "owner")(plain_identifier)
 
     @field_validator("joined_at")
     @classmethod

@@ -8,6 +8,7 @@ path, a query string or a form goes through here."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # At most 18 digits: every such number fits a 64-bit integer column.
 _ID = re.compile(r"[0-9]{1,18}")
@@ -25,3 +26,17 @@ def parse_id(text: object) -> int | None:
 def is_id(text: object) -> bool:
     """Whether ``text`` is an id in ASCII digits (see ``parse_id``)."""
     return parse_id(text) is not None
+
+
+def plain_identifier(value: str | None) -> str | None:
+    """``value`` if it holds no control character (NUL, newline, tab, DEL, …) and
+    no lone surrogate: an external id or a name to look things up by is printed,
+    logged, exported and compared, and must read the same everywhere."""
+    for char in value or "":
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs"):
+            raise ValueError(
+                f"must not contain control characters (found U+{ord(char):04X}); "
+                "use letters, digits and punctuation"
+            )
+    return value

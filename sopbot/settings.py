@@ -97,6 +97,20 @@ class Settings(BaseSettings):
         False, description="mark the session cookie Secure (set when served over HTTPS)"
     )
     session_hours: float = Field(12.0, gt=0, description="UI login lifetime")
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="largest request body (413 past it)"
+    )
+    max_import_bytes: int = Field(
+        210 * 1024 * 1024,
+        gt=0,
+        description="largest body of POST /api/contacts/import (a 200 MB CSV and its form)",
+    )
+    login_max_failures: int = Field(
+        5, gt=0, description="failed logins per username, and per address, within the window"
+    )
+    login_window_minutes: float = Field(
+        15.0, gt=0, description="failed logins count this long; then the lock lifts"
+    )
     require_approval: bool = Field(
         False, description="workspace default: templates need an approver before publishing"
     )
