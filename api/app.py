@@ -133,11 +133,10 @@ def create_app(
     app.include_router(wecom_callback.router)
     app.include_router(stats_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     app.include_router(report_pages.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
-    # /healthz (load balancers) and /metrics (Prometheus) stay open; /api/workers needs a user.
-    app.include_router(
-        ops_routes.router,
-        dependencies=[Depends(auth.gate(Permission.ADMIN, public=("/healthz", "/metrics")))],
-    )
+    # /healthz (load balancers) and /metrics (Prometheus) stay open; /api/workers is
+    # for admins (README), reading included.
+    ops_gate = auth.gate(Permission.ADMIN, read=Permission.ADMIN, public=("/healthz", "/metrics"))
+    app.include_router(ops_routes.router, dependencies=[Depends(ops_gate)])
     # The operator UI (server-rendered; each route declares its permission).
     app.include_router(ui_auth.router)
     app.include_router(ui_templates.router, dependencies=signed_in)

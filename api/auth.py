@@ -33,6 +33,7 @@ from sqlmodel import Session
 from api.users import audit
 from api.users import service as users_service
 from api.users.models import ApiToken, User
+from api.users.throttle import LoginThrottle
 from sopbot.db import reader, session_scope
 
 SESSION_COOKIE = "sopbot_session"
@@ -298,6 +299,19 @@ def check_login_csrf(request: Request, sent: str | None) -> None:
     expected = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not expected or not sent or not hmac.compare_digest(expected, sent):
         raise Forbidden("the form's security token (CSRF) is missing or wrong; reload the page")
+
+
+def login_throttle(request: Request) -> LoginThrottle:
+    """This app's login throttle (api.users.throttle), made on first use."""
+    state = request.app.state
+    throttle = getattr(state, "login_throttle", None)
+    if throttle is None:
+        settings = state.settings
+        throttle = LoginThrottle(
+            settings.login_max_failures, timedelta(minutes=settings.login_window_minutes)
+        )
+        state.login_throttle = throttle
+    return throttle  # type: ignore[no-any-return]
 
 
 def session_lifetime(request: Request) -> timedelta:

@@ -141,7 +141,8 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 # The UI loads only its own files (api/static, the vendored Swagger UI): no
 # inline script or style, no other origin, no framing.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "img-src 'self' data:; "
     "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'self'; object-src 'none'"
 )

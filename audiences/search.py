@@ -18,6 +18,13 @@ class SearchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, taken literally: ``%``, ``_``
+    and ``\\`` in what a user typed are characters, not wildcards (escape ``\\``)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def search(
     session: Session,
     target_kind: str,
@@ -34,9 +41,12 @@ def search(
     owner = model.account_id if target_kind == "contact" else model.owner_account_id
     conditions = []
     if q:
-        pattern = f"%{q.strip()}%"
+        pattern = contains_pattern(q.strip())
         conditions.append(
-            or_(col(model.name).ilike(pattern), col(model.external_id).ilike(pattern))
+            or_(
+                col(model.name).ilike(pattern, escape="\\"),
+                col(model.external_id).ilike(pattern, escape="\\"),
+            )
         )
     if tag:
         conditions.append(

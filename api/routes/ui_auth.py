@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Form, Request
@@ -60,15 +61,32 @@ def login(
 ) -> Response:
     auth.check_login_csrf(request, csrf_token)
     now = clock.now()
+    _ = translator(request)
+    throttle = auth.login_throttle(request)
+    address = request.client.host if request.client else None
+    wait = throttle.wait(username, address, now)
+    if wait is not None:
+        minutes = max(1, math.ceil(wait.total_seconds() / 60))
+        page = _login_page(
+            request,
+            error=_("Too many failed logins. Try again in %(minutes)d minutes.")
+            % {"minutes": minutes},
+            username=username,
+            next_url=_safe_next(next),
+        )
+        page.status_code = 429
+        page.headers["Retry-After"] = str(int(wait.total_seconds()) + 1)
+        return page
     user = users_service.authenticate(session, username, password, now)
     if user is None:
-        _ = translator(request)
+        throttle.failed(username, address, now)
         return _login_page(
             request,
             error=_("Wrong username or password, or the account is disabled."),
             username=username,
             next_url=_safe_next(next),
         )
+    throttle.succeeded(username)
     raw = users_service.start_session(session, user, now, auth.session_lifetime(request))
     principal = auth.Principal.of(user, "session")
     auth.record(request, session, principal, "user.login", object_kind="user", object_id=user.id)
