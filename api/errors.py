@@ -197,9 +197,45 @@ def _document_validation_errors(app: FastAPI) -> None:
                     "properties": {"loc": {"type": "string"}, "msg": {"type": "string"}},
                 },
             }
+        _document_error_answers(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# Open routes (api.app): no login, so no 401/403 and no security scheme.
+PUBLIC_PATHS = ("/healthz", "/metrics", "/api/wecom/callback")
+_MESSAGE = {
+    "application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}
+}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def _document_error_answers(schema: dict[str, Any]) -> None:
+    """The answers every route may give besides its own (the handlers above and
+    api.guards), in the OpenAPI document: 401/403 where a login is needed, 404
+    for an unknown id or external id (in the path, query or body), 409 for a
+    change the current state refuses, 400/413 for an unreadable or too large body."""
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            answers = operation["responses"]
+            extra: dict[str, dict[str, Any]] = {
+                "404": {"description": "an id or external id named is unknown", "content": _MESSAGE}
+            }
+            if path in PUBLIC_PATHS:
+                operation.pop("security", None)
+            else:
+                extra["401"] = {"description": "not logged in", "content": _MESSAGE}
+                extra["403"] = {"description": "the role does not allow it", "content": _MESSAGE}
+            if method != "get":
+                extra["409"] = {"description": "refused in the current state", "content": _MESSAGE}
+            if "requestBody" in operation:
+                extra["400"] = {"description": "the body cannot be read", "content": _MESSAGE}
+                extra["413"] = {"description": "the body is over the size limit", "content": _TEXT}
+            for code, answer in extra.items():
+                answers.setdefault(code, answer)
 
 
 def wants_html(request: Request) -> bool:

@@ -15,7 +15,7 @@ import schemathesis
 from auth_helpers import make_auth_headers
 from factories import add_contact, add_group, enroll, new_friend_spec, publish, store_menu_spec
 from hypothesis import HealthCheck, Phase, settings
-from schemathesis.checks import not_a_server_error, response_schema_conformance
+from schemathesis.checks import positive_data_acceptance
 from schemathesis.python import asgi
 
 from api.app import create_app
@@ -79,8 +79,13 @@ def test_no_server_error_and_responses_match_the_schema(case, admin):
     response = case.call(headers=admin.headers)
     if response.status_code == 401:  # an earlier case revoked the token: a new admin
         response = case.call(headers=admin.renew())
+    # Every check schemathesis has (no 5xx, response schema, documented status
+    # codes and content types, negative data refused, auth enforced, ...) but
+    # "schema-valid data accepted": a body the schema allows may still break a
+    # rule only the domain knows (a duplicate name is 409, an unknown account or
+    # a cron that never fires 422), and saying so is the route's job.
     case.validate_response(
-        response, checks=[not_a_server_error, response_schema_conformance], headers=admin.headers
+        response, headers=admin.headers, excluded_checks=[positive_data_acceptance]
     )
 
 
