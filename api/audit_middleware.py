@@ -32,23 +32,15 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})  # request.state of the route, shared
-        status: dict[str, int] = {}
-
-        async def send_and_note(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, send_and_note)
-        principal = state.get("principal")
-        if status.get("code", 500) >= 400 or principal is None or state.get("audited"):
-            return
         app = scope["app"]
         path = scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         parts = [p for p in path.split("/") if p and p != "api"]
 
         def write() -> None:
+            principal = state.get("principal")
+            if principal is None or state.get("audited"):
+                return
             with session_scope(app.state.engine) as session:
                 audit.record(
                     session,
@@ -61,4 +53,11 @@ class AuditMiddleware:
                     detail={"query": query} if query else {},
                 )
 
-        await asyncio.to_thread(write)
+        async def send_after_audit(message: dict[str, Any]) -> None:
+            # Recorded before the answer starts: a client that got its 2xx finds
+            # the change in the audit log too.
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                await asyncio.to_thread(write)
+            await send(message)
+
+        await self.app(scope, receive, send_after_audit)

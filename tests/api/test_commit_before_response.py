@@ -150,3 +150,17 @@ def test_a_commit_that_fails_is_a_500_and_nothing_is_written(engine, clock, sett
         event.remove(engine, "before_cursor_execute", note)
     assert answer.status_code == 500
     assert _contacts(engine) == 0
+
+
+def test_the_audit_entry_of_a_change_is_there_when_the_answer_arrives(
+    live, engine, clock, other_connection, slow_commits
+):
+    from api.users.models import AuditEntry
+
+    headers = make_auth_headers(engine, clock.now())
+    with httpx.Client(base_url=live, headers=headers, timeout=30) as http:
+        answer = http.post("/api/events/inbox/apply")
+        assert answer.status_code == 200, answer.text
+    with reader(other_connection).connect() as conn:
+        actions = conn.execute(select(AuditEntry.action)).scalars().all()  # type: ignore[call-overload]
+    assert "api.post" in actions
