@@ -37,26 +37,20 @@ from sqlalchemy import and_, delete, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from scheduler.analytics import log
-from scheduler.analytics.log import unindexed
-from scheduler.analytics.stats import (
-    ACCOUNT_ROLLUPS,
-    CONTACTS,
-    GROUPS,
-    HOLDS,
-    ROLLUPS,
-    STATE,
+from scheduler.analytics.log.entries import read_entries
+from scheduler.analytics.stats.figures import (
     D,
-    Watermark,
     hour_number,
     hour_start,
     lateness_bucket_sql,
-    sent_lateness_ms,
 )
+from scheduler.analytics.stats.live import CONTACTS, GROUPS, sent_lateness_ms
+from scheduler.analytics.stats.settled import ACCOUNT_ROLLUPS, HOLDS, ROLLUPS, STATE, Watermark
 from scheduler.outbox.models import DeliveryStatus
 from sopbot.clock import Clock
 from sopbot.db import reader
 from sopbot.settings import Settings
+from sopbot.sql import unindexed
 
 S = DeliveryStatus
 SETTLE = timedelta(hours=1)
@@ -384,7 +378,7 @@ def run_retention(
                 ]
                 if after is not None:
                     where.append(tuple_(D.c.due_at, D.c.id) > tuple_(*_typed(after)))
-                entries = log.read_entries(conn, where, (D.c.due_at, D.c.id), ARCHIVE_CHUNK)
+                entries = read_entries(conn, where, (D.c.due_at, D.c.id), ARCHIVE_CHUNK)
                 if not entries:
                     break
                 by_day: dict[date, list[str]] = defaultdict(list)

@@ -19,6 +19,8 @@ from sqlalchemy import insert
 
 from api.app import create_app
 from scheduler.analytics import log
+from scheduler.analytics.log import entries as log_entries
+from scheduler.analytics.log import export as log_export
 from scheduler.outbox.models import Delivery
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -167,7 +169,7 @@ def _peak_export_bytes(world, kind: str) -> tuple[int, int]:
 @pytest.mark.parametrize("kind", ["csv", "ndjson"])
 def test_export_streams_in_constant_memory(world, kind, monkeypatch):
     # small batches, so that even the small export fills the read-ahead
-    monkeypatch.setattr(log, "EXPORT_BATCH", 250)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 250)
     _bulk(world, 2_000, batch=1)
     small_rows, small_peak = _peak_export_bytes(world, kind)
     _bulk(world, 16_000, batch=2)
@@ -184,7 +186,7 @@ def _log_readers() -> list[threading.Thread]:
 def test_an_export_stopped_early_returns_its_connection(world, monkeypatch):
     # a client that hangs up after the first chunks (on a server database the
     # read-ahead thread ends too)
-    monkeypatch.setattr(log, "EXPORT_BATCH", 100)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 100)
     _bulk(world, 2_000, batch=1)
     body = log.export_csv(world.engine, log.LogFilter(template_id=world.friend_template), SH)
     next(body)
@@ -195,9 +197,9 @@ def test_an_export_stopped_early_returns_its_connection(world, monkeypatch):
 
 
 def test_a_failed_read_during_an_export_reaches_its_reader(world, monkeypatch):
-    monkeypatch.setattr(log, "EXPORT_BATCH", 100)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 100)
     _bulk(world, 1_000, batch=1)
-    prepare = log._Labels.prepare
+    prepare = log_entries.Labels.prepare
     calls = []
 
     def failing(self, rows):
@@ -206,7 +208,7 @@ def test_a_failed_read_during_an_export_reaches_its_reader(world, monkeypatch):
             raise RuntimeError("connection lost")
         return prepare(self, rows)
 
-    monkeypatch.setattr(log._Labels, "prepare", failing)
+    monkeypatch.setattr(log_entries.Labels, "prepare", failing)
     body = log.export_ndjson(world.engine, log.LogFilter(template_id=world.friend_template))
     with pytest.raises(RuntimeError, match="connection lost"):
         for _ in body:
@@ -227,14 +229,14 @@ def _source(n: int, closed: list[bool], fail_at: int | None = None):
 
 def test_read_ahead_keeps_order_and_closes_its_source():
     closed: list[bool] = []
-    assert list(log._read_ahead(lambda: _source(1_000, closed), 2)) == list(range(1_000))
+    assert list(log_export.read_ahead(lambda: _source(1_000, closed), 2)) == list(range(1_000))
     assert closed == [True]
     assert not _log_readers()
 
 
 def test_read_ahead_stopped_early_stops_its_thread_and_closes_its_source():
     closed: list[bool] = []
-    items = log._read_ahead(lambda: _source(10**9, closed), 2)
+    items = log_export.read_ahead(lambda: _source(10**9, closed), 2)
     assert [next(items) for _ in range(5)] == [0, 1, 2, 3, 4]
     assert _log_readers()
     items.close()
@@ -246,7 +248,7 @@ def test_read_ahead_raises_the_sources_error_in_the_reader():
     closed: list[bool] = []
     got = []
     with pytest.raises(ValueError, match="bad item 7"):
-        for item in log._read_ahead(lambda: _source(100, closed, fail_at=7), 2):
+        for item in log_export.read_ahead(lambda: _source(100, closed, fail_at=7), 2):
             got.append(item)
     assert got == list(range(7))
     assert closed == [True]
@@ -329,8 +331,8 @@ def test_exports_write_the_log_entries_across_batches(world, monkeypatch, zone):
             .where(Delivery.__table__.c.id == ghost.id)  # type: ignore[attr-defined]
             .values(target_id=10**9)
         )
-    monkeypatch.setattr(log, "EXPORT_BATCH", 3)
-    monkeypatch.setattr(log, "TARGET_MEMORY", 2)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 3)
+    monkeypatch.setattr(log_entries, "TARGET_MEMORY", 2)
     tz = ZoneInfo(zone)
     for flt in (log.LogFilter(), log.LogFilter(statuses=("sent",))):
         for sort, order in (("due_at", "desc"), ("sent_at", "asc")):
