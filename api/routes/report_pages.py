@@ -21,7 +21,7 @@ from api.i18n import N_
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
 from api.views import STATUS_LABELS, render, translator
-from audiences.models import Account
+from audiences.tables import ACCOUNTS
 from channels import service as channels_service
 from scheduler.analytics import log, stats
 from scheduler.analytics.log import InvalidLogQuery
@@ -45,7 +45,7 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
             .where(tp.template_id == template_id)
             .order_by(v.version, tp.position)
         ).all()
-    accounts = Account.__table__.c  # type: ignore[attr-defined]
+    accounts = ACCOUNTS.c
     return {
         "templates": templates_service.list_templates(session),
         "touchpoints": touchpoints,

@@ -14,11 +14,11 @@ from sqlalchemy import String, Text, cast, func, select, type_coerce
 from sqlalchemy.engine import Connection, Row
 from sqlmodel import Session, col
 
-from audiences.models import Account
-from scheduler.analytics.log.filters import CONTACTS, GROUPS, D
-from scheduler.outbox.repository import among
+from audiences.tables import ACCOUNTS, owner_account, target_table
+from scheduler.outbox.repository import DELIVERIES
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 from sopbot.db import is_sqlite
+from sopbot.sql import among
 
 TARGET_MEMORY = 10_000  # targets an export remembers across batches (see Labels._targets)
 
@@ -112,24 +112,24 @@ def content_text(
 
 
 _COLUMNS = (
-    D.c.id,
-    D.c.template_id,
-    D.c.version_id,
-    D.c.touchpoint_id,
-    D.c.occurrence,
-    D.c.target_kind,
-    D.c.target_id,
-    D.c.channel,
-    D.c.mode,
-    D.c.status,
-    D.c.reason,
-    D.c.due_at,
-    D.c.run_at,
-    D.c.sent_at,
-    D.c.finished_at,
-    D.c.attempts,
-    D.c.provider_message_id,
-    D.c.rendered,
+    DELIVERIES.c.id,
+    DELIVERIES.c.template_id,
+    DELIVERIES.c.version_id,
+    DELIVERIES.c.touchpoint_id,
+    DELIVERIES.c.occurrence,
+    DELIVERIES.c.target_kind,
+    DELIVERIES.c.target_id,
+    DELIVERIES.c.channel,
+    DELIVERIES.c.mode,
+    DELIVERIES.c.status,
+    DELIVERIES.c.reason,
+    DELIVERIES.c.due_at,
+    DELIVERIES.c.run_at,
+    DELIVERIES.c.sent_at,
+    DELIVERIES.c.finished_at,
+    DELIVERIES.c.attempts,
+    DELIVERIES.c.provider_message_id,
+    DELIVERIES.c.rendered,
 )
 _RAW_ON_SQLITE = ("due_at", "run_at", "sent_at", "finished_at", "rendered")
 # SQLite stores UTC times and JSON as text; reading them raw and converting them
@@ -323,7 +323,7 @@ class Labels:
 
     def _load_accounts(self, ids: set[int]) -> None:
         if ids:
-            stmt = select(col(Account.id), col(Account.name)).where(col(Account.id).in_(ids))
+            stmt = select(ACCOUNTS.c.id, ACCOUNTS.c.name).where(ACCOUNTS.c.id.in_(ids))
             self.accounts.update(dict(self.conn.execute(stmt).all()))  # type: ignore[arg-type]
 
     def _targets(self, rows: Sequence[LogRow]) -> Targets:
@@ -347,13 +347,10 @@ class Labels:
                 elif key[0] in wanted:
                     wanted[key[0]].add(key[1])
         accounts: set[int] = set()
-        for kind_name, table, account in (
-            ("contact", CONTACTS, CONTACTS.c.account_id),
-            ("group", GROUPS, GROUPS.c.owner_account_id),
-        ):
-            ids = wanted[kind_name]
+        for kind_name, ids in wanted.items():
             if not ids:
                 continue
+            table, account = target_table(kind_name), owner_account(kind_name)
             stmt = select(table.c.id, table.c.external_id, table.c.name, account).where(
                 among(table.c.id, list(ids), self.conn)
             )

@@ -17,16 +17,10 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select
 
-from audiences.models import Contact, GroupChat, Tag, TagAssignment
-from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment
+from audiences.tables import TAG_ASSIGNMENTS, TAGS, TARGET_KINDS, owner_account, target_table
+from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
 from sopbot.sql import unindexed
-
-D = Delivery.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-CONTACTS = Contact.__table__  # type: ignore[attr-defined]
-GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
-TAGS = Tag.__table__  # type: ignore[attr-defined]
-TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
 
 SORTS = ("due_at", "sent_at")
 ORDERS = ("desc", "asc")
@@ -98,40 +92,41 @@ class LogFilter:
         if self.template_id is not None:
             # (template_id, due_at, id) is itself an index in due order
             keep = sort == "due_at"
-            where.append(unindexed(D.c.template_id, sqlite and not keep) == self.template_id)
+            where.append(
+                unindexed(DELIVERIES.c.template_id, sqlite and not keep) == self.template_id
+            )
         if self.version_id is not None:
-            where.append(unindexed(D.c.version_id, sqlite) == self.version_id)
+            where.append(unindexed(DELIVERIES.c.version_id, sqlite) == self.version_id)
         if self.touchpoint_id is not None:
-            where.append(unindexed(D.c.touchpoint_id, sqlite) == self.touchpoint_id)
+            where.append(unindexed(DELIVERIES.c.touchpoint_id, sqlite) == self.touchpoint_id)
         if self.statuses:
-            where.append(unindexed(D.c.status, sqlite).in_(self.statuses))
+            where.append(unindexed(DELIVERIES.c.status, sqlite).in_(self.statuses))
         if self.reason:
-            where.append(D.c.reason.icontains(self.reason, autoescape=True))
+            where.append(DELIVERIES.c.reason.icontains(self.reason, autoescape=True))
         if self.channel is not None:
-            where.append(D.c.channel == self.channel)
+            where.append(DELIVERIES.c.channel == self.channel)
         if self.account_id is not None:
             where.append(
                 or_(
-                    and_(
-                        D.c.target_kind == "contact",
-                        D.c.target_id.in_(
-                            select(CONTACTS.c.id).where(CONTACTS.c.account_id == self.account_id)
-                        ),
-                    ),
-                    and_(
-                        D.c.target_kind == "group",
-                        D.c.target_id.in_(
-                            select(GROUPS.c.id).where(GROUPS.c.owner_account_id == self.account_id)
-                        ),
-                    ),
+                    *(
+                        and_(
+                            DELIVERIES.c.target_kind == kind,
+                            DELIVERIES.c.target_id.in_(
+                                select(target_table(kind).c.id).where(
+                                    owner_account(kind) == self.account_id
+                                )
+                            ),
+                        )
+                        for kind in TARGET_KINDS
+                    )
                 )
             )
         for kind, target_id in (("contact", self.contact_id), ("group", self.group_id)):
             if target_id is not None:
                 where += [
-                    D.c.target_kind == kind,
-                    D.c.target_id == target_id,
-                    D.c.enrollment_id.in_(
+                    DELIVERIES.c.target_kind == kind,
+                    DELIVERIES.c.target_id == target_id,
+                    DELIVERIES.c.enrollment_id.in_(
                         select(ENROLLMENTS.c.id).where(
                             ENROLLMENTS.c.target_kind == kind, ENROLLMENTS.c.target_id == target_id
                         )
@@ -142,18 +137,18 @@ class LogFilter:
                 exists().where(
                     TAG_ASSIGNMENTS.c.tag_id == TAGS.c.id,
                     TAGS.c.name == self.tag,
-                    TAG_ASSIGNMENTS.c.target_kind == D.c.target_kind,
-                    TAG_ASSIGNMENTS.c.target_id == D.c.target_id,
+                    TAG_ASSIGNMENTS.c.target_kind == DELIVERIES.c.target_kind,
+                    TAG_ASSIGNMENTS.c.target_id == DELIVERIES.c.target_id,
                 )
             )
         if self.due_from is not None:
-            where.append(D.c.due_at >= self.due_from)
+            where.append(DELIVERIES.c.due_at >= self.due_from)
         if self.due_to is not None:
-            where.append(D.c.due_at < self.due_to)
+            where.append(DELIVERIES.c.due_at < self.due_to)
         if self.sent_from is not None:
-            where.append(D.c.sent_at >= self.sent_from)
+            where.append(DELIVERIES.c.sent_at >= self.sent_from)
         if self.sent_to is not None:
-            where.append(D.c.sent_at < self.sent_to)
+            where.append(DELIVERIES.c.sent_at < self.sent_to)
         return where
 
 

@@ -30,11 +30,11 @@ from scheduler.analytics.log.entries import Labels, LogPage, LogRow, log_columns
 from scheduler.analytics.log.filters import (
     MAX_ID,
     MAX_PAGE,
-    D,
     InvalidLogQuery,
     LogFilter,
     check_sort,
 )
+from scheduler.outbox.repository import DELIVERIES
 from sopbot.db import is_sqlite
 
 
@@ -116,15 +116,15 @@ def segments(
         return tuple_(*keys) < tuple_(*typed) if desc else tuple_(*keys) > tuple_(*typed)
 
     if sort == "due_at":
-        key = (D.c.due_at, D.c.id)
+        key = (DELIVERIES.c.due_at, DELIVERIES.c.id)
         where = flt.conditions(sqlite=sqlite, sort=sort)
         if after is not None:
             where.append(beyond(key, (after.key, after.id)))
         return [Segment(select(*columns).where(*where), key, desc)]
     base = flt.conditions(sqlite=sqlite, sort=sort)
-    sent_key, id_key = (D.c.sent_at, D.c.id), (D.c.id,)
-    sent = select(*columns).where(*base, D.c.sent_at.is_not(None))
-    unsent = select(*columns).where(*base, D.c.sent_at.is_(None))
+    sent_key, id_key = (DELIVERIES.c.sent_at, DELIVERIES.c.id), (DELIVERIES.c.id,)
+    sent = select(*columns).where(*base, DELIVERIES.c.sent_at.is_not(None))
+    unsent = select(*columns).where(*base, DELIVERIES.c.sent_at.is_(None))
     if after is None:
         return [Segment(sent, sent_key, desc), Segment(unsent, id_key, desc)]
     if after.key is None:  # already among the unsent rows

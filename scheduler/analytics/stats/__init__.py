@@ -52,7 +52,7 @@ from scheduler.analytics.stats.figures import (
     lateness_ms,
     percentile,
 )
-from scheduler.analytics.stats.live import account_of, sent_lateness_ms
+from scheduler.analytics.stats.live import sent_lateness_ms
 from scheduler.analytics.stats.report import overview, template_stats
 from scheduler.analytics.stats.settled import (
     ACCOUNT_ROLLUPS,
@@ -82,7 +82,6 @@ __all__ = [
     "TemplateSummary",
     "TouchpointStats",
     "Watermark",
-    "account_of",
     "add_histograms",
     "hour_number",
     "hour_start",

@@ -21,10 +21,9 @@ from sqlalchemy import (
     func,
 )
 
-from scheduler.outbox.models import Delivery, DeliveryStatus
+from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.repository import DELIVERIES
 from sopbot.sql import unindexed
-
-D = Delivery.__table__  # type: ignore[attr-defined]
 
 S = DeliveryStatus
 INTERVALS = ("auto", "hour", "day")
@@ -288,17 +287,17 @@ class StatsFilter:
             )
 
     def delivery_conditions(self, sqlite: bool, *, by_id: bool = False) -> list[Any]:
-        where = [unindexed(D.c.template_id, sqlite and by_id) == self.template_id]
+        where = [unindexed(DELIVERIES.c.template_id, sqlite and by_id) == self.template_id]
         if self.version_id is not None:
-            where.append(D.c.version_id == self.version_id)
+            where.append(DELIVERIES.c.version_id == self.version_id)
         if self.touchpoint_id is not None:
-            where.append(D.c.touchpoint_id == self.touchpoint_id)
+            where.append(DELIVERIES.c.touchpoint_id == self.touchpoint_id)
         if self.channel is not None:
-            where.append(D.c.channel == self.channel)
+            where.append(DELIVERIES.c.channel == self.channel)
         if self.due_from is not None:
-            where.append(D.c.due_at >= self.due_from)
+            where.append(DELIVERIES.c.due_at >= self.due_from)
         if self.due_to is not None:
-            where.append(D.c.due_at < self.due_to)
+            where.append(DELIVERIES.c.due_at < self.due_to)
         return where
 
     def rollup_conditions(self, table: Any, zone: tzinfo) -> list[Any]:

@@ -21,9 +21,8 @@ from sqlalchemy import (
 )
 from sqlmodel import Session
 
-from audiences.models import Contact, GroupChat
+from audiences.tables import owner_account, target_table
 from scheduler.analytics.stats.figures import (
-    D,
     Fact,
     Part,
     hour_number,
@@ -32,30 +31,34 @@ from scheduler.analytics.stats.figures import (
 )
 from scheduler.analytics.stats.settled import Watermark
 from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.repository import DELIVERIES
 
-CONTACTS = Contact.__table__  # type: ignore[attr-defined]
-GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
 S = DeliveryStatus
 
 
 _LIVE_COLUMNS = (
-    D.c.id,
-    D.c.template_id,
-    D.c.version_id,
-    D.c.touchpoint_id,
-    D.c.channel,
-    D.c.status,
-    D.c.reason,
-    D.c.due_at,
-    D.c.sent_at,
-    D.c.target_kind,
-    D.c.target_id,
+    DELIVERIES.c.id,
+    DELIVERIES.c.template_id,
+    DELIVERIES.c.version_id,
+    DELIVERIES.c.touchpoint_id,
+    DELIVERIES.c.channel,
+    DELIVERIES.c.status,
+    DELIVERIES.c.reason,
+    DELIVERIES.c.due_at,
+    DELIVERIES.c.sent_at,
+    DELIVERIES.c.target_kind,
+    DELIVERIES.c.target_id,
 )
 
 
 def sent_lateness_ms(dialect: str) -> Any:
     """``lateness_ms`` of a sent delivery, NULL for any other."""
-    return case((D.c.status == S.SENT, lateness_ms(D.c.sent_at, D.c.due_at, dialect)))
+    return case(
+        (
+            DELIVERIES.c.status == S.SENT,
+            lateness_ms(DELIVERIES.c.sent_at, DELIVERIES.c.due_at, dialect),
+        )
+    )
 
 
 def live_rows(mark: Watermark, dialect: str, conditions: Callable[[bool], list[Any]]) -> Any:
@@ -110,7 +113,7 @@ def read_live(session: Session, live: Any, dialect: str, target_kind: str, now: 
     late, status = live.c.late_ms, live.c.status
     bucket = lateness_bucket_sql(late)
     hour = hour_number(live.c.due_at, dialect)
-    targets, account = account_of(target_kind)
+    targets, account = target_table(target_kind), owner_account(target_kind)
     due = func.sum(case((live.c.due_at <= now, 1), else_=0))
     keys = (live.c.version_id, live.c.touchpoint_id, live.c.channel, status, live.c.reason)
     facts = _arm(
@@ -167,10 +170,3 @@ def read_live(session: Session, live: Any, dialect: str, target_kind: str, now: 
         else:
             out.accounts.append((row.account_id, row.status, int(row.deliveries), int(row.due)))
     return out
-
-
-def account_of(target_kind: str) -> tuple[Any, Any]:
-    """The table of a target kind and its column naming the owning staff account."""
-    if target_kind == "group":
-        return GROUPS, GROUPS.c.owner_account_id
-    return CONTACTS, CONTACTS.c.account_id

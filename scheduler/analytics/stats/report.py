@@ -11,13 +11,14 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     case,
     func,
     select,
 )
 from sqlmodel import Session
 
-from audiences.models import Account
+from audiences.tables import ACCOUNTS
 from scheduler.analytics.stats.figures import (
     AUTO_HOURS_UP_TO,
     MAX_SERIES_POINTS,
@@ -38,12 +39,11 @@ from scheduler.analytics.stats.figures import (
 )
 from scheduler.analytics.stats.live import live_rows, read_live
 from scheduler.analytics.stats.settled import ROLLUPS, read_settled, read_watermark
-from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
+from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
+from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 
-D = Delivery.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 S = DeliveryStatus
 
 
@@ -240,7 +240,7 @@ def _accounts(
     for rows in parts:
         for account_id, status, n, due in rows:
             counts[account_id].add(status, n, due)
-    accounts = Account.__table__.c  # type: ignore[attr-defined]
+    accounts = ACCOUNTS.c
     ids = [a for a in counts if a is not None]
     names = (
         dict(session.execute(select(accounts.id, accounts.name).where(accounts.id.in_(ids))).all())
@@ -258,14 +258,22 @@ def _exits(session: Session, flt: StatsFilter, names: Mapping[int, str | None]) 
     last touchpoint sent before the exit (how many converted after which one)."""
     e = ENROLLMENTS.c
     after = (
-        select(D.c.touchpoint_id)
-        .where(D.c.enrollment_id == e.id, D.c.status == S.SENT, D.c.sent_at <= e.exited_at)
-        .order_by(D.c.sent_at.desc(), D.c.id.desc())
+        select(DELIVERIES.c.touchpoint_id)
+        .where(
+            DELIVERIES.c.enrollment_id == e.id,
+            DELIVERIES.c.status == S.SENT,
+            DELIVERIES.c.sent_at <= e.exited_at,
+        )
+        .order_by(DELIVERIES.c.sent_at.desc(), DELIVERIES.c.id.desc())
         .limit(1)
         .scalar_subquery()
     )
     ended = (EnrollmentStatus.EXITED, EnrollmentStatus.CANCELLED, EnrollmentStatus.COMPLETED)
-    where = [e.version_id.in_(_versions(flt)), e.status.in_(ended), e.exited_at.is_not(None)]
+    where: list[ColumnElement[bool]] = [
+        e.version_id.in_(_versions(flt)),
+        e.status.in_(ended),
+        e.exited_at.is_not(None),
+    ]
     if flt.due_from is not None:
         where.append(e.exited_at >= flt.due_from)
     if flt.due_to is not None:

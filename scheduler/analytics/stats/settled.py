@@ -25,8 +25,9 @@ from scheduler.analytics.models import (
     DeliveryRollupHold,
     DeliveryRollupState,
 )
-from scheduler.analytics.stats.figures import D, Fact, Part, StatsFilter
+from scheduler.analytics.stats.figures import Fact, Part, StatsFilter
 from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.repository import DELIVERIES
 from sopbot.sql import unindexed
 
 ROLLUPS = DeliveryDailyRollup.__table__  # type: ignore[attr-defined]
@@ -54,13 +55,19 @@ class Watermark:
         if self.before is None:
             return [([], False)]
         return [
-            ([D.c.id > self.max_id], True),
-            ([unindexed(D.c.id, sqlite) <= self.max_id, D.c.due_at >= self.before], False),
+            ([DELIVERIES.c.id > self.max_id], True),
             (
                 [
-                    D.c.id.in_(select(HOLDS.c.delivery_id)),
-                    unindexed(D.c.id, sqlite) <= self.max_id,
-                    unindexed(D.c.due_at, sqlite) < self.before,
+                    unindexed(DELIVERIES.c.id, sqlite) <= self.max_id,
+                    DELIVERIES.c.due_at >= self.before,
+                ],
+                False,
+            ),
+            (
+                [
+                    DELIVERIES.c.id.in_(select(HOLDS.c.delivery_id)),
+                    unindexed(DELIVERIES.c.id, sqlite) <= self.max_id,
+                    unindexed(DELIVERIES.c.due_at, sqlite) < self.before,
                 ],
                 True,
             ),
