@@ -55,7 +55,9 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
 
 
 @router.get("/log", response_class=HTMLResponse)
-def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTMLResponse:
+def log_page(
+    request: Request, session: ReaderDep, settings: SettingsDep, clock: ClockDep
+) -> HTMLResponse:
     zone = ZoneInfo(settings.default_timezone)
     params = request.query_params
     sort = params.get("sort") or "due_at"
@@ -69,7 +71,13 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
     try:
         flt = parse_log_filter(params.getlist, zone)
         page = log.list_page(
-            session, flt, sort=sort, order=order, limit=limit, cursor=params.get("cursor") or None
+            session,
+            flt,
+            sort=sort,
+            order=order,
+            limit=limit,
+            cursor=params.get("cursor") or None,
+            now=clock.now(),
         )
     except InvalidLogQuery as exc:
         error = exc

@@ -293,8 +293,12 @@ def test_pages_never_skip_or_repeat_while_rows_are_being_inserted(world, client,
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         if sort == "due_at":
             return (0, r["due_at"], r["id"])
-        # sent rows first (by time), then the unsent (by id), in either order
-        return (0, r["sent_at"], r["id"]) if r["sent_at"] else (1, "", r["id"])
+        # rows sent and recorded before the walk began first (by time), then the
+        # others (by id), in either order; the walk began at NOW (a frozen clock)
+        recorded = r["finished_at"] or r["sent_at"]
+        if r["sent_at"] and datetime.fromisoformat(recorded) < NOW:
+            return (0, r["sent_at"], r["id"])
+        return (1, "", r["id"])
 
     keys = [key(r) for r in seen]
     for a, b in zip(keys, keys[1:], strict=False):
