@@ -7,11 +7,11 @@ from sqlalchemy import Column, Table
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
 
-ACCOUNTS: Table = Account.__table__  # type: ignore[attr-defined]
-CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
-GROUPS: Table = GroupChat.__table__  # type: ignore[attr-defined]
-TAGS: Table = Tag.__table__  # type: ignore[attr-defined]
-TAG_ASSIGNMENTS: Table = TagAssignment.__table__  # type: ignore[attr-defined]
+ACCOUNTS = Account.__table__  # type: ignore[attr-defined]
+CONTACTS = Contact.__table__  # type: ignore[attr-defined]
+GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
+TAGS = Tag.__table__  # type: ignore[attr-defined]
+TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
 
 TARGET_KINDS = ("contact", "group")
 

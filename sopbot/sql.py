@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
@@ -38,10 +38,8 @@ from sopbot.db import UTCDateTime, reader
 
 CHUNK = 5000
 
-_Item = TypeVar("_Item")
 
-
-def chunked(items: Sequence[_Item], size: int = CHUNK) -> Iterable[Sequence[_Item]]:
+def chunked(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     """``items`` in slices of at most ``size`` (statements with a bounded number
     of parameters, transactions of a bounded size)."""
     for start in range(0, len(items), size):

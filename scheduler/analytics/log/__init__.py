@@ -22,6 +22,7 @@ from scheduler.analytics.log.entries import (
     read_entries,
 )
 from scheduler.analytics.log.export import (
+    FORMULA_START,
     csv_field,
     csv_header,
     csv_line,
@@ -43,6 +44,7 @@ from scheduler.analytics.log.paging import Cursor, list_page
 from sopbot.sql import read_snapshot, unindexed
 
 __all__ = [
+    "FORMULA_START",
     "MAX_ID",
     "MAX_PAGE",
     "MODE_ZH",

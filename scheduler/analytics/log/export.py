@@ -410,10 +410,21 @@ def csv_header(zone_name: str) -> list[str]:
     ]
 
 
+# A cell starting with one of these is read as a formula by Excel, LibreOffice
+# and Google Sheets ("=cmd|' /C calc'!A0" in a contact's name): such a cell is
+# written with a leading apostrophe, which shows it as text (OWASP's advice).
+FORMULA_START = frozenset("=+-@\t\r")
+
+
 def csv_field(text: str) -> str:
     """``text`` as one CSV field, as ``csv.writer`` writes it by default (the
     excel dialect, minimal quoting): quoted when it holds a comma, a quote or a
-    line break, its quotes doubled."""
+    line break, its quotes doubled; a text a spreadsheet would run as a formula
+    (see ``FORMULA_START``) gets a leading ``'``. Every text cell of an export
+    goes through here; the numbers sopbot formats itself (ids, times, lateness,
+    attempts) do not."""
+    if text[:1] in FORMULA_START:
+        text = "'" + text
     if '"' in text:
         return '"' + text.replace('"', '""') + '"'
     if "," in text or "\n" in text or "\r" in text:

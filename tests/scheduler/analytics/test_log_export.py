@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from analytics_world import CONTACT_NAMES, build_world
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from api.app import create_app
 from scheduler.analytics import log
@@ -268,8 +268,57 @@ def test_read_ahead_raises_the_sources_error_in_the_reader():
 )
 def test_csv_lines_are_what_csv_writer_writes(fields):
     buffer = io.StringIO()
-    csv.writer(buffer).writerow(fields)
+    csv.writer(buffer).writerow([_as_text(f) for f in fields])
     assert log.csv_line(fields) == buffer.getvalue()
+
+
+def _as_text(cell: object) -> object:
+    """A text cell as an export must write it: one a spreadsheet would run as a
+    formula gets a leading apostrophe."""
+    if isinstance(cell, str) and cell and cell[0] in "=+-@\t\r":
+        return "'" + cell
+    return cell
+
+
+CALC = "=cmd|' /C calc'!A0"
+
+
+def test_csv_export_does_not_hand_a_spreadsheet_formulas(world, client):
+    """A contact, a staff account, a touchpoint and a failure reason crafted to
+    run as formulas when the export is opened in Excel reach it as text."""
+    contact = world.contacts[0]
+    hostile = {
+        ("contacts", contact.id, "name"): CALC,
+        ("contacts", contact.id, "external_id"): "+1-555-0100",
+        ("accounts", contact.account_id, "name"): "@SUM(1+1)*cmd|' /C calc'!A0",
+        ("touchpoints", world.friend_touchpoints[0], "name"): "-2+3+cmd|' /C calc'!A0",
+    }
+    with world.engine.begin() as conn:
+        for (table, row_id, column), value in hostile.items():
+            conn.execute(
+                text(f"UPDATE {table} SET {column} = :value WHERE id = :id"),
+                {"value": value, "id": row_id},
+            )
+    world.add(
+        contact,
+        status="failed",
+        reason='\t=HYPERLINK("http://evil.example")',
+        due_at=NOW - timedelta(hours=7),
+        rendered=[{"kind": "text", "text": "\r=1+1"}],
+    )
+    response = client.get("/api/deliveries/export.csv", params={"contact_id": contact.id})
+    assert response.status_code == 200
+    table = list(csv.reader(io.StringIO(response.content.decode("utf-8-sig"), newline="")))
+    header, rows = table[0], table[1:]
+    cells = {cell for row in rows for cell in row}
+    assert "'" + CALC in cells
+    assert "'+1-555-0100" in cells
+    assert "'@SUM(1+1)*cmd|' /C calc'!A0" in cells
+    assert "'-2+3+cmd|' /C calc'!A0" in cells
+    assert '\'\t=HYPERLINK("http://evil.example")' in cells
+    assert "'\r=1+1" in cells
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert len(rows) >= 2 and all(len(row) == len(header) for row in rows)
 
 
 def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
@@ -285,28 +334,31 @@ def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
         lateness = e.lateness_seconds
         writer.writerow(
             [
-                e.id,
-                e.template_name or "",
-                e.template_id,
-                e.version or "",
-                e.touchpoint_name or "",
-                e.touchpoint_id,
-                log.TARGET_ZH.get(e.target_kind, e.target_kind),
-                e.target_name or "",
-                e.target_id,
-                e.target_external_id or "",
-                e.account_name or "",
-                e.channel,
-                log.MODE_ZH.get(e.mode, e.mode),
-                log.STATUS_ZH.get(e.status, e.status),
-                e.reason or "",
-                local(e.due_at),
-                local(e.sent_at),
-                local(e.finished_at),
-                "" if lateness is None else f"{lateness:.3f}",
-                e.attempts,
-                e.provider_message_id or "",
-                log.content_text(e.rendered),
+                _as_text(cell)
+                for cell in (
+                    e.id,
+                    e.template_name or "",
+                    e.template_id,
+                    e.version or "",
+                    e.touchpoint_name or "",
+                    e.touchpoint_id,
+                    log.TARGET_ZH.get(e.target_kind, e.target_kind),
+                    e.target_name or "",
+                    e.target_id,
+                    e.target_external_id or "",
+                    e.account_name or "",
+                    e.channel,
+                    log.MODE_ZH.get(e.mode, e.mode),
+                    log.STATUS_ZH.get(e.status, e.status),
+                    e.reason or "",
+                    local(e.due_at),
+                    local(e.sent_at),
+                    local(e.finished_at),
+                    "" if lateness is None else f"{lateness:.3f}",
+                    e.attempts,
+                    e.provider_message_id or "",
+                    log.content_text(e.rendered),
+                )
             ]
         )
     return ("\ufeff" + buffer.getvalue()).encode()

@@ -117,5 +117,3 @@ def test_a_page_of_the_sent_time_sort_lists_rows_sent_since_the_walk_began_after
     clock.advance(seconds=1)
     fresh = client.get("/api/deliveries", params={"sort": "sent_at", "limit": 1}).json()
     assert fresh[0]["id"] == waiting[0].id
-
-
