@@ -15,8 +15,6 @@ import pytest
 from analytics_world import Row, World, build_world
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2027, 3, 20, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai
 STATUS_CYCLE = ["sent", "sent", "failed", "skipped", "sent", "missed", "cancelled", "unknown"]
@@ -59,13 +57,6 @@ def world(engine, clock) -> World:
     world = build_world(engine, NOW)
     populate(world)
     return world
-
-
-@pytest.fixture
-def client(engine, clock, settings, auth_headers):
-    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, headers=auth_headers) as c:
-        yield c
 
 
 def fetch_all(client: TestClient, params: dict[str, Any], limit: int = 7) -> list[dict[str, Any]]:

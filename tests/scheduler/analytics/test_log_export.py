@@ -14,10 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from analytics_world import CONTACT_NAMES, build_world
-from fastapi.testclient import TestClient
 from sqlalchemy import insert, text
 
-from api.app import create_app
 from scheduler.analytics import log
 from scheduler.analytics.log import entries as log_entries
 from scheduler.analytics.log import export as log_export
@@ -51,13 +49,6 @@ def world(engine, clock):
     )
     world.add(world.groups[0], status="scheduled", due_at=NOW + timedelta(hours=2))
     return world
-
-
-@pytest.fixture
-def client(engine, clock, settings, auth_headers):
-    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, headers=auth_headers) as c:
-        yield c
 
 
 def test_csv_round_trips_chinese_names_and_awkward_content(world, client):

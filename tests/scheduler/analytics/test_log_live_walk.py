@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 from analytics_world import Row, World, build_world
-from fastapi.testclient import TestClient
 
-from api.app import create_app
 from scheduler.outbox.repository import DELIVERIES
 
 NOW = datetime(2027, 3, 20, 4, 0, tzinfo=UTC)
@@ -32,13 +30,6 @@ def world(engine, clock) -> World:
     for i in range(40):  # due now, waiting for the worker
         world.add(targets[i % len(targets)], status="scheduled", due_at=NOW - timedelta(minutes=i))
     return world
-
-
-@pytest.fixture
-def client(engine, clock, settings, auth_headers):
-    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, headers=auth_headers) as c:
-        yield c
 
 
 def _send(world: World, row: Row, *, sent_at: datetime, finished_at: datetime) -> None:
