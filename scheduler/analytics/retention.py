@@ -34,7 +34,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, func, literal, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from audiences.tables import CONTACTS, GROUPS
@@ -51,7 +50,7 @@ from scheduler.outbox.repository import DELIVERIES
 from sopbot.clock import Clock
 from sopbot.db import reader
 from sopbot.settings import Settings
-from sopbot.sql import unindexed
+from sopbot.sql import insert_of, unindexed
 
 S = DeliveryStatus
 SETTLE = timedelta(hours=1)
@@ -85,9 +84,8 @@ def _step(engine: Engine, now: datetime) -> Iterator[tuple[Connection, Watermark
     the write lock, PostgreSQL locks the row (FOR UPDATE), so concurrent runs
     queue instead of counting the same deliveries twice."""
     with engine.begin() as conn:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
-            insert(STATE)
+            insert_of(conn, STATE)
             .values(id=1, settled_max_id=0, settled_before=None, updated_at=now)
             .on_conflict_do_nothing()
         )
@@ -265,13 +263,14 @@ def _settle(
         conn.execute(ROLLUPS.insert(), rollups)
         conn.execute(ACCOUNT_ROLLUPS.insert(), _account_rollups(conn, rows, zone))
 
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     not_final = select(DELIVERIES.c.id).where(*candidates, ~final)
     if dialect == "sqlite":
         not_final = not_final.where(
             DELIVERIES.c.id.is_not(None)
         )  # an upsert's SELECT needs a WHERE
-    conn.execute(insert(HOLDS).from_select(["delivery_id"], not_final).on_conflict_do_nothing())
+    conn.execute(
+        insert_of(conn, HOLDS).from_select(["delivery_id"], not_final).on_conflict_do_nothing()
+    )
     if from_holds:
         conn.execute(
             delete(HOLDS).where(
