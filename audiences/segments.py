@@ -59,13 +59,11 @@ from sqlmodel import Session, col
 
 from audiences.models import (
     Account,
-    Contact,
     ContactStatus,
-    GroupChat,
     GroupStatus,
     Tag,
-    TagAssignment,
 )
+from audiences.tables import CONTACTS, GROUPS, TAG_ASSIGNMENTS
 
 TargetKind = Literal["contact", "group"]
 
@@ -599,9 +597,6 @@ class ExitRules(BaseModel):
 
 # --------------------------------------------------------------------------- SQL
 
-CONTACTS = Contact.__table__  # type: ignore[attr-defined]
-GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
-TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
 _NUMBER_TYPES = {"sqlite": ("integer", "real"), "postgresql": ("number",)}
 _TEXT_TYPE = {"sqlite": "text", "postgresql": "string"}
 

@@ -63,6 +63,7 @@ from benchmarks import log_data
 from benchmarks.engine import _ensure_pg_database, _percentile, _rss_now_mb
 from benchmarks.machine import describe
 from scheduler.analytics import log, stats
+from scheduler.analytics.log import paging as log_paging
 from scheduler.analytics.retention import roll_up
 from scheduler.outbox.models import Delivery
 from scheduler.outbox.repository import DELIVERIES, insert_ignore
@@ -266,7 +267,7 @@ def phase_plans(engine: Engine, templates: list[int]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     with engine.connect() as conn:
         for name, (flt, sort) in queries.items():
-            stmt = log._segments(flt, sqlite=sqlite, sort=sort, order="desc", after=None)[0]
+            stmt = log_paging.segments(flt, sqlite=sqlite, sort=sort, order="desc", after=None)[0]
             compiled = stmt.page(50).compile(engine, compile_kwargs={"literal_binds": True})
             prefix = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
             rows = conn.exec_driver_sql(prefix + str(compiled)).all()

@@ -143,6 +143,7 @@ def list_deliveries(
     request: Request,
     response: Response,
     session: ReaderDep,
+    clock: ClockDep,
     flt: LogFilterDep,
     sort: Sort = "due_at",
     order: Order = "desc",
@@ -153,7 +154,9 @@ def list_deliveries(
 ) -> Any:
     """The delivery log, newest due first. More pages: the ``X-Next-Cursor``
     header (and ``Link: rel="next"``) carries the cursor of the next one."""
-    page = log.list_page(session, flt, sort=sort, order=order, limit=limit, cursor=cursor)
+    page = log.list_page(
+        session, flt, sort=sort, order=order, limit=limit, cursor=cursor, now=clock.now()
+    )
     if page.next_cursor:
         response.headers["X-Next-Cursor"] = page.next_cursor
         next_url = request.url.replace(query=log_query_string(request, cursor=page.next_cursor))

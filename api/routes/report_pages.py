@@ -21,7 +21,7 @@ from api.i18n import N_
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
 from api.views import STATUS_LABELS, render, translator
-from audiences.models import Account
+from audiences.tables import ACCOUNTS
 from channels import service as channels_service
 from scheduler.analytics import log, stats
 from scheduler.analytics.log import InvalidLogQuery
@@ -45,7 +45,7 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
             .where(tp.template_id == template_id)
             .order_by(v.version, tp.position)
         ).all()
-    accounts = Account.__table__.c  # type: ignore[attr-defined]
+    accounts = ACCOUNTS.c
     return {
         "templates": templates_service.list_templates(session),
         "touchpoints": touchpoints,
@@ -55,7 +55,9 @@ def _choices(session: Any, template_id: int | None) -> dict[str, Any]:
 
 
 @router.get("/log", response_class=HTMLResponse)
-def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTMLResponse:
+def log_page(
+    request: Request, session: ReaderDep, settings: SettingsDep, clock: ClockDep
+) -> HTMLResponse:
     zone = ZoneInfo(settings.default_timezone)
     params = request.query_params
     sort = params.get("sort") or "due_at"
@@ -68,7 +70,13 @@ def log_page(request: Request, session: ReaderDep, settings: SettingsDep) -> HTM
     try:
         flt = parse_log_filter(params.getlist, zone)
         page = log.list_page(
-            session, flt, sort=sort, order=order, limit=limit, cursor=params.get("cursor") or None
+            session,
+            flt,
+            sort=sort,
+            order=order,
+            limit=limit,
+            cursor=params.get("cursor") or None,
+            now=clock.now(),
         )
     except InvalidLogQuery as exc:
         error = exc

@@ -34,29 +34,23 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, func, literal, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from scheduler.analytics import log
-from scheduler.analytics.log import unindexed
-from scheduler.analytics.stats import (
-    ACCOUNT_ROLLUPS,
-    CONTACTS,
-    GROUPS,
-    HOLDS,
-    ROLLUPS,
-    STATE,
-    D,
-    Watermark,
+from audiences.tables import CONTACTS, GROUPS
+from scheduler.analytics.log.entries import read_entries
+from scheduler.analytics.stats.figures import (
     hour_number,
     hour_start,
     lateness_bucket_sql,
-    sent_lateness_ms,
 )
+from scheduler.analytics.stats.live import sent_lateness_ms
+from scheduler.analytics.stats.settled import ACCOUNT_ROLLUPS, HOLDS, ROLLUPS, STATE, Watermark
 from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.repository import DELIVERIES
 from sopbot.clock import Clock
 from sopbot.db import reader
 from sopbot.settings import Settings
+from sopbot.sql import insert_of, unindexed
 
 S = DeliveryStatus
 SETTLE = timedelta(hours=1)
@@ -90,9 +84,8 @@ def _step(engine: Engine, now: datetime) -> Iterator[tuple[Connection, Watermark
     the write lock, PostgreSQL locks the row (FOR UPDATE), so concurrent runs
     queue instead of counting the same deliveries twice."""
     with engine.begin() as conn:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
-            insert(STATE)
+            insert_of(conn, STATE)
             .values(id=1, settled_max_id=0, settled_before=None, updated_at=now)
             .on_conflict_do_nothing()
         )
@@ -127,9 +120,12 @@ def roll_up(engine: Engine, clock: Clock, settings: Settings) -> RollupResult:
     # commit after a higher one, but not an hour after.
     with reader(engine).connect() as conn:
         top = conn.execute(
-            select(D.c.id).where(D.c.created_at < final_before).order_by(D.c.id.desc()).limit(1)
+            select(DELIVERIES.c.id)
+            .where(DELIVERIES.c.created_at < final_before)
+            .order_by(DELIVERIES.c.id.desc())
+            .limit(1)
         ).scalar()
-        first_due = conn.execute(select(func.min(D.c.due_at))).scalar()
+        first_due = conn.execute(select(func.min(DELIVERIES.c.due_at))).scalar()
     top = int(top or 0)
 
     with _step(engine, now) as (conn, mark):
@@ -147,9 +143,9 @@ def roll_up(engine: Engine, clock: Clock, settings: Settings) -> RollupResult:
             result.settled += _settle(
                 conn,
                 [
-                    D.c.id > mark.max_id,
-                    D.c.id <= upper,
-                    unindexed(D.c.due_at, _sqlite(conn)) < mark.before,
+                    DELIVERIES.c.id > mark.max_id,
+                    DELIVERIES.c.id <= upper,
+                    unindexed(DELIVERIES.c.due_at, _sqlite(conn)) < mark.before,
                 ],
                 final_before,
                 zone,
@@ -157,7 +153,11 @@ def roll_up(engine: Engine, clock: Clock, settings: Settings) -> RollupResult:
             _save(conn, Watermark(upper, mark.before), now)
     with _step(engine, now) as (conn, mark):  # held rows that have become final
         result.settled += _settle(
-            conn, [D.c.id.in_(select(HOLDS.c.delivery_id))], final_before, zone, from_holds=True
+            conn,
+            [DELIVERIES.c.id.in_(select(HOLDS.c.delivery_id))],
+            final_before,
+            zone,
+            from_holds=True,
         )
     while True:  # the due watermark, a day per transaction
         with _step(engine, now) as (conn, mark):
@@ -168,9 +168,9 @@ def roll_up(engine: Engine, clock: Clock, settings: Settings) -> RollupResult:
             result.settled += _settle(
                 conn,
                 [
-                    unindexed(D.c.id, _sqlite(conn)) <= mark.max_id,
-                    D.c.due_at >= mark.before,
-                    D.c.due_at < step_to,
+                    unindexed(DELIVERIES.c.id, _sqlite(conn)) <= mark.max_id,
+                    DELIVERIES.c.due_at >= mark.before,
+                    DELIVERIES.c.due_at < step_to,
                 ],
                 final_before,
                 zone,
@@ -185,8 +185,8 @@ def roll_up(engine: Engine, clock: Clock, settings: Settings) -> RollupResult:
 
 def _final(final_before: datetime, sqlite: bool) -> Any:
     return and_(
-        unindexed(D.c.status, sqlite).in_(S.TERMINAL),
-        func.coalesce(D.c.finished_at, D.c.due_at) < final_before,
+        unindexed(DELIVERIES.c.status, sqlite).in_(S.TERMINAL),
+        func.coalesce(DELIVERIES.c.finished_at, DELIVERIES.c.due_at) < final_before,
     )
 
 
@@ -208,15 +208,15 @@ def _settle(
     # materialized CTE: SQLite would otherwise inline the expressions per use).
     rows = (
         select(
-            hour_number(D.c.due_at, dialect).label("hour"),
-            D.c.template_id,
-            D.c.version_id,
-            D.c.touchpoint_id,
-            D.c.channel,
-            D.c.status,
-            D.c.reason,
-            D.c.target_kind,
-            D.c.target_id,
+            hour_number(DELIVERIES.c.due_at, dialect).label("hour"),
+            DELIVERIES.c.template_id,
+            DELIVERIES.c.version_id,
+            DELIVERIES.c.touchpoint_id,
+            DELIVERIES.c.channel,
+            DELIVERIES.c.status,
+            DELIVERIES.c.reason,
+            DELIVERIES.c.target_kind,
+            DELIVERIES.c.target_id,
             sent_lateness_ms(dialect).label("late_ms"),
         )
         .where(*candidates, final)
@@ -263,14 +263,19 @@ def _settle(
         conn.execute(ROLLUPS.insert(), rollups)
         conn.execute(ACCOUNT_ROLLUPS.insert(), _account_rollups(conn, rows, zone))
 
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    not_final = select(D.c.id).where(*candidates, ~final)
+    not_final = select(DELIVERIES.c.id).where(*candidates, ~final)
     if dialect == "sqlite":
-        not_final = not_final.where(D.c.id.is_not(None))  # an upsert's SELECT needs a WHERE
-    conn.execute(insert(HOLDS).from_select(["delivery_id"], not_final).on_conflict_do_nothing())
+        not_final = not_final.where(
+            DELIVERIES.c.id.is_not(None)
+        )  # an upsert's SELECT needs a WHERE
+    conn.execute(
+        insert_of(conn, HOLDS).from_select(["delivery_id"], not_final).on_conflict_do_nothing()
+    )
     if from_holds:
         conn.execute(
-            delete(HOLDS).where(HOLDS.c.delivery_id.in_(select(D.c.id).where(*candidates, final)))
+            delete(HOLDS).where(
+                HOLDS.c.delivery_id.in_(select(DELIVERIES.c.id).where(*candidates, final))
+            )
         )
     return sum(int(g[7]) for g in groups)
 
@@ -377,14 +382,18 @@ def run_retention(
                     break
                 sqlite = _sqlite(conn)
                 where = [
-                    D.c.due_at < min(cutoff, mark.before),
-                    unindexed(D.c.id, sqlite) <= mark.max_id,
-                    D.c.id.not_in(select(HOLDS.c.delivery_id)),
+                    DELIVERIES.c.due_at < min(cutoff, mark.before),
+                    unindexed(DELIVERIES.c.id, sqlite) <= mark.max_id,
+                    DELIVERIES.c.id.not_in(select(HOLDS.c.delivery_id)),
                     _final(cutoff, sqlite),
                 ]
                 if after is not None:
-                    where.append(tuple_(D.c.due_at, D.c.id) > tuple_(*_typed(after)))
-                entries = log.read_entries(conn, where, (D.c.due_at, D.c.id), ARCHIVE_CHUNK)
+                    where.append(
+                        tuple_(DELIVERIES.c.due_at, DELIVERIES.c.id) > tuple_(*_typed(after))
+                    )
+                entries = read_entries(
+                    conn, where, (DELIVERIES.c.due_at, DELIVERIES.c.id), ARCHIVE_CHUNK
+                )
                 if not entries:
                     break
                 by_day: dict[date, list[str]] = defaultdict(list)
@@ -396,7 +405,7 @@ def run_retention(
                 for day, lines in sorted(by_day.items()):
                     files.add(str(archive.append(day, lines)))
                 ids = [e.id for e in entries]
-                conn.execute(delete(D).where(D.c.id.in_(ids)))
+                conn.execute(delete(DELIVERIES).where(DELIVERIES.c.id.in_(ids)))
                 after = (entries[-1].due_at, entries[-1].id)
         except BaseException:
             archive.undo()
@@ -412,4 +421,4 @@ def _sqlite(conn: Connection) -> bool:
 
 
 def _typed(after: tuple[datetime, int]) -> tuple[Any, Any]:
-    return literal(after[0], D.c.due_at.type), literal(after[1], D.c.id.type)
+    return literal(after[0], DELIVERIES.c.due_at.type), literal(after[1], DELIVERIES.c.id.type)

@@ -11,13 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from analytics_world import Row, World, build_world
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 from sqlmodel import Session
 
-from api.app import create_app
 from scheduler.analytics import log, stats
 from scheduler.analytics.retention import roll_up
 from scheduler.analytics.stats import StatsFilter, lateness_bucket
@@ -284,13 +282,6 @@ def _held(world: World) -> set[int]:
 
     with world.engine.connect() as conn:
         return set(conn.execute(select(HOLDS.c.delivery_id)).scalars())
-
-
-@pytest.fixture
-def client(engine, clock, settings, auth_headers):
-    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, headers=auth_headers) as c:
-        yield c
 
 
 def test_stats_api_answers_the_analysts_questions(world, client, engine):

@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from analytics_world import CONTACT_NAMES, build_world
-from fastapi.testclient import TestClient
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
-from api.app import create_app
 from scheduler.analytics import log
+from scheduler.analytics.log import entries as log_entries
+from scheduler.analytics.log import export as log_export
 from scheduler.outbox.models import Delivery
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -49,13 +49,6 @@ def world(engine, clock):
     )
     world.add(world.groups[0], status="scheduled", due_at=NOW + timedelta(hours=2))
     return world
-
-
-@pytest.fixture
-def client(engine, clock, settings, auth_headers):
-    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, headers=auth_headers) as c:
-        yield c
 
 
 def test_csv_round_trips_chinese_names_and_awkward_content(world, client):
@@ -167,7 +160,7 @@ def _peak_export_bytes(world, kind: str) -> tuple[int, int]:
 @pytest.mark.parametrize("kind", ["csv", "ndjson"])
 def test_export_streams_in_constant_memory(world, kind, monkeypatch):
     # small batches, so that even the small export fills the read-ahead
-    monkeypatch.setattr(log, "EXPORT_BATCH", 250)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 250)
     _bulk(world, 2_000, batch=1)
     small_rows, small_peak = _peak_export_bytes(world, kind)
     _bulk(world, 16_000, batch=2)
@@ -184,7 +177,7 @@ def _log_readers() -> list[threading.Thread]:
 def test_an_export_stopped_early_returns_its_connection(world, monkeypatch):
     # a client that hangs up after the first chunks (on a server database the
     # read-ahead thread ends too)
-    monkeypatch.setattr(log, "EXPORT_BATCH", 100)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 100)
     _bulk(world, 2_000, batch=1)
     body = log.export_csv(world.engine, log.LogFilter(template_id=world.friend_template), SH)
     next(body)
@@ -195,9 +188,9 @@ def test_an_export_stopped_early_returns_its_connection(world, monkeypatch):
 
 
 def test_a_failed_read_during_an_export_reaches_its_reader(world, monkeypatch):
-    monkeypatch.setattr(log, "EXPORT_BATCH", 100)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 100)
     _bulk(world, 1_000, batch=1)
-    prepare = log._Labels.prepare
+    prepare = log_entries.Labels.prepare
     calls = []
 
     def failing(self, rows):
@@ -206,7 +199,7 @@ def test_a_failed_read_during_an_export_reaches_its_reader(world, monkeypatch):
             raise RuntimeError("connection lost")
         return prepare(self, rows)
 
-    monkeypatch.setattr(log._Labels, "prepare", failing)
+    monkeypatch.setattr(log_entries.Labels, "prepare", failing)
     body = log.export_ndjson(world.engine, log.LogFilter(template_id=world.friend_template))
     with pytest.raises(RuntimeError, match="connection lost"):
         for _ in body:
@@ -227,14 +220,14 @@ def _source(n: int, closed: list[bool], fail_at: int | None = None):
 
 def test_read_ahead_keeps_order_and_closes_its_source():
     closed: list[bool] = []
-    assert list(log._read_ahead(lambda: _source(1_000, closed), 2)) == list(range(1_000))
+    assert list(log_export.read_ahead(lambda: _source(1_000, closed), 2)) == list(range(1_000))
     assert closed == [True]
     assert not _log_readers()
 
 
 def test_read_ahead_stopped_early_stops_its_thread_and_closes_its_source():
     closed: list[bool] = []
-    items = log._read_ahead(lambda: _source(10**9, closed), 2)
+    items = log_export.read_ahead(lambda: _source(10**9, closed), 2)
     assert [next(items) for _ in range(5)] == [0, 1, 2, 3, 4]
     assert _log_readers()
     items.close()
@@ -246,7 +239,7 @@ def test_read_ahead_raises_the_sources_error_in_the_reader():
     closed: list[bool] = []
     got = []
     with pytest.raises(ValueError, match="bad item 7"):
-        for item in log._read_ahead(lambda: _source(100, closed, fail_at=7), 2):
+        for item in log_export.read_ahead(lambda: _source(100, closed, fail_at=7), 2):
             got.append(item)
     assert got == list(range(7))
     assert closed == [True]
@@ -266,8 +259,57 @@ def test_read_ahead_raises_the_sources_error_in_the_reader():
 )
 def test_csv_lines_are_what_csv_writer_writes(fields):
     buffer = io.StringIO()
-    csv.writer(buffer).writerow(fields)
+    csv.writer(buffer).writerow([_as_text(f) for f in fields])
     assert log.csv_line(fields) == buffer.getvalue()
+
+
+def _as_text(cell: object) -> object:
+    """A text cell as an export must write it: one a spreadsheet would run as a
+    formula gets a leading apostrophe."""
+    if isinstance(cell, str) and cell and cell[0] in "=+-@\t\r":
+        return "'" + cell
+    return cell
+
+
+CALC = "=cmd|' /C calc'!A0"
+
+
+def test_csv_export_does_not_hand_a_spreadsheet_formulas(world, client):
+    """A contact, a staff account, a touchpoint and a failure reason crafted to
+    run as formulas when the export is opened in Excel reach it as text."""
+    contact = world.contacts[0]
+    hostile = {
+        ("contacts", contact.id, "name"): CALC,
+        ("contacts", contact.id, "external_id"): "+1-555-0100",
+        ("accounts", contact.account_id, "name"): "@SUM(1+1)*cmd|' /C calc'!A0",
+        ("touchpoints", world.friend_touchpoints[0], "name"): "-2+3+cmd|' /C calc'!A0",
+    }
+    with world.engine.begin() as conn:
+        for (table, row_id, column), value in hostile.items():
+            conn.execute(
+                text(f"UPDATE {table} SET {column} = :value WHERE id = :id"),
+                {"value": value, "id": row_id},
+            )
+    world.add(
+        contact,
+        status="failed",
+        reason='\t=HYPERLINK("http://evil.example")',
+        due_at=NOW - timedelta(hours=7),
+        rendered=[{"kind": "text", "text": "\r=1+1"}],
+    )
+    response = client.get("/api/deliveries/export.csv", params={"contact_id": contact.id})
+    assert response.status_code == 200
+    table = list(csv.reader(io.StringIO(response.content.decode("utf-8-sig"), newline="")))
+    header, rows = table[0], table[1:]
+    cells = {cell for row in rows for cell in row}
+    assert "'" + CALC in cells
+    assert "'+1-555-0100" in cells
+    assert "'@SUM(1+1)*cmd|' /C calc'!A0" in cells
+    assert "'-2+3+cmd|' /C calc'!A0" in cells
+    assert '\'\t=HYPERLINK("http://evil.example")' in cells
+    assert "'\r=1+1" in cells
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert len(rows) >= 2 and all(len(row) == len(header) for row in rows)
 
 
 def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
@@ -283,28 +325,31 @@ def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
         lateness = e.lateness_seconds
         writer.writerow(
             [
-                e.id,
-                e.template_name or "",
-                e.template_id,
-                e.version or "",
-                e.touchpoint_name or "",
-                e.touchpoint_id,
-                log.TARGET_ZH.get(e.target_kind, e.target_kind),
-                e.target_name or "",
-                e.target_id,
-                e.target_external_id or "",
-                e.account_name or "",
-                e.channel,
-                log.MODE_ZH.get(e.mode, e.mode),
-                log.STATUS_ZH.get(e.status, e.status),
-                e.reason or "",
-                local(e.due_at),
-                local(e.sent_at),
-                local(e.finished_at),
-                "" if lateness is None else f"{lateness:.3f}",
-                e.attempts,
-                e.provider_message_id or "",
-                log.content_text(e.rendered),
+                _as_text(cell)
+                for cell in (
+                    e.id,
+                    e.template_name or "",
+                    e.template_id,
+                    e.version or "",
+                    e.touchpoint_name or "",
+                    e.touchpoint_id,
+                    log.TARGET_ZH.get(e.target_kind, e.target_kind),
+                    e.target_name or "",
+                    e.target_id,
+                    e.target_external_id or "",
+                    e.account_name or "",
+                    e.channel,
+                    log.MODE_ZH.get(e.mode, e.mode),
+                    log.STATUS_ZH.get(e.status, e.status),
+                    e.reason or "",
+                    local(e.due_at),
+                    local(e.sent_at),
+                    local(e.finished_at),
+                    "" if lateness is None else f"{lateness:.3f}",
+                    e.attempts,
+                    e.provider_message_id or "",
+                    log.content_text(e.rendered),
+                )
             ]
         )
     return ("\ufeff" + buffer.getvalue()).encode()
@@ -329,8 +374,8 @@ def test_exports_write_the_log_entries_across_batches(world, monkeypatch, zone):
             .where(Delivery.__table__.c.id == ghost.id)  # type: ignore[attr-defined]
             .values(target_id=10**9)
         )
-    monkeypatch.setattr(log, "EXPORT_BATCH", 3)
-    monkeypatch.setattr(log, "TARGET_MEMORY", 2)
+    monkeypatch.setattr(log_export, "EXPORT_BATCH", 3)
+    monkeypatch.setattr(log_entries, "TARGET_MEMORY", 2)
     tz = ZoneInfo(zone)
     for flt in (log.LogFilter(), log.LogFilter(statuses=("sent",))):
         for sort, order in (("due_at", "desc"), ("sent_at", "asc")):

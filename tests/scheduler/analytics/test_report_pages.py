@@ -37,13 +37,6 @@ def world(engine, clock):
     return world
 
 
-@pytest.fixture
-def client(engine, clock, settings, auth_headers):
-    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, headers=auth_headers) as c:
-        yield c
-
-
 def links(html: str, label: str) -> list[str]:
     return [unescape(h) for h in re.findall(rf'href="([^"]+)"[^>]*>{label}<', html)]
 

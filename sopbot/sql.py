@@ -1,0 +1,250 @@
+"""SQL helpers every domain shares, defined once: bulk inserts that ignore
+duplicates, chunking, an IN list of any length, how a read sees one snapshot,
+and how a predicate keeps SQLite's planner on the index that gives the wanted
+order.
+
+They live here, beside the engine and the session, because every package may
+import ``sopbot`` and none of them knows a domain's tables. Table aliases and
+helpers that name tables live with the tables' domain instead:
+``scheduler.outbox.repository`` (deliveries, enrollments) and
+``audiences.tables`` (contacts, groups, tags, staff accounts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Table,
+    any_,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
+from sqlmodel import Session
+
+from sopbot.db import UTCDateTime, reader
+
+CHUNK = 5000
+
+
+def chunked(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    """``items`` in slices of at most ``size`` (statements with a bounded number
+    of parameters, transactions of a bounded size)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _connection(conn: Session | Connection) -> Connection:
+    return conn.connection() if isinstance(conn, Session) else conn
+
+
+def insert_of(conn: Session | Connection | Engine, table: Table) -> Any:
+    """``INSERT INTO table`` in the dialect's own form, the one that has
+    ``on_conflict_do_nothing`` (SQLite and PostgreSQL alike)."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    if bind.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def insert_ignore(conn: Session | Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in chunks (executemany); returns how
+    many rows were new.
+
+    This is the bulk path of enrollment (a million rows for a large segment), so
+    on SQLite it skips SQLAlchemy's per-row parameter processing: rows go to the
+    driver as tuples, with instants already in the text form ``UTCDateTime``
+    stores (each distinct instant formatted once) and JSON as its text.
+    """
+    if not rows:
+        return 0
+    connection = _connection(conn)
+    written = 0
+    if connection.dialect.name == "sqlite":
+        columns = list(rows[0])
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
+        )
+        stamp = memoized(sqlite_instant)  # many rows share instants (created_at, due_at)
+        converters = [_sqlite_converter(table.c[name].type, connection, stamp) for name in columns]
+        for chunk in chunked(rows):
+            params = [
+                tuple(
+                    value if value is None or convert is None else convert(value)
+                    for convert, value in zip(converters, row.values(), strict=True)
+                )
+                for row in chunk
+            ]
+            result = connection.exec_driver_sql(sql, params)  # type: ignore[arg-type]
+            written += max(result.rowcount, 0)
+        return written
+    stmt = postgresql.insert(table).on_conflict_do_nothing()
+    for chunk in chunked(rows):
+        written += max(connection.execute(stmt, list(chunk)).rowcount, 0)  # type: ignore[attr-defined]
+    return written
+
+
+def among(column: Any, ids: Sequence[int], conn: Session | Connection) -> ColumnElement[bool]:
+    """``column IN ids`` with the ids as one parameter, whatever their number: a
+    JSON array read by ``json_each`` on SQLite, an array on PostgreSQL. (A plain
+    ``IN`` renders a parameter per id on every execution.)"""
+    values = [int(i) for i in ids]
+    if _connection(conn).dialect.name == "sqlite":
+        each = func.json_each(json.dumps(values)).table_valued("value")
+        return column.in_(select(each.c.value))  # type: ignore[no-any-return]
+    return column == any_(literal(values, ARRAY(BigInteger)))  # type: ignore[no-any-return]
+
+
+def memoized(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert`` remembering its answers: bulk rows share a few instants."""
+    memo: dict[Any, Any] = {}
+
+    def cached(value: Any) -> Any:
+        out = memo.get(value)
+        if out is None:
+            out = memo[value] = convert(value)
+        return out
+
+    return cached
+
+
+def instant_param(conn: Session | Connection) -> Callable[[datetime], Any]:
+    """How a UTC instant is passed to :func:`insert_rows` on this connection's
+    database: the stored text on SQLite, the datetime itself on PostgreSQL."""
+    return sqlite_instant if _connection(conn).dialect.name == "sqlite" else _same
+
+
+def _same(value: datetime) -> datetime:
+    return value
+
+
+def sqlite_instant(value: datetime) -> str:
+    """The text ``UTCDateTime`` stores on SQLite, fast for values already in UTC."""
+    if value.tzinfo is UTC:
+        return value.isoformat(" ", "microseconds")[:26]
+    return _sqlite_datetime(value)
+
+
+def insert_rows(
+    conn: Session | Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of ready tuples, the bulk path of
+    enrollment: instants already passed through :func:`instant_param`, no JSON.
+
+    SQLite: one ``executemany`` per chunk straight to the driver. PostgreSQL:
+    ``INSERT ... SELECT`` over ``unnest`` of one array per column, a single
+    statement per chunk instead of a round trip per row.
+    """
+    if not rows:
+        return
+    connection = _connection(conn)
+    names = ", ".join(columns)
+    if connection.dialect.name == "sqlite":
+        sql = (
+            f"INSERT INTO {table.name} ({names}) "
+            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
+        )
+        for chunk in chunked(rows):
+            connection.exec_driver_sql(sql, list(chunk))  # type: ignore[arg-type]
+        return
+    types = [_pg_array_type(table.c[name].type, connection) for name in columns]
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    sql = (
+        f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+    )
+    for part in chunked(rows, CHUNK * 4):
+        connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*part, strict=True)))
+
+
+def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Run one statement for many parameter sets (an executemany).
+
+    On SQLite the statement is compiled once and the driver gets plain tuples:
+    SQLAlchemy's per-row parameter processing costs more than the UPDATE itself
+    on the dispatch hot path. Elsewhere SQLAlchemy's own executemany is used.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(stmt, list(rows))
+        return
+    compiled = stmt.compile(dialect=conn.dialect)
+    names = compiled.positiontup or []
+    fixed = compiled.construct_params(rows[0])
+    stamp = memoized(sqlite_instant)  # the batch's rows share "now"
+    converters = [_sqlite_converter(compiled.binds[name].type, None, stamp) for name in names]
+    params = []
+    for row in rows:
+        values = []
+        for name, convert in zip(names, converters, strict=True):
+            value = row[name] if name in row else fixed[name]
+            values.append(value if value is None or convert is None else convert(value))
+        params.append(tuple(values))
+    conn.exec_driver_sql(compiled.string, params)  # type: ignore[arg-type]
+
+
+def _pg_array_type(column_type: Any, conn: Connection) -> str:
+    if isinstance(column_type, UTCDateTime):
+        return "timestamptz"
+    return str(column_type.compile(dialect=conn.dialect))
+
+
+def _sqlite_converter(
+    column_type: Any, conn: Connection | None, stamp: Callable[[Any], Any]
+) -> Callable[[Any], Any] | None:
+    """How a value of ``column_type`` goes to the SQLite driver: instants and
+    JSON by the fast paths; with ``conn``, any other type by its own bind
+    processor (dates, booleans, ...)."""
+    if isinstance(column_type, UTCDateTime):
+        return stamp
+    if isinstance(column_type, JSON):
+        return _json_text
+    if conn is None:
+        return None
+    return column_type.bind_processor(conn.dialect)  # type: ignore[no-any-return]
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    # The exact text SQLAlchemy's SQLite DATETIME writes, so comparisons in SQL
+    # (always against parameters bound through UTCDateTime) order correctly.
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def read_snapshot(engine: Engine) -> Engine:
+    """The engine for reads that must see one consistent snapshot across
+    several statements (SQLite: a deferred read transaction in WAL mode, which
+    also never takes the write lock; PostgreSQL: REPEATABLE READ)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return reader(engine)
+
+
+def unindexed(column: Any, sqlite: bool) -> Any:
+    """On SQLite, ``+column``: the planner will not use an index on it, so the
+    read stays driven by the index that gives the wanted order or range (a
+    documented SQLite idiom). Elsewhere the column itself."""
+    if not sqlite:
+        return column
+    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
