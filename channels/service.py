@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from channels.base import AdapterContext, ChannelError
+from channels.base import AdapterContext, ChannelError, connection_checker
 from channels.breaker import BreakerConfig
 from channels.models import ChannelInstance, ChannelPolicy
 from channels.ratelimit import default_burst
@@ -238,6 +238,8 @@ def adapter_catalog() -> list[dict[str, Any]]:
                     "modes": sorted(caps.modes),
                     "idempotent": caps.idempotent,
                     "max_batch": caps.max_batch,
+                    "connection_check": caps.connection_check,
+                    "task_outcomes": caps.task_outcomes,
                 },
                 "config_schema": cls.config_model.model_json_schema(),
             }
@@ -256,14 +258,13 @@ async def test_connection(context: AdapterContext) -> ConnectionCheck:
         config = validate_config(row.adapter, row.config)
     except ChannelError as exc:
         return ConnectionCheck(False, str(exc), checked=False)
-    adapter = cls(config, context)  # type: ignore[call-arg]
-    check = getattr(adapter, "check_connection", None)
-    if check is None:
+    checker = connection_checker(cls(config, context))  # type: ignore[call-arg]
+    if checker is None:
         return ConnectionCheck(
             True, f"config is valid; the {row.adapter} adapter has no live check", checked=False
         )
     try:
-        detail = await check()
+        detail = await checker.check_connection()
     except Exception as exc:  # noqa: BLE001 - the operator wants the reason, not a 500
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         return ConnectionCheck(False, str(reason))

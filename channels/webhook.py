@@ -107,6 +107,7 @@ class WebhookAdapter:
         modes=frozenset({"send"}),
         idempotent=True,
         max_batch=200,
+        connection_check=True,
     )
 
     def __init__(self, config: WebhookConfig, context: AdapterContext) -> None:

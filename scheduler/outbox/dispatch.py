@@ -27,7 +27,14 @@ from sqlmodel import Session, col
 from audiences import service as audiences_service
 from audiences.models import Contact
 from channels import service as channels_service
-from channels.base import ChannelAdapter, ChannelError, OutboundMessage, ResultStatus, SendResult
+from channels.base import (
+    ChannelAdapter,
+    ChannelError,
+    OutboundMessage,
+    ResultStatus,
+    SendResult,
+    task_poller,
+)
 from channels.breaker import BreakerConfig, CircuitBreakers
 from channels.models import ChannelInstance
 from channels.ratelimit import build_limiter
@@ -620,7 +627,7 @@ class Dispatcher:
                 continue
             channel = by_id[delivery_id].channel
             adapter = self.channels.get(channel)
-            if outcome.provider_message_id and hasattr(adapter, "poll_task_outcomes"):
+            if outcome.provider_message_id and task_poller(adapter) is not None:
                 outcome.reason = tasks.awaiting_reason(outcome.provider_message_id, account)
                 created[(channel, outcome.provider_message_id, account)].append(delivery_id)
         return created
