@@ -212,6 +212,9 @@ def update_instance(session: Session, name: str, patch: ChannelInstanceUpdate) -
         row.enabled = patch.enabled
     if patch.policy is not None:
         _save_policy(session, name, patch.policy)
+    # Every process's channel pool rebuilds its adapter when it sees a new version.
+    # An expression, not read-modify-write: two concurrent edits get two versions.
+    row.version = ChannelInstance.version + 1  # type: ignore[assignment]
     session.add(row)
     session.flush()
     return row

@@ -261,14 +261,18 @@ class Dispatcher:
         # Bounded: at most send_concurrency adapter calls in flight per tick.
         limit = asyncio.Semaphore(self.settings.send_concurrency)
         calls = []
+        results: dict[int, _Outcome] = {}
         for channel_name, batch in groups.items():
-            adapter = self.channels.get(channel_name)
+            try:
+                adapter = self.channels.get(channel_name)
+            except ChannelError as exc:  # disabled by another process since _prepare
+                results.update({m.delivery_id: _Outcome(S.FAILED, str(exc)) for m in batch})
+                continue
             size = max(1, adapter.capabilities.max_batch)
             for start in range(0, len(batch), size):
                 calls.append(
                     self._send_recorded(channel_name, adapter, batch[start : start + size], limit)
                 )
-        results: dict[int, _Outcome] = {}
         for part in await asyncio.gather(*calls):
             results.update(part)
         for delivery_id, outcome in results.items():
@@ -626,8 +630,11 @@ class Dispatcher:
                 outcome.reason = f"reminder sent to staff account {account}; they send it by hand"
                 continue
             channel = by_id[delivery_id].channel
-            adapter = self.channels.get(channel)
-            if outcome.provider_message_id and task_poller(adapter) is not None:
+            try:
+                polls = task_poller(self.channels.get(channel)) is not None
+            except ChannelError:  # disabled since it sent: the poll reports that
+                polls = True
+            if outcome.provider_message_id and polls:
                 outcome.reason = tasks.awaiting_reason(outcome.provider_message_id, account)
                 created[(channel, outcome.provider_message_id, account)].append(delivery_id)
         return created
