@@ -139,6 +139,52 @@ def masked_config(adapter: str, config: dict[str, Any]) -> dict[str, Any]:
     return validate_config(adapter, config).model_dump(mode="json")  # type: ignore[no-any-return]
 
 
+def is_secret(prop: dict[str, Any]) -> bool:
+    """Whether a config field's JSON schema declares it a secret: ``SecretStr``
+    itself, in a list, as dict values, or optional (pydantic marks them
+    ``writeOnly``), or a field marked ``json_schema_extra={"secret": True}``."""
+    options = [
+        prop,
+        prop.get("items") or {},
+        prop.get("additionalProperties")
+        if isinstance(prop.get("additionalProperties"), dict)
+        else {},
+        *prop.get("anyOf", []),
+    ]
+    return any(o.get("writeOnly") or o.get("secret") for o in options)
+
+
+def secret_fields(adapter: str) -> set[str]:
+    """The config fields of ``adapter`` declared secret."""
+    schema = adapter_class(adapter).config_model.model_json_schema()
+    return {name for name, prop in schema.get("properties", {}).items() if is_secret(prop)}
+
+
+def mask_declared(adapter: str, config: Any) -> Any:
+    """Mask a raw config (valid or not) by its adapter's declaration: values of
+    secret fields, and of fields the adapter does not declare at all (they may
+    be anything), read ``**********``. For echoing what someone submitted."""
+    if not isinstance(config, dict):
+        return {}
+    try:
+        schema = adapter_class(adapter).config_model.model_json_schema()
+    except ChannelError:
+        return {key: _masked(value) for key, value in config.items()}
+    known = schema.get("properties", {})
+    return {
+        key: _masked(value) if key not in known or is_secret(known[key]) else value
+        for key, value in config.items()
+    }
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return MASK if value is not None else None
+
+
 def _unmask(new: Any, stored: Any) -> Any:
     if new == MASK:
         return stored
