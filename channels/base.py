@@ -96,8 +96,15 @@ class TaskOutcome:
     send_time: int | None = None  # unix seconds, when the platform reports it
 
 
+# Declares a URL field whose user info and query may carry credentials: shown
+# with those masked (``Field(json_schema_extra=URL_CREDENTIALS)``).
+URL_CREDENTIALS: dict[str, Any] = {"url_credentials": True}
+
+
 class AdapterConfig(BaseModel):
-    """Base for adapter config models. Mark secrets with ``SecretStr``."""
+    """Base for adapter config models. Mark secrets with ``SecretStr`` (also as
+    list items or dict values), URLs that may embed credentials with
+    ``URL_CREDENTIALS``."""
 
     # Inputs stay out of validation errors: they may hold a secret.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)

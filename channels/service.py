@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from channels.base import AdapterContext, ChannelError, connection_checker
 from channels.breaker import BreakerConfig
+from channels.http import redact_url
 from channels.models import ChannelInstance, ChannelPolicy
 from channels.ratelimit import default_burst
 from channels.registry import adapter_class, available_adapters, validate_config
@@ -136,7 +138,23 @@ def _save_policy(session: Session, instance: str, policy: ChannelPolicyIn) -> No
 
 def masked_config(adapter: str, config: dict[str, Any]) -> dict[str, Any]:
     """The config as the API may show it: defaults filled in, secrets masked."""
-    return validate_config(adapter, config).model_dump(mode="json")  # type: ignore[no-any-return]
+    shown: dict[str, Any] = validate_config(adapter, config).model_dump(mode="json")
+    for name in _url_fields(adapter):
+        if isinstance(shown.get(name), str):
+            shown[name] = _redacted_url(shown[name])
+    return shown
+
+
+def _url_fields(adapter: str) -> set[str]:
+    schema = adapter_class(adapter).config_model.model_json_schema()
+    return {n for n, prop in schema.get("properties", {}).items() if prop.get("url_credentials")}
+
+
+def _redacted_url(value: str) -> str:
+    try:
+        return redact_url(httpx.URL(value))
+    except httpx.InvalidURL:
+        return MASK
 
 
 def is_secret(prop: dict[str, Any]) -> bool:
@@ -171,10 +189,15 @@ def mask_declared(adapter: str, config: Any) -> Any:
     except ChannelError:
         return {key: _masked(value) for key, value in config.items()}
     known = schema.get("properties", {})
-    return {
-        key: _masked(value) if key not in known or is_secret(known[key]) else value
-        for key, value in config.items()
-    }
+
+    def shown(key: str, value: Any) -> Any:
+        if key not in known or is_secret(known[key]):
+            return _masked(value)
+        if known[key].get("url_credentials") and isinstance(value, str):
+            return _redacted_url(value)
+        return value
+
+    return {key: shown(key, value) for key, value in config.items()}
 
 
 def _masked(value: Any) -> Any:
@@ -195,11 +218,18 @@ def _unmask(new: Any, stored: Any) -> Any:
     return new
 
 
-def _merge_config(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+def _merge_config(adapter: str, stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    url_fields = _url_fields(adapter)
+    try:
+        shown = masked_config(adapter, stored)
+    except ChannelError:
+        shown = mask_declared(adapter, stored)
     merged = dict(stored)
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)  # back to the adapter's default
+        elif key in url_fields and key in stored and value == shown.get(key):
+            merged[key] = stored[key]  # the URL as shown, credentials masked: keep it
         else:
             merged[key] = _unmask(value, stored.get(key))
     return merged
@@ -251,7 +281,7 @@ def update_instance(session: Session, name: str, patch: ChannelInstanceUpdate) -
     """Change config (merged, secrets kept when masked), enabled or policy."""
     row = get_instance(session, name)
     if patch.config is not None:
-        merged = _merge_config(dict(row.config), patch.config)
+        merged = _merge_config(row.adapter, dict(row.config), patch.config)
         validate_config(row.adapter, merged)
         row.config = merged
     if patch.enabled is not None:

@@ -21,6 +21,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr
 
 from channels.base import (
+    URL_CREDENTIALS,
     AdapterConfig,
     AdapterContext,
     Capabilities,
@@ -37,7 +38,8 @@ _BODY_SNIPPET_CHARS = 200
 
 
 class WebhookConfig(AdapterConfig):
-    url: HttpUrl
+    # Shown with any ?token=… or password masked.
+    url: HttpUrl = Field(json_schema_extra=URL_CREDENTIALS)
     secret: SecretStr | None = None
     timeout_s: float = Field(default=10.0, gt=0)
     # Requests in flight per channel instance. 32 matches the connections of the

@@ -28,6 +28,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr
 
 from channels.base import (
+    URL_CREDENTIALS,
     AdapterConfig,
     AdapterContext,
     Capabilities,
@@ -76,7 +77,7 @@ class WeComConfig(AdapterConfig):
     corp_id: str = Field(min_length=1)
     corp_secret: SecretStr = Field(min_length=1)
     agent_id: int | None = None  # the app that sends "remind" messages
-    base_url: HttpUrl = HttpUrl(DEFAULT_BASE_URL)
+    base_url: HttpUrl = Field(HttpUrl(DEFAULT_BASE_URL), json_schema_extra=URL_CREDENTIALS)
     timeout_s: float = Field(default=10.0, gt=0)
 
 
