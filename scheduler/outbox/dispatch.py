@@ -262,9 +262,10 @@ class Dispatcher:
         limit = asyncio.Semaphore(self.settings.send_concurrency)
         calls = []
         results: dict[int, _Outcome] = {}
+        adapters: dict[str, ChannelAdapter] = {}
         for channel_name, batch in groups.items():
             try:
-                adapter = self.channels.get(channel_name)
+                adapter = adapters[channel_name] = self.channels.get(channel_name)
             except ChannelError as exc:  # disabled by another process since _prepare
                 results.update({m.delivery_id: _Outcome(S.FAILED, str(exc)) for m in batch})
                 continue
@@ -283,7 +284,7 @@ class Dispatcher:
             if outcome.status == "retry":
                 outcome = self._retry_or_fail(by_id[delivery_id], outcome)
             results[delivery_id] = outcome
-        created = self._note_modes(by_id, messages, results)
+        created = self._note_modes(by_id, messages, results, adapters)
         await asyncio.to_thread(self._finish, results, created)
         finished_at = self.clock.now()
         for delivery_id, outcome in results.items():
@@ -617,6 +618,7 @@ class Dispatcher:
         by_id: dict[int, Any],
         messages: dict[int, OutboundMessage],
         results: dict[int, _Outcome],
+        adapters: dict[str, ChannelAdapter],
     ) -> dict[tuple[str, str, str], list[int]]:
         """Say in the log what ``sent`` means for task and remind modes; return the
         mass-send tasks created, to be polled (``scheduler.outbox.tasks``)."""
@@ -630,10 +632,7 @@ class Dispatcher:
                 outcome.reason = f"reminder sent to staff account {account}; they send it by hand"
                 continue
             channel = by_id[delivery_id].channel
-            try:
-                polls = task_poller(self.channels.get(channel)) is not None
-            except ChannelError:  # disabled since it sent: the poll reports that
-                polls = True
+            polls = channel in adapters and task_poller(adapters[channel]) is not None
             if outcome.provider_message_id and polls:
                 outcome.reason = tasks.awaiting_reason(outcome.provider_message_id, account)
                 created[(channel, outcome.provider_message_id, account)].append(delivery_id)
