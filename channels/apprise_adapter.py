@@ -103,6 +103,7 @@ class AppriseAdapter:
         modes=frozenset({"send"}),
         idempotent=False,
         max_batch=50,
+        connection_check=True,
     )
 
     def __init__(self, config: AppriseConfig, context: AdapterContext) -> None:

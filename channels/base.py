@@ -4,6 +4,12 @@ An adapter has a name, a pydantic config model, declared capabilities and one
 async method that sends a batch of outbound messages and returns exactly one
 ``SendResult`` per message, in order. Everything else (claiming, retries,
 statuses) belongs to the scheduler.
+
+Two operations are optional and declared in :class:`Capabilities`: a live
+``check_connection`` (:class:`ConnectionChecker`) and ``poll_task_outcomes`` for
+platforms whose sends create tasks resolved later (:class:`TaskOutcomePoller`).
+Callers ask :func:`connection_checker` / :func:`task_poller`, which read the
+declaration; the conformance test holds every adapter to what it declares.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, cast, runtime_checkable
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +28,7 @@ from sopbot.clock import Clock
 PartKind = Literal["text", "image", "link", "miniprogram", "file"]
 TargetKind = Literal["contact", "group"]
 ExecutionMode = Literal["send", "task", "remind"]
+TaskStatus = Literal["sent", "pending", "failed"]
 
 
 class ResultStatus(StrEnum):
@@ -75,10 +82,29 @@ class Capabilities:
     # key; then a delivery whose worker died mid-send may safely be sent again.
     idempotent: bool = False
     max_batch: int = 100
+    # Optional operations the adapter implements (see the protocols below).
+    connection_check: bool = False  # ConnectionChecker: check without sending
+    task_outcomes: bool = False  # TaskOutcomePoller: resolve tasks a send created
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """What happened to one customer or group of a platform's mass-send task."""
+
+    status: TaskStatus
+    reason: str | None = None
+    send_time: int | None = None  # unix seconds, when the platform reports it
+
+
+# Declares a URL field whose user info and query may carry credentials: shown
+# with those masked (``Field(json_schema_extra=URL_CREDENTIALS)``).
+URL_CREDENTIALS: dict[str, Any] = {"url_credentials": True}
 
 
 class AdapterConfig(BaseModel):
-    """Base for adapter config models. Mark secrets with ``SecretStr``."""
+    """Base for adapter config models. Mark secrets with ``SecretStr`` (also as
+    list items or dict values), URLs that may embed credentials with
+    ``URL_CREDENTIALS``."""
 
     # Inputs stay out of validation errors: they may hold a secret.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -104,6 +130,34 @@ class ChannelAdapter(Protocol):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """Send a batch; return one result per message, in the same order."""
         ...
+
+
+class ConnectionChecker(Protocol):
+    """Declared by ``Capabilities.connection_check``."""
+
+    async def check_connection(self) -> str:
+        """Prove the config works without sending anything; return what was
+        checked. Raise with a reason a person can act on when it does not."""
+        ...
+
+
+class TaskOutcomePoller(Protocol):
+    """Declared by ``Capabilities.task_outcomes``."""
+
+    async def poll_task_outcomes(self, task_id: str, sender: str) -> dict[str, TaskOutcome]:
+        """Per target external id: what became of the task ``task_id`` that
+        ``sender`` (a staff account) was asked to send."""
+        ...
+
+
+def connection_checker(adapter: ChannelAdapter) -> ConnectionChecker | None:
+    """The adapter's live check, if it declares one."""
+    return cast(ConnectionChecker, adapter) if adapter.capabilities.connection_check else None
+
+
+def task_poller(adapter: ChannelAdapter) -> TaskOutcomePoller | None:
+    """The adapter's task-outcome poll, if it declares one."""
+    return cast(TaskOutcomePoller, adapter) if adapter.capabilities.task_outcomes else None
 
 
 class AdapterFactory(Protocol):

@@ -9,16 +9,50 @@ requests/s, 16 in flight 2.4 ms of CPU per request. :class:`ShardedTransport`
 spreads requests over several small pools (least busy first), which keeps the
 per-request cost flat (about 1 ms) as concurrency grows. Adapters do not notice:
 they still get one ``AsyncClient``.
+
+httpx logs every request's URL at INFO. Channel URLs carry credentials in their
+query (the group bot's ``?key=``, WeCom's ``corpsecret`` and ``access_token``)
+or user info, so the client installs :class:`RedactedURLs` on that logger.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 
 DEFAULT_SHARDS = 8
 DEFAULT_CONNECTIONS_PER_SHARD = 4
+MASK = "**********"
+
+
+def redact_url(url: httpx.URL) -> str:
+    """The URL with every query value and any password masked."""
+    if url.query:
+        masked = "&".join(f"{key}={MASK}" for key, _ in url.params.multi_items())
+        url = url.copy_with(query=masked.encode())
+    if url.password:
+        url = url.copy_with(username=url.username, password=MASK)
+    return str(url)
+
+
+class RedactedURLs(logging.Filter):
+    """Masks the credentials of URLs in httpx's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(arg) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+def redact_http_logs() -> None:
+    """Install :class:`RedactedURLs` on httpx's logger (once)."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactedURLs) for f in logger.filters):
+        logger.addFilter(RedactedURLs())
 
 
 class _CountedStream(httpx.AsyncByteStream):
@@ -94,6 +128,7 @@ def channel_http_client(
     connections_per_shard: int = DEFAULT_CONNECTIONS_PER_SHARD,
 ) -> httpx.AsyncClient:
     """The ``AsyncClient`` the runtime lends adapters (``AdapterContext.http``)."""
+    redact_http_logs()
     return httpx.AsyncClient(
         timeout=timeout, transport=ShardedTransport(shards, connections_per_shard)
     )

@@ -37,7 +37,10 @@ class MockAdapter:
     name: ClassVar[str] = "mock"
     config_model: ClassVar[type[AdapterConfig]] = MockConfig
     capabilities: ClassVar[Capabilities] = Capabilities(
-        modes=frozenset({"send", "task", "remind"}), idempotent=False, max_batch=1000
+        modes=frozenset({"send", "task", "remind"}),
+        idempotent=False,
+        max_batch=1000,
+        connection_check=True,
     )
 
     def __init__(self, config: MockConfig, context: AdapterContext) -> None:

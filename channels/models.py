@@ -21,6 +21,9 @@ class ChannelInstance(SQLModel, table=True):
     adapter: str = Field(max_length=100)
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
     enabled: bool = True
+    # Bumped by every change (config, enabled, policy): each process's channel
+    # pool compares it with the version its live adapter was built from.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class MockMessage(SQLModel, table=True):

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from channels.base import AdapterContext, ChannelError
+from channels.base import AdapterContext, ChannelError, connection_checker
 from channels.breaker import BreakerConfig
+from channels.http import redact_url
 from channels.models import ChannelInstance, ChannelPolicy
 from channels.ratelimit import default_burst
 from channels.registry import adapter_class, available_adapters, validate_config
@@ -136,7 +138,74 @@ def _save_policy(session: Session, instance: str, policy: ChannelPolicyIn) -> No
 
 def masked_config(adapter: str, config: dict[str, Any]) -> dict[str, Any]:
     """The config as the API may show it: defaults filled in, secrets masked."""
-    return validate_config(adapter, config).model_dump(mode="json")  # type: ignore[no-any-return]
+    shown: dict[str, Any] = validate_config(adapter, config).model_dump(mode="json")
+    for name in _url_fields(adapter):
+        if isinstance(shown.get(name), str):
+            shown[name] = _redacted_url(shown[name])
+    return shown
+
+
+def _url_fields(adapter: str) -> set[str]:
+    schema = adapter_class(adapter).config_model.model_json_schema()
+    return {n for n, prop in schema.get("properties", {}).items() if prop.get("url_credentials")}
+
+
+def _redacted_url(value: str) -> str:
+    try:
+        return redact_url(httpx.URL(value))
+    except httpx.InvalidURL:
+        return MASK
+
+
+def is_secret(prop: dict[str, Any]) -> bool:
+    """Whether a config field's JSON schema declares it a secret: ``SecretStr``
+    itself, in a list, as dict values, or optional (pydantic marks them
+    ``writeOnly``), or a field marked ``json_schema_extra={"secret": True}``."""
+    options = [
+        prop,
+        prop.get("items") or {},
+        prop.get("additionalProperties")
+        if isinstance(prop.get("additionalProperties"), dict)
+        else {},
+        *prop.get("anyOf", []),
+    ]
+    return any(o.get("writeOnly") or o.get("secret") for o in options)
+
+
+def secret_fields(adapter: str) -> set[str]:
+    """The config fields of ``adapter`` declared secret."""
+    schema = adapter_class(adapter).config_model.model_json_schema()
+    return {name for name, prop in schema.get("properties", {}).items() if is_secret(prop)}
+
+
+def mask_declared(adapter: str, config: Any) -> Any:
+    """Mask a raw config (valid or not) by its adapter's declaration: values of
+    secret fields, and of fields the adapter does not declare at all (they may
+    be anything), read ``**********``. For echoing what someone submitted."""
+    if not isinstance(config, dict):
+        return {}
+    try:
+        schema = adapter_class(adapter).config_model.model_json_schema()
+    except ChannelError:
+        return {key: _masked(value) for key, value in config.items()}
+    known = schema.get("properties", {})
+
+    def shown(key: str, value: Any) -> Any:
+        if key not in known or is_secret(known[key]):
+            return _masked(value)
+        if known[key].get("url_credentials") and isinstance(value, str):
+            return _redacted_url(value)
+        return value
+
+    return {key: shown(key, value) for key, value in config.items()}
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return MASK if value is not None else None
 
 
 def _unmask(new: Any, stored: Any) -> Any:
@@ -149,11 +218,18 @@ def _unmask(new: Any, stored: Any) -> Any:
     return new
 
 
-def _merge_config(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+def _merge_config(adapter: str, stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    url_fields = _url_fields(adapter)
+    try:
+        shown = masked_config(adapter, stored)
+    except ChannelError:
+        shown = mask_declared(adapter, stored)
     merged = dict(stored)
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)  # back to the adapter's default
+        elif key in url_fields and key in stored and value == shown.get(key):
+            merged[key] = stored[key]  # the URL as shown, credentials masked: keep it
         else:
             merged[key] = _unmask(value, stored.get(key))
     return merged
@@ -205,13 +281,16 @@ def update_instance(session: Session, name: str, patch: ChannelInstanceUpdate) -
     """Change config (merged, secrets kept when masked), enabled or policy."""
     row = get_instance(session, name)
     if patch.config is not None:
-        merged = _merge_config(dict(row.config), patch.config)
+        merged = _merge_config(row.adapter, dict(row.config), patch.config)
         validate_config(row.adapter, merged)
         row.config = merged
     if patch.enabled is not None:
         row.enabled = patch.enabled
     if patch.policy is not None:
         _save_policy(session, name, patch.policy)
+    # Every process's channel pool rebuilds its adapter when it sees a new version.
+    # An expression, not read-modify-write: two concurrent edits get two versions.
+    row.version = ChannelInstance.version + 1  # type: ignore[assignment]
     session.add(row)
     session.flush()
     return row
@@ -238,6 +317,8 @@ def adapter_catalog() -> list[dict[str, Any]]:
                     "modes": sorted(caps.modes),
                     "idempotent": caps.idempotent,
                     "max_batch": caps.max_batch,
+                    "connection_check": caps.connection_check,
+                    "task_outcomes": caps.task_outcomes,
                 },
                 "config_schema": cls.config_model.model_json_schema(),
             }
@@ -256,14 +337,13 @@ async def test_connection(context: AdapterContext) -> ConnectionCheck:
         config = validate_config(row.adapter, row.config)
     except ChannelError as exc:
         return ConnectionCheck(False, str(exc), checked=False)
-    adapter = cls(config, context)  # type: ignore[call-arg]
-    check = getattr(adapter, "check_connection", None)
-    if check is None:
+    checker = connection_checker(cls(config, context))  # type: ignore[call-arg]
+    if checker is None:
         return ConnectionCheck(
             True, f"config is valid; the {row.adapter} adapter has no live check", checked=False
         )
     try:
-        detail = await check()
+        detail = await checker.check_connection()
     except Exception as exc:  # noqa: BLE001 - the operator wants the reason, not a 500
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         return ConnectionCheck(False, str(reason))

@@ -21,6 +21,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr
 
 from channels.base import (
+    URL_CREDENTIALS,
     AdapterConfig,
     AdapterContext,
     Capabilities,
@@ -37,13 +38,18 @@ _BODY_SNIPPET_CHARS = 200
 
 
 class WebhookConfig(AdapterConfig):
-    url: HttpUrl
+    # Shown with any ?token=… or password masked.
+    url: HttpUrl = Field(json_schema_extra=URL_CREDENTIALS)
     secret: SecretStr | None = None
     timeout_s: float = Field(default=10.0, gt=0)
     # Requests in flight per channel instance. 32 matches the connections of the
     # client adapters are lent (channels.http): a 20 ms gateway takes ~1,600/s.
     max_concurrency: int = Field(default=32, ge=1, le=256)
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Header values often carry credentials (Authorization: Bearer ...): every
+    # value is a secret, write-only like ``secret``.
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="extra request headers; values are write-only"
+    )
 
 
 def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
@@ -107,6 +113,7 @@ class WebhookAdapter:
         modes=frozenset({"send"}),
         idempotent=True,
         max_batch=200,
+        connection_check=True,
     )
 
     def __init__(self, config: WebhookConfig, context: AdapterContext) -> None:
@@ -117,6 +124,7 @@ class WebhookAdapter:
         self._in_flight = asyncio.Semaphore(config.max_concurrency)
         # Parsed once: httpx parses a URL given as text on every request.
         self._url = httpx.URL(str(config.url))
+        self._static_headers = {k: v.get_secret_value() for k, v in config.headers.items()}
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         semaphore = self._in_flight
@@ -159,7 +167,7 @@ class WebhookAdapter:
     def _headers(self, message: OutboundMessage, body: bytes) -> dict[str, str]:
         timestamp = int(self.context.clock.now().timestamp())
         # Static headers first, so configuration cannot break the signed contract.
-        headers = dict(self.config.headers)
+        headers = dict(self._static_headers)
         headers["Content-Type"] = "application/json"
         headers[TIMESTAMP_HEADER] = str(timestamp)
         headers[IDEMPOTENCY_HEADER] = message.idempotency_key

@@ -21,20 +21,24 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, HttpUrl, SecretStr
 
 from channels.base import (
+    URL_CREDENTIALS,
     AdapterConfig,
     AdapterContext,
     Capabilities,
     OutboundMessage,
     SendResult,
+    TaskOutcome,
+    TaskStatus,
 )
+
+__all__ = ["TaskOutcome", "WeComAdapter", "WeComAPIError", "WeComConfig"]
 
 DEFAULT_BASE_URL = "https://qyapi.weixin.qq.com/cgi-bin"
 
@@ -59,7 +63,6 @@ RETRYABLE_ERRCODES: dict[int, float | None] = {
     42001: None,  # still expired after one refresh
 }
 
-TaskStatus = Literal["sent", "pending", "failed"]
 
 # get_groupmsg_send_result status codes.
 _TASK_STATUS: dict[int, tuple[TaskStatus, str | None]] = {
@@ -74,7 +77,7 @@ class WeComConfig(AdapterConfig):
     corp_id: str = Field(min_length=1)
     corp_secret: SecretStr = Field(min_length=1)
     agent_id: int | None = None  # the app that sends "remind" messages
-    base_url: HttpUrl = HttpUrl(DEFAULT_BASE_URL)
+    base_url: HttpUrl = Field(HttpUrl(DEFAULT_BASE_URL), json_schema_extra=URL_CREDENTIALS)
     timeout_s: float = Field(default=10.0, gt=0)
 
 
@@ -100,15 +103,6 @@ class WeComAPIError(Exception):
         return SendResult.permanent(self.reason)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskOutcome:
-    """What happened to one customer or group of a mass-send task."""
-
-    status: TaskStatus
-    reason: str | None = None
-    send_time: int | None = None  # unix seconds, when WeCom reports it
-
-
 class _ContentError(ValueError):
     """A message cannot be expressed as a WeCom mass-send; the text says why."""
 
@@ -130,6 +124,8 @@ class WeComAdapter:
         modes=frozenset({"task", "remind"}),
         idempotent=False,
         max_batch=10_000,
+        connection_check=True,
+        task_outcomes=True,
     )
 
     def __init__(self, config: WeComConfig, context: AdapterContext) -> None:

@@ -17,6 +17,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 
 from channels.base import (
+    URL_CREDENTIALS,
     AdapterConfig,
     AdapterContext,
     Capabilities,
@@ -37,7 +38,7 @@ class WeComGroupBotConfig(AdapterConfig):
     # The webhook URL carries the robot's key, so it is a secret too.
     webhook_url: SecretStr | None = None
     key: SecretStr | None = None
-    base_url: HttpUrl = HttpUrl(DEFAULT_WEBHOOK_BASE)
+    base_url: HttpUrl = Field(HttpUrl(DEFAULT_WEBHOOK_BASE), json_schema_extra=URL_CREDENTIALS)
     timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator("webhook_url")

@@ -86,7 +86,8 @@ def _out(
     try:
         config = channels_service.masked_config(row.adapter, row.config)
     except ChannelError as exc:
-        config, problem = {}, str(exc)
+        # What can be shown of a config that no longer validates: secrets masked.
+        config, problem = channels_service.mask_declared(row.adapter, row.config), str(exc)
     return ChannelOut(
         id=row.id,  # type: ignore[arg-type]
         name=row.name,

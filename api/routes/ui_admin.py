@@ -85,7 +85,7 @@ async def create_channel(
                 "rows": _channel_rows(session, engine, settings),
                 "adapters": [a for a in channels_service.adapter_catalog() if a.get("available")],
                 "flash_error": str(exc),
-                "new": dict(form),
+                "new": {**dict(form), "config": _echo(str(form.get("adapter") or ""), form)},
             },
             status_code=422,
         )
@@ -101,6 +101,17 @@ async def create_channel(
     return redirect(request, f"/channels/{row.name}?done=created")
 
 
+def _echo(adapter: str, form: Any) -> str:
+    """A submitted config shown back after an error: secrets stay write-only,
+    even the ones just typed (what cannot be parsed is not shown at all)."""
+    try:
+        config = json.loads(str(form.get("config") or "{}") or "{}")
+    except json.JSONDecodeError:
+        return "{}"
+    masked = channels_service.mask_declared(adapter, config)
+    return json.dumps(masked, ensure_ascii=False, indent=2)
+
+
 def _channel_page(
     request: Request, session: Session, engine: Any, settings: Any, name: str, **extra: Any
 ) -> HTMLResponse:
@@ -110,7 +121,8 @@ def _channel_page(
         config = channels_service.masked_config(row.adapter, row.config)
         problem = None
     except ChannelError as exc:
-        config, problem = {}, str(exc)
+        # What can be shown of a config that no longer validates: secrets masked.
+        config, problem = channels_service.mask_declared(row.adapter, row.config), str(exc)
     schema: dict[str, Any] = next(
         (
             a["config_schema"]
@@ -126,7 +138,7 @@ def _channel_page(
             or "/".join(
                 str(o.get("type")) for o in prop.get("anyOf", []) if o.get("type") != "null"
             ),
-            "secret": _is_secret(prop),
+            "secret": channels_service.is_secret(prop),
             "description": prop.get("description", ""),
             "required": key in schema.get("required", []),
         }
@@ -143,11 +155,6 @@ def _channel_page(
         **extra,
     }
     return render(request, "ui/channel_detail.html", context, status_code=extra.get("status", 200))
-
-
-def _is_secret(prop: dict[str, Any]) -> bool:
-    options = [prop, prop.get("items") or {}, *prop.get("anyOf", [])]
-    return any(o.get("writeOnly") for o in options)
 
 
 @router.get("/channels/{name}", response_class=HTMLResponse)
@@ -210,7 +217,7 @@ async def save_channel(
             settings,
             name,
             flash_error=str(exc),
-            config_json=raw,
+            config_json=_echo(channels_service.get_instance(session, name).adapter, form),
             status=422,
         )
     runtime = getattr(request.app.state, "runtime", None)

@@ -27,7 +27,14 @@ from sqlmodel import Session, col
 from audiences import service as audiences_service
 from audiences.models import Contact
 from channels import service as channels_service
-from channels.base import ChannelAdapter, ChannelError, OutboundMessage, ResultStatus, SendResult
+from channels.base import (
+    ChannelAdapter,
+    ChannelError,
+    OutboundMessage,
+    ResultStatus,
+    SendResult,
+    task_poller,
+)
 from channels.breaker import BreakerConfig, CircuitBreakers
 from channels.models import ChannelInstance
 from channels.ratelimit import build_limiter
@@ -254,14 +261,19 @@ class Dispatcher:
         # Bounded: at most send_concurrency adapter calls in flight per tick.
         limit = asyncio.Semaphore(self.settings.send_concurrency)
         calls = []
+        results: dict[int, _Outcome] = {}
+        adapters: dict[str, ChannelAdapter] = {}
         for channel_name, batch in groups.items():
-            adapter = self.channels.get(channel_name)
+            try:
+                adapter = adapters[channel_name] = self.channels.get(channel_name)
+            except ChannelError as exc:  # disabled by another process since _prepare
+                results.update({m.delivery_id: _Outcome(S.FAILED, str(exc)) for m in batch})
+                continue
             size = max(1, adapter.capabilities.max_batch)
             for start in range(0, len(batch), size):
                 calls.append(
                     self._send_recorded(channel_name, adapter, batch[start : start + size], limit)
                 )
-        results: dict[int, _Outcome] = {}
         for part in await asyncio.gather(*calls):
             results.update(part)
         for delivery_id, outcome in results.items():
@@ -272,7 +284,7 @@ class Dispatcher:
             if outcome.status == "retry":
                 outcome = self._retry_or_fail(by_id[delivery_id], outcome)
             results[delivery_id] = outcome
-        created = self._note_modes(by_id, messages, results)
+        created = self._note_modes(by_id, messages, results, adapters)
         await asyncio.to_thread(self._finish, results, created)
         finished_at = self.clock.now()
         for delivery_id, outcome in results.items():
@@ -606,6 +618,7 @@ class Dispatcher:
         by_id: dict[int, Any],
         messages: dict[int, OutboundMessage],
         results: dict[int, _Outcome],
+        adapters: dict[str, ChannelAdapter],
     ) -> dict[tuple[str, str, str], list[int]]:
         """Say in the log what ``sent`` means for task and remind modes; return the
         mass-send tasks created, to be polled (``scheduler.outbox.tasks``)."""
@@ -619,8 +632,8 @@ class Dispatcher:
                 outcome.reason = f"reminder sent to staff account {account}; they send it by hand"
                 continue
             channel = by_id[delivery_id].channel
-            adapter = self.channels.get(channel)
-            if outcome.provider_message_id and hasattr(adapter, "poll_task_outcomes"):
+            polls = channel in adapters and task_poller(adapters[channel]) is not None
+            if outcome.provider_message_id and polls:
                 outcome.reason = tasks.awaiting_reason(outcome.provider_message_id, account)
                 created[(channel, outcome.provider_message_id, account)].append(delivery_id)
         return created

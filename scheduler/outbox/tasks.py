@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from audiences.models import Contact, GroupChat
-from channels.base import ChannelError
+from channels.base import ChannelError, task_poller
 from channels.models import ChannelTask, TaskState
 from channels.registry import ChannelPool
 from scheduler.outbox.models import Delivery, DeliveryStatus, clip_reason
@@ -106,14 +106,15 @@ async def poll_tasks(
     for task in due:
         stats.polled += 1
         try:
-            adapter: Any = channels.get(task["channel"])
-            poll = adapter.poll_task_outcomes
-        except (ChannelError, AttributeError) as exc:
+            poller = task_poller(channels.get(task["channel"]))
+            if poller is None:
+                raise ChannelError(f"channel {task['channel']!r} cannot poll task outcomes")
+        except ChannelError as exc:
             stats.errors += 1
             await asyncio.to_thread(_note_error, engine, task, str(exc))
             continue
         try:
-            outcomes = await poll(task["provider_task_id"], task["sender"])
+            outcomes = await poller.poll_task_outcomes(task["provider_task_id"], task["sender"])
         except Exception as exc:  # noqa: BLE001 - keep polling the others
             stats.errors += 1
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"

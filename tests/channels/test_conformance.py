@@ -8,6 +8,7 @@ unsupported modes refused as permanent errors, secrets never shown.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from channels.base import (
     ChannelAdapter,
     OutboundMessage,
     ResultStatus,
+    connection_checker,
+    task_poller,
 )
 from channels.registry import adapter_class, available_adapters
 from sopbot.clock import ManualClock
@@ -156,6 +159,13 @@ async def test_adapter_conformance(name: str, engine: Any) -> None:
     assert caps.targets and caps.targets <= ALL_TARGETS
     assert "text" in caps.parts and caps.parts <= ALL_PARTS
     assert caps.max_batch >= 1
+    # Optional operations are declared, and what is declared is implemented.
+    for declared, method in (
+        (caps.connection_check, "check_connection"),
+        (caps.task_outcomes, "poll_task_outcomes"),
+    ):
+        implemented = inspect.iscoroutinefunction(getattr(cls, method, None))
+        assert declared == implemented, f"{name}: {method} declared={declared}"
     with pytest.raises(ValidationError):
         cls.config_model.model_validate({**harness.config, "no_such_option": 1})
 
@@ -203,3 +213,18 @@ async def test_adapter_conformance(name: str, engine: Any) -> None:
     for result in results:
         assert result.status in (ResultStatus.RETRYABLE, ResultStatus.PERMANENT)
         assert result.error and all(secret not in result.error for secret in harness.secrets)
+
+
+@pytest.mark.parametrize("name", sorted(available_adapters()))
+async def test_declared_operations_are_what_callers_get(name: str, engine: Any) -> None:
+    cls = adapter_class(name)
+    adapter, http = _build(cls, HARNESSES[name].config, HARNESSES[name].ok, engine)
+    async with http:
+        checker = connection_checker(adapter)
+        assert (checker is not None) == cls.capabilities.connection_check
+        poller = task_poller(adapter)
+        assert (poller is not None) == cls.capabilities.task_outcomes
+    # The catalog the UI shows says which operations a channel has.
+    caps = next(a for a in channels_service.adapter_catalog() if a["name"] == name)
+    assert caps["capabilities"]["connection_check"] == cls.capabilities.connection_check
+    assert caps["capabilities"]["task_outcomes"] == cls.capabilities.task_outcomes

@@ -72,3 +72,20 @@ def test_the_runtime_client_uses_it():
     assert len(client._transport._shards) == 3
     with pytest.raises(ValueError):
         ShardedTransport(shards=0)
+
+
+async def test_request_log_lines_do_not_show_credentials_in_urls(caplog) -> None:
+    """httpx logs each request's URL; the group bot's key and WeCom's secret are
+    in the query, a password may be in the user info."""
+    async with channel_http_client() as http:
+        http._transport = httpx.MockTransport(lambda r: httpx.Response(200))  # no network
+        with caplog.at_level("INFO", logger="httpx"):
+            await http.post("https://qyapi.example.test/cgi-bin/webhook/send?key=robot-KEY-1")
+            await http.get("https://qyapi.example.test/gettoken?corpid=ww1&corpsecret=CORP-S-2")
+            await http.post("https://user:PASS-3@hooks.example.test/in")
+    text = caplog.text
+    assert "qyapi.example.test/cgi-bin/webhook/send?key=**********" in text
+    assert "https://user:**********@hooks.example.test/in" in text
+    assert "corpid=**********&corpsecret=**********" in text
+    for secret in ("robot-KEY-1", "CORP-S-2", "PASS-3"):
+        assert secret not in text

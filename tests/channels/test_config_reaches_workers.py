@@ -1,0 +1,191 @@
+"""A channel change reaches every running process, without a restart.
+
+Two real ``sopbot worker`` processes on a PostgreSQL database of their own send
+through a mock channel; the operator then disables it, edits its config and
+re-enables it from another process (this one, through the channel service, as
+the API does). Each change must hold in both workers within a few seconds
+(``channels.registry.REFRESH_SECONDS`` plus a batch); the mock channel's own
+record of what it received is the witness.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pgtools import drop_database, fresh_database, private_name, require_postgres
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+
+from benchmarks.scaleout import (
+    add_mock_channel,
+    db_upgrade,
+    seed_parked,
+    wait_until,
+    worker_totals,
+    workers,
+)
+from channels import service as channels_service
+from channels.models import ChannelInstance, MockMessage
+from channels.registry import REFRESH_SECONDS, ensure_instance
+from scheduler.outbox.models import Delivery
+from sopbot.db import make_engine, session_scope
+
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[2]
+DATABASE = private_name("sopbot_channel_reach")
+CHANNEL = "shop"
+PER_PHASE = 120
+# What "within a few seconds" means here: the pool's refresh plus a batch in hand.
+TAKES_EFFECT_S = REFRESH_SECONDS + 2.0
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    require_postgres()
+    url = fresh_database(DATABASE)
+    db_upgrade(url, ROOT)
+    yield url
+    drop_database(DATABASE)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+def _release(engine: Engine, template_id: int) -> None:
+    """Make one template's parked deliveries due now."""
+    at = func.now()
+    with engine.begin() as conn:
+        conn.execute(
+            update(Delivery)
+            .where(Delivery.template_id == template_id)  # type: ignore[arg-type]
+            .values(due_at=at, run_at=at)
+        )
+
+
+def _outcomes(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
+    """(status, reason) -> count for one template's deliveries."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Delivery.status, Delivery.reason, func.count())  # type: ignore[call-overload]
+            .where(Delivery.template_id == template_id)
+            .group_by(Delivery.status, Delivery.reason)
+        ).all()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def _statuses(outcomes: dict[tuple[str, str | None], int]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for (status, _), n in outcomes.items():
+        counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+def _settled(engine: Engine, template_id: int) -> bool:
+    return all(status in ("sent", "failed") for status, _ in _outcomes(engine, template_id))
+
+
+def _received(engine: Engine, template_id: int) -> int:
+    """How many of this template's deliveries the mock channel received."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(MockMessage)
+                .join(Delivery, Delivery.id == MockMessage.delivery_id)  # type: ignore[arg-type]
+                .where(Delivery.template_id == template_id)  # type: ignore[arg-type]
+            ).scalar_one()
+        )
+
+
+def _change(engine: Engine, **patch: Any) -> None:
+    with session_scope(engine) as session:
+        channels_service.update_instance(
+            session, CHANNEL, channels_service.ChannelInstanceUpdate(**patch)
+        )
+
+
+def _phase(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
+    _release(engine, template_id)
+    try:
+        wait_until(lambda: _settled(engine, template_id), 60, interval=0.2, what="settled")
+    except TimeoutError as exc:
+        raise AssertionError(f"not settled: {_outcomes(engine, template_id)}") from exc
+    return _outcomes(engine, template_id)
+
+
+def test_disable_and_edit_reach_both_workers_without_restart(
+    pg_url: str, pg_engine: Engine, tmp_path: Path
+) -> None:
+    add_mock_channel(pg_engine, CHANNEL, latency_ms=5, max_batch=10)
+    phases = [seed_parked(pg_engine, PER_PHASE, CHANNEL, prefix=f"wm_p{i}") for i in range(4)]
+    before, disabled, edited, restored = phases
+
+    with workers(pg_url, pg_engine, 2, tmp_path, claim_batch_size=10) as procs:
+        # Both workers build their adapter from the first config and send.
+        assert _statuses(_phase(pg_engine, before)) == {"sent": PER_PHASE}
+        assert _received(pg_engine, before) == PER_PHASE
+
+        # Disabled in another process: neither worker sends through it any more.
+        _change(pg_engine, enabled=False)
+        time.sleep(TAKES_EFFECT_S)
+        outcomes = _phase(pg_engine, disabled)
+        assert _received(pg_engine, disabled) == 0
+        assert outcomes == {("failed", f"channel instance {CHANNEL!r} is disabled"): PER_PHASE}
+
+        # Enabled with a new config: the next sends use it (this mock now refuses).
+        _change(pg_engine, enabled=True, config={"fail_mode": "permanent"})
+        time.sleep(TAKES_EFFECT_S)
+        outcomes = _phase(pg_engine, edited)
+        assert _received(pg_engine, edited) == 0
+        assert outcomes == {("failed", "mock: simulated permanent error"): PER_PHASE}
+
+        # And back: sent again, by both workers, still without a restart.
+        _change(pg_engine, config={"fail_mode": "none"})
+        time.sleep(TAKES_EFFECT_S)
+        assert _statuses(_phase(pg_engine, restored)) == {"sent": PER_PHASE}
+        assert _received(pg_engine, restored) == PER_PHASE
+
+        assert all(p.alive() for p in procs)
+    totals = worker_totals(pg_engine)
+    assert sorted(totals) == ["w1", "w2"]
+    assert all(t["claimed"] > 0 for t in totals.values()), totals
+
+
+def test_many_processes_create_the_default_channel_at_once(pg_engine: Engine) -> None:
+    """Start-up on a new database: every process ensures the ``mock`` channel;
+    all of them succeed and there is one row."""
+    n = 8
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+    names: list[str] = []
+
+    def start() -> None:
+        try:
+            barrier.wait(timeout=30)
+            with session_scope(pg_engine) as session:
+                names.append(ensure_instance(session, "mock", "mock").name)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert names == ["mock"] * n
+    with pg_engine.connect() as conn:
+        rows = conn.execute(
+            select(func.count()).select_from(ChannelInstance).where(ChannelInstance.name == "mock")  # type: ignore[arg-type]
+        ).scalar_one()
+    assert rows == 1
