@@ -13,12 +13,14 @@ DST rules (documented in the README, tested in tests/sop_templates/test_timing.p
 a local time that does not exist (inside a spring-forward gap) is moved forward
 by the length of the gap (02:30 → 03:30); a local time that happens twice (in a
 fall-back overlap) means the first, earlier instant. Both are what ``zoneinfo``
-gives with ``fold=0``; we rely on it deliberately.
+gives with ``fold=0``; we rely on it deliberately. Cron follows the same rule per
+local calendar day (``cron_occurrences``): each matching wall time fires once.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -161,10 +163,7 @@ class CronTiming(BaseModel):
             raise ValueError(
                 f"cron {value!r} needs 5 fields (minute hour day month weekday), got {len(fields)}"
             )
-        try:
-            _cron_trigger(value, ZoneInfo("UTC"))
-        except ValueError as exc:
-            raise ValueError(f"cron {value!r} is not valid: {exc}") from exc
+        _check_cron(value)
         return value
 
     @model_validator(mode="after")
@@ -173,15 +172,8 @@ class CronTiming(BaseModel):
             raise ValueError("cron end must be after its start")
         return self
 
-    def trigger(self, zone: ZoneInfo) -> CronTrigger:
-        return _cron_trigger(self.cron, zone, self.start, self.end)
-
     def describe(self) -> str:
         return f"cron {self.cron}"
-
-
-def _as_local(value: datetime, zone: ZoneInfo) -> datetime:
-    return value.replace(tzinfo=zone) if value.tzinfo is None else value
 
 
 _DOW_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -222,9 +214,19 @@ def _dow_number(token: str) -> int:
     raise ValueError(f"day-of-week {token!r} must be 0-7 or sun..sat")
 
 
-def _cron_trigger(
-    expr: str, zone: ZoneInfo, start: datetime | None = None, end: datetime | None = None
-) -> CronTrigger:
+@lru_cache(maxsize=1024)
+def _check_cron(value: str) -> None:
+    try:
+        _cron_trigger(value, ZoneInfo("UTC"))
+        _wall_times(value)
+    except ValueError as exc:
+        raise ValueError(f"cron {value!r} is not valid: {exc}") from exc
+    if cron_never_fires(value):
+        raise ValueError(f"cron {value!r} never fires: no calendar has such a day")
+
+
+def _cron_trigger(expr: str, zone: ZoneInfo) -> CronTrigger:
+    """APScheduler's reading of the expression: used to check its syntax."""
     minute, hour, day, month, dow = expr.split(" ")
     return CronTrigger(
         minute=minute,
@@ -233,9 +235,89 @@ def _cron_trigger(
         month=month,
         day_of_week=_crontab_dow(dow),
         timezone=zone,
-        start_date=_as_local(start, zone) if start else None,
-        end_date=_as_local(end, zone) if end else None,
     )
+
+
+# -- cron by local calendar day ------------------------------------------------------
+#
+# A cron expression names wall-clock times on calendar days. Chaining a zone-aware
+# trigger through a DST change finds a fall-back time twice (and loops on it) and
+# a spring-forward time never; instead the days are matched in UTC (where no day
+# has a gap or an overlap) and each day's wall times are turned into instants by
+# ``local_to_utc`` -- the rule every one-off time follows.
+
+_NO_DST = ZoneInfo("UTC")
+_ITEM = re.compile(r"^(?:(\*)|(\d+)(?:-(\d+))?)(?:/(\d+))?$")
+
+
+def _clock_field(text: str, top: int, name: str) -> tuple[int, ...]:
+    """The values of a minute (``top`` 59) or hour (23) field: ``*``, ``*/n``,
+    ``a``, ``a-b``, ``a-b/n``, and lists of these."""
+    values: set[int] = set()
+    for item in text.split(","):
+        match = _ITEM.match(item)
+        if not match:
+            raise ValueError(f"{name} {item!r} is not a number, range or step")
+        star, first, last, step_text = match.groups()
+        step = int(step_text) if step_text else 1
+        lo = 0 if star else int(first)
+        hi = top if star or (step_text and last is None) else int(last or first)
+        if step < 1 or lo > hi or hi > top:
+            raise ValueError(f"{name} {item!r} is outside 0-{top}")
+        values.update(range(lo, hi + 1, step))
+    return tuple(sorted(values))
+
+
+@lru_cache(maxsize=1024)
+def _wall_times(expr: str) -> tuple[time, ...]:
+    """Every wall-clock time of a day the expression fires at, in order."""
+    minute, hour = expr.split(" ")[:2]
+    minutes = _clock_field(minute, 59, "minute")
+    return tuple(time(h, m) for h in _clock_field(hour, 23, "hour") for m in minutes)
+
+
+@lru_cache(maxsize=1024)
+def _day_trigger(expr: str, years: str | None = None) -> CronTrigger:
+    """Fires at 00:00 UTC on every calendar day the expression's day fields match."""
+    _, _, day, month, dow = expr.split(" ")
+    return CronTrigger(
+        year=years,
+        minute=0,
+        hour=0,
+        day=day,
+        month=month,
+        day_of_week=_crontab_dow(dow),
+        timezone=_NO_DST,
+    )
+
+
+def cron_never_fires(expr: str) -> bool:
+    """True for a day combination no calendar has (``0 11 31 2 *``). Weekdays and
+    leap days repeat every 28 years, so one such stretch is searched."""
+    probe = _day_trigger(expr, "2028-2056")
+    return probe.get_next_fire_time(None, datetime(2028, 1, 1, tzinfo=_NO_DST)) is None
+
+
+def _matching_days(expr: str, first: date, last: date) -> list[date]:
+    every_day = expr.split(" ")[2:] == ["*", "*", "*"]
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    if every_day:
+        return days
+    return [day for day in days if day in _days_of_year(expr, day.year)]
+
+
+@lru_cache(maxsize=256)
+def _days_of_year(expr: str, year: int) -> frozenset[date]:
+    """The calendar days of ``year`` the expression's day fields match."""
+    trigger, days = _day_trigger(expr), set()
+    cursor = datetime(year, 1, 1, tzinfo=_NO_DST)
+    previous: datetime | None = None
+    while (fire := trigger.get_next_fire_time(previous, cursor)) is not None:
+        if fire.year != year:
+            break
+        days.add(fire.date())
+        previous, cursor = fire, fire + timedelta(days=1)
+    return frozenset(days)
 
 
 Timing = Annotated[OffsetTiming | DayAtTiming | AtTiming | CronTiming, Field(discriminator="kind")]
@@ -293,22 +375,49 @@ def _day_at(local_date: date, day: int, at: str, zone: ZoneInfo) -> datetime:
     return local_to_utc(datetime.combine(target, parse_hhmm(at)), zone)
 
 
+# A wall time's instant is at most this far from the instant whose local reading it
+# is (UTC offsets lie within -12h..+14h; a DST gap or overlap is at most a day).
+_WALL_MARGIN = timedelta(hours=27)
+
+
 def cron_occurrences(
     timing: CronTiming, zone: ZoneInfo, after: datetime, until: datetime, limit: int = 100_000
 ) -> list[datetime]:
-    """Cron fire times in (after, until], as UTC instants, computed by APScheduler's
-    own ``CronTrigger`` (DST-correct in the template zone)."""
-    trigger = timing.trigger(zone)
-    out: list[datetime] = []
-    previous: datetime | None = None
-    cursor = after + timedelta(microseconds=1)
-    while len(out) < limit:
-        fire = trigger.get_next_fire_time(previous, cursor)
-        if fire is None or fire > until:
-            break
-        fire_utc = fire.astimezone(UTC)
-        if fire_utc > after:
-            out.append(fire_utc)
-        previous = fire
-        cursor = fire + timedelta(seconds=1)
-    return out
+    """Cron fire times in (after, until], as UTC instants, earliest first.
+
+    Computed per local calendar day in ``zone``: every matching wall time of a
+    matching day fires once, by the rule of one-off times (a time that happens
+    twice fires at its first instant; a time inside a spring-forward gap is moved
+    forward by the gap, and two times moved onto the same instant fire once).
+    The work is bounded by the days and wall times in the window, whatever the zone.
+    """
+    if until <= after:
+        return []
+    low, high = after, until
+    if timing.start is not None:
+        low = max(low, _instant(timing.start, zone) - timedelta(microseconds=1))
+    if timing.end is not None:
+        high = min(high, _instant(timing.end, zone))
+    if high <= low:
+        return []
+    wall_low = low.astimezone(UTC).replace(tzinfo=None) - _WALL_MARGIN
+    wall_high = high.astimezone(UTC).replace(tzinfo=None) + _WALL_MARGIN
+    times = _wall_times(timing.cron)
+    found: set[datetime] = set()
+    last_day: date | None = None
+    for day in _matching_days(timing.cron, wall_low.date(), wall_high.date()):
+        if last_day is not None and len(found) >= limit and day > last_day + timedelta(days=2):
+            break  # later days cannot come before what is already found
+        first = bisect_left(times, wall_low.time()) if day == wall_low.date() else 0
+        stop = bisect_right(times, wall_high.time()) if day == wall_high.date() else len(times)
+        for clock in times[first:stop]:
+            instant = local_to_utc(datetime.combine(day, clock), zone)
+            if low < instant <= high:
+                found.add(instant)
+        if len(found) >= limit and last_day is None:
+            last_day = day
+    return sorted(found)[:limit]
+
+
+def _instant(value: datetime, zone: ZoneInfo) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else local_to_utc(value, zone)
