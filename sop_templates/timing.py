@@ -29,6 +29,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Every timing must be computable: nothing falls due more than ten years after its
+# anchor, and dates lie in a range every instant (plus grace) can be stored in.
+MAX_AHEAD = timedelta(days=3660)
+EARLIEST = datetime(1970, 1, 1)
+LATEST = datetime(2199, 12, 31)
+
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
 
@@ -45,6 +51,14 @@ def parse_duration(text: str) -> timedelta:
     if not raw or not match:
         raise ValueError(f"offset {text!r} is not a duration like 0m, 3h, 2d or 1d6h")
     parts = {k: int(v) for k, v in match.groupdict().items() if v}
+    seconds = (
+        parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600 + parts.get("m", 0) * 60
+    ) + parts.get("s", 0)
+    if seconds > MAX_AHEAD.total_seconds():
+        raise ValueError(
+            f"offset {text!r} is more than ten years ({MAX_AHEAD.days}d); "
+            "a touchpoint must fall due within that"
+        )
     return timedelta(
         days=parts.get("d", 0),
         hours=parts.get("h", 0),
@@ -81,6 +95,18 @@ def _zone(name: str) -> ZoneInfo:
     if not name or "/" not in name and name not in {"UTC"}:
         raise ValueError(name)
     return ZoneInfo(name)
+
+
+def in_range(value: datetime, what: str) -> datetime:
+    """``value`` if it lies between 1970 and 2199 (so it can be computed with and
+    stored), else a ValueError naming ``what``."""
+    naive = value.replace(tzinfo=None)
+    if not EARLIEST <= naive <= LATEST:
+        raise ValueError(
+            f"{what} {value.isoformat(timespec='minutes')} is outside "
+            f"{EARLIEST.year}-{LATEST.year}; no touchpoint can be computed from it"
+        )
+    return value
 
 
 def parse_hhmm(text: str) -> time:
@@ -125,8 +151,8 @@ class DayAtTiming(BaseModel):
     def _day_positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"day {value} does not exist: day 1 is the anchor's own date")
-        if value > 3660:
-            raise ValueError(f"day {value} is more than ten years away")
+        if value > MAX_AHEAD.days:
+            raise ValueError(f"day {value} is more than ten years ({MAX_AHEAD.days} days) away")
         return value
 
     @field_validator("at")
@@ -142,6 +168,11 @@ class AtTiming(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["at"] = "at"
     at: datetime = Field(description="local date-time in the template zone (or with an offset)")
+
+    @field_validator("at")
+    @classmethod
+    def _at_in_range(cls, value: datetime) -> datetime:
+        return in_range(value, "at")
 
     def describe(self) -> str:
         return f"at {self.at.isoformat(timespec='minutes')}"
@@ -165,6 +196,11 @@ class CronTiming(BaseModel):
             )
         _check_cron(value)
         return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _bound_in_range(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else in_range(value, "cron start/end")
 
     @model_validator(mode="after")
     def _ordered(self) -> CronTiming:
@@ -358,6 +394,18 @@ def due_at(
     timing: OffsetTiming | DayAtTiming | AtTiming, anchor_at: datetime, zone: ZoneInfo
 ) -> datetime:
     """The UTC instant a one-off touchpoint falls due for a target anchored at ``anchor_at``."""
+    try:
+        return _due_at(timing, anchor_at, zone)
+    except OverflowError:
+        raise ValueError(
+            f"anchor {anchor_at.isoformat(timespec='minutes')} is too far in the future "
+            f"for {timing.describe()}"
+        ) from None
+
+
+def _due_at(
+    timing: OffsetTiming | DayAtTiming | AtTiming, anchor_at: datetime, zone: ZoneInfo
+) -> datetime:
     if isinstance(timing, OffsetTiming):
         return anchor_at + timing.delta
     if isinstance(timing, DayAtTiming):

@@ -41,6 +41,24 @@ CASES = [
         "Field required",
     ),
     ({**new_friend_spec(), "anchor": "fixed"}, "template", "needs start_at"),
+    # every published timing must be computable (+3000000d once overflowed at enroll)
+    (_with_touchpoint(timing="+3000000d"), "touchpoints[0].timing.offset", "more than ten years"),
+    (_with_touchpoint(timing="+99999999999d"), "touchpoints[0].timing.offset", "ten years"),
+    (_with_touchpoint(timing="day 4000 09:00"), "touchpoints[0].timing.day", "ten years"),
+    (_with_touchpoint(grace="3000000d"), "touchpoints[0].grace", "ten years"),
+    (_with_touchpoint(timing="at 9999-12-31 23:00"), "touchpoints[0].timing.at", "outside"),
+    (
+        _with_touchpoint(timing={"cron": "0 11 * * *", "end": "9999-12-31T00:00"}),
+        "touchpoints[0].timing.end",
+        "outside",
+    ),
+    (
+        {**new_friend_spec(), "anchor": "fixed", "start_at": "9999-01-01T00:00"},
+        "start_at",
+        "outside",
+    ),
+    (_with_touchpoint(timing="cron 0 11 31 2 *"), "touchpoints[0].timing.cron", "never fires"),
+    (_with_touchpoint(timing="cron 0 11 30 2 *"), "touchpoints[0].timing.cron", "never fires"),
     ({**new_friend_spec(), "target": "planet"}, "target", "'contact' or 'group'"),
 ]
 
