@@ -92,7 +92,8 @@ def get_zone(name: str) -> ZoneInfo:
 
 @lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
-    if not name or "/" not in name and name not in {"UTC"}:
+    """Any key ``zoneinfo`` accepts: ``Asia/Shanghai``, ``UTC``, ``GMT``, ``EST5EDT``."""
+    if not name or name != name.strip():
         raise ValueError(name)
     return ZoneInfo(name)
 
@@ -120,6 +121,25 @@ def local_to_utc(local: datetime, zone: ZoneInfo) -> datetime:
     """A wall-clock time in ``zone`` → the UTC instant, with the DST rules above."""
     aware = local.replace(tzinfo=zone, fold=0)
     return aware.astimezone(UTC)
+
+
+def as_instant(value: datetime, zone: ZoneInfo) -> datetime:
+    """The one reading of a date-time everywhere (enroll API and CLI anchors,
+    timeline samples, ``at`` timings, fixed starts): with a UTC offset it is that
+    instant; without one it is wall-clock time in the template's ``zone``."""
+    return value.astimezone(UTC) if value.tzinfo is not None else local_to_utc(value, zone)
+
+
+def parse_instant(text: str, zone: ZoneInfo) -> datetime:
+    """``2027-03-01 21:30`` / ``2027-03-01T21:30:00+08:00`` → UTC, by :func:`as_instant`."""
+    try:
+        value = datetime.fromisoformat(str(text).strip().replace(" ", "T", 1))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a date-time like 2027-03-01 21:30 (template time) "
+            "or 2027-03-01T21:30:00+08:00"
+        ) from None
+    return as_instant(value, zone)
 
 
 class OffsetTiming(BaseModel):
@@ -412,8 +432,7 @@ def _due_at(
         local_date = anchor_at.astimezone(zone).date()
         return _day_at(local_date, timing.day, timing.at, zone)
     if isinstance(timing, AtTiming):
-        value = timing.at
-        return value.astimezone(UTC) if value.tzinfo else local_to_utc(value, zone)
+        return as_instant(timing.at, zone)
     raise TypeError(f"{timing!r} has no single due time")
 
 
@@ -443,9 +462,9 @@ def cron_occurrences(
         return []
     low, high = after, until
     if timing.start is not None:
-        low = max(low, _instant(timing.start, zone) - timedelta(microseconds=1))
+        low = max(low, as_instant(timing.start, zone) - timedelta(microseconds=1))
     if timing.end is not None:
-        high = min(high, _instant(timing.end, zone))
+        high = min(high, as_instant(timing.end, zone))
     if high <= low:
         return []
     wall_low = low.astimezone(UTC).replace(tzinfo=None) - _WALL_MARGIN
@@ -465,7 +484,3 @@ def cron_occurrences(
         if len(found) >= limit and last_day is None:
             last_day = day
     return sorted(found)[:limit]
-
-
-def _instant(value: datetime, zone: ZoneInfo) -> datetime:
-    return value.astimezone(UTC) if value.tzinfo else local_to_utc(value, zone)

@@ -106,3 +106,14 @@ def test_sandbox_also_holds_at_send_time():
 def test_attributes_are_per_contact_and_not_required_at_validation():
     spec = parse_spec(_with_touchpoint(content="{{ contact.attributes.city }}，你好"))
     assert spec.touchpoints[0].content[0].text.endswith("你好")
+
+
+@pytest.mark.parametrize("zone", ["GMT", "EST5EDT", "UTC", "Etc/GMT-8", "America/Santiago"])
+def test_every_zone_name_zoneinfo_accepts_is_accepted(zone):
+    assert parse_spec({**new_friend_spec(), "timezone": zone}).timezone == zone
+
+
+@pytest.mark.parametrize("zone", ["", " Asia/Shanghai", "../etc/passwd", "/etc/localtime"])
+def test_zone_names_that_are_not_keys_are_refused(zone):
+    with pytest.raises(TemplateValidationError, match="unknown time zone"):
+        parse_spec({**new_friend_spec(), "timezone": zone})
