@@ -19,7 +19,6 @@ from sop_templates.sandbox import (
     BudgetedEnvironment,
     RenderBudgetError,
     RenderError,
-    budget,
     render_within,
 )
 from sop_templates.schemas import RENDERED_FIELDS, TemplateSpec
@@ -61,9 +60,7 @@ def render_string(
             )
         return source
     try:
-        template = _compile(source)
-        with budget(seconds, max_chars) as limit:
-            return render_within(template, context, limit)
+        return render_within(_compile(source), context, seconds, max_chars)
     except RenderError:
         raise
     except TemplateSyntaxError as exc:

@@ -14,7 +14,7 @@ tricks; on top of it this environment:
 * stops streaming output once a part is longer than its budget.
 
 Everything runs in the rendering thread: the budget is a ``ContextVar`` set by
-:func:`budget`, so concurrent renders in other threads keep their own.
+:func:`render_within`, so concurrent renders in other threads keep their own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -97,17 +96,6 @@ class Budget:
 
 
 _current: ContextVar[Budget | None] = ContextVar("sopbot_render_budget", default=None)
-
-
-@contextmanager
-def budget(seconds: float, max_chars: int) -> Iterator[Budget]:
-    """Run the renders inside the ``with`` under one budget."""
-    active = Budget(seconds, max_chars, time.perf_counter() + seconds)
-    token = _current.set(active)
-    try:
-        yield active
-    finally:
-        _current.reset(token)
 
 
 # -- prechecks: refuse what would be too big before it is computed -------------------
@@ -251,22 +239,19 @@ def _guarded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Instrument(NodeTransformer):
-    """Loops iterate through ``environment.budget_iter``; ``~`` joins through
-    ``environment.budget_concat`` (names a template cannot shadow)."""
+    """Loops iterate through the ``budget_iter`` filter; ``~`` joins through
+    ``budget_concat`` (filters are called directly, not through the sandbox's
+    call checks, and cannot be redefined by a template)."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802 - visitor protocol
         self.generic_visit(node)
-        node.iter = _env_call("budget_iter", [node.iter], node.lineno)  # type: ignore[list-item]
+        node.iter = nodes.Filter(node.iter, "budget_iter", [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
         self.generic_visit(node)
-        return _env_call("budget_concat", list(node.nodes), node.lineno)
-
-
-def _env_call(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
-    target = nodes.EnvironmentAttribute(name, lineno=lineno)
-    return nodes.Call(target, args, [], None, None, lineno=lineno)
+        values = nodes.List(list(node.nodes), lineno=node.lineno)
+        return nodes.Filter(values, "budget_concat", [], [], None, None, lineno=node.lineno)
 
 
 class BudgetedEnvironment(ImmutableSandboxedEnvironment):
@@ -278,21 +263,12 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         super().__init__(optimized=False, **options)
         self.globals.pop("lipsum", None)  # filler text of any length
         self.filters = {name: _guarded_filter(name, f) for name, f in self.filters.items()}
+        self.filters["budget_iter"] = _budget_iter
+        self.filters["budget_concat"] = _budget_concat
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
         return _Instrument().visit(tree)  # type: ignore[no-any-return]
-
-    def budget_iter(self, iterable: Any) -> Any:
-        b = _current.get()
-        return iterable if b is None else b.counted(iterable)
-
-    def budget_concat(self, *values: Any) -> str:
-        texts = [str(v) for v in values]
-        b = _current.get()
-        if b is not None:
-            b.check_text(sum(map(len, texts)))
-        return "".join(texts)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         b = _current.get()
@@ -309,24 +285,36 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         _check_str_method(b, __obj, args, kwargs)
         return b.check_value(super().call(__context, __obj, *args, **kwargs))
 
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        b = _current.get()
-        if b is not None:
-            b.check_time()
-        return super().getattr(obj, attribute)
 
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        b = _current.get()
-        if b is not None:
-            b.check_time()
-        return super().getitem(obj, argument)
+def _budget_iter(iterable: Any) -> Any:
+    b = _current.get()
+    return iterable if b is None else b.counted(iterable)
 
 
-def render_within(template: Any, context: dict[str, Any], b: Budget) -> str:
-    """Stream ``template``'s output, stopping once it is longer than the budget."""
+@pass_context  # never folded while compiling
+def _budget_concat(context: Context, values: list[Any]) -> str:
+    texts = [str(v) for v in values]
+    b = _current.get()
+    if b is not None:
+        b.check_text(sum(map(len, texts)))
+    return "".join(texts)
+
+
+def render_within(template: Any, context: dict[str, Any], seconds: float, max_chars: int) -> str:
+    """Render ``template`` under a fresh budget, stopping once its output is
+    longer than ``max_chars`` or it runs past ``seconds``."""
+    b = Budget(seconds, max_chars, time.perf_counter() + seconds)
+    token = _current.set(b)
+    try:
+        return _stream(template, context, b)
+    finally:
+        _current.reset(token)
+
+
+def _stream(template: Any, context: dict[str, Any], b: Budget) -> str:
     out: list[str] = []
     length = 0
-    for piece in template.generate(context):
+    for piece in template.root_render_func(template.new_context(context)):
         length += len(piece)
         if length > b.max_chars:
             raise b.too_long(length)
