@@ -7,7 +7,7 @@ tricks; on top of it this environment:
 
 * checks the render's deadline at every loop iteration (``{% for %}`` is rewritten
   to iterate through :meth:`BudgetedEnvironment.budget_iter`), every call
-  (functions, methods, macros -- so recursion too), attribute, item and filter;
+  (functions, methods, macros -- so recursion too) and filter;
 * refuses, before computing them, values longer than the size budget: string and
   list multiplication, ``+``, ``~``, ``%`` formatting, padding methods and
   filters (``center``, ``indent``, ``join``, ``replace``, ...) and huge numbers;
