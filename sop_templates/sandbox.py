@@ -6,7 +6,7 @@ hang a worker or fill its memory. The immutable sandbox already refuses attribut
 tricks; on top of it this environment:
 
 * checks the render's deadline at every loop iteration (``{% for %}`` is rewritten
-  to iterate through :meth:`BudgetedEnvironment.budget_iter`), every call
+  to iterate through the ``budget_iter`` filter), every call
   (functions, methods, macros -- so recursion too) and filter;
 * refuses, before computing them, values longer than the size budget: string and
   list multiplication, ``+``, ``~``, ``%`` formatting, padding methods and
