@@ -370,7 +370,6 @@ def template_enroll(
     from audiences import service as audiences_service
     from scheduler.outbox import service as scheduler_service
     from sop_templates import service
-    from sopbot.clock import ensure_utc
     from sopbot.db import session_scope
 
     engine, clock, _ = _engine_and_clock()
@@ -386,7 +385,7 @@ def template_enroll(
             for key in targets:
                 target = finder(session, key)
                 assert target.id is not None  # a stored row
-                pairs.append((target.id, ensure_utc(anchor) if anchor else target.joined_at))
+                pairs.append((target.id, anchor or target.joined_at))  # naive: template time
             result = scheduler_service.enroll(session, found, pairs, clock.now())
     except (service.TemplateError, service.NotFound, audiences_service.NotFound, ValueError) as exc:
         _fail(str(exc))

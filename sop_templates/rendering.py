@@ -8,23 +8,24 @@ error, not an empty string in a customer's chat.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from sop_templates.sandbox import (
+    BudgetedEnvironment,
+    RenderBudgetError,
+    RenderError,
+    render_within,
+)
 from sop_templates.schemas import RENDERED_FIELDS, TemplateSpec
 
+__all__ = ["RenderBudgetError", "RenderError", "render_parts", "render_string"]
 
-class RenderError(ValueError):
-    """Content could not be rendered; the message says where and why."""
-
-
-_env = ImmutableSandboxedEnvironment(
-    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-)
+_env = BudgetedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 @lru_cache(maxsize=4096)
@@ -37,19 +38,80 @@ def _compile(source: str) -> Any:
     return template
 
 
-def render_string(source: str, context: dict[str, Any]) -> str:
+@lru_cache(maxsize=1)
+def default_limits() -> tuple[float, int]:
+    """(seconds, characters) one part's render may take, from the settings."""
+    from sopbot.settings import Settings
+
+    settings = Settings()
+    return settings.render_budget_ms / 1000, settings.render_max_chars
+
+
+def render_string(
+    source: str, context: dict[str, Any], *, limits: tuple[float, int] | None = None
+) -> str:
+    """Render one field within its time and size budget (``limits`` or the settings')."""
+    seconds, max_chars = limits or default_limits()
     if "{" not in source:  # fast path: nothing to render
+        if len(source) > max_chars:
+            raise RenderBudgetError(
+                f"内容过长：超过 {max_chars:,} 个字符的上限 (text is {len(source):,} "
+                f"characters, over the {max_chars:,} character budget of one message part)"
+            )
         return source
     try:
-        return str(_compile(source).render(context))
+        return render_within(_compile(source), context, seconds, max_chars)
+    except RenderError:
+        raise
     except TemplateSyntaxError as exc:
         raise RenderError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
     except SecurityError as exc:
         raise RenderError(f"not allowed in a message template: {exc}") from exc
     except UndefinedError as exc:
-        raise RenderError(f"undefined variable: {exc.message}") from exc
+        raise RenderError(_undefined_message(source, exc)) from exc
+    except RecursionError as exc:
+        raise RenderError("渲染递归过深 (a macro or loop calls itself too deeply)") from exc
     except Exception as exc:  # noqa: BLE001 - any filter/runtime error is the content's fault
         raise RenderError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _undefined_message(source: str, exc: UndefinedError) -> str:
+    """``'dict object' has no attribute 'nmae'`` as an operator reads it:
+    ``未定义的变量 contact.nmae (undefined variable contact.nmae)``."""
+    text = str(exc.message or exc)
+    missing = text.rsplit("'", 2)[-2] if text.count("'") >= 2 else ""
+    if "has no attribute" in text or "no element" in text:
+        paths = sorted(_paths_ending(source, missing))
+        name = " / ".join(paths) or missing
+        return f"未定义的变量 {name}：没有这个字段 (undefined variable: {name} has no field {missing!r})"
+    if " is undefined" in text:
+        return f"未定义的变量 {missing} (undefined variable: {text})"
+    return f"未定义的变量 (undefined variable: {text})"
+
+
+def _paths_ending(source: str, attribute: str) -> set[str]:
+    """Dotted paths in ``source`` whose last part is ``attribute`` (``contact.nmae``)."""
+    try:
+        tree = _env.parse(source)
+    except TemplateSyntaxError:
+        return set()
+    found = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        last = node.attr if isinstance(node, nodes.Getattr) else getattr(node, "arg", None)
+        last = getattr(last, "value", last)
+        if last == attribute:
+            found.add(_dotted(node))
+    return found
+
+
+def _dotted(node: nodes.Node) -> str:
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        return f"{_dotted(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem):
+        return f"{_dotted(node.node)}.{getattr(node.arg, 'value', '?')}"
+    return "…"
 
 
 def render_parts(parts: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]]:
@@ -89,6 +151,7 @@ def sample_context(spec: TemplateSpec, touchpoint_name: str = "touchpoint") -> d
         template_name=spec.name,
         touchpoint_name=touchpoint_name,
         account={"external_id": "staff_sample", "name": "客服小王"},
+        extra={"due_at": datetime(2027, 3, 2, 12, 0)},
     )
 
 
@@ -115,30 +178,43 @@ def build_context(
     return context
 
 
-def validate_content(spec: TemplateSpec) -> list[tuple[str, str]]:
-    """Render every touchpoint against the sample context.
+def validate_content(
+    spec: TemplateSpec, targets: list[dict[str, Any]] | None = None
+) -> list[tuple[str, str]]:
+    """Render every touchpoint against the sample context, then against each of
+    ``targets`` (a few real contacts or groups of the segment, as
+    ``audiences`` renders them), each part within its budget.
 
     Returns ``(location, message)`` pairs, e.g.
-    ``("touchpoints[1].content[0].text", "undefined variable: 'coupon' is undefined")``.
+    ``("touchpoints[1].content[0].text", "未定义的变量 coupon (undefined variable: ...)")``.
     Attributes (``contact.attributes.city``) are per contact, so an undefined
-    *attribute* is not an error here; anything else undefined is.
+    *attribute* is not an error against the sample; anything else undefined is.
     """
     problems: list[tuple[str, str]] = []
     for i, touchpoint in enumerate(spec.touchpoints):
-        context = sample_context(spec, touchpoint.name)
+        sample = sample_context(spec, touchpoint.name)
         for key in ("contact", "group", "target"):
-            if context.get(key) is not None:
-                context[key] = {**context[key], "attributes": _AnyAttributes()}
+            if sample.get(key) is not None:
+                sample[key] = {**sample[key], "attributes": _AnyAttributes()}
+        contexts = [(sample, "")]
+        for target in targets or ():
+            real = {**sample, "target": target, spec.target: target}
+            contexts.append(
+                (real, f" (for {spec.target} {target.get('name') or target.get('id')})")
+            )
         for j, part in enumerate(touchpoint.content):
             raw = part.model_dump()
             for field in RENDERED_FIELDS[raw["kind"]]:
                 value = raw.get(field)
                 if not isinstance(value, str):
                     continue
-                try:
-                    render_string(value, context)
-                except RenderError as exc:
-                    problems.append((f"touchpoints[{i}].content[{j}].{field}", str(exc)))
+                for context, whom in contexts:
+                    try:
+                        render_string(value, context)
+                    except RenderError as exc:
+                        where = f"touchpoints[{i}].content[{j}].{field}"
+                        problems.append((where, f"{exc}{whom}"))
+                        break
     return problems
 
 

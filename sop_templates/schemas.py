@@ -17,6 +17,7 @@ from sop_templates.timing import (
     Timing,
     format_duration,
     get_zone,
+    in_range,
     parse_duration,
     parse_hhmm,
     parse_timing,
@@ -275,6 +276,11 @@ class TemplateSpec(BaseModel):
     frequency_cap: FrequencyCapSpec | None = Field(
         None, description="wecom_daily | wecom_weekly | wecom_monthly_days | {max, per} | off"
     )
+
+    @field_validator("start_at")
+    @classmethod
+    def _start_in_range(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else in_range(value, "start_at")
 
     @field_validator("timezone")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
+from sop_templates.checks import publish_problems
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.rendering import validate_content
 from sop_templates.schemas import TemplateSpec
@@ -146,6 +147,9 @@ def publish(session: Session, template_id: int, now: datetime) -> TemplateVersio
     if template.status == TemplateStatus.ARCHIVED:
         raise TemplateError(f"template {template.name!r} is archived and cannot be published")
     spec = parse_spec(template.draft)
+    problems = publish_problems(session, spec)  # real targets, channel limits
+    if problems:
+        raise TemplateValidationError(problems)
     last = session.exec(
         select(TemplateVersion)
         .where(TemplateVersion.template_id == template.id)

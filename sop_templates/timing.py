@@ -13,12 +13,14 @@ DST rules (documented in the README, tested in tests/sop_templates/test_timing.p
 a local time that does not exist (inside a spring-forward gap) is moved forward
 by the length of the gap (02:30 → 03:30); a local time that happens twice (in a
 fall-back overlap) means the first, earlier instant. Both are what ``zoneinfo``
-gives with ``fold=0``; we rely on it deliberately.
+gives with ``fold=0``; we rely on it deliberately. Cron follows the same rule per
+local calendar day (``cron_occurrences``): each matching wall time fires once.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -28,6 +30,12 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sopbot.ids import is_id
+
+# Every timing must be computable: nothing falls due more than ten years after its
+# anchor, and dates lie in a range every instant (plus grace) can be stored in.
+MAX_AHEAD = timedelta(days=3660)
+EARLIEST = datetime(1970, 1, 1)
+LATEST = datetime(2199, 12, 31)
 
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
@@ -45,6 +53,14 @@ def parse_duration(text: str) -> timedelta:
     if not raw or not match:
         raise ValueError(f"offset {text!r} is not a duration like 0m, 3h, 2d or 1d6h")
     parts = {k: int(v) for k, v in match.groupdict().items() if v}
+    seconds = (
+        parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600 + parts.get("m", 0) * 60
+    ) + parts.get("s", 0)
+    if seconds > MAX_AHEAD.total_seconds():
+        raise ValueError(
+            f"offset {text!r} is more than ten years ({MAX_AHEAD.days}d); "
+            "a touchpoint must fall due within that"
+        )
     return timedelta(
         days=parts.get("d", 0),
         hours=parts.get("h", 0),
@@ -78,9 +94,22 @@ def get_zone(name: str) -> ZoneInfo:
 
 @lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
-    if not name or "/" not in name and name not in {"UTC"}:
+    """Any key ``zoneinfo`` accepts: ``Asia/Shanghai``, ``UTC``, ``GMT``, ``EST5EDT``."""
+    if not name or name != name.strip():
         raise ValueError(name)
     return ZoneInfo(name)
+
+
+def in_range(value: datetime, what: str) -> datetime:
+    """``value`` if it lies between 1970 and 2199 (so it can be computed with and
+    stored), else a ValueError naming ``what``."""
+    naive = value.replace(tzinfo=None)
+    if not EARLIEST <= naive <= LATEST:
+        raise ValueError(
+            f"{what} {value.isoformat(timespec='minutes')} is outside "
+            f"{EARLIEST.year}-{LATEST.year}; no touchpoint can be computed from it"
+        )
+    return value
 
 
 def parse_hhmm(text: str) -> time:
@@ -94,6 +123,25 @@ def local_to_utc(local: datetime, zone: ZoneInfo) -> datetime:
     """A wall-clock time in ``zone`` → the UTC instant, with the DST rules above."""
     aware = local.replace(tzinfo=zone, fold=0)
     return aware.astimezone(UTC)
+
+
+def as_instant(value: datetime, zone: ZoneInfo) -> datetime:
+    """The one reading of a date-time everywhere (enroll API and CLI anchors,
+    timeline samples, ``at`` timings, fixed starts): with a UTC offset it is that
+    instant; without one it is wall-clock time in the template's ``zone``."""
+    return value.astimezone(UTC) if value.tzinfo is not None else local_to_utc(value, zone)
+
+
+def parse_instant(text: str, zone: ZoneInfo) -> datetime:
+    """``2027-03-01 21:30`` / ``2027-03-01T21:30:00+08:00`` → UTC, by :func:`as_instant`."""
+    try:
+        value = datetime.fromisoformat(str(text).strip().replace(" ", "T", 1))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a date-time like 2027-03-01 21:30 (template time) "
+            "or 2027-03-01T21:30:00+08:00"
+        ) from None
+    return as_instant(value, zone)
 
 
 class OffsetTiming(BaseModel):
@@ -125,8 +173,8 @@ class DayAtTiming(BaseModel):
     def _day_positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"day {value} does not exist: day 1 is the anchor's own date")
-        if value > 3660:
-            raise ValueError(f"day {value} is more than ten years away")
+        if value > MAX_AHEAD.days:
+            raise ValueError(f"day {value} is more than ten years ({MAX_AHEAD.days} days) away")
         return value
 
     @field_validator("at")
@@ -142,6 +190,11 @@ class AtTiming(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["at"] = "at"
     at: datetime = Field(description="local date-time in the template zone (or with an offset)")
+
+    @field_validator("at")
+    @classmethod
+    def _at_in_range(cls, value: datetime) -> datetime:
+        return in_range(value, "at")
 
     def describe(self) -> str:
         return f"at {self.at.isoformat(timespec='minutes')}"
@@ -163,11 +216,13 @@ class CronTiming(BaseModel):
             raise ValueError(
                 f"cron {value!r} needs 5 fields (minute hour day month weekday), got {len(fields)}"
             )
-        try:
-            _cron_trigger(value, ZoneInfo("UTC"))
-        except ValueError as exc:
-            raise ValueError(f"cron {value!r} is not valid: {exc}") from exc
+        _check_cron(value)
         return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _bound_in_range(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else in_range(value, "cron start/end")
 
     @model_validator(mode="after")
     def _ordered(self) -> CronTiming:
@@ -175,15 +230,8 @@ class CronTiming(BaseModel):
             raise ValueError("cron end must be after its start")
         return self
 
-    def trigger(self, zone: ZoneInfo) -> CronTrigger:
-        return _cron_trigger(self.cron, zone, self.start, self.end)
-
     def describe(self) -> str:
         return f"cron {self.cron}"
-
-
-def _as_local(value: datetime, zone: ZoneInfo) -> datetime:
-    return value.replace(tzinfo=zone) if value.tzinfo is None else value
 
 
 _DOW_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -224,9 +272,19 @@ def _dow_number(token: str) -> int:
     raise ValueError(f"day-of-week {token!r} must be 0-7 or sun..sat")
 
 
-def _cron_trigger(
-    expr: str, zone: ZoneInfo, start: datetime | None = None, end: datetime | None = None
-) -> CronTrigger:
+@lru_cache(maxsize=1024)
+def _check_cron(value: str) -> None:
+    try:
+        _cron_trigger(value, ZoneInfo("UTC"))
+        _wall_times(value)
+    except ValueError as exc:
+        raise ValueError(f"cron {value!r} is not valid: {exc}") from exc
+    if cron_never_fires(value):
+        raise ValueError(f"cron {value!r} never fires: no calendar has such a day")
+
+
+def _cron_trigger(expr: str, zone: ZoneInfo) -> CronTrigger:
+    """APScheduler's reading of the expression: used to check its syntax."""
     minute, hour, day, month, dow = expr.split(" ")
     return CronTrigger(
         minute=minute,
@@ -235,9 +293,89 @@ def _cron_trigger(
         month=month,
         day_of_week=_crontab_dow(dow),
         timezone=zone,
-        start_date=_as_local(start, zone) if start else None,
-        end_date=_as_local(end, zone) if end else None,
     )
+
+
+# -- cron by local calendar day ------------------------------------------------------
+#
+# A cron expression names wall-clock times on calendar days. Chaining a zone-aware
+# trigger through a DST change finds a fall-back time twice (and loops on it) and
+# a spring-forward time never; instead the days are matched in UTC (where no day
+# has a gap or an overlap) and each day's wall times are turned into instants by
+# ``local_to_utc`` -- the rule every one-off time follows.
+
+_NO_DST = ZoneInfo("UTC")
+_ITEM = re.compile(r"^(?:(\*)|(\d+)(?:-(\d+))?)(?:/(\d+))?$")
+
+
+def _clock_field(text: str, top: int, name: str) -> tuple[int, ...]:
+    """The values of a minute (``top`` 59) or hour (23) field: ``*``, ``*/n``,
+    ``a``, ``a-b``, ``a-b/n``, and lists of these."""
+    values: set[int] = set()
+    for item in text.split(","):
+        match = _ITEM.match(item)
+        if not match:
+            raise ValueError(f"{name} {item!r} is not a number, range or step")
+        star, first, last, step_text = match.groups()
+        step = int(step_text) if step_text else 1
+        lo = 0 if star else int(first)
+        hi = top if star or (step_text and last is None) else int(last or first)
+        if step < 1 or lo > hi or hi > top:
+            raise ValueError(f"{name} {item!r} is outside 0-{top}")
+        values.update(range(lo, hi + 1, step))
+    return tuple(sorted(values))
+
+
+@lru_cache(maxsize=1024)
+def _wall_times(expr: str) -> tuple[time, ...]:
+    """Every wall-clock time of a day the expression fires at, in order."""
+    minute, hour = expr.split(" ")[:2]
+    minutes = _clock_field(minute, 59, "minute")
+    return tuple(time(h, m) for h in _clock_field(hour, 23, "hour") for m in minutes)
+
+
+@lru_cache(maxsize=1024)
+def _day_trigger(expr: str, years: str | None = None) -> CronTrigger:
+    """Fires at 00:00 UTC on every calendar day the expression's day fields match."""
+    _, _, day, month, dow = expr.split(" ")
+    return CronTrigger(
+        year=years,
+        minute=0,
+        hour=0,
+        day=day,
+        month=month,
+        day_of_week=_crontab_dow(dow),
+        timezone=_NO_DST,
+    )
+
+
+def cron_never_fires(expr: str) -> bool:
+    """True for a day combination no calendar has (``0 11 31 2 *``). Weekdays and
+    leap days repeat every 28 years, so one such stretch is searched."""
+    probe = _day_trigger(expr, "2028-2056")
+    return probe.get_next_fire_time(None, datetime(2028, 1, 1, tzinfo=_NO_DST)) is None
+
+
+def _matching_days(expr: str, first: date, last: date) -> list[date]:
+    every_day = expr.split(" ")[2:] == ["*", "*", "*"]
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    if every_day:
+        return days
+    return [day for day in days if day in _days_of_year(expr, day.year)]
+
+
+@lru_cache(maxsize=256)
+def _days_of_year(expr: str, year: int) -> frozenset[date]:
+    """The calendar days of ``year`` the expression's day fields match."""
+    trigger, days = _day_trigger(expr), set()
+    cursor = datetime(year, 1, 1, tzinfo=_NO_DST)
+    previous: datetime | None = None
+    while (fire := trigger.get_next_fire_time(previous, cursor)) is not None:
+        if fire.year != year:
+            break
+        days.add(fire.date())
+        previous, cursor = fire, fire + timedelta(days=1)
+    return frozenset(days)
 
 
 Timing = Annotated[OffsetTiming | DayAtTiming | AtTiming | CronTiming, Field(discriminator="kind")]
@@ -278,14 +416,25 @@ def due_at(
     timing: OffsetTiming | DayAtTiming | AtTiming, anchor_at: datetime, zone: ZoneInfo
 ) -> datetime:
     """The UTC instant a one-off touchpoint falls due for a target anchored at ``anchor_at``."""
+    try:
+        return _due_at(timing, anchor_at, zone)
+    except OverflowError:
+        raise ValueError(
+            f"anchor {anchor_at.isoformat(timespec='minutes')} is too far in the future "
+            f"for {timing.describe()}"
+        ) from None
+
+
+def _due_at(
+    timing: OffsetTiming | DayAtTiming | AtTiming, anchor_at: datetime, zone: ZoneInfo
+) -> datetime:
     if isinstance(timing, OffsetTiming):
         return anchor_at + timing.delta
     if isinstance(timing, DayAtTiming):
         local_date = anchor_at.astimezone(zone).date()
         return _day_at(local_date, timing.day, timing.at, zone)
     if isinstance(timing, AtTiming):
-        value = timing.at
-        return value.astimezone(UTC) if value.tzinfo else local_to_utc(value, zone)
+        return as_instant(timing.at, zone)
     raise TypeError(f"{timing!r} has no single due time")
 
 
@@ -295,22 +444,45 @@ def _day_at(local_date: date, day: int, at: str, zone: ZoneInfo) -> datetime:
     return local_to_utc(datetime.combine(target, parse_hhmm(at)), zone)
 
 
+# A wall time's instant is at most this far from the instant whose local reading it
+# is (UTC offsets lie within -12h..+14h; a DST gap or overlap is at most a day).
+_WALL_MARGIN = timedelta(hours=27)
+
+
 def cron_occurrences(
     timing: CronTiming, zone: ZoneInfo, after: datetime, until: datetime, limit: int = 100_000
 ) -> list[datetime]:
-    """Cron fire times in (after, until], as UTC instants, computed by APScheduler's
-    own ``CronTrigger`` (DST-correct in the template zone)."""
-    trigger = timing.trigger(zone)
-    out: list[datetime] = []
-    previous: datetime | None = None
-    cursor = after + timedelta(microseconds=1)
-    while len(out) < limit:
-        fire = trigger.get_next_fire_time(previous, cursor)
-        if fire is None or fire > until:
-            break
-        fire_utc = fire.astimezone(UTC)
-        if fire_utc > after:
-            out.append(fire_utc)
-        previous = fire
-        cursor = fire + timedelta(seconds=1)
-    return out
+    """Cron fire times in (after, until], as UTC instants, earliest first.
+
+    Computed per local calendar day in ``zone``: every matching wall time of a
+    matching day fires once, by the rule of one-off times (a time that happens
+    twice fires at its first instant; a time inside a spring-forward gap is moved
+    forward by the gap, and two times moved onto the same instant fire once).
+    The work is bounded by the days and wall times in the window, whatever the zone.
+    """
+    if until <= after:
+        return []
+    low, high = after, until
+    if timing.start is not None:
+        low = max(low, as_instant(timing.start, zone) - timedelta(microseconds=1))
+    if timing.end is not None:
+        high = min(high, as_instant(timing.end, zone))
+    if high <= low:
+        return []
+    wall_low = low.astimezone(UTC).replace(tzinfo=None) - _WALL_MARGIN
+    wall_high = high.astimezone(UTC).replace(tzinfo=None) + _WALL_MARGIN
+    times = _wall_times(timing.cron)
+    found: set[datetime] = set()
+    last_day: date | None = None
+    for day in _matching_days(timing.cron, wall_low.date(), wall_high.date()):
+        if last_day is not None and len(found) >= limit and day > last_day + timedelta(days=2):
+            break  # later days cannot come before what is already found
+        first = bisect_left(times, wall_low.time()) if day == wall_low.date() else 0
+        stop = bisect_right(times, wall_high.time()) if day == wall_high.date() else len(times)
+        for clock in times[first:stop]:
+            instant = local_to_utc(datetime.combine(day, clock), zone)
+            if low < instant <= high:
+                found.add(instant)
+        if len(found) >= limit and last_day is None:
+            last_day = day
+    return sorted(found)[:limit]

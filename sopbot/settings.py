@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     frequency_cap_policy: str = Field("defer", pattern="^(defer|skip)$", description="defer|skip")
 
     # channels
+    # message content (sop_templates.sandbox): what one part's render may take
+    render_budget_ms: int = Field(
+        200, ge=1, le=10_000, description="time budget of rendering one message part"
+    )
+    render_max_chars: int = Field(
+        20_000, ge=1, le=1_000_000, description="longest rendered message part (characters)"
+    )
     send_concurrency: int = Field(8, ge=1, le=256, description="adapter calls in flight per tick")
     dispatch_pipeline: int = Field(
         2,

@@ -335,7 +335,7 @@ def enroll(
             if template.target_kind == "contact"
             else audiences_service.find_group(session, key)
         )
-        anchor = ensure_utc(body.anchor_at) if body.anchor_at else target.joined_at
+        anchor = body.anchor_at or target.joined_at  # no UTC offset: template time
         assert target.id is not None  # a stored row
         pairs.append((target.id, anchor))
     result = template_actions.enroll(

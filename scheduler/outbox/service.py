@@ -29,7 +29,7 @@ from scheduler.outbox.repository import (
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.schemas import TouchpointSpec
-from sop_templates.timing import CronTiming, cron_occurrences, due_at, get_zone
+from sop_templates.timing import CronTiming, as_instant, cron_occurrences, due_at, get_zone
 from sopbot.db import rowcount
 
 
@@ -110,8 +110,8 @@ def enroll(
     plans = _plans(session, version)
     result = EnrollResult()
     unique: dict[int, datetime] = {}
-    for target_id, anchor in targets:
-        unique.setdefault(int(target_id), anchor)
+    for target_id, anchor in targets:  # an anchor without a UTC offset is template time
+        unique.setdefault(int(target_id), anchor if anchor.tzinfo else as_instant(anchor, zone))
     ids = list(unique)
     instant, active = memoized(instant_param(session)), EnrollmentStatus.ACTIVE
     sqlite = session.get_bind().dialect.name == "sqlite"

@@ -142,3 +142,14 @@ def test_cron_start_and_end_bound_the_schedule():
         timing, SH, datetime(2027, 3, 1, tzinfo=UTC), datetime(2027, 3, 10, tzinfo=UTC)
     )
     assert [d.astimezone(SH).day for d in got] == [2, 3]
+
+
+def test_one_reading_of_a_date_time_without_offset():
+    from sop_templates.timing import as_instant, parse_instant
+
+    assert parse_instant("2027-03-01 09:00", SH) == datetime(2027, 3, 1, 1, 0, tzinfo=UTC)
+    assert parse_instant("2027-03-01T09:00:00+00:00", SH) == datetime(2027, 3, 1, 9, tzinfo=UTC)
+    # a wall time inside New York's spring-forward gap: moved forward by the gap
+    assert as_instant(datetime(2027, 3, 14, 2, 30), NY) == datetime(2027, 3, 14, 7, 30, tzinfo=UTC)
+    with pytest.raises(ValueError, match="not a date-time"):
+        parse_instant("yesterday", SH)

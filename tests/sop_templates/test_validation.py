@@ -41,6 +41,24 @@ CASES = [
         "Field required",
     ),
     ({**new_friend_spec(), "anchor": "fixed"}, "template", "needs start_at"),
+    # every published timing must be computable (+3000000d once overflowed at enroll)
+    (_with_touchpoint(timing="+3000000d"), "touchpoints[0].timing.offset", "more than ten years"),
+    (_with_touchpoint(timing="+99999999999d"), "touchpoints[0].timing.offset", "ten years"),
+    (_with_touchpoint(timing="day 4000 09:00"), "touchpoints[0].timing.day", "ten years"),
+    (_with_touchpoint(grace="3000000d"), "touchpoints[0].grace", "ten years"),
+    (_with_touchpoint(timing="at 9999-12-31 23:00"), "touchpoints[0].timing.at", "outside"),
+    (
+        _with_touchpoint(timing={"cron": "0 11 * * *", "end": "9999-12-31T00:00"}),
+        "touchpoints[0].timing.end",
+        "outside",
+    ),
+    (
+        {**new_friend_spec(), "anchor": "fixed", "start_at": "9999-01-01T00:00"},
+        "start_at",
+        "outside",
+    ),
+    (_with_touchpoint(timing="cron 0 11 31 2 *"), "touchpoints[0].timing.cron", "never fires"),
+    (_with_touchpoint(timing="cron 0 11 30 2 *"), "touchpoints[0].timing.cron", "never fires"),
     ({**new_friend_spec(), "target": "planet"}, "target", "'contact' or 'group'"),
 ]
 
@@ -88,3 +106,14 @@ def test_sandbox_also_holds_at_send_time():
 def test_attributes_are_per_contact_and_not_required_at_validation():
     spec = parse_spec(_with_touchpoint(content="{{ contact.attributes.city }}，你好"))
     assert spec.touchpoints[0].content[0].text.endswith("你好")
+
+
+@pytest.mark.parametrize("zone", ["GMT", "EST5EDT", "UTC", "Etc/GMT-8", "America/Santiago"])
+def test_every_zone_name_zoneinfo_accepts_is_accepted(zone):
+    assert parse_spec({**new_friend_spec(), "timezone": zone}).timezone == zone
+
+
+@pytest.mark.parametrize("zone", ["", " Asia/Shanghai", "../etc/passwd", "/etc/localtime"])
+def test_zone_names_that_are_not_keys_are_refused(zone):
+    with pytest.raises(TemplateValidationError, match="unknown time zone"):
+        parse_spec({**new_friend_spec(), "timezone": zone})
