@@ -29,7 +29,8 @@ WECOM = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
 
 @pytest.fixture
 def client(engine, clock, settings, auth_headers):
-    clock.set(datetime.fromtimestamp(1_800_000_000 - 3600, UTC))  # events' CreateTime is later
+    # events' CreateTime is a little later, within the callback's freshness window
+    clock.set(datetime.fromtimestamp(1_800_000_000 - 60, UTC))
     configured = settings.model_copy(
         update={
             "wecom_callback_token": TOKEN,
@@ -264,3 +265,25 @@ def test_fuzzed_bit_flips_of_a_valid_ciphertext_are_rejected(client, engine, ind
     response = _post(client, base64.b64encode(bytes(raw)).decode(), signature)
     assert response.status_code == 403  # the signature covers every ciphertext byte
     assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        str(int(datetime(2001, 9, 9, tzinfo=UTC).timestamp())),
+        str(1_800_000_000 + 365 * 86400),
+        str(1_800_000_000 - 60 - 601),
+        "１８００００００００",
+    ],
+    ids=["2001", "a year ahead", "just outside the window", "not ASCII digits"],
+)
+def test_a_signed_callback_outside_the_freshness_window_changes_nothing(client, engine, ts):
+    client.post("/api/templates", json=new_friend_spec(segment={"kind": "new_friends"}))
+    client.post("/api/templates/1/publish")
+    before = snapshot(engine)
+    response = deliver(client, contact_event("add_external_contact"), ts=ts)
+    assert response.status_code == 400 and "stale_timestamp" in response.text
+    assert snapshot(engine) == before
+    # the same event, signed now, is taken
+    assert deliver(client, contact_event("add_external_contact"), ts="1800000000").text == "success"
+    assert len(enrollments(engine)) == 1
