@@ -473,7 +473,9 @@ def import_contacts(
     timezone: Annotated[
         str | None, typer.Option(help="zone of times without an offset (default: settings)")
     ] = None,
-    encoding: Annotated[str, typer.Option(help="file encoding, e.g. gb18030")] = "utf-8",
+    encoding: Annotated[
+        str, typer.Option(help="file encoding, e.g. gb18030; auto tells UTF-8 from GBK/GB18030")
+    ] = "utf-8",
 ) -> None:
     """Import contacts (columns: external_id, name, account, joined_at, tags, ...;
     other columns become attributes). All or nothing unless --allow-partial;

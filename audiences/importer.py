@@ -101,11 +101,25 @@ class ParsedCsv:
         return {e.line for e in self.errors}
 
 
+def detect_encoding(data: bytes) -> str:
+    """``auto``: UTF-8 (with or without BOM) when the bytes are valid UTF-8,
+    otherwise GB18030 — what Excel on Chinese Windows writes as "CSV" (GB18030
+    is a superset of GBK and GB2312)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "gb18030"
+    return "utf-8"
+
+
 def decode(data: bytes, encoding: str = "utf-8") -> tuple[str | None, RowError | None]:
     """Bytes → text; a BOM is dropped. A file in another encoding is refused
-    with the line where it first fails (Excel: save as "CSV UTF-8")."""
+    with the line where it first fails (Excel: save as "CSV UTF-8").
+    ``encoding="auto"`` tells UTF-8 from GBK/GB18030 (``detect_encoding``)."""
     if len(data) > MAX_BYTES:
         return None, RowError(0, "file", f"the file is over {MAX_BYTES // 1024 // 1024} MB")
+    if encoding.lower() == "auto":
+        encoding = detect_encoding(data)
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         return data.decode(codec), None

@@ -147,16 +147,23 @@ def import_contacts(
     session: SessionDep,
     clock: ClockDep,
     settings: SettingsDep,
-    file: UploadFile = File(description="CSV, UTF-8 with or without BOM"),
+    file: UploadFile = File(description="CSV, UTF-8 with or without BOM (or see encoding)"),
     dry_run: bool = Query(False, description="check and count, write nothing"),
     allow_partial: bool = Query(False, description="import the good rows even if some are bad"),
     create_accounts: bool = Query(False, description="register unknown accounts"),
     timezone: str | None = Query(None, description="zone of times without an offset"),
+    encoding: str = Query(
+        "utf-8",
+        max_length=40,
+        description="file encoding, e.g. gbk or gb18030; auto tells UTF-8 from GBK/GB18030",
+    ),
 ) -> Any:
     """Import contacts from a CSV file. 422 with per-row errors (line, field,
     reason) when nothing was imported because of them."""
     data = file.file.read(importer.MAX_BYTES + 1)
-    parsed = importer.parse_csv(data, timezone=timezone or settings.default_timezone)
+    parsed = importer.parse_csv(
+        data, timezone=timezone or settings.default_timezone, encoding=encoding
+    )
     report = membership.import_contacts(
         session,
         parsed,
