@@ -111,7 +111,7 @@ def serve(
         if demo:
             from api.demo import load_demo
 
-            created = load_demo(app_.state.engine, app_.state.clock.now())
+            created = load_demo(app_.state.engine, app_.state.clock.now(), app_.state.settings)
             if created["templates"]:
                 logging.getLogger("sopbot").info("demo loaded: %s", created)
             else:
@@ -264,8 +264,8 @@ def demo() -> None:
     """Load the demo SOPs, contacts and groups into the database (idempotent)."""
     from api.demo import load_demo
 
-    engine, clock, _ = _engine_and_clock()
-    _echo_json(load_demo(engine, clock.now()))
+    engine, clock, settings = _engine_and_clock()
+    _echo_json(load_demo(engine, clock.now(), settings))
 
 
 def _read_spec(path: Path) -> dict[str, Any]:
@@ -287,23 +287,33 @@ def template_create(
     file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
     publish: Annotated[bool, typer.Option(help="publish it right away")] = False,
 ) -> None:
-    """Create a draft template from a YAML/JSON file."""
+    """Create a draft template from a YAML/JSON file (and publish it, exactly as
+    the API does: approval where required, the segment enrolled, audited)."""
+    from api.template_actions import system_actor
+    from scheduler.flows import lifecycle
     from sop_templates import service
     from sopbot.db import session_scope
 
     spec = _read_spec(file)
-    engine, clock, _ = _engine_and_clock()
+    engine, clock, settings = _engine_and_clock()
     try:
         with session_scope(engine) as session:
-            template = service.create_template(session, spec, clock.now())
+            now = clock.now()
+            template = service.create_template(session, spec, now)
             out: dict[str, Any] = {
                 "id": template.id,
                 "name": template.name,
                 "status": template.status,
             }
             if publish:
-                version = service.publish(session, template.id, clock.now())  # type: ignore[arg-type]
-                out.update(status="published", version=version.version)
+                actor = system_actor(session, settings, now)
+                outcome = lifecycle.publish(session, template.id, now, actor)  # type: ignore[arg-type]
+                out.update(
+                    status="published",
+                    version=outcome.version.version,
+                    enrolled=outcome.enrolled,
+                    deliveries=outcome.deliveries,
+                )
     except service.TemplateError as exc:
         _fail(str(exc))
     _echo_json(out)
@@ -327,17 +337,32 @@ def template_validate(
 
 
 @template_app.command("publish")
-def template_publish(template: Annotated[str, typer.Argument(help="id or name")]) -> None:
-    """Publish the draft as a new immutable version."""
+def template_publish(
+    template: Annotated[str, typer.Argument(help="id or name")],
+    migrate: Annotated[
+        str, typer.Option(help="keep: enrolled targets stay on their version; move: to this one")
+    ] = "keep",
+) -> None:
+    """Publish the draft as a new immutable version, exactly as the API does."""
+    from api.template_actions import system_actor
+    from scheduler.flows import lifecycle
     from sop_templates import service
     from sopbot.db import session_scope
 
-    engine, clock, _ = _engine_and_clock()
+    engine, clock, settings = _engine_and_clock()
     try:
         with session_scope(engine) as session:
+            now = clock.now()
             found = service.find_template(session, template)
-            version = service.publish(session, found.id, clock.now())  # type: ignore[arg-type]
-            out = {"id": found.id, "name": found.name, "version": version.version}
+            actor = system_actor(session, settings, now)
+            outcome = lifecycle.publish(session, found.id, now, actor, migrate=migrate)  # type: ignore[arg-type]
+            out = {
+                "id": found.id,
+                "name": found.name,
+                "version": outcome.version.version,
+                "enrolled": outcome.enrolled,
+                "deliveries": outcome.deliveries,
+            }
     except (service.TemplateError, service.NotFound) as exc:
         _fail(str(exc))
     _echo_json(out)
@@ -367,15 +392,18 @@ def template_enroll(
     ] = None,
 ) -> None:
     """Enroll contacts or groups into a published template."""
+    from api.template_actions import system_actor
     from audiences import service as audiences_service
+    from scheduler.flows import lifecycle
     from scheduler.outbox import service as scheduler_service
     from sop_templates import service
     from sopbot.clock import ensure_utc
     from sopbot.db import session_scope
 
-    engine, clock, _ = _engine_and_clock()
+    engine, clock, settings = _engine_and_clock()
     try:
         with session_scope(engine) as session:
+            now = clock.now()
             found = service.find_template(session, template)
             finder = (
                 audiences_service.find_contact
@@ -387,8 +415,15 @@ def template_enroll(
                 target = finder(session, key)
                 assert target.id is not None  # a stored row
                 pairs.append((target.id, ensure_utc(anchor) if anchor else target.joined_at))
-            result = scheduler_service.enroll(session, found, pairs, clock.now())
-    except (service.TemplateError, service.NotFound, audiences_service.NotFound, ValueError) as exc:
+            actor = system_actor(session, settings, now)
+            result = lifecycle.enroll(session, found, pairs, now, actor, named=", ".join(targets))
+    except (
+        service.TemplateError,
+        service.NotFound,
+        audiences_service.NotFound,
+        scheduler_service.EnrollmentError,
+        ValueError,
+    ) as exc:
         _fail(str(exc))
     _echo_json(result.__dict__)
 
@@ -403,11 +438,12 @@ def contact_add(
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="tag to apply (repeatable)")] = None,
 ) -> None:
-    """Add or update a contact."""
+    """Add or update a contact; its tags start tagged SOPs as any tag does."""
     from pydantic import ValidationError
 
-    from audiences import service as audiences_service
+    from audiences.changes import EventsRejected
     from audiences.schemas import ContactIn
+    from scheduler.flows import changes
     from sopbot.db import session_scope
 
     engine, clock, _ = _engine_and_clock()
@@ -417,14 +453,18 @@ def contact_add(
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    with session_scope(engine) as session:
-        contact = audiences_service.upsert_contact(session, data, clock.now())
-        out = {
-            "id": contact.id,
-            "external_id": contact.external_id,
-            "name": contact.name,
-            "joined_at": contact.joined_at,
-        }
+    try:
+        with session_scope(engine) as session:
+            contact, done = changes.upsert_contact(session, data, clock.now())
+            out = {
+                "id": contact.id,
+                "external_id": contact.external_id,
+                "name": contact.name,
+                "joined_at": contact.joined_at,
+                "enrolled": done.reaction.enrolled,
+            }
+    except EventsRejected as exc:
+        _fail(exc.detail())
     _echo_json(out)
 
 
@@ -487,7 +527,7 @@ def import_contacts(
     from sqlmodel import Session
 
     from audiences import importer
-    from scheduler.flows import membership
+    from scheduler.flows import changes
 
     try:
         data = file.read_bytes()
@@ -511,7 +551,7 @@ def import_contacts(
         Session(engine, expire_on_commit=False) as session,
     ):
         task = progress.add_task("importing contacts", total=len(parsed.rows))
-        report = membership.import_contacts(
+        report = changes.import_contacts(
             session,
             parsed,
             clock.now(),

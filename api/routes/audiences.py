@@ -14,6 +14,7 @@ from api.deps import ClockDep, SessionDep
 from audiences import search as audiences_search
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
+from scheduler.flows import changes
 from scheduler.flows import targets as scheduler_targets
 
 router = APIRouter(prefix="/api", tags=["audiences"])
@@ -91,8 +92,9 @@ def group_sops(key: str, session: SessionDep) -> list[dict[str, Any]]:
 def add_contact(
     body: ContactIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Any:
-    """Add (or update) a contact; ``joined_at`` defaults to now."""
-    contact = audiences_service.upsert_contact(session, body, clock.now())
+    """Add (or update) a contact; ``joined_at`` defaults to now. Its tags start
+    tagged SOPs exactly as a ``tag_added`` event would."""
+    contact, _ = changes.upsert_contact(session, body, clock.now())
     auth.record(
         request,
         session,
@@ -114,7 +116,8 @@ def get_contact(key: str, session: SessionDep) -> Any:
 def add_group(
     body: GroupIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Any:
-    group = audiences_service.upsert_group(session, body, clock.now())
+    """Add (or update) a group chat; its tags start group SOPs."""
+    group, _ = changes.upsert_group(session, body, clock.now())
     auth.record(
         request,
         session,

@@ -19,8 +19,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SettingsDep
-from audiences import events as audience_events
-from audiences import wecom_events
+from audiences import inbox, wecom_events
 from audiences.wecom_crypto import (
     MAX_BODY_BYTES,
     SignatureMismatchError,
@@ -29,7 +28,7 @@ from audiences.wecom_crypto import (
     check_fresh,
     parse_xml,
 )
-from scheduler.flows import membership
+from scheduler.flows import changes
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings
@@ -115,7 +114,7 @@ async def receive(
 
 def _store(engine: Engine, clock: Clock, fields: dict[str, str], inner: str) -> bool:
     with session_scope(engine) as session:
-        return audience_events.enqueue(
+        return inbox.enqueue(
             session,
             dedupe_key=wecom_events.dedupe_key(fields),
             source=wecom_events.SOURCE,
@@ -129,7 +128,7 @@ def apply_inbox(engine: Engine, clock: Clock) -> None:
     """Apply pending inbox events (runs after the reply has been sent)."""
     try:
         with session_scope(engine) as session:
-            result = membership.apply_pending(session, clock.now())
+            result = changes.apply_pending(session, clock.now())
         if result.failed:
             log.warning("inbox: %d applied, %d failed", result.applied, result.failed)
     except Exception:  # a background task has nobody to report to but the log

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import text
 
 from api.app import create_app
-from audiences.events import load_states
+from audiences.applying import load_states
 from audiences.segments import Segment, parse_tag_expr, segment_query
 from sop_templates import service as templates_service
 from sopbot.db import session_scope
