@@ -10,6 +10,7 @@ Exits and re-entry are ``scheduler.flows.membership``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,8 @@ from sop_templates.schemas import TemplateSpec
 from sop_templates.timing import get_zone, local_to_utc
 from sopbot.clock import ensure_utc
 
+log = logging.getLogger("sopbot.membership")
+
 ENROLL_CHUNK = 10_000
 
 
@@ -40,8 +43,11 @@ class Live:
     live_since: datetime
 
 
-def live_templates(session: Session, target_kind: str | None = None) -> list[Live]:
-    """Published templates whose live version is bound to a segment."""
+def live_templates(
+    session: Session, target_kind: str | None = None
+) -> tuple[list[Live], list[dict[str, Any]]]:
+    """Published templates whose live version is bound to a segment, and the
+    live versions that cannot be read (each reported, none holding up the rest)."""
     stmt = (
         select(SopTemplate, TemplateVersion)
         .join(TemplateVersion, col(TemplateVersion.id) == SopTemplate.current_version_id)
@@ -51,7 +57,7 @@ def live_templates(session: Session, target_kind: str | None = None) -> list[Liv
         stmt = stmt.where(col(SopTemplate.target_kind) == target_kind)
     rows = session.execute(stmt).all()
     if not rows:
-        return []
+        return [], []
     first_published = dict(
         session.execute(
             select(col(TemplateVersion.template_id), func.min(TemplateVersion.published_at))
@@ -60,11 +66,19 @@ def live_templates(session: Session, target_kind: str | None = None) -> list[Liv
         ).all()
     )
     out = []
+    unreadable: list[dict[str, Any]] = []
     for template, version in rows:
-        spec = templates_service.version_spec(version)
+        try:
+            spec = templates_service.version_spec(version)
+        except ValueError as exc:  # a version stored before a validation rule tightened
+            log.error("template %s v%s cannot be read: %s", template.id, version.version, exc)
+            unreadable.append(
+                {"template_id": template.id, "template": template.name, "error": str(exc)[:500]}
+            )
+            continue
         if spec.segment is not None:
             out.append(Live(template, version, spec, ensure_utc(first_published[template.id])))
-    return out
+    return out, unreadable
 
 
 def _has_exit_tag(spec: TemplateSpec, state: TargetState) -> bool:

@@ -53,8 +53,8 @@ __all__ = ["MembershipResult", "fixed_start", "react"]
 
 def react(session: Session, applied: Applied, now: datetime) -> Reaction:
     """Enroll and exit according to what a batch of events changed."""
-    result = Reaction()
-    live = enrollment.live_templates(session)
+    live, unreadable = enrollment.live_templates(session)
+    result = Reaction(failures=unreadable)
     failed: set[int] = set()
     for _round in range(MAX_CASCADE):
         exits = _exit_decisions(session, applied)
@@ -135,6 +135,8 @@ def _exit_decisions(
     specs = _version_specs(session, {e.version_id for e in enrollments})
     decisions: dict[int, tuple[str, TargetKey, tuple[str, ...]]] = {}
     for row in enrollments:
+        if row.version_id not in specs:
+            continue
         key = (row.target_kind, row.target_id)
         reason = exit_reason(specs[row.version_id], applied.before[key], applied.after[key])
         if reason:
@@ -171,10 +173,17 @@ def exit_reason(spec: TemplateSpec, before: TargetState | None, after: TargetSta
 
 
 def _version_specs(session: Session, version_ids: set[int]) -> dict[int, TemplateSpec]:
-    versions = session.execute(
+    """Specs by version id; one that cannot be read is left out (its enrollments
+    keep running; ``live_templates`` reports it) rather than failing every exit."""
+    out: dict[int, TemplateSpec] = {}
+    for version in session.execute(
         select(TemplateVersion).where(col(TemplateVersion.id).in_(sorted(version_ids)))
-    ).scalars()
-    return {v.id: templates_service.version_spec(v) for v in versions}  # type: ignore[misc]
+    ).scalars():
+        try:
+            out[version.id] = templates_service.version_spec(version)  # type: ignore[index]
+        except ValueError as exc:
+            log.error("template version %s cannot be read: %s", version.id, exc)
+    return out
 
 
 def exit_enrollments(
