@@ -95,7 +95,7 @@ def _start(
     except Exception as exc:  # poison: one template fails alone
         template_id: int = live.template.id  # type: ignore[assignment]
         failed.add(template_id)
-        log.exception("template %s (%s) could not enroll", template_id, live.template.name)
+        log.error("template %s (%s) could not enroll: %s", template_id, live.template.name, exc)
         return Reaction(
             failures=[
                 {
