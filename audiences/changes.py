@@ -24,15 +24,7 @@ from sqlmodel import Session
 from audiences import applying
 from audiences import service as audiences_service
 from audiences.applying import Applied
-from audiences.events import (
-    BaseEvent,
-    ContactUpdated,
-    GroupUpdated,
-    InvalidEvent,
-    ItemError,
-    TagAdded,
-    parse_event,
-)
+from audiences.events import BaseEvent, InvalidEvent, ItemError, TagAdded, parse_event
 from audiences.models import Contact, GroupChat
 from audiences.schemas import ContactIn, GroupIn
 
@@ -150,46 +142,48 @@ def tag_targets(
 # -- forms: a contact or group as one body (API, UI, CLI, demo) ------------------------
 
 
-def contact_events(data: ContactIn) -> list[Any]:
+def contact_events(data: ContactIn) -> list[dict[str, Any]]:
     """A contact body as events: created if unknown (not as a new friend), its
-    name, attributes and zone merged, its tags added."""
-    events: list[Any] = [
-        ContactUpdated(
-            kind="contact_updated",
-            account=data.account,
-            external_id=data.external_id,
-            name=data.name or None,
-            attributes=data.attributes or None,
-            timezone=data.timezone,
-            joined_at=data.joined_at,
-            create_missing=True,
-        )
+    name, attributes and zone merged, its tags added. Validated as events are
+    (``apply``), so a form can never store what an event could not."""
+    ref = {"account": data.account, "external_id": data.external_id}
+    events: list[dict[str, Any]] = [
+        {
+            "kind": "contact_updated",
+            **ref,
+            "name": data.name or None,
+            "attributes": data.attributes or None,
+            "timezone": data.timezone,
+            "joined_at": data.joined_at,
+            "create_missing": True,
+        }
     ]
     if data.tags:
-        events.append(
-            TagAdded(
-                kind="tag_added", account=data.account, external_id=data.external_id, tags=data.tags
-            )
-        )
+        events.append({"kind": "tag_added", **ref, "tags": data.tags})
     return events
 
 
-def group_events(data: GroupIn) -> list[Any]:
-    events: list[Any] = [
-        GroupUpdated(
-            kind="group_updated",
-            external_id=data.external_id,
-            name=data.name or None,
-            owner=data.owner,
-            member_count=data.member_count or None,
-            attributes=data.attributes or None,
-            occurred_at=data.joined_at,  # the join time of a group created here
-            create_missing=True,
-        )
+def group_events(data: GroupIn) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = [
+        {
+            "kind": "group_updated",
+            "external_id": data.external_id,
+            "name": data.name or None,
+            "owner": data.owner,
+            "member_count": data.member_count or None,
+            "attributes": data.attributes or None,
+            "occurred_at": data.joined_at,  # the join time of a group created here
+            "create_missing": True,
+        }
     ]
     if data.tags:
         events.append(
-            TagAdded(kind="tag_added", target="group", external_id=data.external_id, tags=data.tags)
+            {
+                "kind": "tag_added",
+                "target": "group",
+                "external_id": data.external_id,
+                "tags": data.tags,
+            }
         )
     return events
 
@@ -206,10 +200,12 @@ def upsert_contact(
     session: Session, data: ContactIn, now: datetime, *, react: Reactor
 ) -> tuple[Contact, Changes]:
     """Create or update a contact by (account, external id); its tags start
-    tagged SOPs like any tag. The account is registered if new."""
+    tagged SOPs like any tag. The account is registered if new. A value an
+    event would refuse (an unknown zone, an empty tag) raises ``EventsRejected``."""
+    events = parse_all(contact_events(data))
     if data.account:
         audiences_service.ensure_account(session, data.account)
-    changes = apply(session, contact_events(data), now, react=react)
+    changes = apply(session, events, now, react=react)
     return _written(session, changes, "contact", data.external_id), changes
 
 
@@ -217,7 +213,8 @@ def upsert_group(
     session: Session, data: GroupIn, now: datetime, *, react: Reactor
 ) -> tuple[GroupChat, Changes]:
     """Create or update a group chat by external id; its tags start group SOPs."""
+    events = parse_all(group_events(data))
     if data.owner:
         audiences_service.ensure_account(session, data.owner)
-    changes = apply(session, group_events(data), now, react=react)
+    changes = apply(session, events, now, react=react)
     return _written(session, changes, "group", data.external_id), changes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from api import auth
@@ -43,6 +43,17 @@ class GroupOut(BaseModel):
 class SearchOut(BaseModel):
     total: int
     rows: list[dict[str, Any]]
+
+
+def _refused(exc: changes.EventsRejected) -> HTTPException:
+    """A body whose values an audience event would refuse: 422, field by field."""
+    return HTTPException(
+        422,
+        detail={
+            "message": "; ".join(f"{e.loc}: {e.msg}" for e in exc.errors),
+            "errors": [{"loc": e.loc, "msg": e.msg} for e in exc.errors],
+        },
+    )
 
 
 @router.get("/contacts", response_model=SearchOut)
@@ -94,7 +105,10 @@ def add_contact(
 ) -> Any:
     """Add (or update) a contact; ``joined_at`` defaults to now. Its tags start
     tagged SOPs exactly as a ``tag_added`` event would."""
-    contact, _ = changes.upsert_contact(session, body, clock.now())
+    try:
+        contact, _ = changes.upsert_contact(session, body, clock.now())
+    except changes.EventsRejected as exc:
+        raise _refused(exc) from None
     auth.record(
         request,
         session,
@@ -117,7 +131,10 @@ def add_group(
     body: GroupIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Any:
     """Add (or update) a group chat; its tags start group SOPs."""
-    group, _ = changes.upsert_group(session, body, clock.now())
+    try:
+        group, _ = changes.upsert_group(session, body, clock.now())
+    except changes.EventsRejected as exc:
+        raise _refused(exc) from None
     auth.record(
         request,
         session,

@@ -136,3 +136,13 @@ def test_a_group_tagged_store_through_any_entry_point_enrolls_once(client, engin
     write(client, tmp_path)
     (enrollment,) = enrollments(engine)
     assert (enrollment.template_id, enrollment.target_kind) == (2, "group")
+
+
+def test_a_form_value_an_event_would_refuse_is_a_422_and_writes_nothing(client, engine):
+    bad = client.post(
+        "/api/contacts", json={"external_id": "wm_x", "timezone": "Mars/Base", "tags": [TAG]}
+    )
+    assert bad.status_code == 422
+    assert bad.json()["detail"]["errors"][0]["loc"] == "timezone"
+    assert "unknown time zone" in bad.json()["detail"]["message"]
+    assert client.get("/api/contacts").json()["total"] == 0 and enrollments(engine) == []
