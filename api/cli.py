@@ -2,85 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
+from api.cli_common import echo_json, engine_and_clock, fail, require_current_schema
+from api.cli_sops import contact_app, import_app, template_app
 from sopbot.settings import Settings
 
 app = typer.Typer(
     help="sopbot: private-domain community-operations SOP scheduler.", no_args_is_help=True
 )
-template_app = typer.Typer(help="Author, publish and run SOP templates.", no_args_is_help=True)
-contact_app = typer.Typer(help="Contacts (friends) and group chats.", no_args_is_help=True)
 app.add_typer(template_app, name="template")
 app.add_typer(contact_app, name="contact")
-import_app = typer.Typer(help="Import contacts from CSV files.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
-
-
-def _engine_and_clock() -> tuple[Any, Any, Settings]:
-    import click
-
-    from sopbot.clock import SystemClock
-    from sopbot.db import create_all, make_engine
-
-    settings = Settings()
-    engine = make_engine(settings)
-    command = click.get_current_context(silent=True)
-    if command is not None:
-        # Close the pool when the command ends: a process that runs several
-        # commands (tests, scripts) must not keep their connections open.
-        command.call_on_close(engine.dispose)
-    _refuse_outdated_schema(engine)
-    create_all(engine)
-    return engine, SystemClock(), settings
-
-
-def _refuse_outdated_schema(engine: Any) -> None:
-    """Commands that work on data may build a fresh database with create_all
-    (the developer path), but never on top of an older or newer schema."""
-    from sopbot.migrate import SchemaError, describe, schema_state
-
-    try:
-        state = schema_state(engine)
-    except SchemaError as exc:
-        _fail(str(exc))
-    if state.status in ("behind", "unknown"):
-        _fail(describe(state, engine))
-
-
-def _require_current_schema(
-    settings: Settings, *, upgrade_empty: bool, migrate: bool = False
-) -> None:
-    """Start-up gate of serve/api/worker: the schema must be at the code's head."""
-    from sopbot.db import make_engine
-    from sopbot.migrate import SchemaError, ensure_current, upgrade
-
-    engine = make_engine(settings)
-    try:
-        if migrate:
-            upgrade(engine)
-        else:
-            ensure_current(engine, upgrade_empty=upgrade_empty)
-    except SchemaError as exc:
-        _fail(str(exc))
-    finally:
-        engine.dispose()
-
-
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -103,7 +39,7 @@ def serve(
 
     settings = Settings()
     configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
-    _require_current_schema(settings, upgrade_empty=True, migrate=migrate)
+    require_current_schema(settings, upgrade_empty=True, migrate=migrate)
 
     bind_host, bind_port = host or settings.host, port or settings.port
 
@@ -111,7 +47,7 @@ def serve(
         if demo:
             from api.demo import load_demo
 
-            created = load_demo(app_.state.engine, app_.state.clock.now())
+            created = load_demo(app_.state.engine, app_.state.clock.now(), app_.state.settings)
             if created["templates"]:
                 logging.getLogger("sopbot").info("demo loaded: %s", created)
             else:
@@ -178,7 +114,7 @@ def user_create(
     secret = password or os.environ.get("SOPBOT_NEW_PASSWORD")
     if not secret:
         secret = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    engine, clock, _ = _engine_and_clock()
+    engine, clock, _ = engine_and_clock()
     try:
         with session_scope(engine) as session:
             user = users_service.create_user(
@@ -194,8 +130,8 @@ def user_create(
                 new = users_service.create_token(session, user.id, token, clock.now())  # type: ignore[arg-type]
                 out["token"] = new.secret
     except users_service.UserError as exc:
-        _fail(str(exc))
-    _echo_json(out)
+        fail(str(exc))
+    echo_json(out)
 
 
 @user_app.command("list")
@@ -204,7 +140,7 @@ def user_list() -> None:
     from api.users import service as users_service
     from sopbot.db import session_scope
 
-    engine, _, _ = _engine_and_clock()
+    engine, _, _ = engine_and_clock()
     with session_scope(engine) as session:
         for user in users_service.list_users(session):
             state = "" if user.active else "  (disabled)"
@@ -223,7 +159,7 @@ def worker() -> None:
 
     settings = Settings()
     configure_logging(settings, process_role="worker", worker_id=settings.worker_id)
-    _require_current_schema(settings, upgrade_empty=False)
+    require_current_schema(settings, upgrade_empty=False)
     asyncio.run(run_worker(settings))
 
 
@@ -244,7 +180,7 @@ def api_only(
 
     settings = Settings()
     configure_logging(settings, process_role="api")
-    _require_current_schema(settings, upgrade_empty=False)
+    require_current_schema(settings, upgrade_empty=False)
     os.environ["SOPBOT_RUN_SCHEDULER"] = "false"
     log_config = uvicorn_log_config(settings)
     logging_options: dict[str, Any] = {"log_config": log_config} if log_config else {}
@@ -264,167 +200,8 @@ def demo() -> None:
     """Load the demo SOPs, contacts and groups into the database (idempotent)."""
     from api.demo import load_demo
 
-    engine, clock, _ = _engine_and_clock()
-    _echo_json(load_demo(engine, clock.now()))
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        _fail(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
-    if not isinstance(data, dict):
-        _fail(f"{path} must hold one template (a mapping), not {type(data).__name__}")
-    return data  # type: ignore[return-value]
-
-
-@template_app.command("create")
-def template_create(
-    file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
-    publish: Annotated[bool, typer.Option(help="publish it right away")] = False,
-) -> None:
-    """Create a draft template from a YAML/JSON file."""
-    from sop_templates import service
-    from sopbot.db import session_scope
-
-    spec = _read_spec(file)
-    engine, clock, _ = _engine_and_clock()
-    try:
-        with session_scope(engine) as session:
-            template = service.create_template(session, spec, clock.now())
-            out: dict[str, Any] = {
-                "id": template.id,
-                "name": template.name,
-                "status": template.status,
-            }
-            if publish:
-                version = service.publish(session, template.id, clock.now())  # type: ignore[arg-type]
-                out.update(status="published", version=version.version)
-    except service.TemplateError as exc:
-        _fail(str(exc))
-    _echo_json(out)
-
-
-@template_app.command("validate")
-def template_validate(
-    file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
-) -> None:
-    """Check a template file without saving it."""
-    from sop_templates import service
-
-    try:
-        spec = service.parse_spec(_read_spec(file))
-    except service.TemplateError as exc:
-        _fail(str(exc))
-    typer.echo(
-        f"ok: {spec.name} — "
-        + ", ".join(f"{t.name} {t.timing.describe()}" for t in spec.touchpoints)
-    )
-
-
-@template_app.command("publish")
-def template_publish(template: Annotated[str, typer.Argument(help="id or name")]) -> None:
-    """Publish the draft as a new immutable version."""
-    from sop_templates import service
-    from sopbot.db import session_scope
-
-    engine, clock, _ = _engine_and_clock()
-    try:
-        with session_scope(engine) as session:
-            found = service.find_template(session, template)
-            version = service.publish(session, found.id, clock.now())  # type: ignore[arg-type]
-            out = {"id": found.id, "name": found.name, "version": version.version}
-    except (service.TemplateError, service.NotFound) as exc:
-        _fail(str(exc))
-    _echo_json(out)
-
-
-@template_app.command("list")
-def template_list() -> None:
-    """List templates with their delivery counts."""
-    from scheduler.outbox import service as scheduler_service
-    from sop_templates import service
-    from sopbot.db import session_scope
-
-    engine, _, _ = _engine_and_clock()
-    with session_scope(engine) as session:
-        for t in service.list_templates(session):
-            counts = scheduler_service.delivery_counts(session, t.id)
-            summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
-            typer.echo(f"{t.id:>4}  {t.status:<10} {t.target_kind:<8} {t.name}  [{summary}]")
-
-
-@template_app.command("enroll")
-def template_enroll(
-    template: Annotated[str, typer.Argument(help="template id or name")],
-    targets: Annotated[list[str], typer.Argument(help="contact/group ids or external ids")],
-    anchor: Annotated[
-        datetime | None, typer.Option(help="anchor time (default: join time)")
-    ] = None,
-) -> None:
-    """Enroll contacts or groups into a published template."""
-    from audiences import service as audiences_service
-    from scheduler.outbox import service as scheduler_service
-    from sop_templates import service
-    from sopbot.db import session_scope
-
-    engine, clock, _ = _engine_and_clock()
-    try:
-        with session_scope(engine) as session:
-            found = service.find_template(session, template)
-            finder = (
-                audiences_service.find_contact
-                if found.target_kind == "contact"
-                else audiences_service.find_group
-            )
-            pairs: list[tuple[int, datetime]] = []
-            for key in targets:
-                target = finder(session, key)
-                assert target.id is not None  # a stored row
-                pairs.append((target.id, anchor or target.joined_at))  # naive: template time
-            result = scheduler_service.enroll(session, found, pairs, clock.now())
-    except (service.TemplateError, service.NotFound, audiences_service.NotFound, ValueError) as exc:
-        _fail(str(exc))
-    _echo_json(result.__dict__)
-
-
-@contact_app.command("add")
-def contact_add(
-    external_id: Annotated[str, typer.Argument(help="the platform's id, e.g. wm...")],
-    name: Annotated[str, typer.Option(help="display name")] = "",
-    account: Annotated[str | None, typer.Option(help="owning staff account external id")] = None,
-    joined_at: Annotated[
-        datetime | None, typer.Option(help="friend-added time (ISO, with offset)")
-    ] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="tag to apply (repeatable)")] = None,
-) -> None:
-    """Add or update a contact."""
-    from pydantic import ValidationError
-
-    from audiences import service as audiences_service
-    from audiences.schemas import ContactIn
-    from sopbot.db import session_scope
-
-    engine, clock, _ = _engine_and_clock()
-    try:
-        data = ContactIn(
-            external_id=external_id, name=name, account=account, joined_at=joined_at, tags=tag or []
-        )
-    except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    with session_scope(engine) as session:
-        contact = audiences_service.upsert_contact(session, data, clock.now())
-        out = {
-            "id": contact.id,
-            "external_id": contact.external_id,
-            "name": contact.name,
-            "joined_at": contact.joined_at,
-        }
-    _echo_json(out)
+    engine, clock, settings = engine_and_clock()
+    echo_json(load_demo(engine, clock.now(), settings))
 
 
 @app.command()
@@ -440,7 +217,7 @@ def deliveries(
     from sop_templates import service
     from sopbot.db import session_scope
 
-    engine, _, _ = _engine_and_clock()
+    engine, _, _ = engine_and_clock()
     with session_scope(engine) as session:
         stmt = select(Delivery).order_by(col(Delivery.due_at).desc()).limit(limit)
         if template:
@@ -449,7 +226,7 @@ def deliveries(
                     Delivery.template_id == service.find_template(session, template).id
                 )
             except service.NotFound as exc:
-                _fail(str(exc))
+                fail(str(exc))
         if status:
             stmt = stmt.where(Delivery.status == status)
         for d in session.exec(stmt).all():
@@ -457,81 +234,6 @@ def deliveries(
                 f"{d.id:>6} {d.status:<9} due {d.due_at:%Y-%m-%d %H:%M:%S}Z  "
                 f"{d.target_kind} {d.target_id}  tp {d.touchpoint_id}  {d.reason or ''}"
             )
-
-
-@import_app.command("contacts")
-def import_contacts(
-    file: Annotated[Path, typer.Argument(help="CSV file, UTF-8 with or without BOM")],
-    dry_run: Annotated[bool, typer.Option(help="check and count, write nothing")] = False,
-    allow_partial: Annotated[
-        bool, typer.Option(help="import the good rows even if some rows are bad")
-    ] = False,
-    create_accounts: Annotated[
-        bool, typer.Option(help="register accounts the file names that sopbot does not know")
-    ] = False,
-    timezone: Annotated[
-        str | None, typer.Option(help="zone of times without an offset (default: settings)")
-    ] = None,
-    encoding: Annotated[str, typer.Option(help="file encoding, e.g. gb18030")] = "utf-8",
-) -> None:
-    """Import contacts (columns: external_id, name, account, joined_at, tags, ...;
-    other columns become attributes). All or nothing unless --allow-partial;
-    imported tags start tagged-customer SOPs, new-friend SOPs do not start."""
-    import sys
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from sqlmodel import Session
-
-    from audiences import importer
-    from scheduler.flows import membership
-
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        _fail(f"cannot read {file}: {exc.strerror}")
-    engine, clock, settings = _engine_and_clock()
-    parsed = importer.parse_csv(
-        data, timezone=timezone or settings.default_timezone, encoding=encoding
-    )
-    console = Console(stderr=True)
-    with (
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=len(parsed.rows) < 1000 or not sys.stderr.isatty(),
-        ) as progress,
-        Session(engine, expire_on_commit=False) as session,
-    ):
-        task = progress.add_task("importing contacts", total=len(parsed.rows))
-        report = membership.import_contacts(
-            session,
-            parsed,
-            clock.now(),
-            allow_partial=allow_partial,
-            create_accounts=create_accounts,
-            progress=lambda n: progress.advance(task, n),
-        )
-        if report.applied and not dry_run:
-            session.commit()
-        else:
-            session.rollback()
-            report.applied = False
-    report.dry_run = dry_run
-    for error in report.errors[:50]:
-        typer.secho(f"line {error.line}: {error.field}: {error.reason}", fg="red", err=True)
-    if len(report.errors) > 50:
-        typer.secho(f"... and {len(report.errors) - 50} more", fg="red", err=True)
-    summary = report.as_dict()
-    summary.pop("errors")
-    summary["error_count"] = len(report.errors)
-    _echo_json(summary)
-    if report.errors and not report.applied:
-        raise typer.Exit(1)
 
 
 retention_app = typer.Typer(help="Delivery log rollups and retention.", no_args_is_help=True)
@@ -550,8 +252,8 @@ def retention_run(
 
     from scheduler.analytics.retention import run_retention
 
-    engine, clock, settings = _engine_and_clock()
-    _echo_json(asdict(run_retention(engine, clock, settings, days=days)))
+    engine, clock, settings = engine_and_clock()
+    echo_json(asdict(run_retention(engine, clock, settings, days=days)))
 
 
 @retention_app.command("rollup")
@@ -561,8 +263,8 @@ def retention_rollup() -> None:
 
     from scheduler.analytics.retention import roll_up
 
-    engine, clock, settings = _engine_and_clock()
-    _echo_json(asdict(roll_up(engine, clock, settings)))
+    engine, clock, settings = engine_and_clock()
+    echo_json(asdict(roll_up(engine, clock, settings)))
 
 
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
@@ -587,7 +289,7 @@ def db_upgrade(
         state = upgrade(engine, revision)
         typer.echo(describe(state, engine) if state.ok else f"schema at revision {state.current}")
     except SchemaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         engine.dispose()
 
@@ -602,7 +304,7 @@ def db_current() -> None:
     try:
         state = schema_state(engine)
     except SchemaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         engine.dispose()
     typer.echo(f"database: {state.current or '-'} ({state.status})\ncode head: {state.head}")

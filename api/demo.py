@@ -10,12 +10,15 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from api.template_actions import system_actor
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
-from scheduler.outbox import service as scheduler_service
-from sop_templates import library
+from scheduler.flows import changes, lifecycle
+from sop_templates import approvals, library
 from sop_templates import service as templates_service
+from sop_templates.models import TemplateStatus
 from sopbot.db import session_scope
+from sopbot.settings import Settings
 
 DEMO_CONTACTS = [
     ("wm_demo_zhangsan", "张三", {"city": "上海"}),
@@ -49,34 +52,39 @@ def compressed_specs() -> list[dict[str, Any]]:
     return [new_friend, tagged, groups]
 
 
-def load_demo(engine: Engine, now: datetime) -> dict[str, int]:
+def load_demo(engine: Engine, now: datetime, settings: Settings | None = None) -> dict[str, int]:
     """Create and publish the demo templates, add demo contacts and groups and
-    enroll them. Running it twice changes nothing."""
-    created = {"templates": 0, "enrolled": 0}
+    enroll them — through the same audience write path and the same publish as
+    the API. Running it twice changes nothing. Where the workspace requires
+    approval, the templates stay drafts for an approver (``drafts``)."""
+    created = {"templates": 0, "enrolled": 0, "drafts": 0}
+    settings = settings or Settings()
     with session_scope(engine) as session:
+        audiences_service.ensure_account(session, "staff_demo_xiaowang", "客服小王")
         contacts = [
-            audiences_service.upsert_contact(
+            changes.upsert_contact(
                 session,
                 ContactIn(
-                    external_id=ext, name=name, account="staff_demo_xiaowang", attributes=attrs
+                    external_id=ext,
+                    name=name,
+                    account="staff_demo_xiaowang",
+                    attributes=attrs,
+                    tags=["spring-class-2027"],
                 ),
                 now,
             )
             for ext, name, attrs in DEMO_CONTACTS
         ]
-        for contact in contacts:
-            audiences_service.add_tag(session, "contact", contact.id, "spring-class-2027", now)  # type: ignore[arg-type]
         groups = [
-            audiences_service.upsert_group(
+            changes.upsert_group(
                 session,
                 GroupIn(external_id=ext, name=name, owner="staff_demo_xiaowang", tags=["store"]),
                 now,
             )
             for ext, name in DEMO_GROUPS
         ]
-        account = audiences_service.ensure_account(session, "staff_demo_xiaowang")
-        account.name = "客服小王"
-        session.add(account)
+        created["enrolled"] += sum(c.reaction.enrolled for _, c in contacts + groups)
+        actor = system_actor(session, settings, now, name="demo")
 
         specs = [library.load(n) for n in ("new_friend", "tagged_class", "store_groups")]
         for spec in specs + compressed_specs():
@@ -84,14 +92,26 @@ def load_demo(engine: Engine, now: datetime) -> dict[str, int]:
                 template = templates_service.find_template(session, spec["name"])
             except templates_service.NotFound:
                 template = templates_service.create_template(session, spec, now)
-                templates_service.publish(session, template.id, now)  # type: ignore[arg-type]
+                try:
+                    with session.begin_nested():
+                        outcome = lifecycle.publish(session, template.id, now, actor)  # type: ignore[arg-type]
+                except approvals.ApprovalError:
+                    created["drafts"] += 1
+                    continue
                 created["templates"] += 1
-            targets = contacts if template.target_kind == "contact" else groups
-            result = scheduler_service.enroll(
+                created["enrolled"] += outcome.enrolled
+            if template.status != TemplateStatus.PUBLISHED:
+                continue
+            targets = [t for t, _ in (contacts if template.target_kind == "contact" else groups)]
+            result = lifecycle.enroll(
                 session,
                 template,
                 [(t.id, now) for t in targets],  # type: ignore[misc]
                 now,
+                actor,
+                named="demo targets",
             )
             created["enrolled"] += result.enrolled
+    if not created["drafts"]:
+        del created["drafts"]
     return created

@@ -1,7 +1,12 @@
 """What a template operation does when a person asks for it, for the JSON API
 and the operator UI alike: the domain call and the audit entry that says who
 did it. The routes only read the request and shape the answer (JSON, or a
-redirect / the editor with the reason)."""
+redirect / the editor with the reason).
+
+Publish, enroll, pause, resume and archive are ``scheduler.flows.lifecycle``'s;
+this module only says who asks (:func:`request_actor` for a request,
+:func:`system_actor` for the CLI and the demo), with the workspace's approval
+setting and the audit writer, which live in this package."""
 
 from __future__ import annotations
 
@@ -14,8 +19,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api import auth
+from api.users import audit as audit_log
 from api.users import service as users_service
-from scheduler.flows import authoring, versions
+from scheduler.flows import authoring, lifecycle
 from scheduler.flows.models import TestSend
 from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals
@@ -49,6 +55,43 @@ def _record(
         object_id=template_id,
         summary=summary,
         detail=detail,
+    )
+
+
+def request_actor(request: Request, session: Session, me: auth.Principal) -> lifecycle.Actor:
+    """The lifecycle's view of a person asking through the API or the UI."""
+    settings: Settings = request.app.state.settings
+
+    def audit(action: str, template_id: int, summary: str, detail: dict[str, Any] | None) -> None:
+        _record(request, session, me, action, template_id, summary, detail)
+
+    return lifecycle.Actor(
+        require_approval=users_service.requires_approval(session, settings.require_approval),
+        audit=audit,
+    )
+
+
+def system_actor(
+    session: Session, settings: Settings, now: datetime, name: str = "cli"
+) -> lifecycle.Actor:
+    """The lifecycle's view of the CLI or the demo: the same approval rule as
+    the workspace's users, audited under ``name``."""
+
+    def audit(action: str, template_id: int, summary: str, detail: dict[str, Any] | None) -> None:
+        audit_log.record(
+            session,
+            audit_log.Actor(None, name),
+            action,
+            now,
+            object_kind="template",
+            object_id=template_id,
+            summary=summary,
+            detail=detail,
+        )
+
+    return lifecycle.Actor(
+        require_approval=users_service.requires_approval(session, settings.require_approval),
+        audit=audit,
     )
 
 
@@ -95,40 +138,15 @@ def publish(
     request: Request,
     session: Session,
     me: auth.Principal,
-    settings: Settings,
     template_id: int,
     migrate: str,
     now: datetime,
 ) -> dict[str, Any]:
-    """Publish the draft as a new version (approved first where the workspace
-    requires it). Returns what happened: the version, who was enrolled, who moved."""
-    outcome = versions.publish(
-        session,
-        template_id,
-        now,
-        migrate=migrate,
-        require_approval=users_service.requires_approval(session, settings.require_approval),
-    )
-    version = outcome.version
-    out = {
-        "template_id": template_id,
-        "version_id": version.id,
-        "version": version.version,
-        "enrolled": outcome.enrolled,
-        "deliveries": outcome.deliveries,
-        "migrate": migrate,
-        "moved": outcome.moved.__dict__,
-    }
-    _record(
-        request,
-        session,
-        me,
-        "template.publish",
-        template_id,
-        f"v{version.version} ({migrate})",
-        detail=out,
-    )
-    return out
+    """Publish the draft as a new version (``lifecycle.publish``). Returns what
+    happened: the version, who was enrolled, who moved."""
+    actor = request_actor(request, session, me)
+    outcome = lifecycle.publish(session, template_id, now, actor, migrate=migrate)
+    return outcome.as_dict(template_id)
 
 
 def set_status(
@@ -140,20 +158,24 @@ def set_status(
     now: datetime,
 ) -> SopTemplate:
     """Pause (``status`` paused) or resume (published) a live template."""
-    template = templates_service.set_status(session, template_id, status, now)
-    action = "template.pause" if status == TemplateStatus.PAUSED else "template.resume"
-    _record(request, session, me, action, template_id, template.name)
-    return template
+    actor = request_actor(request, session, me)
+    if status == TemplateStatus.PAUSED:
+        return lifecycle.pause(session, template_id, now, actor)
+    if status == TemplateStatus.PUBLISHED:
+        return lifecycle.resume(session, template_id, now, actor)
+    raise templates_service.TemplateError(f"cannot set status {status!r} directly")
 
 
 def archive(
-    request: Request, session: Session, me: auth.Principal, template_id: int, now: datetime
+    request: Request,
+    session: Session,
+    me: auth.Principal,
+    template_id: int,
+    now: datetime,
 ) -> int:
     """Archive the template; returns how many pending deliveries were cancelled."""
-    cancelled = scheduler_service.archive_template(session, template_id, now)
-    summary = f"{cancelled} pending deliveries cancelled"
-    _record(request, session, me, "template.archive", template_id, summary)
-    return cancelled
+    actor = request_actor(request, session, me)
+    return lifecycle.archive(session, template_id, now, actor)
 
 
 def submit(
@@ -193,20 +215,9 @@ def enroll(
     named: str = "",
     detail: dict[str, Any] | None = None,
 ) -> scheduler_service.EnrollResult:
-    """Enroll ``(target id, anchor)`` pairs into the live version. ``named``
-    says in the audit entry which targets these were, where one line can."""
-    result = scheduler_service.enroll(session, template, targets, now)
-    summary = f"{result.enrolled} enrolled"
-    _record(
-        request,
-        session,
-        me,
-        "template.enroll",
-        template.id,  # type: ignore[arg-type]
-        f"{named}: {summary}" if named else summary,
-        detail=detail,
-    )
-    return result
+    """Enroll ``(target id, anchor)`` pairs into the live version by hand."""
+    actor = request_actor(request, session, me)
+    return lifecycle.enroll(session, template, targets, now, actor, named=named, detail=detail)
 
 
 async def test_send(

@@ -18,8 +18,8 @@ Every other column is an attribute, text by default; ``child_age:number`` or
 ``vip:bool`` in the header types it (segments compare by type).
 
 Parsing is pure: it returns the rows and the per-row problems (line number,
-column, reason). Applying them is ``scheduler.flows.membership.import_contacts``, so
-imported tags trigger SOPs like any other tag.
+column, reason). :func:`apply_import` writes them through the audience unit of
+work (``audiences.changes``), so imported tags trigger SOPs like any other tag.
 """
 
 from __future__ import annotations
@@ -28,12 +28,20 @@ import csv
 import io
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from audiences.models import ContactStatus
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from audiences import changes
+from audiences import service as audiences_service
+from audiences.applying import chunks
+from audiences.events import ContactUpdated, TagAdded
+from audiences.models import Account, ContactStatus
 from sopbot.clock import ensure_utc
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -101,11 +109,25 @@ class ParsedCsv:
         return {e.line for e in self.errors}
 
 
+def detect_encoding(data: bytes) -> str:
+    """``auto``: UTF-8 (with or without BOM) when the bytes are valid UTF-8,
+    otherwise GB18030 — what Excel on Chinese Windows writes as "CSV" (GB18030
+    is a superset of GBK and GB2312)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "gb18030"
+    return "utf-8"
+
+
 def decode(data: bytes, encoding: str = "utf-8") -> tuple[str | None, RowError | None]:
     """Bytes → text; a BOM is dropped. A file in another encoding is refused
-    with the line where it first fails (Excel: save as "CSV UTF-8")."""
+    with the line where it first fails (Excel: save as "CSV UTF-8").
+    ``encoding="auto"`` tells UTF-8 from GBK/GB18030 (``detect_encoding``)."""
     if len(data) > MAX_BYTES:
         return None, RowError(0, "file", f"the file is over {MAX_BYTES // 1024 // 1024} MB")
+    if encoding.lower() == "auto":
+        encoding = detect_encoding(data)
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         return data.decode(codec), None
@@ -342,3 +364,132 @@ def _typed(value: str, kind: str) -> Any:
             return False
         raise ValueError(f"{value!r} is not true/false")
     return value
+
+
+# ------------------------------------------------------------------------ applying
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0  # data rows in the file
+    valid: int = 0
+    imported: int = 0  # rows written (0 unless applied)
+    created: int = 0
+    updated: int = 0
+    accounts_created: list[str] = field(default_factory=list)
+    reaction: changes.Reaction = field(default_factory=changes.Reaction)
+    errors: list[RowError] = field(default_factory=list)
+    applied: bool = False
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "valid": self.valid,
+            "imported": self.imported,
+            "created": self.created,
+            "updated": self.updated,
+            "accounts_created": self.accounts_created,
+            "enrolled": self.reaction.enrolled,
+            "exited": self.reaction.exited,
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+            "errors": [e.as_dict() for e in self.errors],
+        }
+
+
+IMPORT_CHUNK = 1000
+
+
+def apply_import(
+    session: Session,
+    parsed: ParsedCsv,
+    now: datetime,
+    *,
+    react: changes.Reactor,
+    allow_partial: bool = False,
+    create_accounts: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Write parsed CSV rows as contacts through the audience unit of work; their
+    tags trigger SOPs like any tag.
+
+    All or nothing by default: with any row in error nothing is written
+    (``applied`` False). ``allow_partial`` writes the good rows. Unknown accounts
+    are row errors unless ``create_accounts``. Importing does not make anyone a
+    *new* friend, so new-friend SOPs do not start. A dry run is this followed by
+    the caller's rollback.
+    """
+    report = ImportReport(rows=parsed.total, errors=list(parsed.errors))
+    file_error = any(e.field == "file" or e.line <= 1 for e in parsed.errors)
+    rows = parsed.rows
+    names = sorted({r.account for r in rows if r.account})
+    known = (
+        set(
+            session.execute(
+                select(col(Account.external_id)).where(col(Account.external_id).in_(names))
+            ).scalars()
+        )
+        if names
+        else set()
+    )
+    missing = [n for n in names if n not in known]
+    if missing and not create_accounts:
+        bad = set(missing)
+        report.errors += [
+            RowError(
+                row.line,
+                row.account_column,
+                f"unknown account {row.account!r}; register it first or import with "
+                "--create-accounts",
+            )
+            for row in rows
+            if row.account in bad
+        ]
+        rows = [row for row in rows if row.account not in bad]
+    report.errors.sort(key=lambda e: e.line)
+    report.valid = len(rows)
+    if file_error or (report.errors and not allow_partial) or not rows:
+        return report
+    if missing and create_accounts:
+        for name in missing:
+            audiences_service.ensure_account(session, name)
+        report.accounts_created = missing
+    for chunk in chunks(rows, IMPORT_CHUNK):
+        done = changes.apply(session, _row_events(chunk), now, react=react)
+        report.created += done.applied.created
+        report.updated += done.applied.updated
+        report.reaction.add(done.reaction)
+        report.imported += len(chunk)
+        if progress:
+            progress(len(chunk))
+    report.applied = True
+    return report
+
+
+def _row_events(rows: Sequence[ImportRow]) -> list[Any]:
+    events: list[Any] = []
+    for row in rows:
+        events.append(
+            ContactUpdated(
+                kind="contact_updated",
+                account=row.account,
+                external_id=row.external_id,
+                name=row.name,
+                attributes=row.attributes or None,
+                timezone=row.timezone,
+                status=row.status,  # type: ignore[arg-type]
+                joined_at=row.joined_at,
+                create_missing=True,
+            )
+        )
+        if row.tags:
+            events.append(
+                TagAdded(
+                    kind="tag_added",
+                    account=row.account,
+                    external_id=row.external_id,
+                    tags=row.tags,
+                )
+            )
+    return events

@@ -1,15 +1,16 @@
-"""Keeping sopbot's picture of the community: accounts, contacts, groups, tags."""
+"""Reading sopbot's picture of the community: accounts, contacts, groups, tags.
+
+Contacts, groups and tags change only through ``audiences.changes`` (the unit
+of work that also runs the SOP reactions); accounts are registered here."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
-from audiences.schemas import ContactIn, GroupIn
 from sopbot.ids import is_id
 
 
@@ -28,91 +29,6 @@ def ensure_account(session: Session, external_id: str, name: str = "") -> Accoun
         session.add(account)
         session.flush()
     return account
-
-
-def upsert_contact(session: Session, data: ContactIn, now: datetime) -> Contact:
-    """Create or update a contact (friend) by (account, external id)."""
-    account_id = ensure_account(session, data.account).id if data.account else None
-    contact = session.exec(
-        select(Contact).where(
-            Contact.external_id == data.external_id, Contact.account_id == account_id
-        )
-    ).first()
-    if contact is None:
-        contact = Contact(
-            external_id=data.external_id,
-            account_id=account_id,
-            name=data.name,
-            joined_at=data.joined_at or now,
-            timezone=data.timezone,
-            attributes=dict(data.attributes),
-        )
-    else:
-        contact.name = data.name or contact.name
-        contact.attributes = {**contact.attributes, **data.attributes}
-        if data.timezone:
-            contact.timezone = data.timezone
-    session.add(contact)
-    session.flush()
-    for tag in data.tags:
-        add_tag(session, "contact", contact.id, tag, now)  # type: ignore[arg-type]
-    return contact
-
-
-def upsert_group(session: Session, data: GroupIn, now: datetime) -> GroupChat:
-    owner_id = ensure_account(session, data.owner).id if data.owner else None
-    group = session.exec(select(GroupChat).where(GroupChat.external_id == data.external_id)).first()
-    if group is None:
-        group = GroupChat(
-            external_id=data.external_id,
-            owner_account_id=owner_id,
-            name=data.name,
-            member_count=data.member_count,
-            joined_at=data.joined_at or now,
-            attributes=dict(data.attributes),
-        )
-    else:
-        group.name = data.name or group.name
-        group.member_count = data.member_count or group.member_count
-        group.attributes = {**group.attributes, **data.attributes}
-    session.add(group)
-    session.flush()
-    for tag in data.tags:
-        add_tag(session, "group", group.id, tag, now)  # type: ignore[arg-type]
-    return group
-
-
-def ensure_tag(session: Session, name: str, group_name: str | None = None) -> Tag:
-    tag = session.exec(select(Tag).where(Tag.name == name)).first()
-    if tag is None:
-        tag = Tag(name=name, group_name=group_name)
-        session.add(tag)
-        session.flush()
-    return tag
-
-
-def add_tag(
-    session: Session, target_kind: str, target_id: int, tag_name: str, now: datetime
-) -> TagAssignment:
-    tag = ensure_tag(session, tag_name)
-    existing = session.exec(
-        select(TagAssignment).where(
-            TagAssignment.tag_id == tag.id,
-            TagAssignment.target_kind == target_kind,
-            TagAssignment.target_id == target_id,
-        )
-    ).first()
-    if existing:
-        return existing
-    assignment = TagAssignment(
-        tag_id=tag.id,  # type: ignore[arg-type]
-        target_kind=target_kind,
-        target_id=target_id,
-        tagged_at=now,
-    )
-    session.add(assignment)
-    session.flush()
-    return assignment
 
 
 def get_contact(session: Session, contact_id: int) -> Contact:

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, NoReturn
 from xml.parsers import expat
@@ -64,6 +65,7 @@ class WeComErrorReason(StrEnum):
     MALFORMED_XML = "malformed_xml"
     BAD_AES_KEY = "bad_aes_key"
     BODY_TOO_LARGE = "body_too_large"
+    STALE_TIMESTAMP = "stale_timestamp"
 
 
 class WeComCryptoError(Exception):
@@ -110,6 +112,29 @@ class BodyTooLargeError(WeComCryptoError):
     """Input exceeds :data:`MAX_BODY_BYTES`."""
 
     reason = WeComErrorReason.BODY_TOO_LARGE
+
+
+class StaleTimestampError(WeComCryptoError):
+    """The signed ``timestamp`` is not a number, or lies outside the freshness window."""
+
+    reason = WeComErrorReason.STALE_TIMESTAMP
+
+
+def check_fresh(timestamp: str, now: datetime, window_seconds: float) -> None:
+    """Refuse a callback whose signed ``timestamp`` is more than ``window_seconds``
+    away from ``now`` either way: WeCom sends at once and retries within minutes,
+    so anything older is a replay of a captured request (and anything ahead, a
+    forged clock)."""
+    raw = timestamp.strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise StaleTimestampError(f"timestamp {_snippet(raw)!r} is not Unix seconds")
+    skew = int(raw) - now.timestamp()
+    if abs(skew) > window_seconds:
+        direction = "ahead of" if skew > 0 else "behind"
+        raise StaleTimestampError(
+            f"timestamp is {abs(skew):.0f} s {direction} the server clock "
+            f"(the window is ±{window_seconds:.0f} s)"
+        )
 
 
 def _snippet(value: str) -> str:

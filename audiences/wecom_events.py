@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from audiences.events import InvalidEvent
 from sopbot.ids import is_id
 
 SOURCE = "wecom"
@@ -50,7 +51,12 @@ def _occurred_at(fields: Mapping[str, str]) -> str | None:
     raw = fields.get("CreateTime", "").strip()
     if not is_id(raw):
         return None
-    return datetime.fromtimestamp(int(raw), tz=UTC).isoformat()
+    try:
+        return datetime.fromtimestamp(int(raw), tz=UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        raise InvalidEvent(
+            [("CreateTime", f"{raw[:30]} is not a time the calendar holds (Unix seconds)")]
+        ) from None
 
 
 def to_events(fields: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | None]:

@@ -11,7 +11,7 @@ Two figures, from the real code paths on SQLite:
 * ``publish_enroll_s`` -- seconds to publish a fixed-start template whose segment is a
   tag carried by 100,000 contacts (10% also carry the exit tag ``purchased`` and stay
   out), enrolling everyone into 3 day-at touchpoints, as ``POST
-  /api/templates/{id}/publish`` does (``membership.publish_and_enroll``, in process).
+  /api/templates/{id}/publish`` does (``lifecycle.publish``, in process).
   Verified: the right number of enrollments and deliveries. Target <= 5 s.
 
 Run from the repository root::
@@ -49,7 +49,7 @@ from api.users.models import User
 from audiences import service as audiences_service
 from audiences.models import Contact, Tag, TagAssignment
 from benchmarks.machine import describe
-from scheduler.flows import membership
+from scheduler.flows import lifecycle
 from scheduler.outbox.models import Delivery, Enrollment
 from sop_templates import service as templates_service
 from sopbot.db import make_engine, session_scope
@@ -57,6 +57,7 @@ from sopbot.migrate import upgrade
 
 NOW = datetime(2027, 3, 1, 1, 0, tzinfo=UTC)
 BATCH = 500
+_ACTOR = lifecycle.Actor(require_approval=False, audit=lambda *entry: None)
 TARGETS = {"events_per_s": 5000, "publish_enroll_s": 5.0}
 
 
@@ -156,7 +157,7 @@ def phase_events(events: int) -> dict[str, Any]:
                 ],
             }
             template = templates_service.create_template(session, spec, NOW)
-            membership.publish_and_enroll(session, template.id, NOW)  # type: ignore[arg-type]
+            lifecycle.publish(session, template.id, NOW, _ACTOR)  # type: ignore[arg-type]
         token = _api_token(engine)
         batches = [
             [
@@ -258,7 +259,7 @@ def phase_publish(contacts: int) -> dict[str, Any]:
         _log(f"publish: enrolling a {contacts:,}-contact tagged segment")
         started = time.perf_counter()
         with session_scope(engine) as session:
-            result = membership.publish_and_enroll(session, template_id, NOW)  # type: ignore[arg-type]
+            result = lifecycle.publish(session, template_id, NOW, _ACTOR)  # type: ignore[arg-type]
         elapsed = time.perf_counter() - started
         expected = contacts - len(ids[::10])
         verified = (

@@ -158,7 +158,7 @@ def _contacts(engine: Engine, n: int, account: str | None = None) -> list[int]:
 def _enroll(engine: Engine, spec: dict[str, Any], ids: list[int]) -> None:
     with session_scope(engine) as session:
         template = templates_service.create_template(session, spec, NOW)
-        templates_service.publish(session, template.id, NOW)  # type: ignore[arg-type]
+        templates_service.freeze_draft(session, template.id, NOW)  # type: ignore[arg-type]
     for start in range(0, len(ids), 10_000):
         with session_scope(engine) as session:
             template = templates_service.get_template(session, template.id)  # type: ignore[arg-type]

@@ -264,7 +264,7 @@ def _publish(engine: Engine, name: str, touchpoints: list[tuple[str, str]], now:
     }
     with session_scope(engine) as session:
         template = templates_service.create_template(session, spec, now)
-        templates_service.publish(session, template.id, now)  # type: ignore[arg-type]
+        templates_service.freeze_draft(session, template.id, now)  # type: ignore[arg-type]
         return template.id  # type: ignore[return-value]
 
 

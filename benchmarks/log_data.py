@@ -205,6 +205,6 @@ def _templates(engine: Engine) -> list[int]:
         }
         with session_scope(engine) as session:
             template = templates_service.create_template(session, spec, START - timedelta(days=1))
-            templates_service.publish(session, template.id, START - timedelta(days=1))  # type: ignore[arg-type]
+            templates_service.freeze_draft(session, template.id, START - timedelta(days=1))  # type: ignore[arg-type]
             ids.append(template.id)
     return ids  # type: ignore[return-value]

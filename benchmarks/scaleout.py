@@ -152,7 +152,7 @@ def seed_parked(engine: Engine, n: int, channel: str, *, prefix: str = "wm_scale
             ],
         }
         template = templates_service.create_template(session, spec, now())
-        templates_service.publish(session, template.id, now())  # type: ignore[arg-type]
+        templates_service.freeze_draft(session, template.id, now())  # type: ignore[arg-type]
         template_id = template.id
     with engine.begin() as conn:
         account_id = conn.execute(

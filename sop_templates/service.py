@@ -141,8 +141,11 @@ def list_templates(session: Session) -> list[SopTemplate]:
     return list(session.exec(select(SopTemplate).order_by(col(SopTemplate.id))).all())
 
 
-def publish(session: Session, template_id: int, now: datetime) -> TemplateVersion:
-    """Freeze the draft into a new immutable version and make it the live one."""
+def freeze_draft(session: Session, template_id: int, now: datetime) -> TemplateVersion:
+    """Freeze the draft into a new immutable version and make it the live one.
+
+    One step of publishing, which is ``scheduler.flows.lifecycle.publish``
+    (approval, segment enrollment, keep/move, audit): call that."""
     template = get_template(session, template_id)
     if template.status == TemplateStatus.ARCHIVED:
         raise TemplateError(f"template {template.name!r} is archived and cannot be published")

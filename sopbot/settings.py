@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         None, description="callback EncodingAESKey (43 characters)"
     )
     wecom_corp_id: str | None = Field(None, description="corp id the callbacks are addressed to")
+    wecom_callback_window_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="callbacks whose signed timestamp is further than this from now are refused",
+    )
 
     # delivery log retention (scheduler.analytics.retention)
     rollup_interval_seconds: float = Field(

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
 from channels.models import MockMessage
+from scheduler.flows import changes
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import Delivery
 from sop_templates import service as templates_service
@@ -65,13 +65,13 @@ def store_menu_spec(**overrides: Any) -> dict[str, Any]:
 def publish(engine: Engine, spec: dict[str, Any], now: datetime) -> int:
     with session_scope(engine) as session:
         template = templates_service.create_template(session, spec, now)
-        templates_service.publish(session, template.id, now)
+        templates_service.freeze_draft(session, template.id, now)
         return template.id  # type: ignore[return-value]
 
 
 def add_contact(engine: Engine, external_id: str, name: str, joined_at: datetime, **kw: Any) -> int:
     with session_scope(engine) as session:
-        contact = audiences_service.upsert_contact(
+        contact, _ = changes.upsert_contact(
             session,
             ContactIn(external_id=external_id, name=name, joined_at=joined_at, **kw),
             joined_at,
@@ -81,7 +81,7 @@ def add_contact(engine: Engine, external_id: str, name: str, joined_at: datetime
 
 def add_group(engine: Engine, external_id: str, name: str, joined_at: datetime) -> int:
     with session_scope(engine) as session:
-        group = audiences_service.upsert_group(
+        group, _ = changes.upsert_group(
             session, GroupIn(external_id=external_id, name=name, joined_at=joined_at), joined_at
         )
         return group.id  # type: ignore[return-value]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from api import auth
@@ -14,6 +14,7 @@ from api.deps import ClockDep, SessionDep
 from audiences import search as audiences_search
 from audiences import service as audiences_service
 from audiences.schemas import ContactIn, GroupIn
+from scheduler.flows import changes
 from scheduler.flows import targets as scheduler_targets
 
 router = APIRouter(prefix="/api", tags=["audiences"])
@@ -42,6 +43,17 @@ class GroupOut(BaseModel):
 class SearchOut(BaseModel):
     total: int
     rows: list[dict[str, Any]]
+
+
+def _refused(exc: changes.EventsRejected) -> HTTPException:
+    """A body whose values an audience event would refuse: 422, field by field."""
+    return HTTPException(
+        422,
+        detail={
+            "message": "; ".join(f"{e.loc}: {e.msg}" for e in exc.errors),
+            "errors": [{"loc": e.loc, "msg": e.msg} for e in exc.errors],
+        },
+    )
 
 
 @router.get("/contacts", response_model=SearchOut)
@@ -91,8 +103,12 @@ def group_sops(key: str, session: SessionDep) -> list[dict[str, Any]]:
 def add_contact(
     body: ContactIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Any:
-    """Add (or update) a contact; ``joined_at`` defaults to now."""
-    contact = audiences_service.upsert_contact(session, body, clock.now())
+    """Add (or update) a contact; ``joined_at`` defaults to now. Its tags start
+    tagged SOPs exactly as a ``tag_added`` event would."""
+    try:
+        contact, _ = changes.upsert_contact(session, body, clock.now())
+    except changes.EventsRejected as exc:
+        raise _refused(exc) from None
     auth.record(
         request,
         session,
@@ -114,7 +130,11 @@ def get_contact(key: str, session: SessionDep) -> Any:
 def add_group(
     body: GroupIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Any:
-    group = audiences_service.upsert_group(session, body, clock.now())
+    """Add (or update) a group chat; its tags start group SOPs."""
+    try:
+        group, _ = changes.upsert_group(session, body, clock.now())
+    except changes.EventsRejected as exc:
+        raise _refused(exc) from None
     auth.record(
         request,
         session,

@@ -13,7 +13,7 @@ from api import auth
 from api.deps import ClockDep, SessionDep, SettingsDep
 from audiences import importer
 from audiences.models import Account, InboxEvent, InboxStatus
-from scheduler.flows import membership
+from scheduler.flows import changes
 
 router = APIRouter(prefix="/api", tags=["audience events"])
 
@@ -57,8 +57,8 @@ def post_events(
     if not items:
         raise HTTPException(422, detail={"message": "the batch is empty", "errors": []})
     try:
-        report = membership.apply_events(session, items, clock.now(), source="api")
-    except membership.EventsRejected as exc:
+        report = changes.apply_events(session, items, clock.now(), source="api")
+    except changes.EventsRejected as exc:
         session.rollback()
         raise HTTPException(422, detail=exc.report()) from None
     # The audit entry goes in the batch's own transaction: at thousands of events
@@ -100,14 +100,16 @@ def list_inbox(
 
 @router.post("/events/inbox/apply")
 def apply_inbox(session: SessionDep, clock: ClockDep) -> dict[str, Any]:
-    """Apply stored events still pending (normally done right after a callback)."""
-    result = membership.apply_pending(session, clock.now())
+    """Apply stored events still pending (normally done right after a callback).
+    One that cannot be applied is marked failed with the reason; the rest go on."""
+    result = changes.apply_pending(session, clock.now())
     return {
         "applied": result.applied,
         "failed": result.failed,
         "ignored": result.ignored,
-        "enrolled": result.membership.enrolled,
-        "exited": result.membership.exited,
+        "enrolled": result.reaction.enrolled,
+        "exited": result.reaction.exited,
+        "failed_templates": result.reaction.failures,
     }
 
 
@@ -147,17 +149,24 @@ def import_contacts(
     session: SessionDep,
     clock: ClockDep,
     settings: SettingsDep,
-    file: UploadFile = File(description="CSV, UTF-8 with or without BOM"),
+    file: UploadFile = File(description="CSV, UTF-8 with or without BOM (or see encoding)"),
     dry_run: bool = Query(False, description="check and count, write nothing"),
     allow_partial: bool = Query(False, description="import the good rows even if some are bad"),
     create_accounts: bool = Query(False, description="register unknown accounts"),
     timezone: str | None = Query(None, description="zone of times without an offset"),
+    encoding: str = Query(
+        "utf-8",
+        max_length=40,
+        description="file encoding, e.g. gbk or gb18030; auto tells UTF-8 from GBK/GB18030",
+    ),
 ) -> Any:
     """Import contacts from a CSV file. 422 with per-row errors (line, field,
     reason) when nothing was imported because of them."""
     data = file.file.read(importer.MAX_BYTES + 1)
-    parsed = importer.parse_csv(data, timezone=timezone or settings.default_timezone)
-    report = membership.import_contacts(
+    parsed = importer.parse_csv(
+        data, timezone=timezone or settings.default_timezone, encoding=encoding
+    )
+    report = changes.import_contacts(
         session,
         parsed,
         clock.now(),

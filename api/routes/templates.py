@@ -119,16 +119,13 @@ def publish(
     me: Author,
     session: SessionDep,
     clock: ClockDep,
-    settings: SettingsDep,
     body: PublishIn | None = Body(None),
 ) -> dict[str, Any]:
     """Freeze the draft as a new immutable version and make it live. A group
     template or a fixed-start tagged template enrolls its whole segment now.
     When the workspace requires approval, the draft must have been approved."""
     migrate = body.migrate if body else "keep"
-    return template_actions.publish(
-        request, session, me, settings, template_id, migrate, clock.now()
-    )
+    return template_actions.publish(request, session, me, template_id, migrate, clock.now())
 
 
 @router.post("/{template_id}/pause", response_model=TemplateOut)

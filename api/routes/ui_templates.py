@@ -450,13 +450,12 @@ async def publish(
     request: Request,
     me: Author,
     session: SessionDep,
-    settings: SettingsDep,
     clock: ClockDep,
 ) -> Response:
     migrate = str((await request.form()).get("migrate") or "keep")
 
     def run() -> None:
-        template_actions.publish(request, session, me, settings, template_id, migrate, clock.now())
+        template_actions.publish(request, session, me, template_id, migrate, clock.now())
 
     return _lifecycle(request, session, template_id, run, "published")
 

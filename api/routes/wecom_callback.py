@@ -1,7 +1,8 @@
 """The WeCom (企业微信) callback URL: 客户联系 → 接收事件服务器.
 
 GET answers the URL verification (decrypts ``echostr``). POST verifies the
-signature, decrypts, checks the receive id, stores the event in the inbox —
+signature, decrypts, checks the receive id and that the signed timestamp is
+within ``SOPBOT_WECOM_CALLBACK_WINDOW_SECONDS`` (±10 min) of now, stores the event in the inbox —
 deduplicated by its content, since WeCom retries up to 3 times — answers
 ``success`` at once, and applies the inbox after the reply. Anything that fails
 verification is rejected with 4xx, logged, and changes nothing.
@@ -18,16 +19,16 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SettingsDep
-from audiences import events as audience_events
-from audiences import wecom_events
+from audiences import inbox, wecom_events
 from audiences.wecom_crypto import (
     MAX_BODY_BYTES,
     SignatureMismatchError,
     WeComCrypto,
     WeComCryptoError,
+    check_fresh,
     parse_xml,
 )
-from scheduler.flows import membership
+from scheduler.flows import changes
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings
@@ -94,13 +95,15 @@ async def receive(
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise HTTPException(413, "rejected: body_too_large")
+    engine: Engine = request.app.state.engine
+    clock: Clock = request.app.state.clock
     try:
         inner = crypto.decrypt_message(msg_signature, timestamp, nonce, body)
+        # after the signature check: only a signed timestamp says anything
+        check_fresh(timestamp, clock.now(), settings.wecom_callback_window_seconds)
         fields = parse_xml(inner)
     except WeComCryptoError as exc:
         raise _reject(exc, request) from None
-    engine: Engine = request.app.state.engine
-    clock: Clock = request.app.state.clock
     new = await run_in_threadpool(_store, engine, clock, fields, inner)
     if new:
         background.add_task(apply_inbox, engine, clock)
@@ -111,7 +114,7 @@ async def receive(
 
 def _store(engine: Engine, clock: Clock, fields: dict[str, str], inner: str) -> bool:
     with session_scope(engine) as session:
-        return audience_events.enqueue(
+        return inbox.enqueue(
             session,
             dedupe_key=wecom_events.dedupe_key(fields),
             source=wecom_events.SOURCE,
@@ -125,7 +128,7 @@ def apply_inbox(engine: Engine, clock: Clock) -> None:
     """Apply pending inbox events (runs after the reply has been sent)."""
     try:
         with session_scope(engine) as session:
-            result = membership.apply_pending(session, clock.now())
+            result = changes.apply_pending(session, clock.now())
         if result.failed:
             log.warning("inbox: %d applied, %d failed", result.applied, result.failed)
     except Exception:  # a background task has nobody to report to but the log

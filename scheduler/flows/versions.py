@@ -1,6 +1,7 @@
 """Publishing a new version, and what happens to contacts mid-SOP.
 
-Published versions are immutable. When a template is published again, targets
+Published versions are immutable (publishing itself is
+``scheduler.flows.lifecycle.publish``). When a template is published again, targets
 already enrolled either
 
 * **keep** their version (the default): their pending deliveries go out as
@@ -17,18 +18,16 @@ already enrolled either
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from scheduler.flows import membership
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, chunked, insert_ignore
-from sop_templates import approvals
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 from sop_templates.timing import get_zone
@@ -45,44 +44,6 @@ class MoveResult:
     cancelled: int = 0  # pending deliveries whose touchpoint is gone
     added: int = 0  # deliveries for touchpoints new in this version
     skipped: int = 0  # of moved/added: recorded skipped (time already past)
-
-
-@dataclass
-class PublishOutcome:
-    version: TemplateVersion
-    migration: str
-    enrolled: int = 0
-    deliveries: int = 0
-    moved: MoveResult = field(default_factory=MoveResult)
-
-
-def publish(
-    session: Session,
-    template_id: int,
-    now: datetime,
-    *,
-    migrate: str = "keep",
-    require_approval: bool = False,
-) -> PublishOutcome:
-    """Publish the draft as a new version (checking approval when the workspace
-    requires it), enroll the segment where the template says so, and keep or
-    move the targets already enrolled."""
-    if migrate not in MIGRATIONS:
-        raise templates_service.TemplateError(f"migrate must be 'keep' or 'move', not {migrate!r}")
-    template = templates_service.get_template(session, template_id)
-    approvals.check_publishable(session, template, require_approval)
-    had_version = template.current_version_id is not None
-    result = membership.publish_and_enroll(session, template_id, now)
-    approvals.close_on_publish(session, template_id, now)
-    outcome = PublishOutcome(
-        version=result.version,
-        migration=migrate,
-        enrolled=result.enrolled,
-        deliveries=result.deliveries,
-    )
-    if migrate == "move" and had_version:
-        outcome.moved = move_to_version(session, template_id, result.version, now)
-    return outcome
 
 
 def move_to_version(

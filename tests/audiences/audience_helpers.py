@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat, InboxEvent
-from scheduler.flows import membership
+from scheduler.flows import changes, lifecycle
 from scheduler.outbox.models import Enrollment
 from sop_templates import service as templates_service
 from sopbot.db import session_scope
@@ -25,15 +25,23 @@ def send_events(engine: Engine, now: datetime, events: list[dict[str, Any]] | di
     """What ``POST /api/events`` does, without HTTP: one transaction."""
     items = events if isinstance(events, list) else [events]
     with session_scope(engine) as session:
-        return membership.apply_events(session, items, now)
+        return changes.apply_events(session, items, now)
 
 
 def create_and_publish(engine: Engine, spec: dict[str, Any], now: datetime):
     """Create a template and publish it the way the API does (enrolling the segment)."""
     with session_scope(engine) as session:
         template = templates_service.create_template(session, spec, now)
-        result = membership.publish_and_enroll(session, template.id, now)  # type: ignore[arg-type]
+        result = lifecycle.publish(session, template.id, now, ACTOR)  # type: ignore[arg-type]
         return template.id, result
+
+
+def _no_audit(action: str, template_id: int, summary: str, detail: Any) -> None:
+    pass
+
+
+# the lifecycle as a workspace without approval, whose audit log is not under test
+ACTOR = lifecycle.Actor(require_approval=False, audit=_no_audit)
 
 
 def enrollments(engine: Engine, **where: Any) -> list[Enrollment]:

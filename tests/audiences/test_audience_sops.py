@@ -18,7 +18,7 @@ from factories import deliveries, mock_sends, new_friend_spec, store_menu_spec
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from scheduler.flows import membership
+from scheduler.flows import changes
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -411,7 +411,7 @@ def test_exit_action_tags_trigger_other_sops(engine, clock):
         engine, clock.now(), {"kind": "friend_added", "account": "staff_1", "external_id": "wm2"}
     )
     with session_scope(engine) as session:
-        result = membership.add_tags(session, "contact", [2], ["class-done"], clock.now())
+        result = changes.add_tags(session, "contact", [2], ["class-done"], clock.now())
     assert result.enrolled == 1
 
 

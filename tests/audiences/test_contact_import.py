@@ -185,3 +185,41 @@ def test_upload_imports_and_reports_rows(client, engine):
         "1 of 4 rows have errors; nothing was imported (allow_partial=true imports the good rows)"
     )
     assert snapshot(engine) == before
+
+
+def test_upload_takes_the_encoding_like_the_cli(client, engine, tmp_path, cli_db):
+    gbk = GOOD.encode("gbk")  # what Excel on Chinese Windows saves as "CSV"
+    refused = client.post("/api/contacts/import", files={"file": ("c.csv", gbk, "text/csv")})
+    assert refused.status_code == 422 and "not valid utf-8" in refused.text
+
+    upload = client.post(
+        "/api/contacts/import",
+        files={"file": ("c.csv", gbk, "text/csv")},
+        params={"encoding": "gbk"},
+    )
+    assert upload.status_code == 200, upload.text
+    assert [r[1] for r in rows_of(engine)] == ["张三", "李四, Jr.", "王五"]
+
+    path = tmp_path / "gbk.csv"
+    path.write_bytes(gbk)
+    cli_run = runner.invoke(cli, ["import", "contacts", str(path), "--encoding", "gbk"])
+    assert cli_run.exit_code == 0, cli_run.output
+    from_cli = json.loads(cli_run.stdout)
+    from_upload = upload.json()
+    assert from_upload.pop("errors") == [] and from_cli.pop("error_count") == 0
+    assert from_upload == from_cli
+
+
+@pytest.mark.parametrize(
+    "data",
+    [GOOD.encode("gbk"), GOOD.encode("gb18030"), GOOD.encode(), b"\xef\xbb\xbf" + GOOD.encode()],
+    ids=["gbk", "gb18030", "utf-8", "utf-8 with BOM"],
+)
+def test_auto_encoding_tells_utf8_from_gbk(client, engine, data):
+    upload = client.post(
+        "/api/contacts/import",
+        files={"file": ("c.csv", data, "text/csv")},
+        params={"encoding": "auto"},
+    )
+    assert upload.status_code == 200, upload.text
+    assert [r[1] for r in rows_of(engine)] == ["张三", "李四, Jr.", "王五"]

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import text
 
 from api.app import create_app
-from audiences.events import load_states
+from audiences.applying import load_states
 from audiences.segments import Segment, parse_tag_expr, segment_query
 from sop_templates import service as templates_service
 from sopbot.db import session_scope
@@ -245,3 +245,26 @@ def test_spec_validation_names_the_field(overrides, loc, message):
     problems = _problems(new_friend_spec(**overrides))
     assert loc in problems, problems
     assert message in problems[loc]
+
+
+@pytest.mark.parametrize(
+    "tags",
+    ["(" * 5000 + "vip" + ")" * 5000, "not " * 50000 + "vip", {"not": {"not": "vip"}}],
+    ids=["5000 parentheses", "50000 nots", "nested objects"],
+)
+def test_a_deeply_nested_tag_expression_is_a_clear_422(client, tags):
+    if isinstance(tags, dict):  # 150 nested {"not": ...} objects
+        for _ in range(150):
+            tags = {"not": tags}
+    preview = client.post("/api/segments/preview", json={"segment": {"tags": tags}})
+    assert preview.status_code == 422, preview.text
+    assert "标签表达式嵌套过深" in preview.text and "100" in preview.text
+    spec = new_friend_spec()
+    spec["segment"] = {"kind": "tagged", "tags": tags}
+    validated = client.post("/api/templates/validate", json=spec)
+    assert validated.status_code == 422 and "嵌套过深" in validated.text
+
+
+def test_nesting_up_to_the_limit_is_fine():
+    assert str(parse_tag_expr("(" * 100 + "vip" + ")" * 100)) == "vip"
+    assert str(parse_tag_expr("not not vip")) == "not not vip"

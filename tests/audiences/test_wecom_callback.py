@@ -29,7 +29,8 @@ WECOM = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
 
 @pytest.fixture
 def client(engine, clock, settings, auth_headers):
-    clock.set(datetime.fromtimestamp(1_800_000_000 - 3600, UTC))  # events' CreateTime is later
+    # events' CreateTime is a little later, within the callback's freshness window
+    clock.set(datetime.fromtimestamp(1_800_000_000 - 60, UTC))
     configured = settings.model_copy(
         update={
             "wecom_callback_token": TOKEN,
@@ -264,3 +265,67 @@ def test_fuzzed_bit_flips_of_a_valid_ciphertext_are_rejected(client, engine, ind
     response = _post(client, base64.b64encode(bytes(raw)).decode(), signature)
     assert response.status_code == 403  # the signature covers every ciphertext byte
     assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        str(int(datetime(2001, 9, 9, tzinfo=UTC).timestamp())),
+        str(1_800_000_000 + 365 * 86400),
+        str(1_800_000_000 - 60 - 601),
+        "１８００００００００",
+    ],
+    ids=["2001", "a year ahead", "just outside the window", "not ASCII digits"],
+)
+def test_a_signed_callback_outside_the_freshness_window_changes_nothing(client, engine, ts):
+    client.post("/api/templates", json=new_friend_spec(segment={"kind": "new_friends"}))
+    client.post("/api/templates/1/publish")
+    before = snapshot(engine)
+    response = deliver(client, contact_event("add_external_contact"), ts=ts)
+    assert response.status_code == 400 and "stale_timestamp" in response.text
+    assert snapshot(engine) == before
+    # the same event, signed now, is taken
+    assert deliver(client, contact_event("add_external_contact"), ts="1800000000").text == "success"
+    assert len(enrollments(engine)) == 1
+
+
+def test_a_poison_callback_fails_alone_and_never_blocks_the_inbox(
+    client, engine, clock, monkeypatch
+):
+    client.post("/api/templates", json=new_friend_spec(segment={"kind": "new_friends"}))
+    client.post("/api/templates/1/publish")
+    # validly signed, fresh, but a CreateTime no calendar holds
+    poison = contact_event("add_external_contact", external="wmPOISON", t=99999999999999999)
+    assert deliver(client, poison).text == "success"
+    assert deliver(client, contact_event("add_external_contact", external="wmOK")).text == "success"
+    by_external = {
+        i["payload"]["fields"]["ExternalUserID"]: i for i in client.get("/api/events/inbox").json()
+    }
+    assert by_external["wmPOISON"]["status"] == "failed"
+    assert "CreateTime" in by_external["wmPOISON"]["error"]
+    assert by_external["wmOK"]["status"] == "applied"
+    failed = client.get("/api/events/inbox", params={"status": "failed"}).json()
+    assert [i["id"] for i in failed] == [by_external["wmPOISON"]["id"]]
+
+    # anything else that raises while applying fails alone too, and the inbox
+    # job (POST /api/events/inbox/apply, the scheduler's job) goes on past it
+    from audiences import inbox, wecom_events
+
+    real = wecom_events.to_events
+
+    def explode_on_boom(fields):
+        if fields.get("ExternalUserID") == "wmBOOM":
+            raise RuntimeError("boom")
+        return real(fields)
+
+    monkeypatch.setattr(wecom_events, "to_events", explode_on_boom)
+    with session_scope(engine) as session:
+        for external, t in (("wmBOOM", 1800000010), ("wmLATER", 1800000011)):
+            fields = {"MsgType": "event", "Event": "change_external_contact", "ChangeType": "add_external_contact", "UserID": "zhangsan", "ExternalUserID": external, "CreateTime": str(t)}  # fmt: skip
+            inbox.enqueue(session, dedupe_key=wecom_events.dedupe_key(fields), source="wecom", kind="x", payload={"fields": fields}, now=clock.now())  # fmt: skip
+    applied = client.post("/api/events/inbox/apply")
+    assert applied.status_code == 200
+    assert (applied.json()["applied"], applied.json()["failed"]) == (1, 1)
+    boom = client.get("/api/events/inbox", params={"status": "failed"}).json()[0]
+    assert boom["error"] == "RuntimeError: boom"
+    assert {e.target_id for e in enrollments(engine)} == {1, 2}  # wmOK and wmLATER

@@ -25,6 +25,7 @@ from audiences.wecom_crypto import (
     MalformedXMLError,
     ReceiveIdMismatchError,
     SignatureMismatchError,
+    StaleTimestampError,
     WeComCrypto,
     WeComCryptoError,
     WeComErrorReason,
@@ -446,10 +447,11 @@ def test_error_hierarchy() -> None:
         MalformedXMLError,
         InvalidAESKeyError,
         BodyTooLargeError,
+        StaleTimestampError,
     ):
         assert issubclass(cls, WeComCryptoError)
         assert isinstance(cls.reason, WeComErrorReason)
-    assert len({cls.reason for cls in WeComCryptoError.__subclasses__()}) == 6
+    assert len({cls.reason for cls in WeComCryptoError.__subclasses__()}) == 7
 
 
 # -- property tests: garbage only ever raises WeComCryptoError -----------------------------

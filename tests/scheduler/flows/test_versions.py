@@ -19,11 +19,12 @@ from factories import (
 from factories import publish as create_and_publish
 from sqlmodel import select
 
-from scheduler.flows import versions
+from scheduler.flows import lifecycle
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateStatus, Touchpoint
 from sopbot.db import session_scope
 
+ACTOR = lifecycle.Actor(require_approval=False, audit=lambda *entry: None)
 JOIN = datetime(2027, 3, 2, 13, 30, tzinfo=UTC)  # Tue 21:30 Shanghai
 
 
@@ -41,10 +42,10 @@ def _v2_spec() -> dict:
     return spec
 
 
-def _publish_v2(engine, template_id: int, now: datetime, migrate: str) -> versions.PublishOutcome:
+def _publish_v2(engine, template_id: int, now: datetime, migrate: str) -> lifecycle.PublishOutcome:
     with session_scope(engine) as session:
         templates_service.update_draft(session, template_id, _v2_spec(), now)
-        return versions.publish(session, template_id, now, migrate=migrate)
+        return lifecycle.publish(session, template_id, now, ACTOR, migrate=migrate)
 
 
 def _touchpoint_names(engine) -> dict[int, tuple[int, str]]:
@@ -115,7 +116,7 @@ async def test_move_follows_v2_by_touchpoint_name(engine, clock, runtime, mid_so
 
     # moving again (v3 publish with move) does not duplicate anything
     with session_scope(engine) as session:
-        again = versions.publish(session, mid_sop, clock.now(), migrate="move")
+        again = lifecycle.publish(session, mid_sop, clock.now(), ACTOR, migrate="move")
     assert again.moved.added == 0
     assert len(deliveries(engine)) == 8
 
@@ -129,7 +130,7 @@ async def test_move_of_a_cron_template_repoints_its_enrollments(engine, clock, r
     spec["touchpoints"][0]["content"] = ["v2 {{ group.name }} 菜单"]
     with session_scope(engine) as session:
         templates_service.update_draft(session, template_id, spec, clock.now())
-        outcome = versions.publish(session, template_id, clock.now(), migrate="move")
+        outcome = lifecycle.publish(session, template_id, clock.now(), ACTOR, migrate="move")
     assert outcome.moved.enrollments == 1
     clock.set(datetime(2027, 3, 1, 3, 0, 30, tzinfo=UTC))  # 11:00:30 Shanghai
     await runtime.plan_tick()
@@ -163,4 +164,4 @@ async def test_pause_holds_and_resume_releases_without_duplicates(engine, clock,
 
 async def test_unknown_migration_is_refused(engine, clock, mid_sop):
     with session_scope(engine) as session, pytest.raises(templates_service.TemplateError):
-        versions.publish(session, mid_sop, clock.now(), migrate="teleport")
+        lifecycle.publish(session, mid_sop, clock.now(), ACTOR, migrate="teleport")

@@ -39,7 +39,7 @@ def test_restart_after_two_hours_sends_within_grace_and_misses_the_rest(
     n = 50
     with session_scope(scale_engine) as session:
         template = templates_service.create_template(session, spec, down_since)
-        templates_service.publish(session, template.id, down_since)
+        templates_service.freeze_draft(session, template.id, down_since)
         account = Account(external_id="staff", name="客服", channel="mock")
         session.add(account)
         session.flush()
