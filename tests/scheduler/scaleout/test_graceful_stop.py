@@ -7,9 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import func, select, update
-
-from benchmarks.scaleout import (
+from harness import (
     add_mock_channel,
     pending,
     release,
@@ -18,6 +16,8 @@ from benchmarks.scaleout import (
     wait_until,
     witness,
 )
+from sqlalchemy import func, select, update
+
 from channels.models import ChannelInstance
 from scheduler.operations.models import Worker
 from scheduler.outbox.models import Delivery
