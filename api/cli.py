@@ -74,6 +74,17 @@ def _require_current_schema(
         engine.dispose()
 
 
+def _one_scheduler_per_sqlite_file(settings: Settings) -> Any:
+    """This process's scheduler lock on a SQLite file (none on PostgreSQL);
+    refuses to start when another scheduler holds it."""
+    from scheduler.operations.sqlite_lock import SchedulerAlreadyRunning, hold_scheduler_lock
+
+    try:
+        return hold_scheduler_lock(settings.database_url)
+    except SchedulerAlreadyRunning as exc:
+        _fail(str(exc))
+
+
 def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -104,6 +115,7 @@ def serve(
     settings = Settings()
     configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
     _require_current_schema(settings, upgrade_empty=True, migrate=migrate)
+    scheduler_lock = _one_scheduler_per_sqlite_file(settings) if settings.run_scheduler else None
 
     bind_host, bind_port = host or settings.host, port or settings.port
 
@@ -131,6 +143,7 @@ def serve(
         log_level="info",
         **logging_options,
     )
+    del scheduler_lock  # held until the server stopped
 
 
 def _print_setup_link(app_: Any, host: str, port: int) -> None:
@@ -224,7 +237,9 @@ def worker() -> None:
     settings = Settings()
     configure_logging(settings, process_role="worker", worker_id=settings.worker_id)
     _require_current_schema(settings, upgrade_empty=False)
+    scheduler_lock = _one_scheduler_per_sqlite_file(settings)
     asyncio.run(run_worker(settings))
+    del scheduler_lock  # held until the worker stopped
 
 
 @app.command("api")
