@@ -407,12 +407,15 @@ class SlowWebhook:
                         receiver.first_post_at = time.monotonic()
                 time.sleep(receiver.delay_s)
                 answer = json.dumps({"id": f"wh-{delivery_id}"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-                self.wfile.flush()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    self.wfile.flush()
+                except OSError:  # the sender gave up (timeout, process stopped)
+                    return
                 with receiver._lock:
                     receiver.answered.add(delivery_id)
                     receiver.last_answer_at = time.monotonic()
@@ -423,6 +426,9 @@ class SlowWebhook:
         class Server(ThreadingHTTPServer):
             daemon_threads = True
             request_queue_size = 512  # every sender's connections at once
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a sender that went away mid-request is part of the faults
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
