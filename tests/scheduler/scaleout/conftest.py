@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 from harness import db_upgrade
-from pgtools import drop_database, fresh_database, private_name, require_postgres
+from pgtools import (
+    PrivateServer,
+    drop_database,
+    fresh_database,
+    private_name,
+    private_server,
+    require_postgres,
+)
 from sqlalchemy.engine import Engine
 
 from sopbot import migrate
@@ -45,3 +52,14 @@ def scale_engine(scale_url: str) -> Iterator[Engine]:
 def workdir(tmp_path: Path) -> Path:
     """Where worker processes run and write their logs."""
     return tmp_path
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivateServer]:
+    """A PostgreSQL server of this test's own, to stop and restart at will
+    (skipped where the machine has no PostgreSQL binaries)."""
+    server = private_server()
+    try:
+        yield server
+    finally:
+        server.close()
