@@ -11,6 +11,12 @@ Two channel settings per database:
 * ``latency_ms=0``: calls are free and carry up to 1,000 messages: the database
   (claim, mark sending, record, and the mock's own insert) is the ceiling.
 
+And one slow channel (``--cases slow``): a webhook to a local server that
+answers every POST in 2 s, three workers, a 20 s lease, 1,200 deliveries (600
+with ``--quick``). It reports the POSTs per delivery key (exactly 1.0 when no
+lease is lost while its call is in flight) and the drain time against the
+ideal one bound by the requests in flight (``n * 2 s / (3 * 32)``).
+
 Each run: a fresh database at the migrations' head (``sopbot db upgrade``); N
 deliveries enrolled through the real service, not yet due; the workers started
 and waited for (heartbeats); then every delivery made due in one UPDATE, and
@@ -20,6 +26,7 @@ to the mock channel's own record.
 
     python -m benchmarks.scaleout --json            # full size (a few minutes)
     python -m benchmarks.scaleout --quick --json    # smaller, a smoke run
+    python -m benchmarks.scaleout --cases slow      # only the slow channel
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON
 object. The PostgreSQL server is ``--database-url`` (default the local one);
@@ -41,9 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy
-from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from benchmarks.machine import describe
 from scheduler.outbox.models import Delivery
@@ -55,7 +60,10 @@ from sopbot.db import make_engine
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(_TESTS), str(_TESTS / "scheduler" / "scaleout")]
 from harness import (  # noqa: E402
+    SlowWebhook,
     add_mock_channel,
+    add_webhook_channel,
+    now,
     pending,
     release,
     seed_parked,
@@ -64,7 +72,7 @@ from harness import (  # noqa: E402
     worker_totals,
     workers,
 )
-from pgtools import create_database  # noqa: E402
+from pgtools import create_database, drop_database_on  # noqa: E402
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # Per process: two runs on one machine must not drop each other's database.
@@ -164,6 +172,74 @@ def run_case(
         engine.dispose()
 
 
+def run_slow_channel(
+    database_url: str,
+    n: int,
+    n_workers: int,
+    workdir: Path,
+    *,
+    delay_s: float = 2.0,
+    lease_s: int = 20,
+    concurrency: int = 32,
+    timeout: float,
+) -> dict[str, Any]:
+    """A webhook that answers every POST in ``delay_s`` (a local server),
+    ``n_workers`` workers with a ``lease_s`` lease. Each worker keeps
+    ``concurrency`` requests in flight (the webhook's ``max_concurrency``), so
+    the ideal drain is ``n * delay_s / (n_workers * concurrency)``. Reports the
+    POSTs per delivery key (exactly 1.0 when nothing is sent twice) and the drain
+    time against that ideal. A run that does not drain within ``timeout`` is
+    reported as such, with the POSTs so far."""
+    engine = make_engine(database_url)
+    receiver = SlowWebhook(delay_s)
+    try:
+        migrate.upgrade(engine)
+        add_webhook_channel(engine, "bench", receiver.url, max_concurrency=concurrency)
+        seed_parked(engine, n, "bench")
+        drained = True
+        with workers(
+            database_url, engine, n_workers, workdir, lease_seconds=lease_s, log_level="WARNING"
+        ):
+            released_at = release(engine)
+            try:
+                wait_until(lambda: pending(engine) == 0, timeout, interval=0.5, what="drained")
+            except TimeoutError:
+                drained = False
+            seconds = (now() - released_at).total_seconds()
+        posts = dict(receiver.posts)
+        with engine.connect() as conn:
+            counts = dict(
+                conn.execute(
+                    select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
+                ).all()
+            )
+        ideal = n * delay_s / (n_workers * concurrency)
+        return {
+            "case": "slow_channel",
+            "deliveries": n,
+            "workers": n_workers,
+            "delay_s": delay_s,
+            "lease_s": lease_s,
+            "concurrency_per_worker": concurrency,
+            "drained": drained,
+            "seconds": round(seconds, 1),
+            "ideal_seconds": round(ideal, 1),
+            "vs_ideal": round(seconds / ideal, 2),
+            "posts": sum(posts.values()),
+            "keys_posted": len(posts),
+            "calls_per_key": round(sum(posts.values()) / len(posts), 3) if posts else None,
+            "keys_posted_twice_or_more": sum(1 for c in posts.values() if c > 1),
+            "statuses": counts,
+            "exactly_once": drained
+            and counts == {"sent": n}
+            and len(posts) == n
+            and set(posts.values()) == {1},
+        }
+    finally:
+        receiver.close()
+        engine.dispose()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = describe()
     n_latency = args.deliveries_latency or (2_000 if args.quick else 10_000)
@@ -175,9 +251,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.pipeline:
         tuning["dispatch_pipeline"] = args.pipeline
     results: list[dict[str, Any]] = []
+    slow: dict[str, Any] | None = None
+    cases = set(args.cases.split(","))
     with tempfile.TemporaryDirectory(prefix="sopbot-scaleout-") as tmp:
         workdir = Path(tmp)
-        for latency in (20.0, 0.0):
+        if "slow" in cases:
+            n_slow = args.deliveries_slow or (600 if args.quick else 1_200)
+            _log(f"postgresql, 3 workers, webhook at 2 s per call, {n_slow} deliveries")
+            url = create_database(args.database_url, BENCH_DATABASE)
+            slow = run_slow_channel(
+                url, n_slow, 3, workdir, timeout=180 if args.quick else args.timeout
+            )
+            _log(
+                f"  {slow['calls_per_key']} calls per key, {slow['seconds']} s "
+                f"(ideal {slow['ideal_seconds']} s), exactly once: {slow['exactly_once']}"
+            )
+        for latency in (20.0, 0.0) if "throughput" in cases else ():
             n = n_latency if latency else n_zero
             for count in counts:
                 _log(f"postgresql, {count} worker(s), latency {latency:g} ms, {n} deliveries")
@@ -207,15 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  {result['per_s']}/s ({result['seconds']} s), exactly once: {result['exactly_once']}"
             )
         with contextlib.suppress(Exception):
-            admin = sqlalchemy.create_engine(
-                make_url(args.database_url).set(
-                    drivername="postgresql+psycopg", database="postgres"
-                ),
-                isolation_level="AUTOCOMMIT",
-            )
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}"'))
-            admin.dispose()
+            drop_database_on(args.database_url, BENCH_DATABASE)
 
     def speedup(latency: float, count: int) -> float | None:
         base = [r for r in results if r["database"] == "postgresql" and r["latency_ms"] == latency]
@@ -231,7 +312,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": results,
         "speedup_20ms": {str(c): speedup(20.0, c) for c in counts if c != 1},
         "speedup_0ms": {str(c): speedup(0.0, c) for c in counts if c != 1},
-        "all_exactly_once": all(r["exactly_once"] for r in results),
+        "slow_channel": slow,
+        "all_exactly_once": all(r["exactly_once"] for r in results)
+        and (slow is None or slow["exactly_once"]),
     }
 
 
@@ -243,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,4", help="worker process counts")
     parser.add_argument("--deliveries-latency", type=int, default=None)
     parser.add_argument("--deliveries-zero", type=int, default=None)
+    parser.add_argument("--deliveries-slow", type=int, default=None)
+    parser.add_argument(
+        "--cases",
+        default="throughput,slow",
+        help="throughput (1, 2, 4 workers; 20 ms and free calls) and/or slow (a 2 s webhook)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument(
         "--send-concurrency", type=int, default=None, help="SOPBOT_SEND_CONCURRENCY of the workers"
@@ -259,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['database']:<10} workers={r['workers']} latency={r['latency_ms']:>4g} ms "
                 f"n={r['deliveries']:>6} {r['per_s']:>9}/s exactly_once={r['exactly_once']}"
+            )
+        if (slow := result["slow_channel"]) is not None:
+            print(
+                f"slow channel: {slow['workers']} workers, {slow['delay_s']:g} s per call, "
+                f"n={slow['deliveries']}: {slow['calls_per_key']} calls per key, "
+                f"{slow['seconds']} s (ideal {slow['ideal_seconds']} s), "
+                f"exactly_once={slow['exactly_once']}"
             )
     return 0 if result["all_exactly_once"] else 1
 
