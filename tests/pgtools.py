@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/local/pgsql/bin")
@@ -59,7 +59,7 @@ def require_postgres() -> None:
         pytest.skip(f"PostgreSQL not reachable at {server_url()}")
 
 
-def _admin(server: str):  # type: ignore[no-untyped-def]
+def _admin(server: str) -> tuple[URL, Engine]:
     base = make_url(server).set(drivername="postgresql+psycopg")
     return base, create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
 
@@ -147,8 +147,18 @@ class PrivateServer:
                 raise RuntimeError("running as root, and no runuser to run PostgreSQL as postgres")
             self._as = [runuser, "-u", "postgres", "--"]
             shutil.chown(self.root, "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                  "--no-sync")  # fmt: skip
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
 
     @property
     def url(self) -> str:
@@ -170,8 +180,19 @@ class PrivateServer:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
         )
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
-                  "-t", "30", "start")  # fmt: skip
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop``: ``fast`` disconnects every session (a restart, a
