@@ -19,6 +19,17 @@ app.add_typer(contact_app, name="contact")
 app.add_typer(import_app, name="import")
 
 
+def _one_scheduler_per_sqlite_file(settings: Settings) -> Any:
+    """This process's scheduler lock on a SQLite file (none on PostgreSQL);
+    refuses to start when another scheduler holds it."""
+    from scheduler.operations.sqlite_lock import SchedulerAlreadyRunning, hold_scheduler_lock
+
+    try:
+        return hold_scheduler_lock(settings.database_url)
+    except SchedulerAlreadyRunning as exc:
+        fail(str(exc))
+
+
 @app.command()
 def serve(
     demo: Annotated[bool, typer.Option(help="load the demo SOPs, contacts and groups")] = False,
@@ -40,6 +51,7 @@ def serve(
     settings = Settings()
     configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
     require_current_schema(settings, upgrade_empty=True, migrate=migrate)
+    scheduler_lock = _one_scheduler_per_sqlite_file(settings) if settings.run_scheduler else None
 
     bind_host, bind_port = host or settings.host, port or settings.port
 
@@ -67,6 +79,7 @@ def serve(
         log_level="info",
         **logging_options,
     )
+    del scheduler_lock  # held until the server stopped
 
 
 def _print_setup_link(app_: Any, host: str, port: int) -> None:
@@ -160,7 +173,9 @@ def worker() -> None:
     settings = Settings()
     configure_logging(settings, process_role="worker", worker_id=settings.worker_id)
     require_current_schema(settings, upgrade_empty=False)
+    scheduler_lock = _one_scheduler_per_sqlite_file(settings)
     asyncio.run(run_worker(settings))
+    del scheduler_lock  # held until the worker stopped
 
 
 @app.command("api")

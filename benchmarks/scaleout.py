@@ -11,6 +11,12 @@ Two channel settings per database:
 * ``latency_ms=0``: calls are free and carry up to 1,000 messages: the database
   (claim, mark sending, record, and the mock's own insert) is the ceiling.
 
+And one slow channel (``--cases slow``): a webhook to a local server that
+answers every POST in 2 s, three workers, a 20 s lease, 1,200 deliveries (600
+with ``--quick``). It reports the POSTs per delivery key (exactly 1.0 when no
+lease is lost while its call is in flight) and the drain time against the
+ideal one bound by the requests in flight (``n * 2 s / (3 * 32)``).
+
 Each run: a fresh database at the migrations' head (``sopbot db upgrade``); N
 deliveries enrolled through the real service, not yet due; the workers started
 and waited for (heartbeats); then every delivery made due in one UPDATE, and
@@ -20,12 +26,14 @@ to the mock channel's own record.
 
     python -m benchmarks.scaleout --json            # full size (a few minutes)
     python -m benchmarks.scaleout --quick --json    # smaller, a smoke run
+    python -m benchmarks.scaleout --cases slow      # only the slow channel
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON
 object. The PostgreSQL server is ``--database-url`` (default the local one);
 the benchmark uses its own database ``sopbot_scaleout_bench_<pid>`` (dropped after).
 
-The same helpers drive the multi-process tests in ``tests/scheduler/scaleout``.
+It drives its workers with the harness of the multi-process tests
+(``tests/scheduler/scaleout/harness.py``).
 """
 
 from __future__ import annotations
@@ -34,362 +42,45 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import sqlalchemy
-from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import func, select
 
-from audiences.models import Account, Contact
 from benchmarks.machine import describe
-from channels.models import MockMessage
-from channels.registry import ensure_instance
-from scheduler.operations.models import Worker
-from scheduler.outbox import service as scheduler_service
-from scheduler.outbox.models import Delivery, DeliveryStatus
-from sop_templates import service as templates_service
+from scheduler.outbox.models import Delivery
 from sopbot import migrate
-from sopbot.db import make_engine, session_scope
+from sopbot.db import make_engine
+
+# The process harness lives with the tests that prove it (tests/pgtools.py,
+# tests/scheduler/scaleout/harness.py); the benchmark borrows it.
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(_TESTS), str(_TESTS / "scheduler" / "scaleout")]
+from harness import (  # noqa: E402
+    SlowWebhook,
+    add_mock_channel,
+    add_webhook_channel,
+    now,
+    pending,
+    release,
+    seed_parked,
+    wait_until,
+    witness,
+    worker_totals,
+    workers,
+)
+from pgtools import create_database, drop_database_on  # noqa: E402
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # Per process: two runs on one machine must not drop each other's database.
 BENCH_DATABASE = f"sopbot_scaleout_bench_{os.getpid()}"
-CONTACT_CHUNK = 10_000
-ENROLL_CHUNK = 10_000
-# Not due until released: far enough ahead that no worker touches them early.
-PARKED = timedelta(days=1)
 
 
 def _log(message: str) -> None:
     print(f"[scaleout] {message}", file=sys.stderr, flush=True)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-# -- databases ------------------------------------------------------------------------------
-
-
-def fresh_postgres(server_url: str, name: str) -> str:
-    """Drop and create database ``name`` on ``server_url``'s server; return its URL."""
-    base = make_url(server_url).set(drivername="postgresql+psycopg")
-    admin = sqlalchemy.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
-
-
-def cli_env(database_url: str, **settings: Any) -> dict[str, str]:
-    """Environment for a ``sopbot`` subprocess: ``SOPBOT_*`` from ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOPBOT_")}
-    env["SOPBOT_DATABASE_URL"] = database_url
-    for key, value in settings.items():
-        env[f"SOPBOT_{key.upper()}"] = str(value)
-    return env
-
-
-def sopbot_command(*args: str) -> list[str]:
-    """``sopbot ARGS`` run by this interpreter (the console script's own code)."""
-    return [sys.executable, "-m", "api.cli", *args]
-
-
-def db_upgrade(database_url: str, cwd: Path) -> None:
-    """``sopbot db upgrade`` as an operator runs it."""
-    subprocess.run(
-        sopbot_command("db", "upgrade"),
-        env=cli_env(database_url),
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-# -- data ------------------------------------------------------------------------------------
-
-
-def add_mock_channel(engine: Engine, name: str, **config: Any) -> None:
-    with session_scope(engine) as session:
-        ensure_instance(session, name, "mock", config)
-
-
-def seed_parked(engine: Engine, n: int, channel: str, *, prefix: str = "wm_scale") -> int:
-    """Enroll ``n`` contacts into a one-touchpoint (``+0m``) template on
-    ``channel`` through the real service; their deliveries are not due for a
-    day (``release`` makes them due). Returns the template id."""
-    anchor = now() + PARKED
-    with session_scope(engine) as session:
-        ensure_instance(session, "mock", "mock")
-        spec = {
-            "name": f"scale-out {prefix}",
-            "target": "contact",
-            "timezone": "Asia/Shanghai",
-            "anchor": "join",
-            "channel": channel,
-            "touchpoints": [
-                {"name": "hello", "timing": "+0m", "content": ["{{ contact.name }}，你好"]}
-            ],
-        }
-        template = templates_service.create_template(session, spec, now())
-        templates_service.freeze_draft(session, template.id, now())  # type: ignore[arg-type]
-        template_id = template.id
-    with engine.begin() as conn:
-        account_id = conn.execute(
-            insert(Account).values(external_id=f"{prefix}_staff", name="客服", channel=channel)
-        ).inserted_primary_key[0]
-    contacts = Contact.__table__  # type: ignore[attr-defined]
-    for start in range(0, n, CONTACT_CHUNK):
-        with engine.begin() as conn:
-            conn.execute(
-                insert(contacts),
-                [
-                    {
-                        "external_id": f"{prefix}_{i:07d}",
-                        "account_id": account_id,
-                        "name": f"客户{i}",
-                        "joined_at": anchor,
-                        "status": "active",
-                        "timezone": None,
-                        "attributes": {},
-                    }
-                    for i in range(start, min(n, start + CONTACT_CHUNK))
-                ],
-            )
-    with engine.connect() as conn:
-        ids = list(
-            conn.execute(
-                select(contacts.c.id)
-                .where(contacts.c.external_id.like(f"{prefix}\\_%", escape="\\"))
-                .order_by(contacts.c.id)
-            ).scalars()
-        )
-    for start in range(0, len(ids), ENROLL_CHUNK):
-        with session_scope(engine) as session:
-            template = templates_service.get_template(session, template_id)  # type: ignore[arg-type]
-            scheduler_service.enroll(
-                session, template, [(i, anchor) for i in ids[start : start + ENROLL_CHUNK]], now()
-            )
-    return template_id  # type: ignore[return-value]
-
-
-def release(engine: Engine) -> datetime:
-    """Make every parked delivery due now (due_at too, so lateness is measured
-    from here); returns that instant."""
-    at = now()
-    with engine.begin() as conn:
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.status == DeliveryStatus.SCHEDULED)  # type: ignore[arg-type]
-            .values(due_at=at, run_at=at)
-        )
-    return at
-
-
-@dataclass
-class Witness:
-    """What the database and the mock channel's record say after a run."""
-
-    statuses: dict[str, int]
-    mock_messages: int
-    mock_distinct: int
-    duplicates: int  # deliveries the mock received more than once
-    sent_without_record: int  # status sent, but the mock never got it
-    recorded_not_sent: int  # the mock got it, but the status is not sent
-
-    @property
-    def total(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
-    def pending(self) -> int:
-        return sum(self.statuses.get(s, 0) for s in DeliveryStatus.PENDING)
-
-
-def witness(engine: Engine) -> Witness:
-    with engine.connect() as conn:
-        statuses = dict(
-            conn.execute(
-                select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
-            ).all()
-        )
-        total, distinct = conn.execute(
-            select(func.count(), func.count(MockMessage.delivery_id.distinct()))  # type: ignore[attr-defined]
-        ).one()
-        sent_ids = select(Delivery.id).where(Delivery.status == DeliveryStatus.SENT)  # type: ignore[arg-type]
-        recorded = select(MockMessage.delivery_id)
-        sent_without = conn.execute(
-            select(func.count()).select_from(sent_ids.except_(recorded).subquery())
-        ).scalar_one()
-        recorded_not_sent = conn.execute(
-            select(func.count()).select_from(recorded.except_(sent_ids).subquery())
-        ).scalar_one()
-    return Witness(
-        statuses=statuses,
-        mock_messages=int(total),
-        mock_distinct=int(distinct),
-        duplicates=int(total) - int(distinct),
-        sent_without_record=int(sent_without),
-        recorded_not_sent=int(recorded_not_sent),
-    )
-
-
-def pending(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count()).where(
-                    Delivery.status.in_(DeliveryStatus.PENDING)  # type: ignore[attr-defined]
-                )
-            ).scalar_one()
-        )
-
-
-def live_workers(engine: Engine, stale_s: float = 30.0) -> dict[str, Any]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Worker.id, Worker.claimed_total, Worker.sent_total).where(  # type: ignore[call-overload]
-                Worker.stopped_at.is_(None),  # type: ignore[union-attr]
-                Worker.last_seen_at >= now() - timedelta(seconds=stale_s),
-            )
-        ).all()
-    return {r.id: {"claimed": r.claimed_total, "sent": r.sent_total} for r in rows}
-
-
-def worker_totals(engine: Engine) -> dict[str, dict[str, int]]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(Worker.id, Worker.claimed_total, Worker.sent_total)).all()  # type: ignore[call-overload]
-    return {r.id: {"claimed": r.claimed_total, "sent": r.sent_total} for r in rows}
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> float:
-    """Poll ``predicate`` until true; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"not {what or predicate} within {timeout:.0f} s")
-        time.sleep(interval)
-
-
-# -- worker processes --------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    worker_id: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """``kill -9``: no shutdown code runs."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait for the graceful exit; returns the exit code."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def output(self) -> str:
-        if self._log is not None:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.alive():
-            self.process.kill()
-            self.process.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def start_worker(
-    database_url: str, worker_id: str, workdir: Path, **settings: Any
-) -> WorkerProcess:
-    """``sopbot worker`` in its own process. ``settings`` become ``SOPBOT_*``
-    variables (defaults: tick 0.1 s, heartbeat 0.5 s). Its backends carry
-    ``application_name = worker_id`` (PGAPPNAME)."""
-    values: dict[str, Any] = {
-        "worker_id": worker_id,
-        "tick_seconds": 0.1,
-        "heartbeat_seconds": 0.5,
-        "worker_stale_seconds": 10,
-        "plan_interval_seconds": 3600,
-        "task_poll_seconds": 3600,
-        "log_format": "json",
-    }
-    values.update(settings)
-    env = cli_env(database_url, **values)
-    env["PGAPPNAME"] = worker_id
-    log_path = workdir / f"{worker_id.replace(':', '_')}.log"
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        sopbot_command("worker"),
-        env=env,
-        cwd=workdir,  # no stray .env file from the repository
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    return WorkerProcess(worker_id, process, log_path, log_file)
-
-
-@contextlib.contextmanager
-def workers(
-    database_url: str, engine: Engine, count: int, workdir: Path, prefix: str = "w", **settings: Any
-) -> Iterator[list[WorkerProcess]]:
-    """``count`` workers, returned once each has sent its first heartbeat;
-    stopped with SIGTERM (then killed, if need be) on the way out."""
-    procs = [
-        start_worker(database_url, f"{prefix}{i + 1}", workdir, **settings) for i in range(count)
-    ]
-    try:
-        ids = {p.worker_id for p in procs}
-
-        def all_live() -> bool:
-            for p in procs:
-                if not p.alive():
-                    raise RuntimeError(f"worker {p.worker_id} exited:\n{p.output()[-3000:]}")
-            return ids <= live_workers(engine).keys()
-
-        wait_until(all_live, 60, what="every worker live")
-        yield procs
-    finally:
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate(timeout=30)
-            p.close()
 
 
 # -- the benchmark ----------------------------------------------------------------------------
@@ -481,6 +172,74 @@ def run_case(
         engine.dispose()
 
 
+def run_slow_channel(
+    database_url: str,
+    n: int,
+    n_workers: int,
+    workdir: Path,
+    *,
+    delay_s: float = 2.0,
+    lease_s: int = 20,
+    concurrency: int = 32,
+    timeout: float,
+) -> dict[str, Any]:
+    """A webhook that answers every POST in ``delay_s`` (a local server),
+    ``n_workers`` workers with a ``lease_s`` lease. Each worker keeps
+    ``concurrency`` requests in flight (the webhook's ``max_concurrency``), so
+    the ideal drain is ``n * delay_s / (n_workers * concurrency)``. Reports the
+    POSTs per delivery key (exactly 1.0 when nothing is sent twice) and the drain
+    time against that ideal. A run that does not drain within ``timeout`` is
+    reported as such, with the POSTs so far."""
+    engine = make_engine(database_url)
+    receiver = SlowWebhook(delay_s)
+    try:
+        migrate.upgrade(engine)
+        add_webhook_channel(engine, "bench", receiver.url, max_concurrency=concurrency)
+        seed_parked(engine, n, "bench")
+        drained = True
+        with workers(
+            database_url, engine, n_workers, workdir, lease_seconds=lease_s, log_level="WARNING"
+        ):
+            released_at = release(engine)
+            try:
+                wait_until(lambda: pending(engine) == 0, timeout, interval=0.5, what="drained")
+            except TimeoutError:
+                drained = False
+            seconds = (now() - released_at).total_seconds()
+        posts = dict(receiver.posts)
+        with engine.connect() as conn:
+            counts = dict(
+                conn.execute(
+                    select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
+                ).all()
+            )
+        ideal = n * delay_s / (n_workers * concurrency)
+        return {
+            "case": "slow_channel",
+            "deliveries": n,
+            "workers": n_workers,
+            "delay_s": delay_s,
+            "lease_s": lease_s,
+            "concurrency_per_worker": concurrency,
+            "drained": drained,
+            "seconds": round(seconds, 1),
+            "ideal_seconds": round(ideal, 1),
+            "vs_ideal": round(seconds / ideal, 2),
+            "posts": sum(posts.values()),
+            "keys_posted": len(posts),
+            "calls_per_key": round(sum(posts.values()) / len(posts), 3) if posts else None,
+            "keys_posted_twice_or_more": sum(1 for c in posts.values() if c > 1),
+            "statuses": counts,
+            "exactly_once": drained
+            and counts == {"sent": n}
+            and len(posts) == n
+            and set(posts.values()) == {1},
+        }
+    finally:
+        receiver.close()
+        engine.dispose()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = describe()
     n_latency = args.deliveries_latency or (2_000 if args.quick else 10_000)
@@ -492,13 +251,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.pipeline:
         tuning["dispatch_pipeline"] = args.pipeline
     results: list[dict[str, Any]] = []
+    slow: dict[str, Any] | None = None
+    cases = set(args.cases.split(","))
     with tempfile.TemporaryDirectory(prefix="sopbot-scaleout-") as tmp:
         workdir = Path(tmp)
-        for latency in (20.0, 0.0):
+        if "slow" in cases:
+            n_slow = args.deliveries_slow or (600 if args.quick else 1_200)
+            _log(f"postgresql, 3 workers, webhook at 2 s per call, {n_slow} deliveries")
+            url = create_database(args.database_url, BENCH_DATABASE)
+            slow = run_slow_channel(
+                url, n_slow, 3, workdir, timeout=180 if args.quick else args.timeout
+            )
+            _log(
+                f"  {slow['calls_per_key']} calls per key, {slow['seconds']} s "
+                f"(ideal {slow['ideal_seconds']} s), exactly once: {slow['exactly_once']}"
+            )
+        for latency in (20.0, 0.0) if "throughput" in cases else ():
             n = n_latency if latency else n_zero
             for count in counts:
                 _log(f"postgresql, {count} worker(s), latency {latency:g} ms, {n} deliveries")
-                url = fresh_postgres(args.database_url, BENCH_DATABASE)
+                url = create_database(args.database_url, BENCH_DATABASE)
                 result = run_case(
                     url, n, count, latency, workdir, timeout=args.timeout, worker_settings=tuning
                 )
@@ -524,15 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  {result['per_s']}/s ({result['seconds']} s), exactly once: {result['exactly_once']}"
             )
         with contextlib.suppress(Exception):
-            admin = sqlalchemy.create_engine(
-                make_url(args.database_url).set(
-                    drivername="postgresql+psycopg", database="postgres"
-                ),
-                isolation_level="AUTOCOMMIT",
-            )
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}"'))
-            admin.dispose()
+            drop_database_on(args.database_url, BENCH_DATABASE)
 
     def speedup(latency: float, count: int) -> float | None:
         base = [r for r in results if r["database"] == "postgresql" and r["latency_ms"] == latency]
@@ -548,7 +312,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": results,
         "speedup_20ms": {str(c): speedup(20.0, c) for c in counts if c != 1},
         "speedup_0ms": {str(c): speedup(0.0, c) for c in counts if c != 1},
-        "all_exactly_once": all(r["exactly_once"] for r in results),
+        "slow_channel": slow,
+        "all_exactly_once": all(r["exactly_once"] for r in results)
+        and (slow is None or slow["exactly_once"]),
     }
 
 
@@ -560,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,4", help="worker process counts")
     parser.add_argument("--deliveries-latency", type=int, default=None)
     parser.add_argument("--deliveries-zero", type=int, default=None)
+    parser.add_argument("--deliveries-slow", type=int, default=None)
+    parser.add_argument(
+        "--cases",
+        default="throughput,slow",
+        help="throughput (1, 2, 4 workers; 20 ms and free calls) and/or slow (a 2 s webhook)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument(
         "--send-concurrency", type=int, default=None, help="SOPBOT_SEND_CONCURRENCY of the workers"
@@ -576,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['database']:<10} workers={r['workers']} latency={r['latency_ms']:>4g} ms "
                 f"n={r['deliveries']:>6} {r['per_s']:>9}/s exactly_once={r['exactly_once']}"
+            )
+        if (slow := result["slow_channel"]) is not None:
+            print(
+                f"slow channel: {slow['workers']} workers, {slow['delay_s']:g} s per call, "
+                f"n={slow['deliveries']}: {slow['calls_per_key']} calls per key, "
+                f"{slow['seconds']} s (ideal {slow['ideal_seconds']} s), "
+                f"exactly_once={slow['exactly_once']}"
             )
     return 0 if result["all_exactly_once"] else 1
 

@@ -2,26 +2,30 @@
 PostgreSQL database of their own (``sopbot_scaleout_<pid>``), never the suite's.
 
 Skipped when PostgreSQL does not answer. The harness (seeding, starting and
-stopping workers, the mock channel's witness) is ``benchmarks.scaleout``.
+stopping workers, the witnesses) is ``harness.py`` beside these tests.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import db_upgrade
+from pgtools import (
+    PrivateServer,
+    drop_database,
+    fresh_database,
+    private_name,
+    private_server,
+    require_postgres,
+)
 from sqlalchemy.engine import Engine
 
+from sopbot import migrate
+from sopbot.db import make_engine
+
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from pgtools import drop_database, fresh_database, private_name, require_postgres  # noqa: E402
-
-from sopbot import migrate  # noqa: E402
-from sopbot.db import make_engine  # noqa: E402
 
 DATABASE = private_name("sopbot_scaleout")
 
@@ -30,8 +34,6 @@ DATABASE = private_name("sopbot_scaleout")
 def scale_url() -> Iterator[str]:
     """A new, empty database, migrated to head with `sopbot db upgrade`."""
     require_postgres()
-    from benchmarks.scaleout import db_upgrade
-
     url = fresh_database(DATABASE)
     db_upgrade(url, ROOT)
     yield url
@@ -50,3 +52,14 @@ def scale_engine(scale_url: str) -> Iterator[Engine]:
 def workdir(tmp_path: Path) -> Path:
     """Where worker processes run and write their logs."""
     return tmp_path
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivateServer]:
+    """A PostgreSQL server of this test's own, to stop and restart at will
+    (skipped where the machine has no PostgreSQL binaries)."""
+    server = private_server()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -11,9 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import func, select, text
-
-from benchmarks.scaleout import (
+from harness import (
     add_mock_channel,
     pending,
     release,
@@ -22,6 +20,8 @@ from benchmarks.scaleout import (
     witness,
     workers,
 )
+from sqlalchemy import func, select, text
+
 from channels.models import ChannelPolicy
 from scheduler.outbox.models import Delivery
 from sopbot.db import session_scope

@@ -5,9 +5,7 @@ delivery terminal, expired `claimed` rows sent by the restarted worker,
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select, update
-
-from benchmarks.scaleout import (
+from harness import (
     add_mock_channel,
     pending,
     release,
@@ -16,6 +14,8 @@ from benchmarks.scaleout import (
     wait_until,
     witness,
 )
+from sqlalchemy import func, select, update
+
 from channels.models import ChannelInstance, MockMessage
 from scheduler.outbox.models import Delivery
 

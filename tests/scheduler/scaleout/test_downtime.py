@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from harness import add_mock_channel, now, pending, start_worker, wait_until, witness
 from sqlalchemy import select
 
 from audiences.models import Account, Contact
-from benchmarks.scaleout import add_mock_channel, now, pending, start_worker, wait_until, witness
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import Delivery
 from sop_templates import service as templates_service

@@ -5,8 +5,7 @@ and the work really is shared."""
 from __future__ import annotations
 
 import pytest
-
-from benchmarks.scaleout import (
+from harness import (
     add_mock_channel,
     pending,
     release,
