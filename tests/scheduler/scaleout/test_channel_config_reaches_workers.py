@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgtools import drop_database, fresh_database, private_name, require_postgres
-from sqlalchemy import func, select, update
-from sqlalchemy.engine import Engine
-
-from benchmarks.scaleout import (
+from harness import (
     add_mock_channel,
     db_upgrade,
     seed_parked,
@@ -29,6 +25,10 @@ from benchmarks.scaleout import (
     worker_totals,
     workers,
 )
+from pgtools import drop_database, fresh_database, private_name, require_postgres
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+
 from channels import service as channels_service
 from channels.models import ChannelInstance, MockMessage
 from channels.registry import REFRESH_SECONDS, ensure_instance
@@ -37,7 +37,7 @@ from sopbot.db import make_engine, session_scope
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DATABASE = private_name("sopbot_channel_reach")
 CHANNEL = "shop"
 PER_PHASE = 120
