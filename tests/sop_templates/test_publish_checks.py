@@ -9,6 +9,7 @@ import pytest
 from factories import add_contact, new_friend_spec
 
 from channels.models import ChannelInstance
+from scheduler.flows import lifecycle
 from sop_templates import service as templates_service
 from sop_templates.service import TemplateValidationError
 from sopbot.db import session_scope
@@ -23,7 +24,8 @@ SLOW_FOR_REAL_CONTACTS = (
 def _publish(engine, spec):
     with session_scope(engine) as session:
         template = templates_service.create_template(session, spec, T0)
-        return templates_service.publish(session, template.id, T0)
+        actor = lifecycle.Actor(require_approval=False, audit=lambda *_: None)
+        return lifecycle.publish(session, template.id, T0, actor)  # type: ignore[arg-type]
 
 
 def test_publishing_renders_for_real_members_of_the_segment(engine):
@@ -53,4 +55,4 @@ def test_wecom_text_limit_is_checked_with_the_channel_named(engine):
     ok = new_friend_spec(name="短", channel="wecom-corp", touchpoints=[
         {"name": "a", "timing": "+0m", "content": "欢迎" * 600}
     ])  # fmt: skip
-    assert _publish(engine, ok).version == 1
+    assert _publish(engine, ok).version.version == 1
