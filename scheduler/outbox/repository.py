@@ -1,5 +1,6 @@
-"""Set-based SQL for the outbox: bulk inserts that ignore duplicates, and the
-claim, which is the one place the two databases differ."""
+"""Set-based SQL for the outbox: bulk inserts that ignore duplicates, IN-lists
+and executemany. (Status changes, the claim included, are in
+``scheduler.outbox.transitions``.)"""
 
 from __future__ import annotations
 
@@ -15,18 +16,16 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     any_,
-    bindparam,
     func,
     literal,
     select,
-    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment
-from sopbot.db import UTCDateTime
+from scheduler.outbox.models import Delivery, Enrollment
+from sopbot.db import UTCDateTime, rowcount
 
 DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 ENROLLMENTS: Table = Enrollment.__table__  # type: ignore[attr-defined]
@@ -177,91 +176,7 @@ def chunked(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-CLAIM_COLUMNS = (
-    "id, enrollment_id, touchpoint_id, occurrence, template_id, version_id, target_kind, "
-    "target_id, channel, mode, due_at, run_at, expires_at, attempts"
-)
-
-
-def claim_due(
-    session: Session,
-    *,
-    now: datetime,
-    owner: str,
-    lease_until: datetime,
-    limit: int,
-    held_templates: Sequence[int] = (),
-) -> list[Any]:
-    """Atomically move up to ``limit`` due rows from scheduled to claimed.
-
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim disjoint
-    batches at once. SQLite: the caller's transaction began with ``BEGIN
-    IMMEDIATE`` (SQLAlchemy silently drops ``skip_locked`` there), so the whole
-    statement runs under the write lock.
-    """
-    dialect = session.get_bind().dialect.name
-    held = ""
-    params: dict[str, Any] = {
-        "now": now,
-        "owner": owner,
-        "lease_until": lease_until,
-        "limit": limit,
-        "scheduled": DeliveryStatus.SCHEDULED,
-        "claimed": DeliveryStatus.CLAIMED,
-    }
-    if held_templates:
-        held = "AND template_id NOT IN :held"
-        params["held"] = list(held_templates)
-    lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
-    due = f"""
-            SELECT id FROM deliveries
-            WHERE status = :scheduled AND run_at <= :now {held}
-            ORDER BY run_at
-            LIMIT :limit {lock}
-    """
-    # PostgreSQL may plan ``id IN (... LIMIT n FOR UPDATE SKIP LOCKED)`` as a nested-loop
-    # semi join that rescans the subquery per row and claims far more than ``limit``
-    # rows; a MATERIALIZED CTE runs it exactly once.
-    prefix, source = "", due
-    if dialect == "postgresql":
-        prefix, source = f"WITH due AS MATERIALIZED ({due})", "SELECT id FROM due"
-    stmt = text(
-        f"""
-        {prefix}
-        UPDATE deliveries SET status = :claimed, lease_owner = :owner,
-               lease_expires_at = :lease_until
-        WHERE id IN ({source}) AND status = :scheduled
-        RETURNING {CLAIM_COLUMNS}
-        """
-    )
-    stmt = stmt.bindparams(
-        bindparam("now", type_=DELIVERIES.c.run_at.type),
-        bindparam("lease_until", type_=DELIVERIES.c.run_at.type),
-    )
-    if held_templates:
-        stmt = stmt.bindparams(bindparam("held", expanding=True))
-    dt = DELIVERIES.c.due_at.type
-    typed = stmt.columns(
-        DELIVERIES.c.id,
-        DELIVERIES.c.enrollment_id,
-        DELIVERIES.c.touchpoint_id,
-        DELIVERIES.c.occurrence,
-        DELIVERIES.c.template_id,
-        DELIVERIES.c.version_id,
-        DELIVERIES.c.target_kind,
-        DELIVERIES.c.target_id,
-        DELIVERIES.c.channel,
-        DELIVERIES.c.mode,
-        due_at=dt,
-        run_at=dt,
-        expires_at=dt,
-        attempts=DELIVERIES.c.attempts.type,
-    )
-    rows = session.execute(typed, params).all()
-    return sorted(rows, key=lambda r: (r.run_at, r.id))
-
-
-def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> int:
     """Run one statement for many parameter sets (an executemany).
 
     On SQLite the statement is compiled once and the driver gets plain tuples:
@@ -269,10 +184,9 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
     on the dispatch hot path. Elsewhere SQLAlchemy's own executemany is used.
     """
     if not rows:
-        return
+        return 0
     if conn.dialect.name != "sqlite":
-        conn.execute(stmt, list(rows))
-        return
+        return rowcount(conn.execute(stmt, list(rows)))
     compiled = stmt.compile(dialect=conn.dialect)
     names = compiled.positiontup or []
     fixed = compiled.construct_params(rows[0])
@@ -286,4 +200,4 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
             value = row[name] if name in row else fixed[name]
             values.append(value if value is None or convert is None else convert(value))
         params.append(tuple(values))
-    conn.exec_driver_sql(compiled.string, params)  # type: ignore[arg-type]
+    return rowcount(conn.exec_driver_sql(compiled.string, params))  # type: ignore[arg-type]
