@@ -101,7 +101,8 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         self._touchpoints: dict[int, Touchpoint] = {}
         self._stopping = False
         self._stop_by: float | None = None
-        self._sleep = time.sleep
+        self._sleep = time.sleep  # outage backoff (tests pass their own)
+        self._monotonic = time.monotonic
         # Delivery policies (scheduler.outbox.policies), channel controls (channels.*).
         self.workspace = policies.WorkspaceDefaults.from_settings(settings)
         self.limiter = build_limiter(engine, settings)
@@ -179,7 +180,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         then wait out a database outage only until ``within`` seconds from now."""
         self._stopping = True
         if within is not None:
-            self._stop_by = time.monotonic() + within
+            self._stop_by = self._monotonic() + within
 
     # -- claim, lease ---------------------------------------------------------------
 

@@ -83,12 +83,13 @@ class OutcomeRecording:
     # How long a write of outcomes may wait out an outage (the lease by default;
     # a graceful stop shortens it to its bound).
     _sleep: Callable[[float], None] = time.sleep
+    _monotonic: Callable[[], float] = time.monotonic
     _stop_by: float | None = None
 
     def _outage_budget(self) -> float:
         seconds = float(self.settings.lease_seconds)
         if self._stop_by is not None:
-            seconds = min(seconds, max(0.0, self._stop_by - time.monotonic()))
+            seconds = min(seconds, max(0.0, self._stop_by - self._monotonic()))
         return seconds
 
     def _retry_or_fail(self, row: Any, outcome: Outcome) -> Outcome:
@@ -143,6 +144,7 @@ class OutcomeRecording:
                 what=f"recording {len(results)} outcomes",
                 seconds=self._outage_budget(),
                 sleep=self._sleep,
+                monotonic=self._monotonic,
                 extra={"worker_id": self.worker_id, "delivery_ids": list(results)},
             )
 
