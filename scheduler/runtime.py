@@ -199,8 +199,9 @@ class SchedulerRuntime:
         # Outcome writes may wait out a database outage only until just before the bound.
         self.dispatcher.stop(within=bound * 0.8)
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
-            self.scheduler = None
+            # Paused, not shut down yet: shutting APScheduler's executor down
+            # cancels the jobs it runs, which would cut the calls in flight.
+            self.scheduler.pause()
         running = set(self._running)
         if running:
             _, late = await asyncio.wait(running, timeout=bound * 0.6)
@@ -209,6 +210,9 @@ class SchedulerRuntime:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=max(0.1, deadline - time.monotonic() - 0.5))
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
         remaining = max(0.1, deadline - time.monotonic())
         try:
             released = await asyncio.wait_for(
