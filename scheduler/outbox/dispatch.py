@@ -211,6 +211,12 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                 session, now=now, deduplicating=leases.deduplicating_channels(session, channels)
             )
 
+    def _give_back(self, claimed: Sequence[int], marked: Sequence[int]) -> int:
+        """Rows of a stopped batch never handed to a channel back to scheduled."""
+        with session_scope(self.engine) as session:
+            count = transitions.release(session, owner=self.worker_id, ids=claimed)
+            return count + transitions.unmark(session, owner=self.worker_id, ids=marked)
+
     def release_claims(self, ids: Sequence[int] | None = None) -> int:
         """Give back what this worker claimed but has not handed to a channel."""
         with session_scope(self.engine) as session:
@@ -248,8 +254,11 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         groups: dict[str, list[OutboundMessage]] = defaultdict(list)
         for delivery_id, message in messages.items():
             groups[by_id[delivery_id].channel].append(message)
-        # Bounded: at most send_concurrency adapter calls in flight per batch.
+        # Bounded: at most send_concurrency adapter calls in flight per batch,
+        # and as many marked and next in line.
         limit = asyncio.Semaphore(self.settings.send_concurrency)
+        ahead = asyncio.Semaphore(2 * self.settings.send_concurrency)
+        handed_back: list[int] = []
         calls = []
         for channel_name, batch in groups.items():
             adapter = self.channels.get(channel_name)
@@ -258,7 +267,9 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                 part = batch[start : start + size]
                 calls.append(
                     asyncio.ensure_future(
-                        self._send_recorded(channel_name, adapter, part, limit, marks)
+                        self._send_recorded(
+                            channel_name, adapter, part, limit, marks, ahead, handed_back
+                        )
                     )
                 )
         results: dict[int, Outcome] = {}
@@ -284,8 +295,8 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
             created = self._note_modes(by_id, messages, results)
             await asyncio.to_thread(self._finish, results, created)
             unsent = [i for i in messages if i not in marked and i not in outcomes]
-            if unsent:  # a stop came before their turn: give them back now
-                released = await asyncio.to_thread(self.release_claims, unsent)
+            if unsent or handed_back:  # a stop came before their turn: give them back now
+                released = await asyncio.to_thread(self._give_back, unsent, handed_back)
                 stats.outcomes["released"] += released
         finished_at = self.clock.now()
         for delivery_id, outcome in results.items():
@@ -293,7 +304,9 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                 stats.lateness.append((finished_at - by_id[delivery_id].due_at).total_seconds())
         for outcome in list(outcomes.values()) + list(results.values()):
             stats.outcomes[outcome.status] += 1
-        lost = [i for i in marked if i not in results and i not in outcomes]
+        lost = [
+            i for i in marked if i not in results and i not in outcomes and i not in handed_back
+        ]
         if lost:
             stats.outcomes["lease_lost"] += len(lost)
         log_batch(self.worker_id, rows, outcomes, results, lost)

@@ -78,20 +78,28 @@ class ChannelCalls:
         batch: list[OutboundMessage],
         limit: asyncio.Semaphore,
         marks: SendingMarks,
+        ahead: asyncio.Semaphore,
+        unsent: list[int],
     ) -> dict[int, Outcome]:
-        """One adapter call under the concurrency limit, its rows marked
-        ``sending`` just before it (rows waiting their turn stay ``claimed``, so
-        a stop can give them back); its results feed the breaker."""
-        async with limit:
+        """One adapter call under the concurrency limit; its results feed the
+        breaker. Its rows are marked ``sending`` when it is next in line (at
+        most one call waiting per slot, so marking overlaps the calls in
+        flight); rows further back stay ``claimed``. A stop before the call
+        starts gives its rows back (``unsent``)."""
+        async with ahead:
             if self._stopping:
-                return {}  # not handed over: released by the caller
+                return {}  # still claimed: released by the caller
             allowed = await marks.mark([m.delivery_id for m in batch])
             batch = [m for m in batch if m.delivery_id in allowed]
             if not batch:
                 return {}
-            started = time.perf_counter()
-            results = await self._send(adapter, batch)
-            self.pace.observe(time.perf_counter() - started, len(batch))
+            async with limit:
+                if self._stopping:  # marked, never handed over
+                    unsent.extend(m.delivery_id for m in batch)
+                    return {}
+                started = time.perf_counter()
+                results = await self._send(adapter, batch)
+                self.pace.observe(time.perf_counter() - started, len(batch))
         # The breaker counts calls, not messages: one failed mass send of 10,000
         # contacts is one failure of the channel, and a call that delivered
         # anything shows the channel works (a few bad recipients do not trip it).

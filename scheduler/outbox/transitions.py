@@ -17,6 +17,7 @@ transition's start status (or not held by the caller) is simply not touched.
       │  └── release, reap_claimed, defer ────────┘  │            resolve_unknown ─► sent/failed/scheduled
       └──────────── record_outcome (retry), reap_resend (deduplicating channel) ──┘
                                           reap_sending: sending ─► unknown
+    unmark: sending ─► scheduled (marked as next in line, a stop came before the call)
     cancel: scheduled/claimed ─► cancelled      repoint: scheduled ─► scheduled/skipped
     task_failed / task_expired: sent ─► failed / unknown (mass-send task polls)
 """
@@ -60,6 +61,8 @@ TABLE: dict[str, dict[str, frozenset[str]]] = {
     "record_outcome": _moves((S.SENDING, {S.SENT, S.FAILED, S.SCHEDULED, S.UNKNOWN})),
     "resolve_unknown": _moves((S.UNKNOWN, {S.SENT, S.FAILED, S.SCHEDULED})),
     "release": _moves((S.CLAIMED, {S.SCHEDULED})),
+    # marked sending as next in line, then a stop came before the call started
+    "unmark": _moves((S.SENDING, {S.SCHEDULED})),
     "reap_claimed": _moves((S.CLAIMED, {S.SCHEDULED})),
     "reap_resend": _moves((S.SENDING, {S.SCHEDULED})),
     "reap_sending": _moves((S.SENDING, {S.UNKNOWN})),
@@ -340,6 +343,26 @@ def release(session: Session, *, owner: str, ids: Sequence[int] | None = None) -
         update(Delivery)
         .where(*conditions)
         .values(status=S.SCHEDULED, lease_owner=None, lease_expires_at=None)
+    )
+    return rowcount(session.execute(stmt))
+
+
+def unmark(session: Session, *, owner: str, ids: Sequence[int]) -> int:
+    """unmark: sending → scheduled for rows ``owner`` marked as next in line but
+    never handed to a channel (a stop came first); the attempt is given back.
+    Only the owner knows the call never started, so only it may do this."""
+    check("unmark", S.SCHEDULED)
+    if not ids:
+        return 0
+    stmt = (
+        update(Delivery)
+        .where(repository.among(col(Delivery.id), ids, session), *_fence("unmark", owner))
+        .values(
+            status=S.SCHEDULED,
+            attempts=col(Delivery.attempts) - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
     )
     return rowcount(session.execute(stmt))
 

@@ -130,9 +130,10 @@ async def test_stop_gives_back_every_row_not_yet_handed_to_the_channel(
     channel = HeldChannel(runtime.channels.get("mock"), max_batch=1)
     tick = asyncio.create_task(runtime.dispatch_tick())
     await asyncio.wait_for(channel.entered.wait(), 10)
-    # One call in the channel; the other four wait their turn, still claimed.
-    statuses = _statuses(engine)
-    assert sorted(statuses.values()) == ["claimed"] * 4 + ["sending"]
+    # One call in the channel, the next one marked and in line; the other
+    # three wait their turn, still claimed.
+    await _until(lambda: list(_statuses(engine).values()).count("sending") == 2, "next in line")
+    assert sorted(_statuses(engine).values()) == ["claimed"] * 3 + ["sending"] * 2
 
     dispatcher.stop()
     channel.go.set()
@@ -142,6 +143,7 @@ async def test_stop_gives_back_every_row_not_yet_handed_to_the_channel(
     assert statuses == {i: "sent" if i in handed else "scheduled" for i in ids}
     assert stats.outcomes["released"] == 4
     assert all(d.lease_owner is None for d in deliveries(engine))
+    assert {d.attempts for d in deliveries(engine) if d.status == "scheduled"} == {0}
     assert len(mock_sends(engine)) == 1
 
 

@@ -76,6 +76,7 @@ DRIVERS: dict[str, Driver] = {
         s, owner=OWNER, outcomes={i: _outcome(to)}, now=NOW
     ),
     "release": lambda s, i, to: transitions.release(s, owner=OWNER, ids=[i]),
+    "unmark": lambda s, i, to: transitions.unmark(s, owner=OWNER, ids=[i]),
     "reap_claimed": lambda s, i, to: transitions.reap_claimed(s, now=NOW),
     "reap_resend": lambda s, i, to: transitions.reap_resend(s, now=NOW, channels=["mock"]),
     "reap_sending": lambda s, i, to: transitions.reap_sending(s, now=NOW),
@@ -173,6 +174,7 @@ def test_a_transition_from_a_status_it_does_not_start_from_touches_nothing(
         ("record_outcome", S.SENDING),
         ("resolve_unknown", S.UNKNOWN),
         ("release", S.CLAIMED),
+        ("unmark", S.SENDING),
         ("skip", S.CLAIMED),
     ],
 )
