@@ -1,7 +1,8 @@
-"""The APScheduler side: an in-process clock that drives dispatch, cron fan-out
-and lease reaping. APScheduler holds no send jobs; the database is the source of
-truth, so its jobs live in the memory store with fixed ids and every process may
-run them (claims are atomic in the database)."""
+"""The APScheduler side: an in-process clock that runs the jobs each domain
+declares (``scheduler/*/jobs.py``). APScheduler holds no send jobs; the
+database is the source of truth, so its jobs live in the memory store with
+fixed ids and every process may run them (claims are atomic in the database).
+The runtime decides nothing but when jobs run and how a process stops."""
 
 from __future__ import annotations
 
@@ -9,37 +10,52 @@ import asyncio
 import logging
 import os
 import socket
-from datetime import timedelta
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from channels.base import AdapterContext
 from channels.http import channel_http_client
 from channels.registry import ChannelPool
-from scheduler.analytics.retention import RollupResult, roll_up
+from scheduler.analytics import jobs as analytics_jobs
+from scheduler.analytics.retention import RollupResult
+from scheduler.flows import jobs as flows_jobs
+from scheduler.jobs import Job
+from scheduler.operations import jobs as operations_jobs
 from scheduler.operations.heartbeat import Heartbeat
 from scheduler.operations.metrics import DispatchMetrics
+from scheduler.outbox import jobs as outbox_jobs
 from scheduler.outbox import service, tasks
 from scheduler.outbox.dispatch import Dispatcher, DispatchStats
 from sopbot.clock import Clock
-from sopbot.db import session_scope
 from sopbot.settings import Settings
 
 log = logging.getLogger("sopbot.scheduler")
 
-JOB_DISPATCH = "sopbot:dispatch"
-JOB_PLAN = "sopbot:plan-cron"
-JOB_REAP = "sopbot:reap-leases"
-JOB_TASKS = "sopbot:poll-tasks"
-JOB_HEARTBEAT = "sopbot:heartbeat"
-JOB_INBOX = "sopbot:apply-inbox"
-JOB_ROLLUP = "sopbot:rollup"
+# The ids stay importable from here (tests, operators' dashboards).
+JOB_DISPATCH = outbox_jobs.JOB_DISPATCH
+JOB_PLAN = outbox_jobs.JOB_PLAN
+JOB_REAP = outbox_jobs.JOB_REAP
+JOB_TASKS = outbox_jobs.JOB_TASKS
+JOB_HEARTBEAT = operations_jobs.JOB_HEARTBEAT
+JOB_INBOX = flows_jobs.JOB_INBOX
+JOB_ROLLUP = analytics_jobs.JOB_ROLLUP
+
+# Every domain's jobs, in the order they first run.
+JOBS: tuple[Job, ...] = (
+    *outbox_jobs.JOBS,
+    *flows_jobs.JOBS,
+    *analytics_jobs.JOBS,
+    *operations_jobs.JOBS,
+)
+
+T = TypeVar("T")
 
 
 def default_worker_id() -> str:
@@ -54,7 +70,8 @@ def build_channel_pool(engine: Engine, clock: Clock, http: httpx.AsyncClient) ->
 
 
 class SchedulerRuntime:
-    """Owns the APScheduler instance, the dispatcher and the channel pool."""
+    """Owns the APScheduler instance, the dispatcher and the channel pool; is
+    the context every job runs with (``scheduler.jobs.JobContext``)."""
 
     def __init__(
         self,
@@ -79,107 +96,81 @@ class SchedulerRuntime:
         self.heartbeat = Heartbeat(engine, clock, self.worker_id, role=role)
         self.metrics = metrics
         self.scheduler: AsyncIOScheduler | None = None
-        # Held while a dispatch tick runs, so shutdown can wait for it instead of
-        # cancelling it halfway (a claim in a worker thread cannot be cancelled).
-        self._dispatching = asyncio.Lock()
+        # Jobs running now, so a stop can wait for them within its bound (and
+        # cancel what is left at the bound).
+        self._running: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self.last_dispatch: DispatchStats | None = None
 
-    # -- jobs (each safe to run concurrently in many processes) -----------------
+    # -- running a job -------------------------------------------------------------
+
+    async def run(self, job: Callable[[Any], Awaitable[T]]) -> T | None:
+        """Run one job now, tracked so that a stop can wait for it. A job a stop
+        cancelled at its bound returns None instead of failing the scheduler."""
+        task = asyncio.ensure_future(job(self))
+        self._running.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self._stopping and task.cancelled():
+                return None
+            raise
+        finally:
+            self._running.discard(task)
+
+    # The jobs by name, for callers that run one directly (tests, `sopbot` commands).
 
     async def dispatch_tick(self) -> DispatchStats:
-        try:
-            async with self._dispatching:
-                stats = await self.dispatcher.run_once()
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            # A dropped connection (database restart, failover): what this tick
-            # claimed is reaped when its lease expires; the pool reconnects.
-            log.warning("database connection lost during a dispatch tick: %s", exc.orig)
-            return DispatchStats()
+        stats = await self.run(outbox_jobs.dispatch) or DispatchStats()
         self.last_dispatch = stats
-        self.heartbeat.record(stats)
-        if self.metrics is not None:
-            self.metrics.observe(stats)
-        if stats.claimed:  # each batch has its own INFO line (scheduler.outbox.dispatch)
-            log.debug("dispatched %s", dict(stats.outcomes))
         return stats
 
-    async def plan_tick(self) -> service.PlanResult:
-        return await asyncio.to_thread(self.plan_now)
+    async def plan_tick(self) -> service.PlanResult | None:
+        return await self.run(outbox_jobs.plan)
 
     def plan_now(self) -> service.PlanResult:
-        with session_scope(self.engine) as session:
-            return service.plan_cron(
-                session,
-                self.clock.now(),
-                lookahead=timedelta(seconds=self.settings.plan_lookahead_seconds),
-                catch_up=timedelta(days=self.settings.catch_up_days),
-            )
-
-    async def inbox_tick(self) -> Any:
-        """Apply stored audience events (WeCom callbacks) not yet applied, so an
-        event survives a crash between the callback's reply and its processing."""
-        return await asyncio.to_thread(self.apply_inbox_now)
-
-    def apply_inbox_now(self) -> Any:
-        from scheduler.flows import membership
-
-        with session_scope(self.engine) as session:
-            return membership.apply_pending(session, self.clock.now())
+        return outbox_jobs.plan_now(self)
 
     async def reap_tick(self) -> dict[str, int]:
-        reaped = await asyncio.to_thread(self.dispatcher.reap_expired_leases)
-        if any(reaped.values()):
-            log.warning("expired leases resolved: %s", reaped, extra={"reaped": reaped})
-        if self.metrics is not None:
-            self.metrics.observe_reap(reaped)
-        return reaped
+        return await self.run(outbox_jobs.reap) or {}
+
+    async def poll_tasks_tick(self) -> tasks.PollStats | None:
+        return await self.run(outbox_jobs.poll_tasks)
+
+    async def inbox_tick(self) -> Any:
+        return await self.run(flows_jobs.apply_inbox)
+
+    def apply_inbox_now(self) -> Any:
+        return flows_jobs.apply_inbox_now(self)
+
+    async def rollup_tick(self) -> RollupResult | None:
+        return await self.run(analytics_jobs.rollup)
 
     async def heartbeat_tick(self) -> None:
-        """Tell the database this process is alive (``workers`` row)."""
-        await asyncio.to_thread(self.heartbeat.beat)
-
-    async def rollup_tick(self) -> RollupResult:
-        """Add newly finished deliveries to the statistics rollups, so a
-        template's report reads a few hourly rows instead of every delivery.
-        Workers may all run it: the rollup watermark is locked while it moves."""
-        return await asyncio.to_thread(roll_up, self.engine, self.clock, self.settings)
-
-    async def poll_tasks_tick(self) -> tasks.PollStats:
-        """Resolve task-mode deliveries (staff-confirmed mass sends)."""
-        return await tasks.poll_tasks(self.engine, self.clock, self.channels, self.settings)
+        await self.run(operations_jobs.heartbeat)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def build_scheduler(self) -> AsyncIOScheduler:
-        """The APScheduler instance with our jobs, configured carefully:
-        memory store only, fixed ids, replace_existing, max_instances=1,
-        coalesce and an explicit misfire grace time (its default of 1 s silently
-        drops a late run)."""
+        """The APScheduler instance with every domain's jobs, configured
+        carefully: memory store only, fixed ids, replace_existing,
+        max_instances=1, coalesce and an explicit misfire grace time (its
+        default of 1 s silently drops a late run)."""
         scheduler = AsyncIOScheduler(
             jobstores={"default": MemoryJobStore()},
             executors={"default": AsyncIOExecutor()},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
             timezone="UTC",
         )
-        settings = self.settings
-        jobs: list[tuple[str, Any, float]] = [  # (id, coroutine, interval in seconds)
-            (JOB_PLAN, self.plan_tick, settings.plan_interval_seconds),
-            (JOB_DISPATCH, self.dispatch_tick, settings.tick_seconds),
-            (JOB_TASKS, self.poll_tasks_tick, settings.task_poll_seconds),
-            (JOB_INBOX, self.inbox_tick, 5.0),
-            (JOB_ROLLUP, self.rollup_tick, settings.rollup_interval_seconds),
-            (JOB_HEARTBEAT, self.heartbeat_tick, settings.heartbeat_seconds),
-            (JOB_REAP, self.reap_tick, max(5.0, settings.lease_seconds / 4)),
-        ]
-        for job_id, tick, seconds in jobs:
+        for job in JOBS:
+            seconds = job.interval(self.settings)
             if seconds > 0:  # 0 switches a job off (the rollup)
                 scheduler.add_job(
-                    tick,
+                    self.run,
                     "interval",
+                    args=[job.run],
                     seconds=seconds,
-                    id=job_id,
+                    id=job.id,
                     replace_existing=True,
                     max_instances=1,
                     coalesce=True,
@@ -197,17 +188,41 @@ class SchedulerRuntime:
         log.info("scheduler started as %s", self.worker_id)
 
     async def shutdown(self) -> None:
-        """Graceful stop: no new claims, release what is claimed but unsent."""
-        self.dispatcher.stop()
-        async with self._dispatching:  # let a running tick finish its batch
-            pass
+        """Graceful stop within ``shutdown_seconds``: no new claims and no new
+        channel calls; rows not handed to a channel go back to ``scheduled``;
+        calls in flight finish and are recorded. Calls still in flight at the
+        bound are cancelled: what is known is recorded, the rest is left to
+        lease expiry (``unknown``, or sent again on a deduplicating channel)."""
+        bound = self.settings.shutdown_seconds
+        deadline = time.monotonic() + bound
+        self._stopping = True
+        # Outcome writes may wait out a database outage only until just before the bound.
+        self.dispatcher.stop(within=bound * 0.8)
+        if self.scheduler is not None:
+            # Paused, not shut down yet: shutting APScheduler's executor down
+            # cancels the jobs it runs, which would cut the calls in flight.
+            self.scheduler.pause()
+        running = set(self._running)
+        if running:
+            _, late = await asyncio.wait(running, timeout=bound * 0.6)
+            if late:
+                log.warning("stopping: cancelling %d jobs still running at the bound", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=max(0.1, deadline - time.monotonic() - 0.5))
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
-        released = await asyncio.to_thread(self.dispatcher.release_claims)
-        if released:
-            log.info("released %d claimed deliveries", released)
+        remaining = max(0.1, deadline - time.monotonic())
         try:
-            await asyncio.to_thread(self.heartbeat.beat, stopped=True)
-        except Exception:  # noqa: BLE001 - the row then just goes stale
+            released = await asyncio.wait_for(
+                asyncio.to_thread(self.dispatcher.release_claims), timeout=remaining / 2
+            )
+            if released:
+                log.info("released %d claimed deliveries", released)
+            await asyncio.wait_for(
+                asyncio.to_thread(self.heartbeat.beat, stopped=True),
+                timeout=max(0.1, deadline - time.monotonic()),
+            )
+        except Exception:  # noqa: BLE001 - leases and the stale heartbeat cover it
             log.exception("could not record the stop of worker %s", self.worker_id)

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     claim_batch_size: int = Field(500, ge=1, le=10_000, description="rows claimed per batch")
     max_batches_per_tick: int = Field(200, ge=1, description="cap on batches one tick drains")
     lease_seconds: int = Field(120, ge=5, description="how long a claim is held before reaping")
+    shutdown_seconds: float = Field(
+        8.0,
+        gt=0,
+        description="SIGTERM: give back what was not handed over, finish or record the calls "
+        "in flight, and exit within this many seconds (keep it under the orchestrator's kill "
+        "timeout, e.g. docker compose stop_grace_period)",
+    )
     max_attempts: int = Field(5, ge=1, description="attempts before a retryable error fails")
     retry_base_seconds: float = Field(30.0, gt=0, description="first retry backoff (doubles)")
     retry_max_seconds: float = Field(3600.0, gt=0, description="upper bound of one backoff")

@@ -34,7 +34,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlmodel import Session
 
-from sopbot.db import UTCDateTime, reader
+from sopbot.db import UTCDateTime, reader, rowcount
 
 CHUNK = 5000
 
@@ -172,7 +172,7 @@ def insert_rows(
         connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*part, strict=True)))
 
 
-def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> int:
     """Run one statement for many parameter sets (an executemany).
 
     On SQLite the statement is compiled once and the driver gets plain tuples:
@@ -180,10 +180,9 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
     on the dispatch hot path. Elsewhere SQLAlchemy's own executemany is used.
     """
     if not rows:
-        return
+        return 0
     if conn.dialect.name != "sqlite":
-        conn.execute(stmt, list(rows))
-        return
+        return rowcount(conn.execute(stmt, list(rows)))
     compiled = stmt.compile(dialect=conn.dialect)
     names = compiled.positiontup or []
     fixed = compiled.construct_params(rows[0])
@@ -196,7 +195,7 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
             value = row[name] if name in row else fixed[name]
             values.append(value if value is None or convert is None else convert(value))
         params.append(tuple(values))
-    conn.exec_driver_sql(compiled.string, params)  # type: ignore[arg-type]
+    return rowcount(conn.exec_driver_sql(compiled.string, params))  # type: ignore[arg-type]
 
 
 def _pg_array_type(column_type: Any, conn: Connection) -> str:

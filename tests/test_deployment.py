@@ -26,7 +26,11 @@ def test_compose_has_postgres_api_and_two_workers():
         assert worker["command"] == ["sopbot", "worker"]
         assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert worker["environment"]["SOPBOT_DATABASE_URL"].startswith("postgresql+psycopg://")
-        assert worker["stop_grace_period"] == "30s"  # SIGTERM: finish the batch in hand
+        # SIGTERM: the worker exits within SOPBOT_SHUTDOWN_SECONDS (default 8 s),
+        # before compose's SIGKILL
+        assert worker["stop_grace_period"] == "10s"
+        bound = float(worker["environment"].get("SOPBOT_SHUTDOWN_SECONDS", 8))
+        assert bound < 10
     worker_ids = {services[n]["environment"]["SOPBOT_WORKER_ID"] for n in ("worker-1", "worker-2")}
     assert len(worker_ids) == 2
 

@@ -301,11 +301,3 @@ def _with_pending_deliveries(session: Session, enrollment_ids: list[int]) -> set
             ).scalars()
         )
     return out
-
-
-def apply_pending(session: Session, now: datetime) -> Any:
-    """The WeCom inbox job, for ``scheduler/runtime.py`` until it collects jobs
-    from the domains: the job itself is ``scheduler.flows.changes.apply_pending``."""
-    from scheduler.flows import changes  # changes imports this module
-
-    return changes.apply_pending(session, now)

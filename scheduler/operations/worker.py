@@ -1,6 +1,7 @@
 """``sopbot worker``: the scheduler and dispatch without the API, for running
-many processes against one PostgreSQL. SIGTERM/SIGINT stop it gracefully: no
-new claims, claimed-but-unsent rows released, then exit."""
+many processes against one PostgreSQL. SIGTERM/SIGINT stop it gracefully within
+SOPBOT_SHUTDOWN_SECONDS: no new claims or channel calls, rows not handed over
+released, calls in flight finished and recorded, then exit."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, func, literal, select, update
+from sqlalchemy import Insert, func, literal, select, update
 from sqlmodel import Session, col
 
-from scheduler.outbox import policies
+from scheduler.outbox import policies, transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from scheduler.outbox.repository import (
     DELIVERIES,
@@ -455,19 +455,9 @@ def cancel_pending(
     enrollment_ids: Sequence[int] | None = None,
 ) -> int:
     """Cancel deliveries that have not started sending (scheduled or claimed)."""
-    conditions: list[ColumnElement[bool]] = [
-        col(Delivery.status).in_([DeliveryStatus.SCHEDULED, DeliveryStatus.CLAIMED])
-    ]
-    if template_id is not None:
-        conditions.append(col(Delivery.template_id) == template_id)
-    if enrollment_ids is not None:
-        conditions.append(col(Delivery.enrollment_id).in_(list(enrollment_ids)))
-    stmt = (
-        update(Delivery)
-        .where(and_(*conditions))
-        .values(status=DeliveryStatus.CANCELLED, reason=reason, finished_at=now, lease_owner=None)
+    return transitions.cancel(
+        session, reason=reason, now=now, template_id=template_id, enrollment_ids=enrollment_ids
     )
-    return rowcount(session.execute(stmt))
 
 
 def archive_template(session: Session, template_id: int, now: datetime) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -34,8 +34,9 @@ from audiences.models import Contact, GroupChat
 from channels.base import ChannelError, task_poller
 from channels.models import ChannelTask, TaskState
 from channels.registry import ChannelPool
+from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus, clip_reason
-from scheduler.outbox.repository import DELIVERIES, chunked, insert_ignore
+from scheduler.outbox.repository import chunked, insert_ignore
 from sopbot.clock import Clock
 from sopbot.db import session_scope
 from sopbot.settings import Settings
@@ -222,47 +223,14 @@ def _apply(
                 )
         deadline = task["created_at"] + timedelta(hours=settings.task_confirm_hours)
         expired = bool(waiting) and now >= deadline
-        d = DELIVERIES.c
-        fence = (
-            d.id == bindparam("b_id"),
-            d.status == S.SENT,
-            d.provider_message_id == task_id,
-        )
-        conn = session.connection()
-        if confirmed:
-            conn.execute(
-                DELIVERIES.update()
-                .where(*fence)
-                .values(
-                    reason=bindparam("b_reason"),
-                    sent_at=bindparam("b_sent_at", type_=d.sent_at.type),
-                ),
-                confirmed,
-            )
-        if failed:
-            conn.execute(
-                DELIVERIES.update()
-                .where(*fence)
-                .values(
-                    status=S.FAILED, reason=bindparam("b_reason"), sent_at=None, finished_at=now
-                ),
-                failed,
-            )
+        transitions.confirm_task(session, task_id, confirmed)
+        transitions.task_failed(session, task_id, failed, now)
         if expired:
             reason = (
                 f"mass-send task {task_id}: staff {task['sender']} did not confirm within "
                 f"{settings.task_confirm_hours:g} h; outcome unknown"
             )
-            for chunk in chunked(waiting, 900):
-                session.execute(
-                    update(Delivery)
-                    .where(
-                        col(Delivery.id).in_(list(chunk)),
-                        col(Delivery.status) == S.SENT,
-                        col(Delivery.provider_message_id) == task_id,
-                    )
-                    .values(status=S.UNKNOWN, reason=reason, finished_at=now)
-                )
+            transitions.task_expired(session, task_id, waiting, reason, now)
         applied = _Applied(len(confirmed), len(failed), len(waiting) if expired else 0)
         polls = task["polls"] + 1
         state = (

@@ -1,0 +1,77 @@
+"""The outbox's background jobs: dispatch due deliveries, fan out cron
+occurrences, reap leases nobody renewed, poll mass-send tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from scheduler.jobs import Job, JobContext
+from scheduler.outbox import service, tasks
+from scheduler.outbox.dispatch import DispatchStats
+from scheduler.outbox.recording import is_outage
+from sopbot.db import session_scope
+
+log = logging.getLogger("sopbot.scheduler")
+
+JOB_DISPATCH = "sopbot:dispatch"
+JOB_PLAN = "sopbot:plan-cron"
+JOB_REAP = "sopbot:reap-leases"
+JOB_TASKS = "sopbot:poll-tasks"
+
+
+async def dispatch(ctx: JobContext) -> DispatchStats:
+    """Claim and send what is due; a database outage costs this tick only (what
+    it claimed is given back by lease expiry, the pool reconnects)."""
+    try:
+        stats = await ctx.dispatcher.run_once()
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        log.warning("database unavailable during a dispatch tick: %s", exc)
+        return DispatchStats()
+    ctx.heartbeat.record(stats)
+    if ctx.metrics is not None:
+        ctx.metrics.observe(stats)
+    if stats.claimed:  # each batch has its own INFO line (scheduler.outbox.dispatch)
+        log.debug("dispatched %s", dict(stats.outcomes))
+    return stats
+
+
+def plan_now(ctx: JobContext) -> service.PlanResult:
+    with session_scope(ctx.engine) as session:
+        return service.plan_cron(
+            session,
+            ctx.clock.now(),
+            lookahead=timedelta(seconds=ctx.settings.plan_lookahead_seconds),
+            catch_up=timedelta(days=ctx.settings.catch_up_days),
+        )
+
+
+async def plan(ctx: JobContext) -> service.PlanResult:
+    return await asyncio.to_thread(plan_now, ctx)
+
+
+async def reap(ctx: JobContext) -> dict[str, int]:
+    reaped = await asyncio.to_thread(ctx.dispatcher.reap_expired_leases)
+    if any(reaped.values()):
+        log.warning("expired leases resolved: %s", reaped, extra={"reaped": reaped})
+    if ctx.metrics is not None:
+        ctx.metrics.observe_reap(reaped)
+    return reaped
+
+
+async def poll_tasks(ctx: JobContext) -> tasks.PollStats:
+    """Resolve task-mode deliveries (staff-confirmed mass sends)."""
+    return await tasks.poll_tasks(ctx.engine, ctx.clock, ctx.channels, ctx.settings)
+
+
+JOBS = (
+    Job(JOB_PLAN, lambda s: s.plan_interval_seconds, plan),
+    Job(JOB_DISPATCH, lambda s: s.tick_seconds, dispatch),
+    Job(JOB_TASKS, lambda s: s.task_poll_seconds, poll_tasks),
+    # Leases are renewed every lease/3; reaping at lease/4 finds a dead worker's
+    # rows within 1.25 leases.
+    Job(JOB_REAP, lambda s: max(5.0, s.lease_seconds / 4), reap),
+)

@@ -1,0 +1,293 @@
+"""Preparing a claimed batch: render each row, decide what cannot or may not be
+sent now (inactive target, render error, channel capability, breaker, rate
+limit) and, in the transaction that marks rows sending, frequency caps."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from audiences import service as audiences_service
+from audiences.models import Contact
+from channels import service as channels_service
+from channels.base import ChannelAdapter, ChannelError, OutboundMessage
+from channels.breaker import CircuitBreakers
+from channels.ratelimit import RateLimiter
+from channels.registry import ChannelPool
+from scheduler.outbox import policies
+from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.transitions import Outcome
+from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
+from sop_templates.rendering import RenderError, build_context, render_parts
+from sop_templates.schemas import TemplateSpec
+from sopbot.clock import Clock
+from sopbot.db import reader
+from sopbot.settings import Settings
+
+S = DeliveryStatus
+
+
+@dataclass(frozen=True)
+class CapCheck:
+    """A claimed row whose template caps sends per target; decided when it is
+    marked sending."""
+
+    key: policies.TargetKey
+    cap: policies.FrequencyCap
+    zone: Any
+    quiet: policies.QuietHours | None
+    grace: timedelta
+    expires_at: datetime
+
+
+class BatchPreparation:
+    """The dispatcher's preparing half (mixed into ``Dispatcher``)."""
+
+    engine: Engine
+    clock: Clock
+    channels: ChannelPool
+    settings: Settings
+    rng: random.Random
+    workspace: policies.WorkspaceDefaults
+    limiter: RateLimiter
+    breakers: CircuitBreakers
+    _touchpoints: dict[int, Touchpoint]
+    _template_policies: dict[int, policies.TemplatePolicy]
+    _channel_policies: dict[str, channels_service.EffectivePolicy]
+    _breaker_seen: dict[str, dict[str, Any]]
+    _cap_checks: dict[int, CapCheck]
+
+    def _prepare(
+        self, rows: Sequence[Any]
+    ) -> tuple[dict[int, OutboundMessage], dict[int, Outcome]]:
+        """Render every claimed row. Rows that cannot be sent get their final
+        outcome here (inactive target, render error, channel cannot do it)."""
+        messages: dict[int, OutboundMessage] = {}
+        outcomes: dict[int, Outcome] = {}
+        now = self.clock.now()
+        with Session(reader(self.engine)) as session:
+            self._load_touchpoints(session, {r.touchpoint_id for r in rows})
+            self._load_template_policies(session, {r.version_id for r in rows})
+            zones = self._contact_zones(session, rows)
+            names: dict[int, str] = dict(
+                session.execute(
+                    select(SopTemplate.id, SopTemplate.name).where(  # type: ignore[call-overload]
+                        col(SopTemplate.id).in_({r.template_id for r in rows})
+                    )
+                ).all()
+            )
+            targets: dict[str, dict[int, dict[str, Any]]] = {}
+            for kind in {r.target_kind for r in rows}:
+                ids = [r.target_id for r in rows if r.target_kind == kind]
+                targets[kind] = audiences_service.render_targets(session, kind, ids)
+        for row in rows:
+            touchpoint = self._touchpoints[row.touchpoint_id]
+            target = targets[row.target_kind].get(row.target_id)
+            if target is None:
+                outcomes[row.id] = Outcome(S.SKIPPED, f"{row.target_kind} no longer exists")
+                continue
+            if not audiences_service.is_active(target):
+                outcomes[row.id] = Outcome(S.SKIPPED, f"{row.target_kind} is {target['status']}")
+                continue
+            try:
+                adapter = self.channels.get(row.channel)
+            except ChannelError as exc:
+                outcomes[row.id] = Outcome(S.FAILED, str(exc))
+                continue
+            problem = capability_problem(adapter, row, touchpoint)
+            if problem:
+                outcomes[row.id] = Outcome(S.FAILED, problem)
+                continue
+            policy = self._template_policies[row.version_id]
+            own_zone = zones.get(row.target_id) if row.target_kind == "contact" else None
+            zone = policies.local_zone(policy.zone, own_zone)
+            grace = timedelta(seconds=touchpoint.grace_seconds)
+            if policy.quiet is not None:
+                decision = policy.quiet.decide(now, zone)
+                if decision.action != "send":
+                    outcomes[row.id] = _policy_outcome(decision, grace, row.expires_at)
+                    continue
+            context = build_context(
+                target_kind=row.target_kind,
+                target=target,
+                template_name=names.get(row.template_id, ""),
+                touchpoint_name=touchpoint.name,
+                account=target.get("account"),
+                extra={"due_at": row.due_at},
+            )
+            try:
+                parts = render_parts(touchpoint.content, context)
+            except RenderError as exc:
+                outcomes[row.id] = Outcome(S.FAILED, f"content could not be rendered: {exc}")
+                continue
+            account = target.get("account") or {}
+            messages[row.id] = OutboundMessage(
+                delivery_id=row.id,
+                idempotency_key=f"sopbot-d{row.id}",
+                target_kind=row.target_kind,
+                target_external_id=target["external_id"],
+                account_external_id=account.get("external_id"),
+                parts=parts,
+                mode=row.mode,
+                target_name=target.get("name"),
+                template_name=names.get(row.template_id),
+                touchpoint_name=touchpoint.name,
+            )
+            if policy.cap is not None:
+                key = (row.target_kind, row.target_id)
+                self._cap_checks[row.id] = CapCheck(
+                    key, policy.cap, zone, policy.quiet, grace, row.expires_at
+                )
+        self._admit_channels(rows, messages, outcomes, now)
+        return messages, outcomes
+
+    def _load_template_policies(self, session: Session, version_ids: set[int]) -> None:
+        missing = version_ids - self._template_policies.keys()
+        if missing:
+            # Published versions are immutable: their policies can be cached forever.
+            for version_id, spec in session.execute(
+                select(TemplateVersion.id, TemplateVersion.spec).where(  # type: ignore[call-overload]
+                    col(TemplateVersion.id).in_(missing)
+                )
+            ).all():
+                self._template_policies[version_id] = policies.template_policy(
+                    TemplateSpec.model_validate(spec), self.workspace
+                )
+
+    def _contact_zones(self, session: Session, rows: Sequence[Any]) -> dict[int, str]:
+        """Contacts' own time zones, where known (quiet hours follow them)."""
+        ids = {
+            r.target_id
+            for r in rows
+            if r.target_kind == "contact" and self._template_policies[r.version_id].quiet
+        }
+        if not ids:
+            return {}
+        return dict(
+            session.execute(
+                select(Contact.id, Contact.timezone).where(  # type: ignore[call-overload]
+                    col(Contact.id).in_(ids), col(Contact.timezone).is_not(None)
+                )
+            ).all()
+        )
+
+    def _admit_channels(
+        self,
+        rows: Sequence[Any],
+        messages: dict[int, OutboundMessage],
+        outcomes: dict[int, Outcome],
+        now: datetime,
+    ) -> None:
+        """Circuit breaker and rate limit, per channel instance: what may not be
+        sent now goes back to ``scheduled`` (no attempt used) with the reason."""
+        by_id = {r.id: r for r in rows}
+        by_channel: dict[str, list[int]] = defaultdict(list)
+        for delivery_id in messages:
+            by_channel[by_id[delivery_id].channel].append(delivery_id)
+        if not by_channel:
+            return
+        with Session(reader(self.engine)) as session:
+            self._channel_policies.update(
+                channels_service.effective_policies(session, by_channel, self.settings)
+            )
+            states = self.breakers.states(session, by_channel)
+        self._breaker_seen.update(states)
+
+        def hold(delivery_id: int, until: datetime, reason: str) -> None:
+            row = by_id[delivery_id]
+            del messages[delivery_id]
+            self._cap_checks.pop(delivery_id, None)
+            if until > row.expires_at:
+                status = S.FAILED if row.attempts else S.MISSED
+                outcomes[delivery_id] = Outcome(
+                    status, f"not sent within its grace period: {reason}"
+                )
+            else:
+                outcomes[delivery_id] = Outcome(S.SCHEDULED, reason, run_at=until)
+
+        for channel, ids in by_channel.items():
+            admission = self.breakers.admit(states[channel], now)
+            keep = ids if admission.allow is None else ids[: admission.allow]
+            for delivery_id in ids[len(keep) :]:
+                assert admission.until is not None and admission.reason is not None
+                hold(delivery_id, admission.until, admission.reason)
+            policy = self._channel_policies[channel]
+            if policy.rate_per_second and policy.burst and keep:
+                grant = self.limiter.acquire(
+                    channel, len(keep), policy.rate_per_second, policy.burst, now
+                )
+                reason = (
+                    f"rate limit: channel {channel!r} sends at most "
+                    f"{policy.rate_per_second:g}/s; waiting for its turn"
+                )
+                for index, delivery_id in enumerate(keep[grant.granted :]):
+                    hold(delivery_id, now + timedelta(seconds=grant.delay_for(index)), reason)
+
+    def _load_touchpoints(self, session: Session, ids: set[int]) -> None:
+        missing = ids - self._touchpoints.keys()
+        if missing:
+            # Published touchpoints are immutable, so caching them forever is safe.
+            for tp in session.exec(
+                select(Touchpoint).where(col(Touchpoint.id).in_(missing))
+            ).scalars():  # type: ignore[call-overload]
+                self._touchpoints[tp.id] = tp
+
+    def _apply_caps(
+        self, session: Session, checks: dict[int, CapCheck], now: datetime
+    ) -> dict[int, Outcome]:
+        keys = {c.key for c in checks.values()}
+        policies.lock_targets(session, keys)
+        since = min(c.cap.lookback(now, c.zone) for c in checks.values())
+        recent = policies.recent_sends(session, keys, since)
+        admitted: dict[policies.TargetKey, list[datetime]] = defaultdict(list)
+        held: dict[int, Outcome] = {}
+        for delivery_id, check in checks.items():  # claim order: earliest due first
+            decision = check.cap.decide(
+                now, check.zone, recent.of(check.key, now) + admitted[check.key]
+            )
+            if decision.action == "send":
+                admitted[check.key].append(now)
+                continue
+            if decision.action == "defer" and check.quiet is not None and decision.until:
+                # Not into the night: a cap deferral lands after quiet hours.
+                end = check.quiet.window_end(decision.until, check.zone)
+                if end is not None:
+                    decision = policies.Decision(
+                        "defer", end, f"{decision.reason}, after quiet hours {check.quiet.label}"
+                    )
+            held[delivery_id] = _policy_outcome(decision, check.grace, check.expires_at)
+        return held
+
+
+def _policy_outcome(decision: policies.Decision, grace: timedelta, expires_at: datetime) -> Outcome:
+    """A quiet-hours or cap decision as an outcome: skipped, or back to scheduled
+    at the deferral time with the touchpoint's grace period counted from there."""
+    if decision.action == "skip" or decision.until is None:
+        return Outcome(S.SKIPPED, decision.reason)
+    until = decision.until
+    return Outcome(
+        S.SCHEDULED, decision.reason, run_at=until, expires_at=max(expires_at, until + grace)
+    )
+
+
+def capability_problem(adapter: ChannelAdapter, row: Any, touchpoint: Any) -> str | None:
+    """Why ``adapter`` cannot send this row's touchpoint, or None."""
+    caps = adapter.capabilities
+    if row.mode not in caps.modes:
+        return f"channel {row.channel!r} ({adapter.name}) cannot use execution mode {row.mode!r}"
+    if row.target_kind not in caps.targets:
+        return f"channel {row.channel!r} ({adapter.name}) cannot send to a {row.target_kind}"
+    kinds = {p["kind"] for p in touchpoint.content} - set(caps.parts)
+    if kinds:
+        return (
+            f"channel {row.channel!r} ({adapter.name}) cannot send {', '.join(sorted(kinds))} parts"
+        )
+    return None
