@@ -22,16 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from scheduler.outbox import service as scheduler_service
+from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, chunked, insert_ignore
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 from sop_templates.timing import get_zone
-from sopbot.db import rowcount
 
 Migration = Literal["keep", "move"]
 MIGRATIONS: tuple[str, ...] = ("keep", "move")
@@ -106,12 +105,12 @@ def move_to_version(
                 target = new_touchpoints.get(name)
                 values: dict[str, object]
                 if target is None:
-                    values = {
-                        "status": DeliveryStatus.CANCELLED,
-                        "reason": f"touchpoint {name!r} is not in version {version.version}",
-                        "finished_at": now,
-                    }
-                    result.cancelled += _update_pending(session, d.id, values)  # type: ignore[arg-type]
+                    result.cancelled += transitions.cancel(
+                        session,
+                        reason=f"touchpoint {name!r} is not in version {version.version}",
+                        now=now,
+                        delivery_ids=[d.id],  # type: ignore[list-item]
+                    )
                     continue
                 values = {
                     "touchpoint_id": target.id,
@@ -127,7 +126,7 @@ def move_to_version(
                     values["finished_at"] = row["finished_at"]
                     if row["status"] == DeliveryStatus.SKIPPED:
                         result.skipped += 1
-                result.moved += _update_pending(session, d.id, values)  # type: ignore[arg-type]
+                result.moved += transitions.repoint(session, d.id, values)  # type: ignore[arg-type]
             for name, target in new_touchpoints.items():
                 row = planned.get((enrollment.id, target.id))
                 if row is not None and name not in seen[enrollment.id]:  # type: ignore[index]
@@ -140,14 +139,3 @@ def move_to_version(
         result.added += len(added)
     session.flush()
     return result
-
-
-def _update_pending(session: Session, delivery_id: int, values: dict[str, object]) -> int:
-    """Change a delivery only while it is still scheduled (a claim may race us:
-    then it goes out on the version it was claimed with)."""
-    stmt = (
-        update(Delivery)
-        .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.SCHEDULED)
-        .values(**values)
-    )
-    return rowcount(session.execute(stmt))

@@ -211,3 +211,21 @@ def test_a_late_outcome_of_the_owner_resolves_unknown_with_the_provider_id(engin
     (after,) = [d for d in deliveries(engine) if d.id == row]
     assert (after.status, after.provider_message_id, after.reason) == (S.SENT, "provider-42", None)
     assert after.lease_owner is None
+
+
+def test_no_other_module_changes_a_delivery_s_status():
+    """The state machine is the only writer of ``deliveries.status``: no other
+    product module issues an UPDATE on the deliveries table."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    writes = re.compile(r"update\(\s*(Delivery|DELIVERIES)\b|UPDATE\s+deliveries\b", re.I)
+    offenders = []
+    for package in ("scheduler", "audiences", "sop_templates", "channels", "api", "sopbot"):
+        for path in (root / package).rglob("*.py"):
+            if path.name == "transitions.py" and path.parent.name == "outbox":
+                continue
+            if writes.search(path.read_text(encoding="utf-8")):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []
