@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from audiences.events import (
@@ -37,9 +36,9 @@ from audiences.events import (
     _GroupRef,
 )
 from audiences.models import Account, ContactStatus, GroupStatus, Tag
-from audiences.segments import CONTACTS, GROUPS, TAG_ASSIGNMENTS, TargetFacts
-
-CHUNK = 2000
+from audiences.segments import TargetFacts
+from audiences.tables import CONTACTS, GROUPS, TAG_ASSIGNMENTS, TAGS, owner_account, target_table
+from sopbot.sql import chunked, insert_ignore
 
 # ------------------------------------------------------------------ unit of work
 
@@ -129,7 +128,7 @@ class _Batch:
             owner = getattr(event, "owner", None)
             if owner:
                 account_ids.add(owner)
-        for chunk in chunks(sorted(account_ids)):
+        for chunk in chunked(sorted(account_ids)):
             for account_id, external_id in self.session.execute(
                 select(col(Account.id), col(Account.external_id)).where(
                     col(Account.external_id).in_(chunk)
@@ -138,7 +137,7 @@ class _Batch:
                 self.accounts[external_id] = account_id
         account_names = {v: k for k, v in self.accounts.items()}
         by_id: dict[TargetKey, TargetState] = {}
-        for chunk in chunks(sorted(contact_ext)):
+        for chunk in chunked(sorted(contact_ext)):
             rows = self.session.execute(
                 select(CONTACTS, Account.external_id.label("account_ext"))  # type: ignore[attr-defined]
                 .outerjoin(Account, col(Account.id) == CONTACTS.c.account_id)
@@ -159,7 +158,7 @@ class _Batch:
                 )
                 self._index_contact(state)
                 by_id[state.key] = state
-        for chunk in chunks(sorted(group_ext)):
+        for chunk in chunked(sorted(group_ext)):
             rows = self.session.execute(
                 select(GROUPS, Account.external_id.label("account_ext"))  # type: ignore[attr-defined]
                 .outerjoin(Account, col(Account.id) == GROUPS.c.owner_account_id)
@@ -182,7 +181,7 @@ class _Batch:
                 by_id[state.key] = state
         for kind in ("contact", "group"):
             ids = sorted(i for k, i in by_id if k == kind)
-            for chunk in chunks(ids):
+            for chunk in chunked(ids):
                 for target_id, name, tagged_at in self.session.execute(
                     select(TAG_ASSIGNMENTS.c.target_id, col(Tag.name), TAG_ASSIGNMENTS.c.tagged_at)
                     .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
@@ -497,32 +496,13 @@ def apply(
 # ----------------------------------------------------------------------- helpers
 
 
-def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def insert_ignore(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> int:
-    """``INSERT ... ON CONFLICT DO NOTHING``; returns how many rows were new."""
-    if not rows:
-        return 0
-    dialect = session.get_bind().dialect.name
-    stmt = (
-        postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    ).on_conflict_do_nothing()
-    written = 0
-    for chunk in chunks(rows):
-        written += session.execute(stmt, list(chunk)).rowcount or 0  # type: ignore[attr-defined]
-    return written
-
-
 def ensure_tags(
     session: Session, names: Iterable[str], groups: dict[str, str] | None = None
 ) -> dict[str, int]:
     """Tag ids by name, creating the missing tags (with their tag group)."""
     names = sorted(set(names))
     found: dict[str, int] = {}
-    for chunk in chunks(names):
+    for chunk in chunked(names):
         found.update(
             (name, tag_id)
             for tag_id, name in session.execute(
@@ -534,10 +514,10 @@ def ensure_tags(
         groups = groups or {}
         insert_ignore(
             session,
-            Tag.__table__,  # type: ignore[attr-defined]
+            TAGS,
             [{"name": n, "group_name": groups.get(n)} for n in missing],
         )
-        for chunk in chunks(missing):
+        for chunk in chunked(missing):
             found.update(
                 (name, tag_id)
                 for tag_id, name in session.execute(
@@ -554,11 +534,11 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
     for kind, target_id in keys:
         by_kind.setdefault(kind, []).append(target_id)
     for kind, ids in by_kind.items():
-        table = CONTACTS if kind == "contact" else GROUPS
-        account_col = table.c.account_id if kind == "contact" else table.c.owner_account_id
-        for chunk in chunks(sorted(set(ids))):
+        table = target_table(kind)
+        account_col = owner_account(kind)
+        for chunk in chunked(sorted(set(ids))):
             for row in session.execute(
-                select(table, Account.external_id.label("account_ext"))  # type: ignore[attr-defined]
+                select(table, Account.external_id.label("account_ext"))  # type: ignore[attr-defined,arg-type]
                 .outerjoin(Account, col(Account.id) == account_col)
                 .where(table.c.id.in_(chunk))
             ).all():

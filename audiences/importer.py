@@ -39,10 +39,10 @@ from sqlmodel import Session, col
 
 from audiences import changes
 from audiences import service as audiences_service
-from audiences.applying import chunks
 from audiences.events import ContactUpdated, TagAdded
 from audiences.models import Account, ContactStatus
 from sopbot.clock import ensure_utc
+from sopbot.sql import chunked
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "external_id": ("external_id", "externaluserid", "external_user_id", "外部联系人id", "客户id"),
@@ -455,7 +455,7 @@ def apply_import(
         for name in missing:
             audiences_service.ensure_account(session, name)
         report.accounts_created = missing
-    for chunk in chunks(rows, IMPORT_CHUNK):
+    for chunk in chunked(rows, IMPORT_CHUNK):
         done = changes.apply(session, _row_events(chunk), now, react=react)
         report.created += done.applied.created
         report.updated += done.applied.updated

@@ -22,10 +22,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlmodel import Session, col
 
-from audiences import applying, changes, wecom_events
+from audiences import changes, wecom_events
 from audiences import service as audiences_service
 from audiences.events import InvalidEvent
 from audiences.models import InboxEvent, InboxStatus
+from sopbot.sql import chunked, insert_ignore
 
 log = logging.getLogger("sopbot.inbox")
 
@@ -36,7 +37,7 @@ def seen_keys(session: Session, keys: Iterable[str]) -> set[str]:
     """Which of these dedupe keys are already in the inbox."""
     keys = sorted(set(keys))
     out: set[str] = set()
-    for chunk in applying.chunks(keys):
+    for chunk in chunked(keys):
         out.update(
             session.execute(
                 select(INBOX.c.dedupe_key).where(INBOX.c.dedupe_key.in_(chunk))
@@ -48,7 +49,7 @@ def seen_keys(session: Session, keys: Iterable[str]) -> set[str]:
 def record(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     """Store inbox rows (dicts of InboxEvent columns); a known dedupe key is skipped.
     Returns how many were new."""
-    return applying.insert_ignore(session, INBOX, rows)
+    return insert_ignore(session, INBOX, rows)
 
 
 def enqueue(

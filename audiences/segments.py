@@ -61,7 +61,7 @@ from audiences.models import (
     GroupStatus,
     Tag,
 )
-from audiences.tables import CONTACTS, GROUPS, TAG_ASSIGNMENTS
+from audiences.tables import TAG_ASSIGNMENTS, target_table
 from audiences.tag_expressions import MAX_TAG_LENGTH, TagExpr, parse_tag_expr, tag_name
 
 __all__ = ["MAX_TAG_LENGTH", "TagExpr", "parse_tag_expr"]
@@ -429,7 +429,7 @@ def segment_condition(
 ) -> ColumnElement[bool]:
     """The segment as a SQL condition on the contacts or group_chats table
     (status not included)."""
-    table = CONTACTS if target == "contact" else GROUPS
+    table = target_table(target)
     account_col = table.c.account_id if target == "contact" else table.c.owner_account_id
     dialect = session.get_bind().dialect.name
     tag_ids = _tag_ids(session, segment.tag_names())
@@ -483,7 +483,7 @@ def segment_query(
     joined_since: datetime | None = None,
 ) -> Any:
     """``SELECT id FROM contacts|group_chats`` of the active targets in the segment."""
-    table = CONTACTS if target == "contact" else GROUPS
+    table = target_table(target)
     active = ContactStatus.ACTIVE if target == "contact" else GroupStatus.ACTIVE
     stmt = select(table.c.id).where(
         table.c.status == active, segment_condition(session, target, segment)
@@ -514,7 +514,7 @@ def preview(
         raise ValueError(f"a {segment.kind} segment selects {SEGMENT_TARGET[segment.kind]}s")
     ids_query = segment_query(session, target, segment, joined_since=joined_since)
     count = session.execute(select(func.count()).select_from(ids_query.subquery())).scalar_one()
-    table = CONTACTS if target == "contact" else GROUPS
+    table = target_table(target)
     account_col = table.c.account_id if target == "contact" else table.c.owner_account_id
     rows = session.execute(
         select(

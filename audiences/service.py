@@ -11,6 +11,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
+from audiences.tables import ACCOUNTS, owner_account, target_table
 from sopbot.ids import is_id
 
 
@@ -86,9 +87,7 @@ def render_targets(
     ids = sorted(set(ids))
     if not ids:
         return {}
-    table = (Contact if target_kind == "contact" else GroupChat).__table__  # type: ignore[union-attr]
-    accounts = Account.__table__  # type: ignore[attr-defined]
-    owner = table.c.account_id if target_kind == "contact" else table.c.owner_account_id
+    table, accounts, owner = target_table(target_kind), ACCOUNTS, owner_account(target_kind)
     extra = [table.c.member_count] if target_kind == "group" else []
     stmt = (
         select(  # type: ignore[call-overload]

@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from channels.models import BreakerState, ChannelBreaker
 from sopbot.db import rowcount, session_scope
+from sopbot.sql import insert_of
 
 BREAKERS = ChannelBreaker.__table__  # type: ignore[attr-defined]
 _ERROR_CHARS = 500
@@ -239,16 +239,13 @@ class CircuitBreakers:
             return str(values.get("state", state["state"]))
 
     def _locked(self, session: Session, instance: str, now: datetime) -> dict[str, Any]:
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         session.execute(
-            insert(BREAKERS)
+            insert_of(session, BREAKERS)
             .values(**{**_row_dict(None, instance), "updated_at": now})
             .on_conflict_do_nothing()
         )
-        stmt = select(BREAKERS).where(BREAKERS.c.instance == instance)
-        if dialect == "postgresql":
-            stmt = stmt.with_for_update()
+        # a row lock on PostgreSQL; SQLite's write lock is the caller's BEGIN IMMEDIATE
+        stmt = select(BREAKERS).where(BREAKERS.c.instance == instance).with_for_update()
         return dict(session.execute(stmt).one()._mapping)
 
     def _current(self, instance: str) -> str:

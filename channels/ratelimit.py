@@ -19,13 +19,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from channels.base import ChannelError
 from channels.models import ChannelRateBucket
 from sopbot.db import session_scope
 from sopbot.settings import Settings
+from sopbot.sql import insert_of
 
 BUCKETS = ChannelRateBucket.__table__  # type: ignore[attr-defined]
 
@@ -73,16 +73,17 @@ class DatabaseRateLimiter:
         if want <= 0:
             return Grant(0, float(burst), rate)
         with session_scope(self.engine, immediate=True) as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             session.execute(
-                insert(BUCKETS)
+                insert_of(session, BUCKETS)
                 .values(instance=key, tokens=float(burst), updated_at=now)
                 .on_conflict_do_nothing()
             )
-            stmt = select(BUCKETS.c.tokens, BUCKETS.c.updated_at).where(BUCKETS.c.instance == key)
-            if dialect == "postgresql":
-                stmt = stmt.with_for_update()
+            # a row lock on PostgreSQL; SQLite's write lock is the caller's BEGIN IMMEDIATE
+            stmt = (
+                select(BUCKETS.c.tokens, BUCKETS.c.updated_at)
+                .where(BUCKETS.c.instance == key)
+                .with_for_update()
+            )
             tokens, updated_at = session.execute(stmt).one()
             last = updated_at.timestamp()
             current = _refill(tokens, last, now.timestamp(), rate, burst)

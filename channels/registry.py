@@ -18,13 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from channels.base import AdapterContext, ChannelAdapter, ChannelError
 from channels.models import ChannelInstance
+from sopbot.sql import insert_of
 
 ENTRY_POINT_GROUP = "sopbot.channels"
 # How stale a process's view of a channel instance may get (see ChannelPool).
@@ -101,10 +101,8 @@ def ensure_instance(
     if existing:
         return existing
     validate_config(adapter, config or {})
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(
-        insert(INSTANCES)
+        insert_of(session, INSTANCES)
         .values(name=name, adapter=adapter, config=config or {}, enabled=True, version=1)
         .on_conflict_do_nothing(index_elements=["name"])
     )

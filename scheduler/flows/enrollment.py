@@ -21,7 +21,8 @@ from sqlmodel import Session, col
 
 from audiences.applying import Applied, TargetState
 from audiences.models import Tag
-from audiences.segments import CONTACTS, GROUPS, TAG_ASSIGNMENTS, segment_query
+from audiences.segments import segment_query
+from audiences.tables import TAG_ASSIGNMENTS, target_table
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.repository import ENROLLMENTS, chunked
 from sop_templates import service as templates_service
@@ -149,7 +150,7 @@ def segment_targets(
     that was never enrolled in it and carries none of its exit tags — one query."""
     segment = spec.segment
     assert segment is not None
-    table = CONTACTS if spec.target == "contact" else GROUPS
+    table = target_table(spec.target)
     query = segment_query(session, spec.target, segment)
     tag_ids = dict(
         session.execute(

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -30,6 +29,7 @@ from scheduler.outbox.models import Delivery, DeliveryStatus
 from sopbot import __version__
 from sopbot.clock import Clock
 from sopbot.db import session_scope
+from sopbot.sql import insert_of
 
 log = logging.getLogger("sopbot.heartbeat")
 
@@ -101,9 +101,7 @@ class Heartbeat:
             "failed_total": self.failed_total,
         }
         with session_scope(self.engine) as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            stmt = insert(WORKERS).values(**values)
+            stmt = insert_of(session, WORKERS).values(**values)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[WORKERS.c.id],
                 set_={k: stmt.excluded[k] for k in values if k != "id"},
