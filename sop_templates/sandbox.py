@@ -52,11 +52,15 @@ class RenderTooLong(RenderBudgetError):
     pass
 
 
+MAX_CALL_DEPTH = 50
+
+
 @dataclass
 class Budget:
     seconds: float
     max_chars: int
     deadline: float = 0.0
+    depth: int = 0  # calls (macros, functions, methods) now in progress
 
     def check_time(self) -> None:
         if time.perf_counter() > self.deadline:
@@ -283,7 +287,18 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
             return super().call(__context, __obj, *args, **kwargs)
         b.check_time()
         _check_str_method(b, __obj, args, kwargs)
-        return b.check_value(super().call(__context, __obj, *args, **kwargs))
+        # Recursion fails here, fast and the same way everywhere, long before
+        # Python's own limit (whose error unwinds a thousand template frames).
+        if b.depth >= MAX_CALL_DEPTH:
+            raise RenderBudgetError(
+                f"渲染递归过深：调用嵌套超过 {MAX_CALL_DEPTH} 层 "
+                f"(a macro or function calls itself more than {MAX_CALL_DEPTH} levels deep)"
+            )
+        b.depth += 1
+        try:
+            return b.check_value(super().call(__context, __obj, *args, **kwargs))
+        finally:
+            b.depth -= 1
 
 
 def _budget_iter(iterable: Any) -> Any:

@@ -103,4 +103,4 @@ def test_worker_survives_its_connections_being_killed(scale_url, scale_engine, w
     assert seen.statuses.get("unknown", 0) <= 3 * 8 * 10, seen.statuses
     unknown = _unknown_reasons(scale_engine)
     assert all(r.startswith("channel mock raised ") for r in unknown), unknown
-    assert "database connection lost" in worker.output() or seen.statuses["sent"] == n
+    assert "database unavailable" in worker.output() or seen.statuses["sent"] == n
