@@ -18,7 +18,9 @@ from api import editor_forms
 from api.app import create_app
 
 ONLY_FOR_REAL = "range(3000 if contact.name != '张三' else 0)"
-NESTED = f"{{% for i in {ONLY_FOR_REAL} %}}{{% for j in {ONLY_FOR_REAL} %}}{{% endfor %}}{{% endfor %}}"
+NESTED = (
+    f"{{% for i in {ONLY_FOR_REAL} %}}{{% for j in {ONLY_FOR_REAL} %}}{{% endfor %}}{{% endfor %}}"
+)
 JOIN = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
 
 
