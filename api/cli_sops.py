@@ -6,6 +6,8 @@ through the same functions as the API (``scheduler.flows.lifecycle`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +16,10 @@ import typer
 import yaml
 
 from api.cli_common import echo_json, engine_and_clock, fail
+from audiences.import_options import OPTION_HELP
+
+# A progress bar for files big enough to take a while (about 1,000 rows).
+_PROGRESS_BYTES = 100_000
 
 template_app = typer.Typer(help="Author, publish and run SOP templates.", no_args_is_help=True)
 contact_app = typer.Typer(help="Contacts (friends) and group chats.", no_args_is_help=True)
@@ -34,6 +40,38 @@ def _read_spec(path: Path) -> dict[str, Any]:
     return data  # type: ignore[return-value]
 
 
+@contextmanager
+def _on_template(key: str) -> Iterator[tuple[Any, Any, datetime, Any]]:
+    """A session (committed when the block ends well), the template ``key``
+    names (id or name), now, and the settings."""
+    from sop_templates import service
+    from sopbot.db import session_scope
+
+    engine, clock, settings = engine_and_clock()
+    with session_scope(engine) as session:
+        yield session, service.find_template(session, key), clock.now(), settings
+
+
+def _publish(
+    session: Any, settings: Any, template: Any, now: datetime, migrate: str = "keep"
+) -> dict[str, Any]:
+    """Publish through the one lifecycle (approval, enrollment, audit as ``cli``);
+    what ``template create --publish`` and ``template publish`` print."""
+    from api.template_actions import system_actor
+    from scheduler.flows import lifecycle
+
+    actor = system_actor(session, settings, now)
+    outcome = lifecycle.publish(session, template.id, now, actor, migrate=migrate)
+    return {
+        "id": template.id,
+        "name": template.name,
+        "status": "published",
+        "version": outcome.version.version,
+        "enrolled": outcome.enrolled,
+        "deliveries": outcome.deliveries,
+    }
+
+
 @template_app.command("create")
 def template_create(
     file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
@@ -41,8 +79,6 @@ def template_create(
 ) -> None:
     """Create a draft template from a YAML/JSON file (and publish it, exactly as
     the API does: approval where required, the segment enrolled, audited)."""
-    from api.template_actions import system_actor
-    from scheduler.flows import lifecycle
     from sop_templates import service
     from sopbot.db import session_scope
 
@@ -58,14 +94,7 @@ def template_create(
                 "status": template.status,
             }
             if publish:
-                actor = system_actor(session, settings, now)
-                outcome = lifecycle.publish(session, template.id, now, actor)  # type: ignore[arg-type]
-                out.update(
-                    status="published",
-                    version=outcome.version.version,
-                    enrolled=outcome.enrolled,
-                    deliveries=outcome.deliveries,
-                )
+                out = _publish(session, settings, template, now)
     except service.TemplateError as exc:
         fail(str(exc))
     echo_json(out)
@@ -75,11 +104,16 @@ def template_create(
 def template_validate(
     file: Annotated[Path, typer.Argument(help="template spec, YAML or JSON")],
 ) -> None:
-    """Check a template file without saving it."""
+    """Check a template file without saving it, as saving and publishing do
+    (the sample, a few real members of its segment, the channel's limits)."""
     from sop_templates import service
+    from sopbot.db import session_scope
 
+    data = _read_spec(file)
+    engine, _, _ = engine_and_clock()
     try:
-        spec = service.parse_spec(_read_spec(file))
+        with session_scope(engine) as session:
+            spec = service.check_spec(session, data)
     except service.TemplateError as exc:
         fail(str(exc))
     typer.echo(
@@ -96,25 +130,11 @@ def template_publish(
     ] = "keep",
 ) -> None:
     """Publish the draft as a new immutable version, exactly as the API does."""
-    from api.template_actions import system_actor
-    from scheduler.flows import lifecycle
     from sop_templates import service
-    from sopbot.db import session_scope
 
-    engine, clock, settings = engine_and_clock()
     try:
-        with session_scope(engine) as session:
-            now = clock.now()
-            found = service.find_template(session, template)
-            actor = system_actor(session, settings, now)
-            outcome = lifecycle.publish(session, found.id, now, actor, migrate=migrate)  # type: ignore[arg-type]
-            out = {
-                "id": found.id,
-                "name": found.name,
-                "version": outcome.version.version,
-                "enrolled": outcome.enrolled,
-                "deliveries": outcome.deliveries,
-            }
+        with _on_template(template) as (session, found, now, settings):
+            out = _publish(session, settings, found, now, migrate)
     except (service.TemplateError, service.NotFound) as exc:
         fail(str(exc))
     echo_json(out)
@@ -149,13 +169,9 @@ def template_enroll(
     from scheduler.flows import lifecycle
     from scheduler.outbox import service as scheduler_service
     from sop_templates import service
-    from sopbot.db import session_scope
 
-    engine, clock, settings = engine_and_clock()
     try:
-        with session_scope(engine) as session:
-            now = clock.now()
-            found = service.find_template(session, template)
+        with _on_template(template) as (session, found, now, settings):
             finder = (
                 audiences_service.find_contact
                 if found.target_kind == "contact"
@@ -222,19 +238,11 @@ def contact_add(
 @import_app.command("contacts")
 def import_contacts(
     file: Annotated[Path, typer.Argument(help="CSV file, UTF-8 with or without BOM")],
-    dry_run: Annotated[bool, typer.Option(help="check and count, write nothing")] = False,
-    allow_partial: Annotated[
-        bool, typer.Option(help="import the good rows even if some rows are bad")
-    ] = False,
-    create_accounts: Annotated[
-        bool, typer.Option(help="register accounts the file names that sopbot does not know")
-    ] = False,
-    timezone: Annotated[
-        str | None, typer.Option(help="zone of times without an offset (default: settings)")
-    ] = None,
-    encoding: Annotated[
-        str, typer.Option(help="file encoding, e.g. gb18030; auto tells UTF-8 from GBK/GB18030")
-    ] = "utf-8",
+    dry_run: Annotated[bool, typer.Option(help=OPTION_HELP["dry_run"])] = False,
+    allow_partial: Annotated[bool, typer.Option(help=OPTION_HELP["allow_partial"])] = False,
+    create_accounts: Annotated[bool, typer.Option(help=OPTION_HELP["create_accounts"])] = False,
+    timezone: Annotated[str | None, typer.Option(help=OPTION_HELP["timezone"])] = None,
+    encoding: Annotated[str, typer.Option(help=OPTION_HELP["encoding"])] = "utf-8",
 ) -> None:
     """Import contacts (columns: external_id, name, account, joined_at, tags, ...;
     other columns become attributes). All or nothing unless --allow-partial;
@@ -245,7 +253,7 @@ def import_contacts(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from sqlmodel import Session
 
-    from audiences import importer
+    from audiences.import_options import ImportOptions
     from scheduler.flows import changes
 
     try:
@@ -253,8 +261,12 @@ def import_contacts(
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}")
     engine, clock, settings = engine_and_clock()
-    parsed = importer.parse_csv(
-        data, timezone=timezone or settings.default_timezone, encoding=encoding
+    options = ImportOptions(
+        timezone=timezone or settings.default_timezone,
+        encoding=encoding,
+        dry_run=dry_run,
+        allow_partial=allow_partial,
+        create_accounts=create_accounts,
     )
     console = Console(stderr=True)
     with (
@@ -265,25 +277,22 @@ def import_contacts(
             TimeRemainingColumn(),
             console=console,
             transient=True,
-            disable=len(parsed.rows) < 1000 or not sys.stderr.isatty(),
+            disable=len(data) < _PROGRESS_BYTES or not sys.stderr.isatty(),
         ) as progress,
         Session(engine, expire_on_commit=False) as session,
     ):
-        task = progress.add_task("importing contacts", total=len(parsed.rows))
-        report = changes.import_contacts(
+        task = progress.add_task("importing contacts", total=None)
+        report = changes.import_file(
             session,
-            parsed,
+            data,
             clock.now(),
-            allow_partial=allow_partial,
-            create_accounts=create_accounts,
-            progress=lambda n: progress.advance(task, n),
+            options,
+            progress=lambda n, total: progress.update(task, total=total, advance=n),
         )
-        if report.applied and not dry_run:
+        if report.applied:
             session.commit()
         else:
             session.rollback()
-            report.applied = False
-    report.dry_run = dry_run
     for error in report.errors[:50]:
         typer.secho(f"line {error.line}: {error.field}: {error.reason}", fg="red", err=True)
     if len(report.errors) > 50:

@@ -4,8 +4,9 @@ the form fields they belong to.
 The form is flat (``tp-1-cron``, ``tp-1-part-0-text``) so it works without
 JavaScript; the editor keeps its state in the form until it validates and is
 saved. Structural actions (add, move, remove a touchpoint or a part) change the
-form state only. Validation itself is ``sop_templates.service.parse_spec``: the
-UI shows exactly the messages the API returns.
+form state only. Validation itself is ``sop_templates.service.check_spec`` (the
+sample, a few real members of the segment, the channel's limits): the UI shows
+exactly the messages the API returns.
 """
 
 from __future__ import annotations

@@ -186,6 +186,7 @@ def submit(
     _record(request, session, me, "template.submit", template_id)
 
 
+Verdict = Literal["approve", "reject"]
 _VERDICTS = {"approve": approvals.approve, "reject": approvals.reject}
 
 
@@ -194,7 +195,7 @@ def decide(
     session: Session,
     me: auth.Principal,
     template_id: int,
-    verdict: Literal["approve", "reject"],
+    verdict: Verdict,
     note: str | None,
     now: datetime,
 ) -> None:

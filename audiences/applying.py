@@ -137,48 +137,37 @@ class _Batch:
                 self.accounts[external_id] = account_id
         account_names = {v: k for k, v in self.accounts.items()}
         by_id: dict[TargetKey, TargetState] = {}
-        for chunk in chunked(sorted(contact_ext)):
-            rows = self.session.execute(
-                select(CONTACTS, Account.external_id.label("account_ext"))  # type: ignore[attr-defined]
-                .outerjoin(Account, col(Account.id) == CONTACTS.c.account_id)
-                .where(CONTACTS.c.external_id.in_(chunk))
-            ).all()
-            for row in rows:
-                state = TargetState(
-                    kind="contact",
-                    id=row.id,
-                    external_id=row.external_id,
-                    account_id=row.account_id,
-                    account=row.account_ext,
-                    joined_at=row.joined_at,
-                    name=row.name,
-                    status=row.status,
-                    attributes=dict(row.attributes or {}),
-                    timezone=row.timezone,
-                )
-                self._index_contact(state)
-                by_id[state.key] = state
-        for chunk in chunked(sorted(group_ext)):
-            rows = self.session.execute(
-                select(GROUPS, Account.external_id.label("account_ext"))  # type: ignore[attr-defined]
-                .outerjoin(Account, col(Account.id) == GROUPS.c.owner_account_id)
-                .where(GROUPS.c.external_id.in_(chunk))
-            ).all()
-            for row in rows:
-                state = TargetState(
-                    kind="group",
-                    id=row.id,
-                    external_id=row.external_id,
-                    account_id=row.owner_account_id,
-                    account=row.account_ext or account_names.get(row.owner_account_id),
-                    joined_at=row.joined_at,
-                    name=row.name,
-                    status=row.status,
-                    attributes=dict(row.attributes or {}),
-                    member_count=row.member_count,
-                )
-                self.groups[state.external_id] = state
-                by_id[state.key] = state
+        for kind, keys in (("contact", contact_ext), ("group", group_ext)):
+            table, owner = target_table(kind), owner_account(kind)
+            for chunk in chunked(sorted(keys)):
+                rows = self.session.execute(
+                    select(table, Account.external_id.label("account_ext"))  # type: ignore[arg-type,attr-defined]
+                    .outerjoin(Account, col(Account.id) == owner)
+                    .where(table.c.external_id.in_(chunk))
+                ).all()
+                for row in rows:
+                    account_id = row.account_id if kind == "contact" else row.owner_account_id
+                    state = TargetState(
+                        kind=kind,
+                        id=row.id,
+                        external_id=row.external_id,
+                        account_id=account_id,
+                        account=row.account_ext or account_names.get(account_id),
+                        joined_at=row.joined_at,
+                        name=row.name,
+                        status=row.status,
+                        attributes=dict(row.attributes or {}),
+                        **(
+                            {"timezone": row.timezone}
+                            if kind == "contact"
+                            else {"member_count": row.member_count}
+                        ),
+                    )
+                    if kind == "contact":
+                        self._index_contact(state)
+                    else:
+                        self.groups[state.external_id] = state
+                    by_id[state.key] = state
         for kind in ("contact", "group"):
             ids = sorted(i for k, i in by_id if k == kind)
             for chunk in chunked(ids):

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -31,7 +30,7 @@ from pydantic import (
 )
 
 from audiences.segments import MAX_TAG_LENGTH
-from sopbot.clock import ensure_utc
+from sopbot.clock import ensure_utc, get_zone
 
 # ------------------------------------------------------------------------ schemas
 
@@ -258,12 +257,7 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(AudienceEvent)
 def _valid_zone(value: str | None) -> str | None:
     if value is None:
         return None
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {value!r}; use an IANA name like Asia/Shanghai"
-        ) from None
+    get_zone(value)
     return value
 
 

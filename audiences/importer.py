@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlmodel import Session, col
@@ -41,7 +41,7 @@ from audiences import changes
 from audiences import service as audiences_service
 from audiences.events import ContactUpdated, TagAdded
 from audiences.models import Account, ContactStatus
-from sopbot.clock import ensure_utc
+from sopbot.clock import ensure_utc, get_zone
 from sopbot.sql import chunked
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -157,9 +157,9 @@ def parse_csv(
     else:
         text = data.removeprefix("\ufeff")
     try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        out.errors.append(RowError(0, "file", f"unknown time zone {timezone!r}"))
+        zone = get_zone(timezone)
+    except ValueError as exc:
+        out.errors.append(RowError(0, "file", str(exc)))
         return out
     first_line = text.split("\n", 1)[0]
     delimiter = max((",", ";", "\t"), key=first_line.count) if first_line else ","
@@ -313,12 +313,7 @@ def _set(row: ImportRow, column: str, value: str, zone: ZoneInfo) -> None:
                 raise ValueError(f"tag {tag[:20]!r}… is longer than 100 characters")
         row.tags = list(dict.fromkeys(tags))
     elif column == "timezone":
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r}; use an IANA name like Asia/Shanghai"
-            ) from None
+        get_zone(value)
         row.timezone = value
     elif column == "status":
         status = STATUS_WORDS.get(value.lower()) or STATUS_WORDS.get(value)

@@ -11,6 +11,13 @@ from sopbot.clock import ensure_utc
 from sopbot.ids import plain_identifier
 
 
+def aware_joined_at(value: datetime | None) -> datetime | None:
+    """A join time must say its UTC offset (a bare time is ambiguous here)."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError("joined_at needs a UTC offset, e.g. 2027-03-01T21:30:00+08:00")
+    return None if value is None else ensure_utc(value)
+
+
 class ContactIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -24,12 +31,7 @@ class ContactIn(BaseModel):
 
     _plain = field_validator("external_id", "account")(plain_identifier)
 
-    @field_validator("joined_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("joined_at needs a UTC offset, e.g. 2027-03-01T21:30:00+08:00")
-        return None if value is None else ensure_utc(value)
+    _aware = field_validator("joined_at")(aware_joined_at)
 
 
 class GroupIn(BaseModel):
@@ -45,9 +47,4 @@ class GroupIn(BaseModel):
 
     _plain = field_validator("external_id", "owner")(plain_identifier)
 
-    @field_validator("joined_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("joined_at needs a UTC offset, e.g. 2027-03-01T21:30:00+08:00")
-        return None if value is None else ensure_utc(value)
+    _aware = field_validator("joined_at")(aware_joined_at)

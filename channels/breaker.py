@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -59,12 +60,13 @@ class Admission:
 ADMIT_ALL = Admission(None)
 
 
-@dataclass(frozen=True)
-class BreakerView:
-    """A breaker as the API shows it."""
+class BreakerView(BaseModel):
+    """A breaker as the API and the pages show it."""
+
+    model_config = ConfigDict(frozen=True)
 
     instance: str
-    state: str
+    state: str = Field(description="closed / open / half_open")
     consecutive_failures: int
     threshold: int
     cooldown_seconds: float

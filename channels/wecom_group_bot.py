@@ -24,12 +24,11 @@ from channels.base import (
     OutboundMessage,
     SendResult,
 )
+from channels.wecom import WeComAPIError
 
 DEFAULT_WEBHOOK_BASE = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
 MAX_TEXT_BYTES = 2_048
 MAX_NEWS_ARTICLES = 8
-RATE_LIMIT_ERRCODE = 45009
-RATE_LIMIT_RETRY_AFTER_S = 60.0
 
 
 class WeComGroupBotConfig(AdapterConfig):
@@ -164,12 +163,8 @@ class WeComGroupBotAdapter:
             return SendResult.retryable("WeCom group bot returned an unreadable body")
         if code == 0:
             return None
-        reason = f"WeCom errcode {code}: {data.get('errmsg', '')}"
-        if code == RATE_LIMIT_ERRCODE:
-            return SendResult.retryable(reason, retry_after=RATE_LIMIT_RETRY_AFTER_S)
-        if code == -1:  # system busy
-            return SendResult.retryable(reason)
-        return SendResult.permanent(reason)
+        # The same errcodes as WeCom's server API: rate limit and busy are retryable.
+        return WeComAPIError.from_errcode(code, str(data.get("errmsg", ""))).as_result()
 
 
 def build_payloads(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

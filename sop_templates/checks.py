@@ -1,4 +1,5 @@
-"""Checks of a template that need the database, run when it is published:
+"""Checks of a template that need the database, run when it is validated,
+saved as a draft and published (``service.check_spec``):
 its content rendered for a few real targets of its segment (within the render
 budget), and the limits of the channel it is bound to (WeCom's text size).
 
@@ -20,7 +21,9 @@ REAL_TARGETS = 3  # how many members of the segment validation renders for
 def publish_problems(session: Session, spec: TemplateSpec) -> list[tuple[str, str]]:
     """``(location, message)`` pairs, empty when the template may go live."""
     targets = real_targets(session, spec)
-    return validate_content(spec, targets) or channel_problems(session, spec, targets)
+    # The sample alone was rendered by parse_spec; render again only with real targets.
+    problems = validate_content(spec, targets) if targets else []
+    return problems or channel_problems(session, spec, targets)
 
 
 def real_targets(session: Session, spec: TemplateSpec, limit: int = REAL_TARGETS) -> list[Any]:

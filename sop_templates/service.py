@@ -50,6 +50,18 @@ def parse_spec(data: dict[str, Any] | TemplateSpec) -> TemplateSpec:
     return spec
 
 
+def check_spec(session: Session, data: dict[str, Any] | TemplateSpec) -> TemplateSpec:
+    """:func:`parse_spec`, then the checks that need the database: the content
+    rendered for a few real members of the segment (within the render budget)
+    and the bound channel's own limits. Validate, draft save and publish all
+    run this, so a draft that saves is a draft that publishes."""
+    spec = parse_spec(data)
+    problems = publish_problems(session, spec)
+    if problems:
+        raise TemplateValidationError(problems)
+    return spec
+
+
 _TAGS = {"offset", "day_at", "at", "cron", "text", "image", "link", "miniprogram", "file"}
 
 
@@ -79,8 +91,8 @@ def _msg(err: Any) -> str:
 def create_template(
     session: Session, data: dict[str, Any] | TemplateSpec, now: datetime
 ) -> SopTemplate:
-    """Create a draft template from a spec (validated)."""
-    spec = parse_spec(data)
+    """Create a draft template from a spec (validated, see :func:`check_spec`)."""
+    spec = check_spec(session, data)
     if session.exec(select(SopTemplate).where(SopTemplate.name == spec.name)).first():
         raise TemplateError(f"a template named {spec.name!r} already exists")
     template = SopTemplate(
@@ -104,7 +116,7 @@ def update_draft(
     template = get_template(session, template_id)
     if template.status == TemplateStatus.ARCHIVED:
         raise TemplateError(f"template {template.name!r} is archived; create a new one")
-    spec = parse_spec(data)
+    spec = check_spec(session, data)
     if spec.target != template.target_kind and template.current_version_id is not None:
         raise TemplateError("a published template cannot change its target kind")
     clash = session.exec(
@@ -149,10 +161,7 @@ def freeze_draft(session: Session, template_id: int, now: datetime) -> TemplateV
     template = get_template(session, template_id)
     if template.status == TemplateStatus.ARCHIVED:
         raise TemplateError(f"template {template.name!r} is archived and cannot be published")
-    spec = parse_spec(template.draft)
-    problems = publish_problems(session, spec)  # real targets, channel limits
-    if problems:
-        raise TemplateValidationError(problems)
+    spec = check_spec(session, template.draft)
     last = session.exec(
         select(TemplateVersion)
         .where(TemplateVersion.template_id == template.id)

@@ -24,11 +24,12 @@ from bisect import bisect_left, bisect_right
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sopbot.clock import get_zone as get_zone  # re-exported: templates read zones here
 from sopbot.ids import is_id
 
 # Every timing must be computable: nothing falls due more than ten years after its
@@ -81,23 +82,6 @@ def format_duration(delta: timedelta) -> str:
         if value:
             out += f"{value}{unit}"
     return out
-
-
-def get_zone(name: str) -> ZoneInfo:
-    try:
-        return _zone(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise ValueError(
-            f"unknown time zone {name!r}; use an IANA name like Asia/Shanghai"
-        ) from exc
-
-
-@lru_cache(maxsize=256)
-def _zone(name: str) -> ZoneInfo:
-    """Any key ``zoneinfo`` accepts: ``Asia/Shanghai``, ``UTC``, ``GMT``, ``EST5EDT``."""
-    if not name or name != name.strip():
-        raise ValueError(name)
-    return ZoneInfo(name)
 
 
 def in_range(value: datetime, what: str) -> datetime:

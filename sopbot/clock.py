@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class Clock(Protocol):
@@ -42,3 +44,22 @@ def ensure_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def get_zone(name: str) -> ZoneInfo:
+    """The zone named ``name`` (any key ``zoneinfo`` accepts: ``Asia/Shanghai``,
+    ``UTC``, ``GMT``, ``EST5EDT``); ``ValueError`` with a message an operator can
+    act on otherwise. Templates, contacts and imports all read zones here."""
+    try:
+        return _zone(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name like Asia/Shanghai"
+        ) from exc
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    if not name or name != name.strip():
+        raise ValueError(name)
+    return ZoneInfo(name)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
+from sqlmodel import Session
 
 from api import auth
 from api.auth import Author
@@ -99,26 +101,40 @@ def group_sops(key: str, session: SessionDep) -> list[dict[str, Any]]:
     return scheduler_targets.enrollments_of(session, "group", group.id)  # type: ignore[arg-type]
 
 
-@router.post("/contacts", response_model=ContactOut, status_code=201)
-def add_contact(
-    body: ContactIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
+def _upsert(
+    request: Request,
+    session: Session,
+    me: auth.Principal,
+    kind: str,
+    upsert: Callable[[Session, Any, datetime], tuple[Any, Any]],
+    body: ContactIn | GroupIn,
+    now: datetime,
 ) -> Any:
-    """Add (or update) a contact; ``joined_at`` defaults to now. Its tags start
-    tagged SOPs exactly as a ``tag_added`` event would."""
+    """One contact or group written through the audience write path (which runs
+    the SOP reactions), audited as ``<kind>.upsert``."""
     try:
-        contact, _ = changes.upsert_contact(session, body, clock.now())
+        row, _ = upsert(session, body, now)
     except changes.EventsRejected as exc:
         raise _refused(exc) from None
     auth.record(
         request,
         session,
         me,
-        "contact.upsert",
-        object_kind="contact",
-        object_id=contact.id,
-        summary=contact.external_id,
+        f"{kind}.upsert",
+        object_kind=kind,
+        object_id=row.id,
+        summary=row.external_id,
     )
-    return contact
+    return row
+
+
+@router.post("/contacts", response_model=ContactOut, status_code=201)
+def add_contact(
+    body: ContactIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Any:
+    """Add (or update) a contact; ``joined_at`` defaults to now. Its tags start
+    tagged SOPs exactly as a ``tag_added`` event would."""
+    return _upsert(request, session, me, "contact", changes.upsert_contact, body, clock.now())
 
 
 @router.get("/contacts/{key}", response_model=ContactOut)
@@ -131,20 +147,7 @@ def add_group(
     body: GroupIn, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Any:
     """Add (or update) a group chat; its tags start group SOPs."""
-    try:
-        group, _ = changes.upsert_group(session, body, clock.now())
-    except changes.EventsRejected as exc:
-        raise _refused(exc) from None
-    auth.record(
-        request,
-        session,
-        me,
-        "group.upsert",
-        object_kind="group",
-        object_id=group.id,
-        summary=group.external_id,
-    )
-    return group
+    return _upsert(request, session, me, "group", changes.upsert_group, body, clock.now())
 
 
 @router.get("/groups/{key}", response_model=GroupOut)

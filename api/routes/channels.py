@@ -21,16 +21,7 @@ from sopbot.settings import Settings
 router = APIRouter(prefix="/api/channels", tags=["channels"])
 
 
-class BreakerOut(BaseModel):
-    state: str = Field(description="closed / open / half_open")
-    consecutive_failures: int
-    threshold: int
-    cooldown_seconds: float
-    trips: int
-    opened_at: datetime | None
-    open_until: datetime | None
-    last_error: str | None
-    updated_at: datetime | None
+BreakerOut = BreakerView  # the breaker as the service reports it
 
 
 class ChannelOut(BaseModel):
@@ -74,10 +65,6 @@ def _breakers(engine: Any) -> CircuitBreakers:
     return CircuitBreakers(engine, owner="api")
 
 
-def _breaker_out(view: BreakerView) -> BreakerOut:
-    return BreakerOut.model_validate(view, from_attributes=True)
-
-
 def _out(
     session: Session, row: ChannelInstance, settings: Settings, breakers: CircuitBreakers
 ) -> ChannelOut:
@@ -95,7 +82,7 @@ def _out(
         enabled=row.enabled,
         config=config,
         policy=policy.as_dict(),
-        breaker=_breaker_out(breakers.view(session, row.name, policy.breaker)),
+        breaker=breakers.view(session, row.name, policy.breaker),
         problem=problem,
     )
 
@@ -184,7 +171,7 @@ def get_breaker(name: str, engine: EngineDep, settings: SettingsDep) -> BreakerO
     with Session(reader(engine)) as session:
         channels_service.get_instance(session, name)
         policy = channels_service.get_policy(session, name, settings)
-        return _breaker_out(_breakers(engine).view(session, name, policy.breaker))
+        return _breakers(engine).view(session, name, policy.breaker)
 
 
 @router.post("/{name}/breaker/reset", response_model=BreakerOut)

@@ -12,6 +12,7 @@ from sqlmodel import col, select
 from api import auth
 from api.deps import ClockDep, SessionDep, SettingsDep
 from audiences import importer
+from audiences.import_options import OPTION_HELP, ImportOptions
 from audiences.models import Account, InboxEvent, InboxStatus
 from scheduler.flows import changes
 
@@ -150,33 +151,25 @@ def import_contacts(
     clock: ClockDep,
     settings: SettingsDep,
     file: UploadFile = File(description="CSV, UTF-8 with or without BOM (or see encoding)"),
-    dry_run: bool = Query(False, description="check and count, write nothing"),
-    allow_partial: bool = Query(False, description="import the good rows even if some are bad"),
-    create_accounts: bool = Query(False, description="register unknown accounts"),
-    timezone: str | None = Query(None, description="zone of times without an offset"),
-    encoding: str = Query(
-        "utf-8",
-        max_length=40,
-        description="file encoding, e.g. gbk or gb18030; auto tells UTF-8 from GBK/GB18030",
-    ),
+    dry_run: bool = Query(False, description=OPTION_HELP["dry_run"]),
+    allow_partial: bool = Query(False, description=OPTION_HELP["allow_partial"]),
+    create_accounts: bool = Query(False, description=OPTION_HELP["create_accounts"]),
+    timezone: str | None = Query(None, description=OPTION_HELP["timezone"]),
+    encoding: str = Query("utf-8", max_length=40, description=OPTION_HELP["encoding"]),
 ) -> Any:
     """Import contacts from a CSV file. 422 with per-row errors (line, field,
     reason) when nothing was imported because of them."""
-    data = file.file.read(importer.MAX_BYTES + 1)
-    parsed = importer.parse_csv(
-        data, timezone=timezone or settings.default_timezone, encoding=encoding
-    )
-    report = changes.import_contacts(
-        session,
-        parsed,
-        clock.now(),
+    options = ImportOptions(
+        timezone=timezone or settings.default_timezone,
+        encoding=encoding,
+        dry_run=dry_run,
         allow_partial=allow_partial,
         create_accounts=create_accounts,
     )
-    report.dry_run = dry_run
-    if dry_run or not report.applied:
+    data = file.file.read(importer.MAX_BYTES + 1)
+    report = changes.import_file(session, data, clock.now(), options)
+    if not report.applied:
         session.rollback()
-        report.applied = False
     if report.errors and not report.applied and not dry_run:
         whole_file = [e.reason for e in report.errors if e.field == "file"]
         if whole_file:

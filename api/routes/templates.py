@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
 from api import template_actions
-from api.auth import Approver, Author
+from api.auth import Approver, Author, Principal
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from audiences import service as audiences_service
@@ -19,7 +19,7 @@ from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
-from sopbot.clock import ensure_utc
+from sop_templates.timing import as_instant, get_zone
 
 router = APIRouter(prefix="/api/templates", tags=["templates"])
 
@@ -77,9 +77,13 @@ def list_library() -> list[dict[str, Any]]:
 
 
 @router.post("/validate")
-def validate_template(spec: dict[str, Any] = Body(examples=[SPEC_EXAMPLE])) -> dict[str, Any]:
-    """Validate a spec without saving it; 422 lists every problem with its location."""
-    parsed = templates_service.parse_spec(spec)
+def validate_template(
+    session: SessionDep, spec: dict[str, Any] = Body(examples=[SPEC_EXAMPLE])
+) -> dict[str, Any]:
+    """Validate a spec without saving it, as saving and publishing do: the sample
+    context, a few real members of the segment, the bound channel's limits.
+    422 lists every problem with its location."""
+    parsed = templates_service.check_spec(session, spec)
     return {"ok": True, "touchpoints": [t.timing.describe() for t in parsed.touchpoints]}
 
 
@@ -177,6 +181,20 @@ def submit(
     return _review_out(session, template_id)
 
 
+def _decide(
+    request: Request,
+    session: Any,
+    me: Principal,
+    template_id: int,
+    verdict: template_actions.Verdict,
+    body: ReviewIn | None,
+    now: datetime,
+) -> dict[str, Any]:
+    note = body.note if body else None
+    template_actions.decide(request, session, me, template_id, verdict, note, now)
+    return _review_out(session, template_id)
+
+
 @router.post("/{template_id}/approve")
 def approve(
     template_id: int,
@@ -187,9 +205,7 @@ def approve(
     body: ReviewIn | None = Body(None),
 ) -> dict[str, Any]:
     """Approve the submitted draft. Its authors cannot approve it."""
-    note = body.note if body else None
-    template_actions.decide(request, session, me, template_id, "approve", note, clock.now())
-    return _review_out(session, template_id)
+    return _decide(request, session, me, template_id, "approve", body, clock.now())
 
 
 @router.post("/{template_id}/reject")
@@ -202,9 +218,7 @@ def reject(
     body: ReviewIn | None = Body(None),
 ) -> dict[str, Any]:
     """Send the draft back with a note."""
-    note = body.note if body else None
-    template_actions.decide(request, session, me, template_id, "reject", note, clock.now())
-    return _review_out(session, template_id)
+    return _decide(request, session, me, template_id, "reject", body, clock.now())
 
 
 @router.get("/{template_id}/review")
@@ -247,13 +261,7 @@ def timeline(
 
 
 def _sample_instant(value: datetime | None, zone_name: str, now: datetime) -> datetime:
-    if value is None:
-        return now
-    if value.tzinfo is None:
-        from sop_templates.timing import get_zone, local_to_utc
-
-        return local_to_utc(value, get_zone(zone_name))
-    return ensure_utc(value)
+    return now if value is None else as_instant(value, get_zone(zone_name))
 
 
 @router.get("/{template_id}/preview")

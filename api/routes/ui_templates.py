@@ -31,7 +31,7 @@ from sop_templates import approvals, library
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
 from sop_templates.service import NotFound, TemplateError, TemplateValidationError
-from sop_templates.timing import get_zone, local_to_utc
+from sop_templates.timing import as_instant, get_zone
 from sopbot.db import session_scope
 
 router = APIRouter(include_in_schema=False)
@@ -168,7 +168,7 @@ def _editor_post(
         return _editor(request, session, settings, template, form, clock=clock, with_panels=False)
     spec = editor_forms.spec_from_form(form)
     try:
-        parsed = templates_service.parse_spec(spec)
+        parsed = templates_service.check_spec(session, spec)
     except TemplateValidationError as exc:
         errors = editor_forms.map_problems(exc.problems, form)
         return _editor(
@@ -205,7 +205,7 @@ def _choices(session: Session, target_kind: str) -> list[tuple[str, str]]:
 def _sample_instant(value: str, zone_name: str, now: datetime) -> datetime:
     if value:
         try:
-            return local_to_utc(datetime.fromisoformat(value), get_zone(zone_name))
+            return as_instant(datetime.fromisoformat(value), get_zone(zone_name))
         except ValueError:
             pass
     return now.replace(second=0, microsecond=0)
@@ -420,28 +420,34 @@ def submit(
     return _lifecycle(request, session, template_id, run, "submitted")
 
 
-@router.post("/templates/{template_id}/approve")
-async def approve(
-    template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
+async def _decide(
+    request: Request,
+    session: Session,
+    me: auth.Principal,
+    template_id: int,
+    verdict: template_actions.Verdict,
+    now: Any,
 ) -> Response:
     note = await _note(request)
 
     def run() -> None:
-        template_actions.decide(request, session, me, template_id, "approve", note, clock.now())
+        template_actions.decide(request, session, me, template_id, verdict, note, now)
 
-    return _lifecycle(request, session, template_id, run, "approved")
+    return _lifecycle(request, session, template_id, run, f"{verdict}d")
+
+
+@router.post("/templates/{template_id}/approve")
+async def approve(
+    template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
+) -> Response:
+    return await _decide(request, session, me, template_id, "approve", clock.now())
 
 
 @router.post("/templates/{template_id}/reject")
 async def reject(
     template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
 ) -> Response:
-    note = await _note(request)
-
-    def run() -> None:
-        template_actions.decide(request, session, me, template_id, "reject", note, clock.now())
-
-    return _lifecycle(request, session, template_id, run, "rejected")
+    return await _decide(request, session, me, template_id, "reject", clock.now())
 
 
 @router.post("/templates/{template_id}/publish")
@@ -460,26 +466,31 @@ async def publish(
     return _lifecycle(request, session, template_id, run, "published")
 
 
+def _set_status(
+    request: Request, session: Session, me: auth.Principal, template_id: int, status: str, now: Any
+) -> Response:
+    done = "paused" if status == TemplateStatus.PAUSED else "resumed"
+
+    def run() -> None:
+        template_actions.set_status(request, session, me, template_id, status, now)
+
+    return _lifecycle(request, session, template_id, run, done)
+
+
 @router.post("/templates/{template_id}/pause")
 def pause(
     template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
-    def run() -> None:
-        paused = TemplateStatus.PAUSED
-        template_actions.set_status(request, session, me, template_id, paused, clock.now())
-
-    return _lifecycle(request, session, template_id, run, "paused")
+    paused = TemplateStatus.PAUSED
+    return _set_status(request, session, me, template_id, paused, clock.now())
 
 
 @router.post("/templates/{template_id}/resume")
 def resume(
     template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
-    def run() -> None:
-        live = TemplateStatus.PUBLISHED
-        template_actions.set_status(request, session, me, template_id, live, clock.now())
-
-    return _lifecycle(request, session, template_id, run, "resumed")
+    live = TemplateStatus.PUBLISHED
+    return _set_status(request, session, me, template_id, live, clock.now())
 
 
 @router.post("/templates/{template_id}/archive")

@@ -26,6 +26,7 @@ from audiences import changes as audience_changes
 from audiences import importer, inbox
 from audiences.changes import Changes, EventsRejected, Reaction
 from audiences.events import ItemError
+from audiences.import_options import ImportOptions
 from audiences.models import Contact, GroupChat, InboxStatus
 from audiences.schemas import ContactIn, GroupIn
 from scheduler.flows import membership
@@ -73,6 +74,33 @@ def import_contacts(
         create_accounts=create_accounts,
         progress=progress,
     )
+
+
+def import_file(
+    session: Session,
+    data: bytes,
+    now: datetime,
+    options: ImportOptions,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> importer.ImportReport:
+    """Read a CSV file and apply it (unless ``options.dry_run``): the CLI and the
+    upload route alike. ``progress(rows_done, rows_total)`` follows the writes.
+    The caller commits when ``report.applied``, and rolls back otherwise."""
+    parsed = importer.parse_csv(data, timezone=options.timezone, encoding=options.encoding)
+    total = len(parsed.rows)
+    report = import_contacts(
+        session,
+        parsed,
+        now,
+        allow_partial=options.allow_partial,
+        create_accounts=options.create_accounts,
+        progress=(lambda n: progress(n, total)) if progress else None,
+    )
+    report.dry_run = options.dry_run
+    if options.dry_run:
+        report.applied = False
+    return report
 
 
 @dataclass
