@@ -39,7 +39,7 @@ from scheduler.outbox import leases, policies, transitions
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
-from scheduler.outbox.sending import ChannelCalls, SendingMarks
+from scheduler.outbox.sending import ChannelCalls, SendingMarks, call_size
 from scheduler.outbox.service import held_template_ids
 from scheduler.outbox.transitions import Outcome
 from sop_templates.models import Touchpoint
@@ -134,7 +134,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         """
         total = DispatchStats()
         limit = max_batches or self.settings.max_batches_per_tick
-        depth = max(1, self.settings.dispatch_pipeline)
+        depth = self.pipeline_depth
         running: set[asyncio.Task[DispatchStats]] = set()
         claimed, drained = 0, False
         try:
@@ -174,6 +174,10 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         batch = await self.process(rows)
         batch.batch_seconds.append(time.perf_counter() - started)
         return batch
+
+    @property
+    def pipeline_depth(self) -> int:
+        return max(1, self.settings.dispatch_pipeline)
 
     def stop(self, within: float | None = None) -> None:
         """Stop claiming and starting calls (graceful shutdown); outcome writes
@@ -270,7 +274,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         calls = []
         for channel_name, batch in groups.items():
             adapter = adapters[channel_name]
-            size = max(1, adapter.capabilities.max_batch)
+            size = call_size(adapter, self.settings.send_concurrency * self.pipeline_depth)
             for start in range(0, len(batch), size):
                 part = batch[start : start + size]
                 calls.append(

@@ -30,6 +30,20 @@ log = logging.getLogger("sopbot.dispatch")
 S = DeliveryStatus
 
 
+def call_size(adapter: ChannelAdapter, calls_in_flight: int) -> int:
+    """Messages per adapter call. An adapter that sends one request per message
+    and bounds its requests in flight itself (``config.max_concurrency``: the
+    webhook, apprise) would otherwise take a whole batch of 200 in one call and
+    hold most of it ``sending`` while it waits its turn inside the adapter; its
+    calls are cut so that the dispatcher's ``calls_in_flight`` together fill its
+    own bound once, and no row is marked long before its request starts."""
+    size = max(1, adapter.capabilities.max_batch)
+    fan_out = getattr(getattr(adapter, "config", None), "max_concurrency", None)
+    if isinstance(fan_out, int) and fan_out > 0:
+        size = min(size, max(1, -(-fan_out // max(1, calls_in_flight))))
+    return size
+
+
 class SendingMarks:
     """Marks rows ``sending`` just before their call, coalescing the calls that
     start together into one transaction (``flush`` returns the ids it marked)."""
