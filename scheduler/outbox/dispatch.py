@@ -39,7 +39,7 @@ from scheduler.outbox import leases, policies, transitions
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
-from scheduler.outbox.sending import ChannelCalls, SendingMarks
+from scheduler.outbox.sending import ChannelCalls, SendingWaves, call_size
 from scheduler.outbox.service import held_template_ids
 from scheduler.outbox.transitions import Outcome
 from sop_templates.models import Touchpoint
@@ -134,7 +134,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         """
         total = DispatchStats()
         limit = max_batches or self.settings.max_batches_per_tick
-        depth = max(1, self.settings.dispatch_pipeline)
+        depth = self.pipeline_depth
         running: set[asyncio.Task[DispatchStats]] = set()
         claimed, drained = 0, False
         try:
@@ -174,6 +174,10 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         batch = await self.process(rows)
         batch.batch_seconds.append(time.perf_counter() - started)
         return batch
+
+    @property
+    def pipeline_depth(self) -> int:
+        return max(1, self.settings.dispatch_pipeline)
 
     def stop(self, within: float | None = None) -> None:
         """Stop claiming and starting calls (graceful shutdown); outcome writes
@@ -257,29 +261,32 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
             marked.update(chunk)
             return allowed
 
-        marks = SendingMarks(flush)
         # Send per channel, in the adapter's batch size, concurrently.
         groups: dict[str, list[OutboundMessage]] = defaultdict(list)
         for delivery_id, message in messages.items():
             groups[by_id[delivery_id].channel].append(message)
-        # Bounded: at most send_concurrency adapter calls in flight per batch,
-        # and as many marked and next in line.
-        limit = asyncio.Semaphore(self.settings.send_concurrency)
-        ahead = asyncio.Semaphore(2 * self.settings.send_concurrency)
-        handed_back: list[int] = []
-        calls = []
+        parts: list[tuple[str, ChannelAdapter, list[OutboundMessage]]] = []
         for channel_name, batch in groups.items():
             adapter = adapters[channel_name]
-            size = max(1, adapter.capabilities.max_batch)
+            size = call_size(adapter, self.settings.send_concurrency * self.pipeline_depth)
             for start in range(0, len(batch), size):
-                part = batch[start : start + size]
-                calls.append(
-                    asyncio.ensure_future(
-                        self._send_recorded(
-                            channel_name, adapter, part, limit, marks, ahead, handed_back
-                        )
-                    )
-                )
+                parts.append((channel_name, adapter, batch[start : start + size]))
+        # Bounded: at most send_concurrency adapter calls in flight per batch;
+        # their rows are marked a wave of send_concurrency calls at a time, at
+        # most two waves ahead of the calls that started.
+        limit = asyncio.Semaphore(self.settings.send_concurrency)
+        waves = SendingWaves(
+            [[m.delivery_id for m in part] for _, _, part in parts],
+            self.settings.send_concurrency,
+            flush,
+        )
+        handed_back: list[int] = []
+        calls = [
+            asyncio.ensure_future(
+                self._send_recorded(channel_name, adapter, part, limit, waves, k, handed_back)
+            )
+            for k, (channel_name, adapter, part) in enumerate(parts)
+        ]
         results: dict[int, Outcome] = {}
         try:
             if calls:
@@ -291,6 +298,13 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                 await asyncio.wait(calls)
             raise
         finally:
+            # Rows marked with a wave whose call never started (a stop, or a
+            # cancel at the bound) were not handed over: they go back too.
+            await waves.settled()
+            given = set(handed_back)
+            for k in range(len(parts)):
+                if k not in waves.started:
+                    handed_back.extend((waves.marked(k) or set()) - given)
             for call in calls:
                 if not call.done() or call.cancelled():
                     continue

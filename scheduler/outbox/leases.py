@@ -41,7 +41,14 @@ class Pace:
         self.call_seconds = 0.8 * self.call_seconds + 0.2 * seconds
         self.per_call = 0.8 * self.per_call + 0.2 * messages
 
+    # Before the first call is timed: a few rounds of the calls in flight, not a
+    # whole batch (one worker taking 500 rows of a 2 s channel would hold them
+    # for a minute while the other workers idle). One timed call corrects it.
+    UNTIMED_ROUNDS = 8
+
     def claim_limit(self, batch_size: int) -> int:
+        if self.call_seconds is None:
+            return max(1, min(batch_size, self.UNTIMED_ROUNDS * self.concurrency))
         if not self.call_seconds:
             return batch_size
         calls = self.concurrency * (self.lease_seconds / 3) / self.call_seconds

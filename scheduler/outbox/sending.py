@@ -30,32 +30,83 @@ log = logging.getLogger("sopbot.dispatch")
 S = DeliveryStatus
 
 
-class SendingMarks:
-    """Marks rows ``sending`` just before their call, coalescing the calls that
-    start together into one transaction (``flush`` returns the ids it marked)."""
+def call_size(adapter: ChannelAdapter, calls_in_flight: int) -> int:
+    """Messages per adapter call. An adapter that sends one request per message
+    and bounds its requests in flight itself (``config.max_concurrency``: the
+    webhook, apprise) would otherwise take a whole batch of 200 in one call and
+    hold most of it ``sending`` while it waits its turn inside the adapter; its
+    calls are cut so that the dispatcher's ``calls_in_flight`` together fill its
+    own bound once, and no row is marked long before its request starts."""
+    size = max(1, adapter.capabilities.max_batch)
+    fan_out = getattr(getattr(adapter, "config", None), "max_concurrency", None)
+    if isinstance(fan_out, int) and fan_out > 0:
+        size = min(size, max(1, -(-fan_out // max(1, calls_in_flight))))
+    return size
 
-    def __init__(self, flush: Callable[[list[int]], Awaitable[set[int]]]) -> None:
+
+class SendingWaves:
+    """Marks rows ``sending`` a wave of calls at a time: the calls that start in
+    the next ``wave`` releases of the concurrency limit are marked in one
+    transaction (``flush`` returns the ids it marked), and the wave after is
+    marked in the background as soon as the calls of the previous one start.
+    So at most two waves of calls are marked and not yet started; rows further
+    back stay ``claimed``, and a stop gives the marked ones back.
+
+    ``calls`` are the ids of each adapter call, in the order the calls start
+    (they queue on the limit in that order)."""
+
+    def __init__(
+        self,
+        calls: Sequence[Sequence[int]],
+        wave: int,
+        flush: Callable[[list[int]], Awaitable[set[int]]],
+    ) -> None:
+        self._calls = [list(c) for c in calls]
+        self._wave = max(1, wave)
         self._flush = flush
-        self._waiting: list[int] = []
-        self._marked: dict[int, bool] = {}
-        self._lock = asyncio.Lock()
+        self._requested = 0  # calls [0, _requested) have a wave marking them
+        self._waves: list[asyncio.Task[set[int]]] = []
+        self._wave_of: dict[int, asyncio.Task[set[int]]] = {}  # call -> its wave
+        self.started: set[int] = set()  # calls handed to their adapter
 
-    async def mark(self, ids: Sequence[int]) -> set[int]:
-        if not ids:
-            return set()
-        self._waiting.extend(ids)
-        async with self._lock:
-            if ids[0] not in self._marked:  # no earlier flush took ours along
-                take, self._waiting = self._waiting, []
-                try:
-                    marked = await self._flush(take)
-                except BaseException:
-                    for i in take:
-                        self._marked[i] = False
-                    raise
-                for i in take:
-                    self._marked[i] = i in marked
-        return {i for i in ids if self._marked.pop(i, False)}
+    def _request(self, upto: int) -> None:
+        """Mark the next wave (at least up to call ``upto``), in one transaction."""
+        if self._requested >= len(self._calls):
+            return
+        end = min(len(self._calls), max(upto + 1, self._requested + self._wave))
+        ids = [i for call in self._calls[self._requested : end] for i in call]
+        task = asyncio.ensure_future(self._flush(ids))
+        for k in range(self._requested, end):
+            self._wave_of[k] = task
+        self._waves.append(task)
+        self._requested = end
+
+    async def mark(self, call: int) -> set[int]:
+        """Wait until call ``call``'s rows are marked (its turn has come); the
+        ids this worker still held and so may send. Starts marking the next
+        wave when fewer than a wave of marked calls is left in line."""
+        if call >= self._requested:
+            self._request(call)
+        marked = await asyncio.shield(self._wave_of[call])
+        if self._requested - (call + 1) < self._wave:
+            self._request(self._requested)
+        return {i for i in self._calls[call] if i in marked}
+
+    def marked(self, call: int) -> set[int] | None:
+        """Call ``call``'s marked ids if its wave was marked; None when it was
+        never marked (or its wave failed: then nothing of it was marked)."""
+        wave = self._wave_of.get(call)
+        if wave is None or not wave.done() or wave.cancelled() or wave.exception() is not None:
+            return None
+        marked = wave.result()
+        return {i for i in self._calls[call] if i in marked}
+
+    async def settled(self) -> None:
+        """Wait for every wave still being marked (a stop or cancel must know
+        which rows it holds as ``sending``)."""
+        pending = [w for w in self._waves if not w.done()]
+        if pending:
+            await asyncio.wait(pending)
 
 
 class ChannelCalls:
@@ -77,29 +128,26 @@ class ChannelCalls:
         adapter: ChannelAdapter,
         batch: list[OutboundMessage],
         limit: asyncio.Semaphore,
-        marks: SendingMarks,
-        ahead: asyncio.Semaphore,
+        waves: SendingWaves,
+        call: int,
         unsent: list[int],
     ) -> dict[int, Outcome]:
         """One adapter call under the concurrency limit; its results feed the
-        breaker. Its rows are marked ``sending`` when it is next in line (at
-        most one call waiting per slot, so marking overlaps the calls in
-        flight); rows further back stay ``claimed``. A stop before the call
-        starts gives its rows back (``unsent``)."""
-        async with ahead:
-            if self._stopping:
-                return {}  # still claimed: released by the caller
-            allowed = await marks.mark([m.delivery_id for m in batch])
-            batch = [m for m in batch if m.delivery_id in allowed]
-            if not batch:
+        breaker. Its rows are marked ``sending`` with its wave (``waves``), so
+        marking overlaps the calls in flight; rows further back stay
+        ``claimed``. A stop before the call starts gives its marked rows back
+        (``unsent``); rows of a wave never marked are released by the caller."""
+        async with limit:
+            if self._stopping:  # a marked wave is given back by the caller
                 return {}
-            async with limit:
-                if self._stopping:  # marked, never handed over
-                    unsent.extend(m.delivery_id for m in batch)
-                    return {}
-                started = time.perf_counter()
-                results = await self._send(adapter, batch)
-                self.pace.observe(time.perf_counter() - started, len(batch))
+            allowed = await waves.mark(call)
+            batch = [m for m in batch if m.delivery_id in allowed]
+            if not batch or self._stopping:  # marked, never handed over
+                return {}
+            waves.started.add(call)
+            started = time.perf_counter()
+            results = await self._send(adapter, batch)
+            self.pace.observe(time.perf_counter() - started, len(batch))
         # The breaker counts calls, not messages: one failed mass send of 10,000
         # contacts is one failure of the channel, and a call that delivered
         # anything shows the channel works (a few bad recipients do not trip it).

@@ -102,5 +102,8 @@ def test_worker_survives_its_connections_being_killed(scale_url, scale_engine, w
     assert set(seen.statuses) <= {"sent", "unknown"}
     assert seen.statuses.get("unknown", 0) <= 3 * 8 * 10, seen.statuses
     unknown = _unknown_reasons(scale_engine)
+    # Every unknown is a call the cut landed in: an outcome write that gave up
+    # would leave its rows to the reaper ("worker stopped while sending"). Whether
+    # a cut also lands in one of the dispatcher's own writes (logged "database
+    # unavailable", then retried) is timing, not something to require.
     assert all(r.startswith("channel mock raised ") for r in unknown), unknown
-    assert "database unavailable" in worker.output() or seen.statuses["sent"] == n

@@ -88,13 +88,17 @@ def test_kill_9_while_sending_leaves_unknown_never_a_duplicate(scale_url, scale_
 
 def test_kill_9_after_claiming_resends_the_claimed_rows(scale_url, scale_engine, workdir):
     # One large batch: rendering it takes long enough to kill the worker
-    # between the claim and the send.
-    n = 6_000
+    # between the claim and the send. A worker claims a whole batch only once
+    # it has timed its channel's calls, so a few deliveries go first.
+    n, warm = 6_000, 10
     add_mock_channel(scale_engine, "fast")
-    seed_parked(scale_engine, n, "fast")
+    seed_parked(scale_engine, warm, "fast", prefix="warm_up")
     victim = start_worker(scale_url, "victim", workdir, lease_seconds=LEASE, claim_batch_size=n)
     try:
         wait_until(victim.alive, 10)
+        release(scale_engine)
+        wait_until(lambda: pending(scale_engine) == 0, 30, what="the warm-up sent")
+        seed_parked(scale_engine, n, "fast")
         release(scale_engine)
         wait_until(lambda: _held_by(scale_engine, "victim", "claimed"), 30, interval=0.005)
         victim.kill()
@@ -106,7 +110,7 @@ def test_kill_9_after_claiming_resends_the_claimed_rows(scale_url, scale_engine,
     _restart_and_finish(scale_url, scale_engine, workdir)
 
     seen = witness(scale_engine)
-    assert seen.statuses == {"sent": n}
-    assert seen.mock_distinct == n and seen.duplicates == 0
+    assert seen.statuses == {"sent": n + warm}
+    assert seen.mock_distinct == n + warm and seen.duplicates == 0
     with scale_engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(MockMessage)).scalar_one() == n
+        assert conn.execute(select(func.count()).select_from(MockMessage)).scalar_one() == n + warm
