@@ -1,8 +1,9 @@
 """Fuzz every operation of the app's own OpenAPI document with schemathesis:
 no 5xx, and every response conforms to the documented schema.
 
-Bounded for CI: SOPBOT_FUZZ_EXAMPLES (default 20) generated cases per
-operation, on a database seeded with a published template, a contact, a group
+The default run tries QUICK_EXAMPLES generated cases per operation; the
+``slow`` run (CI: ``pytest -m slow``) SOPBOT_FUZZ_EXAMPLES (default 20). Both
+on a database seeded with a published template, a contact, a group
 and their deliveries so that ids 1 lead somewhere."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api.app import create_app
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 EXAMPLES = int(os.environ.get("SOPBOT_FUZZ_EXAMPLES", "20"))
+QUICK_EXAMPLES = 4
 
 
 @pytest.fixture
@@ -65,17 +67,19 @@ def admin(engine) -> _Admin:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,  # the same cases every run: a failure reproduces
-    # No shrinking: on these nested bodies it can take minutes; the report
-    # still names the request (with a curl line) that failed.
-    phases=[Phase.explicit, Phase.generate],
-)
-def test_no_server_error_and_responses_match_the_schema(case, admin):
+def _fuzzed(max_examples: int):
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,  # the same cases every run: a failure reproduces
+        # No shrinking: on these nested bodies it can take minutes; the report
+        # still names the request (with a curl line) that failed.
+        phases=[Phase.explicit, Phase.generate],
+    )
+
+
+def _check(case, admin: _Admin) -> None:
     response = case.call(headers=admin.headers)
     if response.status_code == 401:  # an earlier case revoked the token: a new admin
         response = case.call(headers=admin.renew())
@@ -87,6 +91,19 @@ def test_no_server_error_and_responses_match_the_schema(case, admin):
     case.validate_response(
         response, headers=admin.headers, excluded_checks=[positive_data_acceptance]
     )
+
+
+@schema.parametrize()
+@_fuzzed(QUICK_EXAMPLES)
+def test_no_server_error_and_responses_match_the_schema(case, admin):
+    _check(case, admin)
+
+
+@pytest.mark.slow
+@schema.parametrize()
+@_fuzzed(EXAMPLES)
+def test_no_server_error_and_responses_match_the_schema_at_length(case, admin):
+    _check(case, admin)
 
 
 def test_an_id_past_64_bits_is_a_client_error(engine, clock, settings):
