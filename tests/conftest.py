@@ -81,6 +81,21 @@ class PostgresTestDatabase:
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    """scrypt at N=2**4 instead of 2**14 (~60 ms a hash here): logins and new
+    users in tests cost microseconds. A stored hash names its own N, so
+    verifying is unchanged; the production cost is api.users.service._N."""
+    from api.users import service as users_service
+
+    strong = users_service._N
+    users_service._N = 2**4
+    users_service._dummy_hash.cache_clear()
+    yield
+    users_service._N = strong
+    users_service._dummy_hash.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def _pg_database() -> Iterator[PostgresTestDatabase | None]:
     """On PostgreSQL: ``sopbot_test_<pid>`` with every table, for the whole run."""

@@ -256,7 +256,11 @@ async def test_channel(
 def reset_breaker(
     name: str, request: Request, me: Admin, session: SessionDep, engine: EngineDep, clock: ClockDep
 ) -> Response:
-    channels_service.get_instance(session, name)
+    with Session(reader(engine)) as check:
+        channels_service.get_instance(check, name)
+    # The reset is its own write transaction: taken before this request's
+    # session writes (on SQLite that session would hold the write lock and
+    # the reset would wait out the busy timeout, then fail).
     CircuitBreakers(engine, owner="ui").reset(name, clock.now())
     auth.record(
         request, session, me, "channel.breaker_reset", object_kind="channel", object_id=name

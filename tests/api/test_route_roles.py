@@ -93,33 +93,57 @@ def _markdown(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture
-def client(engine, clock, settings):
+@pytest.fixture(scope="module")
+def table(_pg_database, tmp_path_factory) -> list[tuple[str, str, str]]:
+    """The table, probed once for this module's tests (some thousand requests)
+    on a database of its own: the answers depend on the routes, not on data."""
+    from datetime import UTC, datetime
+
+    from sopbot.clock import ManualClock
+    from sopbot.db import create_all, make_engine, session_scope
+    from sopbot.settings import Settings
+
+    if _pg_database is not None:
+        _pg_database.empty()
+        url = _pg_database.url
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('route-roles') / 'sopbot-test.db'}"
+    settings = Settings(database_url=url, worker_id="test-worker", _env_file=None)  # type: ignore[call-arg]
+    engine = make_engine(settings)
+    if _pg_database is None:
+        create_all(engine)
+    with session_scope(engine) as session:
+        from channels.registry import ensure_instance
+
+        ensure_instance(session, "mock", "mock")
+    clock = ManualClock(datetime(2027, 3, 1, 0, 0, tzinfo=UTC))
     app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
-    with TestClient(app, raise_server_exceptions=False) as c:
-        yield c
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            return _table(client, engine, clock.now())
+    finally:
+        engine.dispose()
 
 
-def test_every_route_checks_the_role_the_readme_names(client, engine, clock):
-    table = _markdown(_table(client, engine, clock.now()))
+def test_every_route_checks_the_role_the_readme_names(table):
+    markdown = _markdown(table)
     text = README.read_text()
     assert START in text and END in text, "the README lost its route-roles table"
     before, rest = text.split(START, 1)
     documented, after = rest.split(END, 1)
     if os.environ.get("SOPBOT_WRITE_ROLE_TABLE"):
-        README.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        README.write_text(f"{before}{START}\n{markdown}\n{END}{after}")
         return
-    assert documented.strip() == table, (
+    assert documented.strip() == markdown, (
         "a route's required role differs from the README's table; if intended, "
         "regenerate it with SOPBOT_WRITE_ROLE_TABLE=1"
     )
 
 
-def test_the_table_matches_the_documented_rules(client, engine, clock):
+def test_the_table_matches_the_documented_rules(table):
     """What the README promises in prose: analysts only read; users, channels
     and workers are for admins; /healthz and /metrics are open."""
-    rows = _table(client, engine, clock.now())
-    who = {(m, p): w for m, p, w in rows}
+    who = {(m, p): w for m, p, w in table}
     assert who[("GET", "/healthz")] == who[("GET", "/metrics")] == "open"
     assert who[("GET", "/api/workers")] == "admin"
     for (method, path), allowed in who.items():

@@ -228,3 +228,29 @@ def test_the_compiled_catalog_is_current_and_complete():
     }
     untranslated = sorted(m for m in used if not po.get(m))
     assert not untranslated, f"add to api/locale/zh_CN/LC_MESSAGES/messages.po: {untranslated}"
+
+
+def test_send_again_now_on_a_paused_channel_closes_its_breaker_at_once(client, engine, clock):
+    """The channel page's "Send again now" button (an admin's form): on SQLite
+    it once waited out the 30 s lock timeout and answered 500."""
+    import time
+    from datetime import timedelta
+
+    from sqlmodel import Session
+
+    from channels.breaker import BreakerConfig, CircuitBreakers
+    from sopbot.db import reader
+
+    now = clock.now()
+    CircuitBreakers(engine, "t").trip("mock", now, now + timedelta(hours=1), "维护")
+    client.headers.update(make_auth_headers(engine, now))
+    page = client.get("/channels/mock")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    started = time.perf_counter()
+    done = client.post(
+        "/channels/mock/breaker/reset", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert time.perf_counter() - started < 5
+    assert done.status_code == 303 and done.headers["location"] == "/channels/mock?done=reset"
+    with Session(reader(engine)) as session:
+        assert CircuitBreakers(engine, "t").view(session, "mock", BreakerConfig()).state == "closed"

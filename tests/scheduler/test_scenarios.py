@@ -44,7 +44,8 @@ async def test_new_friend_gets_three_touchpoints_at_the_right_instants(engine, c
         datetime(2027, 3, 2, 12, 0, tzinfo=UTC),  # day 2 20:00 Shanghai
     ]
 
-    await drain(runtime, clock, joined + timedelta(days=2))
+    # minute ticks until 1.5 h past the last touchpoint (day 2, 20:00)
+    await drain(runtime, clock, joined + timedelta(days=1))
     rows = deliveries(engine)
     assert [r.status for r in rows] == ["sent", "sent", "sent"]
     for row in rows:
@@ -70,7 +71,8 @@ async def test_daily_cron_to_three_groups_for_five_days(engine, clock, runtime):
     groups = [add_group(engine, f"wr_{i}", f"门店{i}群", start) for i in range(3)]
     enroll(engine, template_id, [(g, start) for g in groups], clock.now())
 
-    await drain(runtime, clock, start + timedelta(days=5), step=timedelta(minutes=5))
+    # half-hour ticks from 09:00 land on the 11:00 menu each day
+    await drain(runtime, clock, start + timedelta(days=5), step=timedelta(minutes=30))
 
     rows = deliveries(engine)
     assert len(rows) == 15
@@ -89,13 +91,13 @@ async def test_scheduler_restart_mid_run_changes_nothing(engine, clock, runtime,
     groups = [add_group(engine, f"wr_{i}", f"门店{i}群", start) for i in range(3)]
     enroll(engine, template_id, [(g, start) for g in groups], clock.now())
 
-    await drain(runtime, clock, start + timedelta(days=2, hours=5), step=timedelta(minutes=5))
+    await drain(runtime, clock, start + timedelta(days=2, hours=5), step=timedelta(minutes=30))
     # a new process: fresh runtime, same database, catches up on start
     restarted = SchedulerRuntime(engine, clock, settings, http=runtime.http)
     await restarted.reap_tick()
     await restarted.plan_tick()
     await restarted.plan_tick()
-    await drain(restarted, clock, start + timedelta(days=5), step=timedelta(minutes=5))
+    await drain(restarted, clock, start + timedelta(days=5), step=timedelta(minutes=30))
 
     assert len(deliveries(engine)) == 15
     assert len(mock_sends(engine)) == 15

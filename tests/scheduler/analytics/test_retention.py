@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from analytics_world import build_world
+from freezegun import freeze_time
 from sqlalchemy import select
 from sqlmodel import Session
 from typer.testing import CliRunner
@@ -148,15 +149,19 @@ def test_zero_days_keeps_everything_but_still_rolls_up(world, engine, clock, ret
 
 
 def test_cli_retention_run(world, engine, settings, tmp_path, monkeypatch):
-    world.add(world.contacts[0], due_at=datetime(2020, 1, 1, tzinfo=UTC))
+    # The CLI reads the system clock: frozen at NOW, so the first rollup walks
+    # the 45 days since the row, not the years since a fixed date.
+    world.add(world.contacts[0], due_at=NOW - timedelta(days=45))
     monkeypatch.setenv("SOPBOT_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("SOPBOT_ARCHIVE_DIR", str(tmp_path / "cli-archive"))
-    result = CliRunner().invoke(cli, ["retention", "run", "--days", "30"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
-    assert out["archived"] == 1 and out["files"][0].endswith("deliveries-2020-01-01.ndjson.gz")
-    assert live_ids(engine) == set()
-    rolled = CliRunner().invoke(cli, ["retention", "rollup"])
+    with freeze_time(NOW):
+        result = CliRunner().invoke(cli, ["retention", "run", "--days", "30"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        assert out["archived"] == 1
+        assert out["files"][0].endswith("deliveries-2027-04-17.ndjson.gz")
+        assert live_ids(engine) == set()
+        rolled = CliRunner().invoke(cli, ["retention", "rollup"])
     assert rolled.exit_code == 0 and json.loads(rolled.output)["settled"] == 0
 
 
