@@ -114,6 +114,7 @@ def create_app(
         # where the CDN is blocked.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(guards.single_valued_query)],
     )
     errors.install(app)
     # Every route checks the caller (api.auth). Routers that declare the

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import typing
+from collections import abc
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -174,3 +178,55 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+# -- query parameters ------------------------------------------------------------------
+
+_SCALAR_QUERY: dict[int, frozenset[str]] = {}
+
+
+def _takes_many(annotation: Any) -> bool:
+    kinds = {typing.get_origin(a) for a in (annotation, *typing.get_args(annotation))}
+    return bool(kinds & {list, tuple, set, frozenset, Sequence, abc.Sequence})
+
+
+def _scalar_query_names(route: Any) -> frozenset[str]:
+    """The query parameters of ``route`` (its dependencies' too) that take one value."""
+    names = _SCALAR_QUERY.get(id(route))
+    if names is None:
+        found: set[str] = set()
+        pending = [route.dependant] if hasattr(route, "dependant") else []
+        while pending:
+            dependant = pending.pop()
+            found.update(
+                p.alias for p in dependant.query_params if not _takes_many(p.field_info.annotation)
+            )
+            pending.extend(dependant.dependencies)
+        names = _SCALAR_QUERY[id(route)] = frozenset(found)
+    return names
+
+
+def single_valued_query(request: Request) -> None:
+    """A query parameter that takes one value, sent several times, is a 422 — not
+    silently its last (or first) value."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    scalar = _scalar_query_names(route)
+    repeated = [
+        name
+        for name in {k for k, _ in request.query_params.multi_items()}
+        if name in scalar and len(request.query_params.getlist(name)) > 1
+    ]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "multiple_values",
+                    "loc": ("query", name),
+                    "msg": f"参数 {name} 只能给一个值 (query parameter {name} takes one value)",
+                    "input": request.query_params.getlist(name)[:5],
+                }
+                for name in sorted(repeated)
+            ]
+        )

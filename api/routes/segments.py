@@ -66,7 +66,12 @@ def preview(body: PreviewIn, session: SessionDep) -> dict[str, Any]:
     return _out(result, body.segment)
 
 
-@router.get("/templates/{template_id}")
+@router.get(
+    "/templates/{template_id}",
+    responses={
+        409: {"description": "the template has no segment, or its draft no longer validates"}
+    },
+)
 def template_preview(
     template_id: int, session: SessionDep, limit: int = Query(20, ge=0, le=500)
 ) -> dict[str, Any]:

@@ -98,3 +98,11 @@ def test_the_422_handler_bounds_and_encodes_any_problem():
     assert problem["input"].startswith("?x") and len(problem["input"]) == 201
     assert len(problem["msg"]) == 501
     assert problem["ctx"] == {"limit": "nan", "error": "ValueError", "big": "a 333-bit integer"}
+
+
+def test_a_one_value_query_parameter_sent_twice_is_a_422(client):
+    """``?status=active&status=deleted`` used to answer with one of them, silently."""
+    answer = client.get("/api/contacts?status=active&status=deleted")
+    assert answer.status_code == 422
+    assert "status" in answer.text
+    assert client.get("/api/contacts?status=active").status_code == 200
