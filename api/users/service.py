@@ -27,6 +27,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from api.users.models import ApiToken, User, UserSession, WorkspaceSetting
+from sopbot.sql import insert_of
 
 ROLES = ("admin", "operator", "approver", "analyst")
 
@@ -358,8 +359,17 @@ def secret_key(session: Session, configured: str | None, now: datetime) -> str:
         return configured
     stored = get_setting(session, SECRET_KEY)
     if not stored:
-        stored = secrets.token_urlsafe(48)
-        set_setting(session, SECRET_KEY, stored, now)
+        # Insert-or-keep, then read: processes starting together on a new
+        # database all end up with the one key the first of them stored.
+        table = WorkspaceSetting.__table__  # type: ignore[attr-defined]
+        session.execute(
+            insert_of(session, table)
+            .values(key=SECRET_KEY, value=secrets.token_urlsafe(48), updated_at=now)
+            .on_conflict_do_nothing()
+        )
+        stored = session.execute(
+            select(table.c.value).where(table.c.key == SECRET_KEY)
+        ).scalar_one()
     return str(stored)
 
 
