@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import typing
-from collections import abc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -187,7 +186,7 @@ _SCALAR_QUERY: dict[int, frozenset[str]] = {}
 
 def _takes_many(annotation: Any) -> bool:
     kinds = {typing.get_origin(a) for a in (annotation, *typing.get_args(annotation))}
-    return bool(kinds & {list, tuple, set, frozenset, Sequence, abc.Sequence})
+    return bool(kinds & {list, tuple, set, frozenset, Sequence})
 
 
 def _scalar_query_names(route: Any) -> frozenset[str]:

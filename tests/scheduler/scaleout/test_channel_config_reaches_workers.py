@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import (
     add_mock_channel,
-    db_upgrade,
     seed_parked,
     wait_until,
     worker_totals,
     workers,
 )
-from pgtools import drop_database, fresh_database, private_name, require_postgres
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
@@ -33,32 +30,15 @@ from channels import service as channels_service
 from channels.models import ChannelInstance, MockMessage
 from channels.registry import REFRESH_SECONDS, ensure_instance
 from scheduler.outbox.models import Delivery
-from sopbot.db import make_engine, session_scope
+from sopbot.db import session_scope
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[3]
-DATABASE = private_name("sopbot_channel_reach")
 CHANNEL = "shop"
 PER_PHASE = 120
 # What "within a few seconds" means here: the pool's refresh plus a batch in hand.
+# The workers are other processes, so this bound is waited out, not injected.
 TAKES_EFFECT_S = REFRESH_SECONDS + 2.0
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    require_postgres()
-    url = fresh_database(DATABASE)
-    db_upgrade(url, ROOT)
-    yield url
-    drop_database(DATABASE)
-
-
-@pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url)
-    yield engine
-    engine.dispose()
 
 
 def _release(engine: Engine, template_id: int) -> None:
@@ -124,44 +104,44 @@ def _phase(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int
 
 
 def test_disable_and_edit_reach_both_workers_without_restart(
-    pg_url: str, pg_engine: Engine, tmp_path: Path
+    scale_url: str, scale_engine: Engine, tmp_path: Path
 ) -> None:
-    add_mock_channel(pg_engine, CHANNEL, latency_ms=5, max_batch=10)
-    phases = [seed_parked(pg_engine, PER_PHASE, CHANNEL, prefix=f"wm_p{i}") for i in range(4)]
+    add_mock_channel(scale_engine, CHANNEL, latency_ms=5, max_batch=10)
+    phases = [seed_parked(scale_engine, PER_PHASE, CHANNEL, prefix=f"wm_p{i}") for i in range(4)]
     before, disabled, edited, restored = phases
 
-    with workers(pg_url, pg_engine, 2, tmp_path, claim_batch_size=10) as procs:
+    with workers(scale_url, scale_engine, 2, tmp_path, claim_batch_size=10) as procs:
         # Both workers build their adapter from the first config and send.
-        assert _statuses(_phase(pg_engine, before)) == {"sent": PER_PHASE}
-        assert _received(pg_engine, before) == PER_PHASE
+        assert _statuses(_phase(scale_engine, before)) == {"sent": PER_PHASE}
+        assert _received(scale_engine, before) == PER_PHASE
 
         # Disabled in another process: neither worker sends through it any more.
-        _change(pg_engine, enabled=False)
+        _change(scale_engine, enabled=False)
         time.sleep(TAKES_EFFECT_S)
-        outcomes = _phase(pg_engine, disabled)
-        assert _received(pg_engine, disabled) == 0
+        outcomes = _phase(scale_engine, disabled)
+        assert _received(scale_engine, disabled) == 0
         assert outcomes == {("failed", f"channel instance {CHANNEL!r} is disabled"): PER_PHASE}
 
         # Enabled with a new config: the next sends use it (this mock now refuses).
-        _change(pg_engine, enabled=True, config={"fail_mode": "permanent"})
+        _change(scale_engine, enabled=True, config={"fail_mode": "permanent"})
         time.sleep(TAKES_EFFECT_S)
-        outcomes = _phase(pg_engine, edited)
-        assert _received(pg_engine, edited) == 0
+        outcomes = _phase(scale_engine, edited)
+        assert _received(scale_engine, edited) == 0
         assert outcomes == {("failed", "mock: simulated permanent error"): PER_PHASE}
 
         # And back: sent again, by both workers, still without a restart.
-        _change(pg_engine, config={"fail_mode": "none"})
+        _change(scale_engine, config={"fail_mode": "none"})
         time.sleep(TAKES_EFFECT_S)
-        assert _statuses(_phase(pg_engine, restored)) == {"sent": PER_PHASE}
-        assert _received(pg_engine, restored) == PER_PHASE
+        assert _statuses(_phase(scale_engine, restored)) == {"sent": PER_PHASE}
+        assert _received(scale_engine, restored) == PER_PHASE
 
         assert all(p.alive() for p in procs)
-    totals = worker_totals(pg_engine)
+    totals = worker_totals(scale_engine)
     assert sorted(totals) == ["w1", "w2"]
     assert all(t["claimed"] > 0 for t in totals.values()), totals
 
 
-def test_many_processes_create_the_default_channel_at_once(pg_engine: Engine) -> None:
+def test_many_processes_create_the_default_channel_at_once(scale_engine: Engine) -> None:
     """Start-up on a new database: every process ensures the ``mock`` channel;
     all of them succeed and there is one row."""
     n = 8
@@ -172,7 +152,7 @@ def test_many_processes_create_the_default_channel_at_once(pg_engine: Engine) ->
     def start() -> None:
         try:
             barrier.wait(timeout=30)
-            with session_scope(pg_engine) as session:
+            with session_scope(scale_engine) as session:
                 names.append(ensure_instance(session, "mock", "mock").name)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -184,7 +164,7 @@ def test_many_processes_create_the_default_channel_at_once(pg_engine: Engine) ->
         t.join(timeout=60)
     assert errors == []
     assert names == ["mock"] * n
-    with pg_engine.connect() as conn:
+    with scale_engine.connect() as conn:
         rows = conn.execute(
             select(func.count()).select_from(ChannelInstance).where(ChannelInstance.name == "mock")  # type: ignore[arg-type]
         ).scalar_one()
