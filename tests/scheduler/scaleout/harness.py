@@ -172,6 +172,7 @@ class Witness:
     duplicates: int  # deliveries the mock received more than once
     sent_without_record: int  # status sent, but the mock never got it
     recorded_not_sent: int  # the mock got it, but the status is not sent
+    why_not_sent: dict[str, int] = field(default_factory=dict)  # "status: reason" -> rows
 
     @property
     def total(self) -> int:
@@ -200,6 +201,11 @@ def witness(engine: Engine) -> Witness:
         recorded_not_sent = conn.execute(
             select(func.count()).select_from(recorded.except_(sent_ids).subquery())
         ).scalar_one()
+        why = conn.execute(
+            select(Delivery.status, Delivery.reason, func.count())  # type: ignore[call-overload]
+            .where(Delivery.status != DeliveryStatus.SENT)
+            .group_by(Delivery.status, Delivery.reason)
+        ).all()
     return Witness(
         statuses=statuses,
         mock_messages=int(total),
@@ -207,6 +213,7 @@ def witness(engine: Engine) -> Witness:
         duplicates=int(total) - int(distinct),
         sent_without_record=int(sent_without),
         recorded_not_sent=int(recorded_not_sent),
+        why_not_sent={f"{status}: {reason}": int(count) for status, reason, count in why},
     )
 
 

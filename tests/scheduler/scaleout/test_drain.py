@@ -28,7 +28,7 @@ def _drain(url, engine, workdir, n: int, n_workers: int, timeout: float, **setti
     assert codes == [0] * n_workers
 
     seen = witness(engine)
-    assert seen.statuses == {"sent": n}, seen.statuses
+    assert seen.statuses == {"sent": n}, seen.why_not_sent
     assert seen.mock_messages == n and seen.mock_distinct == n  # exactly once each
     assert seen.duplicates == 0 and seen.sent_without_record == 0 == seen.recorded_not_sent
     totals = worker_totals(engine)
