@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     # channels
     # message content (sop_templates.sandbox): what one part's render may take
     render_budget_ms: int = Field(
-        200, ge=1, le=10_000, description="time budget of rendering one message part"
+        200,
+        ge=1,
+        le=10_000,
+        description="CPU-time budget of rendering one message part (stopped anyway after ten times this in wall-clock time)",
     )
     render_max_chars: int = Field(
         20_000, ge=1, le=1_000_000, description="longest rendered message part (characters)"
