@@ -69,7 +69,7 @@ _TASK_STATUS: dict[int, tuple[TaskStatus, str | None]] = {
     0: ("pending", None),
     1: ("sent", None),
     2: ("failed", "not a friend of the sender (any more)"),
-    3: ("failed", "already received another mass message (WeCom frequency limit)"),
+    3: ("skipped", "the customer already received a mass message (WeCom's mass-send quota)"),
 }
 
 
@@ -121,7 +121,7 @@ class WeComAdapter:
     capabilities: ClassVar[Capabilities] = Capabilities(
         parts=frozenset({"text", "image", "link", "miniprogram", "file"}),
         targets=frozenset({"contact", "group"}),
-        modes=frozenset({"task", "remind"}),
+        modes=frozenset({"task", "remind", "welcome", "moment"}),
         idempotent=False,
         max_batch=10_000,
         connection_check=True,
@@ -135,17 +135,27 @@ class WeComAdapter:
         self._token: str | None = None
         self._token_expires_at: datetime | None = None
         self._token_lock = asyncio.Lock()
+        self._moment_ids: dict[str, str] = {}  # moment job id -> moment id
+        self._corp_tags: dict[str, str] | None = None  # tag name -> WeCom tag id
 
     # -- sending ------------------------------------------------------------
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        # The welcome and moment modes live in their own modules, which use this one.
+        from channels import wecom_moments, wecom_welcome
+
         results: list[SendResult | None] = [None] * len(messages)
         task_indices: list[int] = []
+        moment_indices: list[int] = []
         for index, message in enumerate(messages):
             if message.mode == "task":
                 task_indices.append(index)
             elif message.mode == "remind":
                 results[index] = await self._remind(message)
+            elif message.mode == "welcome":
+                results[index] = await wecom_welcome.send_welcome(self, message)
+            elif message.mode == "moment":
+                moment_indices.append(index)
             elif message.mode == "send":
                 results[index] = SendResult.permanent(
                     "WeCom cannot send to customers directly; "
@@ -155,6 +165,12 @@ class WeComAdapter:
                 results[index] = SendResult.permanent(f"unknown execution mode {message.mode!r}")
         if task_indices:
             for index, result in await self._send_tasks(messages, task_indices):
+                results[index] = result
+        if moment_indices:
+            created = await wecom_moments.create_moments(
+                self, [messages[i] for i in moment_indices]
+            )
+            for index, result in zip(moment_indices, created, strict=True):
                 results[index] = result
         return [
             r if r is not None else SendResult.permanent("WeCom adapter produced no result")
@@ -248,6 +264,12 @@ class WeComAdapter:
             )
         return SendResult.sent(str(data.get("msgid") or "") or None)
 
+    async def corp_tags(self, *, refresh: bool = False) -> dict[str, str]:
+        """Corp tag name → WeCom tag id (``channels.wecom_contacts``)."""
+        from channels import wecom_contacts
+
+        return await wecom_contacts.corp_tags(self, refresh=refresh)
+
     async def check_connection(self) -> str:
         """Fetch an access token (sends nothing): proves corp_id and corp_secret."""
         self._token = None
@@ -268,6 +290,10 @@ class WeComAdapter:
 
     async def poll_task_outcomes(self, msgid: str, userid: str) -> dict[str, TaskOutcome]:
         """Resolve a mass-send task (``get_groupmsg_send_result``), following pages."""
+        if msgid.startswith("moment:"):
+            from channels import wecom_moments
+
+            return await wecom_moments.poll_moment(self, msgid, userid)
         outcomes: dict[str, TaskOutcome] = {}
         cursor = ""
         seen: set[str] = set()
@@ -296,15 +322,23 @@ class WeComAdapter:
 
     # -- HTTP plumbing --------------------------------------------------------
 
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` with a valid token; refresh the token once if WeCom rejects it."""
+    async def _call(
+        self, path: str, body: dict[str, Any] | None = None, *, query: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """POST ``body`` (GET with ``query`` when there is no body) with a valid
+        token; refresh the token once if WeCom rejects it."""
+        method = "POST" if body is not None else "GET"
         token = await self._access_token()
-        data = await self._request("POST", path, params={"access_token": token}, json=body)
+        data = await self._request(
+            method, path, params={"access_token": token, **(query or {})}, json=body
+        )
         code = _errcode(data)
         if code in TOKEN_ERRCODES:
             self._invalidate_token(token)
             token = await self._access_token()
-            data = await self._request("POST", path, params={"access_token": token}, json=body)
+            data = await self._request(
+                method, path, params={"access_token": token, **(query or {})}, json=body
+            )
             code = _errcode(data)
         if code != 0:
             raise WeComAPIError.from_errcode(code, str(data.get("errmsg", "")))

@@ -23,6 +23,7 @@ from channels.breaker import CircuitBreakers
 from channels.ratelimit import RateLimiter
 from channels.registry import ChannelPool
 from scheduler.outbox import policies
+from scheduler.outbox import modes
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.transitions import Outcome
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
@@ -140,6 +141,7 @@ class BatchPreparation:
                 target_name=target.get("name"),
                 template_name=names.get(row.template_id),
                 touchpoint_name=touchpoint.name,
+                options=modes.message_options(row.mode, touchpoint.options, target),
             )
             if policy.cap is not None:
                 key = (row.target_kind, row.target_id)

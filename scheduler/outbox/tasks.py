@@ -180,6 +180,7 @@ class _Applied:
     confirmed: int = 0
     failed: int = 0
     unknown: int = 0
+    skipped: int = 0
 
 
 def _apply(
@@ -193,7 +194,7 @@ def _apply(
     task_id = task["provider_task_id"]
     with session_scope(engine) as session:
         externals = _external_ids(session, task["delivery_ids"])
-        confirmed, failed, waiting = [], [], []
+        confirmed, failed, waiting, skipped = [], [], [], []
         for delivery_id in task["delivery_ids"]:
             outcome = outcomes.get(externals.get(delivery_id, ""))
             if outcome is None or outcome.status == "pending":
@@ -213,11 +214,12 @@ def _apply(
                     }
                 )
             else:
-                failed.append(
+                # skipped: the platform declined by its own rule (the customer's quota)
+                (skipped if outcome.status == "skipped" else failed).append(
                     {
                         "b_id": delivery_id,
                         "b_reason": clip_reason(
-                            f"mass-send task {task_id}: {outcome.reason or 'failed'}"
+                            f"mass-send task {task_id}: {outcome.reason or outcome.status}"
                         ),
                     }
                 )
@@ -225,13 +227,16 @@ def _apply(
         expired = bool(waiting) and now >= deadline
         transitions.confirm_task(session, task_id, confirmed)
         transitions.task_failed(session, task_id, failed, now)
+        transitions.task_skipped(session, task_id, skipped, now)
         if expired:
             reason = (
                 f"mass-send task {task_id}: staff {task['sender']} did not confirm within "
                 f"{settings.task_confirm_hours:g} h; outcome unknown"
             )
             transitions.task_expired(session, task_id, waiting, reason, now)
-        applied = _Applied(len(confirmed), len(failed), len(waiting) if expired else 0)
+        applied = _Applied(
+            len(confirmed), len(failed), len(waiting) if expired else 0, len(skipped)
+        )
         polls = task["polls"] + 1
         state = (
             TaskState.DONE if not waiting else TaskState.EXPIRED if expired else TaskState.AWAITING
@@ -242,7 +247,7 @@ def _apply(
             .values(
                 delivery_ids=[] if expired else waiting,
                 confirmed=task["confirmed"] + applied.confirmed,
-                failed=task["failed"] + applied.failed,
+                failed=task["failed"] + applied.failed + applied.skipped,
                 polls=polls,
                 state=state,
                 next_poll_at=min(now + _poll_interval(settings, polls), max(deadline, now)),
