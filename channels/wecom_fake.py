@@ -170,12 +170,10 @@ class FakeWeCom:
         self.groups[chat_id] = owner
 
     def add_corp_tag(self, group_name: str, tag_name: str) -> str:
-        for group_id, group in self.tag_groups.items():
-            if group["name"] == group_name:
-                break
-        else:
-            group_id = f"et_group{next(self._ids)}"
-            group = self.tag_groups[group_id] = {"name": group_name, "tags": {}}
+        """An admin adds a tag to the corp library (a change_external_tag event follows)."""
+        group = next((g for g in self.tag_groups.values() if g["name"] == group_name), None)
+        if group is None:
+            group = self.tag_groups[f"et_group{next(self._ids)}"] = {"name": group_name, "tags": {}}
         for tag_id, name in group["tags"].items():
             if name == tag_name:
                 return str(tag_id)
@@ -201,9 +199,9 @@ class FakeWeCom:
         task.confirmed = True
         now = self.clock.now()
         for target in task.targets:
-            if task.chat_type == "single" and task.sender not in self.contacts.get(
-                target, {}
-            ).get("follow", {}):
+            if task.chat_type == "single" and task.sender not in self.contacts.get(target, {}).get(
+                "follow", {}
+            ):
                 task.status[target] = NOT_FRIEND
             elif not self._quota_left(target, now):
                 task.status[target] = QUOTA_USED
@@ -270,7 +268,9 @@ class FakeWeCom:
     def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.split("/cgi-bin/", 1)[-1]
         body = json.loads(request.content) if request.content else {}
-        return httpx.Response(200, json=self.handle(request.method, path, dict(request.url.params), body))
+        return httpx.Response(
+            200, json=self.handle(request.method, path, dict(request.url.params), body)
+        )
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handler)
@@ -288,11 +288,11 @@ class FakeWeCom:
             path = request.path_params["path"]
             return JSONResponse(self.handle(request.method, path, dict(request.query_params), body))
 
-        return Starlette(
-            routes=[Route("/cgi-bin/{path:path}", endpoint, methods=["GET", "POST"])]
-        )
+        return Starlette(routes=[Route("/cgi-bin/{path:path}", endpoint, methods=["GET", "POST"])])
 
-    def _routes(self) -> dict[tuple[str, str], Callable[[dict[str, str], dict[str, Any]], dict[str, Any]]]:
+    def _routes(
+        self,
+    ) -> dict[tuple[str, str], Callable[[dict[str, str], dict[str, Any]], dict[str, Any]]]:
         return {
             ("POST", "externalcontact/send_welcome_msg"): self._send_welcome,
             ("POST", "externalcontact/add_msg_template"): self._add_msg_template,
@@ -464,9 +464,11 @@ class FakeWeCom:
         # DOC 95094: asynchronous; text plus 9 images, or a video, or a link.
         attachments = body.get("attachments") or []
         kinds = {a.get("msgtype") for a in attachments}
-        if len(kinds) > 1 or (
-            kinds & {"video", "link"} and len(attachments) > 1
-        ) or len(attachments) > MAX_MOMENT_IMAGES:
+        if (
+            len(kinds) > 1
+            or (kinds & {"video", "link"} and len(attachments) > 1)
+            or len(attachments) > MAX_MOMENT_IMAGES
+        ):
             raise _Reply(ERR_INVALID_PARAM, "attachments: up to 9 images, or 1 video, or 1 link")
         if not attachments and not (body.get("text") or {}).get("content"):
             raise _Reply(ERR_INVALID_PARAM, "empty moment")
@@ -479,7 +481,11 @@ class FakeWeCom:
         moment_id = f"mom{next(self._ids)}"
         self.moment_jobs[jobid] = moment_id
         self.moments[moment_id] = _Moment(
-            moment_id, members[0] if members else "", members, tags, body,
+            moment_id,
+            members[0] if members else "",
+            members,
+            tags,
+            body,
             {m: 0 for m in members},
         )
         return {"jobid": jobid}
@@ -501,9 +507,7 @@ class FakeWeCom:
         if moment is None:
             raise _Reply(ERR_INVALID_PARAM, "invalid moment_id")
         return {
-            "task_list": [
-                {"userid": u, "publish_status": s} for u, s in moment.published.items()
-            ],
+            "task_list": [{"userid": u, "publish_status": s} for u, s in moment.published.items()],
             "next_cursor": "",
         }
 

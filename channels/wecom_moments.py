@@ -59,7 +59,9 @@ def moment_content(parts: list[dict[str, Any]]) -> dict[str, Any]:
             )
         attachments.append({"msgtype": "image", "image": {"media_id": url.removeprefix(MEDIA)}})
     for link in links:
-        attachments.append({"msgtype": "link", "link": {"title": link["title"], "url": link["url"]}})
+        attachments.append(
+            {"msgtype": "link", "link": {"title": link["title"], "url": link["url"]}}
+        )
     text = "\n".join(texts)
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise MomentContentError(f"moment text is longer than {MAX_TEXT_BYTES} bytes")

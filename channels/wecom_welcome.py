@@ -61,9 +61,7 @@ async def send_welcome(adapter: WeComAdapter, message: OutboundMessage) -> SendR
             f"WeCom accepts it for {WELCOME_VALIDITY.total_seconds():.0f} s",
         )
     try:
-        await adapter._call(
-            "externalcontact/send_welcome_msg", {"welcome_code": code, **content}
-        )
+        await adapter._call("externalcontact/send_welcome_msg", {"welcome_code": code, **content})
     except WeComAPIError as exc:
         if any(f"errcode {c}:" in exc.reason for c in FALLBACK_ERRCODES):
             return await run_fallback(adapter, message, fallback, exc.reason)
@@ -94,7 +92,9 @@ async def run_fallback(
         )
     [(_, result)] = await adapter._send_tasks([replace(message, mode="task")], [0])
     if result.error:
-        return replace(result, error=f"welcome fell back to a mass-send task ({why}): {result.error}")
+        return replace(
+            result, error=f"welcome fell back to a mass-send task ({why}): {result.error}"
+        )
     return replace(result, note=f"welcome fell back to a mass-send task: {why}")
 
 

@@ -9,7 +9,9 @@ from typing import Any
 from audiences import wecom_events
 
 
-def message_options(mode: str, touchpoint_options: dict[str, Any] | None, target: dict[str, Any]) -> dict[str, Any]:
+def message_options(
+    mode: str, touchpoint_options: dict[str, Any] | None, target: dict[str, Any]
+) -> dict[str, Any]:
     """The options of one outbound message (empty for the common modes)."""
     if mode not in ("welcome", "moment"):
         return {}

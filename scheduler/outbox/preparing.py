@@ -22,8 +22,7 @@ from channels.base import ChannelAdapter, ChannelError, OutboundMessage
 from channels.breaker import CircuitBreakers
 from channels.ratelimit import RateLimiter
 from channels.registry import ChannelPool
-from scheduler.outbox import policies
-from scheduler.outbox import modes
+from scheduler.outbox import modes, policies
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.transitions import Outcome
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint

@@ -501,7 +501,7 @@ async def test_poll_task_raises_when_wecom_refuses(adapter: WeComAdapter, fake: 
 
 def test_capabilities() -> None:
     caps = WeComAdapter.capabilities
-    assert caps.modes == {"task", "remind"}
+    assert caps.modes == {"task", "remind", "welcome", "moment"}
     assert caps.targets == {"contact", "group"}
     assert not caps.idempotent
     assert caps.max_batch == 10_000

@@ -39,7 +39,10 @@ def welcome_spec(fallback: str | None = None) -> dict[str, Any]:
     touchpoint: dict[str, Any] = {
         "name": "welcome",
         "timing": "+0m",
-        "content": ["欢迎！请填写问卷", {"link": {"title": "问卷", "url": "https://example.com/q"}}],
+        "content": [
+            "欢迎！请填写问卷",
+            {"link": {"title": "问卷", "url": "https://example.com/q"}},
+        ],
         "mode": "welcome",
     }
     if fallback:

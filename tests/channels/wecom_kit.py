@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from audiences import inbox, wecom_events
+from channels.wecom_fake import FakeWeCom
 from scheduler.flows import lifecycle
 from sop_templates import service as templates_service
-from channels.wecom_fake import FakeWeCom
 from sopbot.db import session_scope
 
 CHANNEL = "wecom-a"
