@@ -124,3 +124,15 @@ class ChannelTask(SQLModel, table=True):
     failed: int = 0
     last_error: str | None = Field(default=None, max_length=1000)
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class WeComSyncState(SQLModel, table=True):
+    """How far a WeCom channel's tag sync got: the last ``edit_external_contact``
+    / ``change_external_tag`` callback it handled and the last reconcile run."""
+
+    __tablename__ = "wecom_sync_state"
+
+    instance: str = Field(primary_key=True, max_length=100)
+    last_event_id: int = 0
+    tags_checked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    reconciled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

@@ -1,4 +1,4 @@
-"""touchpoint options: mode settings (welcome fallback, moment visibility)
+"""touchpoint options (welcome fallback, moment visibility); WeCom tag sync state
 
 Revision ID: 0005_touchpoint_options
 Revises: 0002_channel_version
@@ -9,7 +9,10 @@ Create Date: 2026-12-03 22:15:00.000000
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+import sqlmodel
 from alembic import op
+
+import sopbot.db
 
 # revision identifiers, used by Alembic.
 revision: str = "0005_touchpoint_options"
@@ -21,8 +24,17 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("touchpoints", schema=None) as batch_op:
         batch_op.add_column(sa.Column("options", sa.JSON(), server_default="{}", nullable=False))
+    op.create_table(
+        "wecom_sync_state",
+        sa.Column("instance", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("last_event_id", sa.Integer(), nullable=False),
+        sa.Column("tags_checked_at", sopbot.db.UTCDateTime(), nullable=True),
+        sa.Column("reconciled_at", sopbot.db.UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("instance"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("wecom_sync_state")
     with op.batch_alter_table("touchpoints", schema=None) as batch_op:
         batch_op.drop_column("options")
