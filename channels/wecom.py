@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from channels.base import (
     URL_CREDENTIALS,
@@ -48,6 +48,7 @@ MAX_TASK_TEXT_BYTES = 4_000
 MAX_REMIND_TEXT_BYTES = 2_048
 MAX_ATTACHMENTS = 9
 POLL_PAGE_SIZE = 1_000
+MAX_REMINDS_PER_DAY = 3  # remind_groupmsg_send (document/path/97610)
 
 # Refresh the cached token this long before WeCom says it expires.
 TOKEN_SAFETY_MARGIN_S = 300.0
@@ -79,6 +80,23 @@ class WeComConfig(AdapterConfig):
     agent_id: int | None = None  # the app that sends "remind" messages
     base_url: HttpUrl = Field(HttpUrl(DEFAULT_BASE_URL), json_schema_extra=URL_CREDENTIALS)
     timeout_s: float = Field(default=10.0, gt=0)
+    # Nudge the staff member about an unconfirmed mass-send task this many hours
+    # after it was created (remind_groupmsg_send); WeCom allows 3 a day a task.
+    remind_after_hours: list[float] = Field(default_factory=list, max_length=20)
+
+    @field_validator("remind_after_hours")
+    @classmethod
+    def _within_wecoms_limit(cls, value: list[float]) -> list[float]:
+        hours = sorted(value)
+        if any(h <= 0 for h in hours):
+            raise ValueError("remind_after_hours must be positive hours after the task")
+        for i in range(len(hours) - MAX_REMINDS_PER_DAY):
+            if hours[i + MAX_REMINDS_PER_DAY] - hours[i] < 24:
+                raise ValueError(
+                    f"WeCom allows {MAX_REMINDS_PER_DAY} reminders a day per task; "
+                    f"{hours[i : i + MAX_REMINDS_PER_DAY + 1]} are within 24 h"
+                )
+        return hours
 
 
 class WeComAPIError(Exception):

@@ -1,4 +1,5 @@
-"""touchpoint options (welcome fallback, moment visibility); WeCom tag sync state
+"""touchpoint options (welcome fallback, moment visibility); WeCom tag sync state;
+mass-send task nudges
 
 Revision ID: 0005_touchpoint_options
 Revises: 0002_channel_version
@@ -24,6 +25,11 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("touchpoints", schema=None) as batch_op:
         batch_op.add_column(sa.Column("options", sa.JSON(), server_default="{}", nullable=False))
+    with op.batch_alter_table("channel_tasks", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("reminders", sa.Integer(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(sa.Column("reminded_at", sopbot.db.UTCDateTime(), nullable=True))
     op.create_table(
         "wecom_sync_state",
         sa.Column("instance", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
@@ -36,5 +42,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("wecom_sync_state")
+    with op.batch_alter_table("channel_tasks", schema=None) as batch_op:
+        batch_op.drop_column("reminded_at")
+        batch_op.drop_column("reminders")
     with op.batch_alter_table("touchpoints", schema=None) as batch_op:
         batch_op.drop_column("options")

@@ -25,9 +25,9 @@ async def apply_inbox(ctx: JobContext) -> Any:
 
 
 def _wecom_jobs() -> tuple[Job, ...]:
-    from scheduler.flows import wecom_sync
+    from scheduler.flows import wecom_sync, wecom_tasks
 
-    return wecom_sync.JOBS
+    return (*wecom_sync.JOBS, *wecom_tasks.JOBS)
 
 
 JOBS = (Job(JOB_INBOX, lambda s: 5.0, apply_inbox), *_wecom_jobs())
