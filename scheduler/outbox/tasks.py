@@ -196,7 +196,8 @@ def _apply(
         externals = _external_ids(session, task["delivery_ids"])
         confirmed, failed, waiting, skipped = [], [], [], []
         for delivery_id in task["delivery_ids"]:
-            outcome = outcomes.get(externals.get(delivery_id, ""))
+            # "*": one outcome for every target of the sender (a moment's publishing)
+            outcome = outcomes.get(externals.get(delivery_id, ""), outcomes.get("*"))
             if outcome is None or outcome.status == "pending":
                 waiting.append(delivery_id)
             elif outcome.status == "sent":
@@ -209,8 +210,8 @@ def _apply(
                     {
                         "b_id": delivery_id,
                         "b_sent_at": sent_at,
-                        "b_reason": f"confirmed by staff {task['sender']}: mass-send task {task_id} "
-                        "delivered",
+                        "b_reason": f"confirmed by staff {task['sender']}: "
+                        + (outcome.reason or f"mass-send task {task_id} delivered"),
                     }
                 )
             else:
