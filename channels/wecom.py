@@ -22,7 +22,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field, HttpUrl, SecretStr, field_validator
@@ -80,6 +80,9 @@ class WeComConfig(AdapterConfig):
     agent_id: int | None = None  # the app that sends "remind" messages
     base_url: HttpUrl = Field(HttpUrl(DEFAULT_BASE_URL), json_schema_extra=URL_CREDENTIALS)
     timeout_s: float = Field(default=10.0, gt=0)
+    # The admin's mass-send quota per customer / group (客户联系 → 群发 frequency):
+    # sopbot holds task-mode sends to it (scheduler.outbox.wecom_quota); None: off.
+    mass_send_quota: Literal["days_of_month", "7_per_week", "1_per_day"] | None = "days_of_month"
     # Nudge the staff member about an unconfirmed mass-send task this many hours
     # after it was created (remind_groupmsg_send); WeCom allows 3 a day a task.
     remind_after_hours: list[float] = Field(default_factory=list, max_length=20)

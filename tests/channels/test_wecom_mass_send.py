@@ -37,6 +37,14 @@ async def wecom_runtime(engine, clock, settings, fake):
     await http.aclose()
 
 
+def set_quota(engine, preset: str | None) -> None:
+    """The channel's mass_send_quota (before the runtime first builds the adapter)."""
+    with session_scope(engine) as session:
+        instance = ensure_instance(session, CHANNEL, "wecom", CONFIG)
+        instance.config = {**CONFIG, "mass_send_quota": preset}
+        session.add(instance)
+
+
 def task_spec(name: str, **overrides: Any) -> dict[str, Any]:
     return new_friend_spec(
         name=name,
@@ -49,6 +57,8 @@ def task_spec(name: str, **overrides: Any) -> dict[str, Any]:
 async def test_two_staff_one_customer_one_mass_message_a_day_the_second_skipped(
     engine, clock, settings, fake, wecom_runtime
 ):
+    # sopbot was not told the admin's preset: WeCom itself refuses the second.
+    set_quota(engine, None)
     # 王女士 (wm_1) is a friend of two staff members: two contacts in sopbot.
     fake.add_contact("staff_li", "wm_1")
     fake.add_contact("staff_zhao", "wm_1")
@@ -75,6 +85,37 @@ async def test_two_staff_one_customer_one_mass_message_a_day_the_second_skipped(
         "message (WeCom's mass-send quota)"
     )
     assert fake.received == {"wm_1": [T0 + timedelta(minutes=10)]}
+
+
+async def test_the_channel_quota_counts_per_customer_across_staff_members(
+    engine, clock, settings, fake, wecom_runtime
+):
+    set_quota(engine, "1_per_day")
+    fake.add_contact("staff_li", "wm_1")
+    fake.add_contact("staff_zhao", "wm_1")
+    first = publish(engine, task_spec("新品"), T0)
+    second = publish(engine, task_spec("会员日"), T0)
+    li = add_contact(engine, "wm_1", "王女士", T0, account="staff_li")
+    zhao = add_contact(engine, "wm_1", "王女士", T0, account="staff_zhao")
+    enroll(engine, first, [(li, T0)], T0)
+    enroll(engine, second, [(zhao, T0)], T0)
+
+    await wecom_runtime.dispatch_tick()
+    assert fake.calls["externalcontact/add_msg_template"] == 1  # the other is held back
+    rows = {r.target_id: r for r in deliveries(engine)}
+    assert rows[li].status == "sent"
+    held = rows[zhao]
+    assert held.status == "scheduled"
+    assert held.reason.startswith(
+        "WeCom mass-send quota (customer wm_1): frequency cap 1_per_day: 1 already sent this day"
+    )
+    # the next day in China time: 2027-03-02 00:00 +08:00
+    assert held.run_at == datetime(2027, 3, 1, 16, 0, tzinfo=UTC)
+
+    clock.set(held.run_at)
+    await wecom_runtime.dispatch_tick()
+    assert fake.calls["externalcontact/add_msg_template"] == 2
+    assert deliveries(engine, id=held.id)[0].status == "sent"
 
 
 async def test_a_group_sop_to_2500_customer_groups_makes_two_tasks(clock, fake):
