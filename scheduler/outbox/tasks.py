@@ -194,7 +194,10 @@ def _apply(
     task_id = task["provider_task_id"]
     with session_scope(engine) as session:
         externals = _external_ids(session, task["delivery_ids"])
-        confirmed, failed, waiting, skipped = [], [], [], []
+        confirmed: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        waiting: list[int] = []
         for delivery_id in task["delivery_ids"]:
             # "*": one outcome for every target of the sender (a moment's publishing)
             outcome = outcomes.get(externals.get(delivery_id, ""), outcomes.get("*"))

@@ -110,7 +110,8 @@ def _mass_sends(
     for kind, external in keys:
         by_kind[kind].append(external)
     for kind, externals in by_kind.items():
-        table = (Contact if kind == "contact" else GroupChat).__table__  # type: ignore[attr-defined]
+        model: Any = Contact if kind == "contact" else GroupChat
+        table = model.__table__
         for chunk in chunked(externals, 900):
             rows = session.execute(
                 select(table.c.external_id, d.status, d.sent_at)
