@@ -168,13 +168,14 @@ class WeComAdapter:
         results: list[SendResult | None] = [None] * len(messages)
         task_indices: list[int] = []
         moment_indices: list[int] = []
+        welcome_indices: list[int] = []
         for index, message in enumerate(messages):
             if message.mode == "task":
                 task_indices.append(index)
             elif message.mode == "remind":
                 results[index] = await self._remind(message)
             elif message.mode == "welcome":
-                results[index] = await wecom_welcome.send_welcome(self, message)
+                welcome_indices.append(index)
             elif message.mode == "moment":
                 moment_indices.append(index)
             elif message.mode == "send":
@@ -186,6 +187,12 @@ class WeComAdapter:
                 results[index] = SendResult.permanent(f"unknown execution mode {message.mode!r}")
         if task_indices:
             for index, result in await self._send_tasks(messages, task_indices):
+                results[index] = result
+        if welcome_indices:
+            welcomed = await wecom_welcome.send_welcomes(
+                self, [messages[i] for i in welcome_indices]
+            )
+            for index, result in zip(welcome_indices, welcomed, strict=True):
                 results[index] = result
         if moment_indices:
             created = await wecom_moments.create_moments(

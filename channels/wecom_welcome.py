@@ -14,7 +14,8 @@ the delivery log says which and why.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,17 @@ FALLBACK_ERRCODES = frozenset({41051, 41096, 40097})
 FALLBACKS = ("task", "remind", "skip")
 
 
-async def send_welcome(adapter: WeComAdapter, message: OutboundMessage) -> SendResult:
-    """Greet a new friend with its WelcomeCode, or run the touchpoint's fallback."""
+@dataclass(frozen=True)
+class Fallback:
+    """The welcome cannot use its code: run the touchpoint's fallback, saying why."""
+
+    kind: str
+    why: str
+
+
+async def send_welcome(adapter: WeComAdapter, message: OutboundMessage) -> SendResult | Fallback:
+    """Greet a new friend with its WelcomeCode; or the fallback to run instead
+    (the adapter batches ``task`` fallbacks into as few mass-send tasks as it can)."""
     options = message.options
     fallback = str(options.get("fallback") or "task")
     if message.target_kind != "contact":
@@ -44,18 +54,14 @@ async def send_welcome(adapter: WeComAdapter, message: OutboundMessage) -> SendR
         return SendResult.permanent(str(exc))
     code = str(options.get("welcome_code") or "")
     if not code:
-        return await run_fallback(
-            adapter,
-            message,
+        return Fallback(
             fallback,
             "no WelcomeCode: WeCom sent none with the add event "
             "(the member may have a console welcome configured)",
         )
     age = _age(options.get("welcome_at"), adapter.context.clock.now())
     if age is not None and age > WELCOME_VALIDITY:
-        return await run_fallback(
-            adapter,
-            message,
+        return Fallback(
             fallback,
             f"WelcomeCode expired: {age.total_seconds():.0f} s after the add event, "
             f"WeCom accepts it for {WELCOME_VALIDITY.total_seconds():.0f} s",
@@ -64,13 +70,44 @@ async def send_welcome(adapter: WeComAdapter, message: OutboundMessage) -> SendR
         await adapter._call("externalcontact/send_welcome_msg", {"welcome_code": code, **content})
     except WeComAPIError as exc:
         if any(f"errcode {c}:" in exc.reason for c in FALLBACK_ERRCODES):
-            return await run_fallback(adapter, message, fallback, exc.reason)
+            return Fallback(fallback, exc.reason)
         return exc.as_result()
     return SendResult(
         ResultStatus.SENT,
         note=f"welcome sent with the WelcomeCode of staff {message.account_external_id}'s "
         "add event (send_welcome_msg)",
     )
+
+
+async def send_welcomes(
+    adapter: WeComAdapter, messages: Sequence[OutboundMessage]
+) -> list[SendResult]:
+    """Welcome a batch: codes first, then the fallbacks, ``task`` ones batched."""
+    results: list[SendResult | None] = [None] * len(messages)
+    to_task: dict[int, str] = {}
+    for index, message in enumerate(messages):
+        outcome = await send_welcome(adapter, message)
+        if isinstance(outcome, SendResult):
+            results[index] = outcome
+        elif outcome.kind in ("remind", "skip"):
+            results[index] = await run_fallback(adapter, message, outcome.kind, outcome.why)
+        else:
+            to_task[index] = outcome.why
+    if to_task:
+        indices = list(to_task)
+        as_tasks = [replace(messages[i], mode="task") for i in indices]
+        for position, result in await adapter._send_tasks(as_tasks, list(range(len(as_tasks)))):
+            index = indices[position]
+            results[index] = _task_fallback(result, to_task[index])
+    return [r or SendResult.permanent("no welcome result") for r in results]
+
+
+def _task_fallback(result: SendResult, why: str) -> SendResult:
+    if result.error:
+        return replace(
+            result, error=f"welcome fell back to a mass-send task ({why}): {result.error}"
+        )
+    return replace(result, note=f"welcome fell back to a mass-send task: {why}")
 
 
 async def run_fallback(
@@ -91,11 +128,7 @@ async def run_fallback(
             f"(app message {result.provider_message_id}): {why}",
         )
     [(_, result)] = await adapter._send_tasks([replace(message, mode="task")], [0])
-    if result.error:
-        return replace(
-            result, error=f"welcome fell back to a mass-send task ({why}): {result.error}"
-        )
-    return replace(result, note=f"welcome fell back to a mass-send task: {why}")
+    return _task_fallback(result, why)
 
 
 def _age(at: object, now: datetime) -> timedelta | None:
