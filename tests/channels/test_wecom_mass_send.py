@@ -156,3 +156,48 @@ TEXT = {"kind": "text", "text": "今日菜单"}
 def _adapter(http: httpx.AsyncClient, clock: Any) -> WeComAdapter:
     context = AdapterContext(http=http, engine=None, clock=clock)  # type: ignore[arg-type]
     return WeComAdapter(WeComConfig.model_validate(CONFIG), context)
+
+
+async def test_a_task_waits_for_the_staff_member_and_refuses_non_friends(clock, fake):
+    fake.add_contact("staff_li", "wm_1")
+    fake.add_contact("staff_zhao", "wm_2")  # not staff_li's friend
+    messages = [
+        OutboundMessage(i, f"d{i}", "contact", f"wm_{i}", "staff_li", [TEXT], mode="task")
+        for i in (1, 2)
+    ]
+    async with httpx.AsyncClient(transport=fake.transport()) as http:
+        adapter = _adapter(http, clock)
+        sent, refused = await adapter.send(messages)
+        assert sent.status is ResultStatus.SENT
+        assert refused.status is ResultStatus.PERMANENT and "not a friend" in refused.error
+        pending = await adapter.poll_task_outcomes(sent.provider_message_id, "staff_li")
+        clock.advance(minutes=5)
+        fake.confirm(sent.provider_message_id, "staff_li")
+        done = await adapter.poll_task_outcomes(sent.provider_message_id, "staff_li")
+    assert pending["wm_1"].status == "pending"
+    assert done["wm_1"].status == "sent"
+    assert done["wm_1"].send_time == int((T0 + timedelta(minutes=5)).timestamp())
+
+
+def test_half_added_contacts_keep_their_welcome_code_too():
+    from audiences import wecom_events
+
+    fields = {
+        "MsgType": "event",
+        "Event": "change_external_contact",
+        "ChangeType": "add_half_external_contact",
+        "UserID": "staff_li",
+        "ExternalUserID": "wm_1",
+        "CreateTime": str(int(T0.timestamp())),
+        "WelcomeCode": "WC9",
+    }
+    [event], ignored = wecom_events.to_events(fields)
+    assert ignored is None and event["kind"] == "friend_added"
+    assert event["attributes"] == {
+        "wecom_welcome_code": "WC9",
+        "wecom_welcome_at": T0.isoformat(),
+    }
+    assert wecom_events.welcome_code_of(event["attributes"]) == {
+        "welcome_code": "WC9",
+        "welcome_at": T0.isoformat(),
+    }
