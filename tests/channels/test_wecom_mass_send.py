@@ -201,3 +201,14 @@ def test_half_added_contacts_keep_their_welcome_code_too():
         "welcome_code": "WC9",
         "welcome_at": T0.isoformat(),
     }
+
+
+async def test_the_fake_also_serves_as_an_asgi_app(clock, fake):
+    fake.add_contact("staff_li", "wm_1")
+    transport = httpx.ASGITransport(app=fake.asgi_app())
+    async with httpx.AsyncClient(transport=transport) as http:
+        message = OutboundMessage(1, "d1", "contact", "wm_1", "staff_li", [TEXT], mode="task")
+        [result] = await _adapter(http, clock).send([message])
+        bad = await http.get("https://qyapi.weixin.qq.com/cgi-bin/externalcontact/get")
+    assert result.status is ResultStatus.SENT
+    assert bad.json()["errcode"] == 40014  # no access token
