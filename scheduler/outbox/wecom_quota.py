@@ -118,7 +118,9 @@ def _mass_sends(
                 .select_from(DELIVERIES.join(table, table.c.id == d.target_id))
                 .where(
                     d.target_kind == kind,
-                    d.mode == "task",
+                    # task mode, or a welcome that fell back to a task (it has a task id)
+                    (d.mode == "task")
+                    | ((d.mode == "welcome") & d.provider_message_id.is_not(None)),
                     table.c.external_id.in_(list(chunk)),
                     (d.status == S.SENDING) | ((d.status == S.SENT) & (d.sent_at >= since)),
                 )

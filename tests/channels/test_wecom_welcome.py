@@ -132,3 +132,42 @@ def test_fallback_only_with_mode_welcome():
             {"name": "a", "timing": "+0m", "content": "hi", "mode": "task", "fallback": "skip"}
         )
     assert timedelta(seconds=20)  # the validity the adapter checks, see wecom_welcome
+
+
+async def test_a_welcome_that_became_a_task_counts_against_the_quota(
+    engine, clock, fake, wecom_runtime
+):
+    from factories import enroll, publish
+    from sqlmodel import Session, select
+
+    from audiences.models import Contact
+    from channels.models import ChannelInstance
+
+    with session_scope(engine) as session:
+        instance = session.exec(
+            select(ChannelInstance).where(ChannelInstance.name == CHANNEL)
+        ).one()
+        instance.config = {**CONFIG, "mass_send_quota": "1_per_day"}
+        session.add(instance)
+    fake.console_welcome.add("staff_li")
+    create_and_publish(engine, welcome_spec("task"), T0)
+    befriend(engine, fake, T0, "staff_li", "wm_1")
+    wecom_runtime.apply_inbox_now()
+    await wecom_runtime.dispatch_tick()  # the welcome, as a mass-send task
+
+    later = new_friend_spec(
+        name="活动",
+        channel=CHANNEL,
+        touchpoints=[{"name": "promo", "timing": "+0m", "content": "周末活动", "mode": "task"}],
+    )
+    clock.advance(hours=1)
+    template_id = publish(engine, later, clock.now())
+    with Session(engine) as session:
+        contact_id = session.exec(select(Contact.id)).one()
+    enroll(engine, template_id, [(contact_id, clock.now())], clock.now())
+    await wecom_runtime.dispatch_tick()
+
+    assert len(fake.tasks) == 1
+    promo = [r for r in deliveries(engine) if r.template_id == template_id][0]
+    assert promo.status == "scheduled"
+    assert promo.reason.startswith("WeCom mass-send quota (customer wm_1)")
