@@ -6,7 +6,9 @@ stored event is applied.
 
 Mapped change types:
 
-* ``change_external_contact``: ``add_external_contact`` → ``friend_added``;
+* ``change_external_contact``: ``add_external_contact`` (and
+  ``add_half_external_contact``) → ``friend_added``, its ``WelcomeCode`` kept in
+  the contact's attributes for a ``mode: welcome`` touchpoint;
   ``edit_external_contact`` → ``contact_updated`` (creates the contact if sopbot
   has not seen it, without counting it as a new friend); ``del_external_contact``
   (staff deleted the customer) and ``del_follow_user`` (the customer deleted the
@@ -15,7 +17,7 @@ Mapped change types:
   ``add_member`` / ``del_member`` → ``group_member_joined`` / ``_left``, other
   updates → ``group_updated``; ``dismiss`` → ``group_dissolved``.
 
-Anything else (tag library changes, half-added contacts, transfer failures,
+Anything else (tag library changes, transfer failures,
 ordinary messages) is stored and marked ignored, with the reason.
 """
 
@@ -31,6 +33,19 @@ from audiences.events import InvalidEvent
 from sopbot.ids import is_id
 
 SOURCE = "wecom"
+
+
+# Contact attributes holding the latest add event's WelcomeCode and its time.
+WELCOME_CODE = "wecom_welcome_code"
+WELCOME_AT = "wecom_welcome_at"
+
+
+def welcome_code_of(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored WelcomeCode of a contact, as ``OutboundMessage.options`` carry it."""
+    code = attributes.get(WELCOME_CODE)
+    if not code:
+        return {}
+    return {"welcome_code": str(code), "welcome_at": attributes.get(WELCOME_AT)}
 
 
 def dedupe_key(fields: Mapping[str, str]) -> str:
@@ -76,9 +91,13 @@ def to_events(fields: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | No
         if not account or not external_id:
             return [], "change_external_contact without UserID or ExternalUserID"
         ref = {"account": account, "external_id": external_id, **common}
-        if change == "add_external_contact":
+        if change in ("add_external_contact", "add_half_external_contact"):
             state = fields.get("State")
-            attributes = {"wecom_state": state} if state else {}
+            attributes: dict[str, Any] = {"wecom_state": state} if state else {}
+            # The code greets this friend once, ~20 s from the event (mode welcome);
+            # a re-add without one must not leave an old code behind.
+            attributes[WELCOME_CODE] = fields.get("WelcomeCode") or None
+            attributes[WELCOME_AT] = occurred if fields.get("WelcomeCode") else None
             return [{"kind": "friend_added", **ref, "attributes": attributes}], None
         if change == "edit_external_contact":
             return [{"kind": "contact_updated", **ref, "create_missing": True}], None

@@ -13,6 +13,11 @@ Two figures, each through the real code paths:
   ``task`` mode (one staff account, identical content) over ``httpx.MockTransport``:
   the adapter alone (one ``send`` of everything) and through the ``Dispatcher`` at the
   default and the largest claim batch size.
+* ``wecom_modes`` -- WeCom API calls per 1,000 deliveries for each execution mode,
+  through the ``Dispatcher`` against the fake WeCom server (``channels.wecom_fake``,
+  which enforces WeCom's rules), counting every call: tokens, sends, and the result
+  polls until every delivery is resolved (staff confirm every task, publish every
+  moment). 1,000 customers of 10 staff members (or 1,000 customer groups).
 
 Run from the repository root::
 
@@ -341,6 +346,123 @@ async def _wecom_dispatch(n: int, settings: Settings) -> dict[str, Any]:
     }
 
 
+# -- phase 3: WeCom API calls per mode ----------------------------------------------
+
+WECOM_MODES: dict[str, dict[str, Any]] = {
+    "welcome": {"mode": "welcome", "codes": True},
+    "welcome_without_code_to_task": {"mode": "welcome", "codes": False},
+    "task": {"mode": "task"},
+    "task_groups": {"mode": "task", "target": "group"},
+    "remind": {"mode": "remind"},
+    "moment": {"mode": "moment"},
+}
+
+
+def _wecom_audience(
+    engine: Engine, fake: Any, n: int, staff: int, *, codes: bool, groups: bool
+) -> list[int]:
+    from audiences.models import GroupChat
+
+    with session_scope(engine) as session:
+        session.execute(
+            insert(Account), [{"external_id": f"staff_{k}", "name": ""} for k in range(staff)]
+        )
+        accounts = dict(session.execute(select(Account.external_id, Account.id)).all())  # type: ignore[call-overload]
+        if groups:
+            session.execute(
+                insert(GroupChat),
+                [
+                    {
+                        "external_id": f"wr_{i}",
+                        "owner_account_id": accounts[f"staff_{i % staff}"],
+                        "name": f"群{i}",
+                        "joined_at": NOW,
+                        "status": "active",
+                        "attributes": {},
+                        "member_count": 0,
+                    }
+                    for i in range(n)
+                ],
+            )
+            for i in range(n):
+                fake.add_group(f"wr_{i}", f"staff_{i % staff}")
+            return list(session.execute(select(GroupChat.id).order_by(GroupChat.id)).scalars())
+        rows = []
+        for i in range(n):
+            user = f"staff_{i % staff}"
+            code = fake.add_contact(user, f"wm_{i}")
+            attributes = (
+                {"wecom_welcome_code": code, "wecom_welcome_at": NOW.isoformat()} if codes else {}
+            )
+            rows.append(
+                {
+                    "external_id": f"wm_{i}",
+                    "account_id": accounts[user],
+                    "name": f"客户{i}",
+                    "joined_at": NOW,
+                    "status": "active",
+                    "attributes": attributes,
+                }
+            )
+        session.execute(insert(Contact), rows)
+        return list(session.execute(select(Contact.id).order_by(Contact.id)).scalars())
+
+
+async def _wecom_mode(name: str, n: int, settings: Settings, staff: int = 10) -> dict[str, Any]:
+    from channels.wecom_fake import FakeWeCom
+    from scheduler.outbox import tasks
+
+    case = WECOM_MODES[name]
+    clock = ManualClock(NOW)
+    fake = FakeWeCom(clock, corp_id="ww", corp_secret="s")
+    with tempfile.TemporaryDirectory(prefix="sopbot-bench-wecom-") as tmp:
+        engine = make_engine(f"sqlite:///{os.path.join(tmp, 'wecom.db')}")
+        create_all(engine)
+        with session_scope(engine) as session:
+            config = {"corp_id": "ww", "corp_secret": "s", "agent_id": 1000002}
+            ensure_instance(session, "wecom", "wecom", config)
+        groups = case.get("target") == "group"
+        ids = _wecom_audience(engine, fake, n, staff, codes=bool(case.get("codes")), groups=groups)
+        content: list[Any] = ["周末大促，点击查看"]
+        if case["mode"] == "moment":
+            content.append({"image": "wecom-media:MEDIA"})
+        spec = {
+            "name": f"wecom {name}",
+            "channel": "wecom",
+            "target": "group" if groups else "contact",
+            "touchpoints": [
+                {"name": "step", "timing": "+0m", "content": content, "mode": case["mode"]}
+            ],
+        }
+        _enroll(engine, spec, ids)
+        async with httpx.AsyncClient(transport=fake.transport()) as http:
+            pool = build_channel_pool(engine, clock, http)
+            dispatcher = Dispatcher(engine, clock, pool, settings, "bench")
+            started = time.perf_counter()
+            await _drain(dispatcher)
+            for msgid, task in fake.tasks.items():  # every staff member confirms
+                fake.confirm(msgid, task.sender)
+            for moment in fake.moments.values():
+                for member in moment.members:
+                    fake.publish_moment(moment.moment_id, member)
+            for _ in range(20):
+                clock.advance(seconds=settings.task_poll_seconds * 2**12)
+                stats = await tasks.poll_tasks(engine, clock, pool, settings, limit=1000)
+                if not stats.polled:
+                    break
+            elapsed = time.perf_counter() - started
+        counts = _counts(engine)
+        engine.dispose()
+    calls = sum(fake.calls.values())
+    return {
+        "deliveries": n,
+        "statuses": counts,
+        "api_calls": dict(sorted(fake.calls.items())),
+        "calls_per_1000_deliveries": round(calls * 1000 / n, 1),
+        "seconds": round(elapsed, 3),
+    }
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -352,6 +474,12 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         worker_id="bench",
         _env_file=None,  # type: ignore[call-arg]
     )
+    if args.only_wecom_modes:
+        modes = {}
+        for name in WECOM_MODES:
+            modes[name] = await _wecom_mode(name, args.wecom_mode_deliveries, base)
+            _log(f"wecom {name}: {modes[name]['calls_per_1000_deliveries']} calls per 1,000")
+        return {"benchmark": "channels", "wecom_modes": modes, "meets_targets": True}
     n_hook = args.webhook_deliveries or 20_000 // scale
     webhook = await _webhook(n_hook, base, args.webhook_concurrency)
     _log(f"webhook: {webhook['per_s']}/s, peak in flight {webhook['peak_in_flight']}")
@@ -368,6 +496,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         f"{dispatch_default['deliveries_per_call']} (claim 500), "
         f"{dispatch_large['deliveries_per_call']} (claim 10000) deliveries per call"
     )
+    n_modes = args.wecom_mode_deliveries
+    modes = {}
+    for name in WECOM_MODES:
+        modes[name] = await _wecom_mode(name, n_modes, base)
+        _log(f"wecom {name}: {modes[name]['calls_per_1000_deliveries']} API calls per 1,000")
     return {
         "benchmark": "channels",
         "quick": bool(args.quick),
@@ -379,6 +512,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             "dispatch_claim_500": dispatch_default,
             "dispatch_claim_10000": dispatch_large,
         },
+        "wecom_modes": modes,
         "targets": TARGETS,
         "meets_targets": webhook["per_s"] >= TARGETS["webhook_per_s"]
         and webhook["peak_in_flight"] <= webhook["in_flight_bound"]
@@ -392,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     parser.add_argument("--quick", action="store_true", help="10x smaller")
     parser.add_argument("--webhook-deliveries", type=int, default=0)
+    parser.add_argument(
+        "--wecom-mode-deliveries", type=int, default=1_000, help="per WeCom mode (phase 3)"
+    )
+    parser.add_argument(
+        "--only-wecom-modes", action="store_true", help="run phase 3 alone (small, quick)"
+    )
     parser.add_argument(
         "--webhook-concurrency",
         type=int,

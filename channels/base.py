@@ -27,14 +27,15 @@ from sopbot.clock import Clock
 
 PartKind = Literal["text", "image", "link", "miniprogram", "file"]
 TargetKind = Literal["contact", "group"]
-ExecutionMode = Literal["send", "task", "remind"]
-TaskStatus = Literal["sent", "pending", "failed"]
+ExecutionMode = Literal["send", "task", "remind", "welcome", "moment"]
+TaskStatus = Literal["sent", "pending", "failed", "skipped"]
 
 
 class ResultStatus(StrEnum):
     SENT = "sent"
     RETRYABLE = "retryable"
     PERMANENT = "permanent"
+    SKIPPED = "skipped"  # nothing sent, by the touchpoint's own rule (e.g. welcome fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,9 @@ class OutboundMessage:
     target_name: str | None = None
     template_name: str | None = None
     touchpoint_name: str | None = None
+    # Mode-specific settings of the touchpoint and target (welcome code, fallback,
+    # moment visibility); empty for send/task/remind.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class SendResult:
     provider_message_id: str | None = None
     error: str | None = None  # a reason a person can read
     retry_after: float | None = None  # seconds, when the platform says so
+    note: str | None = None  # what a sent result means, for the delivery log
 
     @classmethod
     def sent(cls, provider_message_id: str | None = None) -> SendResult:
@@ -71,6 +76,10 @@ class SendResult:
     @classmethod
     def permanent(cls, error: str) -> SendResult:
         return cls(ResultStatus.PERMANENT, error=error)
+
+    @classmethod
+    def skipped(cls, reason: str) -> SendResult:
+        return cls(ResultStatus.SKIPPED, error=reason)
 
 
 @dataclass(frozen=True)

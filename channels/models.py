@@ -98,7 +98,8 @@ class TaskState:
     AWAITING = "awaiting"  # created, staff has not confirmed every target yet
     DONE = "done"  # every delivery resolved
     EXPIRED = "expired"  # gave up waiting; the rest became unknown
-    ALL = (AWAITING, DONE, EXPIRED)
+    CANCELLED = "cancelled"  # recalled: every recipient left before confirmation
+    ALL = (AWAITING, DONE, EXPIRED, CANCELLED)
 
 
 class ChannelTask(SQLModel, table=True):
@@ -124,3 +125,18 @@ class ChannelTask(SQLModel, table=True):
     failed: int = 0
     last_error: str | None = Field(default=None, max_length=1000)
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # Nudges sent to the staff member (WeCom remind_groupmsg_send, 3 a day a task).
+    reminders: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    reminded_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class WeComSyncState(SQLModel, table=True):
+    """How far a WeCom channel's tag sync got: the last ``edit_external_contact``
+    / ``change_external_tag`` callback it handled and the last reconcile run."""
+
+    __tablename__ = "wecom_sync_state"
+
+    instance: str = Field(primary_key=True, max_length=100)
+    last_event_id: int = 0
+    tags_checked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    reconciled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

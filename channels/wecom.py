@@ -22,10 +22,10 @@ import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from channels.base import (
     URL_CREDENTIALS,
@@ -48,6 +48,7 @@ MAX_TASK_TEXT_BYTES = 4_000
 MAX_REMIND_TEXT_BYTES = 2_048
 MAX_ATTACHMENTS = 9
 POLL_PAGE_SIZE = 1_000
+MAX_REMINDS_PER_DAY = 3  # remind_groupmsg_send (document/path/97610)
 
 # Refresh the cached token this long before WeCom says it expires.
 TOKEN_SAFETY_MARGIN_S = 300.0
@@ -69,7 +70,7 @@ _TASK_STATUS: dict[int, tuple[TaskStatus, str | None]] = {
     0: ("pending", None),
     1: ("sent", None),
     2: ("failed", "not a friend of the sender (any more)"),
-    3: ("failed", "already received another mass message (WeCom frequency limit)"),
+    3: ("skipped", "the customer already received a mass message (WeCom's mass-send quota)"),
 }
 
 
@@ -79,6 +80,26 @@ class WeComConfig(AdapterConfig):
     agent_id: int | None = None  # the app that sends "remind" messages
     base_url: HttpUrl = Field(HttpUrl(DEFAULT_BASE_URL), json_schema_extra=URL_CREDENTIALS)
     timeout_s: float = Field(default=10.0, gt=0)
+    # The admin's mass-send quota per customer / group (客户联系 → 群发 frequency):
+    # sopbot holds task-mode sends to it (scheduler.outbox.wecom_quota); None: off.
+    mass_send_quota: Literal["days_of_month", "7_per_week", "1_per_day"] | None = "days_of_month"
+    # Nudge the staff member about an unconfirmed mass-send task this many hours
+    # after it was created (remind_groupmsg_send); WeCom allows 3 a day a task.
+    remind_after_hours: list[float] = Field(default_factory=list, max_length=20)
+
+    @field_validator("remind_after_hours")
+    @classmethod
+    def _within_wecoms_limit(cls, value: list[float]) -> list[float]:
+        hours = sorted(value)
+        if any(h <= 0 for h in hours):
+            raise ValueError("remind_after_hours must be positive hours after the task")
+        for i in range(len(hours) - MAX_REMINDS_PER_DAY):
+            if hours[i + MAX_REMINDS_PER_DAY] - hours[i] < 24:
+                raise ValueError(
+                    f"WeCom allows {MAX_REMINDS_PER_DAY} reminders a day per task; "
+                    f"{hours[i : i + MAX_REMINDS_PER_DAY + 1]} are within 24 h"
+                )
+        return hours
 
 
 class WeComAPIError(Exception):
@@ -121,7 +142,7 @@ class WeComAdapter:
     capabilities: ClassVar[Capabilities] = Capabilities(
         parts=frozenset({"text", "image", "link", "miniprogram", "file"}),
         targets=frozenset({"contact", "group"}),
-        modes=frozenset({"task", "remind"}),
+        modes=frozenset({"task", "remind", "welcome", "moment"}),
         idempotent=False,
         max_batch=10_000,
         connection_check=True,
@@ -135,17 +156,28 @@ class WeComAdapter:
         self._token: str | None = None
         self._token_expires_at: datetime | None = None
         self._token_lock = asyncio.Lock()
+        self._moment_ids: dict[str, str] = {}  # moment job id -> moment id
+        self._corp_tags: dict[str, str] | None = None  # tag name -> WeCom tag id
 
     # -- sending ------------------------------------------------------------
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        # The welcome and moment modes live in their own modules, which use this one.
+        from channels import wecom_moments, wecom_welcome
+
         results: list[SendResult | None] = [None] * len(messages)
         task_indices: list[int] = []
+        moment_indices: list[int] = []
+        welcome_indices: list[int] = []
         for index, message in enumerate(messages):
             if message.mode == "task":
                 task_indices.append(index)
             elif message.mode == "remind":
                 results[index] = await self._remind(message)
+            elif message.mode == "welcome":
+                welcome_indices.append(index)
+            elif message.mode == "moment":
+                moment_indices.append(index)
             elif message.mode == "send":
                 results[index] = SendResult.permanent(
                     "WeCom cannot send to customers directly; "
@@ -155,6 +187,18 @@ class WeComAdapter:
                 results[index] = SendResult.permanent(f"unknown execution mode {message.mode!r}")
         if task_indices:
             for index, result in await self._send_tasks(messages, task_indices):
+                results[index] = result
+        if welcome_indices:
+            welcomed = await wecom_welcome.send_welcomes(
+                self, [messages[i] for i in welcome_indices]
+            )
+            for index, result in zip(welcome_indices, welcomed, strict=True):
+                results[index] = result
+        if moment_indices:
+            created = await wecom_moments.create_moments(
+                self, [messages[i] for i in moment_indices]
+            )
+            for index, result in zip(moment_indices, created, strict=True):
                 results[index] = result
         return [
             r if r is not None else SendResult.permanent("WeCom adapter produced no result")
@@ -248,6 +292,12 @@ class WeComAdapter:
             )
         return SendResult.sent(str(data.get("msgid") or "") or None)
 
+    async def corp_tags(self, *, refresh: bool = False) -> dict[str, str]:
+        """Corp tag name → WeCom tag id (``channels.wecom_contacts``)."""
+        from channels import wecom_contacts
+
+        return await wecom_contacts.corp_tags(self, refresh=refresh)
+
     async def check_connection(self) -> str:
         """Fetch an access token (sends nothing): proves corp_id and corp_secret."""
         self._token = None
@@ -268,6 +318,10 @@ class WeComAdapter:
 
     async def poll_task_outcomes(self, msgid: str, userid: str) -> dict[str, TaskOutcome]:
         """Resolve a mass-send task (``get_groupmsg_send_result``), following pages."""
+        if msgid.startswith("moment:"):
+            from channels import wecom_moments
+
+            return await wecom_moments.poll_moment(self, msgid, userid)
         outcomes: dict[str, TaskOutcome] = {}
         cursor = ""
         seen: set[str] = set()
@@ -296,15 +350,23 @@ class WeComAdapter:
 
     # -- HTTP plumbing --------------------------------------------------------
 
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` with a valid token; refresh the token once if WeCom rejects it."""
+    async def _call(
+        self, path: str, body: dict[str, Any] | None = None, *, query: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """POST ``body`` (GET with ``query`` when there is no body) with a valid
+        token; refresh the token once if WeCom rejects it."""
+        method = "POST" if body is not None else "GET"
         token = await self._access_token()
-        data = await self._request("POST", path, params={"access_token": token}, json=body)
+        data = await self._request(
+            method, path, params={"access_token": token, **(query or {})}, json=body
+        )
         code = _errcode(data)
         if code in TOKEN_ERRCODES:
             self._invalidate_token(token)
             token = await self._access_token()
-            data = await self._request("POST", path, params={"access_token": token}, json=body)
+            data = await self._request(
+                method, path, params={"access_token": token, **(query or {})}, json=body
+            )
             code = _errcode(data)
         if code != 0:
             raise WeComAPIError.from_errcode(code, str(data.get("errmsg", "")))

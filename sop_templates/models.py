@@ -65,5 +65,10 @@ class Touchpoint(SQLModel, table=True):
     mode: str = Field(default="send", max_length=16)
     grace_seconds: int
     past_policy: str = Field(default="skip", max_length=16)
+    # Mode settings (welcome fallback, moment visibility): TouchpointSpec.options.
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONType, nullable=False, server_default="{}"),
+    )
     # Cron touchpoints: occurrences up to here have been fanned out.
     planned_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

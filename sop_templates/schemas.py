@@ -25,7 +25,8 @@ from sop_templates.timing import (
 
 TargetKind = Literal["contact", "group"]
 AnchorKind = Literal["join", "tag", "fixed"]
-ExecutionMode = Literal["send", "task", "remind"]
+ExecutionMode = Literal["send", "task", "remind", "welcome", "moment"]
+WelcomeFallback = Literal["task", "remind", "skip"]
 PastPolicy = Literal["skip", "send"]
 
 DEFAULT_GRACE_OFFSET = "6h"
@@ -100,6 +101,15 @@ def _normalize_part(value: object) -> object:
     return value
 
 
+class MomentAudience(BaseModel):
+    """Who sees a moment (朋友圈): customers of these staff members and/or with these tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accounts: list[str] = Field(default_factory=list, max_length=10_000)
+    tags: list[str] = Field(default_factory=list, max_length=10_000)
+
+
 class TouchpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +122,13 @@ class TouchpointSpec(BaseModel):
     )
     past_policy: PastPolicy = Field(
         "skip", description="a day/at time already past at enrollment: skip (recorded) or send"
+    )
+    fallback: WelcomeFallback | None = Field(
+        None,
+        description="mode welcome: what to do without a usable WelcomeCode (task, remind, skip)",
+    )
+    visible_to: MomentAudience | None = Field(
+        None, description="mode moment: staff members and/or customer tags who see it"
     )
 
     @field_validator("timing", mode="before")
@@ -139,6 +156,24 @@ class TouchpointSpec(BaseModel):
     @classmethod
     def _grace_valid(cls, value: str | None) -> str | None:
         return None if value is None else format_duration(parse_duration(value))
+
+    @model_validator(mode="after")
+    def _mode_options(self) -> TouchpointSpec:
+        if self.fallback is not None and self.mode != "welcome":
+            raise ValueError("fallback is only for mode welcome")
+        if self.visible_to is not None and self.mode != "moment":
+            raise ValueError("visible_to is only for mode moment")
+        return self
+
+    @property
+    def options(self) -> dict[str, object]:
+        """Mode settings a channel needs at dispatch (stored on the touchpoint)."""
+        out: dict[str, object] = {}
+        if self.mode == "welcome":
+            out["fallback"] = self.fallback or "task"
+        if self.visible_to is not None:
+            out["visible_to"] = self.visible_to.model_dump()
+        return out
 
     @property
     def grace_seconds(self) -> int:

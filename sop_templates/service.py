@@ -188,6 +188,7 @@ def freeze_draft(session: Session, template_id: int, now: datetime) -> TemplateV
                 mode=tp.mode,
                 grace_seconds=tp.grace_seconds,
                 past_policy=tp.past_policy,
+                options=tp.options,
                 # A cron schedule starts at publish time: nothing before it is owed.
                 planned_until=now if tp.timing.kind == "cron" else None,
             )

@@ -24,4 +24,10 @@ async def apply_inbox(ctx: JobContext) -> Any:
     return await asyncio.to_thread(apply_inbox_now, ctx)
 
 
-JOBS = (Job(JOB_INBOX, lambda s: 5.0, apply_inbox),)
+def _wecom_jobs() -> tuple[Job, ...]:
+    from scheduler.flows import wecom_sync, wecom_tasks
+
+    return (*wecom_sync.JOBS, *wecom_tasks.JOBS)
+
+
+JOBS = (Job(JOB_INBOX, lambda s: 5.0, apply_inbox), *_wecom_jobs())

@@ -35,7 +35,7 @@ from channels.base import ChannelAdapter, ChannelError, OutboundMessage
 from channels.breaker import CircuitBreakers
 from channels.ratelimit import build_limiter
 from channels.registry import ChannelPool
-from scheduler.outbox import leases, policies, transitions
+from scheduler.outbox import leases, policies, transitions, wecom_quota
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
@@ -118,6 +118,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         self._channel_policies: dict[str, channels_service.EffectivePolicy] = {}
         self._breaker_seen: dict[str, dict[str, Any]] = {}
         self._cap_checks: dict[int, CapCheck] = {}
+        self._quota_checks: dict[int, wecom_quota.QuotaCheck] = {}
 
     # -- the tick ---------------------------------------------------------------
 
@@ -362,9 +363,16 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         get their outcome added to ``outcomes``."""
         now = self.clock.now()
         checks = {i: self._cap_checks.pop(i) for i in ids if i in self._cap_checks}
+        quotas = {i: self._quota_checks.pop(i) for i in ids if i in self._quota_checks}
         with session_scope(self.engine) as session:
             if checks:
                 capped = self._apply_caps(session, checks, now)
+                outcomes.update(capped)
+                ids = [i for i in ids if i not in capped]
+            if quotas:  # WeCom's per-customer mass-send quota
+                capped = wecom_quota.apply(
+                    session, {i: q for i, q in quotas.items() if i in ids}, now
+                )
                 outcomes.update(capped)
                 ids = [i for i in ids if i not in capped]
             transitions.settle(session, owner=self.worker_id, outcomes=outcomes, now=now)

@@ -22,7 +22,7 @@ from channels.base import ChannelAdapter, ChannelError, OutboundMessage
 from channels.breaker import CircuitBreakers
 from channels.ratelimit import RateLimiter
 from channels.registry import ChannelPool
-from scheduler.outbox import policies
+from scheduler.outbox import modes, policies, wecom_quota
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.transitions import Outcome
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
@@ -64,6 +64,7 @@ class BatchPreparation:
     _channel_policies: dict[str, channels_service.EffectivePolicy]
     _breaker_seen: dict[str, dict[str, Any]]
     _cap_checks: dict[int, CapCheck]
+    _quota_checks: dict[int, wecom_quota.QuotaCheck]
 
     def _prepare(
         self, rows: Sequence[Any]
@@ -140,7 +141,11 @@ class BatchPreparation:
                 target_name=target.get("name"),
                 template_name=names.get(row.template_id),
                 touchpoint_name=touchpoint.name,
+                options=modes.message_options(row.mode, touchpoint.options, target),
             )
+            quota = wecom_quota.check_for(adapter, row, target["external_id"], policy.quiet, grace)
+            if quota is not None:
+                self._quota_checks[row.id] = quota
             if policy.cap is not None:
                 key = (row.target_kind, row.target_id)
                 self._cap_checks[row.id] = CapCheck(
@@ -205,6 +210,7 @@ class BatchPreparation:
             row = by_id[delivery_id]
             del messages[delivery_id]
             self._cap_checks.pop(delivery_id, None)
+            self._quota_checks.pop(delivery_id, None)
             if until > row.expires_at:
                 status = S.FAILED if row.attempts else S.MISSED
                 outcomes[delivery_id] = Outcome(

@@ -236,7 +236,10 @@ class ChannelCalls:
             channel = by_id[delivery_id].channel
             polls = channel in adapters and task_poller(adapters[channel]) is not None
             if outcome.provider_message_id and polls:
+                note = outcome.reason  # e.g. why a welcome became a mass-send task
                 outcome.reason = tasks.awaiting_reason(outcome.provider_message_id, account)
+                if note:
+                    outcome.reason = f"{note}; {outcome.reason}"
                 created[(channel, outcome.provider_message_id, account)].append(delivery_id)
         return created
 
@@ -259,7 +262,9 @@ class ChannelCalls:
 
 def to_outcome(result: SendResult) -> Outcome:
     if result.status == ResultStatus.SENT:
-        return Outcome(S.SENT, None, result.provider_message_id, sent=True)
+        return Outcome(S.SENT, result.note, result.provider_message_id, sent=True)
+    if result.status == ResultStatus.SKIPPED:
+        return Outcome(S.SKIPPED, result.error or "skipped by the channel")
     if result.status == ResultStatus.RETRYABLE:
         return Outcome(
             "retry", result.error or "temporary channel error", retry_after=result.retry_after

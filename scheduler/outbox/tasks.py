@@ -180,6 +180,7 @@ class _Applied:
     confirmed: int = 0
     failed: int = 0
     unknown: int = 0
+    skipped: int = 0
 
 
 def _apply(
@@ -193,9 +194,13 @@ def _apply(
     task_id = task["provider_task_id"]
     with session_scope(engine) as session:
         externals = _external_ids(session, task["delivery_ids"])
-        confirmed, failed, waiting = [], [], []
+        confirmed: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        waiting: list[int] = []
         for delivery_id in task["delivery_ids"]:
-            outcome = outcomes.get(externals.get(delivery_id, ""))
+            # "*": one outcome for every target of the sender (a moment's publishing)
+            outcome = outcomes.get(externals.get(delivery_id, ""), outcomes.get("*"))
             if outcome is None or outcome.status == "pending":
                 waiting.append(delivery_id)
             elif outcome.status == "sent":
@@ -208,16 +213,17 @@ def _apply(
                     {
                         "b_id": delivery_id,
                         "b_sent_at": sent_at,
-                        "b_reason": f"confirmed by staff {task['sender']}: mass-send task {task_id} "
-                        "delivered",
+                        "b_reason": f"confirmed by staff {task['sender']}: "
+                        + (outcome.reason or f"mass-send task {task_id} delivered"),
                     }
                 )
             else:
-                failed.append(
+                # skipped: the platform declined by its own rule (the customer's quota)
+                (skipped if outcome.status == "skipped" else failed).append(
                     {
                         "b_id": delivery_id,
                         "b_reason": clip_reason(
-                            f"mass-send task {task_id}: {outcome.reason or 'failed'}"
+                            f"mass-send task {task_id}: {outcome.reason or outcome.status}"
                         ),
                     }
                 )
@@ -225,13 +231,16 @@ def _apply(
         expired = bool(waiting) and now >= deadline
         transitions.confirm_task(session, task_id, confirmed)
         transitions.task_failed(session, task_id, failed, now)
+        transitions.task_skipped(session, task_id, skipped, now)
         if expired:
             reason = (
                 f"mass-send task {task_id}: staff {task['sender']} did not confirm within "
                 f"{settings.task_confirm_hours:g} h; outcome unknown"
             )
             transitions.task_expired(session, task_id, waiting, reason, now)
-        applied = _Applied(len(confirmed), len(failed), len(waiting) if expired else 0)
+        applied = _Applied(
+            len(confirmed), len(failed), len(waiting) if expired else 0, len(skipped)
+        )
         polls = task["polls"] + 1
         state = (
             TaskState.DONE if not waiting else TaskState.EXPIRED if expired else TaskState.AWAITING
@@ -242,7 +251,7 @@ def _apply(
             .values(
                 delivery_ids=[] if expired else waiting,
                 confirmed=task["confirmed"] + applied.confirmed,
-                failed=task["failed"] + applied.failed,
+                failed=task["failed"] + applied.failed + applied.skipped,
                 polls=polls,
                 state=state,
                 next_poll_at=min(now + _poll_interval(settings, polls), max(deadline, now)),

@@ -20,6 +20,8 @@ transition's start status (or not held by the caller) is simply not touched.
     unmark: sending ─► scheduled (marked as next in line, a stop came before the call)
     cancel: scheduled/claimed ─► cancelled      repoint: scheduled ─► scheduled/skipped
     task_failed / task_expired: sent ─► failed / unknown (mass-send task polls)
+    task_skipped / task_cancelled: sent ─► skipped / cancelled (quota used; task recalled)
+    record_outcome may also end sending ─► skipped (the channel applied the touchpoint's rule)
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ TABLE: dict[str, dict[str, frozenset[str]]] = {
     # overdue: missed (never tried) or failed (retried until the deadline)
     "miss": _moves((S.SCHEDULED, {S.MISSED, S.FAILED}), (S.CLAIMED, {S.MISSED})),
     "defer": _moves((S.CLAIMED, {S.SCHEDULED})),
-    "record_outcome": _moves((S.SENDING, {S.SENT, S.FAILED, S.SCHEDULED, S.UNKNOWN})),
-    "resolve_unknown": _moves((S.UNKNOWN, {S.SENT, S.FAILED, S.SCHEDULED})),
+    "record_outcome": _moves((S.SENDING, {S.SENT, S.FAILED, S.SCHEDULED, S.UNKNOWN, S.SKIPPED})),
+    "resolve_unknown": _moves((S.UNKNOWN, {S.SENT, S.FAILED, S.SCHEDULED, S.SKIPPED})),
     "release": _moves((S.CLAIMED, {S.SCHEDULED})),
     # marked sending as next in line, then a stop came before the call started
     "unmark": _moves((S.SENDING, {S.SCHEDULED})),
@@ -70,6 +72,10 @@ TABLE: dict[str, dict[str, frozenset[str]]] = {
     "repoint": _moves((S.SCHEDULED, {S.SCHEDULED, S.SKIPPED})),
     "task_failed": _moves((S.SENT, {S.FAILED})),
     "task_expired": _moves((S.SENT, {S.UNKNOWN})),
+    # the platform declined by its own rule (WeCom: customer's mass-send quota used)
+    "task_skipped": _moves((S.SENT, {S.SKIPPED})),
+    # the task was recalled before the staff member confirmed it
+    "task_cancelled": _moves((S.SENT, {S.CANCELLED})),
 }
 
 # Before sending, a claimed row's outcome picks its transition by status.
@@ -258,7 +264,7 @@ def settle(session: Session, *, owner: str, outcomes: Mapping[int, Outcome], now
 def record_outcome(
     session: Session, *, owner: str, outcomes: Mapping[int, Outcome], now: datetime
 ) -> int:
-    """record_outcome: sending → sent / failed / unknown, or scheduled to retry;
+    """record_outcome: sending → sent / failed / unknown / skipped, or scheduled to retry;
     then resolve_unknown for rows a reaper marked unknown meanwhile (the lease
     owner's late outcome is the truth, provider id included)."""
     written = _write(session, "record_outcome", owner, outcomes, now)
@@ -586,3 +592,37 @@ def task_expired(
             )
         )
     return count
+
+
+def task_skipped(
+    session: Session, task_id: str, rows: Sequence[dict[str, Any]], now: datetime
+) -> int:
+    """task_skipped: sent → skipped with the platform's reason (``b_id``, ``b_reason``)."""
+    return _task_settle(session, "task_skipped", S.SKIPPED, task_id, rows, now)
+
+
+def task_cancelled(
+    session: Session, task_id: str, rows: Sequence[dict[str, Any]], now: datetime
+) -> int:
+    """task_cancelled: sent → cancelled, the task recalled before confirmation."""
+    return _task_settle(session, "task_cancelled", S.CANCELLED, task_id, rows, now)
+
+
+def _task_settle(
+    session: Session,
+    name: str,
+    status: str,
+    task_id: str,
+    rows: Sequence[dict[str, Any]],
+    now: datetime,
+) -> int:
+    if not rows:
+        return 0
+    check(name, status)
+    d = repository.DELIVERIES.c
+    stmt = (
+        repository.DELIVERIES.update()
+        .where(d.id == bindparam("b_id"), d.status == S.SENT, d.provider_message_id == task_id)
+        .values(status=status, reason=bindparam("b_reason"), sent_at=None, finished_at=now)
+    )
+    return repository.execute_many(session.connection(), stmt, rows)

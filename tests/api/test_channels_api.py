@@ -161,7 +161,7 @@ def test_adapter_catalog_lists_every_builtin_with_secret_fields_flagged(client):
     catalog = {a["name"]: a for a in client.get("/api/channels/adapters").json()}
     assert {"mock", "webhook", "wecom", "wecom_group_bot", "apprise"} <= set(catalog)
     wecom = catalog["wecom"]
-    assert wecom["capabilities"]["modes"] == ["remind", "task"]
+    assert wecom["capabilities"]["modes"] == ["moment", "remind", "task", "welcome"]
     secret = wecom["config_schema"]["properties"]["corp_secret"]
     assert secret.get("writeOnly") is True and secret.get("format") == "password"
 

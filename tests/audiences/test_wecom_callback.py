@@ -113,7 +113,12 @@ def test_new_friend_callback_enrolls_once_however_often_wecom_retries(client, en
     with session_scope(engine) as session:
         contact = session.execute(select(Contact)).scalar_one()
         assert contact.external_id == "wmEXT1"
-        assert contact.attributes == {"wecom_state": "store_xuhui"}
+        assert contact.attributes == {
+            "wecom_state": "store_xuhui",
+            # kept for a mode: welcome touchpoint, valid ~20 s from the event
+            "wecom_welcome_code": "WC",
+            "wecom_welcome_at": "2027-01-15T08:00:00+00:00",
+        }
         assert contact.joined_at.timestamp() == 1800000000  # CreateTime anchors the SOP
         account = session.execute(select(Account)).scalar_one()
         assert account.external_id == "zhangsan"  # WeCom's staff are registered on the fly

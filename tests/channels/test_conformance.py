@@ -102,6 +102,7 @@ HARNESSES: dict[str, Harness] = {
 }
 
 ALL_MODES = {"send", "task", "remind"}
+PLATFORM_MODES = {"welcome", "moment"}  # WeCom-only; covered by tests/channels/test_wecom_*
 ALL_TARGETS = {"contact", "group"}
 ALL_PARTS = {"text", "image", "link", "miniprogram", "file"}
 
@@ -155,7 +156,7 @@ async def test_adapter_conformance(name: str, engine: Any) -> None:
     assert cls.name == name
     assert issubclass(cls.config_model, AdapterConfig)
     caps = cls.capabilities
-    assert caps.modes and caps.modes <= ALL_MODES
+    assert caps.modes and caps.modes <= ALL_MODES | PLATFORM_MODES
     assert caps.targets and caps.targets <= ALL_TARGETS
     assert "text" in caps.parts and caps.parts <= ALL_PARTS
     assert caps.max_batch >= 1
@@ -181,7 +182,7 @@ async def test_adapter_conformance(name: str, engine: Any) -> None:
         assert all(secret not in text for text in shown), f"{name} shows a secret"
     assert bool(_secret_fields(config)) == bool(harness.secrets)
 
-    mode = "send" if "send" in caps.modes else sorted(caps.modes)[0]
+    mode = next(m for m in ("send", "task", "remind") if m in caps.modes)
     batch = _messages(caps, mode, min(3, caps.max_batch))
 
     # Working backend: one SENT result per message, in order.

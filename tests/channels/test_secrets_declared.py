@@ -64,7 +64,7 @@ URLS: dict[str, set[str]] = {
 NOT_CREDENTIALS: dict[str, set[str]] = {
     "mock": {"fail_mode", "fail_targets", "latency_ms", "retry_after_s", "persist", "max_batch"},
     "webhook": {"timeout_s", "max_concurrency"},
-    "wecom": {"corp_id", "agent_id", "timeout_s"},
+    "wecom": {"corp_id", "agent_id", "timeout_s", "remind_after_hours", "mass_send_quota"},
     "wecom_group_bot": {"timeout_s"},
     "apprise": {"title", "body_format", "max_concurrency"},
 }

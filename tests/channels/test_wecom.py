@@ -462,7 +462,8 @@ async def test_poll_task_follows_cursor_and_maps_statuses(
     )
     statuses = await adapter.poll_task("task1", "staff_li")
 
-    assert statuses == {"wm_1": "pending", "wm_2": "sent", "wm_3": "failed", "wr_4": "failed"}
+    # status 3 (quota used) is a skip by WeCom's rule, not a failure
+    assert statuses == {"wm_1": "pending", "wm_2": "sent", "wm_3": "failed", "wr_4": "skipped"}
     first, second = fake.bodies(path)
     assert first == {"msgid": "task1", "userid": "staff_li", "limit": 1000}
     assert second["cursor"] == "page2"
@@ -484,7 +485,8 @@ async def test_poll_task_outcomes_explain_failures(adapter: WeComAdapter, fake: 
     outcomes = await adapter.poll_task_outcomes("task1", "staff_li")
     assert outcomes["wm_2"] == TaskOutcome("sent", None, 1740830400)
     assert "not a friend" in outcomes["wm_3"].reason
-    assert "frequency limit" in outcomes["wm_4"].reason
+    assert outcomes["wm_4"].status == "skipped"
+    assert "already received a mass message" in outcomes["wm_4"].reason
 
 
 async def test_poll_task_raises_when_wecom_refuses(adapter: WeComAdapter, fake: FakeWeCom) -> None:
@@ -499,7 +501,7 @@ async def test_poll_task_raises_when_wecom_refuses(adapter: WeComAdapter, fake: 
 
 def test_capabilities() -> None:
     caps = WeComAdapter.capabilities
-    assert caps.modes == {"task", "remind"}
+    assert caps.modes == {"task", "remind", "welcome", "moment"}
     assert caps.targets == {"contact", "group"}
     assert not caps.idempotent
     assert caps.max_batch == 10_000

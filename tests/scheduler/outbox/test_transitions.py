@@ -86,6 +86,12 @@ DRIVERS: dict[str, Driver] = {
         s, TASK, [{"b_id": i, "b_reason": "not a friend"}], NOW
     ),
     "task_expired": lambda s, i, to: transitions.task_expired(s, TASK, [i], "nobody", NOW),
+    "task_skipped": lambda s, i, to: transitions.task_skipped(
+        s, TASK, [{"b_id": i, "b_reason": "quota used"}], NOW
+    ),
+    "task_cancelled": lambda s, i, to: transitions.task_cancelled(
+        s, TASK, [{"b_id": i, "b_reason": "recalled"}], NOW
+    ),
 }
 
 ALLOWED = [
