@@ -59,7 +59,7 @@ class _Tally:
         self.version_id = fact.version_id
         if fact.late_count:
             self.lateness.add(fact.late_count, fact.late_sum_ms, fact.late_max_ms)
-        if fact.status in S.TERMINAL and fact.status != S.SENT:
+        if fact.status in S.TERMINAL and fact.status not in (S.SENT, S.DONE):
             self.reasons[(fact.status, fact.reason)] += fact.deliveries
 
     def reason_list(self) -> list[ReasonCount]:
