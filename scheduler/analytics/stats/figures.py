@@ -221,6 +221,8 @@ class SeriesPoint:
     cancelled: int
     missed: int
     unknown: int
+    done: int
+    skipped_by_staff: int
     pending: int
 
 

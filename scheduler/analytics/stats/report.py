@@ -228,6 +228,8 @@ def _point(start: datetime, counts: Mapping[str, int] | None) -> SeriesPoint:
         cancelled=counts.get(S.CANCELLED, 0),
         missed=counts.get(S.MISSED, 0),
         unknown=counts.get(S.UNKNOWN, 0),
+        done=counts.get(S.DONE, 0),
+        skipped_by_staff=counts.get(S.SKIPPED_BY_STAFF, 0),
         pending=sum(counts.get(s, 0) for s in S.PENDING),
     )
 
