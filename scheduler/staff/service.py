@@ -211,8 +211,8 @@ def _own_open(
     missing = [i for i in ids if i not in found]
     if missing:
         raise StaffTaskError(
-            f"task {missing[0]} is not an open task of yours (done, skipped, expired or "
-            "someone else's)"
+            "a chosen task is not an open task of yours any more (done, skipped, expired "
+            "or someone else's)"
         )
     return found
 
@@ -237,7 +237,7 @@ def skip(
     if not reason:
         raise StaffTaskError("say why the task is skipped")
     if len(reason) > SKIP_REASON_LENGTH:
-        raise StaffTaskError(f"the reason is longer than {SKIP_REASON_LENGTH} characters")
+        raise StaffTaskError("the reason is longer than 200 characters")
     tasks = _own_open(session, account_id, delivery_ids)
     moved = transitions.staff_skip(
         session, list(tasks), acted_at=now, reason=f"skipped by the staff member: {reason}"
@@ -272,7 +272,7 @@ def reassign(
     if from_account_id == to_account_id:
         raise StaffTaskError("choose another staff account to hand the tasks to")
     if session.get(Account, to_account_id) is None:
-        raise StaffTaskError(f"staff account {to_account_id} does not exist")
+        raise StaffTaskError("the staff account to hand the tasks to does not exist")
     ids = list(
         session.execute(
             select(StaffTask.delivery_id)  # type: ignore[call-overload]
@@ -305,7 +305,7 @@ def extend_deadline(
     )
     missing = sorted(set(ids) - set(open_ids))
     if missing:
-        raise StaffTaskError(f"task {missing[0]} is not open any more (or does not exist)")
+        raise StaffTaskError("a chosen task is not open any more (or does not exist)")
     _update_tasks(session, open_ids, deadline_at=deadline, nudged_at=None)
     return len(open_ids)
 

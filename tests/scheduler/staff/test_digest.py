@@ -28,6 +28,7 @@ def wecom(engine) -> FakeWeCom:
 
 @pytest.fixture
 async def rt(engine, clock, settings, wecom):
+    settings.render_budget_ms = 10_000  # a shared, busy machine must not fail a render
     http = httpx.AsyncClient(transport=httpx.MockTransport(wecom))
     yield SchedulerRuntime(engine, clock, settings, http=http)
     await http.aclose()
