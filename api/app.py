@@ -22,6 +22,7 @@ from api.routes import (
     deliveries,
     pages,
     report_pages,
+    staff_inbox,
     templates,
     ui_admin,
     ui_audiences,
@@ -33,7 +34,6 @@ from api.routes import channels as channel_routes
 from api.routes import events as event_routes
 from api.routes import ops as ops_routes
 from api.routes import segments as segment_routes
-from api.routes import staff_inbox
 from api.routes import stats as stats_routes
 from api.routes import users as user_routes
 from channels.http import channel_http_client

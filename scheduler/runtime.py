@@ -31,9 +31,9 @@ from scheduler.operations import jobs as operations_jobs
 from scheduler.operations.heartbeat import Heartbeat
 from scheduler.operations.metrics import DispatchMetrics
 from scheduler.outbox import jobs as outbox_jobs
-from scheduler.staff import jobs as staff_jobs
 from scheduler.outbox import service, tasks
 from scheduler.outbox.dispatch import Dispatcher, DispatchStats
+from scheduler.staff import jobs as staff_jobs
 from sopbot.clock import Clock
 from sopbot.settings import Settings
 

@@ -6,11 +6,11 @@ SVG (no chart script, no CDN)."""
 from __future__ import annotations
 
 import math
-from datetime import date
-from urllib.parse import urlencode
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request

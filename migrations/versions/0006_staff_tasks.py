@@ -43,9 +43,7 @@ def upgrade() -> None:
         sa.Column("nudged_at", sopbot.db.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("delivery_id"),
     )
-    op.create_index(
-        "ix_staff_tasks_account_deadline", "staff_tasks", ["account_id", "deadline_at"]
-    )
+    op.create_index("ix_staff_tasks_account_deadline", "staff_tasks", ["account_id", "deadline_at"])
     op.create_index(
         "ix_staff_tasks_template_assigned", "staff_tasks", ["template_id", "assigned_at"]
     )

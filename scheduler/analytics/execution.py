@@ -118,9 +118,7 @@ class ExecutionRow:
             "cancelled": self.cancelled,
             "completion_rate": self.completion_rate,
             "on_time_rate": self.on_time_rate,
-            "skip_reasons": [
-                {"reason": r, "count": n} for r, n in self.skip_reasons.most_common()
-            ],
+            "skip_reasons": [{"reason": r, "count": n} for r, n in self.skip_reasons.most_common()],
         }
 
 
@@ -240,7 +238,7 @@ def execution_report(session: Session, flt: ExecutionFilter, zone: tzinfo) -> Ex
     reason), missed; completion and on-time rates; staff ranked."""
     start, end = flt.bounds(zone)
     facts = _staff_facts(session, flt, start, end) + _task_mode_facts(session, flt, start, end)
-    template_names = dict(
+    template_names: dict[int, str] = dict(
         session.execute(
             select(SopTemplate.id, SopTemplate.name).where(  # type: ignore[call-overload]
                 col(SopTemplate.id).in_(sorted({f[0] for f in facts}) or [0])

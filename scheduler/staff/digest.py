@@ -87,7 +87,9 @@ def in_quiet_hours(now: datetime, settings: Settings) -> bool:
     return quiet.decide(now, ZoneInfo(settings.default_timezone)).action != "send"
 
 
-async def run(engine: Engine, clock: Clock, channels: ChannelPool, settings: Settings) -> DigestStats:
+async def run(
+    engine: Engine, clock: Clock, channels: ChannelPool, settings: Settings
+) -> DigestStats:
     """One check: expire overdue tasks, then send what this window owes."""
     stats = DigestStats()
     now = clock.now()
@@ -164,7 +166,9 @@ def _plan(engine: Engine, now: datetime, settings: Settings) -> list[Planned]:
             if kind is None or account is None:
                 continue
             url = links.inbox_url(settings, key, account_id, now)
-            text = _text(kind, open_counts.get(account_id, 0), len(new_ids), len(soon_ids), settings, url)
+            text = _text(
+                kind, open_counts.get(account_id, 0), len(new_ids), len(soon_ids), settings, url
+            )
             channel = min(t[3] for t in tasks)
             written = insert_ignore(
                 session,

@@ -90,7 +90,7 @@ def workspace_key(session: Session, settings: Settings, now: datetime) -> str:
     stored = session.execute(read).scalar()
     if not stored:
         session.execute(
-            insert_of(session, _SETTINGS)
+            insert_of(session, _SETTINGS)  # type: ignore[arg-type]
             .values(key="secret_key", value=secrets.token_urlsafe(48), updated_at=now)
             .on_conflict_do_nothing()
         )

@@ -79,9 +79,7 @@ def open_tasks(session: Session, delivery_ids: Sequence[int], now: datetime) -> 
             )
             .outerjoin(
                 GroupChat,
-                and_(
-                    col(Delivery.target_kind) == "group", col(GroupChat.id) == Delivery.target_id
-                ),
+                and_(col(Delivery.target_kind) == "group", col(GroupChat.id) == Delivery.target_id),
             )
             .where(col(Delivery.id).in_(list(chunk)), col(Delivery.status) == S.AWAITING_STAFF)
         ).all()
@@ -120,8 +118,9 @@ def _step_deadlines(session: Session, template_ids: set[int]) -> dict[tuple[int,
     if not template_ids:
         return {}
     rows = session.execute(
-        select(StaffStepDeadline.template_id, StaffStepDeadline.touchpoint, StaffStepDeadline.hours)  # type: ignore[call-overload]
-        .where(col(StaffStepDeadline.template_id).in_(sorted(template_ids)))
+        select(
+            StaffStepDeadline.template_id, StaffStepDeadline.touchpoint, StaffStepDeadline.hours
+        ).where(col(StaffStepDeadline.template_id).in_(sorted(template_ids)))  # type: ignore[call-overload]
     ).all()
     return {(t, name): hours for t, name, hours in rows}
 
@@ -264,9 +263,7 @@ def postpone(
 # -- the operator's controls ------------------------------------------------------
 
 
-def reassign(
-    session: Session, from_account_id: int, to_account_id: int, now: datetime
-) -> int:
+def reassign(session: Session, from_account_id: int, to_account_id: int, now: datetime) -> int:
     """Move every open task of a staff member to another (someone left, or
     their customers were transferred); the new owner hears in the next digest."""
     if from_account_id == to_account_id:
@@ -367,8 +364,7 @@ def inbox(
         .join(Touchpoint, col(Touchpoint.id) == col(StaffTask.touchpoint_id))
         .where(
             col(StaffTask.account_id) == account_id,
-            (col(Delivery.status) == S.AWAITING_STAFF)
-            | (col(Delivery.finished_at) >= day_start),
+            (col(Delivery.status) == S.AWAITING_STAFF) | (col(Delivery.finished_at) >= day_start),
         )
         .order_by(col(StaffTask.deadline_at), col(StaffTask.delivery_id))
     ).all()

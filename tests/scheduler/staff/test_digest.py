@@ -159,4 +159,6 @@ async def test_postponed_tasks_come_back_in_a_later_digest(engine, clock, settin
     assert (await rt.staff_tick()).digests == 0
     clock.set(T0 + timedelta(hours=2))
     assert (await rt.staff_tick()).digests == 1
-    assert wecom.to("staff_a")[-1].startswith("【SOP 待执行】今天有 3 个客户 SOP 待执行（新增 1 个）")
+    assert wecom.to("staff_a")[-1].startswith(
+        "【SOP 待执行】今天有 3 个客户 SOP 待执行（新增 1 个）"
+    )
