@@ -198,3 +198,68 @@ async def test_the_chat_s_customer_comes_first_and_postponing_stays_within_the_d
         "/staff/inbox/postpone", data={"t": _token(link), "ids": first, "minutes": 60}
     )
     assert "提醒时间必须早于任务截止时间" in answer.text
+
+
+async def test_operator_reassigns_open_tasks_extends_a_deadline_and_sees_overdue_staff(
+    engine, clock, settings, wecom, rt, client
+):
+    world = await _world(engine, clock, rt)
+    a, b = world.accounts["staff_a"], world.accounts["staff_b"]
+    api = TestClient(client.app, headers=make_auth_headers(engine, clock.now()))
+    ids_a = _task_ids(client.get(_link(wecom, "staff_a")).text)
+
+    # staff_a leaves: their 30 open tasks go to staff_b, who hears in the next digest
+    answer = api.post("/api/staff/tasks/reassign", json={"from_account_id": a, "to_account_id": b})
+    assert answer.json() == {"moved": 30}
+    bad = api.post("/api/staff/tasks/reassign", json={"from_account_id": a, "to_account_id": a})
+    assert bad.status_code == 422
+    assert _task_ids(client.get(_link(wecom, "staff_a")).text) == []
+    assert len(_task_ids(client.get(_link(wecom, "staff_b")).text)) == 60
+    clock.advance(minutes=settings.staff_digest_minutes)
+    assert (await rt.staff_tick()).digests == 1
+    assert wecom.to("staff_b")[-1].startswith("【SOP 待执行】今天有 60 个客户 SOP 待执行（新增 30 个）")
+
+    # one task gets a day more; the rest are missed at the grace deadline
+    new_deadline = (T0 + timedelta(days=1)).isoformat()
+    answer = api.post(
+        "/api/staff/tasks/deadline", json={"delivery_ids": ids_a[:1], "deadline": new_deadline}
+    )
+    assert answer.json() == {"extended": 1}
+    past = api.post(
+        "/api/staff/tasks/deadline",
+        json={"delivery_ids": ids_a[:1], "deadline": T0.isoformat()},
+    )
+    assert past.status_code == 422 and "future" in past.json()["detail"]
+    clock.set(T0 + timedelta(hours=6, seconds=1))
+    await rt.staff_tick()
+    status = {d.id: d.status for d in deliveries(engine)}
+    assert status[ids_a[0]] == "awaiting_staff" and status[ids_a[1]] == "missed"
+
+    overdue = api.get("/api/staff/overdue").json()
+    assert overdue[0]["account_id"] == b and overdue[0]["missed"] == 59
+    dashboard = api.get("/")
+    assert "员工逾期任务" in dashboard.text
+
+
+async def test_a_step_deadline_set_by_the_operator_replaces_the_grace_period(
+    engine, clock, settings, wecom, rt, client
+):
+    clock.set(T0)
+    api = TestClient(client.app, headers=make_auth_headers(engine, clock.now()))
+    world = build(engine, per_staff=1)
+    answer = api.put(
+        "/api/staff/step-deadlines",
+        json={"template_id": world.template_id, "touchpoint": "问候", "hours": 2},
+    )
+    assert answer.status_code == 200
+    assert (
+        api.put(
+            "/api/staff/step-deadlines",
+            json={"template_id": world.template_id, "touchpoint": "问候", "hours": -1},
+        ).status_code
+        == 422
+    )
+    await rt.dispatch_tick()
+    with Session(engine) as session:
+        deadlines = {t.deadline_at for t in session.execute(select(StaffTask)).scalars()}
+    assert deadlines == {T0 + timedelta(hours=2)}
