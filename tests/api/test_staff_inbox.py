@@ -217,7 +217,9 @@ async def test_operator_reassigns_open_tasks_extends_a_deadline_and_sees_overdue
     assert len(_task_ids(client.get(_link(wecom, "staff_b")).text)) == 60
     clock.advance(minutes=settings.staff_digest_minutes)
     assert (await rt.staff_tick()).digests == 1
-    assert wecom.to("staff_b")[-1].startswith("【SOP 待执行】今天有 60 个客户 SOP 待执行（新增 30 个）")
+    assert wecom.to("staff_b")[-1].startswith(
+        "【SOP 待执行】今天有 60 个客户 SOP 待执行（新增 30 个）"
+    )
 
     # one task gets a day more; the rest are missed at the grace deadline
     new_deadline = (T0 + timedelta(days=1)).isoformat()
