@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from api import auth, guards
@@ -249,7 +249,7 @@ def execution_json(
     return execution.execution_report(session, flt, zone).as_dict()
 
 
-@api_router.get("/execution.csv", response_class=PlainTextResponse)
+@api_router.get("/execution.csv", response_class=Response)
 def execution_csv(
     session: ReaderDep,
     settings: SettingsDep,
