@@ -22,6 +22,7 @@ from api.routes import (
     deliveries,
     pages,
     report_pages,
+    staff_inbox,
     templates,
     ui_admin,
     ui_audiences,
@@ -134,6 +135,9 @@ def create_app(
     app.include_router(wecom_callback.router)
     app.include_router(stats_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     app.include_router(report_pages.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
+    # Staff execution: the inbox's signed link is its own credential (scheduler.staff.links).
+    app.include_router(staff_inbox.router)
+    app.include_router(staff_inbox.api_router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # /healthz (load balancers) and /metrics (Prometheus) stay open; /api/workers is
     # for admins (README), reading included.
     ops_gate = auth.gate(Permission.ADMIN, read=Permission.ADMIN, public=("/healthz", "/metrics"))

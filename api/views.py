@@ -27,6 +27,9 @@ STATUS_LABELS: dict[str, str] = {
     "cancelled": N_("Cancelled"),
     "missed": N_("Missed"),
     "unknown": N_("Unknown outcome"),
+    "awaiting_staff": N_("Awaiting staff"),
+    "done": N_("Done by staff"),
+    "skipped_by_staff": N_("Skipped by staff"),
     # templates
     "draft": N_("Draft"),
     "pending_approval": N_("Pending approval"),

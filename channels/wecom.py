@@ -560,6 +560,8 @@ def _task_body(
 
 def remind_text(message: OutboundMessage) -> str:
     """The app message telling a staff member what to send to whom."""
+    if message.target_kind == "staff":  # a digest of tasks: its text is the whole message
+        return "\n".join(str(p.get("text", "")) for p in message.parts)
     name = message.target_name or message.target_external_id
     where = "请发送到群" if message.target_kind == "group" else "请发送给"
     lines = [f"{where} {name}（{message.target_external_id}）："]

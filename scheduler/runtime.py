@@ -33,6 +33,7 @@ from scheduler.operations.metrics import DispatchMetrics
 from scheduler.outbox import jobs as outbox_jobs
 from scheduler.outbox import service, tasks
 from scheduler.outbox.dispatch import Dispatcher, DispatchStats
+from scheduler.staff import jobs as staff_jobs
 from sopbot.clock import Clock
 from sopbot.settings import Settings
 
@@ -53,6 +54,7 @@ JOBS: tuple[Job, ...] = (
     *flows_jobs.JOBS,
     *analytics_jobs.JOBS,
     *operations_jobs.JOBS,
+    *staff_jobs.JOBS,
 )
 
 T = TypeVar("T")
@@ -136,6 +138,9 @@ class SchedulerRuntime:
 
     async def poll_tasks_tick(self) -> tasks.PollStats | None:
         return await self.run(outbox_jobs.poll_tasks)
+
+    async def staff_tick(self) -> Any:
+        return await self.run(staff_jobs.check)
 
     async def inbox_tick(self) -> Any:
         return await self.run(flows_jobs.apply_inbox)

@@ -85,6 +85,28 @@ class Settings(BaseSettings):
         72.0, gt=0, description="unconfirmed mass-send tasks become unknown after this"
     )
 
+    # staff tasks (remind mode, scheduler.staff)
+    staff_inbox: bool = Field(
+        True,
+        description="remind mode puts each delivery in its staff member's inbox and sends one "
+        "digest per staff member per window (false: one app message per delivery)",
+    )
+    staff_digest_minutes: int = Field(
+        60, ge=1, le=1440, description="digest window: at most one digest per staff member in it"
+    )
+    staff_nudge_minutes: int = Field(
+        30, ge=0, description="nudge a staff member this long before tasks' deadlines (0: off)"
+    )
+    staff_link_hours: float = Field(
+        72.0, gt=0, description="how long a signed staff inbox link stays valid"
+    )
+    staff_check_seconds: float = Field(
+        60.0, ge=0, description="how often digests, nudges and staff deadlines are checked"
+    )
+    public_url: str | None = Field(
+        None, description="sopbot's address as staff members reach it, for inbox links"
+    )
+
     # WeCom (企业微信) callback: 客户联系 → 接收事件服务器 (the callback is off until all three are set)
     wecom_callback_token: str | None = Field(None, description="callback Token")
     wecom_callback_aes_key: str | None = Field(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
@@ -11,6 +13,7 @@ from api.users import audit
 from api.views import render, zone_of
 from scheduler.analytics import stats
 from scheduler.operations import dashboard as dashboard_service
+from scheduler.staff import service as staff_service
 
 router = APIRouter(include_in_schema=False)
 
@@ -35,5 +38,11 @@ def dashboard(
             "board": board,
             "recent": audit.entries(session, limit=8),
             "templates": stats.overview(session, now=clock.now()),
+            "staff_overdue": staff_service.overdue_by_account(
+                session,
+                clock.now(),
+                since=clock.now() - timedelta(days=7),
+                soon=timedelta(minutes=settings.staff_nudge_minutes),
+            ),
         },
     )

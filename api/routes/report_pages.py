@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
@@ -23,7 +25,7 @@ from api.routes.stats import stats_filter
 from api.views import STATUS_LABELS, render, translator
 from audiences.tables import ACCOUNTS
 from channels import service as channels_service
-from scheduler.analytics import log, stats
+from scheduler.analytics import execution, log, stats
 from scheduler.analytics.log import InvalidLogQuery
 from scheduler.outbox.models import DeliveryStatus
 from sop_templates import service as templates_service
@@ -106,12 +108,51 @@ def log_page(
     )
 
 
+def _execution(request: Request, session: Any, template_id: int | None) -> dict[str, Any]:
+    """The staff execution section (scheduler.analytics.execution): its own
+    date and staff filters (``exec_from``, ``exec_to``, ``exec_account``)."""
+    params = request.query_params
+    try:
+        flt = execution.ExecutionFilter(
+            date.fromisoformat(params["exec_from"]) if params.get("exec_from") else None,
+            date.fromisoformat(params["exec_to"]) if params.get("exec_to") else None,
+            template_id,
+            query_id(params, "exec_account"),
+        )
+    except ValueError:
+        flt = execution.ExecutionFilter(template_id=template_id)
+    zone = ZoneInfo(request.app.state.settings.default_timezone)
+    report = execution.execution_report(session, flt, zone)
+    query = {
+        k: v
+        for k, v in {
+            "template_id": template_id,
+            "date_from": flt.date_from,
+            "date_to": flt.date_to,
+            "account_id": flt.account_id,
+        }.items()
+        if v is not None
+    }
+    return {
+        "execution": report,
+        "execution_filter": flt,
+        "execution_csv": "/api/staff/execution.csv?" + urlencode(query),
+        "staff_accounts": session.execute(
+            select(ACCOUNTS.c.id, ACCOUNTS.c.name, ACCOUNTS.c.external_id).order_by(ACCOUNTS.c.id)
+        ).all(),
+    }
+
+
 @router.get("/report", response_class=HTMLResponse)
 def report_index(request: Request, session: ReaderDep, clock: ClockDep) -> HTMLResponse:
     return render(
         request,
         "ui/report.html",
-        {"overview": stats.overview(session, now=clock.now()), "report": None},
+        {
+            "overview": stats.overview(session, now=clock.now()),
+            "report": None,
+            **_execution(request, session, None),
+        },
     )
 
 
@@ -165,6 +206,7 @@ def report_page(
             "funnel": funnel_chart(report.touchpoints, gettext) if report else None,
             "chart": series_chart(report.series, report.interval, gettext) if report else None,
             "log_base": log_base,
+            **_execution(request, session, template_id),
         },
         status_code=422 if error else 200,
     )
@@ -233,6 +275,8 @@ SERIES_PARTS = (  # (SeriesPoint attribute, CSS class, label)
     ("missed", "missed", STATUS_LABELS["missed"]),
     ("skipped", "missed", STATUS_LABELS["skipped"]),
     ("cancelled", "missed", STATUS_LABELS["cancelled"]),
+    ("done", "sent", STATUS_LABELS["done"]),
+    ("skipped_by_staff", "missed", STATUS_LABELS["skipped_by_staff"]),
     ("pending", "pending", N_("Pending")),
 )
 

@@ -42,6 +42,7 @@ from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
 from scheduler.outbox.sending import ChannelCalls, SendingWaves, call_size
 from scheduler.outbox.service import held_template_ids
 from scheduler.outbox.transitions import Outcome
+from scheduler.staff import service as staff_service
 from sop_templates.models import Touchpoint
 from sopbot.clock import Clock
 from sopbot.db import session_scope
@@ -376,6 +377,8 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                 outcomes.update(capped)
                 ids = [i for i in ids if i not in capped]
             transitions.settle(session, owner=self.worker_id, outcomes=outcomes, now=now)
+            assigned = [i for i, o in outcomes.items() if o.status == S.AWAITING_STAFF]
+            staff_service.open_tasks(session, assigned, now)  # remind mode: the inbox
             if not ids:
                 return set()
             return transitions.mark_sending(

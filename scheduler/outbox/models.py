@@ -26,9 +26,13 @@ class DeliveryStatus:
     CANCELLED = "cancelled"
     MISSED = "missed"
     UNKNOWN = "unknown"
+    # remind mode: a task in the staff member's inbox (scheduler.staff)
+    AWAITING_STAFF = "awaiting_staff"
+    DONE = "done"
+    SKIPPED_BY_STAFF = "skipped_by_staff"
 
-    PENDING = (SCHEDULED, CLAIMED, SENDING)
-    TERMINAL = (SENT, FAILED, SKIPPED, CANCELLED, MISSED, UNKNOWN)
+    PENDING = (SCHEDULED, CLAIMED, SENDING, AWAITING_STAFF)
+    TERMINAL = (SENT, FAILED, SKIPPED, CANCELLED, MISSED, UNKNOWN, DONE, SKIPPED_BY_STAFF)
     ALL = PENDING + TERMINAL
 
 

@@ -25,6 +25,7 @@ from channels.registry import ChannelPool
 from scheduler.outbox import modes, policies, wecom_quota
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.transitions import Outcome
+from scheduler.staff import service as staff_service
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 from sop_templates.rendering import RenderError, build_context, render_parts
 from sop_templates.schemas import TemplateSpec
@@ -130,7 +131,7 @@ class BatchPreparation:
                 outcomes[row.id] = Outcome(S.FAILED, f"content could not be rendered: {exc}")
                 continue
             account = target.get("account") or {}
-            messages[row.id] = OutboundMessage(
+            message = OutboundMessage(
                 delivery_id=row.id,
                 idempotency_key=f"sopbot-d{row.id}",
                 target_kind=row.target_kind,
@@ -143,6 +144,16 @@ class BatchPreparation:
                 touchpoint_name=touchpoint.name,
                 options=modes.message_options(row.mode, touchpoint.options, target),
             )
+            if row.mode == "remind" and self.settings.staff_inbox:
+                # a task in the staff member's inbox, announced by a digest
+                # (scheduler.staff), not one app message per delivery
+                outcomes[row.id] = (
+                    staff_service.assigned_outcome(message)
+                    if message.account_external_id
+                    else Outcome(S.FAILED, "no staff account owns this target to remind")
+                )
+                continue
+            messages[row.id] = message
             quota = wecom_quota.check_for(adapter, row, target["external_id"], policy.quiet, grace)
             if quota is not None:
                 self._quota_checks[row.id] = quota

@@ -22,6 +22,9 @@ transition's start status (or not held by the caller) is simply not touched.
     task_failed / task_expired: sent ─► failed / unknown (mass-send task polls)
     task_skipped / task_cancelled: sent ─► skipped / cancelled (quota used; task recalled)
     record_outcome may also end sending ─► skipped (the channel applied the touchpoint's rule)
+    remind mode (scheduler.staff): claimed ─assign_staff─► awaiting_staff ─staff_done─► done
+      awaiting_staff ─staff_skip─► skipped_by_staff, ─staff_miss─► missed (deadline passed),
+      ─cancel─► cancelled
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ TABLE: dict[str, dict[str, frozenset[str]]] = {
     "reap_claimed": _moves((S.CLAIMED, {S.SCHEDULED})),
     "reap_resend": _moves((S.SENDING, {S.SCHEDULED})),
     "reap_sending": _moves((S.SENDING, {S.UNKNOWN})),
-    "cancel": _moves((S.SCHEDULED, {S.CANCELLED}), (S.CLAIMED, {S.CANCELLED})),
+    "cancel": _moves(
+        (S.SCHEDULED, {S.CANCELLED}), (S.CLAIMED, {S.CANCELLED}), (S.AWAITING_STAFF, {S.CANCELLED})
+    ),
     "repoint": _moves((S.SCHEDULED, {S.SCHEDULED, S.SKIPPED})),
     "task_failed": _moves((S.SENT, {S.FAILED})),
     "task_expired": _moves((S.SENT, {S.UNKNOWN})),
@@ -76,10 +81,22 @@ TABLE: dict[str, dict[str, frozenset[str]]] = {
     "task_skipped": _moves((S.SENT, {S.SKIPPED})),
     # the task was recalled before the staff member confirmed it
     "task_cancelled": _moves((S.SENT, {S.CANCELLED})),
+    # remind mode: the task waits in the staff member's inbox until they act or
+    # its deadline passes (scheduler.staff)
+    "assign_staff": _moves((S.CLAIMED, {S.AWAITING_STAFF})),
+    "staff_done": _moves((S.AWAITING_STAFF, {S.DONE})),
+    "staff_skip": _moves((S.AWAITING_STAFF, {S.SKIPPED_BY_STAFF})),
+    "staff_miss": _moves((S.AWAITING_STAFF, {S.MISSED})),
 }
 
 # Before sending, a claimed row's outcome picks its transition by status.
-_SETTLE = {S.SKIPPED: "skip", S.FAILED: "fail", S.MISSED: "miss", S.SCHEDULED: "defer"}
+_SETTLE = {
+    S.SKIPPED: "skip",
+    S.FAILED: "fail",
+    S.MISSED: "miss",
+    S.SCHEDULED: "defer",
+    S.AWAITING_STAFF: "assign_staff",
+}
 
 
 def allowed(name: str, start: str, to: str) -> bool:
@@ -250,8 +267,9 @@ def mark_sending(
 
 
 def settle(session: Session, *, owner: str, outcomes: Mapping[int, Outcome], now: datetime) -> int:
-    """skip / fail / miss / defer: outcomes decided before sending, claimed → final
-    (or back to scheduled at a later ``run_at``). One statement per transition."""
+    """skip / fail / miss / defer / assign_staff: outcomes decided before
+    sending, claimed → final (or back to scheduled at a later ``run_at``, or
+    into a staff member's inbox). One statement per transition."""
     by_name: dict[str, dict[int, Outcome]] = {}
     for delivery_id, outcome in outcomes.items():
         name = _SETTLE.get(outcome.status)
@@ -289,7 +307,7 @@ def _write(
     check(name, *{o.status for o in outcomes.values()})
     params = []
     for delivery_id, o in outcomes.items():
-        terminal = o.status != S.SCHEDULED
+        terminal = o.status not in (S.SCHEDULED, S.AWAITING_STAFF)
         params.append(
             {
                 "b_id": delivery_id,
@@ -626,3 +644,56 @@ def _task_settle(
         .values(status=status, reason=bindparam("b_reason"), sent_at=None, finished_at=now)
     )
     return repository.execute_many(session.connection(), stmt, rows)
+
+
+# -- staff tasks (scheduler.staff) ------------------------------------------------
+
+
+def _staff_move(
+    session: Session, name: str, to: str, ids: Sequence[int], values: dict[str, Any]
+) -> set[int]:
+    check(name, to)
+    moved: set[int] = set()
+    for chunk in repository.chunked(list(ids), 900):
+        stmt = (
+            update(Delivery)
+            .where(col(Delivery.id).in_(list(chunk)), *_fence(name, None))
+            .values(status=to, **values)
+            .returning(col(Delivery.id))
+        )
+        moved.update(session.execute(stmt).scalars())
+    return moved
+
+
+def staff_done(
+    session: Session, ids: Sequence[int], *, acted_at: datetime, reason: str
+) -> set[int]:
+    """staff_done: awaiting_staff → done; ``sent_at`` is when the staff member
+    said they sent it (frequency caps count it). Returns the ids moved."""
+    return _staff_move(
+        session,
+        "staff_done",
+        S.DONE,
+        ids,
+        {"sent_at": acted_at, "finished_at": acted_at, "reason": clip_reason(reason)},
+    )
+
+
+def staff_skip(
+    session: Session, ids: Sequence[int], *, acted_at: datetime, reason: str
+) -> set[int]:
+    """staff_skip: awaiting_staff → skipped_by_staff with the staff member's reason."""
+    return _staff_move(
+        session,
+        "staff_skip",
+        S.SKIPPED_BY_STAFF,
+        ids,
+        {"finished_at": acted_at, "reason": clip_reason(reason)},
+    )
+
+
+def staff_miss(session: Session, ids: Sequence[int], *, now: datetime, reason: str) -> set[int]:
+    """staff_miss: awaiting_staff → missed once the task's deadline passed."""
+    return _staff_move(
+        session, "staff_miss", S.MISSED, ids, {"finished_at": now, "reason": clip_reason(reason)}
+    )

@@ -33,6 +33,9 @@ STATUS_ZH = {
     "cancelled": "已取消",
     "missed": "已错过",
     "unknown": "结果未知",
+    "awaiting_staff": "待执行",
+    "done": "已执行",
+    "skipped_by_staff": "员工已跳过",
 }
 TARGET_ZH = {"contact": "客户", "group": "客户群"}
 MODE_ZH = {"send": "自动发送", "task": "群发任务（员工确认）", "remind": "提醒员工发送"}

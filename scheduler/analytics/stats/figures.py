@@ -127,6 +127,8 @@ class Counts:
     cancelled: int = 0
     missed: int = 0
     unknown: int = 0
+    done: int = 0  # remind mode: the staff member sent it
+    skipped_by_staff: int = 0
     send_rate: float | None = None
 
     def add(self, status: str, n: int, due: int) -> None:
@@ -219,6 +221,8 @@ class SeriesPoint:
     cancelled: int
     missed: int
     unknown: int
+    done: int
+    skipped_by_staff: int
     pending: int
 
 

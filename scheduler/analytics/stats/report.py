@@ -59,7 +59,7 @@ class _Tally:
         self.version_id = fact.version_id
         if fact.late_count:
             self.lateness.add(fact.late_count, fact.late_sum_ms, fact.late_max_ms)
-        if fact.status in S.TERMINAL and fact.status != S.SENT:
+        if fact.status in S.TERMINAL and fact.status not in (S.SENT, S.DONE):
             self.reasons[(fact.status, fact.reason)] += fact.deliveries
 
     def reason_list(self) -> list[ReasonCount]:
@@ -228,6 +228,8 @@ def _point(start: datetime, counts: Mapping[str, int] | None) -> SeriesPoint:
         cancelled=counts.get(S.CANCELLED, 0),
         missed=counts.get(S.MISSED, 0),
         unknown=counts.get(S.UNKNOWN, 0),
+        done=counts.get(S.DONE, 0),
+        skipped_by_staff=counts.get(S.SKIPPED_BY_STAFF, 0),
         pending=sum(counts.get(s, 0) for s in S.PENDING),
     )
 

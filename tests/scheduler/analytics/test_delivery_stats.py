@@ -67,7 +67,9 @@ def grouped(rows: list[Row], key: Any, now: datetime) -> dict[Any, dict[str, Any
 
 def recount(rows: list[Row], now: datetime) -> dict[str, Any]:
     reasons = Counter(
-        (r.status, r.reason) for r in rows if r.status in S.TERMINAL and r.status != S.SENT
+        (r.status, r.reason)
+        for r in rows
+        if r.status in S.TERMINAL and r.status not in (S.SENT, S.DONE)
     )
     hours: dict[int, Counter[str]] = defaultdict(Counter)
     for r in rows:
@@ -122,6 +124,8 @@ def reported(report: stats.TemplateStats) -> dict[str, Any]:
                 p.cancelled,
                 p.missed,
                 p.unknown,
+                p.done,
+                p.skipped_by_staff,
                 p.pending,
             )
             for p in report.series

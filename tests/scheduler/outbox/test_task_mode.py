@@ -157,8 +157,11 @@ async def test_poll_errors_are_kept_and_retried(engine, clock, settings, wecom, 
 
 
 async def test_remind_mode_records_that_the_staff_member_was_told(
-    engine, clock, wecom, wecom_runtime
+    engine, clock, settings, wecom, wecom_runtime
 ):
+    """Without the staff inbox (SOPBOT_STAFF_INBOX=false): one app message per
+    delivery, recorded as sent (tests/scheduler/staff: the inbox and digests)."""
+    settings.staff_inbox = False
     clock.set(T0)
     template_id = publish(engine, wecom_spec("remind"), T0)
     contact = add_contact(engine, "wm_0", "王女士", T0, account="staff_li")

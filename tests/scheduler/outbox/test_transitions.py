@@ -92,6 +92,14 @@ DRIVERS: dict[str, Driver] = {
     "task_cancelled": lambda s, i, to: transitions.task_cancelled(
         s, TASK, [{"b_id": i, "b_reason": "recalled"}], NOW
     ),
+    "assign_staff": _settle,
+    "staff_done": lambda s, i, to: len(
+        transitions.staff_done(s, [i], acted_at=NOW, reason="sent by the staff member")
+    ),
+    "staff_skip": lambda s, i, to: len(
+        transitions.staff_skip(s, [i], acted_at=NOW, reason="customer left")
+    ),
+    "staff_miss": lambda s, i, to: len(transitions.staff_miss(s, [i], now=NOW, reason="late")),
 }
 
 ALLOWED = [

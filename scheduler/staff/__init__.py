@@ -1,0 +1,1 @@
+"""Staff execution: remind-mode deliveries as tasks in a staff member's inbox."""
