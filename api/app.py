@@ -31,7 +31,9 @@ from api.routes import (
 )
 from api.routes import channels as channel_routes
 from api.routes import events as event_routes
+from api.routes import links as link_routes
 from api.routes import ops as ops_routes
+from api.routes import outcomes as outcome_routes
 from api.routes import segments as segment_routes
 from api.routes import stats as stats_routes
 from api.routes import users as user_routes
@@ -132,6 +134,9 @@ def create_app(
     app.include_router(segment_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # WeCom callbacks carry their own signature (audiences.wecom_crypto), no user.
     app.include_router(wecom_callback.router)
+    # Tracked short links are opened by customers: the token is the secret.
+    app.include_router(link_routes.build_router(settings.link_prefix))
+    app.include_router(outcome_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     app.include_router(stats_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     app.include_router(report_pages.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # /healthz (load balancers) and /metrics (Prometheus) stay open; /api/workers is
