@@ -11,6 +11,7 @@ recorded as ``bot`` and a person's second click on the same link as ``repeat``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from collections.abc import Sequence
@@ -140,7 +141,7 @@ def track(
                 ).where(among(TRACKED_LINKS.c.delivery_id, chunk, session))
             ).all():
                 tokens[(delivery_id, part_index, slot)] = token
-    for delivery_id, message in messages.items():
+    for delivery_id, message in list(messages.items()):
         mine = [s for s in slots if s.delivery_id == delivery_id]
         if not mine:
             continue
@@ -158,7 +159,7 @@ def track(
                     base_url,
                     prefix,
                 )
-        message.parts = parts
+        messages[delivery_id] = dataclasses.replace(message, parts=parts)
     return len(slots)
 
 

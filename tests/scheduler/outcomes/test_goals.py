@@ -74,9 +74,7 @@ async def test_goal_tag_two_days_after_enrollment_converts_once_attributed_to_la
 async def test_attribution_is_the_last_step_sent_before_the_event(engine, clock, runtime):
     joined = datetime(2027, 3, 1, 10, 0, tzinfo=SH)
     clock.set(joined)
-    template_id = publish(
-        engine, new_friend_spec(goal={"tags_added": ["purchased"]}), clock.now()
-    )
+    template_id = publish(engine, new_friend_spec(goal={"tags_added": ["purchased"]}), clock.now())
     contact_id = add_contact(engine, "wm_li", "李四", joined)
     enroll(engine, template_id, [(contact_id, joined)], clock.now())
     await drain(runtime, clock, joined + timedelta(hours=4))  # welcome and coupon sent
