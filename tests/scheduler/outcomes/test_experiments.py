@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from factories import add_contact, deliveries, enroll, mock_sends, new_friend_spec, publish
+from factories import deliveries, enroll, mock_sends, new_friend_spec, publish
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
