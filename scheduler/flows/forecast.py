@@ -12,6 +12,7 @@ the other live SOPs to the same targets (overlap).
 
 from __future__ import annotations
 
+import heapq
 import time as timer
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
@@ -27,7 +28,7 @@ from scheduler.flows import enrollment
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import DeliveryStatus
-from scheduler.outbox.repository import DELIVERIES, chunked
+from scheduler.outbox.repository import DELIVERIES, among, chunked
 from scheduler.outcomes import experiments
 from sop_templates import service as templates_service
 from sop_templates.schemas import TemplateSpec
@@ -35,8 +36,7 @@ from sop_templates.timing import cron_occurrences, get_zone
 
 HORIZON_DAYS = 30
 FIRST_ROWS = 100
-_COLUMNS = scheduler_service.DELIVERY_COLUMNS
-_AT = {name: _COLUMNS.index(name) for name in _COLUMNS}
+_AT = {name: i for i, name in enumerate(scheduler_service.DELIVERY_COLUMNS)}
 
 
 class ForecastError(templates_service.TemplateError):
@@ -119,121 +119,129 @@ def forecast(
     ]
     names = [tp.name for tp in spec.touchpoints]
     fake = SimpleNamespace(id=template_id, target_kind=spec.target)
-    enrollments = [(target_id, target_id, anchor) for target_id, anchor in pairs]
-    rows = scheduler_service._delivery_rows(
-        enrollments,
-        plans,
-        fake,
-        SimpleNamespace(id=0),
-        spec.channel,
-        zone,
-        now,  # type: ignore[arg-type]
-    )
-    held = experiments.held_enrollments(spec, template_id, spec.target, 0, enrollments)
-    rows = experiments.hold_out(rows, _COLUMNS, held, now)
-    status_at, reason_at, run_at, step_at, target_at = (
-        _AT["status"],
-        _AT["reason"],
-        _AT["run_at"],
-        _AT["touchpoint_id"],
-        _AT["target_id"],
-    )
-    skipped = Counter(
-        row[reason_at] or "skipped" for row in rows if row[status_at] == DeliveryStatus.SKIPPED
-    )
+    at = _AT
+    # Enrollment's rows depend on the anchor only: worked out once per anchor
+    # (with a fixed start, once), exactly as ``enroll`` makes them.
+    by_anchor: dict[datetime, list[int]] = defaultdict(list)
+    for target_id, anchor in pairs:
+        by_anchor[anchor].append(target_id)
+    patterns: dict[datetime, list[tuple[int, str, str | None, datetime]]] = {}
+    for anchor in by_anchor:
+        patterns[anchor] = [
+            (row[at["touchpoint_id"]], row[at["status"]], row[at["reason"]], row[at["run_at"]])
+            for row in scheduler_service._delivery_rows(
+                [(0, 0, anchor)],
+                plans,
+                fake,
+                SimpleNamespace(id=0),
+                spec.channel,
+                zone,
+                now,  # type: ignore[arg-type]
+            )
+        ]
+    held = {
+        target_id
+        for target_id, _ in pairs
+        if experiments.in_holdout(template_id, spec.target, target_id, 0, spec.holdout)
+    }
+    deliveries = sum(len(patterns[anchor]) for _, anchor in pairs)
 
-    # -- what dispatch decides later: workspace quiet hours, caps, overlap
+    # What dispatch decides later: workspace quiet hours, caps, overlap. Targets
+    # with the same rows and the same other sends get the same decisions: each
+    # pattern is worked out once.
     horizon = now + timedelta(days=HORIZON_DAYS)
-    live = [row for row in rows if row[status_at] == DeliveryStatus.SCHEDULED]
-    live.sort(key=lambda row: (row[target_at], row[run_at]))
-    others = _other_sops(session, spec.target, {row[target_at] for row in live}, now, horizon)
-    lookback = now - timedelta(days=31)
+    treated_ids = {t for t, _ in pairs if t not in held}
+    others = _other_sops(session, spec.target, treated_ids, horizon)
     recent = (
-        policies.recent_sends(session, [(spec.target, t) for t in others["targets"]], lookback)
+        _recent_sends(session, spec.target, treated_ids, now - timedelta(days=31))
         if policy.cap is not None
-        else policies.RecentSends()
+        else {}
     )
+    workspace_quiet = policy.quiet if spec.quiet_hours is None else None
+    memo: dict[Any, list[tuple[str, datetime, str | None]]] = {}
+    decided_for: dict[int, list[tuple[str, datetime, str | None]]] = {}  # target → its rows
+    counted: Counter[tuple[datetime, Any]] = Counter()
+    skipped: Counter[str] = Counter()
+    for target_id, anchor in pairs:
+        pattern = patterns[anchor]
+        if target_id in held:
+            skipped[experiments.HOLDOUT_REASON] += len(pattern)
+            continue
+        sends = tuple(sorted([*recent.get(target_id, ()), *others.get(target_id, ())]))
+        key = (anchor, sends)
+        if key not in memo:
+            memo[key] = _decide_pattern(pattern, list(sends), policy, workspace_quiet, zone)
+        counted[key] += 1
+        decided_for[target_id] = memo[key]
     capped: Counter[str] = Counter()
-    outcome: dict[int, tuple[str, datetime, str | None]] = {}  # index in rows → outcome
-    index_of = {id(row): i for i, row in enumerate(rows)}
-    admitted: dict[int, list[datetime]] = defaultdict(list)
-    for row in live:
-        target_id, at = row[target_at], row[run_at]
-        status, reason = DeliveryStatus.SCHEDULED, row[reason_at]
-        if policy.quiet is not None and spec.quiet_hours is None:  # the workspace's
-            decision = policy.quiet.decide(at, zone)
-            if decision.action == "skip":
-                status, reason = DeliveryStatus.SKIPPED, decision.reason
-            elif decision.action == "defer" and decision.until is not None:
-                at, reason = decision.until, decision.reason
-        if status == DeliveryStatus.SCHEDULED and policy.cap is not None:
-            sends = [
-                *recent.sent.get((spec.target, target_id), ()),
-                *others["runs"].get(target_id, ()),
-                *admitted[target_id],
-            ]
-            decision = policy.cap.decide(at, zone, [s for s in sends if s <= at])
-            if decision.action == "skip":
-                status, reason = DeliveryStatus.SKIPPED, decision.reason
-                capped[_reason_kind(decision.reason)] += 1
-            elif decision.action == "defer" and decision.until is not None:
-                at, reason, status = decision.until, decision.reason, "deferred"
-                capped[_reason_kind(decision.reason)] += 1
-        if status != DeliveryStatus.SKIPPED:
-            admitted[target_id].append(at)
-        outcome[index_of[id(row)]] = (status, at, reason)
-
     days: dict[date, Counter[str]] = defaultdict(Counter)
-    for i, (status, at, _reason) in outcome.items():
-        if status != DeliveryStatus.SKIPPED and at < horizon:
-            days[at.astimezone(zone).date()][names[rows[i][step_at]]] += 1
-    treated = len(enrollments) - len(held)
+    for key, n in counted.items():
+        for (step, status_before, reason_before, _), (status, when, reason) in zip(
+            patterns[key[0]], memo[key], strict=True
+        ):
+            if status_before == DeliveryStatus.SKIPPED:
+                skipped[reason_before or "skipped"] += n
+                continue
+            if status != DeliveryStatus.SCHEDULED and (reason or "").startswith("frequency cap"):
+                capped[_reason_kind(reason)] += n
+            if status != DeliveryStatus.SKIPPED and when < horizon:
+                days[when.astimezone(zone).date()][names[step]] += n
+    treated = len(pairs) - len(held)
     for index, tp in enumerate(spec.touchpoints):
         if tp.timing.kind != "cron":
             continue
         for occurrence in cron_occurrences(tp.timing, zone, now, horizon):  # type: ignore[arg-type]
             days[occurrence.astimezone(zone).date()][names[index]] += treated
 
-    first = sorted(range(len(rows)), key=lambda i: (rows[i][run_at], rows[i][target_at]))
-    first = first[:FIRST_ROWS]
-    target_names = _names(session, spec.target, {rows[i][target_at] for i in first})
+    # the first rows of who gets what when: the earliest of each anchor's rows
+    # for its lowest target ids are enough candidates
+    candidates = []
+    for anchor, target_ids in by_anchor.items():
+        for position, (step, status, reason, when) in enumerate(patterns[anchor]):
+            for target_id in sorted(target_ids)[:FIRST_ROWS]:
+                if target_id in held:
+                    row = (DeliveryStatus.SKIPPED, when, experiments.HOLDOUT_REASON)
+                elif status == DeliveryStatus.SKIPPED:
+                    row = (status, when, reason)
+                else:
+                    row = decided_for[target_id][position]
+                candidates.append((row[1], target_id, step, *row))
+    first = heapq.nsmallest(FIRST_ROWS, candidates, key=lambda c: (c[0], c[1], c[2]))
+    target_names = _names(session, spec.target, {c[1] for c in first})
     shown = []
-    for i in first:
-        row = rows[i]
-        status, at, reason = outcome.get(i, (row[status_at], row[run_at], row[reason_at]))
-        tp = spec.touchpoints[row[step_at]]
+    for when, target_id, step, status, _, reason in first:
+        tp = spec.touchpoints[step]
         variant = (
-            experiments.pick_variant(
-                tp.variants, template_id, spec.target, row[target_at], 0, tp.name
-            ).name
+            experiments.pick_variant(tp.variants, template_id, spec.target, target_id, 0, tp.name)
             if tp.variants
             else None
         )
         shown.append(
             ForecastRow(
-                target_id=row[target_at],
-                target_name=target_names.get(row[target_at], ""),
+                target_id=target_id,
+                target_name=target_names.get(target_id, ""),
                 touchpoint=tp.name,
-                variant=variant,
-                at=at,
-                local=at.astimezone(zone).strftime("%Y-%m-%d %H:%M"),
+                variant=variant.name if variant else None,
+                at=when,
+                local=when.astimezone(zone).strftime("%Y-%m-%d %H:%M"),
                 status=status,
                 reason=reason,
             )
         )
     today = now.astimezone(zone).date()
+    n_skipped = sum(skipped.values())
     return Forecast(
         template_id=template_id,
-        computed_ms=0,
+        computed_ms=round((timer.perf_counter() - started) * 1000),
         enrolls_at_publish=at_publish,
-        targets=len(enrollments),
+        targets=len(pairs),
         held_out=len(held),
-        deliveries=len(rows),
-        scheduled=len(rows) - sum(skipped.values()),
-        skipped=sum(skipped.values()),
+        deliveries=deliveries,
+        scheduled=deliveries - n_skipped,
+        skipped=n_skipped,
         skipped_reasons=_counts(skipped),
         capped=_counts(capped),
-        overlap_targets=len(others["targets"]),
+        overlap_targets=len(others),
         cron_per_occurrence=treated if spec.has_cron else 0,
         days=[
             StepDay(
@@ -244,7 +252,67 @@ def forecast(
             for n in range(HORIZON_DAYS)
         ],
         rows=shown,
-    ).model_copy(update={"computed_ms": round((timer.perf_counter() - started) * 1000)})
+    )
+
+
+def _decide_pattern(
+    pattern: list[tuple[int, str, str | None, datetime]],
+    sends: list[datetime],
+    policy: policies.TemplatePolicy,
+    workspace_quiet: policies.QuietHours | None,
+    zone: Any,
+) -> list[tuple[str, datetime, str | None]]:
+    """Dispatch's decisions for one target's rows (in ``pattern`` order): rows
+    written skipped stay so; the scheduled ones in run order through
+    :func:`_dispatch`."""
+    order = sorted(
+        (i for i, row in enumerate(pattern) if row[1] != DeliveryStatus.SKIPPED),
+        key=lambda i: pattern[i][3],
+    )
+    decided = _dispatch(
+        [(pattern[i][3], pattern[i][2]) for i in order], sends, policy, workspace_quiet, zone
+    )
+    out: list[tuple[str, datetime, str | None]] = [(row[1], row[3], row[2]) for row in pattern]
+    for i, result in zip(order, decided, strict=True):
+        out[i] = result
+    return out
+
+
+def _dispatch(
+    due: list[tuple[datetime, str | None]],
+    sends: list[datetime],
+    policy: policies.TemplatePolicy,
+    workspace_quiet: policies.QuietHours | None,
+    zone: Any,
+) -> list[tuple[str, datetime, str | None]]:
+    """(status, when, reason) of one target's scheduled rows (in run order) as
+    dispatch would decide them: workspace quiet hours, then the frequency cap
+    counting ``sends`` (what the target got or will get from other SOPs) and
+    this SOP's own earlier rows; a cap deferral lands after quiet hours."""
+    out = []
+    for at, reason in due:
+        status = DeliveryStatus.SCHEDULED
+        if workspace_quiet is not None:
+            decision = workspace_quiet.decide(at, zone)
+            if decision.action == "skip":
+                out.append((DeliveryStatus.SKIPPED, at, decision.reason))
+                continue
+            if decision.action == "defer" and decision.until is not None:
+                at, reason = decision.until, decision.reason
+        if policy.cap is not None:
+            decision = policy.cap.decide(at, zone, [s for s in sends if s <= at])
+            if decision.action == "skip":
+                out.append((DeliveryStatus.SKIPPED, at, decision.reason))
+                continue
+            if decision.action == "defer" and decision.until is not None:
+                at, reason, status = decision.until, decision.reason, "deferred"
+                if policy.quiet is not None:
+                    end = policy.quiet.window_end(at, zone)
+                    if end is not None:
+                        at, reason = end, f"{reason}, after quiet hours {policy.quiet.label}"
+        sends.append(at)
+        out.append((status, at, reason))
+    return out
 
 
 def _reason_kind(reason: str | None) -> str:
@@ -258,23 +326,42 @@ def _counts(counter: Counter[str]) -> list[ReasonCount]:
 
 
 def _other_sops(
-    session: Session, kind: str, target_ids: set[int], now: datetime, horizon: datetime
-) -> dict[str, Any]:
-    """Scheduled deliveries of the live SOPs to these targets within the horizon:
-    ``runs`` (target id → run times) and ``targets`` (who has any)."""
+    session: Session, kind: str, target_ids: set[int], horizon: datetime
+) -> dict[int, list[datetime]]:
+    """When the live SOPs' pending deliveries to these targets go out (before
+    the horizon): target id → run times. One pass over the pending rows."""
     d = DELIVERIES.c
     runs: dict[int, list[datetime]] = defaultdict(list)
-    for chunk in chunked(sorted(target_ids), 900):
-        for target_id, run_at in session.execute(
-            select(d.target_id, d.run_at).where(
+    if not target_ids:
+        return runs
+    for target_id, run_at in session.execute(
+        select(d.target_id, d.run_at).where(
+            d.status.in_(DeliveryStatus.PENDING), d.run_at < horizon, d.target_kind == kind
+        )
+    ).all():
+        if target_id in target_ids:
+            runs[target_id].append(run_at)
+    return runs
+
+
+def _recent_sends(
+    session: Session, kind: str, target_ids: set[int], since: datetime
+) -> dict[int, list[datetime]]:
+    """What these targets received since ``since`` (frequency caps count it)."""
+    d = DELIVERIES.c
+    sent: dict[int, list[datetime]] = defaultdict(list)
+    for chunk in chunked(sorted(target_ids), 10_000):
+        for target_id, sent_at in session.execute(
+            select(d.target_id, d.sent_at).where(
                 d.target_kind == kind,
-                d.target_id.in_(list(chunk)),
-                d.status.in_(DeliveryStatus.PENDING),
-                d.run_at < horizon,
+                among(d.target_id, chunk, session),
+                d.sent_at.is_not(None),
+                d.sent_at >= since,
+                d.status == DeliveryStatus.SENT,
             )
         ).all():
-            runs[target_id].append(run_at)
-    return {"runs": runs, "targets": set(runs)}
+            sent[target_id].append(sent_at)
+    return sent
 
 
 def _names(session: Session, kind: str, ids: set[int]) -> dict[int, str]:
