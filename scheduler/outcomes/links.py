@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from scheduler.outbox.repository import among, chunked, insert_ignore
 from scheduler.outcomes.experiments import PreparingCache
@@ -185,30 +185,33 @@ class Click:
     url: str
     bot: bool
     repeat: bool
-    link: TrackedLink
+    link: Any  # the tracked_links row
+
+
+_PERSON_CLICKED = (
+    select(LINK_CLICKS.c.id)
+    .where(LINK_CLICKS.c.token == TRACKED_LINKS.c.token, LINK_CLICKS.c.bot.is_(False))
+    .exists()
+)
 
 
 def record_click(session: Session, token: str, user_agent: str, now: datetime) -> Click | None:
-    """Record a request to a short link; None when the token is unknown."""
+    """Record a request to a short link; None when the token is unknown. Two
+    statements: the link (with whether a person opened it before), the click."""
     if not TOKEN.match(token):
         return None
-    link = session.get(TrackedLink, token)
+    link = session.execute(
+        select(TRACKED_LINKS, _PERSON_CLICKED.label("clicked_before")).where(
+            TRACKED_LINKS.c.token == token
+        )
+    ).first()
     if link is None:
         return None
     agent = (user_agent or "")[:500]
     bot = is_bot(agent)
-    repeat = False
-    if not bot:
-        repeat = (
-            session.execute(
-                select(LinkClick.id)  # type: ignore[call-overload]
-                .where(col(LinkClick.token) == token, col(LinkClick.bot).is_(False))
-                .limit(1)
-            ).first()
-            is not None
-        )
-    session.add(
-        LinkClick(
+    repeat = not bot and bool(link.clicked_before)
+    session.execute(
+        LINK_CLICKS.insert().values(
             token=token,
             delivery_id=link.delivery_id,
             enrollment_id=link.enrollment_id,
@@ -222,5 +225,4 @@ def record_click(session: Session, token: str, user_agent: str, now: datetime) -
             repeat=repeat,
         )
     )
-    session.flush()
     return Click(url=link.url, bot=bot, repeat=repeat, link=link)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from factories import enroll, new_friend_spec, publish
+from factories import enroll, publish
 from sqlalchemy import select
+from test_experiments import _variant_spec
 
 from audiences.schemas import ContactIn
 from scheduler.analytics import outcomes
@@ -15,7 +16,6 @@ from scheduler.flows import changes
 from scheduler.outbox.models import Delivery
 from scheduler.outcomes.models import LinkClick
 from sopbot.db import session_scope
-from test_experiments import _variant_spec
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -47,9 +47,7 @@ async def test_funnel_variants_and_lift(engine, clock, runtime, client):
         clock.advance(timedelta(minutes=30))
         await runtime.dispatch_tick()
     with session_scope(engine) as session:
-        sent = list(
-            session.execute(select(Delivery).where(Delivery.status == "sent")).scalars()
-        )
+        sent = list(session.execute(select(Delivery).where(Delivery.status == "sent")).scalars())
         coupon = [d for d in sent if d.variant]
         # one person's click on the coupon step, recorded as the redirect does
         first = coupon[0]
@@ -70,7 +68,10 @@ async def test_funnel_variants_and_lift(engine, clock, runtime, client):
     with session_scope(engine) as session:
         changes.apply_events(
             session,
-            [{"kind": "tag_added", "external_id": f"wm_{i}", "tags": ["purchased"]} for i in range(50)],
+            [
+                {"kind": "tag_added", "external_id": f"wm_{i}", "tags": ["purchased"]}
+                for i in range(50)
+            ],
             clock.now(),
         )
 
