@@ -26,6 +26,7 @@ from api.routes import (
     ui_admin,
     ui_audiences,
     ui_auth,
+    ui_outcomes,
     ui_templates,
     wecom_callback,
 )
@@ -148,6 +149,7 @@ def create_app(
     app.include_router(ui_templates.router, dependencies=signed_in)
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
+    app.include_router(ui_outcomes.router, dependencies=signed_in)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _add_docs_and_icon(app)
     app.add_middleware(AuditMiddleware)

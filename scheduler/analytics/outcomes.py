@@ -93,7 +93,18 @@ def two_proportion(x_a: int, n_a: int, x_b: int, n_b: int) -> tuple[float, float
     return diff, math.erf(z / math.sqrt(2))
 
 
-def compare(label_a: str, x_a: int, n_a: int, label_b: str, x_b: int, n_b: int) -> Comparison:
+def compare(
+    label_a: str,
+    x_a: int,
+    n_a: int,
+    label_b: str,
+    x_b: int,
+    n_b: int,
+    *,
+    english: tuple[str, str] | None = None,
+) -> Comparison:
+    """B against A; ``english``: the two labels in the English statement."""
+    en_a, en_b = english or (label_a, label_b)
     diff, confidence = two_proportion(x_a, n_a, x_b, n_b)
     pct = round(confidence * 100)
     word, word_en = ("高", "higher") if diff >= 0 else ("低", "lower")
@@ -106,8 +117,8 @@ def compare(label_a: str, x_a: int, n_a: int, label_b: str, x_b: int, n_b: int) 
         confidence=round(confidence, 4),
         statement=f"{label_b} 转化率{word} {abs(diff):.1f} 个百分点，置信度 {pct}%",
         statement_en=(
-            f"{label_b} converts {abs(diff):.1f} percentage points {word_en} than "
-            f"{label_a}, confidence {pct}%"
+            f"{en_b} converts {abs(diff):.1f} percentage points {word_en} than "
+            f"{en_a}, confidence {pct}%"
         ),
     )
 
@@ -160,7 +171,13 @@ def report(session: Session, template_id: int) -> OutcomeReport:
                 converted=x_t + x_h,
                 converted_treated=x_t,
                 converted_held_out=x_h,
-                lift=compare("对照组", x_h, n_h, "SOP", x_t, n_t) if n_h and n_t else None,
+                lift=(
+                    compare(
+                        "对照组", x_h, n_h, "SOP", x_t, n_t, english=("the control group", "SOP")
+                    )
+                    if n_h and n_t
+                    else None
+                ),
             )
         )
 
