@@ -233,7 +233,7 @@ def report(session: Session, template_id: int) -> OutcomeReport:
         if row.touchpoint_name:
             attributed[(row.version_id, row.touchpoint_name, row.variant)] += 1
     # converted after a step, per variant: the variant the enrollment was sent there
-    touched_variant: dict[tuple[int, str, str], int] = defaultdict(int)
+    touched_variant: dict[tuple[int, str, str | None], int] = defaultdict(int)
     for version_id, name, variant, n in session.execute(
         select(d.version_id, t.name, d.variant, func.count(func.distinct(c.enrollment_id)))
         .select_from(CONVERSIONS)
@@ -252,10 +252,11 @@ def report(session: Session, template_id: int) -> OutcomeReport:
     ).all():
         touched_variant[(version_id, name, variant)] += n
 
-    funnel, variant_rows = [], []
+    funnel: list[FunnelStep] = []
+    variant_rows: list[FunnelStep] = []
     for (version_id, name), position in sorted(steps.items(), key=lambda i: (i[0][0], i[1])):
         variants = sorted(
-            {var for (vid, n, var) in reached if vid == version_id and n == name} - {None}
+            var for (vid, n, var) in reached if vid == version_id and n == name and var
         )
         total_reached = sum(
             n for (vid, nm, _), n in reached.items() if vid == version_id and nm == name
@@ -297,8 +298,8 @@ def report(session: Session, template_id: int) -> OutcomeReport:
             )
     comparisons = []
     by_step: dict[tuple[int, str], list[FunnelStep]] = defaultdict(list)
-    for row in variant_rows:
-        by_step[(row.version, row.touchpoint)].append(row)
+    for step in variant_rows:
+        by_step[(step.version, step.touchpoint)].append(step)
     for (_version, _name), rows in by_step.items():
         base = rows[0]
         for other in rows[1:]:

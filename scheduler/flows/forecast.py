@@ -132,11 +132,11 @@ def forecast(
             for row in scheduler_service._delivery_rows(
                 [(0, 0, anchor)],
                 plans,
-                fake,
-                SimpleNamespace(id=0),
+                fake,  # type: ignore[arg-type]
+                SimpleNamespace(id=0),  # type: ignore[arg-type]
                 spec.channel,
                 zone,
-                now,  # type: ignore[arg-type]
+                now,
             )
         ]
     held = {
@@ -196,6 +196,7 @@ def forecast(
     # the first rows of who gets what when: the earliest of each anchor's rows
     # for its lowest target ids are enough candidates
     candidates = []
+    row: tuple[str, datetime, str | None]
     for anchor, target_ids in by_anchor.items():
         for position, (step, status, reason, when) in enumerate(patterns[anchor]):
             for target_id in sorted(target_ids)[:FIRST_ROWS]:

@@ -153,7 +153,7 @@ def store_variants(
     with_variants = {t.name: t.variants for t in spec.touchpoints if t.variants}
     if not with_variants:
         return 0
-    touchpoints = dict(
+    touchpoints: dict[int, str] = dict(
         session.execute(
             select(Touchpoint.id, Touchpoint.name).where(  # type: ignore[call-overload]
                 col(Touchpoint.version_id) == version.id,
@@ -188,12 +188,12 @@ def store_variants(
             )
             updates.append({"b_id": row.id, "b_variant": variant.name})
     if updates:
-        stmt = (
+        write = (
             DELIVERIES.update()
             .where(d.id == bindparam("b_id"))
             .values(variant=bindparam("b_variant"))
         )
-        execute_many(session.connection(), stmt, updates)
+        execute_many(session.connection(), write, updates)
     return len(updates)
 
 
