@@ -23,14 +23,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from audiences.applying import Applied, TargetState
 from scheduler.flows import membership
 from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS, chunked, insert_ignore
 from scheduler.outcomes.models import Conversion
-from sop_templates.models import Touchpoint
+from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.schemas import GoalSpec, TemplateSpec
 from sopbot.clock import ensure_utc
 
@@ -54,9 +54,12 @@ class Reached:
 def react(session: Session, applied: Applied, now: datetime) -> int:
     """Record the conversions a batch of audience changes makes; returns how
     many. Fails alone (logged): a goal never blocks the change itself."""
+    templates = goal_templates(session)
+    if not templates or not applied.after:
+        return 0  # the common case costs one small query
     try:
         with session.begin_nested():
-            rows, specs = _candidates(session, list(applied.after), now)
+            rows, specs = _candidates(session, list(applied.after), now, templates=templates)
             reached = []
             for row in rows:
                 spec = specs.get(row.version_id)
@@ -105,7 +108,9 @@ def record_click_event(
 ) -> int:
     """A person clicked a tracked link of ``template_id``: convert the target's
     enrollments in it whose goal is a matching ``link_clicked``."""
-    rows, specs = _candidates(session, [(target_kind, target_id)], at, template_id=template_id)
+    if template_id not in goal_templates(session, event="link_clicked"):
+        return 0
+    rows, specs = _candidates(session, [(target_kind, target_id)], at, templates={template_id})
     reached = []
     for row in rows:
         spec = specs.get(row.version_id)
@@ -122,12 +127,27 @@ def record_click_event(
     return _record(session, reached, at)
 
 
+def goal_templates(session: Session, *, event: str | None = None) -> set[int]:
+    """Templates (published or paused) with a version that has a goal (of the
+    ``event`` kind, if given). Read from the stored specs without parsing them."""
+    found = set()
+    for template_id, spec in session.execute(
+        select(TemplateVersion.template_id, TemplateVersion.spec)  # type: ignore[call-overload]
+        .join(SopTemplate, col(SopTemplate.id) == TemplateVersion.template_id)
+        .where(col(SopTemplate.status).in_([TemplateStatus.PUBLISHED, TemplateStatus.PAUSED]))
+    ).all():
+        goal = (spec or {}).get("goal")
+        if goal and (event is None or goal.get("event") == event):
+            found.add(template_id)
+    return found
+
+
 def _candidates(
     session: Session,
     targets: Sequence[tuple[str, int]],
     now: datetime,
     *,
-    template_id: int | None = None,
+    templates: set[int],
 ) -> tuple[list[Any], dict[int, TemplateSpec]]:
     """Enrollments of ``targets`` that have not converted and could still, with
     the specs of their versions."""
@@ -154,8 +174,7 @@ def _candidates(
                 e.enrolled_at >= now - LONGEST_WINDOW,
                 ~select(CONVERSIONS.c.id).where(CONVERSIONS.c.enrollment_id == e.id).exists(),
             )
-            if template_id is not None:
-                stmt = stmt.where(e.template_id == template_id)
+            stmt = stmt.where(e.template_id.in_(sorted(templates)))
             rows += session.execute(stmt).all()
     if not rows:
         return [], {}
