@@ -124,6 +124,7 @@ def run(rate: int, seconds: float) -> dict[str, Any]:
 
     return {
         "requests": len(results),
+        "errors": sum(1 for _, status, _ in results if status != 302),
         "rate_per_s": rate,
         "achieved_per_s": round(len(results) / elapsed, 1),
         "p50_ms": pct(0.50),
