@@ -15,12 +15,12 @@ from __future__ import annotations
 import heapq
 import time as timer
 from collections import Counter, defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import String, cast, func, select
 from sqlmodel import Session
 
 from audiences.tables import target_table
@@ -167,10 +167,12 @@ def forecast(
         if target_id in held:
             skipped[experiments.HOLDOUT_REASON] += len(pattern)
             continue
-        sends = tuple(sorted([*recent.get(target_id, ()), *others.get(target_id, ())]))
-        key = (anchor, sends)
+        key = (anchor, recent.get(target_id, ""), others.get(target_id, ""))
         if key not in memo:
-            memo[key] = _decide_pattern(pattern, list(sends), policy, workspace_quiet, zone)
+            sends = sorted(_instants(key[1]) if key[1] else []) + (
+                _instants(key[2]) if key[2] else []
+            )
+            memo[key] = _decide_pattern(pattern, sorted(sends), policy, workspace_quiet, zone)
         counted[key] += 1
         decided_for[target_id] = memo[key]
     capped: Counter[str] = Counter()
@@ -326,42 +328,64 @@ def _counts(counter: Counter[str]) -> list[ReasonCount]:
     return [ReasonCount(reason=r, count=n) for r, n in counter.most_common()]
 
 
+def _instants(text: str) -> list[datetime]:
+    """Instants aggregated as text (SQLite: naive UTC; PostgreSQL: with offset)."""
+    out = []
+    for item in text.split(","):
+        value = datetime.fromisoformat(item.strip())
+        out.append(value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC))
+    return out
+
+
+def _per_target(session: Session, column: Any, *where: Any) -> dict[int, str]:
+    """target id → its ``column`` instants as one text: one row per target, and
+    targets with the same instants share the text (decoded once, by pattern)."""
+    d = DELIVERIES.c
+    return dict(
+        session.execute(  # type: ignore[arg-type]
+            select(d.target_id, func.aggregate_strings(cast(column, String), ","))
+            .where(*where)
+            .group_by(d.target_id)
+        ).all()
+    )
+
+
 def _other_sops(
     session: Session, kind: str, target_ids: set[int], horizon: datetime
-) -> dict[int, list[datetime]]:
+) -> dict[int, str]:
     """When the live SOPs' pending deliveries to these targets go out (before
-    the horizon): target id → run times. One pass over the pending rows."""
-    d = DELIVERIES.c
-    runs: dict[int, list[datetime]] = defaultdict(list)
+    the horizon): target id → run times (as text, see :func:`_per_target`)."""
     if not target_ids:
-        return runs
-    for target_id, run_at in session.execute(
-        select(d.target_id, d.run_at).where(
-            d.status.in_(DeliveryStatus.PENDING), d.run_at < horizon, d.target_kind == kind
-        )
-    ).all():
-        if target_id in target_ids:
-            runs[target_id].append(run_at)
-    return runs
+        return {}
+    d = DELIVERIES.c
+    runs = _per_target(
+        session,
+        d.run_at,
+        d.status.in_(DeliveryStatus.PENDING),
+        d.run_at < horizon,
+        d.target_kind == kind,
+    )
+    return {t: text for t, text in runs.items() if t in target_ids}
 
 
 def _recent_sends(
     session: Session, kind: str, target_ids: set[int], since: datetime
-) -> dict[int, list[datetime]]:
+) -> dict[int, str]:
     """What these targets received since ``since`` (frequency caps count it)."""
     d = DELIVERIES.c
-    sent: dict[int, list[datetime]] = defaultdict(list)
+    sent: dict[int, str] = {}
     for chunk in chunked(sorted(target_ids), 10_000):
-        for target_id, sent_at in session.execute(
-            select(d.target_id, d.sent_at).where(
+        sent.update(
+            _per_target(
+                session,
+                d.sent_at,
                 d.target_kind == kind,
                 among(d.target_id, chunk, session),
                 d.sent_at.is_not(None),
                 d.sent_at >= since,
                 d.status == DeliveryStatus.SENT,
             )
-        ).all():
-            sent[target_id].append(sent_at)
+        )
     return sent
 
 
