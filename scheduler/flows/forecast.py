@@ -160,7 +160,7 @@ def forecast(
     workspace_quiet = policy.quiet if spec.quiet_hours is None else None
     memo: dict[Any, list[tuple[str, datetime, str | None]]] = {}
     decided_for: dict[int, list[tuple[str, datetime, str | None]]] = {}  # target → its rows
-    counted: Counter[tuple[datetime, Any]] = Counter()
+    counted: Counter[tuple[datetime, str, str]] = Counter()
     skipped: Counter[str] = Counter()
     for target_id, anchor in pairs:
         pattern = patterns[anchor]
@@ -169,9 +169,7 @@ def forecast(
             continue
         key = (anchor, recent.get(target_id, ""), others.get(target_id, ""))
         if key not in memo:
-            sends = sorted(_instants(key[1]) if key[1] else []) + (
-                _instants(key[2]) if key[2] else []
-            )
+            sends = (_instants(key[1]) if key[1] else []) + (_instants(key[2]) if key[2] else [])
             memo[key] = _decide_pattern(pattern, sorted(sends), policy, workspace_quiet, zone)
         counted[key] += 1
         decided_for[target_id] = memo[key]
