@@ -27,12 +27,15 @@ from api.routes import (
     ui_admin,
     ui_audiences,
     ui_auth,
+    ui_outcomes,
     ui_templates,
     wecom_callback,
 )
 from api.routes import channels as channel_routes
 from api.routes import events as event_routes
+from api.routes import links as link_routes
 from api.routes import ops as ops_routes
+from api.routes import outcomes as outcome_routes
 from api.routes import segments as segment_routes
 from api.routes import stats as stats_routes
 from api.routes import users as user_routes
@@ -133,6 +136,9 @@ def create_app(
     app.include_router(segment_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # WeCom callbacks carry their own signature (audiences.wecom_crypto), no user.
     app.include_router(wecom_callback.router)
+    # Tracked short links are opened by customers: the token is the secret.
+    app.include_router(link_routes.build_router(settings.link_prefix))
+    app.include_router(outcome_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     app.include_router(stats_routes.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     app.include_router(report_pages.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # Staff execution: the inbox's signed link is its own credential (scheduler.staff.links).
@@ -147,6 +153,7 @@ def create_app(
     app.include_router(ui_templates.router, dependencies=signed_in)
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
+    app.include_router(ui_outcomes.router, dependencies=signed_in)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _add_docs_and_icon(app)
     app.add_middleware(AuditMiddleware)

@@ -110,6 +110,83 @@ class MomentAudience(BaseModel):
     tags: list[str] = Field(default_factory=list, max_length=10_000)
 
 
+# -- outcomes (goals, variants, holdout, tracked links) ---------------------------
+
+GOAL_EVENTS = ("link_clicked", "contact_updated")
+
+
+class VariantSpec(BaseModel):
+    """One A/B content variant of a touchpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=40, description="e.g. A, B")
+    weight: float = Field(1, gt=0, le=1000, description="relative share of enrollments")
+    content: list[ContentPart]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_short_form(cls, value: object) -> object:
+        if isinstance(value, str | dict):
+            value = [value]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a variant needs at least one content part")
+            return [_normalize_part(v) for v in value]
+        return value
+
+
+class GoalSpec(BaseModel):
+    """A conversion: a tag added, or an event (with attribute filters), within a
+    window after enrollment. ``exit``: reaching it ends the SOP for the target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags_added: list[str] = Field(default_factory=list, description="any of these tags added")
+    event: str | None = Field(None, description="link_clicked or contact_updated")
+    where: dict[str, str] = Field(
+        default_factory=dict,
+        description="event attributes that must match (link_clicked: touchpoint, url; "
+        "contact_updated: contact attributes)",
+    )
+    within: str = Field("7d", description="counted from enrollment, e.g. 7d, 48h")
+    exit: bool = Field(False, description="reaching the goal exits the SOP")
+
+    @field_validator("within")
+    @classmethod
+    def _within_valid(cls, value: str) -> str:
+        window = parse_duration(value)
+        if window <= timedelta(0) or window > timedelta(days=366):
+            raise ValueError(f"within {value!r} must be between 1m and 366d")
+        return format_duration(window)
+
+    @field_validator("event")
+    @classmethod
+    def _event_known(cls, value: str | None) -> str | None:
+        if value is not None and value not in GOAL_EVENTS:
+            raise ValueError(f"goal event {value!r} is not one of {', '.join(GOAL_EVENTS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GoalSpec:
+        if bool(self.tags_added) == bool(self.event):
+            raise ValueError("a goal is either tags_added: [...] or an event, e.g. link_clicked")
+        return self
+
+    @property
+    def window(self) -> timedelta:
+        return parse_duration(self.within)
+
+
+class TrackingSpec(BaseModel):
+    """Which links go out as tracked short links."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    links: bool = Field(True, description="link cards")
+    text_urls: bool = Field(False, description="http(s) URLs inside text parts")
+
+
 class TouchpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -130,11 +207,38 @@ class TouchpointSpec(BaseModel):
     visible_to: MomentAudience | None = Field(
         None, description="mode moment: staff members and/or customer tags who see it"
     )
+    # -- outcomes (goals, variants, holdout, tracked links) --
+    variants: list[VariantSpec] | None = Field(
+        None, description="2-5 A/B content variants with weights (content is then unused)"
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _variants_valid(cls, value: list[VariantSpec] | None) -> list[VariantSpec] | None:
+        if value is None:
+            return None
+        if not 2 <= len(value) <= 5:
+            raise ValueError(f"a touchpoint holds 2 to 5 variants, not {len(value)}")
+        names = [v.name for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique within the touchpoint")
+        return value
 
     @field_validator("timing", mode="before")
     @classmethod
     def _timing_short_form(cls, value: object) -> object:
         return parse_timing(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _content_of_variants(cls, data: object) -> object:
+        # With variants, ``content`` may be left out: the first variant's stands in
+        # (channel capability checks read it).
+        if isinstance(data, dict) and data.get("variants") and "content" not in data:
+            first = data["variants"][0]
+            if isinstance(first, dict) and "content" in first:
+                return {**data, "content": first["content"]}
+        return data
 
     @field_validator("content", mode="before")
     @classmethod
@@ -311,6 +415,27 @@ class TemplateSpec(BaseModel):
     frequency_cap: FrequencyCapSpec | None = Field(
         None, description="wecom_daily | wecom_weekly | wecom_monthly_days | {max, per} | off"
     )
+    # -- outcomes (goals, variants, holdout, tracked links) --
+    goal: GoalSpec | None = Field(
+        None, description="what counts as a conversion: {tags_added: [..] | event, within: 7d}"
+    )
+    holdout: float = Field(
+        0, ge=0, le=50, description="percent of enrollments held out as a control group (0-50)"
+    )
+    tracking: TrackingSpec | None = Field(
+        None, description="tracked short links: {links: true, text_urls: false}"
+    )
+
+    @field_validator("holdout", mode="before")
+    @classmethod
+    def _holdout_percent(cls, value: object) -> object:
+        if isinstance(value, str):  # "10%"
+            text = value.strip().removesuffix("%").strip()
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"holdout {value!r} is not a percentage like 10%") from None
+        return value
 
     @field_validator("start_at")
     @classmethod

@@ -126,6 +126,7 @@ def import_models() -> None:
     import scheduler.flows.models  # noqa: F401
     import scheduler.operations.models  # noqa: F401
     import scheduler.outbox.models  # noqa: F401
+    import scheduler.outcomes.models  # noqa: F401
     import scheduler.staff.models  # noqa: F401
     import sop_templates.approval_models  # noqa: F401
     import sop_templates.models  # noqa: F401

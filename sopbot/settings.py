@@ -162,6 +162,14 @@ class Settings(BaseSettings):
 
     worker_id: str | None = Field(None, description="lease owner name; default host:pid")
 
+    # tracked links (scheduler.outcomes.links, api/routes/links.py)
+    link_base_url: str = Field(
+        "http://127.0.0.1:8000", description="public address that short links start with"
+    )
+    link_prefix: str = Field(
+        "l", pattern=r"^[a-z0-9-]{1,16}$", description="short links are /{prefix}/{token}"
+    )
+
     # operations (scheduler.operations.heartbeat, api/routes/ops.py, sopbot.logging)
     heartbeat_seconds: float = Field(
         10.0, gt=0, description="how often a scheduler process records its heartbeat"

@@ -6,7 +6,7 @@ this module: ``POST /api/events`` (:func:`apply_events`), the WeCom inbox job
 /api/contacts`` / ``POST /api/groups``, the CLI, the UI and the demo
 (:func:`upsert_contact`, :func:`upsert_group`), and exit actions
 (:func:`add_tags`). Each goes through the unit of work in ``audiences.changes``
-with ``scheduler.flows.membership.react`` as its reaction, so a tag is a tag
+with :func:`react` (goals, then ``scheduler.flows.membership.react``) as its reaction, so a tag is a tag
 whichever way it came in: the same SOPs start and stop.
 """
 
@@ -24,35 +24,43 @@ from sqlmodel import Session
 
 from audiences import changes as audience_changes
 from audiences import importer, inbox
+from audiences.applying import Applied
 from audiences.changes import Changes, EventsRejected, Reaction
 from audiences.events import ItemError
 from audiences.import_options import ImportOptions
 from audiences.models import Contact, GroupChat, InboxStatus
 from audiences.schemas import ContactIn, GroupIn
-from scheduler.flows import membership
+from scheduler.flows import goals, membership
 from scheduler.outbox.repository import chunked, insert_rows, instant_param
 
 __all__ = ["EventsRejected", "Reaction"]
 
 
+def react(session: Session, applied: Applied, now: datetime) -> Reaction:
+    """The SOP reactions to an audience change: goals reached (recorded before
+    an exit could end the enrollment), then who starts and who stops."""
+    goals.react(session, applied, now)
+    return membership.react(session, applied, now)
+
+
 def apply(session: Session, events: Sequence[Any], now: datetime) -> Changes:
     """Apply events (raw or parsed) and react, all or nothing (``EventsRejected``)."""
-    return audience_changes.apply(session, events, now, react=membership.react)
+    return audience_changes.apply(session, events, now, react=react)
 
 
 def upsert_contact(session: Session, data: ContactIn, now: datetime) -> tuple[Contact, Changes]:
     """Create or update a contact from a form or CLI body; its tags start SOPs."""
-    return audience_changes.upsert_contact(session, data, now, react=membership.react)
+    return audience_changes.upsert_contact(session, data, now, react=react)
 
 
 def upsert_group(session: Session, data: GroupIn, now: datetime) -> tuple[GroupChat, Changes]:
     """Create or update a group chat from a form or CLI body; its tags start SOPs."""
-    return audience_changes.upsert_group(session, data, now, react=membership.react)
+    return audience_changes.upsert_group(session, data, now, react=react)
 
 
 def apply_pending(session: Session, now: datetime, *, limit: int = 500) -> inbox.InboxResult:
     """The inbox job: apply stored WeCom callbacks, each failing alone."""
-    return inbox.apply_pending(session, now, react=membership.react, limit=limit)
+    return inbox.apply_pending(session, now, react=react, limit=limit)
 
 
 def import_contacts(
@@ -69,7 +77,7 @@ def import_contacts(
         session,
         parsed,
         now,
-        react=membership.react,
+        react=react,
         allow_partial=allow_partial,
         create_accounts=create_accounts,
         progress=progress,
@@ -258,4 +266,4 @@ def add_tags(
     """Tags sopbot applies itself (an exit action, an operator action): they
     trigger SOPs exactly like tags that arrive as events."""
     applied = audience_changes.tag_targets(session, target_kind, target_ids, tags, now)
-    return membership.react(session, applied, now)
+    return react(session, applied, now)

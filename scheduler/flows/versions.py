@@ -28,6 +28,7 @@ from scheduler.outbox import service as scheduler_service
 from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, chunked, insert_ignore
+from scheduler.outcomes import experiments
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 from sop_templates.timing import get_zone
@@ -130,12 +131,20 @@ def move_to_version(
             for name, target in new_touchpoints.items():
                 row = planned.get((enrollment.id, target.id))
                 if row is not None and name not in seen[enrollment.id]:  # type: ignore[index]
+                    if enrollment.holdout:  # the control group stays held out
+                        row.update(experiments.held_row(now))
                     added.append(row)
                     result.skipped += row["status"] == DeliveryStatus.SKIPPED
             enrollment.version_id = version.id  # type: ignore[assignment]
             session.add(enrollment)
             result.enrollments += 1
         insert_ignore(session, DELIVERIES, added)  # type: ignore[arg-type]
+        experiments.store_variants(
+            session,
+            version,
+            spec,
+            enrollment_ids=[e.id for e in movers],  # type: ignore[misc]
+        )
         result.added += len(added)
     session.flush()
     return result

@@ -80,6 +80,8 @@ class Enrollment(SQLModel, table=True):
     status: str = Field(default=EnrollmentStatus.ACTIVE, max_length=16)
     exited_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     exit_reason: str | None = Field(default=None, max_length=500)
+    # in the template's control group: enrolled, deliveries skipped ("holdout")
+    holdout: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class Delivery(SQLModel, table=True):
@@ -145,3 +147,4 @@ class Delivery(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     provider_message_id: str | None = Field(default=None, max_length=200)
     rendered: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONType))
+    variant: str | None = Field(default=None, max_length=40)  # A/B content variant

@@ -25,6 +25,7 @@ from channels.registry import ChannelPool
 from scheduler.outbox import modes, policies, wecom_quota
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.transitions import Outcome
+from scheduler.outcomes import experiments, links
 from scheduler.staff import service as staff_service
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
 from sop_templates.rendering import RenderError, build_context, render_parts
@@ -79,6 +80,9 @@ class BatchPreparation:
             self._load_touchpoints(session, {r.touchpoint_id for r in rows})
             self._load_template_policies(session, {r.version_id for r in rows})
             zones = self._contact_zones(session, rows)
+            outcomes_cache = experiments.cache_of(self)
+            outcomes_cache.load(session, {r.version_id for r in rows})
+            variant_facts = outcomes_cache.facts(session, rows)
             names: dict[int, str] = dict(
                 session.execute(
                     select(SopTemplate.id, SopTemplate.name).where(  # type: ignore[call-overload]
@@ -126,7 +130,8 @@ class BatchPreparation:
                 extra={"due_at": row.due_at},
             )
             try:
-                parts = render_parts(touchpoint.content, context)
+                content, _variant = outcomes_cache.content_for(row, touchpoint, variant_facts)
+                parts = render_parts(content, context)
             except RenderError as exc:
                 outcomes[row.id] = Outcome(S.FAILED, f"content could not be rendered: {exc}")
                 continue
@@ -162,6 +167,16 @@ class BatchPreparation:
                 self._cap_checks[row.id] = CapCheck(
                     key, policy.cap, zone, policy.quiet, grace, row.expires_at
                 )
+        links.track(
+            self.engine,
+            outcomes_cache,
+            rows,
+            messages,
+            touchpoint_names={r.id: self._touchpoints[r.touchpoint_id].name for r in rows},
+            base_url=self.settings.link_base_url,
+            prefix=self.settings.link_prefix,
+            now=now,
+        )
         self._admit_channels(rows, messages, outcomes, now)
         return messages, outcomes
 

@@ -26,6 +26,7 @@ from scheduler.outbox.repository import (
     instant_param,
     memoized,
 )
+from scheduler.outcomes import experiments
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.schemas import TouchpointSpec
@@ -160,6 +161,10 @@ def enroll(
             ]
         result.enrolled += len(fresh)
         outbox = _delivery_rows(fresh, plans, template, version, spec.channel, zone, now, instant)
+        held = experiments.held_enrollments(spec, template.id, template.target_kind, cycle, fresh)  # type: ignore[arg-type]
+        if held:  # the control group: enrolled, its deliveries written skipped
+            outbox = experiments.hold_out(outbox, DELIVERY_COLUMNS, held, instant(now))
+            experiments.mark_held(session, held)
         result.deliveries += len(outbox)
         result.skipped += sum(1 for row in outbox if row[_STATUS] == DeliveryStatus.SKIPPED)
         # In due order, the outbox's time indexes grow at a few points instead of
@@ -169,6 +174,7 @@ def enroll(
         if len({anchor for _, _, anchor in fresh}) > 1:
             outbox.sort(key=_run_at_key)
         insert_rows(session, DELIVERIES, DELIVERY_COLUMNS, outbox)
+        experiments.store_variants(session, version, spec, enrollment_ids=[f[0] for f in fresh])
     # Cron occurrences already fanned out ahead of time must include newcomers.
     for plan in plans:
         if plan.kind == "cron":
@@ -357,11 +363,7 @@ def _fan_out_occurrence(
         literal(occurrence, DELIVERIES.c.due_at.type),
         literal(run_at, DELIVERIES.c.run_at.type),
         literal(expires, DELIVERIES.c.expires_at.type),
-        literal(status),
-        literal(reason, DELIVERIES.c.reason.type),
-        literal(0),
-        literal(now, DELIVERIES.c.created_at.type),
-        literal(now if status != DeliveryStatus.SCHEDULED else None, DELIVERIES.c.finished_at.type),
+        *experiments.holdout_columns(status, reason, now),
     ).where(
         ENROLLMENTS.c.version_id == version.id,
         ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
@@ -430,6 +432,10 @@ def plan_cron(
             written = _fan_out_occurrence(
                 session, template, version, plan, spec.channel, occurrence, now
             )
+            if written:
+                experiments.store_variants(
+                    session, version, spec, occurrence=int(occurrence.timestamp())
+                )
             result.occurrences += 1
             result.deliveries += written
             if occurrence + plan.grace < now:

@@ -1,0 +1,228 @@
+"""Tracked links: link cards (and, when the template says so, URLs in text) go
+out as short links ``{link_base_url}/{link_prefix}/{token}``.
+
+The token is random (128 bits, URL-safe), names no person and cannot be
+guessed; the ``tracked_links`` row says whose delivery it belongs to. A retry of
+the same delivery reuses its tokens. Opening a short link records a
+``link_clicked`` (:func:`record_click`) and redirects at once; link previews and
+crawlers (WeCom's and WeChat's unfurlers, chat apps, HTTP libraries) are
+recorded as ``bot`` and a person's second click on the same link as ``repeat``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from scheduler.outbox.repository import among, chunked, insert_ignore
+from scheduler.outcomes.experiments import PreparingCache
+from scheduler.outcomes.models import LinkClick, TrackedLink
+from sopbot.db import session_scope
+
+TRACKED_LINKS = TrackedLink.__table__  # type: ignore[attr-defined]
+LINK_CLICKS = LinkClick.__table__  # type: ignore[attr-defined]
+
+_URL = re.compile(r"https?://[^\s<>\"'，。！？、；：）】》]+", re.I)
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+
+# Link previews, unfurlers and non-browser clients. WeCom/WeChat fetch a link's
+# title and picture when it is pasted or sent; chat apps and crawlers do the same.
+BOT_AGENTS = re.compile(
+    r"bot\b|bot/|spider|crawl|preview|unfurl|facebookexternalhit|slackbot|telegrambot|"
+    r"whatsapp|discordbot|skypeuripreview|headlesschrome|curl/|wget/|python-requests|"
+    r"python-httpx|aiohttp|go-http-client|java/|okhttp|libwww|httpclient|"
+    r"wechatshare|wxwork-link|micromessenger.*spider",
+    re.I,
+)
+
+
+def is_bot(user_agent: str) -> bool:
+    """A link preview or crawler rather than a person (no user agent counts too)."""
+    return not user_agent.strip() or BOT_AGENTS.search(user_agent) is not None
+
+
+def short_url(base_url: str, prefix: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/{prefix.strip('/')}/{token}"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(16)  # 128 random bits, 22 characters
+
+
+# -- at send time --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Slot:
+    delivery_id: int
+    part_index: int
+    slot: int
+    url: str
+
+
+def _slots(
+    delivery_id: int, parts: Sequence[dict[str, Any]], links: bool, text: bool
+) -> list[_Slot]:
+    out = []
+    for index, part in enumerate(parts):
+        if part.get("kind") == "link" and links and part.get("url"):
+            out.append(_Slot(delivery_id, index, 0, str(part["url"])))
+        elif part.get("kind") == "text" and text:
+            for slot, match in enumerate(_URL.finditer(str(part.get("text") or ""))):
+                out.append(_Slot(delivery_id, index, slot, match.group(0)))
+    return out
+
+
+def track(
+    engine: Engine,
+    cache: PreparingCache,
+    rows: Sequence[Any],
+    messages: dict[int, Any],
+    *,
+    touchpoint_names: dict[int, str],
+    base_url: str,
+    prefix: str,
+    now: datetime,
+) -> int:
+    """Rewrite the links of prepared ``messages`` (by delivery id) whose template
+    tracks links into short links, writing the ``tracked_links`` rows in one
+    short transaction. Returns how many links were rewritten; no query at all
+    when no template of the batch tracks links."""
+    by_id = {r.id: r for r in rows}
+    slots: list[_Slot] = []
+    for delivery_id, message in messages.items():
+        row = by_id[delivery_id]
+        outcomes = cache.versions.get(row.version_id)
+        tracking = outcomes.tracking if outcomes else None
+        if tracking is None or not (tracking.links or tracking.text_urls):
+            continue
+        slots += _slots(delivery_id, message.parts, tracking.links, tracking.text_urls)
+    if not slots:
+        return 0
+    new = []
+    for s in slots:
+        row = by_id[s.delivery_id]
+        new.append(
+            {
+                "token": new_token(),
+                "delivery_id": s.delivery_id,
+                "enrollment_id": row.enrollment_id,
+                "template_id": row.template_id,
+                "version_id": row.version_id,
+                "touchpoint_name": touchpoint_names.get(s.delivery_id, ""),
+                "target_kind": row.target_kind,
+                "target_id": row.target_id,
+                "part_index": s.part_index,
+                "slot": s.slot,
+                "url": s.url,
+                "created_at": now,
+            }
+        )
+    tokens: dict[tuple[int, int, int], str] = {}
+    with session_scope(engine) as session:
+        insert_ignore(session, TRACKED_LINKS, new)  # a retry keeps its first tokens
+        ids = sorted({s.delivery_id for s in slots})
+        for chunk in chunked(ids):
+            for token, delivery_id, part_index, slot in session.execute(
+                select(
+                    TRACKED_LINKS.c.token,
+                    TRACKED_LINKS.c.delivery_id,
+                    TRACKED_LINKS.c.part_index,
+                    TRACKED_LINKS.c.slot,
+                ).where(among(TRACKED_LINKS.c.delivery_id, chunk, session))
+            ).all():
+                tokens[(delivery_id, part_index, slot)] = token
+    for delivery_id, message in list(messages.items()):
+        mine = [s for s in slots if s.delivery_id == delivery_id]
+        if not mine:
+            continue
+        parts = [dict(p) for p in message.parts]
+        for s in mine:
+            link = short_url(base_url, prefix, tokens[(s.delivery_id, s.part_index, s.slot)])
+            part = parts[s.part_index]
+            if part.get("kind") == "link":
+                part["url"] = link
+        for index, part in enumerate(parts):
+            if part.get("kind") == "text" and any(s.part_index == index for s in mine):
+                part["text"] = _swap_urls(
+                    str(part["text"]),
+                    [tokens.get((delivery_id, index, slot)) for slot in range(len(mine))],
+                    base_url,
+                    prefix,
+                )
+        messages[delivery_id] = dataclasses.replace(message, parts=parts)
+    return len(slots)
+
+
+def _swap_urls(text: str, tokens: list[str | None], base_url: str, prefix: str) -> str:
+    """``text`` with its n-th URL replaced by the short link of ``tokens[n]``."""
+    pieces, last = [], 0
+    for slot, match in enumerate(_URL.finditer(text)):
+        token = tokens[slot] if slot < len(tokens) else None
+        pieces += [
+            text[last : match.start()],
+            short_url(base_url, prefix, token) if token else match.group(0),
+        ]
+        last = match.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+# -- at click time ----------------------------------------------------------------
+
+
+@dataclass
+class Click:
+    url: str
+    bot: bool
+    repeat: bool
+    link: Any  # the tracked_links row
+
+
+_PERSON_CLICKED = (
+    select(LINK_CLICKS.c.id)
+    .where(LINK_CLICKS.c.token == TRACKED_LINKS.c.token, LINK_CLICKS.c.bot.is_(False))
+    .exists()
+)
+
+
+def record_click(session: Session, token: str, user_agent: str, now: datetime) -> Click | None:
+    """Record a request to a short link; None when the token is unknown. Two
+    statements: the link (with whether a person opened it before), the click."""
+    if not TOKEN.match(token):
+        return None
+    link = session.execute(
+        select(TRACKED_LINKS, _PERSON_CLICKED.label("clicked_before")).where(
+            TRACKED_LINKS.c.token == token
+        )
+    ).first()
+    if link is None:
+        return None
+    agent = (user_agent or "")[:500]
+    bot = is_bot(agent)
+    repeat = not bot and bool(link.clicked_before)
+    session.execute(
+        LINK_CLICKS.insert().values(
+            token=token,
+            delivery_id=link.delivery_id,
+            enrollment_id=link.enrollment_id,
+            template_id=link.template_id,
+            touchpoint_name=link.touchpoint_name,
+            target_kind=link.target_kind,
+            target_id=link.target_id,
+            clicked_at=now,
+            user_agent=agent,
+            bot=bot,
+            repeat=repeat,
+        )
+    )
+    return Click(url=link.url, bot=bot, repeat=repeat, link=link)
