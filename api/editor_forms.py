@@ -427,7 +427,8 @@ def _touchpoint_spec(tp: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "offset":
         number = str(tp.get("offset_n", "")).strip()
         unit = tp.get("offset_unit") or "m"
-        timing["offset"] = f"{number}{unit if unit in OFFSET_UNITS else 'm'}" if number else ""
+        unit = unit if unit in OFFSET_UNITS else "m"
+        timing["offset"] = f"{number}{unit}" if number.isdigit() else number
     elif kind == "day_at":
         timing["day"] = tp["day"]
         timing["at"] = tp["at"]

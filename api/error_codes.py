@@ -201,7 +201,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^Input should be greater than(?: or equal to)? (?P<min>\S+)"), "too_small"),
     (re.compile(r"^Input should be less than(?: or equal to)? (?P<max>\S+)"), "too_large"),
     (re.compile(r"^Input should be a valid (?:datetime|date)"), "invalid_datetime"),
-    (re.compile(r"^Input should be a valid dictionary"), "not_a_mapping"),
+    (re.compile(r"^Input should be a valid dictionary|is an object such as"), "not_a_mapping"),
     (re.compile(r"^Input should be a valid list"), "not_a_list"),
     (re.compile(r"^Input should be (?:'|a valid|an? )"), "invalid_type"),
     (re.compile(r"^Input tag .* does not match"), "invalid_choice"),

@@ -144,3 +144,42 @@ def test_policies_and_reasons():
     assert reason_text(capped) == "已达频率上限（每天最多 2 条），顺延至 08:00"
     assert reason_text("time already past when enrolled") == "加入时该时间已过，已跳过"
     assert reason_text("provider said no") == "provider said no"  # a channel's own words
+
+
+def test_links_appids_and_page_paths_are_checked():
+    from sop_templates.part_rules import part_problems
+    from sop_templates.service import parse_spec
+
+    def spec(*parts):
+        return parse_spec(
+            {
+                "name": "x",
+                "target": "contact",
+                "touchpoints": [{"name": "a", "timing": "0m", "content": list(parts)}],
+            }
+        )
+
+    bad = spec(
+        {"kind": "link", "title": "t", "url": "example.com/a"},
+        {"kind": "miniprogram", "title": "t", "appid": "商城小程序", "page": "/pages/index"},
+        {"kind": "image", "url": "http://example.com/a.png"},
+    )
+    found = {loc: msg for loc, msg in part_problems(bad)}
+    assert set(found) == {
+        "touchpoints[0].content[0].url",
+        "touchpoints[0].content[1].appid",
+        "touchpoints[0].content[1].page",
+        "touchpoints[0].content[2].url",
+    }
+    good = spec(
+        {"kind": "link", "title": "t", "url": "https://example.com/a?b=1"},
+        {"kind": "miniprogram", "title": "t", "appid": "wx0123456789abcdef", "page": "pages/a/b"},
+        {"kind": "image", "url": "/materials/3/a.png"},
+        {"kind": "link", "title": "t", "url": "{{ contact.attributes.link }}"},
+    )
+    assert part_problems(good) == []
+    # WeCom's API wants page paths ending in .html
+    wecom = spec(
+        {"kind": "miniprogram", "title": "t", "appid": "wx0123456789abcdef", "page": "pages/a"}
+    )
+    assert part_problems(wecom, "wecom") and not part_problems(wecom, "mock")
