@@ -93,6 +93,14 @@ def template_list(request: Request, me: Reader, session: SessionDep, clock: Cloc
 # -- editor ---------------------------------------------------------------------------
 
 
+@router.post("/templates/live", response_class=HTMLResponse)
+async def live_panels_new(
+    request: Request, me: Author, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> Response:
+    data = await request.form()
+    return _live(request, session, settings, clock.now(), data)
+
+
 @router.get("/templates/new", response_class=HTMLResponse)
 def new_template(
     request: Request, me: Author, session: SessionDep, settings: SettingsDep, start: str = ""
@@ -369,14 +377,6 @@ def _anchor_words(request: Request) -> dict[str, str]:
 
 
 # -- live panels: timeline and preview of the unsaved form ---------------------------------
-
-
-@router.post("/templates/live", response_class=HTMLResponse)
-async def live_panels_new(
-    request: Request, me: Author, session: SessionDep, settings: SettingsDep, clock: ClockDep
-) -> Response:
-    data = await request.form()
-    return _live(request, session, settings, clock.now(), data)
 
 
 @router.post("/templates/{template_id}/live", response_class=HTMLResponse)

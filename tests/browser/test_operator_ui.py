@@ -21,7 +21,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 
 def _htmx(page: Any, click: str) -> None:
     """Click a button that posts the editor with htmx and wait for the swap."""
-    with page.expect_response(lambda r: r.request.method == "POST"):
+    with page.expect_response(lambda r: r.request.method == "POST" and "/live" not in r.url):
         page.click(click)
     page.wait_for_selector("#editor")
 
