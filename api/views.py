@@ -95,6 +95,7 @@ NAV = (
     ("/contacts", N_("Contacts"), Permission.READ),
     ("/groups", N_("Group chats"), Permission.READ),
     ("/segments", N_("Segments"), Permission.READ),
+    ("/calendar", N_("Calendar"), Permission.READ),
     ("/log", N_("Delivery log"), Permission.READ),
     ("/report", N_("Reports"), Permission.READ),
     ("/channels", N_("Channels"), Permission.READ),

@@ -344,3 +344,54 @@ def reason_text(reason: str | None, lang: str | None = ZH) -> str:
                 cap = cap_text(match.group(1), lang)
             return (zh_text if zh else en_text).format(*groups, cap=cap)
     return reason
+
+
+# -- upcoming sends ------------------------------------------------------------------
+
+
+def when_text(at: datetime, now: datetime, lang: str | None = ZH) -> str:
+    """A local time near ``now`` (both in the same zone): ``今天 11:00``,
+    ``明天 11:00``, ``后天 11:00``, else ``周五 03-05 11:00``."""
+    zh = _lang(lang) == ZH
+    days = (at.date() - now.date()).days
+    clock = at.strftime("%H:%M")
+    names = {0: ("今天", "today"), 1: ("明天", "tomorrow"), 2: ("后天", "the day after tomorrow")}
+    if days in names:
+        return f"{names[days][0 if zh else 1]} {clock}"
+    weekday = (at.weekday() + 1) % 7  # 0 = Sunday, as _ZH_DOW / _EN_DOW
+    if zh:
+        return f"周{_ZH_DOW[weekday]} {at.strftime('%m-%d')} {clock}"
+    return f"{_EN_DOW[weekday]} {at.strftime('%m-%d')} {clock}"
+
+
+def recipients_text(count: int, target_kind: str, lang: str | None = ZH) -> str:
+    """``4 个群`` / ``3 位客户`` / ``4 groups`` / ``1 contact``."""
+    if _lang(lang) == ZH:
+        return f"{count} 个群" if target_kind == "group" else f"{count} 位客户"
+    noun = "group" if target_kind == "group" else "contact"
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def next_send_text(
+    at: datetime, now: datetime, count: int, target_kind: str, lang: str | None = ZH
+) -> str:
+    """``下次发送：明天 11:00，4 个群`` / ``Next send: tomorrow 11:00, 4 groups``."""
+    when = when_text(at, now, lang)
+    who = recipients_text(count, target_kind, lang)
+    return f"下次发送：{when}，{who}" if _lang(lang) == ZH else f"Next send: {when}, {who}"
+
+
+def day_text(day: Any, today: Any, lang: str | None = ZH) -> str:
+    """A calendar day's heading: ``明天 · 周三 03-03`` / ``tomorrow · Wed 03-03``."""
+    zh = _lang(lang) == ZH
+    weekday = (day.weekday() + 1) % 7
+    label = (
+        f"周{_ZH_DOW[weekday]} {day.strftime('%m-%d')}"
+        if zh
+        else f"{_EN_DOW[weekday]} {day.strftime('%m-%d')}"
+    )
+    names = {0: ("今天", "today"), 1: ("明天", "tomorrow"), 2: ("后天", "the day after tomorrow")}
+    offset = (day - today).days
+    if offset in names:
+        return f"{names[offset][0 if zh else 1]} · {label}"
+    return label

@@ -7,8 +7,9 @@ from fastapi.responses import HTMLResponse
 
 from api.auth import Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.routes import calendar_pages
 from api.users import audit
-from api.views import render, zone_of
+from api.views import locale_of, render, zone_of
 from scheduler.analytics import stats
 from scheduler.operations import dashboard as dashboard_service
 
@@ -35,5 +36,8 @@ def dashboard(
             "board": board,
             "recent": audit.entries(session, limit=8),
             "templates": stats.overview(session, now=clock.now()),
+            "next_sends": calendar_pages.next_send_lines(
+                session, clock.now(), zone, locale_of(request)
+            ),
         },
     )

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from api.deps import ClockDep, ReaderDep, SettingsDep, query_id
 from api.i18n import N_
+from api.routes import calendar_pages
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
 from api.views import STATUS_LABELS, render, translator
@@ -30,6 +31,7 @@ from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 
 router = APIRouter(include_in_schema=False)
+router.include_router(calendar_pages.router)  # 日历: under the same permission
 
 PAGE_SIZES = (50, 100, 200, 500)
 

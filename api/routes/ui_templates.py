@@ -19,7 +19,7 @@ from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
-from api.views import is_htmx, locale_of, redirect, render, translator
+from api.views import is_htmx, locale_of, redirect, render, translator, zone_of
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
@@ -87,6 +87,11 @@ def template_list(request: Request, me: Reader, session: SessionDep, clock: Cloc
                 "version": version.version if version else None,
             }
         )
+    from api.routes.calendar_pages import next_send_lines
+
+    upcoming = next_send_lines(session, clock.now(), zone_of(request), locale_of(request))
+    for row in rows:
+        row["next_send"] = upcoming.get(row["template"].id)
     return render(request, "ui/templates.html", {"rows": rows})
 
 

@@ -89,3 +89,11 @@ document.addEventListener("click", (event) => {
   const open = document.body.classList.toggle("nav-open");
   toggle.setAttribute("aria-expanded", open ? "true" : "false");
 });
+
+// Sections marked data-open-wide (the log's filters) start open on wide screens.
+document.addEventListener("DOMContentLoaded", () => {
+  if (!window.matchMedia("(min-width: 641px)").matches) return;
+  document.querySelectorAll("details[data-open-wide]").forEach((section) => {
+    section.open = true;
+  });
+});

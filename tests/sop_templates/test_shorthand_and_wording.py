@@ -183,3 +183,20 @@ def test_links_appids_and_page_paths_are_checked():
         {"kind": "miniprogram", "title": "t", "appid": "wx0123456789abcdef", "page": "pages/a"}
     )
     assert part_problems(wecom, "wecom") and not part_problems(wecom, "mock")
+
+
+def test_upcoming_sends_in_words():
+    from datetime import datetime
+
+    from sop_templates.wording import next_send_text, when_text
+
+    now = datetime(2027, 3, 2, 21, 30)
+    assert when_text(datetime(2027, 3, 3, 11, 0), now) == "明天 11:00"
+    assert when_text(datetime(2027, 3, 2, 23, 0), now, "en") == "today 23:00"
+    assert when_text(datetime(2027, 3, 5, 11, 0), now) == "周五 03-05 11:00"
+    assert when_text(datetime(2027, 3, 5, 11, 0), now, "en") == "Fri 03-05 11:00"
+    tomorrow = datetime(2027, 3, 3, 11, 0)
+    assert next_send_text(tomorrow, now, 4, "group") == "下次发送：明天 11:00，4 个群"
+    assert (
+        next_send_text(tomorrow, now, 1, "contact", "en") == "Next send: tomorrow 11:00, 1 contact"
+    )
