@@ -38,6 +38,25 @@ router = APIRouter(include_in_schema=False)
 
 # The text a touchpoint added in the editor starts with (contact SOP, group SOP).
 NEW_STEP_TEXT = {False: N_("Hello {{ contact.name }}!"), True: N_("Hello everyone!")}
+# The built-in scenarios in the operator's language (their specs stay as written).
+LIBRARY_WORDS = {
+    "new_friend": (
+        N_("New friends SOP"),
+        N_(
+            "Welcome and questionnaire at once, mini-program and coupon 3 hours later, a reminder on day 2 at 20:00"
+        ),
+    ),
+    "tagged_class": (
+        N_("Tagged customers SOP"),
+        N_(
+            "Class reminder on day 1 at 20:00, preview on day 2 at 19:30, follow-up on day 3 at 09:00, from the tag time"
+        ),
+    ),
+    "store_groups": (
+        N_("Group chats SOP"),
+        N_("Menu every day at 11:00 and a tip every day at 18:00 to every store group"),
+    ),
+}
 INSERT_VARS = {
     "contact": (
         ("{{ contact.name }}", N_("Customer nickname")),
@@ -112,7 +131,15 @@ def new_template(
 ) -> Response:
     """Pick a starting point (blank or a library scenario), then edit before saving."""
     if not start:
-        return render(request, "ui/template_new.html", {"library": library.catalog()})
+        scenarios = [
+            {
+                **item,
+                "title": LIBRARY_WORDS.get(item["key"], ("", ""))[0],
+                "summary": LIBRARY_WORDS.get(item["key"], ("", ""))[1],
+            }
+            for item in library.catalog()
+        ]
+        return render(request, "ui/template_new.html", {"library": scenarios})
     if start in library.names():
         form = editor_forms.form_from_spec(library.load(start))
     else:
