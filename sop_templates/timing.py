@@ -521,13 +521,13 @@ def parse_shorthand(text: str) -> dict[str, object] | None:
         dom = "last" if match.group("last") else str(int(match.group("dom")))
         return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")), day=dom)}
     if match := _SH_DATETIME.match(raw):
-        day = date.fromisoformat(
+        on = date.fromisoformat(
             "-".join(
                 f"{int(p):02d}" if i else p for i, p in enumerate(match.group("date").split("-"))
             )
         )
         clock = _hhmm_of(match.group("time"))
-        return {"kind": "at", "at": datetime.combine(day, clock).strftime("%Y-%m-%dT%H:%M")}
+        return {"kind": "at", "at": datetime.combine(on, clock).strftime("%Y-%m-%dT%H:%M")}
     if match := _SH_CLOCK.match(raw):
         return {"kind": "day_at", "day": 1, "at": _hhmm_of(match.group("time")).strftime("%H:%M")}
     try:

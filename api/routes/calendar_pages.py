@@ -155,6 +155,7 @@ def calendar_recipients(
 
 def _targets(session: Session, pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    model: Any
     for kind, model, path in (("contact", Contact, "/contacts"), ("group", GroupChat, "/groups")):
         ids = [i for k, i in pairs if k == kind]
         if not ids:

@@ -90,7 +90,7 @@ DONE_MESSAGES = {
 @router.get("/templates", response_class=HTMLResponse)
 def template_list(request: Request, me: Reader, session: SessionDep, clock: ClockDep) -> Response:
     summaries = {s.template_id: s for s in stats.overview(session, now=clock.now())}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for template in templates_service.list_templates(session):
         review = approvals.open_review(session, template.id)  # type: ignore[arg-type]
         version = (
@@ -110,7 +110,7 @@ def template_list(request: Request, me: Reader, session: SessionDep, clock: Cloc
 
     upcoming = next_send_lines(session, clock.now(), zone_of(request), locale_of(request))
     for row in rows:
-        row["next_send"] = upcoming.get(row["template"].id)
+        row["next_send"] = upcoming.get(row["template"].id)  # type: ignore[union-attr]
     return render(request, "ui/templates.html", {"rows": rows})
 
 

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
@@ -66,28 +67,17 @@ def upcoming(
     touchpoints: dict[int, Touchpoint] = {}
     versions: dict[int, TemplateVersion] = {}
 
-    planned_rows = session.exec(
-        select(
-            Delivery.touchpoint_id,
-            Delivery.due_at,
-            Delivery.template_id,
-            Delivery.version_id,
-            Delivery.target_kind,
-            func.count(),
-        )
+    d = Delivery.__table__.c  # type: ignore[attr-defined]
+    keys = (d.touchpoint_id, d.due_at, d.template_id, d.version_id, d.target_kind)
+    planned_rows = session.execute(
+        sa_select(*keys, func.count())
         .where(
-            Delivery.status == DeliveryStatus.SCHEDULED,
-            col(Delivery.template_id).in_(list(templates)),
-            Delivery.due_at >= low,
-            Delivery.due_at < end,
+            d.status == DeliveryStatus.SCHEDULED,
+            d.template_id.in_(list(templates)),
+            d.due_at >= low,
+            d.due_at < end,
         )
-        .group_by(
-            Delivery.touchpoint_id,
-            Delivery.due_at,
-            Delivery.template_id,
-            Delivery.version_id,
-            Delivery.target_kind,
-        )
+        .group_by(*keys)
     ).all()
     planned_keys: set[tuple[int, datetime]] = set()
     for tp_id, due, tpl_id, version_id, kind, count in planned_rows:
@@ -116,13 +106,11 @@ def upcoming(
         )
 
     # cron occurrences the planner has not fanned out yet
-    active = session.exec(
-        select(Enrollment.version_id, Enrollment.target_kind, func.count())
-        .where(
-            Enrollment.status == EnrollmentStatus.ACTIVE,
-            col(Enrollment.template_id).in_(list(templates)),
-        )
-        .group_by(Enrollment.version_id, Enrollment.target_kind)
+    e = Enrollment.__table__.c  # type: ignore[attr-defined]
+    active = session.execute(
+        sa_select(e.version_id, e.target_kind, func.count())
+        .where(e.status == EnrollmentStatus.ACTIVE, e.template_id.in_(list(templates)))
+        .group_by(e.version_id, e.target_kind)
     ).all()
     for version_id, kind, count in active:
         version = versions.get(version_id) or session.get(TemplateVersion, version_id)
