@@ -139,6 +139,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "「{value}」不是小程序页面路径（如 pages/index/index，不以 / 开头）",
         "“{value}” is not a mini-program page path (like pages/index/index, no leading /)",
     ),
+    "upload_empty": ("上传的文件是空的", "the uploaded file is empty"),
+    "upload_type": (
+        "「{name}」不是支持的类型：图片 PNG、JPG、GIF、WEBP，文件 PDF、Word、Excel、PPT、TXT、ZIP",
+        "“{name}” is not a supported type: images PNG, JPG, GIF, WEBP; files PDF, Word, Excel, PowerPoint, TXT, ZIP",
+    ),
+    "upload_too_large": ("「{name}」超过 {max} 的上限", "“{name}” is over the {max} limit"),
     "name_taken": ("已有同名的 SOP：{name}", "an SOP named {name} already exists"),
     "not_found": ("找不到{field}", "{field} was not found"),
     "invalid": ("{field}填写有误", "{field} is not valid"),

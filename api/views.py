@@ -96,6 +96,7 @@ NAV = (
     ("/groups", N_("Group chats"), Permission.READ),
     ("/segments", N_("Segments"), Permission.READ),
     ("/calendar", N_("Calendar"), Permission.READ),
+    ("/materials", N_("Materials"), Permission.READ),
     ("/log", N_("Delivery log"), Permission.READ),
     ("/report", N_("Reports"), Permission.READ),
     ("/channels", N_("Channels"), Permission.READ),

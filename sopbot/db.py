@@ -127,6 +127,7 @@ def import_models() -> None:
     import scheduler.operations.models  # noqa: F401
     import scheduler.outbox.models  # noqa: F401
     import sop_templates.approval_models  # noqa: F401
+    import sop_templates.materials  # noqa: F401
     import sop_templates.models  # noqa: F401
 
 

@@ -360,6 +360,7 @@ def _editor(
         "anchor_words": _anchor_words(request),
         "insert_vars": [(expr, _(label)) for expr, label in INSERT_VARS[form["target"]]],
         "live_url": f"/templates/{template.id}/live" if template else "/templates/live",
+        "library_materials": _library_materials(session),
         "template": template,
         "form": form,
         "errors": errors or editor_forms.FieldErrors(),
@@ -397,6 +398,16 @@ def _editor(
     return render(request, name, context, status_code=status)
 
 
+def _library_materials(session: Session) -> dict[str, list[Any]]:
+    """The material library by kind, for the editor's pickers."""
+    from sop_templates import materials
+
+    out: dict[str, list[Any]] = {kind: [] for kind in materials.KINDS}
+    for material in materials.list_materials(session)[:200]:
+        out[material.kind].append(material)
+    return out
+
+
 def _anchor_words(request: Request) -> dict[str, str]:
     """``"join contact"`` → 加好友后 ...: the offset picker's label follows the
     anchor and target chosen in the form (ui.js)."""
@@ -415,7 +426,7 @@ def _anchor_words(request: Request) -> dict[str, str]:
 async def live_panels(
     template_id: int,
     request: Request,
-    me: Reader,
+    me: Author,
     session: SessionDep,
     settings: SettingsDep,
     clock: ClockDep,
@@ -646,3 +657,9 @@ def archive(
         template_actions.archive(request, session, me, template_id, clock.now())
 
     return _lifecycle(request, session, template_id, run, "archived")
+
+
+# the material library's pages (素材库) are editor pages too
+from api.routes import ui_materials  # noqa: E402
+
+router.include_router(ui_materials.router)

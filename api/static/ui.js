@@ -97,3 +97,18 @@ document.addEventListener("DOMContentLoaded", () => {
     section.open = true;
   });
 });
+
+// A card from the material library fills the part's fields.
+document.addEventListener("change", (event) => {
+  const select = event.target.closest && event.target.closest("select[data-card-into]");
+  if (!select || !select.value) return;
+  const option = select.selectedOptions[0];
+  const fields = JSON.parse(option.dataset.fields || "{}");
+  Object.entries(fields).forEach(([name, value]) => {
+    const input = document.getElementById(select.dataset.cardInto + "-" + name);
+    if (input) {
+      input.value = value;
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  });
+});

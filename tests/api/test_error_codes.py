@@ -27,6 +27,7 @@ SAMPLE = {
 }
 # English words a Chinese message may carry as they are (formats, examples, names)
 ZH_ALLOWED = {"Asia", "Shanghai", "AppID", "https", "pages", "index", "SOP", "coupon", "abcdef"}
+ZH_ALLOWED |= {"PNG", "JPG", "GIF", "WEBP", "PDF", "Word", "Excel", "PPT", "TXT", "ZIP"}
 
 
 @pytest.mark.parametrize("code", sorted(error_codes.MESSAGES))
