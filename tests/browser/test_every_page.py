@@ -89,6 +89,7 @@ def pages(ids: dict[str, int]) -> list[str]:
         "/calendar",
         "/calendar?view=day&day=2027-03-03",
         "/calendar?view=month",
+        "/materials",
     ]
 
 
