@@ -259,13 +259,20 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+_WHOM = re.compile(r" \(for (contact|group) (.+)\)$")
+
+
 def classify(location: str, message: str) -> tuple[str, dict[str, Any]]:
     """A validator's problem → ``(code, params)``."""
     text = str(message).removeprefix("Value error, ")
+    whom: dict[str, str] = {}
+    if found := _WHOM.search(text):  # content checked for a real contact or group
+        whom = {"for_kind": found.group(1), "for_name": found.group(2)}
+        text = text[: found.start()]
     for pattern, code in _RULES:
         match = pattern.search(text)
         if match:
-            params = {k: v for k, v in match.groupdict().items() if v is not None}
+            params = {k: v for k, v in match.groupdict().items() if v is not None} | whom
             if code == "name_taken":
                 params["name"] = params.pop("value", "")
             if code == "variable_unknown" and "field" in params:
@@ -304,11 +311,18 @@ def render(
     values = {k: _clip(v) for k, v in (params or {}).items()}
     values.setdefault("field", field_name(location, locale) if location else _this(locale))
     try:
-        return text.format(**values)
+        out = text.format(**values)
     except (KeyError, IndexError):
-        return (MESSAGES["invalid"][1 if locale.startswith("en") else 0]).format(
+        out = (MESSAGES["invalid"][1 if locale.startswith("en") else 0]).format(
             field=values["field"]
         )
+    if values.get("for_name"):  # which real contact or group the content failed for
+        kind = values.get("for_kind")
+        if locale.startswith("en"):
+            out += f" (for {kind} {values['for_name']})"
+        else:
+            out += f"（{'群' if kind == 'group' else '客户'} {values['for_name']}）"
+    return out
 
 
 def _this(locale: str) -> str:
