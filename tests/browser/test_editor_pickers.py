@@ -95,6 +95,18 @@ def test_the_three_readme_sops_with_pickers_only(live, page, engine, clock):
     expect(page.locator("#timeline")).to_contain_text("加好友后 3 小时")
     expect(page.locator("#timeline")).to_contain_text("第 2 天 20:00")
     shot(page, "pickers-new-friend")
+    # every button has an accessible name
+    unnamed = page.evaluate(
+        "[...document.querySelectorAll('#editor button')].filter(b => !b.getAttribute('aria-hidden')"
+        " && !(b.getAttribute('aria-label') || b.innerText.trim())).length"
+    )
+    assert unnamed == 0
+    # leaving with unsaved changes asks first
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+    page.evaluate("document.querySelector('a[href=\"/templates\"]').click()")
+    page.wait_for_timeout(300)
+    assert asked == ["beforeunload"] and "/templates/new" in page.url
     save(page)
     assert stored_timings(engine, "新好友 SOP") == readme_timings("新好友 SOP")
 
