@@ -75,6 +75,9 @@ def test_every_page_renders_for_an_admin(client, engine, clock):
         "/settings",
         "/log",
         "/report",
+        "/calendar",
+        "/calendar?view=month",
+        "/materials",
     ):
         response = client.get(path, headers=headers)
         assert response.status_code == 200, (path, response.text[:500])
