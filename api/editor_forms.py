@@ -20,7 +20,26 @@ from typing import Any
 from sopbot.ids import is_id
 
 PART_KINDS = ("text", "image", "link", "miniprogram", "file")
-TIMING_KINDS = ("offset", "day_at", "at", "cron")
+# "repeat" is the picker for the common cron schedules (每天 / 工作日 / 每周 / 每月);
+# raw cron stays under "cron" (高级).
+TIMING_KINDS = ("offset", "day_at", "at", "repeat", "cron")
+OFFSET_UNITS = ("m", "h", "d")
+REPEAT_FREQS = ("daily", "weekdays", "weekly", "monthly")
+TIMING_FIELDS = (
+    "timing_kind",
+    "offset_n",
+    "offset_unit",
+    "day",
+    "at",
+    "datetime",
+    "repeat_freq",
+    "repeat_dom",
+    "repeat_time",
+    "cron",
+    "cron_start",
+    "cron_end",
+    "shorthand",
+)
 MODES = ("send", "task", "remind")
 # Form field of each part kind, in display order: (field, required)
 PART_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -38,21 +57,102 @@ def _blank_part(kind: str = "text") -> dict[str, str]:
 
 
 def blank_touchpoint(n: int = 1) -> dict[str, Any]:
+    """An empty touchpoint; the first fires at once, a later one a day after."""
     return {
         "name": "",
         "timing_kind": "offset",
-        "offset": "0m" if n == 1 else "",
-        "day": "",
-        "at": "",
+        "offset_n": "0" if n == 1 else "1",
+        "offset_unit": "m" if n == 1 else "d",
+        "day": "1",
+        "at": "20:00",
         "datetime": "",
+        "repeat_freq": "daily",
+        "repeat_dows": ["1"],
+        "repeat_dom": "1",
+        "repeat_time": "11:00",
         "cron": "",
         "cron_start": "",
         "cron_end": "",
+        "shorthand": "",
         "mode": "send",
         "grace": "",
         "past_policy": "skip",
         "parts": [_blank_part("text")],
     }
+
+
+def new_touchpoint(n: int, target: str, name: str, text: str) -> dict[str, Any]:
+    """A touchpoint added in the editor: valid as it is (a name, a timing, a text)."""
+    tp = blank_touchpoint(n)
+    tp["name"] = name
+    tp["parts"] = [{"kind": "text", "text": text}]
+    if target == "group":
+        tp["timing_kind"] = "repeat"
+    return tp
+
+
+def offset_fields(offset: str) -> tuple[str, str]:
+    """``3h`` → ("3", "h"); ``1d6h`` → ("30", "h"): the largest whole unit."""
+    from sop_templates.timing import parse_duration
+
+    try:
+        seconds = int(parse_duration(offset).total_seconds())
+    except ValueError:
+        return offset, "m"
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if seconds and seconds % size == 0:
+            return str(seconds // size), unit
+    return str(seconds // 60), "m"
+
+
+def timing_into_form(tp: dict[str, Any], timing: Mapping[str, Any]) -> None:
+    """Set a touchpoint's picker fields from a stored timing dict."""
+    from sop_templates.wording import repeat_parts
+
+    kind = str(timing.get("kind", "offset"))
+    tp["timing_kind"] = kind
+    if kind == "offset":
+        tp["offset_n"], tp["offset_unit"] = offset_fields(str(timing.get("offset", "")))
+    elif kind == "day_at":
+        tp["day"], tp["at"] = str(timing.get("day", "")), str(timing.get("at", ""))
+    elif kind == "at":
+        tp["datetime"] = str(timing.get("at", ""))[:16].replace(" ", "T")
+    elif kind == "cron":
+        cron = " ".join(str(timing.get("cron", "")).split())
+        tp["cron"] = cron
+        for bound in ("start", "end"):
+            value = timing.get(bound)
+            tp[f"cron_{bound}"] = str(value)[:16].replace(" ", "T") if value else ""
+        parts = repeat_parts(cron)
+        if parts is not None and len(parts["times"]) == 1 and not tp["cron_start"]:
+            tp["timing_kind"] = "repeat"
+            tp["repeat_freq"] = parts["freq"]
+            tp["repeat_time"] = parts["times"][0]
+            if parts["freq"] == "weekly":
+                tp["repeat_dows"] = [str(d) for d in parts["dows"]]
+            if parts["freq"] == "monthly":
+                tp["repeat_dom"] = parts["dom"]
+
+
+def repeat_cron(tp: Mapping[str, Any]) -> str:
+    """The repeat picker → a five-field cron (the stored form)."""
+    from sop_templates.timing import parse_hhmm
+
+    try:
+        clock = parse_hhmm(str(tp.get("repeat_time") or ""))
+    except ValueError:
+        return ""
+    head = f"{clock.minute} {clock.hour}"
+    freq = tp.get("repeat_freq") or "daily"
+    if freq == "weekdays":
+        return f"{head} * * 1-5"
+    if freq == "weekly":
+        days = sorted({int(d) % 7 for d in tp.get("repeat_dows") or [] if is_id(str(d))})
+        return f"{head} * * {','.join(str(d) for d in days)}" if days else ""
+    if freq == "monthly":
+        dom = str(tp.get("repeat_dom") or "1")
+        return f"{head} {dom if dom == 'last' or is_id(dom) else '1'} * *"
+    return f"{head} * * *"
 
 
 def blank_form(target: str = "contact", timezone: str = "Asia/Shanghai") -> dict[str, Any]:
@@ -84,7 +184,9 @@ def blank_form(target: str = "contact", timezone: str = "Asia/Shanghai") -> dict
         "cap_max": "",
         "cap_per": "",
         "cap_policy": "defer",
-        "touchpoints": [blank_touchpoint(1)],
+        "touchpoints": [
+            {**blank_touchpoint(1), "timing_kind": "repeat" if target == "group" else "offset"}
+        ],
     }
 
 
@@ -161,20 +263,7 @@ def _touchpoint_form(tp: Mapping[str, Any]) -> dict[str, Any]:
         from sop_templates.timing import parse_timing
 
         timing = parse_timing(timing)
-    timing = timing or {}
-    kind = timing.get("kind", "offset")
-    out["timing_kind"] = kind
-    if kind == "offset":
-        out["offset"] = str(timing.get("offset", ""))
-    elif kind == "day_at":
-        out["day"], out["at"] = str(timing.get("day", "")), str(timing.get("at", ""))
-    elif kind == "at":
-        out["datetime"] = str(timing.get("at", ""))[:16].replace(" ", "T")
-    elif kind == "cron":
-        out["cron"] = str(timing.get("cron", ""))
-        for bound in ("start", "end"):
-            value = timing.get(bound)
-            out[f"cron_{bound}"] = str(value)[:16].replace(" ", "T") if value else ""
+    timing_into_form(out, timing or {})
     out["mode"] = tp.get("mode") or "send"
     out["grace"] = tp.get("grace") or ""
     out["past_policy"] = tp.get("past_policy") or "skip"
@@ -215,19 +304,16 @@ def form_from_request(data: Mapping[str, Any]) -> dict[str, Any]:
     for i in range(min(count, 100)):
         prefix = f"tp-{i}-"
         tp = blank_touchpoint(2)
-        for key in (
-            "name",
-            "timing_kind",
-            "offset",
-            "day",
-            "at",
-            "datetime",
-            "cron",
-            "cron_start",
-            "cron_end",
-            "mode",
-        ):
-            tp[key] = get(prefix + key, tp[key])
+        for key in ("name", "mode", *TIMING_FIELDS):
+            tp[key] = get(prefix + key, tp[key] if key != "shorthand" else "")
+        getlist = getattr(data, "getlist", None)
+        dows = getlist(prefix + "repeat_dow") if getlist else data.get(prefix + "repeat_dow")
+        tp["repeat_dows"] = (
+            [str(d) for d in (dows or [])]
+            if isinstance(dows, list)
+            else ([str(dows)] if dows else [])
+        )
+        _apply_shorthand(tp)
         tp["grace"] = get(prefix + "grace")
         tp["past_policy"] = get(prefix + "past_policy", "skip") or "skip"
         parts = []
@@ -245,6 +331,24 @@ def form_from_request(data: Mapping[str, Any]) -> dict[str, Any]:
         touchpoints.append(tp)
     form["touchpoints"] = touchpoints
     return form
+
+
+def _apply_shorthand(tp: dict[str, Any]) -> None:
+    """Typed shorthand (3小时, 第2天 20:00, 每天 11:00) sets the pickers and is cleared;
+    shorthand that is not understood stays, and validation names it."""
+    text = tp.get("shorthand", "").strip()
+    if not text:
+        return
+    from sop_templates.timing import parse_duration, parse_timing
+
+    try:
+        timing = parse_timing(text)
+        if timing.get("kind") == "offset":
+            parse_duration(str(timing["offset"]))
+    except ValueError:
+        return
+    timing_into_form(tp, timing)
+    tp["shorthand"] = ""
 
 
 def spec_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
@@ -318,19 +422,26 @@ def spec_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
 
 def _touchpoint_spec(tp: Mapping[str, Any]) -> dict[str, Any]:
     kind = tp["timing_kind"]
-    timing: dict[str, Any] = {"kind": kind}
+    timing: dict[str, Any] | str = {"kind": "cron" if kind == "repeat" else kind}
+    assert isinstance(timing, dict)
     if kind == "offset":
-        timing["offset"] = tp["offset"]
+        number = str(tp.get("offset_n", "")).strip()
+        unit = tp.get("offset_unit") or "m"
+        unit = unit if unit in OFFSET_UNITS else "m"
+        timing["offset"] = f"{number}{unit}" if number.isdigit() else number
     elif kind == "day_at":
         timing["day"] = tp["day"]
         timing["at"] = tp["at"]
     elif kind == "at":
         timing["at"] = tp["datetime"]
     else:
-        timing["cron"] = tp["cron"]
-        for bound in ("start", "end"):
+        timing["cron"] = repeat_cron(tp) if kind == "repeat" else tp["cron"]
+        bounds = ("end",) if kind == "repeat" else ("start", "end")
+        for bound in bounds:
             if tp.get(f"cron_{bound}", "").strip():
                 timing[bound] = tp[f"cron_{bound}"].strip()
+    if tp.get("shorthand", "").strip():
+        timing = tp["shorthand"].strip()  # not understood: validation names it
     out: dict[str, Any] = {
         "name": tp["name"].strip(),
         "timing": timing,
@@ -362,7 +473,19 @@ def apply_action(form: dict[str, Any], action: str, data: Mapping[str, Any]) -> 
     verb, _, rest = action.partition(":")
     args = [int(a) for a in rest.split(":") if is_id(a)]
     if verb == "add_touchpoint":
-        tps.append(blank_touchpoint(len(tps) + 1))
+        n = len(tps) + 1
+        names = {tp["name"] for tp in tps}
+        name_format = str(data.get("_step_name") or "Step %d")
+        while name_format % n in names:
+            n += 1
+        tps.append(
+            new_touchpoint(
+                len(tps) + 1,
+                str(form.get("target") or "contact"),
+                name_format % n,
+                str(data.get("_step_text") or ""),
+            )
+        )
     elif verb == "remove_touchpoint" and args and args[0] < len(tps):
         tps.pop(args[0])
     elif verb in ("up", "down") and args and args[0] < len(tps):
@@ -447,12 +570,19 @@ def field_for(location: str, form: Mapping[str, Any]) -> str | None:
         return prefix
     if rest.startswith("timing"):
         sub = rest.removeprefix("timing").lstrip(".")
-        kind = form["touchpoints"][i]["timing_kind"]
+        tp = form["touchpoints"][i]
+        kind = tp["timing_kind"]
+        if tp.get("shorthand"):
+            return f"{prefix}-shorthand"
         if not sub:
             return f"{prefix}-timing"
         if sub == "at" and kind == "at":
             return f"{prefix}-datetime"
-        if sub in ("offset", "day", "at", "cron"):
+        if sub == "offset":
+            return f"{prefix}-offset_n"
+        if sub == "cron" and kind == "repeat":
+            return f"{prefix}-repeat_time"
+        if sub in ("day", "at", "cron"):
             return f"{prefix}-{sub}"
         if sub in ("start", "end"):
             return f"{prefix}-cron_{sub}"
@@ -471,9 +601,16 @@ def field_for(location: str, form: Mapping[str, Any]) -> str | None:
     return prefix
 
 
-def map_problems(problems: Sequence[tuple[str, str]], form: Mapping[str, Any]) -> FieldErrors:
+def map_problems(
+    problems: Sequence[tuple[str, str]], form: Mapping[str, Any], locale: str = "en"
+) -> FieldErrors:
+    """Problems next to their fields, each in the operator's language (an error
+    code and its parameters, rendered by ``api.error_codes`` with the field named
+    in words): no validator's own text reaches the page."""
+    from api import error_codes
+
     errors = FieldErrors()
     for location, message in problems:
-        field_id = field_for(location, form)
-        errors.add(field_id, message if field_id else f"{location}: {message}")
+        code, params = error_codes.classify(location, message)
+        errors.add(field_for(location, form), error_codes.render(code, params, locale, location))
     return errors

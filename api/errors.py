@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 
+from api import error_codes
 from api.auth import Forbidden, NotAuthenticated
 from api.users.service import UserError, UserNotFound
 from audiences.service import AudienceError
@@ -27,12 +28,15 @@ from sop_templates.service import TemplateError, TemplateValidationError
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(TemplateValidationError)
-    async def _invalid(_: Request, exc: TemplateValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: TemplateValidationError) -> JSONResponse:
+        # each problem: where, the validator's text, and an error code with its
+        # parameters and message in the caller's language (Accept-Language)
+        locale = request_locale(request)
         return JSONResponse(
             status_code=422,
             content={
                 "detail": str(exc),
-                "errors": [{"loc": loc, "msg": msg} for loc, msg in exc.problems],
+                "errors": [error_codes.problem_json(loc, msg, locale) for loc, msg in exc.problems],
             },
         )
 
@@ -116,6 +120,14 @@ def install(app: FastAPI) -> None:
 
 
 MAX_PROBLEMS = 50  # problems listed in one 422
+
+
+def request_locale(request: Request) -> str:
+    """zh_CN when the caller asks for Chinese (Accept-Language), else English."""
+    accept = request.headers.get("accept-language", "").lower()
+    return error_codes.ZH if accept.startswith("zh") else error_codes.EN
+
+
 MAX_ECHO = 200  # characters of the input echoed per problem
 
 

@@ -11,9 +11,11 @@ from zoneinfo import ZoneInfo
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from api import error_codes
 from api.auth import Permission, Principal
 from api.i18n import N_, environment, gettext_for, negotiate
 from scheduler.analytics import log
+from sop_templates import wording
 from sop_templates.schemas import RENDERED_FIELDS
 
 STATUS_LABELS: dict[str, str] = {
@@ -96,6 +98,8 @@ NAV = (
     ("/contacts", N_("Contacts"), Permission.READ),
     ("/groups", N_("Group chats"), Permission.READ),
     ("/segments", N_("Segments"), Permission.READ),
+    ("/calendar", N_("Calendar"), Permission.READ),
+    ("/materials", N_("Materials"), Permission.READ),
     ("/log", N_("Delivery log"), Permission.READ),
     ("/report", N_("Reports"), Permission.READ),
     ("/channels", N_("Channels"), Permission.READ),
@@ -152,6 +156,18 @@ def render(
         "target_label": lambda s: (
             gettext(N_("Normal")) if s == "active" else gettext(STATUS_LABELS.get(s, s))
         ),
+        # one vocabulary for timings, policies and reasons (sop_templates.wording)
+        "timing_text": lambda t, anchor="join", target="contact": wording.timing_text(
+            t, locale, anchor=anchor, target=target
+        ),
+        "reason_text": lambda r: wording.reason_text(r, locale),
+        "cap_text": lambda c: wording.cap_text(c, locale),
+        "quiet_text": lambda q, policy="defer": wording.quiet_text(q, locale, policy),
+        "anchor_after": lambda a, t: wording.anchor_after(a, t, locale),
+        "problem_text": lambda message, location="": error_codes.render(
+            *error_codes.classify(location, message), locale, location
+        ),
+        "anchor_day_one": lambda a, t: wording.anchor_day_one(a, t, locale),
         "can": (lambda p: me is not None and me.can(p)),
         "P": Permission,
         "htmx": is_htmx(request),

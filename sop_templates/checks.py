@@ -23,7 +23,18 @@ def publish_problems(session: Session, spec: TemplateSpec) -> list[tuple[str, st
     targets = real_targets(session, spec)
     # The sample alone was rendered by parse_spec; render again only with real targets.
     problems = validate_content(spec, targets) if targets else []
-    return problems or channel_problems(session, spec, targets)
+    return problems or _address_problems(session, spec) or channel_problems(session, spec, targets)
+
+
+def _address_problems(session: Session, spec: TemplateSpec) -> list[tuple[str, str]]:
+    """Links, AppIDs and page paths a send could not deliver (``part_rules``)."""
+    from channels.models import ChannelInstance
+    from sop_templates.part_rules import part_problems
+
+    instance = session.exec(
+        select(ChannelInstance).where(ChannelInstance.name == spec.channel)
+    ).first()
+    return part_problems(spec, instance.adapter if instance else None)
 
 
 def real_targets(session: Session, spec: TemplateSpec, limit: int = REAL_TARGETS) -> list[Any]:

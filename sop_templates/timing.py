@@ -41,10 +41,53 @@ LATEST = datetime(2199, 12, 31)
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 
 
+# Operators' units: 3小时, 30分钟, 2天, 1天6小时, 3 hours, 2 days, 90 min.
+_UNIT_WORDS = (
+    ("小时", "h"),
+    ("个小时", "h"),
+    ("钟头", "h"),
+    ("分钟", "m"),
+    ("分", "m"),
+    ("秒钟", "s"),
+    ("秒", "s"),
+    ("天", "d"),
+    ("日", "d"),
+    ("hours", "h"),
+    ("hour", "h"),
+    ("hrs", "h"),
+    ("hr", "h"),
+    ("minutes", "m"),
+    ("minute", "m"),
+    ("mins", "m"),
+    ("min", "m"),
+    ("seconds", "s"),
+    ("second", "s"),
+    ("secs", "s"),
+    ("sec", "s"),
+    ("days", "d"),
+    ("day", "d"),
+)
+_UNIT_RE = re.compile(
+    r"(\d+)\s*("
+    + "|".join(sorted((re.escape(w) for w, _ in _UNIT_WORDS), key=len, reverse=True))
+    + ")"
+)
+_UNIT_OF = dict(_UNIT_WORDS)
+_AFTER_WORDS = re.compile(r"^(?:(?:加好友|打标签|开始|进群|入群|加入|进入sop|进入)后|after)")
+
+
+def _plain_units(raw: str) -> str:
+    """``1天6小时`` → ``1d6h``; text without unit words is returned as it is."""
+    raw = raw.replace("个小时", "小时").replace("半小时", "30分钟")
+    return _UNIT_RE.sub(lambda m: m.group(1) + _UNIT_OF[m.group(2)], raw)
+
+
 @lru_cache(maxsize=1024)
 def parse_duration(text: str) -> timedelta:
-    """Parse ``1d6h``, ``3h``, ``90m``, ``0m``, ``30s`` (a leading ``+`` is allowed)."""
-    raw = str(text).strip().replace(" ", "").lower()
+    """Parse ``1d6h``, ``3h``, ``90m``, ``0m``, ``30s`` (a leading ``+`` is allowed),
+    and operators' words: ``3小时``, ``30分钟``, ``2天``, ``1天6小时``, ``3 hours``."""
+    raw = _plain_units(str(text).strip().lower()).replace(" ", "")
+    raw = _AFTER_WORDS.sub("", raw)
     if raw.startswith("-"):
         raise ValueError(f"offset {text!r} is negative; touchpoints cannot fire before the anchor")
     raw = raw.removeprefix("+")
@@ -96,8 +139,26 @@ def in_range(value: datetime, what: str) -> datetime:
     return value
 
 
+_CLOCK_WORDS = re.compile(
+    r"^(?P<half>上午|早上|早晨|中午|下午|晚上|傍晚)?\s*(?P<h>\d{1,2})\s*(?:点|时)\s*(?:(?P<half2>半)|(?P<m>\d{1,2})\s*分?)?$"
+)
+
+
+def _clock_text(text: str) -> str:
+    """``20点`` → ``20:00``, ``晚上8点半`` → ``20:30``, ``9:05`` / ``9：05`` → ``9:05``."""
+    raw = str(text).strip().replace("：", ":")
+    match = _CLOCK_WORDS.match(raw)
+    if not match:
+        return raw
+    hour = int(match.group("h"))
+    minute = 30 if match.group("half2") else int(match.group("m") or 0)
+    if match.group("half") in ("下午", "晚上", "傍晚") and hour < 12:
+        hour += 12
+    return f"{hour}:{minute:02d}"
+
+
 def parse_hhmm(text: str) -> time:
-    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(text).strip())
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", _clock_text(str(text)))
     if not match:
         raise ValueError(f"time {text!r} is not HH:MM (00:00–23:59)")
     return time(int(match.group(1)), int(match.group(2)))
@@ -366,12 +427,122 @@ Timing = Annotated[OffsetTiming | DayAtTiming | AtTiming | CronTiming, Field(dis
 
 _DAY_AT_TEXT = re.compile(r"^day\s*(-?\d+)\s+(\S+)$", re.I)
 
+# -- operators' shorthand -------------------------------------------------------------
+#
+# What people type: 3小时 / 3h / 30分钟 (offset); 20点 / 第2天 20:00 / 次日 9点 (day N at);
+# 每天 11:00 / 工作日 11:30 / 每周一三五 9:00 / 周末 10点 / 每月1号 10:00 /
+# 每月最后一天 20:00 (repeat, stored as cron); 2027-03-05 10:00 (one date-time).
+
+_WEEKDAY_DIGITS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "日": 0, "天": 0, "七": 0}
+_EN_DAYS = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_TIME = r"(?P<time>(?:上午|早上|早晨|中午|下午|晚上|傍晚)?\s*\d{1,2}(?:\s*[:：]\s*\d{2}|\s*[点时](?:\s*半|\s*\d{1,2}\s*分?)?))"
+_CN_NUM = {
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+    "十": 10,
+}
+_SH_DAY = re.compile(
+    r"^(?:第\s*(?P<n>\d+|[一二两三四五六七八九十])\s*天|(?P<word>当天|今天|次日|第二天|明天|隔天))\s*"
+    + _TIME
+    + "$"
+)
+_SH_CLOCK = re.compile(r"^(?:当天\s*)?" + _TIME + "$")
+_SH_DAILY = re.compile(r"^(?:每天|每日|daily|every\s*day)\s*" + _TIME + "$", re.I)
+_SH_WORKDAYS = re.compile(
+    r"^(?:每个?工作日|工作日|周一至周五|周一到周五|weekdays|every\s*weekday)\s*" + _TIME + "$", re.I
+)
+_SH_WEEKEND = re.compile(r"^(?:每个?周末|周末|weekends?)\s*" + _TIME + "$", re.I)
+_SH_WEEKLY = re.compile(
+    r"^(?:每)?(?:周|星期|礼拜)(?P<days>[一二三四五六日天七、，,和及 ]+)\s*" + _TIME + "$"
+)
+_SH_WEEKLY_EN = re.compile(
+    r"^every\s+(?P<days>(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*(?:\s*,\s*(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*)*)\s+(?P<time>\d{1,2}:\d{2})$",
+    re.I,
+)
+_SH_MONTHLY = re.compile(
+    r"^每月\s*(?:(?P<dom>\d{1,2})\s*[号日]|(?P<last>最后一天|月底|末))\s*" + _TIME + "$"
+)
+_SH_DATETIME = re.compile(
+    r"^(?:at\s+|指定时间\s*)?(?P<date>\d{4}-\d{1,2}-\d{1,2})[ T]+" + _TIME + "$", re.I
+)
+
+
+def _hhmm_of(text: str) -> time:
+    return parse_hhmm(re.sub(r"\s+", "", text))
+
+
+def _cron_at(clock: time, day: str = "*", dow: str = "*") -> str:
+    return f"{clock.minute} {clock.hour} {day} * {dow}"
+
+
+def parse_shorthand(text: str) -> dict[str, object] | None:
+    """Operators' shorthand → a timing dict, or None when ``text`` is not shorthand.
+
+    ``3小时``/``3h``/``+3h``/``30分钟`` → offset; ``20点``/``第2天 20:00``/``次日 9点`` →
+    day N at; ``每天 11:00``/``工作日 11:30``/``每周一 09:00``/``每月最后一天 20:00`` → cron;
+    ``2027-03-05 10:00`` → at. A time that is not a clock time raises ValueError.
+    """
+    raw = " ".join(str(text).strip().split())
+    if not raw:
+        return None
+    if match := _SH_DAY.match(raw):
+        word = match.group("word")
+        if word:
+            day = 1 if word in ("当天", "今天") else 2
+        else:
+            n = match.group("n")
+            day = int(n) if n.isdigit() else _CN_NUM[n]
+        return {"kind": "day_at", "day": day, "at": _hhmm_of(match.group("time")).strftime("%H:%M")}
+    if match := _SH_DAILY.match(raw):
+        return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")))}
+    if match := _SH_WORKDAYS.match(raw):
+        return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")), dow="1-5")}
+    if match := _SH_WEEKEND.match(raw):
+        return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")), dow="0,6")}
+    if match := _SH_WEEKLY.match(raw):
+        days = sorted({_WEEKDAY_DIGITS[c] for c in match.group("days") if c in _WEEKDAY_DIGITS})
+        if days:
+            dow = ",".join(str(d) for d in days)
+            return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")), dow=dow)}
+    if match := _SH_WEEKLY_EN.match(raw):
+        names = re.split(r"\s*,\s*", match.group("days").lower())
+        days = sorted({_EN_DAYS[n[:3]] for n in names})
+        dow = ",".join(str(d) for d in days)
+        return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")), dow=dow)}
+    if match := _SH_MONTHLY.match(raw):
+        dom = "last" if match.group("last") else str(int(match.group("dom")))
+        return {"kind": "cron", "cron": _cron_at(_hhmm_of(match.group("time")), day=dom)}
+    if match := _SH_DATETIME.match(raw):
+        on = date.fromisoformat(
+            "-".join(
+                f"{int(p):02d}" if i else p for i, p in enumerate(match.group("date").split("-"))
+            )
+        )
+        clock = _hhmm_of(match.group("time"))
+        return {"kind": "at", "at": datetime.combine(on, clock).strftime("%Y-%m-%dT%H:%M")}
+    if match := _SH_CLOCK.match(raw):
+        return {"kind": "day_at", "day": 1, "at": _hhmm_of(match.group("time")).strftime("%H:%M")}
+    try:
+        delta = parse_duration(raw)
+    except ValueError:
+        return None
+    return {"kind": "offset", "offset": format_duration(delta)}
+
 
 def parse_timing(value: object) -> dict[str, object]:
     """Accept the compact strings operators type as well as the dict form.
 
     ``"+3h"`` / ``"3h"`` → offset; ``"day 2 20:00"`` → day_at;
-    ``"at 2027-03-05 10:00"`` → at; ``"cron 0 11 * * *"`` → cron.
+    ``"at 2027-03-05 10:00"`` → at; ``"cron 0 11 * * *"`` → cron; and the
+    shorthand of :func:`parse_shorthand` (``3小时``, ``第2天 20:00``, ``每天 11:00``).
     """
     if isinstance(value, BaseModel):
         return value.model_dump()
@@ -388,11 +559,14 @@ def parse_timing(value: object) -> dict[str, object]:
     lower = text.lower()
     if lower.startswith("cron "):
         return {"kind": "cron", "cron": text[5:].strip()}
-    if lower.startswith("at "):
-        return {"kind": "at", "at": text[3:].strip()}
     match = _DAY_AT_TEXT.match(text)
     if match:
         return {"kind": "day_at", "day": int(match.group(1)), "at": match.group(2)}
+    shorthand = parse_shorthand(text)
+    if shorthand is not None and shorthand["kind"] != "offset":
+        return shorthand  # an offset is normalised by its own validator
+    if lower.startswith("at "):
+        return {"kind": "at", "at": text[3:].strip()}
     return {"kind": "offset", "offset": text}
 
 

@@ -129,6 +129,7 @@ def import_models() -> None:
     import scheduler.outcomes.models  # noqa: F401
     import scheduler.staff.models  # noqa: F401
     import sop_templates.approval_models  # noqa: F401
+    import sop_templates.materials  # noqa: F401
     import sop_templates.models  # noqa: F401
 
 

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     archive_dir: str = Field(
         "./sopbot-archive", description="where retention writes deliveries-<day>.ndjson.gz"
     )
+    materials_dir: str = Field(
+        "./sopbot-materials",
+        description="where the material library keeps uploaded images and files",
+    )
 
     # operator UI and API auth (api.auth)
     secret_key: str | None = Field(

@@ -9,8 +9,9 @@ from fastapi.responses import HTMLResponse
 
 from api.auth import Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.routes import calendar_pages
 from api.users import audit
-from api.views import render, zone_of
+from api.views import locale_of, render, zone_of
 from scheduler.analytics import stats
 from scheduler.operations import dashboard as dashboard_service
 from scheduler.staff import service as staff_service
@@ -43,6 +44,9 @@ def dashboard(
                 clock.now(),
                 since=clock.now() - timedelta(days=7),
                 soon=timedelta(minutes=settings.staff_nudge_minutes),
+            ),
+            "next_sends": calendar_pages.next_send_lines(
+                session, clock.now(), zone, locale_of(request)
             ),
         },
     )

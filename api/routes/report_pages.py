@@ -1,11 +1,12 @@
 """Read-only pages for analysts, in the operator UI: the delivery log (发送记录)
-with shareable filter URLs and CSV download, and the template report (SOP 数据报表)
-with a funnel across touchpoints and a sends-per-hour chart drawn as server-side
-SVG (no chart script, no CDN)."""
+with shareable filter URLs and CSV download, and the template report (SOP 数据报表):
+business figures first (people reached, send success rate, exits and
+completions), touchpoints merged across versions by name (the per-version rows
+on demand), and charts drawn by the vendored Apache ECharts from data computed
+here (``api/static/report.js``; no CDN)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -20,6 +21,7 @@ from sqlalchemy import select
 
 from api.deps import ClockDep, ReaderDep, SettingsDep, query_id
 from api.i18n import N_
+from api.routes import calendar_pages
 from api.routes.deliveries import log_query_string, parse_log_filter
 from api.routes.stats import stats_filter
 from api.views import STATUS_LABELS, render, translator
@@ -32,6 +34,7 @@ from sop_templates import service as templates_service
 from sop_templates.models import TemplateVersion, Touchpoint
 
 router = APIRouter(include_in_schema=False)
+router.include_router(calendar_pages.router)  # 日历: under the same permission
 
 PAGE_SIZES = (50, 100, 200, 500)
 
@@ -192,6 +195,12 @@ def report_page(
         if params.get(key):
             log_base[key] = params[key]
     gettext = translator(request)
+    steps = merge_touchpoints(report.touchpoints) if report else []
+    figures = (
+        business_figures(session, report, template_id, query_id(params, "version_id"))
+        if report
+        else None
+    )
     return render(
         request,
         "ui/report.html",
@@ -203,8 +212,10 @@ def report_page(
             "params": params,
             "versions": versions,
             "channels": channels_service.instance_names(session),
-            "funnel": funnel_chart(report.touchpoints, gettext) if report else None,
-            "chart": series_chart(report.series, report.interval, gettext) if report else None,
+            "steps": steps,
+            "figures": figures,
+            "funnel": funnel_data(steps, gettext) if report else None,
+            "chart": series_data(report.series, report.interval, gettext) if report else None,
             "log_base": log_base,
             **_execution(request, session, template_id),
         },
@@ -212,116 +223,143 @@ def report_page(
     )
 
 
-# -- SVG geometry (the template only draws what is computed here) ----------------------
+# -- report figures and chart data (ECharts draws them: api/static/report.js) -----------
 
 
 @dataclass
-class Bar:
-    x: float
-    y: float
-    width: float
-    height: float
-    css: str
-    title: str
+class MergedTouchpoint:
+    """One step of the SOP across versions (matched by name, as moving contacts
+    to a new version matches them): counts added up, the versions on demand."""
+
+    name: str
+    position: int
+    counts: stats.Counts
+    versions: list[stats.TouchpointStats]
+    reasons: list[stats.ReasonCount]
 
 
-@dataclass
-class Label:
-    x: float
-    y: float
-    text: str
-    anchor: str = "start"
-
-
-@dataclass
-class Chart:
-    width: int
-    height: int
-    bars: list[Bar]
-    labels: list[Label]
-    grid: list[tuple[float, str]]  # (y, value label)
-
-
-def funnel_chart(
-    touchpoints: Sequence[stats.TouchpointStats], gettext: Callable[[str], str]
-) -> Chart:
-    """One row per touchpoint: planned deliveries (light) and sent (dark); the
-    tooltips in the language of ``gettext``."""
-    width, label_w, row_h, bar_h = 760, 210, 34, 22
-    widest = max((t.counts.deliveries for t in touchpoints), default=0) or 1
-    scale = (width - label_w - 150) / widest
-    bars, labels = [], []
-    planned_label, sent_label = gettext(N_("Planned")), gettext(STATUS_LABELS["sent"])
-    for i, t in enumerate(touchpoints):
-        y = 8 + i * row_h
-        name = f"v{t.version or '?'} · {t.name or t.touchpoint_id}"
-        labels.append(Label(label_w - 8, y + bar_h * 0.72, name, "end"))
-        planned, sent = t.counts.deliveries, t.counts.sent
-        bars.append(
-            Bar(label_w, y, planned * scale, bar_h, "planned", f"{name}: {planned_label} {planned}")
-        )
-        bars.append(Bar(label_w, y, sent * scale, bar_h, "sent", f"{name}: {sent_label} {sent}"))
-        rate = "—" if t.counts.send_rate is None else f"{t.counts.send_rate:.1%}"
-        labels.append(
-            Label(label_w + planned * scale + 6, y + bar_h * 0.72, f"{sent} / {planned} · {rate}")
-        )
-    return Chart(width, 16 + len(touchpoints) * row_h, bars, labels, [])
-
-
-SERIES_PARTS = (  # (SeriesPoint attribute, CSS class, label)
-    ("sent", "sent", STATUS_LABELS["sent"]),
-    ("failed", "failed", STATUS_LABELS["failed"]),
-    ("unknown", "failed", STATUS_LABELS["unknown"]),
-    ("missed", "missed", STATUS_LABELS["missed"]),
-    ("skipped", "missed", STATUS_LABELS["skipped"]),
-    ("cancelled", "missed", STATUS_LABELS["cancelled"]),
-    ("done", "sent", STATUS_LABELS["done"]),
-    ("skipped_by_staff", "missed", STATUS_LABELS["skipped_by_staff"]),
-    ("pending", "pending", N_("Pending")),
+_COUNT_FIELDS = (
+    "deliveries",
+    "due",
+    "pending",
+    "sent",
+    "failed",
+    "skipped",
+    "cancelled",
+    "missed",
+    "unknown",
+    "done",
+    "skipped_by_staff",
 )
 
 
-def series_chart(
+def merge_touchpoints(rows: Sequence[stats.TouchpointStats]) -> list[MergedTouchpoint]:
+    merged: dict[str, MergedTouchpoint] = {}
+    for row in rows:
+        name = row.name or str(row.touchpoint_id)
+        step = merged.get(name)
+        if step is None:
+            step = merged[name] = MergedTouchpoint(
+                name, row.position if row.position is not None else 999, stats.Counts(), [], []
+            )
+        step.versions.append(row)
+        if row.position is not None:
+            step.position = min(step.position, row.position)
+        for field in _COUNT_FIELDS:
+            setattr(step.counts, field, getattr(step.counts, field) + getattr(row.counts, field))
+    for step in merged.values():
+        due = step.counts.due
+        step.counts.send_rate = step.counts.sent / due if due else None
+        reasons: dict[tuple[str, str | None], int] = {}
+        for row in step.versions:
+            for r in row.reasons:
+                reasons[(r.status, r.reason)] = reasons.get((r.status, r.reason), 0) + r.count
+        step.reasons = [
+            stats.ReasonCount(status, reason, n)
+            for (status, reason), n in sorted(reasons.items(), key=lambda kv: -kv[1])
+        ]
+        step.versions.sort(key=lambda r: r.version or 0)
+    return sorted(merged.values(), key=lambda m: m.position)
+
+
+def business_figures(
+    session: Any, report: stats.TemplateStats, template_id: int, version_id: int | None
+) -> dict[str, Any]:
+    """触达人数 (people with at least one message sent), 发送成功率, 退出 / 完成."""
+    from sqlalchemy import func
+
+    from scheduler.outbox.models import Delivery
+
+    reached = select(Delivery.target_kind, Delivery.target_id).where(  # type: ignore[call-overload]
+        Delivery.template_id == template_id, Delivery.status == DeliveryStatus.SENT
+    )
+    if version_id is not None:
+        reached = reached.where(Delivery.version_id == version_id)
+    people = session.execute(
+        select(func.count()).select_from(reached.distinct().subquery())
+    ).scalar()
+    exits = {"exited": 0, "completed": 0}
+    for x in report.exits:
+        if x.status in exits:
+            exits[x.status] += x.count
+    return {
+        "reached": int(people or 0),
+        "enrolled": report.enrolled,
+        "send_rate": report.totals.send_rate,
+        "exited": exits["exited"],
+        "completed": exits["completed"],
+    }
+
+
+def funnel_data(steps: Sequence[MergedTouchpoint], gettext: Callable[[str], str]) -> dict[str, Any]:
+    """A horizontal bar per step: planned and sent, labelled ``sent / planned · rate``."""
+    return {
+        "kind": "funnel",
+        "categories": [s.name for s in steps],
+        "series": [
+            {
+                "name": gettext(N_("Planned")),
+                "css": "planned",
+                "data": [s.counts.deliveries for s in steps],
+            },
+            {
+                "name": gettext(STATUS_LABELS["sent"]),
+                "css": "sent",
+                "data": [s.counts.sent for s in steps],
+            },
+        ],
+        "labels": [
+            f"{s.counts.sent} / {s.counts.deliveries} · "
+            + ("—" if s.counts.send_rate is None else f"{s.counts.send_rate:.1%}")
+            for s in steps
+        ],
+    }
+
+
+SERIES_PARTS = (  # (label, css, SeriesPoint attributes added up)
+    (STATUS_LABELS["sent"], "sent", ("sent",)),
+    (N_("Failed / unknown outcome"), "failed", ("failed", "unknown")),
+    (N_("Missed / skipped / cancelled"), "missed", ("missed", "skipped", "cancelled")),
+    (STATUS_LABELS["done"], "sent", ("done",)),
+    (STATUS_LABELS["skipped_by_staff"], "missed", ("skipped_by_staff",)),
+    (N_("Pending"), "pending", ("pending",)),
+)
+
+
+def series_data(
     points: Sequence[stats.SeriesPoint], interval: str, gettext: Callable[[str], str]
-) -> Chart:
-    """Stacked bars per hour (or day) of due time: sent, failed, not sent, pending;
-    the tooltips in the language of ``gettext``."""
-    width, height, left, bottom, top = 760, 240, 44, 36, 10
-    plot_w, plot_h = width - left - 8, height - top - bottom
-    peak = max((p.deliveries for p in points), default=0)
-    step = _nice_step(peak)
-    ceiling = max(step * math.ceil(peak / step), step) if peak else 1
-    slot = plot_w / max(len(points), 1)
-    bars, labels = [], []
-    every = max(1, math.ceil(len(points) / 8))
+) -> dict[str, Any]:
+    """Stacked bars per hour (or day) of due time: sent, failed, not sent, pending."""
     fmt = "%m-%d %H:00" if interval == "hour" else "%m-%d"
-    for i, p in enumerate(points):
-        x = left + i * slot
-        y = top + plot_h
-        when = p.start.strftime("%Y-%m-%d %H:%M" if interval == "hour" else "%Y-%m-%d")
-        for attr, css, label in SERIES_PARTS:
-            n = getattr(p, attr)
-            if n:
-                h = n / ceiling * plot_h
-                y -= h
-                title = f"{when} {gettext(label)} {n}"
-                bars.append(Bar(x + slot * 0.1, y, max(slot * 0.8, 1), h, css, title))
-        if i % every == 0:
-            # centred under its bar, but kept inside the chart (about 72px wide)
-            centre = min(x + slot / 2, width - 38)
-            labels.append(Label(centre, height - bottom + 16, p.start.strftime(fmt), "middle"))
-    grid = [
-        (top + plot_h - v / ceiling * plot_h, str(v)) for v in range(0, int(ceiling) + 1, step or 1)
-    ]
-    return Chart(width, height, bars, labels, grid)
-
-
-def _nice_step(peak: int) -> int:
-    if peak <= 4:
-        return 1
-    raw = peak / 4
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
-        if factor * magnitude >= raw:
-            return int(factor * magnitude)
-    return int(10 * magnitude)
+    return {
+        "kind": "stack",
+        "categories": [p.start.strftime(fmt) for p in points],
+        "series": [
+            {
+                "name": gettext(label),
+                "css": css,
+                "data": [sum(getattr(p, a) for a in attrs) for p in points],
+            }
+            for label, css, attrs in SERIES_PARTS
+        ],
+    }

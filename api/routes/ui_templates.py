@@ -19,7 +19,7 @@ from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
-from api.views import is_htmx, redirect, render, translator
+from api.views import is_htmx, locale_of, redirect, render, translator, zone_of
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
@@ -27,7 +27,7 @@ from scheduler.analytics import stats
 from scheduler.flows import authoring
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
-from sop_templates import approvals, library
+from sop_templates import approvals, library, wording
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
 from sop_templates.service import NotFound, TemplateError, TemplateValidationError
@@ -35,6 +35,40 @@ from sop_templates.timing import as_instant, get_zone
 from sopbot.db import session_scope
 
 router = APIRouter(include_in_schema=False)
+
+# The text a touchpoint added in the editor starts with (contact SOP, group SOP).
+NEW_STEP_TEXT = {False: N_("Hello {{ contact.name }}!"), True: N_("Hello everyone!")}
+# The built-in scenarios in the operator's language (their specs stay as written).
+LIBRARY_WORDS = {
+    "new_friend": (
+        N_("New friends SOP"),
+        N_(
+            "Welcome and questionnaire at once, mini-program and coupon 3 hours later, a reminder on day 2 at 20:00"
+        ),
+    ),
+    "tagged_class": (
+        N_("Tagged customers SOP"),
+        N_(
+            "Class reminder on day 1 at 20:00, preview on day 2 at 19:30, follow-up on day 3 at 09:00, from the tag time"
+        ),
+    ),
+    "store_groups": (
+        N_("Group chats SOP"),
+        N_("Menu every day at 11:00 and a tip every day at 18:00 to every store group"),
+    ),
+}
+INSERT_VARS = {
+    "contact": (
+        ("{{ contact.name }}", N_("Customer nickname")),
+        ("{{ account.name }}", N_("Staff name")),
+        ("{{ template.name }}", N_("SOP name")),
+    ),
+    "group": (
+        ("{{ group.name }}", N_("Group name")),
+        ("{{ group.member_count }}", N_("Member count")),
+        ("{{ account.name }}", N_("Staff name")),
+    ),
+}
 
 DONE_MESSAGES = {
     "created": N_("Template created."),
@@ -56,7 +90,7 @@ DONE_MESSAGES = {
 @router.get("/templates", response_class=HTMLResponse)
 def template_list(request: Request, me: Reader, session: SessionDep, clock: ClockDep) -> Response:
     summaries = {s.template_id: s for s in stats.overview(session, now=clock.now())}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for template in templates_service.list_templates(session):
         review = approvals.open_review(session, template.id)  # type: ignore[arg-type]
         version = (
@@ -72,10 +106,23 @@ def template_list(request: Request, me: Reader, session: SessionDep, clock: Cloc
                 "version": version.version if version else None,
             }
         )
+    from api.routes.calendar_pages import next_send_lines
+
+    upcoming = next_send_lines(session, clock.now(), zone_of(request), locale_of(request))
+    for row in rows:
+        row["next_send"] = upcoming.get(row["template"].id)  # type: ignore[union-attr]
     return render(request, "ui/templates.html", {"rows": rows})
 
 
 # -- editor ---------------------------------------------------------------------------
+
+
+@router.post("/templates/live", response_class=HTMLResponse)
+async def live_panels_new(
+    request: Request, me: Author, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> Response:
+    data = await request.form()
+    return _live(request, session, settings, clock.now(), data)
 
 
 @router.get("/templates/new", response_class=HTMLResponse)
@@ -84,7 +131,15 @@ def new_template(
 ) -> Response:
     """Pick a starting point (blank or a library scenario), then edit before saving."""
     if not start:
-        return render(request, "ui/template_new.html", {"library": library.catalog()})
+        scenarios = [
+            {
+                **item,
+                "title": LIBRARY_WORDS.get(item["key"], ("", ""))[0],
+                "summary": LIBRARY_WORDS.get(item["key"], ("", ""))[1],
+            }
+            for item in library.catalog()
+        ]
+        return render(request, "ui/template_new.html", {"library": scenarios})
     if start in library.names():
         form = editor_forms.form_from_spec(library.load(start))
     else:
@@ -163,21 +218,48 @@ def _editor_post(
     form = editor_forms.form_from_request(data)
     action = str(data.get("action") or "save")
     template = templates_service.get_template(session, template_id) if template_id else None
+    _ = translator(request)
     if action != "save" and action != "check":
-        editor_forms.apply_action(form, action, data)
-        return _editor(request, session, settings, template, form, clock=clock, with_panels=False)
+        focus = None
+        if action == "add_touchpoint":
+            extra = {
+                "_step_name": _("Step %d"),
+                "_step_text": _(NEW_STEP_TEXT[form["target"] == "group"]),
+            }
+            editor_forms.apply_action(form, action, extra)
+            focus = f"tp-{len(form['touchpoints']) - 1}-name"
+        else:
+            editor_forms.apply_action(form, action, data)
+            if action.startswith("add_part:"):
+                focus = f"{action.split(':')[1]}-new-part"
+                focus = f"tp-{focus}"
+        return _editor(
+            request,
+            session,
+            settings,
+            template,
+            form,
+            clock=clock,
+            with_panels=False,
+            focus_id=focus,
+        )
     spec = editor_forms.spec_from_form(form)
     try:
         parsed = templates_service.check_spec(session, spec)
     except TemplateValidationError as exc:
-        errors = editor_forms.map_problems(exc.problems, form)
+        errors = editor_forms.map_problems(exc.problems, form, locale_of(request))
         return _editor(
             request, session, settings, template, form, errors=errors, clock=clock, status=422
         )
     if action == "check":
-        _ = translator(request)
         return _editor(
-            request, session, settings, template, form, clock=clock, flash=_("No problems found.")
+            request,
+            session,
+            settings,
+            template,
+            form,
+            clock=clock,
+            check_passed=_("Check passed: no problems found."),
         )
     try:
         if template_id is None:
@@ -187,8 +269,9 @@ def _editor_post(
             saved = template_actions.update(request, session, me, template_id, parsed, clock.now())
             done = "saved"
     except TemplateError as exc:
-        errors = editor_forms.FieldErrors()
-        errors.add("name" if "named" in str(exc) else None, str(exc))
+        errors = editor_forms.map_problems(
+            [("name" if "named" in str(exc) else "template", str(exc))], form, locale_of(request)
+        )
         return _editor(
             request, session, settings, template, form, errors=errors, clock=clock, status=409
         )
@@ -267,8 +350,17 @@ def _editor(
     flash_error: str | None = None,
     status: int = 200,
     with_panels: bool = True,
+    focus_id: str | None = None,
+    check_passed: str | None = None,
 ) -> HTMLResponse:
+    _ = translator(request)
     context: dict[str, Any] = {
+        "focus_id": focus_id,
+        "check_passed": check_passed,
+        "anchor_words": _anchor_words(request),
+        "insert_vars": [(expr, _(label)) for expr, label in INSERT_VARS[form["target"]]],
+        "live_url": f"/templates/{template.id}/live" if template else "/templates/live",
+        "library_materials": _library_materials(session),
         "template": template,
         "form": form,
         "errors": errors or editor_forms.FieldErrors(),
@@ -304,6 +396,70 @@ def _editor(
     if is_htmx(request) and request.method == "POST":
         name = "ui/_editor_form.html"  # the form only; the page around it stays
     return render(request, name, context, status_code=status)
+
+
+def _library_materials(session: Session) -> dict[str, list[Any]]:
+    """The material library by kind, for the editor's pickers."""
+    from sop_templates import materials
+
+    out: dict[str, list[Any]] = {kind: [] for kind in materials.KINDS}
+    for material in materials.list_materials(session)[:200]:
+        out[material.kind].append(material)
+    return out
+
+
+def _anchor_words(request: Request) -> dict[str, str]:
+    """``"join contact"`` → 加好友后 ...: the offset picker's label follows the
+    anchor and target chosen in the form (ui.js)."""
+    locale = locale_of(request)
+    return {
+        f"{anchor} {target}": wording.anchor_after(anchor, target, locale)
+        for anchor in ("join", "tag", "fixed")
+        for target in ("contact", "group")
+    }
+
+
+# -- live panels: timeline and preview of the unsaved form ---------------------------------
+
+
+@router.post("/templates/{template_id}/live", response_class=HTMLResponse)
+async def live_panels(
+    template_id: int,
+    request: Request,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    templates_service.get_template(session, template_id)
+    data = await request.form()
+    return _live(request, session, settings, clock.now(), data)
+
+
+def _live(request: Request, session: Session, settings: Any, now: datetime, data: Any) -> Response:
+    """The timeline and preview of what is in the form now (not saved): content is
+    checked against the sample only, so this stays quick while typing."""
+    form = editor_forms.form_from_request(data)
+    try:
+        spec = templates_service.parse_spec(editor_forms.spec_from_form(form))
+    except TemplateValidationError as exc:
+        errors = editor_forms.map_problems(exc.problems, form, locale_of(request))
+        return render(request, "ui/_live.html", {"live_errors": errors})
+    sample = now.replace(second=0, microsecond=0)
+    line = authoring.timeline(
+        spec, sample, defaults=policies.WorkspaceDefaults.from_settings(settings)
+    )
+    return render(
+        request,
+        "ui/_live.html",
+        {
+            "spec": spec,
+            "timeline": line,
+            "template_zone": get_zone(spec.timezone),
+            "preview": authoring.preview(session, spec, None),
+            "live_errors": None,
+        },
+    )
 
 
 def _unpublished(session: Session, template: SopTemplate) -> bool:
@@ -501,3 +657,9 @@ def archive(
         template_actions.archive(request, session, me, template_id, clock.now())
 
     return _lifecycle(request, session, template_id, run, "archived")
+
+
+# the material library's pages (素材库) are editor pages too
+from api.routes import ui_materials  # noqa: E402
+
+router.include_router(ui_materials.router)

@@ -2,7 +2,7 @@
 mass-send task nudges
 
 Revision ID: 0005_touchpoint_options
-Revises: 0002_channel_version
+Revises: 0004_materials
 Create Date: 2026-12-03 22:15:00.000000
 
 """
@@ -17,7 +17,7 @@ import sopbot.db
 
 # revision identifiers, used by Alembic.
 revision: str = "0005_touchpoint_options"
-down_revision: str | Sequence[str] | None = "0002_channel_version"
+down_revision: str | Sequence[str] | None = "0004_materials"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -56,7 +56,8 @@ def test_a_bad_cron_is_reported_at_its_field():
     [
         (lambda f: f.update(name=""), "name"),
         (lambda f: f.update(timezone="Mars/Base"), "timezone"),
-        (lambda f: f["touchpoints"][0].update(offset="soon"), "tp-0-offset"),
+        (lambda f: f["touchpoints"][0].update(offset_n="soon"), "tp-0-offset_n"),
+        (lambda f: f["touchpoints"][0].update(shorthand="soon"), "tp-0-shorthand"),
         (lambda f: f["touchpoints"][2].update(day="0"), "tp-2-day"),
         (lambda f: f["touchpoints"][2].update(at="25:00"), "tp-2-at"),
         (lambda f: f["touchpoints"][0]["parts"][0].update(text=""), "tp-0-part-0-text"),
@@ -77,7 +78,7 @@ def test_template_wide_problems_are_shown_at_the_top():
     form = editor_forms.form_from_spec(library.load("new_friend"))
     form["touchpoints"][1]["name"] = form["touchpoints"][0]["name"]
     errors = _problems(form)
-    assert not errors.by_field and "unique" in errors.general[0]
+    assert not errors.by_field and "must differ" in errors.general[0]
 
 
 def test_add_move_and_remove_touchpoints_and_parts():
@@ -88,8 +89,14 @@ def test_add_move_and_remove_touchpoints_and_parts():
     assert names() == [second, first, third]
     editor_forms.apply_action(form, "up:2", {})
     assert names() == [second, third, first]
-    editor_forms.apply_action(form, "add_touchpoint", {})
-    assert len(form["touchpoints"]) == 4 and form["touchpoints"][3]["name"] == ""
+    editor_forms.apply_action(
+        form, "add_touchpoint", {"_step_name": "第 %d 步", "_step_text": "hi"}
+    )
+    assert len(form["touchpoints"]) == 4 and form["touchpoints"][3]["name"] == "第 4 步"
+    templates_service.parse_spec(editor_forms.spec_from_form(form))  # a new step starts valid
+    assert (
+        form["touchpoints"][3]["offset_n"] == "1" and form["touchpoints"][3]["offset_unit"] == "d"
+    )
     editor_forms.apply_action(form, "add_part:0", {"tp-0-new-part": "image"})
     assert [p["kind"] for p in form["touchpoints"][0]["parts"]] == ["miniprogram", "text", "image"]
     editor_forms.apply_action(form, "part_up:0:2", {})
@@ -105,7 +112,8 @@ def test_the_posted_form_is_read_back_as_typed():
     posted = {k: v for k, v in form.items() if not isinstance(v, list | bool)}
     posted["exit_on_inactive"] = "on"
     posted["tp-count"] = "1"
-    posted.update({"tp-0-name": "hi", "tp-0-timing_kind": "offset", "tp-0-offset": "3h"})
+    posted.update({"tp-0-name": "hi", "tp-0-timing_kind": "offset", "tp-0-offset_n": "3"})
+    posted["tp-0-offset_unit"] = "h"
     posted.update({"tp-0-part-count": "1", "tp-0-part-0-kind": "text"})
     posted["tp-0-part-0-text"] = "  line one\nline two "
     read = editor_forms.form_from_request(posted)

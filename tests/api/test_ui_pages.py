@@ -75,6 +75,9 @@ def test_every_page_renders_for_an_admin(client, engine, clock):
         "/settings",
         "/log",
         "/report",
+        "/calendar",
+        "/calendar?view=month",
+        "/materials",
     ):
         response = client.get(path, headers=headers)
         assert response.status_code == 200, (path, response.text[:500])
@@ -97,7 +100,7 @@ def test_editor_shows_a_bad_cron_at_its_field_then_saves(client, operator):
     assert re.search(r'data-error-for="tp-1-cron">[^<]*25', bad.text)
     assert 'value="0 25 * * *"' in bad.text  # what was typed is kept
 
-    form["touchpoints"][1].update(timing_kind="offset", offset="3h")
+    form["touchpoints"][1].update(timing_kind="offset", offset_n="3", offset_unit="h")
     saved = client.post("/templates/new", data=posted(form, operator), follow_redirects=False)
     assert saved.status_code == 303 and saved.headers["location"] == "/templates/1?done=created"
     editor = client.get("/templates/1?sample_at=2027-03-02T21:30")
@@ -123,7 +126,7 @@ def test_publish_keep_and_move_from_the_ui(client, operator, engine):
     assert "已发布" in first.text
     add_contact(engine, "wm_1", "张三", JOIN)
     client.post("/contacts/1/enroll", data={"csrf_token": operator, "template_id": "1"})
-    form["touchpoints"][1]["offset"] = "4h"
+    form["touchpoints"][1].update(offset_n="4", offset_unit="h")
     client.post("/templates/1", data=posted(form, operator))
     page = client.get("/templates/1")
     assert 'name="migrate" value="move"' in page.text and "未发布的修改" in page.text

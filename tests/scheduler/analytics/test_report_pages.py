@@ -5,11 +5,11 @@ loaded from elsewhere."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from urllib.parse import parse_qs, urlsplit
-from xml.etree import ElementTree
 
 import pytest
 from analytics_world import build_world
@@ -42,11 +42,11 @@ def links(html: str, label: str) -> list[str]:
 
 
 def nothing_from_elsewhere(html: str) -> None:
-    """Only the app's own stylesheet and htmx: no CDN, no chart script."""
+    """Only the app's own stylesheet and scripts (htmx, ECharts vendored): no CDN."""
     assert "cdn" not in html.lower()
-    assert re.findall(r"<script[^>]*>", html) == [
-        '<script src="/static/vendor/htmx-2.0.11.min.js" defer>'
-    ]
+    scripts = re.findall(r"<script[^>]*>", html)
+    assert '<script src="/static/vendor/htmx-2.0.11.min.js" defer>' in scripts
+    assert all(re.fullmatch(r'<script src="/static/[^"]+" defer>', s) for s in scripts)
     assert re.findall(r'<link[^>]*href="([^"]+)"', html) == [
         "/static/favicon.svg",
         "/static/app.css",
@@ -98,21 +98,21 @@ def test_report_pages(world, client):
     assert page.status_code == 200
     html = page.text
     assert "触达节点漏斗" in html and "每小时发送量" in html
-    assert html.count("<svg") == 2
+    assert html.count('class="echart"') == 2 and "/static/vendor/echarts-6.1.0.min.js" in html
     nothing_from_elsewhere(html)
     funnel, chart = (
-        ElementTree.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", html, re.S)
+        json.loads(unescape(data)) for data in re.findall(r'data-chart="([^"]+)"', html)
     )
-    bars = {
-        css: [float(r.get("width")) for r in funnel.iter("rect") if r.get("class") == css]
-        for css in ("planned", "sent")
-    }
-    # welcome: all five sent; coupon: three of five — bar lengths say so
-    assert bars["sent"][0] == bars["planned"][0] > 0
-    assert bars["sent"][1] == pytest.approx(bars["planned"][1] * 0.6, rel=0.01)
-    assert {r.get("class") for r in chart.iter("rect")} == {"sent", "failed"}
-    assert "v1 · welcome" in html and "v1 · coupon" in html
-    assert "5 / 5 · 100.0%" in html and "3 / 5 · 60.0%" in html  # the funnel's labels
+    # welcome: all five sent; coupon: three of five
+    assert funnel["categories"][:2] == ["welcome", "coupon"]
+    planned, sent = (s["data"] for s in funnel["series"])
+    assert planned[:2] == [5, 5] and sent[:2] == [5, 3]
+    assert funnel["labels"][:2] == ["5 / 5 · 100.0%", "3 / 5 · 60.0%"]
+    nonzero = {s["css"] for s in chart["series"] if any(s["data"])}
+    assert nonzero == {"sent", "failed"}
+    # business figures first: people reached, send success rate, exits
+    assert html.index("触达人数") < html.index("触达节点漏斗")
+    assert "发送成功率" in html and "退出 / 完成" in html
     assert "客服小王" in html and "channel mock returned 400" in html
     [csv_link] = links(html, "下载 CSV")
     assert parse_qs(urlsplit(csv_link).query) == {"template_id": [str(world.friend_template)]}
@@ -192,9 +192,9 @@ def test_the_analyst_pages_are_pages_of_the_app_in_both_languages(world, analyst
     assert "<h1>Reports</h1>" in index_en and "Send rate" in headers_of(index_en)
     report_en = analyst.get(f"/report/{world.friend_template}").text
     assert "Touchpoint funnel" in report_en and "Sends per hour (by due time)" in report_en
-    assert "<title>v1 · welcome: Planned 5</title>" in report_en  # the SVG's tooltips, too
-    assert re.search(r"<title>\d{4}-\d\d-\d\d \d\d:00 Sent 1</title>", report_en)
+    assert "&#34;name&#34;: &#34;Planned&#34;" in report_en  # the charts' legends, too
     analyst.get("/lang?to=zh_CN&next=/report")
     report_zh = analyst.get(f"/report/{world.friend_template}").text
-    assert "<title>v1 · welcome: 计划发送 5</title>" in report_zh
+    funnel_zh = json.loads(unescape(re.search(r'data-chart="([^"]+)"', report_zh).group(1)))
+    assert [s["name"] for s in funnel_zh["series"]] == ["计划发送", "已发送"]
     assert "<h2>触达节点漏斗</h2>" in report_zh and "触达节点明细" in report_zh
