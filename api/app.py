@@ -24,6 +24,7 @@ from api.routes import (
     report_pages,
     templates,
     ui_admin,
+    ui_audience_edit,
     ui_audiences,
     ui_auth,
     ui_templates,
@@ -141,6 +142,7 @@ def create_app(
     # The operator UI (server-rendered; each route declares its permission).
     app.include_router(ui_auth.router)
     app.include_router(ui_templates.router, dependencies=signed_in)
+    app.include_router(ui_audience_edit.router, dependencies=signed_in)
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

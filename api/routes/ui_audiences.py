@@ -4,6 +4,7 @@ target is in and what it received; segment counts)."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -13,11 +14,12 @@ from sqlmodel import Session
 from api import template_actions
 from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep
+from api.routes import ui_audience_edit
 from api.views import redirect, render, translator
 from audiences import search as audiences_search
 from audiences import segments
 from audiences import service as audiences_service
-from audiences.models import Contact, GroupChat
+from audiences.models import Contact, ContactStatus, GroupChat, GroupStatus
 from scheduler.analytics import log as delivery_log
 from scheduler.flows import targets as scheduler_targets
 from scheduler.outbox import service as scheduler_service
@@ -43,14 +45,25 @@ def target_list(
     session: SessionDep,
     q: str = "",
     tag: str = "",
+    status: str = "",
+    account: str = "",
     page: int = 1,
+    error: str = "",
 ) -> Response:
     path_kind = request.url.path.strip("/")
     kind = _kind(path_kind)
     page = max(page, 1)
     result = audiences_search.search(
-        session, kind, q=q or None, tag=tag or None, limit=PAGE, offset=(page - 1) * PAGE
+        session,
+        kind,
+        q=q or None,
+        tag=tag or None,
+        status=status or None,
+        account=account or None,
+        limit=PAGE,
+        offset=(page - 1) * PAGE,
     )
+    filters = {"q": q, "tag": tag, "status": status, "account": account}
     return render(
         request,
         "ui/targets.html",
@@ -60,6 +73,16 @@ def target_list(
             "result": result,
             "q": q,
             "tag": tag,
+            "status": status,
+            "account": account,
+            "filters": filters,
+            "filter_query": urlencode({k: v for k, v in filters.items() if v}),
+            "statuses": ContactStatus.ALL if kind == "contact" else GroupStatus.ALL,
+            "accounts": audiences_search.all_accounts(session),
+            "flash": ui_audience_edit.done_message(
+                translator(request), kind, dict(request.query_params)
+            ),
+            "flash_error": error or None,
             "page": page,
             "pages": max(1, -(-result.total // PAGE)),
             "all_tags": audiences_search.all_tags(session),

@@ -1,0 +1,210 @@
+"""Operators change the audience in the UI (no browser): add a contact, tag,
+untag and remove one, a selection or every row a filter matches — through the
+audience write path, so tagged SOPs enroll — staff accounts by display name, and
+the CSV import (GBK, errors by line, display names)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from auth_helpers import make_user
+from factories import add_contact, publish
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.app import create_app
+from audiences.models import Account, Contact
+from scheduler.outbox.models import Enrollment
+from sop_templates import library
+from sopbot.db import session_scope
+
+JOIN = datetime(2027, 3, 2, 13, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def client(engine, clock, settings):
+    clock.set(JOIN)
+    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
+        yield c
+
+
+def login(client, engine, clock, username="wang", roles=("operator",)) -> str:
+    make_user(engine, clock.now(), username, list(roles))
+    page = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    done = client.post(
+        "/login", data={"username": username, "password": "test-password", "csrf_token": token}
+    )
+    return re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)
+
+
+def tagged_sop(engine, tag="春季班") -> int:
+    spec = library.load("tagged_class")
+    spec.update(anchor_tag=tag, segment={"tags": tag})
+    return publish(engine, spec, JOIN)
+
+
+def enrolled(engine, template_id) -> set[int]:
+    with session_scope(engine) as session:
+        return set(
+            session.execute(
+                select(Enrollment.target_id).where(Enrollment.template_id == template_id)
+            ).scalars()
+        )
+
+
+def test_bulk_tag_the_ticked_rows_enrolls_them_and_says_so(client, engine, clock):
+    csrf = login(client, engine, clock)
+    sop = tagged_sop(engine)
+    ids = [add_contact(engine, f"wm_{i}", f"客户{i}", JOIN) for i in range(5)]
+    page = client.post(
+        "/contacts/bulk",
+        data={"csrf_token": csrf, "action": "tag", "tags": "春季班", "ids": ids[:3]},
+    )
+    assert page.status_code == 200
+    flash = re.search(r'id="flash">([^<]+)<', page.text).group(1)
+    assert "已为 3 个客户打上标签 春季班" in flash and "1 个 SOP 入组 3 人" in flash
+    assert enrolled(engine, sop) == set(ids[:3])
+    # untag one: the tag is gone (the SOP's exit rules decide whether it leaves)
+    page = client.post(
+        "/contacts/bulk",
+        data={"csrf_token": csrf, "action": "untag", "tags": "春季班", "ids": [ids[0]]},
+    )
+    assert "已为 1 个客户移除标签 春季班" in page.text
+    assert "春季班" not in client.get(f"/contacts/{ids[0]}").text.split("<h1")[1][:400]
+
+
+def test_all_matching_the_filter_and_remove(client, engine, clock):
+    csrf = login(client, engine, clock)
+    for i in range(4):
+        add_contact(engine, f"a_{i}", f"甲{i}", JOIN)
+    add_contact(engine, "b_0", "乙", JOIN)
+    page = client.post(
+        "/contacts/bulk",
+        data={"csrf_token": csrf, "action": "tag", "tags": "甲组", "q": "a_", "all_matching": "1"},
+    )
+    assert "已为 4 个客户打上标签 甲组" in page.text
+    assert "共 4 个" in client.get("/contacts?tag=甲组").text
+    page = client.post(
+        "/contacts/bulk",
+        data={"csrf_token": csrf, "action": "remove", "tag": "甲组", "all_matching": "1"},
+    )
+    assert "已移除 4 个客户" in page.text
+    with session_scope(engine) as session:
+        statuses = dict(session.execute(select(Contact.external_id, Contact.status)).all())
+    assert statuses == {
+        "a_0": "deleted",
+        "a_1": "deleted",
+        "a_2": "deleted",
+        "a_3": "deleted",
+        "b_0": "active",
+    }
+
+
+def test_bulk_without_rows_or_tags_says_what_is_missing(client, engine, clock):
+    csrf = login(client, engine, clock)
+    page = client.post("/contacts/bulk", data={"csrf_token": csrf, "action": "tag", "tags": "x"})
+    assert "请至少勾选一行" in page.text
+    cid = add_contact(engine, "wm_1", "张三", JOIN)
+    page = client.post("/contacts/bulk", data={"csrf_token": csrf, "action": "tag", "ids": cid})
+    assert "请填写要添加或移除的标签" in page.text
+
+
+def test_accounts_by_display_name_everywhere(client, engine, clock):
+    csrf = login(client, engine, clock)
+    page = client.post(
+        "/accounts", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"}
+    )
+    assert "客服小王" in page.text and "已保存" in page.text
+    # the contact form takes the display name too
+    page = client.post(
+        "/contacts/new",
+        data={
+            "csrf_token": csrf,
+            "external_id": "wm_9",
+            "name": "李四",
+            "account": "客服小王",
+            "tags": "vip",
+        },
+    )
+    assert "已保存" in page.text
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Account)) == 1
+    assert "李四" in client.get("/contacts?account=客服小王").text
+    assert "李四" not in client.get("/contacts?account=nobody").text
+
+
+GBK_CSV = "外部联系人ID,姓名,员工账号,标签,添加时间\r\n" + "".join(
+    f"wm{i:03d},客户{i},客服小王,春季班,2027-03-01 21:30\r\n" for i in range(5)
+)
+
+
+def test_import_check_shows_every_bad_line_then_imports(client, engine, clock):
+    csrf = login(client, engine, clock)
+    client.post("/accounts", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"})
+    bad = GBK_CSV + "wm100,坏日期,客服小王,,昨天\r\n,无ID,客服小王,,\r\nwm101,无账号,客服老李,,\r\n"
+    files = {"file": ("客户.csv", bad.encode("gbk"), "text/csv")}
+    page = client.post(
+        "/contacts/import",
+        data={"csrf_token": csrf, "mode": "check", "encoding": "auto"},
+        files=files,
+    )
+    assert page.status_code == 200
+    lines = re.findall(r'<tr data-line="(\d+)">', page.text)
+    assert lines == ["7", "8", "9"]
+    assert "不是日期时间" in page.text and "未知的员工账号 客服老李" in page.text
+    assert "没有导入任何数据" in page.text
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Contact)) == 0
+    # fixed: imports, accounts matched by display name
+    files = {"file": ("客户.csv", GBK_CSV.encode("gbk"), "text/csv")}
+    page = client.post(
+        "/contacts/import",
+        data={"csrf_token": csrf, "mode": "import", "encoding": "gb18030"},
+        files=files,
+    )
+    assert "已导入 5 个客户" in page.text
+    with session_scope(engine) as session:
+        owners = set(session.execute(select(Contact.account_id)).scalars())
+        assert len(owners) == 1 and None not in owners
+
+
+def test_api_import_accepts_display_names(client, engine, clock, auth_headers):
+    client.post(
+        "/api/accounts", json={"external_id": "wangxe", "name": "客服小王"}, headers=auth_headers
+    )
+    files = {"file": ("c.csv", GBK_CSV.encode("utf-8"), "text/csv")}
+    done = client.post("/api/contacts/import", files=files, headers=auth_headers)
+    assert done.status_code == 200, done.text
+    assert done.json()["imported"] == 5 and done.json()["accounts_created"] == []
+
+
+def test_template_csv_opens_in_excel():
+    from api.routes.ui_audience_edit import TEMPLATE_CSV
+    from audiences import importer
+
+    parsed = importer.parse_csv(("\ufeff" + TEMPLATE_CSV).encode("utf-8"))
+    assert not parsed.errors and parsed.rows[0].account == "客服小王"
+
+
+def test_template_download_has_a_bom(client, engine, clock):
+    login(client, engine, clock)
+    got = client.get("/contacts/import/template.csv")
+    assert got.content.startswith(b"\xef\xbb\xbf") and "外部联系人ID" in got.content.decode(
+        "utf-8-sig"
+    )
+
+
+def test_analyst_sees_no_bulk_form_and_cannot_post(client, engine, clock):
+    csrf = login(client, engine, clock, "li", ["analyst"])
+    add_contact(engine, "wm_1", "张三", JOIN)
+    page = client.get("/contacts")
+    assert 'id="bulk"' not in page.text and '<input type="checkbox"' not in page.text
+    assert (
+        client.post(
+            "/contacts/bulk", data={"csrf_token": csrf, "action": "remove", "ids": 1}
+        ).status_code
+        == 403
+    )
