@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from api import onboarding
 from api.auth import Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from api.views import render, zone_of
 from scheduler.analytics import stats
 from scheduler.operations import dashboard as dashboard_service
+from sop_templates import approvals
 
 router = APIRouter(include_in_schema=False)
 
@@ -35,5 +37,7 @@ def dashboard(
             "board": board,
             "recent": audit.entries(session, limit=8),
             "templates": stats.overview(session, now=clock.now()),
+            "rejected": approvals.rejected_drafts(session),
+            "onboarding": onboarding.steps(session),
         },
     )

@@ -196,7 +196,7 @@ async def create(request: Request, me: Author, session: SessionDep, clock: Clock
 # -- staff accounts ----------------------------------------------------------------------
 
 
-@router.get("/accounts", response_class=HTMLResponse)
+@router.get("/staff", response_class=HTMLResponse)
 def accounts_page(
     request: Request, me: auth.Reader, session: SessionDep, done: str = ""
 ) -> Response:
@@ -226,7 +226,7 @@ def accounts_page(
     )
 
 
-@router.post("/accounts")
+@router.post("/staff")
 async def save_account(request: Request, me: Author, session: SessionDep) -> Response:
     """Register a staff account or rename it (the name the UI and the import use)."""
     form = await request.form()
@@ -235,12 +235,12 @@ async def save_account(request: Request, me: Author, session: SessionDep) -> Res
     name = str(form.get("name") or "").strip()
     if not external_id:
         return redirect(
-            request, "/accounts?" + urlencode({"error": _("An account needs an external id.")})
+            request, "/staff?" + urlencode({"error": _("An account needs an external id.")})
         )
     if len(external_id) > 128 or len(name) > 200:
         return redirect(
             request,
-            "/accounts?" + urlencode({"error": _("The external id or the name is too long.")}),
+            "/staff?" + urlencode({"error": _("The external id or the name is too long.")}),
         )
     account = audiences_service.save_account(session, external_id, name)
     auth.record(
@@ -252,7 +252,7 @@ async def save_account(request: Request, me: Author, session: SessionDep) -> Res
         object_id=account.id,
         summary=f"{account.external_id} {account.name}",
     )
-    return redirect(request, "/accounts?done=saved")
+    return redirect(request, "/staff?done=saved")
 
 
 # -- CSV import --------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def import_template(me: auth.Reader) -> Response:
 
 
 @router.get("/contacts/import", response_class=HTMLResponse)
-def import_page(request: Request, me: Author, session: SessionDep) -> Response:
+def import_page(request: Request, me: auth.Reader, session: SessionDep) -> Response:
     return _import_page(request, session)
 
 

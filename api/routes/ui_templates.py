@@ -429,8 +429,14 @@ async def _decide(
     now: Any,
 ) -> Response:
     note = await _note(request)
+    reason_missing = verdict == "reject" and not note.strip()
 
     def run() -> None:
+        if reason_missing:  # said in the operator's language, before anything changes
+            _ = translator(request)
+            raise approvals.ApprovalError(
+                _("Write the reason for the rejection: the authors see it on the template.")
+            )
         template_actions.decide(request, session, me, template_id, verdict, note, now)
 
     return _lifecycle(request, session, template_id, run, f"{verdict}d")

@@ -115,7 +115,7 @@ def test_bulk_without_rows_or_tags_says_what_is_missing(client, engine, clock):
 def test_accounts_by_display_name_everywhere(client, engine, clock):
     csrf = login(client, engine, clock)
     page = client.post(
-        "/accounts", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"}
+        "/staff", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"}
     )
     assert "客服小王" in page.text and "已保存" in page.text
     # the contact form takes the display name too
@@ -143,7 +143,7 @@ GBK_CSV = "外部联系人ID,姓名,员工账号,标签,添加时间\r\n" + "".j
 
 def test_import_check_shows_every_bad_line_then_imports(client, engine, clock):
     csrf = login(client, engine, clock)
-    client.post("/accounts", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"})
+    client.post("/staff", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"})
     bad = GBK_CSV + "wm100,坏日期,客服小王,,昨天\r\n,无ID,客服小王,,\r\nwm101,无账号,客服老李,,\r\n"
     files = {"file": ("客户.csv", bad.encode("gbk"), "text/csv")}
     page = client.post(
@@ -208,3 +208,35 @@ def test_analyst_sees_no_bulk_form_and_cannot_post(client, engine, clock):
         ).status_code
         == 403
     )
+
+
+def test_reject_needs_a_reason_the_author_then_sees(client, engine, clock):
+    from auth_helpers import token_headers
+
+    author_id = make_user(engine, clock.now(), "author", ["operator"])
+    author = token_headers(engine, clock.now(), author_id)
+    created = client.post("/api/templates", json=library.load("tagged_class"), headers=author)
+    template_id = created.json()["id"]
+    assert client.post(f"/api/templates/{template_id}/submit", headers=author).status_code == 200
+    csrf = login(client, engine, clock, "boss", ["approver"])
+    page = client.post(f"/templates/{template_id}/reject", data={"csrf_token": csrf, "note": " "})
+    assert page.status_code == 409 and "请填写驳回原因" in page.text
+    page = client.post(
+        f"/templates/{template_id}/reject", data={"csrf_token": csrf, "note": "第二课的链接错了"}
+    )
+    assert page.status_code == 200
+    assert "已被 boss 驳回：第二课的链接错了" in page.text
+    assert "第二课的链接错了" in client.get("/").text.split('id="rejected-drafts"')[1]
+    assert "第二课的链接错了" in client.get("/audit").text
+    # the API refuses a reject without a reason too
+    assert client.post(f"/api/templates/{template_id}/submit", headers=author).status_code == 200
+    boss = token_headers(engine, clock.now(), 2)
+    assert client.post(f"/api/templates/{template_id}/reject", headers=boss).status_code == 409
+
+
+def test_an_empty_workspace_says_what_to_do_next(client, engine, clock):
+    login(client, engine, clock)
+    page = client.get("/")
+    steps = re.findall(r'data-step="(\w+)"', page.text)
+    assert steps == ["channel", "contacts", "sop"]
+    assert "连接发送渠道" in page.text and "从模板库创建 SOP" in page.text
