@@ -27,6 +27,7 @@ from api.routes import (
     ui_audience_edit,
     ui_audiences,
     ui_auth,
+    ui_segments,
     ui_templates,
     wecom_callback,
 )
@@ -143,6 +144,7 @@ def create_app(
     app.include_router(ui_auth.router)
     app.include_router(ui_templates.router, dependencies=signed_in)
     app.include_router(ui_audience_edit.router, dependencies=signed_in)
+    app.include_router(ui_segments.router, dependencies=signed_in)
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

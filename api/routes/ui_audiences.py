@@ -16,8 +16,8 @@ from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep
 from api.routes import ui_audience_edit
 from api.views import redirect, render, translator
+from audiences import saved_segments, segments
 from audiences import search as audiences_search
-from audiences import segments
 from audiences import service as audiences_service
 from audiences.models import Contact, ContactStatus, GroupChat, GroupStatus
 from scheduler.analytics import log as delivery_log
@@ -215,6 +215,10 @@ def segments_page(
         "ui/segments.html",
         {
             "rows": rows,
+            "saved": [
+                (saved, saved_segments.evaluate(session, saved.definition, limit=0).count)
+                for saved in saved_segments.all_saved(session)
+            ],
             "trial": trial,
             "result": result,
             "error": error,

@@ -240,3 +240,31 @@ def test_an_empty_workspace_says_what_to_do_next(client, engine, clock):
     steps = re.findall(r'data-step="(\w+)"', page.text)
     assert steps == ["channel", "contacts", "sop"]
     assert "连接发送渠道" in page.text and "从模板库创建 SOP" in page.text
+
+
+def test_segment_picker_counts_saves_and_starts_a_tagged_sop(client, engine, clock):
+    csrf = login(client, engine, clock)
+    for i in range(3):
+        add_contact(
+            engine, f"wm_{i}", f"客户{i}", JOIN, tags=["春季班"] + (["已购"] if i == 0 else [])
+        )
+    page = client.get("/segments/build?all=春季班&none=已购")
+    assert re.search(r'id="seg-live-count">当前 2 个客户<', page.text)
+    assert "春季班 and not 已购" in page.text
+    page = client.get("/segments/build?none=已购")
+    assert "请至少选择一个" in page.text
+    page = client.post(
+        "/segments/build", data={"csrf_token": csrf, "all": "春季班", "none": "已购", "name": ""}
+    )
+    assert page.status_code == 422 and "请给人群起个名字" in page.text
+    page = client.post(
+        "/segments/build",
+        data={"csrf_token": csrf, "all": "春季班", "none": "已购", "name": "春季班未购"},
+    )
+    assert "人群已保存" in page.text and 'value="已购" data-chip="none:已购" checked' in page.text
+    segment_id = int(re.search(r"/segments/saved/(\d+)/sop", page.text).group(1))
+    assert "春季班未购" in client.get("/segments").text
+    page = client.post(f"/segments/saved/{segment_id}/sop", data={"csrf_token": csrf})
+    template_id = int(re.search(r"/templates/(\d+)", str(page.url)).group(1))
+    got = client.get(f"/api/templates/{template_id}").json()
+    assert got["draft"]["segment"]["tags"] == "春季班 and not 已购"
