@@ -5,8 +5,10 @@ tagged-customer SOP."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -143,12 +145,17 @@ async def new_sop(
             error=_("An SOP counts from when a tag was added: pick a tag every member has."),
         )
         return render(request, "ui/segment_build.html", context, status_code=422)
+    form = await request.form()
     spec = library.load("tagged_class")
-    spec.update(
-        name=f"{saved.name} SOP",
-        anchor_tag=picked.all[0],
-        segment=saved.definition,
-    )
+    spec.update(name=f"{saved.name} SOP", segment=saved.definition)
+    if form.get("start") == "fixed":
+        # everyone in the segment now is enrolled at publish, counted from
+        # tomorrow 00:00 in the template's zone (the editor changes it)
+        local = clock.now().astimezone(ZoneInfo(spec["timezone"])).date() + timedelta(days=1)
+        spec.update(anchor="fixed", start_at=f"{local.isoformat()}T00:00:00")
+        spec.pop("anchor_tag", None)
+    else:
+        spec.update(anchor_tag=picked.all[0])
     try:
         template = template_actions.create(request, session, me, spec, clock.now())
     except TemplateError as exc:
