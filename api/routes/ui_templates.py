@@ -24,7 +24,7 @@ from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
 from scheduler.analytics import stats
-from scheduler.flows import authoring
+from scheduler.flows import authoring, impact
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library
@@ -294,6 +294,7 @@ def _editor(
                 ),
                 "test_sends": authoring.test_sends(session, template.id, limit=10),  # type: ignore[arg-type]
                 "unpublished": _unpublished(session, template),
+                "impact": impact.publish_impact(session, template, now),
             }
         )
         if with_panels:

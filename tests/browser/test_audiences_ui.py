@@ -131,8 +131,13 @@ def test_operator_imports_tags_segments_and_a_tagged_sop_enrolls_exactly_them(
     page.click("#seg-new-sop")
     page.wait_for_url(re.compile(r"/templates/\d+\?done=created"))
     template_id = int(re.search(r"/templates/(\d+)", page.url).group(1))
+    impact = page.locator("#publish-impact")
+    expect(impact).to_contain_text("发布后将立即入组 50 人，写入 150 条待发送")
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.click("#publish")
     expect(page.locator(".flash.ok")).to_contain_text("已发布")
+    assert "立即入组 50 人" in asked[0] and asked[0].endswith("现在发布吗？")
     with session_scope(engine) as session:
         from audiences.models import Contact
 
