@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, col, select
 
-from api import auth, editor_forms, template_actions
+from api import auth, draft_diff, editor_forms, template_actions
 from api.auth import Approver, Author, Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
@@ -295,6 +295,9 @@ def _editor(
                 "test_sends": authoring.test_sends(session, template.id, limit=10),  # type: ignore[arg-type]
                 "unpublished": _unpublished(session, template),
                 "impact": impact.publish_impact(session, template, now),
+                "draft_diff": draft_diff.draft_diff(session, template)
+                if _unpublished(session, template)
+                else None,
             }
         )
         if with_panels:

@@ -268,3 +268,26 @@ def test_segment_picker_counts_saves_and_starts_a_tagged_sop(client, engine, clo
     template_id = int(re.search(r"/templates/(\d+)", str(page.url)).group(1))
     got = client.get(f"/api/templates/{template_id}").json()
     assert got["draft"]["segment"]["tags"] == "春季班 and not 已购"
+
+
+def test_read_only_roles_get_a_disabled_editor_and_approvers_a_diff(client, engine, clock):
+    from auth_helpers import token_headers
+
+    author = token_headers(engine, clock.now(), make_user(engine, clock.now(), "a", ["operator"]))
+    spec = library.load("tagged_class")
+    template_id = client.post("/api/templates", json=spec, headers=author).json()["id"]
+    assert client.post(f"/api/templates/{template_id}/publish", headers=author).status_code == 200
+    spec["touchpoints"][0]["content"] = ["今晚 20:30 开课，别迟到"]
+    assert client.put(f"/api/templates/{template_id}", json=spec, headers=author).status_code == 200
+    login(client, engine, clock, "boss", ["approver"])
+    page = client.get(f"/templates/{template_id}").text
+    assert 'id="read-only"' in page
+    editor = page.split('<fieldset disabled class="read-only-view"')[1].split("</fieldset>\n")[0]
+    assert 'id="editor"' in editor
+    diff = page.split('id="draft-diff"')[1]
+    assert "草稿与线上版本 v1 对比" in diff
+    changed = re.findall(
+        r'<tr class="diff-changed"><td><pre>(.*?)</pre></td><td><pre>(.*?)</pre>', diff
+    )
+    assert any("今晚 20:30 开课，别迟到" in right for _, right in changed)
+    assert any("第一课开讲" in left for left, _ in changed)
