@@ -295,6 +295,7 @@ def _editor(
                 "test_sends": authoring.test_sends(session, template.id, limit=10),  # type: ignore[arg-type]
                 "unpublished": _unpublished(session, template),
                 "impact": impact.publish_impact(session, template, now),
+                "overlaps": impact.overlaps(session, template, now),
                 "draft_diff": draft_diff.draft_diff(session, template)
                 if _unpublished(session, template)
                 else None,

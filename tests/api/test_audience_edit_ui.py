@@ -291,3 +291,21 @@ def test_read_only_roles_get_a_disabled_editor_and_approvers_a_diff(client, engi
     )
     assert any("今晚 20:30 开课，别迟到" in right for _, right in changed)
     assert any("第一课开讲" in left for left, _ in changed)
+
+
+def test_the_editor_warns_of_an_overlapping_live_sop(client, engine, clock):
+    from factories import new_friend_spec
+
+    friends = {"kind": "new_friends"}
+    publish(engine, new_friend_spec(name="老欢迎语", segment=friends), JOIN)
+    csrf = login(client, engine, clock)
+    assert csrf
+    from auth_helpers import token_headers
+
+    token = token_headers(engine, clock.now(), 1)
+    spec = new_friend_spec(name="新欢迎语", segment=friends)
+    template_id = client.post("/api/templates", json=spec, headers=token).json()["id"]
+    page = client.get(f"/templates/{template_id}").text
+    warning = page.split('id="overlap-warning"')[1].split("</div>")[0]
+    assert "SOP 重叠" in warning and "老欢迎语" in warning and "welcome ↔ welcome" in warning
+    assert "与 老欢迎语 重叠" in page.split('id="publish-form"')[1].split(">")[0]

@@ -61,3 +61,29 @@ def test_a_tag_anchored_sop_enrolls_nobody_at_publish(engine):
         seen = impact.publish_impact(session, template, JOIN)
         assert (seen.enrolls_now, seen.enrolled, seen.deliveries) == (False, 0, 0)
         assert lifecycle.publish(session, template.id, JOIN, actor()).enrolled == 0
+
+
+def test_live_sops_welcoming_the_same_friends_in_the_same_hour_are_flagged(engine):
+    from factories import new_friend_spec, publish
+
+    friends = {"kind": "new_friends"}
+    live_id = publish(engine, new_friend_spec(name="老欢迎语", segment=friends), JOIN)
+    late = [{"name": "late", "timing": "+5h", "content": ["晚上好"]}]
+    publish(engine, new_friend_spec(name="晚上才发", segment=friends, touchpoints=late), JOIN)
+    add_contact(engine, "wm_1", "客户", JOIN, tags=["春季班"])
+    with session_scope(engine) as session:
+        draft = templates_service.create_template(
+            session,
+            new_friend_spec(
+                name="新欢迎语",
+                segment=friends,
+                touchpoints=[{"name": "hello", "timing": "+10m", "content": ["你好"]}],
+            ),
+            JOIN,
+        )
+        found = impact.overlaps(session, draft, JOIN)
+        assert [(o.template_id, o.touchpoints) for o in found] == [
+            (live_id, [("hello", "welcome")])
+        ]
+        tagged = templates_service.create_template(session, library.load("tagged_class"), JOIN)
+        assert impact.overlaps(session, tagged, JOIN) == []
