@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlmodel import Session
 
 from api import template_actions
@@ -148,6 +149,19 @@ async def enroll(
         target = session.get(model, target_id)
         if target is None or template.target_kind != kind:
             raise scheduler_service.EnrollmentError(f"this SOP does not send to {kind}s")
+        if form.get("confirm") != "1" and not _in_segment(session, template, kind, target_id):
+            _ = translator(request)
+            return _detail(
+                request,
+                session,
+                kind,
+                target_id,
+                confirm_enroll={
+                    "template_id": template.id,
+                    "message": _("%(name)s is not in the segment of “%(sop)s”. Enroll anyway?")
+                    % {"name": target.name or target.external_id, "sop": template.name},
+                },
+            )
         pairs = [(target_id, target.joined_at)]
         template_actions.enroll(
             request, session, me, template, pairs, clock.now(), named=f"{kind} {target_id}"
@@ -156,6 +170,21 @@ async def enroll(
         return _detail(request, session, kind, target_id, flash_error=str(exc))
     path = "contacts" if kind == "contact" else "groups"
     return redirect(request, f"/{path}/{target_id}?done=enrolled")
+
+
+def _in_segment(session: Session, template: Any, kind: str, target_id: int) -> bool:
+    """Whether the target is in the segment of the SOP's live version (an SOP
+    without a segment takes anyone enrolled by hand)."""
+    if template.current_version_id is None:
+        return True
+    spec = templates_service.version_spec(
+        templates_service.get_version(session, template.current_version_id)
+    )
+    if spec.segment is None:
+        return True
+    query = segments.segment_query(session, kind, spec.segment)  # type: ignore[arg-type]
+    ids = query.subquery()
+    return bool(session.execute(select(ids.c[0]).where(ids.c[0] == target_id).limit(1)).first())
 
 
 # -- segments ------------------------------------------------------------------------------

@@ -309,3 +309,25 @@ def test_the_editor_warns_of_an_overlapping_live_sop(client, engine, clock):
     warning = page.split('id="overlap-warning"')[1].split("</div>")[0]
     assert "SOP 重叠" in warning and "老欢迎语" in warning and "welcome ↔ welcome" in warning
     assert "与 老欢迎语 重叠" in page.split('id="publish-form"')[1].split(">")[0]
+
+
+def test_enrolling_by_hand_outside_the_segment_asks_first(client, engine, clock):
+    csrf = login(client, engine, clock)
+    spec = library.load("tagged_class")
+    spec.update(anchor="fixed", start_at="2027-03-03T00:00:00", segment={"tags": "春季班"})
+    spec.pop("anchor_tag")
+    sop = publish(engine, spec, JOIN)
+    outsider = add_contact(engine, "wm_9", "王五", JOIN)
+    page = client.post(
+        f"/contacts/{outsider}/enroll", data={"csrf_token": csrf, "template_id": sop}
+    )
+    assert "王五 不在“春季班课程提醒”的人群里。仍要入组吗？" in page.text
+    assert enrolled(engine, sop) == set()
+    page = client.post(
+        f"/contacts/{outsider}/enroll",
+        data={"csrf_token": csrf, "template_id": sop, "confirm": "1"},
+    )
+    assert enrolled(engine, sop) == {outsider}
+    member = add_contact(engine, "wm_8", "赵六", JOIN, tags=["春季班"])
+    client.post(f"/contacts/{member}/enroll", data={"csrf_token": csrf, "template_id": sop})
+    assert member in enrolled(engine, sop)
