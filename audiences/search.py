@@ -128,3 +128,26 @@ def all_accounts(session: Session) -> list[Account]:
 
 def all_tags(session: Session) -> list[str]:
     return list(session.execute(select(Tag.name).order_by(Tag.name)).scalars())  # type: ignore[call-overload]
+
+
+def tag_counts(session: Session) -> list[dict[str, Any]]:
+    """Every tag with its tag group and how many contacts and groups carry it."""
+    counts: dict[tuple[int, str], int] = {
+        (tag_id, kind): n
+        for tag_id, kind, n in session.execute(
+            select(
+                col(TagAssignment.tag_id), col(TagAssignment.target_kind), func.count()
+            ).group_by(col(TagAssignment.tag_id), col(TagAssignment.target_kind))
+        ).all()
+    }
+    return [
+        {
+            "name": tag.name,
+            "group": tag.group_name or "",
+            "contacts": counts.get((tag.id, "contact"), 0),  # type: ignore[arg-type]
+            "groups": counts.get((tag.id, "group"), 0),  # type: ignore[arg-type]
+        }
+        for tag in session.execute(
+            select(Tag).order_by(col(Tag.group_name), col(Tag.name))
+        ).scalars()
+    ]

@@ -395,3 +395,82 @@ def templates_count(session: Session) -> int:
 
 
 __all__ = ["router", "done_message", "import_reason", "Account"]
+
+
+# -- tags: rename and merge ---------------------------------------------------------------
+
+
+@router.get("/tags", response_class=HTMLResponse)
+def tags_page(request: Request, me: auth.Reader, session: SessionDep) -> Response:
+    _ = translator(request)
+    params = request.query_params
+    flash = None
+    if params.get("done") == "renamed":
+        flash = _("“%(old)s” is now “%(new)s” on %(n)d contacts and groups.") % {
+            "old": params.get("old", ""),
+            "new": params.get("new", ""),
+            "n": int(params.get("n") or 0),
+        }
+        enrolled, exited = int(params.get("enrolled") or 0), int(params.get("exited") or 0)
+        if enrolled or exited:
+            flash += " " + _("SOPs: %(e)d enrolled, %(x)d left.") % {"e": enrolled, "x": exited}
+        else:
+            flash += " " + _("No SOP reacted.")
+    return render(
+        request,
+        "ui/tags.html",
+        {
+            "tags": audiences_search.tag_counts(session),
+            "flash": flash,
+            "error": params.get("error"),
+        },
+    )
+
+
+@router.post("/tags/rename")
+async def rename_tag(
+    request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    """Rename a tag, or merge it into another: every contact and group carrying
+    it gets the new tag and loses the old one, as events through the audience
+    write path (SOPs on the new tag enroll them, SOPs on the old one see it go)."""
+    form = await request.form()
+    _ = translator(request)
+    old = str(form.get("old") or "").strip()
+    new = str(form.get("new") or "").strip()
+    if not old or not new or old == new:
+        message = _("Choose a tag and a different new name.")
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    total = changes.BulkResult()
+    try:
+        for kind in ("contact", "group"):
+            ids = audiences_search.matching_ids(session, kind, tag=old)
+            if not ids:
+                continue
+            added = changes.act_on_targets(session, kind, ids, "tag", clock.now(), [new])
+            removed = changes.act_on_targets(session, kind, ids, "untag", clock.now(), [old])
+            total.targets += added.targets
+            total.reaction.add(added.reaction)
+            total.reaction.add(removed.reaction)
+    except changes.EventsRejected as exc:
+        session.rollback()
+        message = _("Nothing was changed: %(why)s") % {"why": exc.detail()}
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    auth.record(
+        request,
+        session,
+        me,
+        "tag.rename",
+        object_kind="tag",
+        summary=f"{old} → {new}",
+        detail={"targets": total.targets, "enrolled": total.reaction.enrolled},
+    )
+    done = {
+        "done": "renamed",
+        "old": old,
+        "new": new,
+        "n": total.targets,
+        "enrolled": total.reaction.enrolled,
+        "exited": total.reaction.exited,
+    }
+    return redirect(request, "/tags?" + urlencode(done))

@@ -331,3 +331,21 @@ def test_enrolling_by_hand_outside_the_segment_asks_first(client, engine, clock)
     member = add_contact(engine, "wm_8", "赵六", JOIN, tags=["春季班"])
     client.post(f"/contacts/{member}/enroll", data={"csrf_token": csrf, "template_id": sop})
     assert member in enrolled(engine, sop)
+
+
+def test_rename_and_merge_a_tag_through_the_write_path(client, engine, clock):
+    csrf = login(client, engine, clock)
+    sop = tagged_sop(engine, "春季班")
+    a = add_contact(engine, "wm_1", "甲", JOIN, tags=["春季班级"])
+    b = add_contact(engine, "wm_2", "乙", JOIN, tags=["春季班级", "vip"])
+    page = client.post(
+        "/tags/rename", data={"csrf_token": csrf, "old": "春季班级", "new": "春季班"}
+    )
+    assert "2 个客户和客户群的标签“春季班级”已改为“春季班”" in page.text
+    assert "SOP：2 人入组" in page.text
+    assert enrolled(engine, sop) == {a, b}
+    rows = re.findall(r'<tr data-tag="([^"]+)">', page.text)
+    assert "春季班级" in rows  # the tag row stays, carried by nobody
+    assert "春季班级" not in client.get(f"/contacts/{a}").text.split("<h1")[1][:600]
+    page = client.post("/tags/rename", data={"csrf_token": csrf, "old": "vip", "new": "vip"})
+    assert "请选择一个标签，并填写不同的新名称" in page.text

@@ -111,6 +111,9 @@ def test_operator_imports_tags_segments_and_a_tagged_sop_enrolls_exactly_them(
     page.click("#bulk-apply")
     expect(page.locator("#flash")).to_contain_text("已为 50 个客户打上标签 春季班")
     both_widths(page, "contacts-tagged")
+    page.click("#to-tags")
+    sync_api.expect(page.locator("#tags tr[data-tag='春季班']")).to_contain_text("50")
+    both_widths(page, "tags")
 
     # a saved segment from the tag picker: live count, then saved
     page.goto(f"{live.url}/segments")
@@ -207,6 +210,7 @@ def test_an_analyst_finds_no_input_to_change_anything(live, page, engine, clock)
         "/contacts",
         "/groups",
         "/staff",
+        "/tags",
         "/contacts/import",
         "/segments/build",
         f"/templates/{template_id}",
