@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
-from api import auth, errors, guards
+from api import auth, errors, guards, workspace_settings
 from api.audit_middleware import AuditMiddleware
 from api.routes import (
     audiences,
@@ -71,6 +71,7 @@ def create_app(
         create_all(app.state.engine)
         with session_scope(app.state.engine) as session:
             ensure_instance(session, "mock", "mock")
+            workspace_settings.apply(app, session)  # stored workspace settings win
         app.state.secret_key = auth.load_secret_key(
             app.state.engine, settings.secret_key, app.state.clock.now()
         )
@@ -87,7 +88,7 @@ def create_app(
         app.state.runtime = SchedulerRuntime(
             app.state.engine,
             app.state.clock,
-            settings,
+            app.state.settings,
             http=app.state.http,
             role="serve",
             metrics=dispatch_metrics,

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from api import auth
+from api import auth, workspace_settings
 from api.auth import Admin, CurrentUser, Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
@@ -454,29 +454,65 @@ def revoke_token(
 # -- settings and audit ----------------------------------------------------------------------
 
 
-@router.get("/settings", response_class=HTMLResponse)
-def settings_page(
-    request: Request, me: Admin, session: SessionDep, settings: SettingsDep, done: str = ""
+def _settings_page(
+    request: Request, session: Session, settings: Any, status_code: int = 200, **extra: Any
 ) -> Response:
-    _ = translator(request)
+    quiet = (settings.quiet_hours or "").split("-")
+    form = {
+        "default_timezone": settings.default_timezone,
+        "quiet_start": quiet[0] if len(quiet) == 2 else "",
+        "quiet_end": quiet[1] if len(quiet) == 2 else "",
+        "quiet_hours_policy": settings.quiet_hours_policy,
+        "frequency_cap": settings.frequency_cap or "",
+        "frequency_cap_policy": settings.frequency_cap_policy,
+    }
     return render(
         request,
         "ui/settings.html",
         {
             "require_approval": users_service.requires_approval(session, settings.require_approval),
             "settings": settings,
-            "flash": _("Saved.") if done else None,
+            "form": {**form, **extra.pop("form", {})},
+            "common_zones": workspace_settings.COMMON_ZONES,
+            "all_zones": workspace_settings.all_zones(),
+            "cap_presets": workspace_settings.CAP_PRESETS,
+            "policies": workspace_settings.POLICIES,
+            "errors": {},
+            **extra,
         },
+        status_code=status_code,
     )
+
+
+@router.get("/settings", response_class=HTMLResponse)
+def settings_page(
+    request: Request, me: Admin, session: SessionDep, settings: SettingsDep, done: str = ""
+) -> Response:
+    _ = translator(request)
+    return _settings_page(request, session, settings, flash=_("Saved.") if done else None)
 
 
 @router.post("/settings")
 async def save_settings(
-    request: Request, me: Admin, session: SessionDep, clock: ClockDep
+    request: Request, me: Admin, session: SessionDep, clock: ClockDep, settings: SettingsDep
 ) -> Response:
     form = await request.form()
     value = form.get("require_approval") == "on"
+    raw = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    values, errors = workspace_settings.check(raw) if "default_timezone" in raw else ({}, {})
+    if errors:
+        _ = translator(request)
+        return _settings_page(
+            request,
+            session,
+            settings,
+            status_code=422,
+            form=raw,
+            errors={k: _(v) for k, v in errors.items()},
+        )
     users_service.set_setting(session, users_service.REQUIRE_APPROVAL, value, clock.now())
+    workspace_settings.save(session, values, clock.now())
+    workspace_settings.apply(request.app, session)
     auth.record(
         request,
         session,
@@ -484,6 +520,7 @@ async def save_settings(
         "settings.update",
         object_kind="settings",
         summary=f"require_approval={value}",
+        detail=values or None,
     )
     return redirect(request, "/settings?done=saved")
 

@@ -349,3 +349,38 @@ def test_rename_and_merge_a_tag_through_the_write_path(client, engine, clock):
     assert "春季班级" not in client.get(f"/contacts/{a}").text.split("<h1")[1][:600]
     page = client.post("/tags/rename", data={"csrf_token": csrf, "old": "vip", "new": "vip"})
     assert "请选择一个标签，并填写不同的新名称" in page.text
+
+
+def test_workspace_settings_are_stored_and_used(client, engine, clock, settings):
+    csrf = login(client, engine, clock, "root", ["admin"])
+    form = {
+        "csrf_token": csrf,
+        "default_timezone": "Asia/Tokyo",
+        "quiet_start": "25:00",
+        "quiet_end": "08:00",
+        "quiet_hours_policy": "defer",
+        "frequency_cap": "wecom_daily",
+        "frequency_cap_policy": "skip",
+    }
+    page = client.post("/settings", data=form)
+    assert page.status_code == 422 and "免打扰时段需要开始和结束时间" in page.text
+    assert client.app.state.settings.default_timezone == "Asia/Shanghai"
+    page = client.post("/settings", data={**form, "quiet_start": "22:00"})
+    assert page.status_code == 200 and "已保存" in page.text
+    now = client.app.state.settings
+    assert (now.default_timezone, now.quiet_hours, now.frequency_cap) == (
+        "Asia/Tokyo",
+        "22:00-08:00",
+        "wecom_daily",
+    )
+    assert now.frequency_cap_policy == "skip"
+    assert client.app.state.runtime.dispatcher.workspace.cap is not None
+    assert "时间按 Asia/Tokyo 显示" in page.text
+    # a new process reads them at start; the environment's values stay the defaults
+    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as other:
+        assert other.app.state.settings.quiet_hours == "22:00-08:00"
+    assert settings.quiet_hours is None
+    # cleared quiet hours and cap
+    client.post("/settings", data={**form, "quiet_start": "", "quiet_end": "", "frequency_cap": ""})
+    assert client.app.state.settings.quiet_hours is None
+    assert client.app.state.settings.frequency_cap is None
