@@ -112,6 +112,60 @@ def _echo(adapter: str, form: Any) -> str:
     return json.dumps(masked, ensure_ascii=False, indent=2)
 
 
+def _input_kind(prop: dict[str, Any]) -> str:
+    """How the channel form asks for a config field, from its JSON schema."""
+    types = {prop.get("type")} | {o.get("type") for o in prop.get("anyOf", [])}
+    types.discard(None)
+    types.discard("null")
+    if types & {"object", "array"} or not types:
+        return "json"  # secrets inside stay masked and kept
+    if channels_service.is_secret(prop):
+        return "password"
+    if types == {"boolean"}:
+        return "checkbox"
+    if types <= {"integer", "number"} and types:
+        return "number"
+    if types == {"string"}:
+        return "text"
+    return "json"
+
+
+def _field_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _config_from_fields(adapter: str, form: Any) -> dict[str, Any]:
+    """The config the field-by-field form describes; an empty secret keeps the
+    stored one (it is sent as the mask, which the save keeps)."""
+    schema = channels_service.adapter_class(adapter).config_model.model_json_schema()
+    config: dict[str, Any] = {}
+    for key, prop in schema.get("properties", {}).items():
+        kind = _input_kind(prop)
+        raw = form.get(f"cfg.{key}")
+        if kind == "checkbox":
+            config[key] = raw == "on"
+            continue
+        text = str(raw or "").strip()
+        if kind == "password":
+            config[key] = text or channels_service.MASK
+        elif not text:
+            continue
+        elif kind == "number":
+            try:
+                config[key] = int(text) if text.lstrip("-").isdigit() else float(text)
+            except ValueError:
+                raise ValueError(f"{key}: {text!r} is not a number") from None
+        elif kind == "json":
+            config[key] = json.loads(text)
+        else:
+            config[key] = text
+    return config
+
+
 def _channel_page(
     request: Request, session: Session, engine: Any, settings: Any, name: str, **extra: Any
 ) -> HTMLResponse:
@@ -141,6 +195,8 @@ def _channel_page(
             "secret": channels_service.is_secret(prop),
             "description": prop.get("description", ""),
             "required": key in schema.get("required", []),
+            "input": _input_kind(prop),
+            "value": _field_value(config.get(key) if isinstance(config, dict) else None),
         }
         for key, prop in schema.get("properties", {}).items()
     ]
@@ -194,7 +250,11 @@ async def save_channel(
     form = await request.form()
     raw = str(form.get("config") or "{}")
     try:
-        config = json.loads(raw or "{}")
+        if form.get("config_form"):
+            adapter = channels_service.get_instance(session, name).adapter
+            config = _config_from_fields(adapter, form)
+        else:
+            config = json.loads(raw or "{}")
         if not isinstance(config, dict):
             raise ValueError("the config must be a JSON object")
         policy = channels_service.ChannelPolicyIn(

@@ -384,3 +384,54 @@ def test_workspace_settings_are_stored_and_used(client, engine, clock, settings)
     client.post("/settings", data={**form, "quiet_start": "", "quiet_end": "", "frequency_cap": ""})
     assert client.app.state.settings.quiet_hours is None
     assert client.app.state.settings.frequency_cap is None
+
+
+def test_channel_config_is_a_form_from_the_adapter_schema_with_write_only_secrets(
+    client, engine, clock
+):
+    from channels import service as channels_service
+    from channels.models import ChannelInstance
+
+    csrf = login(client, engine, clock, "root", ["admin"])
+    with session_scope(engine) as session:
+        channels_service.create_instance(
+            session,
+            channels_service.ChannelInstanceIn(
+                name="hook",
+                adapter="webhook",
+                config={"url": "https://example.com/a", "secret": "s3cret-value"},
+            ),
+        )
+    page = client.get("/channels/hook").text
+    assert 'id="cfg-url" name="cfg.url" value="https://example.com/a"' in page
+    assert 'type="password" id="cfg-secret" name="cfg.secret" value=""' in page
+    assert "s3cret-value" not in page and "已设置：留空则保持不变" in page
+    assert 'type="number" step="any" id="cfg-timeout_s"' in page
+    saved = client.post(
+        "/channels/hook",
+        data={
+            "csrf_token": csrf,
+            "config_form": "1",
+            "cfg.url": "https://example.com/b",
+            "cfg.secret": "",
+            "cfg.timeout_s": "5",
+            "cfg.max_concurrency": "8",
+            "cfg.headers": "{}",
+            "enabled": "on",
+            "breaker_threshold": "5",
+            "breaker_cooldown_seconds": "60",
+            "max_attempts": "3",
+        },
+    )
+    assert saved.status_code == 200, saved.text[:500]
+    with session_scope(engine) as session:
+        row = session.execute(
+            select(ChannelInstance).where(ChannelInstance.name == "hook")
+        ).scalar_one()
+        assert row.config["url"] == "https://example.com/b"
+        assert row.config["secret"] == "s3cret-value" and row.config["timeout_s"] == 5
+    bad = client.post(
+        "/channels/hook",
+        data={"csrf_token": csrf, "config_form": "1", "cfg.url": "x", "cfg.timeout_s": "abc"},
+    )
+    assert bad.status_code == 422
