@@ -224,3 +224,22 @@ def test_an_analyst_finds_no_input_to_change_anything(live, page, engine, clock)
         assert live_inputs.count() == 0, (path, live_inputs.first.evaluate("e => e.outerHTML"))
     sync_api.expect(page.locator("#read-only")).to_contain_text("只读")
     shot(page, "editor-read-only-1366")
+
+
+def test_an_admin_sets_workspace_defaults_and_a_channel_by_its_form(live, page, engine, clock):
+    expect = sync_api.expect
+    make_user(engine, clock.now(), "root", ["admin"])
+    login(page, live, "root")
+    page.goto(f"{live.url}/settings")
+    page.select_option("#default_timezone", "Asia/Shanghai")
+    page.fill("#quiet_start", "22:00")
+    page.fill("#quiet_end", "08:00")
+    page.select_option("#frequency_cap", "wecom_daily")
+    page.click("#settings-save")
+    expect(page.locator("#flash")).to_have_text("已保存。")
+    expect(page.locator("#quiet_start")).to_have_value("22:00")
+    assert live.app.state.settings.quiet_hours == "22:00-08:00"
+    both_widths(page, "settings")
+    page.goto(f"{live.url}/channels/mock")
+    expect(page.locator("#config-fields")).to_be_visible()
+    both_widths(page, "channel-detail")
