@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
@@ -172,17 +172,22 @@ def _add_docs_and_icon(app: FastAPI) -> None:
     OpenAPI document itself)."""
 
     @app.get("/docs", include_in_schema=False)
-    def api_docs() -> HTMLResponse:
+    def api_docs(
+        principal: Annotated[auth.Principal | None, Depends(auth.optional_principal)],
+    ) -> HTMLResponse:
         # Swagger UI started by a static file (no inline script: see api.guards).
+        # Logged in through the browser, "Try it out" sends the session's CSRF token.
         title = html.escape(f"{app.title} API")
         spec = html.escape(app.openapi_url or "/openapi.json")
+        token = principal.csrf_token if principal is not None and principal.csrf_token else ""
+        csrf = f' data-csrf-token="{html.escape(token)}"' if token else ""
         return HTMLResponse(
             "<!doctype html><html><head>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css">'
             '<link rel="icon" href="/static/favicon.svg">'
             f"<title>{title}</title></head><body>"
-            f'<div id="swagger-ui" data-openapi-url="{spec}"></div>'
+            f'<div id="swagger-ui" data-openapi-url="{spec}"{csrf}></div>'
             f'<script src="{SWAGGER_UI}/swagger-ui-bundle.js"></script>'
             '<script src="/static/swagger-init.js"></script>'
             "</body></html>"

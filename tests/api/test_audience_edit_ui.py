@@ -435,3 +435,13 @@ def test_channel_config_is_a_form_from_the_adapter_schema_with_write_only_secret
         data={"csrf_token": csrf, "config_form": "1", "cfg.url": "x", "cfg.timeout_s": "abc"},
     )
     assert bad.status_code == 422
+
+
+def test_the_api_docs_send_the_session_csrf_token(client, engine, clock):
+    assert "data-csrf-token" not in client.get("/docs").text
+    csrf = login(client, engine, clock)
+    assert f'data-csrf-token="{csrf}"' in client.get("/docs").text
+    # what "Try it out" then sends: the import with the header, from the browser session
+    files = {"file": ("c.csv", "外部联系人ID,姓名\r\nwm_1,张三\r\n".encode(), "text/csv")}
+    done = client.post("/api/contacts/import", files=files, headers={"X-CSRF-Token": csrf})
+    assert done.status_code == 200 and done.json()["imported"] == 1
