@@ -133,12 +133,13 @@ def done_message(_: Any, kind: str, params: dict[str, str]) -> str | None:
         return None
     enrolled, exited = int(params.get("enrolled") or 0), int(params.get("exited") or 0)
     sops = int(params.get("sops") or 0)
+    sep = "" if text.endswith("。") else " "  # Chinese sentences run on
     if enrolled:
-        text += " " + _("%(sops)d SOP(s) enrolled %(n)d.") % {"sops": sops, "n": enrolled}
+        text += sep + _("%(sops)d SOP(s) enrolled %(n)d.") % {"sops": sops, "n": enrolled}
     if exited:
-        text += " " + _("%(n)d left their SOPs.") % {"n": exited}
+        text += sep + _("%(n)d left their SOPs.") % {"n": exited}
     if not enrolled and not exited:
-        text += " " + _("No SOP reacted.")
+        text += sep + _("No SOP reacted.")
     return text
 
 
@@ -412,10 +413,11 @@ def tags_page(request: Request, me: auth.Reader, session: SessionDep) -> Respons
             "n": int(params.get("n") or 0),
         }
         enrolled, exited = int(params.get("enrolled") or 0), int(params.get("exited") or 0)
+        sep = "" if flash.endswith("。") else " "
         if enrolled or exited:
-            flash += " " + _("SOPs: %(e)d enrolled, %(x)d left.") % {"e": enrolled, "x": exited}
+            flash += sep + _("SOPs: %(e)d enrolled, %(x)d left.") % {"e": enrolled, "x": exited}
         else:
-            flash += " " + _("No SOP reacted.")
+            flash += sep + _("No SOP reacted.")
     return render(
         request,
         "ui/tags.html",

@@ -445,3 +445,24 @@ def test_the_api_docs_send_the_session_csrf_token(client, engine, clock):
     files = {"file": ("c.csv", "外部联系人ID,姓名\r\nwm_1,张三\r\n".encode(), "text/csv")}
     done = client.post("/api/contacts/import", files=files, headers={"X-CSRF-Token": csrf})
     assert done.status_code == 200 and done.json()["imported"] == 1
+
+
+def test_group_chats_added_and_tagged_in_the_ui_start_the_group_sop(client, engine, clock):
+    from factories import store_menu_spec
+
+    csrf = login(client, engine, clock)
+    sop = publish(engine, store_menu_spec(segment={"kind": "groups", "tags": "门店"}), JOIN)
+    client.post("/staff", data={"csrf_token": csrf, "external_id": "wangxe", "name": "客服小王"})
+    page = client.post(
+        "/groups/new",
+        data={"csrf_token": csrf, "external_id": "g_1", "name": "徐汇店", "account": "客服小王"},
+    )
+    assert "已保存" in page.text and "徐汇店" in page.text
+    gid = int(re.search(r'href="/groups/(\d+)"', page.text).group(1))
+    page = client.post(
+        "/groups/bulk", data={"csrf_token": csrf, "action": "tag", "tags": "门店", "ids": gid}
+    )
+    assert "已为 1 个客户群打上标签 门店。1 个 SOP 入组 1 人。" in page.text
+    assert enrolled(engine, sop) == {gid}
+    page = client.post("/groups/bulk", data={"csrf_token": csrf, "action": "remove", "ids": gid})
+    assert "已移除 1 个客户群" in page.text and "已解散" in page.text
