@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
-from api import auth, errors, guards
+from api import auth, errors, guards, workspace_settings
 from api.audit_middleware import AuditMiddleware
 from api.routes import (
     audiences,
@@ -25,9 +25,11 @@ from api.routes import (
     staff_inbox,
     templates,
     ui_admin,
+    ui_audience_edit,
     ui_audiences,
     ui_auth,
     ui_outcomes,
+    ui_segments,
     ui_templates,
     wecom_callback,
 )
@@ -73,6 +75,7 @@ def create_app(
         create_all(app.state.engine)
         with session_scope(app.state.engine) as session:
             ensure_instance(session, "mock", "mock")
+            workspace_settings.apply(app, session)  # stored workspace settings win
         app.state.secret_key = auth.load_secret_key(
             app.state.engine, settings.secret_key, app.state.clock.now()
         )
@@ -89,7 +92,7 @@ def create_app(
         app.state.runtime = SchedulerRuntime(
             app.state.engine,
             app.state.clock,
-            settings,
+            app.state.settings,
             http=app.state.http,
             role="serve",
             metrics=dispatch_metrics,
@@ -151,6 +154,8 @@ def create_app(
     # The operator UI (server-rendered; each route declares its permission).
     app.include_router(ui_auth.router)
     app.include_router(ui_templates.router, dependencies=signed_in)
+    app.include_router(ui_audience_edit.router, dependencies=signed_in)
+    app.include_router(ui_segments.router, dependencies=signed_in)
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
     app.include_router(ui_outcomes.router, dependencies=signed_in)
@@ -178,17 +183,22 @@ def _add_docs_and_icon(app: FastAPI) -> None:
     OpenAPI document itself)."""
 
     @app.get("/docs", include_in_schema=False)
-    def api_docs() -> HTMLResponse:
+    def api_docs(
+        principal: Annotated[auth.Principal | None, Depends(auth.optional_principal)],
+    ) -> HTMLResponse:
         # Swagger UI started by a static file (no inline script: see api.guards).
+        # Logged in through the browser, "Try it out" sends the session's CSRF token.
         title = html.escape(f"{app.title} API")
         spec = html.escape(app.openapi_url or "/openapi.json")
+        token = principal.csrf_token if principal is not None and principal.csrf_token else ""
+        csrf = f' data-csrf-token="{html.escape(token)}"' if token else ""
         return HTMLResponse(
             "<!doctype html><html><head>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css">'
             '<link rel="icon" href="/static/favicon.svg">'
             f"<title>{title}</title></head><body>"
-            f'<div id="swagger-ui" data-openapi-url="{spec}"></div>'
+            f'<div id="swagger-ui" data-openapi-url="{spec}"{csrf}></div>'
             f'<script src="{SWAGGER_UI}/swagger-ui-bundle.js"></script>'
             '<script src="/static/swagger-init.js"></script>'
             "</body></html>"

@@ -139,6 +139,36 @@ def tag_targets(
     return applied
 
 
+def target_events(
+    session: Session,
+    target_kind: str,
+    target_ids: Sequence[int],
+    action: str,
+    tags: Sequence[str] = (),
+) -> list[Any]:
+    """Events for an operator's action on rows known by id: ``tag`` / ``untag``
+    (``tags``) or ``remove`` (a contact becomes ``deleted``, a group
+    ``dissolved``). Applied like any event (:func:`apply`), so SOPs enroll and
+    exit as they would for a webhook's event. Unknown ids are skipped."""
+    states = applying.load_states(session, [(target_kind, i) for i in target_ids])
+    events: list[Any] = []
+    for state in states.values():
+        ref: dict[str, Any] = {"external_id": state.external_id}
+        if target_kind == "contact":
+            ref["account"] = state.account
+        if action in ("tag", "untag"):
+            kind = "tag_added" if action == "tag" else "tag_removed"
+            events.append({"kind": kind, "target": target_kind, **ref, "tags": list(tags)})
+        elif action == "remove":
+            if target_kind == "contact":
+                events.append({"kind": "contact_updated", **ref, "status": "deleted"})
+            else:
+                events.append({"kind": "group_dissolved", **ref})
+        else:
+            raise ValueError(f"unknown action {action!r}")
+    return events
+
+
 # -- forms: a contact or group as one body (API, UI, CLI, demo) ------------------------
 
 
@@ -202,6 +232,11 @@ def upsert_contact(
     """Create or update a contact by (account, external id); its tags start
     tagged SOPs like any tag. The account is registered if new. A value an
     event would refuse (an unknown zone, an empty tag) raises ``EventsRejected``."""
+    if data.account:
+        # the account as the UI shows it (display name) or by its external id
+        data = data.model_copy(
+            update={"account": audiences_service.account_key(session, data.account)}
+        )
     events = parse_all(contact_events(data))
     if data.account:
         audiences_service.ensure_account(session, data.account)
@@ -213,6 +248,8 @@ def upsert_group(
     session: Session, data: GroupIn, now: datetime, *, react: Reactor
 ) -> tuple[GroupChat, Changes]:
     """Create or update a group chat by external id; its tags start group SOPs."""
+    if data.owner:
+        data = data.model_copy(update={"owner": audiences_service.account_key(session, data.owner)})
     events = parse_all(group_events(data))
     if data.owner:
         audiences_service.ensure_account(session, data.owner)

@@ -29,7 +29,7 @@ import io
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -396,6 +396,36 @@ class ImportReport:
 IMPORT_CHUNK = 1000
 
 
+def resolve_accounts(session: Session, names: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    """What a file's account column says → the account's external id. An
+    external id wins; otherwise the display name (员工账号 as the UI shows it,
+    e.g. 客服小王) when exactly one account has it. Returns (resolved,
+    ambiguous names)."""
+    resolved: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    for chunk in chunked(list(names), 500):
+        by_ext = set(
+            session.execute(
+                select(col(Account.external_id)).where(col(Account.external_id).in_(chunk))
+            ).scalars()
+        )
+        resolved.update({n: n for n in by_ext})
+        rest = [n for n in chunk if n not in by_ext]
+        if not rest:
+            continue
+        found: dict[str, list[str]] = {}
+        for name, ext in session.execute(
+            select(col(Account.name), col(Account.external_id)).where(col(Account.name).in_(rest))
+        ).all():
+            found.setdefault(name, []).append(ext)
+        for name, exts in found.items():
+            if len(exts) == 1:
+                resolved[name] = exts[0]
+            else:
+                ambiguous.add(name)
+    return resolved, ambiguous
+
+
 def apply_import(
     session: Session,
     parsed: ParsedCsv,
@@ -419,16 +449,24 @@ def apply_import(
     file_error = any(e.field == "file" or e.line <= 1 for e in parsed.errors)
     rows = parsed.rows
     names = sorted({r.account for r in rows if r.account})
-    known = (
-        set(
-            session.execute(
-                select(col(Account.external_id)).where(col(Account.external_id).in_(names))
-            ).scalars()
-        )
-        if names
-        else set()
-    )
-    missing = [n for n in names if n not in known]
+    resolved, ambiguous = resolve_accounts(session, names)
+    if ambiguous:
+        report.errors += [
+            RowError(
+                row.line,
+                row.account_column,
+                f"account name {row.account!r} is shared by several accounts; "
+                "use the account's external id",
+            )
+            for row in rows
+            if row.account in ambiguous
+        ]
+        rows = [row for row in rows if row.account not in ambiguous]
+    rows = [
+        replace(row, account=resolved.get(row.account, row.account)) if row.account else row
+        for row in rows
+    ]
+    missing = [n for n in names if n not in resolved and n not in ambiguous]
     if missing and not create_accounts:
         bad = set(missing)
         report.errors += [

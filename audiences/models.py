@@ -121,3 +121,17 @@ class InboxEvent(SQLModel, table=True):
     status: str = Field(default=InboxStatus.PENDING, max_length=16)
     applied_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     error: str | None = Field(default=None, max_length=2000)
+
+
+class SavedSegment(SQLModel, table=True):
+    """A named audience (人群) an operator built once and reuses in SOPs: a
+    segment definition (``audiences.segments``) under a name."""
+
+    __tablename__ = "saved_segments"
+    __table_args__ = (UniqueConstraint("name", name="uq_saved_segment_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    definition: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

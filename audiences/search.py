@@ -25,21 +25,16 @@ def contains_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def search(
-    session: Session,
+def _conditions(
     target_kind: str,
-    *,
-    q: str | None = None,
-    tag: str | None = None,
-    status: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> SearchResult:
-    """Contacts (``contact``) or groups (``group``) whose name or external id
-    contains ``q`` and that carry ``tag``; newest first, with their tags."""
+    q: str | None,
+    tag: str | None,
+    status: str | None,
+    account: str | None,
+) -> list[Any]:
     model: Any = Contact if target_kind == "contact" else GroupChat
     owner = model.account_id if target_kind == "contact" else model.owner_account_id
-    conditions = []
+    conditions: list[Any] = []
     if q:
         pattern = contains_pattern(q.strip())
         conditions.append(
@@ -59,6 +54,48 @@ def search(
         )
     if status:
         conditions.append(model.status == status)
+    if account:
+        # the owning account by its external id or its display name
+        named = or_(
+            col(Account.external_id) == account.strip(), col(Account.name) == account.strip()
+        )
+        conditions.append(col(owner).in_(select(col(Account.id)).where(named)))
+    return conditions
+
+
+def matching_ids(
+    session: Session,
+    target_kind: str,
+    *,
+    q: str | None = None,
+    tag: str | None = None,
+    status: str | None = None,
+    account: str | None = None,
+) -> list[int]:
+    """The ids of every contact or group a search matches (an action on "all N
+    matching this filter")."""
+    model: Any = Contact if target_kind == "contact" else GroupChat
+    conditions = _conditions(target_kind, q, tag, status, account)
+    return list(session.execute(select(model.id).where(*conditions).order_by(model.id)).scalars())
+
+
+def search(
+    session: Session,
+    target_kind: str,
+    *,
+    q: str | None = None,
+    tag: str | None = None,
+    status: str | None = None,
+    account: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> SearchResult:
+    """Contacts (``contact``) or groups (``group``) whose name or external id
+    contains ``q``, that carry ``tag``, have ``status`` and belong to
+    ``account`` (external id or display name); newest first, with their tags."""
+    model: Any = Contact if target_kind == "contact" else GroupChat
+    owner = model.account_id if target_kind == "contact" else model.owner_account_id
+    conditions = _conditions(target_kind, q, tag, status, account)
     total = session.execute(select(func.count()).select_from(model).where(*conditions)).scalar_one()
     rows = session.execute(
         select(model, col(Account.external_id), col(Account.name))
@@ -83,5 +120,34 @@ def search(
     )
 
 
+def all_accounts(session: Session) -> list[Account]:
+    return list(
+        session.execute(select(Account).order_by(col(Account.name), col(Account.id))).scalars()
+    )
+
+
 def all_tags(session: Session) -> list[str]:
     return list(session.execute(select(Tag.name).order_by(Tag.name)).scalars())  # type: ignore[call-overload]
+
+
+def tag_counts(session: Session) -> list[dict[str, Any]]:
+    """Every tag with its tag group and how many contacts and groups carry it."""
+    counts: dict[tuple[int, str], int] = {
+        (tag_id, kind): n
+        for tag_id, kind, n in session.execute(
+            select(
+                col(TagAssignment.tag_id), col(TagAssignment.target_kind), func.count()
+            ).group_by(col(TagAssignment.tag_id), col(TagAssignment.target_kind))
+        ).all()
+    }
+    return [
+        {
+            "name": tag.name,
+            "group": tag.group_name or "",
+            "contacts": counts.get((tag.id, "contact"), 0),  # type: ignore[arg-type]
+            "groups": counts.get((tag.id, "group"), 0),  # type: ignore[arg-type]
+        }
+        for tag in session.execute(
+            select(Tag).order_by(col(Tag.group_name), col(Tag.name))
+        ).scalars()
+    ]

@@ -32,6 +32,31 @@ def ensure_account(session: Session, external_id: str, name: str = "") -> Accoun
     return account
 
 
+def save_account(session: Session, external_id: str, name: str) -> Account:
+    """Register an account, or rename one (its display name, 员工账号 as shown)."""
+    external_id, name = external_id.strip(), name.strip()
+    if not external_id:
+        raise AudienceError("an account needs an external id")
+    if len(external_id) > 128 or len(name) > 200:
+        raise AudienceError("the external id or the name is too long")
+    account = session.exec(select(Account).where(Account.external_id == external_id)).first()
+    if account is None:
+        account = Account(external_id=external_id)
+    account.name = name or account.name or external_id
+    session.add(account)
+    session.flush()
+    return account
+
+
+def account_key(session: Session, name_or_id: str) -> str:
+    """An account's external id from its external id or its display name (the
+    name wins only when it is unambiguous and no account has it as an id)."""
+    if session.exec(select(Account.id).where(Account.external_id == name_or_id)).first():
+        return name_or_id
+    named = session.exec(select(Account.external_id).where(Account.name == name_or_id)).all()
+    return named[0] if len(named) == 1 else name_or_id
+
+
 def get_contact(session: Session, contact_id: int) -> Contact:
     contact = session.get(Contact, contact_id)
     if contact is None:

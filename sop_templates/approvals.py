@@ -28,6 +28,20 @@ class ApprovalError(TemplateError):
     """A review step that is not allowed; the message says why."""
 
 
+REASON_REQUIRED = "a rejection needs a reason: say what the authors should change"
+
+
+def rejected_drafts(session: Session) -> list[tuple[SopTemplate, TemplateReview]]:
+    """Drafts sent back and not resubmitted yet, with the reviewer's reason."""
+    rows = session.exec(
+        select(SopTemplate, TemplateReview)
+        .where(col(TemplateReview.template_id) == col(SopTemplate.id))
+        .where(col(TemplateReview.state) == ReviewState.REJECTED)
+        .order_by(col(TemplateReview.decided_at).desc())
+    ).all()
+    return [(t, r) for t, r in rows]
+
+
 @dataclass(frozen=True)
 class Reviewer:
     id: int | None
@@ -159,7 +173,10 @@ def approve(
 def reject(
     session: Session, template_id: int, who: Reviewer, now: datetime, note: str | None = None
 ) -> TemplateReview:
-    """Send the draft back to its authors with a note."""
+    """Send the draft back to its authors with the reason (required: the
+    authors see it on the template, the dashboard and in the audit log)."""
+    if not (note or "").strip():
+        raise ApprovalError(REASON_REQUIRED)
     template = templates_service.get_template(session, template_id)
     review = _pending(session, template)
     _decide(review, ReviewState.REJECTED, who, now, note)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from api import onboarding
 from api.auth import Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.routes import calendar_pages
@@ -15,6 +16,7 @@ from api.views import locale_of, render, zone_of
 from scheduler.analytics import stats
 from scheduler.operations import dashboard as dashboard_service
 from scheduler.staff import service as staff_service
+from sop_templates import approvals
 
 router = APIRouter(include_in_schema=False)
 
@@ -48,5 +50,7 @@ def dashboard(
             "next_sends": calendar_pages.next_send_lines(
                 session, clock.now(), zone, locale_of(request)
             ),
+            "rejected": approvals.rejected_drafts(session),
+            "onboarding": onboarding.steps(session),
         },
     )

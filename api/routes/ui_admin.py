@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from api import auth
+from api import auth, workspace_settings
 from api.auth import Admin, CurrentUser, Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
@@ -112,6 +112,60 @@ def _echo(adapter: str, form: Any) -> str:
     return json.dumps(masked, ensure_ascii=False, indent=2)
 
 
+def _input_kind(prop: dict[str, Any]) -> str:
+    """How the channel form asks for a config field, from its JSON schema."""
+    types = {prop.get("type")} | {o.get("type") for o in prop.get("anyOf", [])}
+    types.discard(None)
+    types.discard("null")
+    if types & {"object", "array"} or not types:
+        return "json"  # secrets inside stay masked and kept
+    if channels_service.is_secret(prop):
+        return "password"
+    if types == {"boolean"}:
+        return "checkbox"
+    if types <= {"integer", "number"} and types:
+        return "number"
+    if types == {"string"}:
+        return "text"
+    return "json"
+
+
+def _field_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _config_from_fields(adapter: str, form: Any) -> dict[str, Any]:
+    """The config the field-by-field form describes; an empty secret keeps the
+    stored one (it is sent as the mask, which the save keeps)."""
+    schema = channels_service.adapter_class(adapter).config_model.model_json_schema()
+    config: dict[str, Any] = {}
+    for key, prop in schema.get("properties", {}).items():
+        kind = _input_kind(prop)
+        raw = form.get(f"cfg.{key}")
+        if kind == "checkbox":
+            config[key] = raw == "on"
+            continue
+        text = str(raw or "").strip()
+        if kind == "password":
+            config[key] = text or channels_service.MASK
+        elif not text:
+            continue
+        elif kind == "number":
+            try:
+                config[key] = int(text) if text.lstrip("-").isdigit() else float(text)
+            except ValueError:
+                raise ValueError(f"{key}: {text!r} is not a number") from None
+        elif kind == "json":
+            config[key] = json.loads(text)
+        else:
+            config[key] = text
+    return config
+
+
 def _channel_page(
     request: Request, session: Session, engine: Any, settings: Any, name: str, **extra: Any
 ) -> HTMLResponse:
@@ -141,6 +195,8 @@ def _channel_page(
             "secret": channels_service.is_secret(prop),
             "description": prop.get("description", ""),
             "required": key in schema.get("required", []),
+            "input": _input_kind(prop),
+            "value": _field_value(config.get(key) if isinstance(config, dict) else None),
         }
         for key, prop in schema.get("properties", {}).items()
     ]
@@ -194,7 +250,11 @@ async def save_channel(
     form = await request.form()
     raw = str(form.get("config") or "{}")
     try:
-        config = json.loads(raw or "{}")
+        if form.get("config_form"):
+            adapter = channels_service.get_instance(session, name).adapter
+            config = _config_from_fields(adapter, form)
+        else:
+            config = json.loads(raw or "{}")
         if not isinstance(config, dict):
             raise ValueError("the config must be a JSON object")
         policy = channels_service.ChannelPolicyIn(
@@ -454,29 +514,65 @@ def revoke_token(
 # -- settings and audit ----------------------------------------------------------------------
 
 
-@router.get("/settings", response_class=HTMLResponse)
-def settings_page(
-    request: Request, me: Admin, session: SessionDep, settings: SettingsDep, done: str = ""
+def _settings_page(
+    request: Request, session: Session, settings: Any, status_code: int = 200, **extra: Any
 ) -> Response:
-    _ = translator(request)
+    quiet = (settings.quiet_hours or "").split("-")
+    form = {
+        "default_timezone": settings.default_timezone,
+        "quiet_start": quiet[0] if len(quiet) == 2 else "",
+        "quiet_end": quiet[1] if len(quiet) == 2 else "",
+        "quiet_hours_policy": settings.quiet_hours_policy,
+        "frequency_cap": settings.frequency_cap or "",
+        "frequency_cap_policy": settings.frequency_cap_policy,
+    }
     return render(
         request,
         "ui/settings.html",
         {
             "require_approval": users_service.requires_approval(session, settings.require_approval),
             "settings": settings,
-            "flash": _("Saved.") if done else None,
+            "form": {**form, **extra.pop("form", {})},
+            "common_zones": workspace_settings.COMMON_ZONES,
+            "all_zones": workspace_settings.all_zones(),
+            "cap_presets": workspace_settings.CAP_PRESETS,
+            "policies": workspace_settings.POLICIES,
+            "errors": {},
+            **extra,
         },
+        status_code=status_code,
     )
+
+
+@router.get("/settings", response_class=HTMLResponse)
+def settings_page(
+    request: Request, me: Admin, session: SessionDep, settings: SettingsDep, done: str = ""
+) -> Response:
+    _ = translator(request)
+    return _settings_page(request, session, settings, flash=_("Saved.") if done else None)
 
 
 @router.post("/settings")
 async def save_settings(
-    request: Request, me: Admin, session: SessionDep, clock: ClockDep
+    request: Request, me: Admin, session: SessionDep, clock: ClockDep, settings: SettingsDep
 ) -> Response:
     form = await request.form()
     value = form.get("require_approval") == "on"
+    raw = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    values, errors = workspace_settings.check(raw) if "default_timezone" in raw else ({}, {})
+    if errors:
+        _ = translator(request)
+        return _settings_page(
+            request,
+            session,
+            settings,
+            status_code=422,
+            form=raw,
+            errors={k: _(v) for k, v in errors.items()},
+        )
     users_service.set_setting(session, users_service.REQUIRE_APPROVAL, value, clock.now())
+    workspace_settings.save(session, values, clock.now())
+    workspace_settings.apply(request.app, session)
     auth.record(
         request,
         session,
@@ -484,6 +580,7 @@ async def save_settings(
         "settings.update",
         object_kind="settings",
         summary=f"require_approval={value}",
+        detail=values or None,
     )
     return redirect(request, "/settings?done=saved")
 

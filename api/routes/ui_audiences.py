@@ -4,20 +4,23 @@ target is in and what it received; segment counts)."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlmodel import Session
 
 from api import template_actions
 from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep
+from api.routes import ui_audience_edit
 from api.views import redirect, render, translator
+from audiences import saved_segments, segments
 from audiences import search as audiences_search
-from audiences import segments
 from audiences import service as audiences_service
-from audiences.models import Contact, GroupChat
+from audiences.models import Contact, ContactStatus, GroupChat, GroupStatus
 from scheduler.analytics import log as delivery_log
 from scheduler.flows import targets as scheduler_targets
 from scheduler.outbox import service as scheduler_service
@@ -43,14 +46,25 @@ def target_list(
     session: SessionDep,
     q: str = "",
     tag: str = "",
+    status: str = "",
+    account: str = "",
     page: int = 1,
+    error: str = "",
 ) -> Response:
     path_kind = request.url.path.strip("/")
     kind = _kind(path_kind)
     page = max(page, 1)
     result = audiences_search.search(
-        session, kind, q=q or None, tag=tag or None, limit=PAGE, offset=(page - 1) * PAGE
+        session,
+        kind,
+        q=q or None,
+        tag=tag or None,
+        status=status or None,
+        account=account or None,
+        limit=PAGE,
+        offset=(page - 1) * PAGE,
     )
+    filters = {"q": q, "tag": tag, "status": status, "account": account}
     return render(
         request,
         "ui/targets.html",
@@ -60,6 +74,16 @@ def target_list(
             "result": result,
             "q": q,
             "tag": tag,
+            "status": status,
+            "account": account,
+            "filters": filters,
+            "filter_query": urlencode({k: v for k, v in filters.items() if v}),
+            "statuses": ContactStatus.ALL if kind == "contact" else GroupStatus.ALL,
+            "accounts": audiences_search.all_accounts(session),
+            "flash": ui_audience_edit.done_message(
+                translator(request), kind, dict(request.query_params)
+            ),
+            "flash_error": error or None,
             "page": page,
             "pages": max(1, -(-result.total // PAGE)),
             "all_tags": audiences_search.all_tags(session),
@@ -125,6 +149,19 @@ async def enroll(
         target = session.get(model, target_id)
         if target is None or template.target_kind != kind:
             raise scheduler_service.EnrollmentError(f"this SOP does not send to {kind}s")
+        if form.get("confirm") != "1" and not _in_segment(session, template, kind, target_id):
+            _ = translator(request)
+            return _detail(
+                request,
+                session,
+                kind,
+                target_id,
+                confirm_enroll={
+                    "template_id": template.id,
+                    "message": _("%(name)s is not in the segment of “%(sop)s”. Enroll anyway?")
+                    % {"name": target.name or target.external_id, "sop": template.name},
+                },
+            )
         pairs = [(target_id, target.joined_at)]
         template_actions.enroll(
             request, session, me, template, pairs, clock.now(), named=f"{kind} {target_id}"
@@ -133,6 +170,21 @@ async def enroll(
         return _detail(request, session, kind, target_id, flash_error=str(exc))
     path = "contacts" if kind == "contact" else "groups"
     return redirect(request, f"/{path}/{target_id}?done=enrolled")
+
+
+def _in_segment(session: Session, template: Any, kind: str, target_id: int) -> bool:
+    """Whether the target is in the segment of the SOP's live version (an SOP
+    without a segment takes anyone enrolled by hand)."""
+    if template.current_version_id is None:
+        return True
+    spec = templates_service.version_spec(
+        templates_service.get_version(session, template.current_version_id)
+    )
+    if spec.segment is None:
+        return True
+    query = segments.segment_query(session, kind, spec.segment)  # type: ignore[arg-type]
+    ids = query.subquery()
+    return bool(session.execute(select(ids.c[0]).where(ids.c[0] == target_id).limit(1)).first())
 
 
 # -- segments ------------------------------------------------------------------------------
@@ -192,6 +244,10 @@ def segments_page(
         "ui/segments.html",
         {
             "rows": rows,
+            "saved": [
+                (saved, saved_segments.evaluate(session, saved.definition, limit=0).count)
+                for saved in saved_segments.all_saved(session)
+            ],
             "trial": trial,
             "result": result,
             "error": error,

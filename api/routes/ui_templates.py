@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, col, select
 
-from api import auth, editor_forms, template_actions
+from api import auth, draft_diff, editor_forms, template_actions
 from api.auth import Approver, Author, Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
@@ -24,7 +24,7 @@ from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
 from scheduler.analytics import stats
-from scheduler.flows import authoring
+from scheduler.flows import authoring, impact
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library, wording
@@ -386,6 +386,11 @@ def _editor(
                 ),
                 "test_sends": authoring.test_sends(session, template.id, limit=10),  # type: ignore[arg-type]
                 "unpublished": _unpublished(session, template),
+                "impact": impact.publish_impact(session, template, now),
+                "overlaps": impact.overlaps(session, template, now),
+                "draft_diff": draft_diff.draft_diff(session, template)
+                if _unpublished(session, template)
+                else None,
             }
         )
         if with_panels:
@@ -585,8 +590,14 @@ async def _decide(
     now: Any,
 ) -> Response:
     note = await _note(request)
+    reason_missing = verdict == "reject" and not note.strip()
 
     def run() -> None:
+        if reason_missing:  # said in the operator's language, before anything changes
+            _ = translator(request)
+            raise approvals.ApprovalError(
+                _("Write the reason for the rejection: the authors see it on the template.")
+            )
         template_actions.decide(request, session, me, template_id, verdict, note, now)
 
     return _lifecycle(request, session, template_id, run, f"{verdict}d")

@@ -9,4 +9,9 @@ window.ui = SwaggerUIBundle({
   showExtensions: true,
   showCommonExtensions: true,
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+  // Logged in through the browser: changes carry the session's CSRF token.
+  requestInterceptor: (request) => {
+    if (root.dataset.csrfToken) request.headers["X-CSRF-Token"] = root.dataset.csrfToken;
+    return request;
+  },
 });

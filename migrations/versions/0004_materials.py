@@ -1,7 +1,7 @@
 """materials: the material library (images, files, link and mini-program cards)
 
 Revision ID: 0004_materials
-Revises: 0002_channel_version
+Revises: 0003_saved_segments
 Create Date: 2026-12-03 22:50:00.000000
 
 """
@@ -16,7 +16,7 @@ import sopbot.db
 
 # revision identifiers, used by Alembic.
 revision: str = "0004_materials"
-down_revision: str | Sequence[str] | None = "0002_channel_version"
+down_revision: str | Sequence[str] | None = "0003_saved_segments"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from audiences import changes as audience_changes
 from audiences import importer, inbox
@@ -31,6 +31,7 @@ from audiences.import_options import ImportOptions
 from audiences.models import Contact, GroupChat, InboxStatus
 from audiences.schemas import ContactIn, GroupIn
 from scheduler.flows import goals, membership
+from scheduler.outbox.models import Enrollment
 from scheduler.outbox.repository import chunked, insert_rows, instant_param
 
 __all__ = ["EventsRejected", "Reaction"]
@@ -254,6 +255,58 @@ def _claim_keys(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     if unkeyed:
         inbox.record(session, unkeyed)
     return claimed
+
+
+@dataclass
+class BulkResult:
+    """What an operator's action on many contacts or groups did."""
+
+    targets: int = 0  # contacts / groups the action was applied to
+    reaction: Reaction = field(default_factory=Reaction)
+    templates: set[int] = field(default_factory=set)  # SOPs that enrolled someone
+
+
+BULK_CHUNK = 1000
+
+
+def act_on_targets(
+    session: Session,
+    target_kind: str,
+    target_ids: Sequence[int],
+    action: str,
+    now: datetime,
+    tags: Sequence[str] = (),
+) -> BulkResult:
+    """Tag, untag or remove contacts / groups chosen in the UI (one, a
+    selection, or every row a filter matches): events through the same unit of
+    work as ``POST /api/events``, so the same SOPs enroll and exit. All or
+    nothing: ``EventsRejected`` (e.g. an empty tag) writes nothing."""
+    result = BulkResult()
+    before = _enrollment_templates(session, target_kind, target_ids)
+    for chunk in chunked(list(target_ids), BULK_CHUNK):
+        events = audience_changes.target_events(session, target_kind, chunk, action, tags)
+        done = apply(session, events, now)
+        result.targets += len(events)
+        result.reaction.add(done.reaction)
+    if result.reaction.enrolled:
+        after = _enrollment_templates(session, target_kind, target_ids)
+        result.templates = {t for t, n in after.items() if n > before.get(t, 0)}
+    return result
+
+
+def _enrollment_templates(
+    session: Session, target_kind: str, target_ids: Sequence[int]
+) -> dict[int, int]:
+    """Enrollments of these targets per template (to name the SOPs an action started)."""
+    counts: dict[int, int] = {}
+    for chunk in chunked(list(target_ids), BULK_CHUNK):
+        for template_id, n in session.execute(
+            select(col(Enrollment.template_id), func.count())
+            .where(col(Enrollment.target_kind) == target_kind, col(Enrollment.target_id).in_(chunk))
+            .group_by(col(Enrollment.template_id))
+        ).all():
+            counts[template_id] = counts.get(template_id, 0) + n
+    return counts
 
 
 def add_tags(

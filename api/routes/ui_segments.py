@@ -1,0 +1,165 @@
+"""Operator UI: saved segments (人群) built with the tag picker — chips for
+tags every member has (AND), tags of which one is enough (OR) and tags that
+exclude (NOT) — with the live count and sample members, reused to start a
+tagged-customer SOP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from api import auth, template_actions
+from api.auth import Author, Reader
+from api.deps import ClockDep, SessionDep
+from api.i18n import N_
+from api.views import redirect, render, translator
+from audiences import saved_segments
+from audiences import search as audiences_search
+from audiences.saved_segments import Picked, SegmentError
+from sop_templates import library
+from sop_templates.service import TemplateError
+
+router = APIRouter(include_in_schema=False)
+
+ERRORS = {
+    "no_tags": N_("Pick at least one tag that every member has, or one of several."),
+    "no_name": N_("Give the segment a name."),
+    "long_name": N_("The name is longer than 100 characters."),
+    "invalid": N_("This combination of tags cannot be used."),
+    "kind": N_("Unknown segment kind."),
+}
+
+
+def _picker(session: Any, picked: Picked, account: str, name: str, **extra: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {
+        "all_tags": audiences_search.all_tags(session),
+        "accounts": audiences_search.all_accounts(session),
+        "picked": picked,
+        "account": account,
+        "name": name,
+        "result": None,
+        **extra,
+    }
+    return context
+
+
+@router.get("/segments/build", response_class=HTMLResponse)
+def build_page(
+    request: Request,
+    me: Reader,
+    session: SessionDep,
+    all: list[str] = Query([]),  # noqa: A002 - the form's field names
+    any: list[str] = Query([]),  # noqa: A002
+    none: list[str] = Query([]),
+    account: str = "",
+    name: str = "",
+    id: int | None = None,  # noqa: A002
+    done: str = "",
+) -> Response:
+    """The picker with the live count and the first members of what is picked."""
+    _ = translator(request)
+    saved = saved_segments.get(session, id) if id else None
+    if saved is not None and not (all or any or none):
+        picked = saved_segments.chips(saved.definition)
+        name = name or saved.name
+        accounts = saved.definition.get("accounts") or []
+        account = account or (accounts[0] if accounts else "")
+    else:
+        picked = Picked(list(all), list(any), list(none))
+    context = _picker(session, picked, account, name, saved=saved)
+    if done == "saved":
+        context["flash"] = _("Segment saved.")
+    if picked.all or picked.any or picked.none:
+        try:
+            raw = saved_segments.definition(picked, accounts=[account] if account else [])
+            result = saved_segments.evaluate(session, raw)
+            context.update(result=result, expression=_expression_text(raw))
+        except SegmentError as exc:
+            context["error"] = _(ERRORS.get(exc.code, ERRORS["invalid"]))
+    return render(request, "ui/segment_build.html", context)
+
+
+def _expression_text(raw: dict[str, Any]) -> str:
+    from audiences.tag_expressions import parse_tag_expr
+
+    return str(parse_tag_expr(raw["tags"]))
+
+
+@router.post("/segments/build")
+async def save_segment(
+    request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    form = await request.form()
+    _ = translator(request)
+    picked = Picked(
+        [str(v) for v in form.getlist("all")],
+        [str(v) for v in form.getlist("any")],
+        [str(v) for v in form.getlist("none")],
+    )
+    account = str(form.get("account") or "").strip()
+    name = str(form.get("name") or "")
+    try:
+        raw = saved_segments.definition(picked, accounts=[account] if account else [])
+        row = saved_segments.save(session, name, raw, clock.now())
+    except SegmentError as exc:
+        session.rollback()
+        context = _picker(
+            session, picked, account, name, error=_(ERRORS.get(exc.code, ERRORS["invalid"]))
+        )
+        return render(request, "ui/segment_build.html", context, status_code=422)
+    auth.record(
+        request,
+        session,
+        me,
+        "segment.save",
+        object_kind="segment",
+        object_id=row.id,
+        summary=row.name,
+    )
+    return redirect(request, f"/segments/build?{urlencode({'id': row.id, 'done': 'saved'})}")
+
+
+@router.post("/segments/saved/{segment_id}/sop")
+async def new_sop(
+    segment_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    """A tagged-customer SOP draft for this segment (the library's, to edit),
+    counted from the time the first required tag was added."""
+    _ = translator(request)
+    saved = saved_segments.get(session, segment_id)
+    if saved is None:
+        return redirect(request, "/segments")
+    picked = saved_segments.chips(saved.definition)
+    if not picked.all:
+        context = _picker(
+            session,
+            picked,
+            "",
+            saved.name,
+            saved=saved,
+            error=_("An SOP counts from when a tag was added: pick a tag every member has."),
+        )
+        return render(request, "ui/segment_build.html", context, status_code=422)
+    form = await request.form()
+    spec = library.load("tagged_class")
+    spec.update(name=f"{saved.name} SOP", segment=saved.definition)
+    if form.get("start") == "fixed":
+        # everyone in the segment now is enrolled at publish, counted from
+        # tomorrow 00:00 in the template's zone (the editor changes it)
+        local = clock.now().astimezone(ZoneInfo(spec["timezone"])).date() + timedelta(days=1)
+        spec.update(anchor="fixed", start_at=f"{local.isoformat()}T00:00:00")
+        spec.pop("anchor_tag", None)
+    else:
+        spec.update(anchor_tag=picked.all[0])
+    try:
+        template = template_actions.create(request, session, me, spec, clock.now())
+    except TemplateError as exc:
+        session.rollback()
+        context = _picker(session, picked, "", saved.name, saved=saved, error=str(exc))
+        return render(request, "ui/segment_build.html", context, status_code=409)
+    return redirect(request, f"/templates/{template.id}?done=created")

@@ -1,0 +1,114 @@
+"""Saved segments (人群): a segment definition under a name, built with the tag
+picker (tags every member has, tags of which one is enough, tags that exclude)
+and reused in SOPs. Reading and saving only; nothing here changes who carries
+which tag."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlmodel import Session, col, select
+
+from audiences.models import SavedSegment
+from audiences.segments import SEGMENT_KINDS, SEGMENT_TARGET, Preview, preview
+
+
+class SegmentError(ValueError):
+    """A segment that cannot be saved; ``code`` names the problem for the UI."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Picked:
+    """The tag picker's chips: AND (every one), OR (at least one), NOT (none)."""
+
+    all: Sequence[str] = ()
+    any: Sequence[str] = ()
+    none: Sequence[str] = ()
+
+    def expression(self) -> dict[str, Any] | None:
+        """The tag expression, structured (``{"all": [...]}``); None when empty."""
+        parts: list[Any] = list(dict.fromkeys(t for t in self.all if t))
+        anyof = list(dict.fromkeys(t for t in self.any if t))
+        if len(anyof) == 1:
+            parts.append(anyof[0])
+        elif anyof:
+            parts.append({"any": anyof})
+        parts += [{"not": t} for t in dict.fromkeys(self.none) if t]
+        return {"all": parts} if parts else None
+
+    @property
+    def positive(self) -> bool:
+        return bool([t for t in self.all if t] or [t for t in self.any if t])
+
+
+def definition(
+    picked: Picked, kind: str = "tagged", accounts: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A segment definition from the picker; ``SegmentError`` says what is wrong."""
+    if kind not in ("tagged", "groups"):
+        raise SegmentError("kind", f"unknown segment kind {kind!r}")
+    expr = picked.expression()
+    if expr is None or not picked.positive:
+        raise SegmentError("no_tags", "pick at least one tag every member has, or one of several")
+    raw: dict[str, Any] = {"kind": kind, "tags": expr}
+    if accounts:
+        raw["accounts" if kind == "tagged" else "owners"] = list(accounts)
+    try:
+        SEGMENT_KINDS[kind].model_validate(raw)
+    except ValidationError as exc:
+        raise SegmentError("invalid", str(exc)) from None
+    return raw
+
+
+def evaluate(session: Session, raw: dict[str, Any], limit: int = 10) -> Preview:
+    """The live count and the first members of a definition."""
+    segment: Any = SEGMENT_KINDS[raw["kind"]].model_validate(raw)
+    return preview(session, SEGMENT_TARGET[raw["kind"]], segment, limit=limit)
+
+
+def save(session: Session, name: str, raw: dict[str, Any], now: datetime) -> SavedSegment:
+    """Save under ``name`` (a segment of that name is replaced)."""
+    name = name.strip()
+    if not name:
+        raise SegmentError("no_name", "a saved segment needs a name")
+    if len(name) > 100:
+        raise SegmentError("long_name", "the name is longer than 100 characters")
+    row = session.exec(select(SavedSegment).where(SavedSegment.name == name)).first()
+    if row is None:
+        row = SavedSegment(name=name, definition=raw, created_at=now, updated_at=now)
+    else:
+        row.definition, row.updated_at = raw, now
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get(session: Session, segment_id: int) -> SavedSegment | None:
+    return session.get(SavedSegment, segment_id)
+
+
+def all_saved(session: Session) -> list[SavedSegment]:
+    return list(session.exec(select(SavedSegment).order_by(col(SavedSegment.name))).all())
+
+
+def chips(raw: dict[str, Any]) -> Picked:
+    """The picker's chips back from a definition saved by :func:`definition`."""
+    picked = Picked([], [], [])
+    tags = raw.get("tags")
+    items = tags.get("all", []) if isinstance(tags, dict) else []
+    for item in items:
+        if isinstance(item, str):
+            picked.all.append(item)  # type: ignore[attr-defined]
+        elif isinstance(item, dict) and "any" in item:
+            picked.any.extend(item["any"])  # type: ignore[attr-defined]
+        elif isinstance(item, dict) and "not" in item:
+            picked.none.append(item["not"])  # type: ignore[attr-defined]
+    return picked
