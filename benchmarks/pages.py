@@ -32,6 +32,8 @@ import contextlib
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +56,7 @@ from channels.registry import ensure_instance
 from scheduler.flows import lifecycle
 from scheduler.outbox.models import Delivery, DeliveryStatus
 from sop_templates import service as templates_service
-from sopbot.db import make_engine, session_scope
+from sopbot.db import make_engine, reader, session_scope
 from sopbot.migrate import upgrade
 
 BATCH = 500
@@ -67,6 +69,11 @@ PAGES = {
     "templates_page": "/templates",
 }
 TARGETS = {"p99_ms": 100.0, "max_ms": 500.0}
+# ``sopbot serve``, dumping every thread's stack on SIGUSR1 (a probe that hangs).
+_SERVE = (
+    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "sys.argv[0] = 'sopbot'; from api.cli import main; main()"
+)
 _ACTOR = lifecycle.Actor(require_approval=False, audit=lambda *entry: None)
 
 
@@ -102,7 +109,7 @@ def _setup(engine: Engine) -> None:
 
 
 @contextlib.contextmanager
-def _serve(url: str, workdir: Path) -> Iterator[tuple[str, int]]:
+def _serve(url: str, workdir: Path, keep_log: str | None) -> Iterator[tuple[str, int]]:
     """``sopbot serve`` on a free port against ``url``; yields its base URL and pid."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPBOT_")}
@@ -114,7 +121,7 @@ def _serve(url: str, workdir: Path) -> Iterator[tuple[str, int]]:
     )
     log = (workdir / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-c", _SERVE, "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -139,6 +146,8 @@ def _serve(url: str, workdir: Path) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+        if keep_log:
+            shutil.copy(workdir / "serve.log", keep_log)
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -151,7 +160,7 @@ def _process_cpu_s(pid: int) -> float:
 
 
 def _pending(engine: Engine) -> int:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         return int(
             conn.execute(
                 select(func.count()).where(
@@ -166,14 +175,20 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _probe(base: str, token: str, stop: threading.Event, out: dict[str, list[float]]) -> None:
+def _probe(
+    base: str, pid: int, token: str, stop: threading.Event, out: dict[str, list[float]]
+) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
         while not stop.is_set():
             started = time.perf_counter()
             for name, path in PAGES.items():
                 t0 = time.perf_counter()
-                response = client.get(path)
+                try:
+                    response = client.get(path, timeout=5)
+                except httpx.TimeoutException:
+                    os.kill(pid, signal.SIGUSR1)  # the stacks go to the server's log
+                    response = client.get(path)
                 elapsed = time.perf_counter() - t0
                 if response.status_code != 200:
                     out.setdefault("errors", []).append(float(response.status_code))
@@ -181,7 +196,7 @@ def _probe(base: str, token: str, stop: threading.Event, out: dict[str, list[flo
             stop.wait(max(0.0, PROBE_INTERVAL_S - (time.perf_counter() - started)))
 
 
-def run(*, quick: bool = False) -> dict[str, Any]:
+def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
     events = 1_000 if quick else 10_000
     result: dict[str, Any] = {
         "benchmark": "pages",
@@ -197,10 +212,10 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         upgrade(engine)
         _setup(engine)
         token = _api_token(engine)
-        with _serve(url, Path(tmp)) as (base, pid):
+        with _serve(url, Path(tmp), serve_log) as (base, pid):
             samples: dict[str, list[float]] = {name: [] for name in PAGES}
             stop = threading.Event()
-            prober = threading.Thread(target=_probe, args=(base, token, stop, samples))
+            prober = threading.Thread(target=_probe, args=(base, pid, token, stop, samples))
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             cpu_before = _process_cpu_s(pid)
             with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
@@ -224,7 +239,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
                         "/api/events", content=json.dumps(batch, ensure_ascii=False).encode()
                     )
                     if response.status_code != 200:
-                        raise RuntimeError(f"POST /api/events: {response.status_code}")
+                        tail = (Path(tmp) / "serve.log").read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"POST /api/events: {response.status_code}\n{tail}")
                 ingested = time.perf_counter() - started
                 _log(f"ingested in {ingested:.1f} s; draining")
                 deadline = time.monotonic() + 600
@@ -279,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10x smaller (smoke run)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--serve-log", help="keep the server's log at this path")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick)
+    result = run(quick=args.quick, serve_log=args.serve_log)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0 if result["verified"] else 1
 

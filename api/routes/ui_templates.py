@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from api import auth, editor_forms, template_actions
 from api.auth import Approver, Author, Reader
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
+from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
@@ -54,7 +54,7 @@ DONE_MESSAGES = {
 
 
 @router.get("/templates", response_class=HTMLResponse)
-def template_list(request: Request, me: Reader, session: SessionDep, clock: ClockDep) -> Response:
+def template_list(request: Request, me: Reader, session: ReaderDep, clock: ClockDep) -> Response:
     summaries = {s.template_id: s for s in stats.overview(session, now=clock.now())}
     rows = []
     for template in templates_service.list_templates(session):
