@@ -293,8 +293,24 @@ def _exits(session: Session, flt: StatsFilter, names: Mapping[int, str | None]) 
     )
 
 
-def overview(session: Session, *, now: datetime) -> list[TemplateSummary]:
-    """Every template with its delivery counts, live plus settled."""
+def overview(
+    session: Session, *, now: datetime, counts: Mapping[int, Counts] | None = None
+) -> list[TemplateSummary]:
+    """Every template with its delivery counts, live plus settled (``counts``:
+    already read by ``overview_counts``, e.g. a recent snapshot of them)."""
+    if counts is None:
+        counts = overview_counts(session, now=now)
+    t = SopTemplate.__table__.c  # type: ignore[attr-defined]
+    return [
+        TemplateSummary(template_id, name, kind, status, counts.get(template_id) or Counts())
+        for template_id, name, kind, status in session.execute(
+            select(t.id, t.name, t.target_kind, t.status).order_by(t.id)
+        ).all()
+    ]
+
+
+def overview_counts(session: Session, *, now: datetime) -> dict[int, Counts]:
+    """Every template's delivery counts by id, live plus settled."""
     mark = read_watermark(session)
     counts: dict[int, Counts] = defaultdict(Counts)
     # Counts only: straight from ``deliveries`` per live part, without the
@@ -319,10 +335,4 @@ def overview(session: Session, *, now: datetime) -> list[TemplateSummary]:
             )
         ).all():
             counts[template_id].add(status, int(n), int(n))
-    t = SopTemplate.__table__.c  # type: ignore[attr-defined]
-    return [
-        TemplateSummary(template_id, name, kind, status, counts.get(template_id) or Counts())
-        for template_id, name, kind, status in session.execute(
-            select(t.id, t.name, t.target_kind, t.status).order_by(t.id)
-        ).all()
-    ]
+    return dict(counts)
