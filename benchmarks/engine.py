@@ -65,7 +65,7 @@ import httpx
 import sqlalchemy
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from audiences.models import Account, Contact
 from benchmarks.machine import describe
@@ -76,7 +76,7 @@ from scheduler.outbox.models import Delivery, DeliveryStatus
 from scheduler.runtime import SchedulerRuntime
 from sop_templates import service as templates_service
 from sopbot.clock import Clock, ManualClock, SystemClock
-from sopbot.db import create_all, import_models, make_engine, session_scope
+from sopbot.db import create_all, import_models, make_engine, reader, session_scope
 from sopbot.settings import Settings
 
 #: Every ManualClock phase starts here (08:00 in Asia/Shanghai, the template zone).
@@ -133,12 +133,13 @@ class Sizes:
 
     @classmethod
     def full(cls) -> Sizes:
-        # The naive peer runs at its own defaults (5000 / 5000 / 2000).
-        return cls(100_000, len(ENROLL_TOUCHPOINTS), 100_000, 10_000, 5000, 5000, 2000)
+        # The naive peer enrolls and dispatches at its own defaults (5000 / 5000);
+        # its burst is the same 10,000 in one second as ours.
+        return cls(100_000, len(ENROLL_TOUCHPOINTS), 100_000, 10_000, 5000, 5000, 10_000)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(10_000, len(ENROLL_TOUCHPOINTS), 10_000, 1_000, 500, 500, 200)
+        return cls(10_000, len(ENROLL_TOUCHPOINTS), 10_000, 1_000, 500, 500, 1_000)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -315,7 +316,9 @@ def _enroll_all(
 
 
 def _status_counts(engine: Engine) -> dict[str, int]:
-    with session_scope(engine) as session:
+    # A reader: polling progress must not queue for the write lock the
+    # dispatcher being measured takes for every claim and outcome.
+    with Session(reader(engine)) as session:
         return scheduler_service.delivery_counts(session)
 
 
@@ -676,10 +679,7 @@ def run(
         result["ratio_enroll"] = _ratio(enroll["enroll_per_s"], naive["enroll_per_s"])
         result["ratio_dispatch"] = _ratio(dispatch["dispatch_per_s"], naive["dispatch_per_s"])
         result["ratio_burst_p99"] = _ratio(naive["burst_p99_late_s"], burst["burst_p99_late_s"])
-        result["ratio_burst_p99_note"] = (
-            f"naive p99 at n={sizes.naive_burst} / ours at n={sizes.burst}: "
-            "different sizes, so not like for like"
-        )
+        result["ratio_burst_p99_note"] = f"naive p99 / ours, both {sizes.burst} due in one second"
     result["targets"] = dict(TARGETS)
     result["meets_targets"] = {
         "enroll_per_s": enroll["enroll_per_s"] >= TARGETS["enroll_per_s"],

@@ -256,6 +256,14 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
                     select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
                 ).all()
             )
+            reasons = [
+                f"{status}: {reason}"
+                for status, reason, _ in conn.execute(
+                    select(Delivery.status, Delivery.reason, func.count())  # type: ignore[call-overload]
+                    .where(Delivery.status != DeliveryStatus.SENT)
+                    .group_by(Delivery.status, Delivery.reason)
+                ).all()
+            ]
             total, distinct = conn.execute(
                 select(func.count(), func.count(MockMessage.delivery_id.distinct()))  # type: ignore[attr-defined]
             ).one()
@@ -268,6 +276,7 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
         serve_cpu_s=round(cpu, 2),
         client_cpu_s=round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 2),
         probe_errors=len(errors),
+        not_sent=reasons,
     )
     for name, values in samples.items():
         result[name] = {
