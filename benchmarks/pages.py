@@ -88,13 +88,13 @@ def _setup(engine: Engine) -> None:
         audiences_service.ensure_account(session, "staff_1", "客服小王")
         # Other templates on the list, as an operator's workspace has.
         for k in range(5):
-            spec = {
+            draft: dict[str, Any] = {
                 "name": f"草稿 {k}",
                 "target": "contact",
                 "touchpoints": [{"name": "hi", "timing": "+1d", "content": "你好"}],
             }
-            templates_service.create_template(session, spec, now)
-        spec = {
+            templates_service.create_template(session, draft, now)
+        spec: dict[str, Any] = {
             "name": "新好友 SOP（基准）",
             "target": "contact",
             "segment": {"kind": "new_friends"},
@@ -251,7 +251,7 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
             prober.join()
             cpu = _process_cpu_s(pid) - cpu_before
         with engine.connect() as conn:
-            statuses = dict(
+            statuses: dict[str, int] = dict(
                 conn.execute(
                     select(Delivery.status, func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
                 ).all()

@@ -76,7 +76,7 @@ def template_list(request: Request, me: Reader, session: ReaderDep, clock: Clock
         rows.append(
             {
                 "template": template,
-                "counts": counts.get(template.id) or stats.Counts(),
+                "counts": counts.get(template.id) or stats.Counts(),  # type: ignore[arg-type]
                 "review": review.state if review else None,
                 "version": version.version if version else None,
             }
