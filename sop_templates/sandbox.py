@@ -63,7 +63,7 @@ class Budget:
     depth: int = 0  # calls (macros, functions, methods) now in progress
 
     def check_time(self) -> None:
-        if time.thread_time() > self.deadline:
+        if time.perf_counter() > self.deadline:
             raise RenderTooSlow(
                 f"渲染超时：超过 {self.seconds * 1000:.0f} ms 的渲染预算 "
                 f"(rendering took longer than its {self.seconds * 1000:.0f} ms budget: "
@@ -318,10 +318,7 @@ def _budget_concat(context: Context, values: list[Any]) -> str:
 def render_within(template: Any, context: dict[str, Any], seconds: float, max_chars: int) -> str:
     """Render ``template`` under a fresh budget, stopping once its output is
     longer than ``max_chars`` or it runs past ``seconds``."""
-    # CPU time of this thread, not wall time: on a busy machine (or while other
-    # threads hold the interpreter) waiting is not work, and a message within its
-    # budget must not fail for it.
-    b = Budget(seconds, max_chars, time.thread_time() + seconds)
+    b = Budget(seconds, max_chars, time.perf_counter() + seconds)
     token = _current.set(b)
     try:
         return _stream(template, context, b)
