@@ -1,6 +1,6 @@
 """Engine benchmark: sopbot's outbox scheduler measured end to end.
 
-Four figures, each from the real code paths (``scheduler.outbox.service.enroll``, the
+Five figures, each from the real code paths (``scheduler.outbox.service.enroll``, the
 ``Dispatcher`` and the APScheduler-driven ``SchedulerRuntime``) with the mock channel:
 
 * ``enroll_per_s`` -- delivery rows written per second while enrolling 100,000 contacts
@@ -16,9 +16,14 @@ Four figures, each from the real code paths (``scheduler.outbox.service.enroll``
   by the real ``SchedulerRuntime.start()`` loop on the real ``SystemClock`` (tick every
   second); p99 of ``sent_at - due_at`` read back from the delivery rows.
 
-The naive one-APScheduler-job-per-message peer (``benchmarks.naive_peer``) runs at its own
-(smaller) defaults for reference; ratios are ours / naive for throughput and naive / ours
-for lateness.
+* ``cron_plan_s`` -- seconds to plan one daily cron occurrence (``plan_cron``, one
+  ``INSERT ... SELECT``) for 100,000 enrolled groups. Verified: one scheduled delivery
+  per group.
+
+The naive one-APScheduler-job-per-message peer (``benchmarks.naive_peer``) enrolls and
+dispatches at its own (smaller) defaults and takes the same burst (10,000 due in one
+second) in the same run; ratios are ours / naive for throughput and naive / ours for
+lateness. ``benchmarks.guard`` holds CI to half of the README's quick-run ratios.
 
 Every phase gets a fresh database: a temporary SQLite file in WAL mode (removed
 afterwards), or with ``--database-url postgresql+psycopg://...`` a dedicated database
@@ -65,7 +70,7 @@ import httpx
 import sqlalchemy
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from audiences.models import Account, Contact
 from benchmarks.machine import describe
@@ -76,7 +81,7 @@ from scheduler.outbox.models import Delivery, DeliveryStatus
 from scheduler.runtime import SchedulerRuntime
 from sop_templates import service as templates_service
 from sopbot.clock import Clock, ManualClock, SystemClock
-from sopbot.db import create_all, import_models, make_engine, session_scope
+from sopbot.db import create_all, import_models, make_engine, reader, session_scope
 from sopbot.settings import Settings
 
 #: Every ManualClock phase starts here (08:00 in Asia/Shanghai, the template zone).
@@ -92,10 +97,11 @@ DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_PG_DATABASE = "sopbot_bench"
 
 TARGETS: dict[str, float] = {
-    "enroll_per_s": 50_000,
-    "dispatch_per_s": 5_000,
-    "burst_p99_late_s": 3,
+    "enroll_per_s": 75_000,
+    "dispatch_per_s": 10_000,
+    "burst_p99_late_s": 1.0,
     "peak_rss_mb": 300,
+    "cron_plan_s": 3.0,
 }
 
 #: The 10-touchpoint SOP for the enroll phase: offsets and day-N-at times, all in the
@@ -130,15 +136,17 @@ class Sizes:
     naive_enroll: int
     naive_dispatch: int
     naive_burst: int
+    cron_groups: int
 
     @classmethod
     def full(cls) -> Sizes:
-        # The naive peer runs at its own defaults (5000 / 5000 / 2000).
-        return cls(100_000, len(ENROLL_TOUCHPOINTS), 100_000, 10_000, 5000, 5000, 2000)
+        # The naive peer enrolls and dispatches at its own defaults (5000 / 5000);
+        # its burst is the same 10,000 in one second as ours.
+        return cls(100_000, len(ENROLL_TOUCHPOINTS), 100_000, 10_000, 5000, 5000, 10_000, 100_000)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(10_000, len(ENROLL_TOUCHPOINTS), 10_000, 1_000, 500, 500, 200)
+        return cls(10_000, len(ENROLL_TOUCHPOINTS), 10_000, 1_000, 500, 500, 1_000, 10_000)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -151,6 +159,7 @@ class Sizes:
             "naive_enroll": self.naive_enroll,
             "naive_dispatch": self.naive_dispatch,
             "naive_burst": self.naive_burst,
+            "cron_groups": self.cron_groups,
         }
 
 
@@ -315,7 +324,9 @@ def _enroll_all(
 
 
 def _status_counts(engine: Engine) -> dict[str, int]:
-    with session_scope(engine) as session:
+    # A reader: polling progress must not queue for the write lock the
+    # dispatcher being measured takes for every claim and outcome.
+    with Session(reader(engine)) as session:
         return scheduler_service.delivery_counts(session)
 
 
@@ -585,6 +596,48 @@ def phase_burst(
     return result
 
 
+def phase_cron(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
+    """Plan one daily cron occurrence for ``cron_groups`` enrolled groups: the
+    planner's one ``INSERT ... SELECT`` per occurrence, timed."""
+    n = sizes.cron_groups
+    now = CLOCK_START
+    with dbs.fresh("cron") as engine:
+        _setup_channel(engine)
+        spec = {
+            "name": "bench daily menu",
+            "target": "group",
+            "timezone": TIMEZONE,
+            "anchor": "join",
+            "channel": CHANNEL,
+            "touchpoints": [
+                {"name": "menu", "timing": "cron 0 11 * * *", "content": "{{ group.name }} 菜单"}
+            ],
+        }
+        with session_scope(engine) as session:
+            template = templates_service.create_template(session, spec, now)
+            templates_service.freeze_draft(session, template.id, now)  # type: ignore[arg-type]
+            template_id = template.id
+        _log(f"cron: enrolling {n} groups (not timed)")
+        _enroll_all(engine, template_id, [(g, now) for g in range(1, n + 1)], now)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        cpu = time.process_time()
+        with session_scope(engine) as session:
+            planned = scheduler_service.plan_cron(
+                session, now, lookahead=timedelta(days=1), catch_up=timedelta(days=1)
+            )
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        counts = _status_counts(engine)
+    verified = counts == {DeliveryStatus.SCHEDULED: n}
+    _log(f"cron: one occurrence for {n} groups planned in {elapsed:.2f}s; verified={verified}")
+    return {
+        "cron_plan_s": elapsed,
+        "cron_plan_cpu_s": cpu,
+        "cron_planned": getattr(planned, "deliveries", None),
+        "cron_verified": verified,
+    }
+
+
 def phase_naive(sizes: Sizes, timeout_s: float) -> dict[str, Any]:
     from benchmarks.naive_peer import run as naive_run
 
@@ -637,6 +690,7 @@ def run(
         enroll = phase_enroll(dbs, sizes, profiler)
         dispatch = phase_dispatch(dbs, sizes, profiler)
         burst = phase_burst(dbs, sizes, timeout_s, enroll["enroll_per_s"])
+        cron = phase_cron(dbs, sizes)
     finally:
         dbs.close()
     naive = None if skip_naive else phase_naive(sizes, timeout_s)
@@ -667,8 +721,12 @@ def run(
         **enroll,
         **dispatch,
         **burst,
+        **cron,
         "verified": bool(
-            enroll["enroll_verified"] and dispatch["dispatch_verified"] and burst["burst_verified"]
+            enroll["enroll_verified"]
+            and dispatch["dispatch_verified"]
+            and burst["burst_verified"]
+            and cron["cron_verified"]
         ),
     }
     if naive is not None:
@@ -676,10 +734,7 @@ def run(
         result["ratio_enroll"] = _ratio(enroll["enroll_per_s"], naive["enroll_per_s"])
         result["ratio_dispatch"] = _ratio(dispatch["dispatch_per_s"], naive["dispatch_per_s"])
         result["ratio_burst_p99"] = _ratio(naive["burst_p99_late_s"], burst["burst_p99_late_s"])
-        result["ratio_burst_p99_note"] = (
-            f"naive p99 at n={sizes.naive_burst} / ours at n={sizes.burst}: "
-            "different sizes, so not like for like"
-        )
+        result["ratio_burst_p99_note"] = f"naive p99 / ours, both {sizes.burst} due in one second"
     result["targets"] = dict(TARGETS)
     result["meets_targets"] = {
         "enroll_per_s": enroll["enroll_per_s"] >= TARGETS["enroll_per_s"],
@@ -687,6 +742,7 @@ def run(
         "burst_p99_late_s": burst["burst_verified"]
         and burst["burst_p99_late_s"] <= TARGETS["burst_p99_late_s"],
         "peak_rss_mb": enroll["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
+        "cron_plan_s": cron["cron_verified"] and cron["cron_plan_s"] <= TARGETS["cron_plan_s"],
     }
     result["total_s"] = time.perf_counter() - t_start
     return _clean(result)  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 
 from channels.base import AdapterContext, ChannelAdapter, ChannelError
 from channels.models import ChannelInstance
+from sopbot.db import reader
 from sopbot.sql import insert_of
 
 ENTRY_POINT_GROUP = "sopbot.channels"
@@ -159,7 +160,7 @@ class ChannelPool:
             self._built.pop(instance_name, None)
 
     def _build(self, instance_name: str) -> tuple[int | None, ChannelAdapter | ChannelError]:
-        with Session(self._engine) as session:
+        with Session(reader(self._engine)) as session:
             row = session.exec(
                 select(ChannelInstance).where(ChannelInstance.name == instance_name)
             ).first()
@@ -180,7 +181,10 @@ class ChannelPool:
         if not self._built:
             return
         try:
-            with Session(self._engine) as session:
+            # A read on its own snapshot: dispatch calls this on the event loop,
+            # which must never wait for SQLite's write lock (the request holding
+            # it may need the loop to commit).
+            with Session(reader(self._engine)) as session:
                 current: dict[str, int] = dict(
                     session.execute(select(INSTANCES.c.name, INSTANCES.c.version)).all()  # type: ignore[arg-type]
                 )

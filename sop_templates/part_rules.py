@@ -1,6 +1,7 @@
 """Rules for the addresses in message parts, checked when a template is
 validated, saved and published (``checks.publish_problems``): links and images
-are ``https://`` addresses (or materials of the library, ``/materials/...``),
+are ``https://`` addresses (or materials of the library, ``/materials/...``;
+an image may be ``wecom-media:<media_id>`` on WeCom channels, for moments),
 a mini-program AppID is ``wx`` and 16 hex characters, a page path is relative
 (``pages/index/index``, no leading ``/``), and WeCom's channels need the page
 path to end in ``.html`` (their API says so).
@@ -28,6 +29,7 @@ URL_FIELDS = {
     "file": ("url",),
 }
 WECOM_ADAPTERS = ("wecom", "wecom_group_bot")
+WECOM_MEDIA = "wecom-media:"  # an image already uploaded to WeCom (moments)
 
 
 def is_https_url(value: str) -> bool:
@@ -47,6 +49,13 @@ def part_problems(spec: TemplateSpec, adapter: str | None = None) -> list[tuple[
             where = f"touchpoints[{i}].content[{j}]"
             for name in URL_FIELDS.get(kind, ()):
                 value = str(raw.get(name) or "").strip()
+                if (
+                    kind == "image"
+                    and value.startswith(WECOM_MEDIA)
+                    and len(value) > len(WECOM_MEDIA)
+                    and (adapter is None or adapter in WECOM_ADAPTERS)
+                ):
+                    continue
                 if value and "{{" not in value and not is_https_url(value):
                     problems.append((f"{where}.{name}", f"url {value!r} is not an https address"))
             if kind != "miniprogram":

@@ -59,6 +59,11 @@ def render_string(
                 f"characters, over the {max_chars:,} character budget of one message part)"
             )
         return source
+    plain = _plain(source)
+    if plain is not None:
+        text = _substitute(plain, context)
+        if text is not None and len(text) <= max_chars:
+            return text
     try:
         return render_within(_compile(source), context, seconds, max_chars)
     except RenderError:
@@ -73,6 +78,64 @@ def render_string(
         raise RenderError("渲染递归过深 (a macro or loop calls itself too deeply)") from exc
     except Exception as exc:  # noqa: BLE001 - any filter/runtime error is the content's fault
         raise RenderError(f"{type(exc).__name__}: {exc}") from exc
+
+
+# -- plain substitution ------------------------------------------------------------
+#
+# Most message templates are text with a few ``{{ contact.name }}``-style
+# variables. Those are filled in directly, without running Jinja; the result is
+# the same text Jinja gives. Anything else -- filters, tags, a value that is not
+# plain text or a whole number, a missing field -- goes through Jinja as before.
+
+_Piece = str | tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)
+def _plain(source: str) -> tuple[_Piece, ...] | None:
+    """``source`` as literal text and dotted variable paths, or None when it
+    uses anything more than ``{{ name.field.field }}``."""
+    try:
+        tree = _env.parse(source)
+    except TemplateSyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None
+    pieces: list[_Piece] = []
+    for node in tree.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            pieces.append(node.data)
+            continue
+        path: list[str] = []
+        while isinstance(node, nodes.Getattr):
+            if node.attr.startswith("_") or hasattr(dict, node.attr):
+                return None
+            path.append(node.attr)
+            node = node.node
+        if not isinstance(node, nodes.Name):
+            return None
+        path.append(node.name)
+        pieces.append(tuple(reversed(path)))
+    return tuple(pieces)
+
+
+def _substitute(pieces: tuple[_Piece, ...], context: dict[str, Any]) -> str | None:
+    out = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+            continue
+        value: Any = context
+        for name in piece:
+            if type(value) is not dict or name not in value:
+                return None
+            value = value[name]
+        if type(value) is str:
+            out.append(value)
+        elif type(value) is int:
+            out.append(str(value))
+        else:
+            return None
+    return "".join(out)
 
 
 def _undefined_message(source: str, exc: UndefinedError) -> str:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from api import template_actions
 from api.auth import Approver, Author, Principal
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep
 from api.users import audit
 from audiences import service as audiences_service
 from scheduler.flows import authoring
@@ -54,7 +54,7 @@ SPEC_EXAMPLE = {
 
 
 @router.get("", response_model=list[TemplateOut])
-def list_templates(session: SessionDep) -> list[TemplateOut]:
+def list_templates(session: ReaderDep) -> list[TemplateOut]:
     return [_out(t) for t in templates_service.list_templates(session)]
 
 

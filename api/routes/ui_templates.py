@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from api import auth, draft_diff, editor_forms, template_actions
 from api.auth import Approver, Author, Reader
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, get_settings
+from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
@@ -24,6 +24,7 @@ from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
 from scheduler.analytics import stats
+from scheduler.analytics.stats.snapshot import CountsSnapshot
 from scheduler.flows import authoring, impact
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
@@ -87,9 +88,17 @@ DONE_MESSAGES = {
 # -- list --------------------------------------------------------------------------
 
 
+def template_counts(request: Request) -> CountsSnapshot:
+    """This process's snapshot of the list's delivery counts."""
+    state = request.app.state
+    if getattr(state, "template_counts", None) is None:
+        state.template_counts = CountsSnapshot(state.engine)
+    return state.template_counts  # type: ignore[no-any-return]
+
+
 @router.get("/templates", response_class=HTMLResponse)
-def template_list(request: Request, me: Reader, session: SessionDep, clock: ClockDep) -> Response:
-    summaries = {s.template_id: s for s in stats.overview(session, now=clock.now())}
+def template_list(request: Request, me: Reader, session: ReaderDep, clock: ClockDep) -> Response:
+    counts = template_counts(request).counts(clock.now())
     rows: list[dict[str, Any]] = []
     for template in templates_service.list_templates(session):
         review = approvals.open_review(session, template.id)  # type: ignore[arg-type]
@@ -101,7 +110,7 @@ def template_list(request: Request, me: Reader, session: SessionDep, clock: Cloc
         rows.append(
             {
                 "template": template,
-                "counts": summaries[template.id].counts if template.id in summaries else None,
+                "counts": counts.get(template.id) or stats.Counts(),  # type: ignore[arg-type]
                 "review": review.state if review else None,
                 "version": version.version if version else None,
             }

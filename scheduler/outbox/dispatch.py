@@ -25,9 +25,10 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from channels import service as channels_service
@@ -39,13 +40,14 @@ from scheduler.outbox import leases, policies, transitions, wecom_quota
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
+from scheduler.outbox.repository import DELIVERIES
 from scheduler.outbox.sending import ChannelCalls, SendingWaves, call_size
 from scheduler.outbox.service import held_template_ids
 from scheduler.outbox.transitions import Outcome
 from scheduler.staff import service as staff_service
 from sop_templates.models import Touchpoint
 from sopbot.clock import Clock
-from sopbot.db import session_scope
+from sopbot.db import reader, session_scope
 from sopbot.settings import Settings
 
 log = logging.getLogger("sopbot.dispatch")
@@ -177,9 +179,28 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         batch.batch_seconds.append(time.perf_counter() - started)
         return batch
 
+    def next_run_at(self, after: datetime, before: datetime) -> datetime | None:
+        """The earliest ``run_at`` of a scheduled row in ``(after, before)``, if
+        any: when the next tick would be late for it, the dispatch job wakes at
+        that instant instead (a burst due in the same second goes out at once,
+        not up to a tick later). A read on its own snapshot: never waits on the
+        write lock."""
+        d = DELIVERIES.c
+        with reader(self.engine).connect() as conn:
+            found = conn.execute(
+                select(func.min(d.run_at)).where(
+                    d.status == S.SCHEDULED, d.run_at > after, d.run_at < before
+                )
+            ).scalar_one()
+        return cast(datetime | None, found)
+
     @property
     def pipeline_depth(self) -> int:
         return max(1, self.settings.dispatch_pipeline)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self, within: float | None = None) -> None:
         """Stop claiming and starting calls (graceful shutdown); outcome writes

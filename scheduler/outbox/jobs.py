@@ -11,6 +11,7 @@ from scheduler.jobs import Job, JobContext
 from scheduler.outbox import service, tasks
 from scheduler.outbox.dispatch import DispatchStats
 from scheduler.outbox.recording import is_outage
+from sopbot.clock import SystemClock
 from sopbot.db import session_scope
 
 log = logging.getLogger("sopbot.scheduler")
@@ -23,14 +24,35 @@ JOB_TASKS = "sopbot:poll-tasks"
 
 async def dispatch(ctx: JobContext) -> DispatchStats:
     """Claim and send what is due; a database outage costs this tick only (what
-    it claimed is given back by lease expiry, the pool reconnects)."""
+    it claimed is given back by lease expiry, the pool reconnects).
+
+    Rows that become due before the next tick are not left waiting for it: the
+    job sleeps until the earliest of them and dispatches again, until nothing
+    more is due within three quarters of a tick of when it started."""
+    dispatcher = ctx.dispatcher
+    stats = DispatchStats()
+    # Rows due in the last quarter of the interval wait for the next tick: the
+    # job should have ended by then, or APScheduler skips that tick (and says so).
+    until = ctx.clock.now() + timedelta(seconds=ctx.settings.tick_seconds * 0.75)
     try:
-        stats = await ctx.dispatcher.run_once()
+        while True:
+            stats.add(await dispatcher.run_once())
+            now = ctx.clock.now()
+            if dispatcher.stopping or now >= until:
+                break
+            if not isinstance(ctx.clock, SystemClock):  # a clock tests drive by hand
+                break
+            wake = await asyncio.to_thread(dispatcher.next_run_at, now, until)
+            if wake is None or dispatcher.stopping:
+                break
+            await asyncio.sleep(max(0.0, (wake - ctx.clock.now()).total_seconds()))
+            if ctx.clock.now() < wake:  # frozen time: the next tick will do
+                break
     except Exception as exc:
         if not is_outage(exc):
             raise
         log.warning("database unavailable during a dispatch tick: %s", exc)
-        return DispatchStats()
+        return stats
     ctx.heartbeat.record(stats)
     if ctx.metrics is not None:
         ctx.metrics.observe(stats)

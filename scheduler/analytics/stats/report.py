@@ -295,20 +295,40 @@ def _exits(session: Session, flt: StatsFilter, names: Mapping[int, str | None]) 
     )
 
 
-def overview(session: Session, *, now: datetime) -> list[TemplateSummary]:
-    """Every template with its delivery counts, live plus settled."""
+def overview(
+    session: Session, *, now: datetime, counts: Mapping[int, Counts] | None = None
+) -> list[TemplateSummary]:
+    """Every template with its delivery counts, live plus settled (``counts``:
+    already read by ``overview_counts``, e.g. a recent snapshot of them)."""
+    if counts is None:
+        counts = overview_counts(session, now=now)
+    t = SopTemplate.__table__.c  # type: ignore[attr-defined]
+    return [
+        TemplateSummary(template_id, name, kind, status, counts.get(template_id) or Counts())
+        for template_id, name, kind, status in session.execute(
+            select(t.id, t.name, t.target_kind, t.status).order_by(t.id)
+        ).all()
+    ]
+
+
+def overview_counts(session: Session, *, now: datetime) -> dict[int, Counts]:
+    """Every template's delivery counts by id, live plus settled."""
     mark = read_watermark(session)
-    live = live_rows(mark, session.get_bind().dialect.name, lambda by_id: [])
     counts: dict[int, Counts] = defaultdict(Counts)
-    for template_id, status, n, due in session.execute(
-        select(
-            live.c.template_id,
-            live.c.status,
-            func.count(),
-            func.sum(case((live.c.due_at <= now, 1), else_=0)),
-        ).group_by(live.c.template_id, live.c.status)
-    ).all():
-        counts[template_id].add(status, int(n), int(due or 0))
+    # Counts only: straight from ``deliveries`` per live part, without the
+    # lateness the template statistics compute (the list stays cheap while a
+    # burst is being sent).
+    d = DELIVERIES.c
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    for conditions, _ in mark.live_parts(sqlite):
+        for template_id, status, n, due in session.execute(
+            select(
+                d.template_id, d.status, func.count(), func.sum(case((d.due_at <= now, 1), else_=0))
+            )
+            .where(*conditions)
+            .group_by(d.template_id, d.status)
+        ).all():
+            counts[template_id].add(status, int(n), int(due or 0))
     if mark.before is not None:
         r = ROLLUPS.c
         for template_id, status, n in session.execute(
@@ -317,10 +337,4 @@ def overview(session: Session, *, now: datetime) -> list[TemplateSummary]:
             )
         ).all():
             counts[template_id].add(status, int(n), int(n))
-    t = SopTemplate.__table__.c  # type: ignore[attr-defined]
-    return [
-        TemplateSummary(template_id, name, kind, status, counts.get(template_id) or Counts())
-        for template_id, name, kind, status in session.execute(
-            select(t.id, t.name, t.target_kind, t.status).order_by(t.id)
-        ).all()
-    ]
+    return dict(counts)
