@@ -14,11 +14,12 @@
         });
       });
     }
-    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    // The bulk form asks only for a removal (ui.js asks for every data-confirm form).
+    document.querySelectorAll("form[data-confirm-remove]").forEach(function (form) {
       form.addEventListener("submit", function (event) {
         var action = form.querySelector("[name=action]");
-        if (action && action.value !== "remove" && !form.hasAttribute("data-confirm-always")) return;
-        if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+        if (action && action.value !== "remove") return;
+        if (!window.confirm(form.getAttribute("data-confirm-remove"))) event.preventDefault();
       });
     });
   });

