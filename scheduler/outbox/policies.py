@@ -20,7 +20,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, null, select, text, union_all
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -298,26 +298,30 @@ def recent_sends(
     for kind, target_id in set(targets):
         by_kind[kind].append(target_id)
     d = DELIVERIES.c
+    sent_statuses = (DeliveryStatus.SENT, DeliveryStatus.DONE)  # done: a staff member sent it
     for kind, ids in by_kind.items():
         for chunk in chunked(sorted(ids), 900):
-            for target_id, sent_at in session.execute(
-                select(d.target_id, d.sent_at).where(
-                    d.target_kind == kind,
-                    d.target_id.in_(list(chunk)),
-                    d.sent_at.is_not(None),
-                    d.sent_at >= since,
-                    d.status == DeliveryStatus.SENT,
-                )
-            ).all():
-                out.sent[(kind, target_id)].append(sent_at)
-            for (target_id,) in session.execute(
-                select(d.target_id).where(
-                    d.status == DeliveryStatus.SENDING,
-                    d.target_kind == kind,
-                    d.target_id.in_(list(chunk)),
-                )
-            ).all():
-                out.in_flight[(kind, target_id)] += 1
+            # One statement, so one snapshot: read as two, a row another worker
+            # moved from sending to sent between them would be seen in neither
+            # (PostgreSQL's READ COMMITTED), and its target could get a second
+            # message over the cap.
+            sent = select(d.target_id, d.sent_at).where(
+                d.target_kind == kind,
+                d.target_id.in_(list(chunk)),
+                d.sent_at.is_not(None),
+                d.sent_at >= since,
+                d.status.in_(sent_statuses),
+            )
+            sending = select(d.target_id, null().label("sent_at")).where(
+                d.status == DeliveryStatus.SENDING,
+                d.target_kind == kind,
+                d.target_id.in_(list(chunk)),
+            )
+            for target_id, sent_at in session.execute(union_all(sent, sending)).all():
+                if sent_at is None:
+                    out.in_flight[(kind, target_id)] += 1
+                else:
+                    out.sent[(kind, target_id)].append(sent_at)
     return out
 
 
