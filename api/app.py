@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
-from api import auth, errors, guards, workspace_settings
+from api import auth, deps, errors, guards
 from api.audit_middleware import AuditMiddleware
 from api.routes import (
     audiences,
@@ -49,6 +49,7 @@ from sopbot import __version__
 from sopbot.clock import Clock, SystemClock
 from sopbot.db import create_all, make_engine, session_scope
 from sopbot.settings import Settings
+from sopbot.workspace import WorkspaceWatch
 
 log = logging.getLogger("sopbot")
 
@@ -75,7 +76,11 @@ def create_app(
         create_all(app.state.engine)
         with session_scope(app.state.engine) as session:
             ensure_instance(session, "mock", "mock")
-            workspace_settings.apply(app, session)  # stored workspace settings win
+        # Stored workspace settings win, here and (within a few seconds of a
+        # save anywhere) in every request and this process's scheduler.
+        app.state.workspace = WorkspaceWatch(app.state.engine, settings)
+        app.state.workspace.listen(lambda now_settings: setattr(app.state, "settings", now_settings))
+        app.state.workspace.load()
         app.state.secret_key = auth.load_secret_key(
             app.state.engine, settings.secret_key, app.state.clock.now()
         )
@@ -96,6 +101,7 @@ def create_app(
             http=app.state.http,
             role="serve",
             metrics=dispatch_metrics,
+            workspace=app.state.workspace,
         )
         if on_startup is not None:
             on_startup(app)
@@ -121,7 +127,7 @@ def create_app(
         # where the CDN is blocked.
         docs_url=None,
         redoc_url=None,
-        dependencies=[Depends(guards.single_valued_query)],
+        dependencies=[Depends(guards.single_valued_query), Depends(deps.current_workspace)],
     )
     errors.install(app)
     # Every route checks the caller (api.auth). Routers that declare the

@@ -22,6 +22,15 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def current_workspace(request: Request) -> None:
+    """Every request first catches up with workspace settings saved by another
+    process (a version check at most every few seconds, ``sopbot.workspace``);
+    the watch's listener replaces ``app.state.settings``."""
+    watch = getattr(request.app.state, "workspace", None)
+    if watch is not None:
+        watch.refresh()
+
+
 def get_engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 

@@ -1,8 +1,9 @@
 """Workspace settings an admin changes in 设置 (stored in the database): the
 default time zone, the default quiet hours and frequency cap. The environment
 (``SOPBOT_*``, ``sopbot.settings.Settings``) gives the defaults; a stored value
-wins. Read at start-up; a save applies at once to the process that served it
-(its pages and its scheduler), other processes on their next start."""
+wins. A save applies at once to the process that served it (its pages and its
+scheduler) and raises the workspace version, so every other process (workers,
+other API processes) applies it within a few seconds (``sopbot.workspace``)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,11 @@ from sqlmodel import Session
 from api.i18n import N_
 from api.users import service as users_service
 from sop_templates.schemas import QuietHoursSpec
+from sopbot import workspace
 from sopbot.settings import Settings
 
-KEYS = (
-    "default_timezone",
-    "quiet_hours",
-    "quiet_hours_policy",
-    "frequency_cap",
-    "frequency_cap_policy",
-)
-PREFIX = "workspace."
+KEYS = workspace.KEYS
+PREFIX = workspace.PREFIX
 CAP_PRESETS = (
     ("", N_("No cap")),
     ("wecom_daily", N_("1 per day (WeCom's daily mass-send rule)")),
@@ -47,19 +43,9 @@ COMMON_ZONES = (
 )
 
 
-def stored(session: Session) -> dict[str, Any]:
-    out = {}
-    for key in KEYS:
-        value = users_service.get_setting(session, PREFIX + key, None)
-        if value is not None:
-            out[key] = value or None if key in ("quiet_hours", "frequency_cap") else value
-    return out
-
-
 def effective(settings: Settings, session: Session) -> Settings:
     """The environment's settings with the stored workspace values over them."""
-    values = stored(session)
-    return settings.model_copy(update=values) if values else settings
+    return workspace.effective(settings, session)
 
 
 def all_zones() -> list[str]:
@@ -99,23 +85,13 @@ def check(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def save(session: Session, values: dict[str, Any], now: datetime) -> None:
+    """Store the values and raise the workspace version (every process notices)."""
     for key, value in values.items():
         users_service.set_setting(session, PREFIX + key, value, now)
+    workspace.bump(session, now)
 
 
 def apply(app: Any, session: Session) -> Settings:
-    """Use the stored values in this process at once: its pages and its
-    scheduler's workspace defaults (quiet hours, cap)."""
-    from scheduler.outbox import policies
-
-    base = getattr(app.state, "base_settings", app.state.settings)
-    app.state.base_settings = base
-    now_settings = effective(base, session)
-    app.state.settings = now_settings
-    runtime = getattr(app.state, "runtime", None)
-    if runtime is not None:
-        runtime.settings = now_settings
-        dispatcher = getattr(runtime, "dispatcher", None)
-        if dispatcher is not None:
-            dispatcher.workspace = policies.WorkspaceDefaults.from_settings(now_settings)
-    return now_settings
+    """Use the stored values in this process at once (read in ``session``, the
+    one that saved them): its pages and its scheduler (the watch's listeners)."""
+    return app.state.workspace.load(session)  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from scheduler.outbox.dispatch import Dispatcher
     from sopbot.clock import Clock
     from sopbot.settings import Settings
+    from sopbot.workspace import WorkspaceWatch
 
 
 class JobContext(Protocol):
@@ -31,6 +32,7 @@ class JobContext(Protocol):
     dispatcher: Dispatcher
     heartbeat: Heartbeat
     metrics: DispatchMetrics | None
+    workspace: WorkspaceWatch
 
 
 @dataclass(frozen=True)

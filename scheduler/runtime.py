@@ -36,6 +36,7 @@ from scheduler.outbox.dispatch import Dispatcher, DispatchStats
 from scheduler.staff import jobs as staff_jobs
 from sopbot.clock import Clock
 from sopbot.settings import Settings
+from sopbot.workspace import WorkspaceWatch
 
 log = logging.getLogger("sopbot.scheduler")
 
@@ -85,9 +86,14 @@ class SchedulerRuntime:
         *,
         role: str = "serve",
         metrics: DispatchMetrics | None = None,
+        workspace: WorkspaceWatch | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
+        # Workspace settings saved in 设置 (by any process) reach this one through
+        # the watch: a job checks it every few seconds (scheduler.operations.jobs).
+        self.workspace = workspace or WorkspaceWatch(engine, settings)
+        settings = self.workspace.settings if workspace is not None else settings
         self.settings = settings
         self.http = http or channel_http_client()
         self.channels = channels or build_channel_pool(engine, clock, self.http)
@@ -103,6 +109,13 @@ class SchedulerRuntime:
         self._running: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.last_dispatch: DispatchStats | None = None
+        self.workspace.listen(self.use_settings)
+
+    def use_settings(self, settings: Settings) -> None:
+        """Workspace settings changed (saved here or in another process): the
+        jobs and the dispatcher's defaults use them from now on."""
+        self.settings = settings
+        self.dispatcher.use_workspace(settings)
 
     # -- running a job -------------------------------------------------------------
 
@@ -154,6 +167,9 @@ class SchedulerRuntime:
     async def heartbeat_tick(self) -> None:
         await self.run(operations_jobs.heartbeat)
 
+    async def workspace_tick(self) -> None:
+        await self.run(operations_jobs.refresh_workspace)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def build_scheduler(self) -> AsyncIOScheduler:
@@ -184,7 +200,9 @@ class SchedulerRuntime:
         return scheduler
 
     async def start(self) -> None:
-        """Catch up (reap leases, plan cron) once, then start ticking."""
+        """Read the workspace settings, catch up (reap leases, plan cron) once,
+        then start ticking."""
+        await asyncio.to_thread(self.workspace.load)
         await self.heartbeat_tick()
         await self.reap_tick()
         await self.plan_tick()

@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = Field(
         45.0, gt=0, description="a worker not seen for this long is no longer counted live"
     )
+    workspace_refresh_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="how often a process checks for workspace settings saved in another process",
+    )
     metrics_cache_seconds: float = Field(
         5.0, ge=0, description="/metrics reuses its database figures for this long"
     )

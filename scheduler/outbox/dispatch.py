@@ -123,6 +123,12 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         self._cap_checks: dict[int, CapCheck] = {}
         self._quota_checks: dict[int, wecom_quota.QuotaCheck] = {}
 
+    def use_workspace(self, settings: Settings) -> None:
+        """New workspace defaults (quiet hours, cap): policies worked out from the
+        old ones are forgotten."""
+        self.workspace = policies.WorkspaceDefaults.from_settings(settings)
+        self._template_policies = {}
+
     # -- the tick ---------------------------------------------------------------
 
     async def run_once(self, max_batches: int | None = None) -> DispatchStats:
