@@ -37,6 +37,7 @@ class Reaction:
     exited: int = 0  # enrollments ended by an exit condition
     cancelled: int = 0  # pending deliveries cancelled by those exits
     deliveries: int = 0  # delivery rows written for the new enrollments
+    excluded: int = 0  # not enrolled: already in a mutually exclusive SOP (互斥)
     # templates that could not react (each failed alone): template_id, template, error
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -45,6 +46,7 @@ class Reaction:
         self.exited += other.exited
         self.cancelled += other.cancelled
         self.deliveries += other.deliveries
+        self.excluded += other.excluded
         self.failures += other.failures
 
 

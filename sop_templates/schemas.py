@@ -408,6 +408,11 @@ class TemplateSpec(BaseModel):
         "never", description="enroll a target again: never / after_finish / always (restart)"
     )
     touchpoints: list[TouchpointSpec] = Field(min_length=1)
+    exclusive_with: list[int] = Field(
+        default_factory=list,
+        description="ids of other SOPs this one excludes both ways (互斥): a target "
+        "enrolled in one of them is not enrolled in this one, and the reverse",
+    )
     # None: the workspace default applies; false / "off": none for this template.
     quiet_hours: QuietHoursSpec | None = Field(
         None, description="e.g. {start: '22:00', end: '08:00', policy: defer|skip}, or off"
@@ -436,6 +441,13 @@ class TemplateSpec(BaseModel):
             except ValueError:
                 raise ValueError(f"holdout {value!r} is not a percentage like 10%") from None
         return value
+
+    @field_validator("exclusive_with")
+    @classmethod
+    def _exclusive_ids(cls, value: list[int]) -> list[int]:
+        if any(v <= 0 for v in value):
+            raise ValueError("exclusive_with lists SOP ids (positive whole numbers)")
+        return sorted(set(value))
 
     @field_validator("start_at")
     @classmethod

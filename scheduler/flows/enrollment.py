@@ -23,6 +23,7 @@ from audiences.applying import Applied, TargetState
 from audiences.models import Tag
 from audiences.segments import segment_query
 from audiences.tables import TAG_ASSIGNMENTS, target_table
+from scheduler.flows import exclusivity
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.repository import ENROLLMENTS, chunked
 from sop_templates import service as templates_service
@@ -53,6 +54,7 @@ def live_templates(
         select(SopTemplate, TemplateVersion)
         .join(TemplateVersion, col(TemplateVersion.id) == SopTemplate.current_version_id)
         .where(col(SopTemplate.status) == TemplateStatus.PUBLISHED)
+        .order_by(col(SopTemplate.id))  # the oldest first: it wins a mutual exclusion
     )
     if target_kind:
         stmt = stmt.where(col(SopTemplate.target_kind) == target_kind)
@@ -200,11 +202,30 @@ def segment_targets(
     return [(row[0], ensure_utc(row[1])) for row in session.execute(stmt).all()]
 
 
+def exclusions(session: Session, template_id: int, spec: TemplateSpec) -> set[int]:
+    """Ids of the SOPs ``template_id`` must not share a target with (its own
+    ``exclusive_with`` and every live SOP listing it: ``scheduler.flows.exclusivity``)."""
+    live, _ = live_templates(session, spec.target)
+    declared = [(item.template.id, item.spec.exclusive_with) for item in live]
+    declared = [d for d in declared if d[0] != template_id] + [(template_id, spec.exclusive_with)]
+    return exclusivity.partners(declared).get(template_id, set())  # type: ignore[arg-type]
+
+
+def publish_targets(
+    session: Session, spec: TemplateSpec, template_id: int, now: datetime
+) -> tuple[list[tuple[int, datetime]], dict[int, int]]:
+    """What publishing enrolls: ``segment_targets`` without the targets already
+    in an SOP this one excludes (returned apart: ``{target: that SOP's id}``)."""
+    pairs = segment_targets(session, spec, template_id, now)
+    return exclusivity.split(session, spec.target, pairs, exclusions(session, template_id, spec))
+
+
 @dataclass
 class SegmentEnrollment:
     enrolled: int = 0
     deliveries: int = 0
     skipped: int = 0
+    excluded: int = 0  # in an SOP this one excludes: recorded skipped, not enrolled
 
 
 def enroll_segment(
@@ -222,7 +243,8 @@ def enroll_segment(
     result = SegmentEnrollment()
     if not enrolls_at_publish(spec):
         return result
-    pairs = segment_targets(session, spec, template.id, now)  # type: ignore[arg-type]
+    pairs, excluded = publish_targets(session, spec, template.id, now)  # type: ignore[arg-type]
+    result.excluded = exclusivity.record_skips(session, template, version, excluded, now)
     for chunk in chunked(pairs, ENROLL_CHUNK):
         enrolled = scheduler_service.enroll(session, template, chunk, now, version=version)
         result.enrolled += enrolled.enrolled

@@ -101,7 +101,8 @@ def forecast(
     zone = get_zone(spec.timezone)
     policy = policies.template_policy(spec, workspace)
     at_publish = enrollment.enrolls_at_publish(spec)
-    pairs = enrollment.segment_targets(session, spec, template_id, now) if at_publish else []
+    # the very targets publishing enrolls (mutually exclusive SOPs honoured)
+    pairs = enrollment.publish_targets(session, spec, template_id, now)[0] if at_publish else []
 
     # -- what publishing writes: the very rows enrollment would make
     plans = [

@@ -27,6 +27,7 @@ class PublishImpact:
     valid: bool = True
     enrolls_now: bool = False  # group / fixed-start SOPs take in their segment at publish
     enrolled: int = 0  # targets enrolled at publish
+    excluded: int = 0  # in the segment but already in an SOP this one excludes (互斥)
     deliveries: int = 0  # one-off deliveries written for them at publish
     recurring: int = 0  # recurring touchpoints: fanned out at each occurrence instead
     active: int = 0  # targets enrolled on an earlier version, still running
@@ -47,7 +48,8 @@ def publish_impact(session: Session, template: SopTemplate, now: datetime) -> Pu
     impact.recurring = len(spec.touchpoints) - one_off
     if enrollment.enrolls_at_publish(spec):
         impact.enrolls_now = True
-        impact.enrolled = len(enrollment.segment_targets(session, spec, template.id, now))  # type: ignore[arg-type]
+        pairs, excluded = enrollment.publish_targets(session, spec, template.id, now)  # type: ignore[arg-type]
+        impact.enrolled, impact.excluded = len(pairs), len(excluded)
         impact.deliveries = impact.enrolled * one_off
     if template.current_version_id is not None:
         impact.active = session.execute(

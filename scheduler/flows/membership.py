@@ -33,7 +33,7 @@ from sqlmodel import Session, col
 from audiences import changes
 from audiences.applying import Applied, TargetKey, TargetState
 from audiences.changes import Reaction
-from scheduler.flows import enrollment
+from scheduler.flows import enrollment, exclusivity
 from scheduler.flows.enrollment import fixed_start
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
@@ -56,6 +56,7 @@ def react(session: Session, applied: Applied, now: datetime) -> Reaction:
     live, unreadable = enrollment.live_templates(session)
     result = Reaction(failures=unreadable)
     failed: set[int] = set()
+    excludes = exclusivity.partners((item.template.id, item.spec.exclusive_with) for item in live)  # type: ignore[misc]
     for _round in range(MAX_CASCADE):
         exits = _exit_decisions(session, applied)
         exited = _exit(session, {eid: reason for eid, (reason, _, _) in exits.items()}, now)
@@ -63,7 +64,8 @@ def react(session: Session, applied: Applied, now: datetime) -> Reaction:
         result.cancelled += exited.cancelled
         for item in live:
             if item.template.id not in failed:
-                result.add(_start(session, item, applied, now, failed))
+                others = excludes.get(item.template.id, set())  # type: ignore[arg-type]
+                result.add(_start(session, item, applied, now, failed, others))
         # exit actions: tags sopbot applies, which may trigger other templates
         follow_up: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
         for _reason, key, tags in exits.values():
@@ -81,7 +83,12 @@ def react(session: Session, applied: Applied, now: datetime) -> Reaction:
 
 
 def _start(
-    session: Session, live: enrollment.Live, applied: Applied, now: datetime, failed: set[int]
+    session: Session,
+    live: enrollment.Live,
+    applied: Applied,
+    now: datetime,
+    failed: set[int],
+    excluded: set[int],
 ) -> Reaction:
     """Enroll who starts matching ``live``, in a savepoint: if this template
     cannot (its timing overflows the calendar, say), it is reported and the
@@ -91,7 +98,7 @@ def _start(
             candidates = enrollment.starters(live, applied, now)
             if not candidates:
                 return Reaction()
-            return _enroll_with_reentry(session, live, candidates, now)
+            return _enroll_with_reentry(session, live, candidates, now, excluded)
     except Exception as exc:  # poison: one template fails alone
         template_id: int = live.template.id  # type: ignore[assignment]
         failed.add(template_id)
@@ -229,7 +236,11 @@ def _exit(
 
 
 def _enroll_with_reentry(
-    session: Session, live: enrollment.Live, candidates: dict[int, datetime], now: datetime
+    session: Session,
+    live: enrollment.Live,
+    candidates: dict[int, datetime],
+    now: datetime,
+    excluded: set[int],
 ) -> Reaction:
     spec = live.spec
     runs: dict[int, list[Any]] = defaultdict(list)
@@ -277,7 +288,13 @@ def _enroll_with_reentry(
         result.cancelled += ended.cancelled
     if finished:
         _exit(session, finished, now, status=EnrollmentStatus.COMPLETED)
-    for cycle, pairs in sorted(by_cycle.items()):
+    for cycle, wanted in sorted(by_cycle.items()):
+        # Mutually exclusive SOPs (scheduler.flows.exclusivity): a target already
+        # in one of them is recorded skipped here, with the reason.
+        pairs, taken = exclusivity.split(session, spec.target, wanted, excluded)
+        result.excluded += exclusivity.record_skips(
+            session, live.template, live.version, taken, now, cycle=cycle
+        )
         for chunk in chunked(pairs, enrollment.ENROLL_CHUNK):
             enrolled = scheduler_service.enroll(
                 session, live.template, chunk, now, cycle=cycle, version=live.version

@@ -55,6 +55,9 @@ class EnrollmentStatus:
     EXITED = "exited"  # an exit condition or the target left
     CANCELLED = "cancelled"  # template archived
     COMPLETED = "completed"
+    # never started: the target was already in an SOP this one excludes (互斥);
+    # ``exit_reason`` names it, no delivery was written
+    SKIPPED = "skipped"
 
 
 class Enrollment(SQLModel, table=True):
