@@ -79,7 +79,9 @@ def create_app(
         # Stored workspace settings win, here and (within a few seconds of a
         # save anywhere) in every request and this process's scheduler.
         app.state.workspace = WorkspaceWatch(app.state.engine, settings)
-        app.state.workspace.listen(lambda now_settings: setattr(app.state, "settings", now_settings))
+        app.state.workspace.listen(
+            lambda now_settings: setattr(app.state, "settings", now_settings)
+        )
         app.state.workspace.load()
         app.state.secret_key = auth.load_secret_key(
             app.state.engine, settings.secret_key, app.state.clock.now()

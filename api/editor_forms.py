@@ -176,6 +176,7 @@ def blank_form(target: str = "contact", timezone: str = "Asia/Shanghai") -> dict
         "exit_on_inactive": True,
         "exit_on_segment_mismatch": True,
         "reentry": "never",
+        "exclusive_with": "",
         "quiet_mode": "default",
         "quiet_start": "",
         "quiet_end": "",
@@ -205,6 +206,7 @@ def form_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if spec.get(key) is not None:
             form[key] = spec[key]
     form["anchor_tag"] = spec.get("anchor_tag") or ""
+    form["exclusive_with"] = ", ".join(str(i) for i in spec.get("exclusive_with") or [])
     start = spec.get("start_at")
     form["start_at"] = str(start)[:16].replace(" ", "T") if start else ""
     segment = spec.get("segment")
@@ -363,6 +365,9 @@ def spec_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
         "reentry": form["reentry"] or "never",
         "touchpoints": [_touchpoint_spec(tp) for tp in form["touchpoints"]],
     }
+    exclusive = [int(v) for v in _split(form.get("exclusive_with", "")) if v.isdigit()]
+    if exclusive:  # set in the overlap warning (one click), carried by the form
+        spec["exclusive_with"] = exclusive
     if form["anchor"] == "tag" or form["anchor_tag"].strip():
         spec["anchor_tag"] = form["anchor_tag"].strip() or None
     if form["anchor"] == "fixed" or form["start_at"].strip():

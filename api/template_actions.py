@@ -134,6 +134,30 @@ def update(
     return template
 
 
+def set_exclusive(
+    request: Request,
+    session: Session,
+    me: auth.Principal,
+    template_id: int,
+    other_id: int,
+    exclusive: bool,
+    now: datetime,
+) -> SopTemplate:
+    """The one-click exclusivity of an overlap warning: the draft excludes (or
+    no longer excludes) ``other_id`` both ways (``scheduler.flows.exclusivity``);
+    it holds once the draft is published."""
+    templates_service.get_template(session, other_id)  # NotFound for an unknown SOP
+    template = templates_service.get_template(session, template_id)
+    draft = dict(template.draft)
+    ids = {int(i) for i in draft.get("exclusive_with") or []}
+    if exclusive:
+        ids.add(other_id)
+    else:
+        ids.discard(other_id)
+    draft["exclusive_with"] = sorted(ids - {template_id})
+    return update(request, session, me, template_id, draft, now)
+
+
 def publish(
     request: Request,
     session: Session,

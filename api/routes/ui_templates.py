@@ -34,6 +34,7 @@ from sop_templates.models import SopTemplate, TemplateStatus
 from sop_templates.service import NotFound, TemplateError, TemplateValidationError
 from sop_templates.timing import as_instant, get_zone
 from sopbot.db import session_scope
+from sopbot.ids import parse_id
 
 router = APIRouter(include_in_schema=False)
 
@@ -82,6 +83,7 @@ DONE_MESSAGES = {
     "resumed": N_("Resumed: held deliveries go out now (once each)."),
     "archived": N_("Archived: pending deliveries were cancelled."),
     "test_sent": N_("Test message sent."),
+    "exclusive": N_("Exclusivity saved in the draft: it holds once this version is published."),
 }
 
 
@@ -397,6 +399,7 @@ def _editor(
                 "unpublished": _unpublished(session, template),
                 "impact": impact.publish_impact(session, template, now),
                 "overlaps": impact.overlaps(session, template, now),
+                "exclusives": impact.exclusive_partners(session, template),
                 "draft_diff": draft_diff.draft_diff(session, template)
                 if _unpublished(session, template)
                 else None,
@@ -624,6 +627,21 @@ async def reject(
     template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
 ) -> Response:
     return await _decide(request, session, me, template_id, "reject", clock.now())
+
+
+@router.post("/templates/{template_id}/exclusive")
+async def exclusive(
+    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    """One click on an overlap: "customers in this SOP no longer enter …" (or undo)."""
+    form = await request.form()
+    other = parse_id(str(form.get("other") or "")) or 0
+
+    def run() -> None:
+        on = form.get("exclusive") != "off"
+        template_actions.set_exclusive(request, session, me, template_id, other, on, clock.now())
+
+    return _lifecycle(request, session, template_id, run, "exclusive")
 
 
 @router.post("/templates/{template_id}/publish")

@@ -82,6 +82,7 @@ class Overlap:
     name: str
     shared: int  # targets in both segments now (new friends: accounts in common)
     touchpoints: list[tuple[str, str]]  # (this template's touchpoint, the other's) within the hour
+    exclusive: bool = False  # one excludes the other (互斥): nobody gets both
 
 
 def _moments(tp: Any) -> tuple[str, tuple[int, ...]] | None:
@@ -152,5 +153,34 @@ def overlaps(session: Session, template: SopTemplate, now: datetime) -> list[Ove
                 select(func.count()).select_from(ours).where(ours.c[0].in_(select(other_q.c[0])))
             ).scalar_one()
         if shared:
-            found.append(Overlap(other.id, other.name, shared, pairs))  # type: ignore[arg-type]
+            exclusive = other.id in spec.exclusive_with or template.id in theirs.exclusive_with
+            found.append(Overlap(other.id, other.name, shared, pairs, exclusive))  # type: ignore[arg-type]
     return found
+
+
+@dataclass
+class Exclusive:
+    template_id: int
+    name: str
+    declared_here: bool  # in this draft's exclusive_with (else the other SOP lists this one)
+
+
+def exclusive_partners(session: Session, template: SopTemplate) -> list[Exclusive]:
+    """The SOPs this one excludes both ways (互斥): those its draft lists, and
+    the live ones whose version lists it (``scheduler.flows.exclusivity``)."""
+    from sop_templates.models import SopTemplate as Template
+
+    listed = {int(i) for i in (template.draft or {}).get("exclusive_with") or []}
+    live, _ = enrollment.live_templates(session, template.target_kind)
+    listing = {item.template.id for item in live if template.id in item.spec.exclusive_with}
+    ids = sorted(listed | listing)  # type: ignore[arg-type]
+    names = (
+        dict(
+            session.execute(
+                select(col(Template.id), col(Template.name)).where(col(Template.id).in_(ids))
+            ).all()
+        )
+        if ids
+        else {}
+    )
+    return [Exclusive(i, names.get(i, f"#{i}"), i in listed) for i in ids]
