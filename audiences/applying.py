@@ -31,6 +31,7 @@ from audiences.events import (
     GroupUpdated,
     ItemError,
     TagAdded,
+    TagGroupSet,
     TagRemoved,
     _ContactRef,
     _GroupRef,
@@ -111,6 +112,7 @@ class _Batch:
         self.touched: dict[int, TargetState] = {}
         self.joined: dict[int, TargetState] = {}
         self.tag_groups: dict[str, str] = {}
+        self.group_moves: dict[str, str | None] = {}  # tag_group_set: tag -> group
 
     # -- loading -----------------------------------------------------------------
 
@@ -311,6 +313,10 @@ class _Batch:
                 if e.tag_group:
                     self.tag_groups.setdefault(tag, e.tag_group)
 
+    def _on_tag_group_set(self, e: TagGroupSet, at: datetime) -> None:
+        for tag in e.tags:
+            self.group_moves[tag] = e.group
+
     def _on_tag_removed(self, e: TagRemoved, at: datetime) -> None:
         for state in self._tag_targets(e):
             self._touch(state)
@@ -404,6 +410,7 @@ class _Batch:
                 )
                 applied.updated += len(changed)
         self._write_tags(states)
+        self._write_tag_groups()
         for state in states:
             applied.before[state.key] = self.before.get(id(state))
             applied.after[state.key] = state
@@ -424,6 +431,18 @@ class _Batch:
         else:
             row.update(owner_account_id=state.account_id, member_count=state.member_count)
         return row
+
+    def _write_tag_groups(self) -> None:
+        if not self.group_moves:
+            return
+        groups = {tag: group for tag, group in self.group_moves.items() if group}
+        ensure_tags(self.session, self.group_moves, groups)  # new tags land in their group
+        self.session.execute(
+            update(TAGS)
+            .where(TAGS.c.name == bindparam("b_name"))
+            .values(group_name=bindparam("b_group")),
+            [{"b_name": tag, "b_group": group} for tag, group in self.group_moves.items()],
+        )
 
     def _write_tags(self, states: list[TargetState]) -> None:
         added: list[tuple[TargetState, str]] = []

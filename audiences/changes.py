@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from audiences import applying
 from audiences import service as audiences_service
 from audiences.applying import Applied
 from audiences.events import BaseEvent, InvalidEvent, ItemError, TagAdded, parse_event
-from audiences.models import Contact, GroupChat
+from audiences.models import Contact, GroupChat, Tag
 from audiences.schemas import ContactIn, GroupIn
 
 
@@ -113,6 +113,33 @@ def apply(session: Session, events: Sequence[Any], now: datetime, *, react: Reac
     if problems:
         raise EventsRejected(len(parsed), problems)
     return Changes(applied, react(session, applied, now))
+
+
+def set_tag_group(
+    session: Session,
+    tags: Sequence[str],
+    group: str | None,
+    now: datetime,
+    *,
+    react: Reactor,
+) -> Changes:
+    """Put tags (by name) in a tag group (标签组), or in none (``group`` empty):
+    a ``tag_group_set`` event through the one write path. A tag not known yet
+    is created in the group (a WeCom tag catalogue names tags nobody carries
+    yet). ``EventsRejected`` for a bad name or group; nothing is written then."""
+    event = {"kind": "tag_group_set", "tags": list(tags), "group": group}
+    return apply(session, [event], now, react=react)
+
+
+def rename_tag_group(
+    session: Session, old: str, new: str, now: datetime, *, react: Reactor
+) -> tuple[int, Changes]:
+    """Rename a tag group: every tag in ``old`` moves to ``new`` (an existing
+    group of that name: the two are merged). Returns how many tags moved."""
+    names = list(session.execute(select(col(Tag.name)).where(col(Tag.group_name) == old)).scalars())
+    if not names:
+        raise EventsRejected(1, [ItemError(0, "group", f"no tag group named {old!r}")])
+    return len(names), set_tag_group(session, names, new, now, react=react)
 
 
 def tag_targets(

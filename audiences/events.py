@@ -1,7 +1,7 @@
 """Audience events: the things that change sopbot's picture of the community.
 
 ``friend_added``, ``friend_deleted``, ``contact_updated``, ``tag_added``,
-``tag_removed``, ``group_created``, ``group_updated``, ``group_dissolved``,
+``tag_removed``, ``tag_group_set``, ``group_created``, ``group_updated``, ``group_dissolved``,
 ``group_member_joined`` and ``group_member_left`` arrive through ``POST
 /api/events``, WeCom callbacks, the CSV import, the contact/group forms and the
 CLI (and from sopbot itself, e.g. an exit action that adds a tag). Each may
@@ -170,6 +170,27 @@ class TagRemoved(_ContactRef):
         return _clean_tags(value)
 
 
+class TagGroupSet(BaseEvent):
+    """Tags moved into a tag group (标签组), or out of any (``group`` empty); a
+    group is renamed by moving all its tags. Tags not known yet are created in
+    the group (a WeCom tag catalogue names tags nobody carries yet). Changes no
+    contact or group chat, so no SOP reacts."""
+
+    kind: Literal["tag_group_set"]
+    tags: list[str] = Field(min_length=1)
+    group: str | None = Field(None, max_length=100, description="the tag group; empty: none")
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_names(cls, value: list[str]) -> list[str]:
+        return _clean_tags(value)
+
+    @field_validator("group")
+    @classmethod
+    def _group_name(cls, value: str | None) -> str | None:
+        return (value or "").strip() or None
+
+
 class _GroupRef(BaseEvent):
     external_id: str = Field(min_length=1, max_length=128, description="the group chat's id")
 
@@ -232,6 +253,7 @@ AudienceEvent = Annotated[
     | ContactUpdated
     | TagAdded
     | TagRemoved
+    | TagGroupSet
     | GroupCreated
     | GroupUpdated
     | GroupDissolved
@@ -245,6 +267,7 @@ EVENT_KINDS = (
     "contact_updated",
     "tag_added",
     "tag_removed",
+    "tag_group_set",
     "group_created",
     "group_updated",
     "group_dissolved",

@@ -130,6 +130,21 @@ def all_tags(session: Session) -> list[str]:
     return list(session.execute(select(Tag.name).order_by(Tag.name)).scalars())  # type: ignore[call-overload]
 
 
+def tag_groups(session: Session) -> list[tuple[str, list[str]]]:
+    """Tag names by tag group (标签组), named groups first, ungrouped tags ("") last."""
+    grouped: dict[str, list[str]] = {}
+    for name, group in session.execute(
+        select(col(Tag.name), col(Tag.group_name)).order_by(col(Tag.name))
+    ).all():
+        grouped.setdefault(group or "", []).append(name)
+    return sorted(grouped.items(), key=lambda item: (item[0] == "", item[0]))
+
+
+def group_names(session: Session) -> list[str]:
+    """Every tag group in use."""
+    return [group for group, _ in tag_groups(session) if group]
+
+
 def tag_counts(session: Session) -> list[dict[str, Any]]:
     """Every tag with its tag group and how many contacts and groups carry it."""
     counts: dict[tuple[int, str], int] = {
@@ -147,7 +162,8 @@ def tag_counts(session: Session) -> list[dict[str, Any]]:
             "contacts": counts.get((tag.id, "contact"), 0),  # type: ignore[arg-type]
             "groups": counts.get((tag.id, "group"), 0),  # type: ignore[arg-type]
         }
-        for tag in session.execute(
-            select(Tag).order_by(col(Tag.group_name), col(Tag.name))
-        ).scalars()
+        for tag in sorted(
+            session.execute(select(Tag)).scalars(),
+            key=lambda t: (not t.group_name, t.group_name or "", t.name),
+        )
     ]

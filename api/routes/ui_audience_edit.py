@@ -418,15 +418,92 @@ def tags_page(request: Request, me: auth.Reader, session: SessionDep) -> Respons
             flash += sep + _("SOPs: %(e)d enrolled, %(x)d left.") % {"e": enrolled, "x": exited}
         else:
             flash += sep + _("No SOP reacted.")
+    elif params.get("done") == "grouped":
+        group = params.get("group", "")
+        n = int(params.get("n") or 0)
+        flash = (
+            _("%(n)d tag(s) moved to the tag group “%(group)s”.") % {"n": n, "group": group}
+            if group
+            else _("%(n)d tag(s) taken out of their tag group.") % {"n": n}
+        )
+    elif params.get("done") == "group_renamed":
+        flash = _("The tag group “%(old)s” is now “%(new)s” (%(n)d tags).") % {
+            "old": params.get("old", ""),
+            "new": params.get("new", ""),
+            "n": int(params.get("n") or 0),
+        }
+    tags = audiences_search.tag_counts(session)  # named groups first, ungrouped last
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for tag in tags:
+        sections.setdefault(tag["group"], []).append(tag)
     return render(
         request,
         "ui/tags.html",
         {
-            "tags": audiences_search.tag_counts(session),
+            "tags": tags,
+            "sections": list(sections.items()),
+            "groups": audiences_search.group_names(session),
             "flash": flash,
             "error": params.get("error"),
         },
     )
+
+
+@router.post("/tags/group")
+async def group_tags(
+    request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    """Move the ticked tags (and a new tag, if named) into a tag group — a new
+    group is created this way — or out of any group (group left empty)."""
+    form = await request.form()
+    _ = translator(request)
+    group = str(form.get("group") or "").strip()
+    tags = [str(t).strip() for t in form.getlist("tags") if str(t).strip()]
+    new_tag = str(form.get("new_tag") or "").strip()
+    if new_tag:
+        tags.append(new_tag)
+    if not tags:
+        message = _("Tick at least one tag, or name a new tag, to put in the group.")
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    if len(group) > 100:
+        message = _("A tag group name is at most 100 characters.")
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    try:
+        changes.set_tag_group(session, tags, group or None, clock.now())
+    except changes.EventsRejected as exc:
+        session.rollback()
+        message = _("Nothing was changed: %(why)s") % {"why": exc.detail()}
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    auth.record(
+        request, session, me, "tag.group", object_kind="tag", summary=f"{', '.join(tags)} → {group}"
+    )
+    done = {"done": "grouped", "group": group, "n": len(set(tags))}
+    return redirect(request, "/tags?" + urlencode(done))
+
+
+@router.post("/tags/group/rename")
+async def rename_tag_group(
+    request: Request, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
+    """Rename a tag group (an existing name: the two groups are merged)."""
+    form = await request.form()
+    _ = translator(request)
+    old = str(form.get("old") or "").strip()
+    new = str(form.get("new") or "").strip()
+    if not old or not new or old == new or len(new) > 100:
+        message = _("Choose a tag group and a different new name (at most 100 characters).")
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    try:
+        moved, _done = changes.rename_tag_group(session, old, new, clock.now())
+    except changes.EventsRejected:
+        session.rollback()
+        message = _("There is no tag group named “%(name)s”.") % {"name": old}
+        return redirect(request, "/tags?" + urlencode({"error": message}))
+    auth.record(
+        request, session, me, "tag.group_rename", object_kind="tag", summary=f"{old} → {new}"
+    )
+    done = {"done": "group_renamed", "old": old, "new": new, "n": moved}
+    return redirect(request, "/tags?" + urlencode(done))
 
 
 @router.post("/tags/rename")

@@ -49,6 +49,18 @@ def apply(session: Session, events: Sequence[Any], now: datetime) -> Changes:
     return audience_changes.apply(session, events, now, react=react)
 
 
+def set_tag_group(
+    session: Session, tags: Sequence[str], group: str | None, now: datetime
+) -> Changes:
+    """Tags (by name) into a tag group, or none (``audiences.changes.set_tag_group``)."""
+    return audience_changes.set_tag_group(session, tags, group, now, react=react)
+
+
+def rename_tag_group(session: Session, old: str, new: str, now: datetime) -> tuple[int, Changes]:
+    """Every tag of group ``old`` into ``new`` (``audiences.changes.rename_tag_group``)."""
+    return audience_changes.rename_tag_group(session, old, new, now, react=react)
+
+
 def upsert_contact(session: Session, data: ContactIn, now: datetime) -> tuple[Contact, Changes]:
     """Create or update a contact from a form or CLI body; its tags start SOPs."""
     return audience_changes.upsert_contact(session, data, now, react=react)

@@ -69,7 +69,9 @@ def test_one_click_exclusivity_on_an_overlap(client, engine, clock):
     editor = client.get(f"/templates/{draft_id}").text
     assert f'name="exclusive_with" value="{live}"' in editor
 
-    assert client.post(f"/templates/{draft_id}/publish", data={"csrf_token": csrf}).status_code == 200
+    assert (
+        client.post(f"/templates/{draft_id}/publish", data={"csrf_token": csrf}).status_code == 200
+    )
     clock.set(datetime(2027, 3, 1, 2, 0, tzinfo=UTC))
     added = client.post(
         "/contacts/new",
