@@ -49,10 +49,46 @@ class Picked:
         return bool([t for t in self.all if t] or [t for t in self.any if t])
 
 
+def parse_attribute_chips(chips: Sequence[str]) -> dict[str, list[str]]:
+    """``["城市=上海", "城市=北京", "等级=VIP"]`` → ``{"城市": ["上海", "北京"], ...}``
+    (values of one attribute: any of them; different attributes: all)."""
+    out: dict[str, list[str]] = {}
+    for chip in chips:
+        text = chip.strip()
+        if not text:
+            continue
+        key, sep, value = text.replace("＝", "=").partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise SegmentError("attribute", f"an attribute filter is name=value, not {text!r}")
+        if len(key) > 64 or '"' in key or "\\" in key:
+            raise SegmentError("attribute_name", f"attribute name {key!r} cannot be used")
+        values = out.setdefault(key, [])
+        if value not in values:
+            values.append(value)
+    return out
+
+
+def attribute_chips(raw: dict[str, Any]) -> list[str]:
+    """The picker's attribute chips back from a saved definition."""
+    chips: list[str] = []
+    for key, flt in (raw.get("attributes") or {}).items():
+        values = flt.get("in", []) if isinstance(flt, dict) else [flt]
+        if isinstance(flt, dict) and "eq" in flt:
+            values = [flt["eq"]]
+        chips += [f"{key}={v}" for v in values]
+    return chips
+
+
 def definition(
-    picked: Picked, kind: str = "tagged", accounts: Sequence[str] = ()
+    picked: Picked,
+    kind: str = "tagged",
+    accounts: Sequence[str] = (),
+    attributes: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """A segment definition from the picker; ``SegmentError`` says what is wrong."""
+    """A segment definition from the picker: tags, staff accounts (external ids;
+    any of them) and attribute filters (``parse_attribute_chips``).
+    ``SegmentError`` says what is wrong."""
     if kind not in ("tagged", "groups"):
         raise SegmentError("kind", f"unknown segment kind {kind!r}")
     expr = picked.expression()
@@ -60,7 +96,12 @@ def definition(
         raise SegmentError("no_tags", "pick at least one tag every member has, or one of several")
     raw: dict[str, Any] = {"kind": kind, "tags": expr}
     if accounts:
-        raw["accounts" if kind == "tagged" else "owners"] = list(accounts)
+        raw["accounts" if kind == "tagged" else "owners"] = list(dict.fromkeys(accounts))
+    if attributes:
+        raw["attributes"] = {
+            key: values[0] if len(values) == 1 else {"in": values}
+            for key, values in attributes.items()
+        }
     try:
         SEGMENT_KINDS[kind].model_validate(raw)
     except ValidationError as exc:

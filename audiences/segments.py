@@ -369,6 +369,14 @@ def _json_type_and_value(
 ) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
     if dialect == "postgresql":
         return func.json_typeof(column.op("->")(key)), column.op("->>")(key)
+    if not key.isascii():
+        # SQLite (3.40) matches a JSON path against the key as stored, and keys
+        # are stored \u-escaped (城市 as "\u57ce\u5e02"): a path never finds
+        # them. json_each decodes the keys, so look the key up there.
+        each = func.json_each(column).table_valued("key", "type", "value")
+        typ = select(each.c.type).where(each.c.key == key).scalar_subquery()
+        value = select(each.c.value).where(each.c.key == key).scalar_subquery()
+        return typ, value
     path = '$."' + key + '"'
     return func.json_type(column, path), func.json_extract(column, path)
 

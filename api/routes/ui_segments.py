@@ -32,20 +32,39 @@ ERRORS = {
     "long_name": N_("The name is longer than 100 characters."),
     "invalid": N_("This combination of tags cannot be used."),
     "kind": N_("Unknown segment kind."),
+    "attribute": N_("Write an attribute filter as name=value, e.g. 城市=上海."),
+    "attribute_name": N_("An attribute name is at most 64 characters, without quotes."),
 }
 
 
-def _picker(session: Any, picked: Picked, account: str, name: str, **extra: Any) -> dict[str, Any]:
+def _picker(
+    session: Any,
+    picked: Picked,
+    accounts: list[str],
+    name: str,
+    attrs: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    attrs = attrs or []
+    offered = [f"{k}={v}" for k, v, _n in audiences_search.attribute_values(session)]
     context: dict[str, Any] = {
         "all_tags": audiences_search.all_tags(session),
+        "tag_groups": audiences_search.tag_groups(session),
         "accounts": audiences_search.all_accounts(session),
+        "attribute_chips": offered + [a for a in attrs if a not in offered],
         "picked": picked,
-        "account": account,
+        "chosen_accounts": accounts,
+        "chosen_attrs": attrs,
         "name": name,
         "result": None,
         **extra,
     }
     return context
+
+
+def _definition(picked: Picked, accounts: list[str], attrs: list[str]) -> dict[str, Any]:
+    attributes = saved_segments.parse_attribute_chips(attrs)
+    return saved_segments.definition(picked, accounts=accounts, attributes=attributes)
 
 
 @router.get("/segments/build", response_class=HTMLResponse)
@@ -56,7 +75,9 @@ def build_page(
     all: list[str] = Query([]),  # noqa: A002 - the form's field names
     any: list[str] = Query([]),  # noqa: A002
     none: list[str] = Query([]),
-    account: str = "",
+    account: list[str] = Query([]),
+    attr: list[str] = Query([]),
+    attr_new: str = "",
     name: str = "",
     id: int | None = None,  # noqa: A002
     done: str = "",
@@ -64,19 +85,22 @@ def build_page(
     """The picker with the live count and the first members of what is picked."""
     _ = translator(request)
     saved = saved_segments.get(session, id) if id else None
+    accounts, attrs = [a for a in account if a], [a for a in attr if a.strip()]
+    if attr_new.strip():
+        attrs.append(attr_new.strip())
     if saved is not None and not (all or any or none):
         picked = saved_segments.chips(saved.definition)
         name = name or saved.name
-        accounts = saved.definition.get("accounts") or []
-        account = account or (accounts[0] if accounts else "")
+        accounts = accounts or list(saved.definition.get("accounts") or [])
+        attrs = attrs or saved_segments.attribute_chips(saved.definition)
     else:
         picked = Picked(list(all), list(any), list(none))
-    context = _picker(session, picked, account, name, saved=saved)
+    context = _picker(session, picked, accounts, name, attrs, saved=saved)
     if done == "saved":
         context["flash"] = _("Segment saved.")
     if picked.all or picked.any or picked.none:
         try:
-            raw = saved_segments.definition(picked, accounts=[account] if account else [])
+            raw = _definition(picked, accounts, attrs)
             result = saved_segments.evaluate(session, raw)
             context.update(result=result, expression=_expression_text(raw))
         except SegmentError as exc:
@@ -101,15 +125,23 @@ async def save_segment(
         [str(v) for v in form.getlist("any")],
         [str(v) for v in form.getlist("none")],
     )
-    account = str(form.get("account") or "").strip()
+    accounts = [str(a).strip() for a in form.getlist("account") if str(a).strip()]
+    attrs = [str(a).strip() for a in form.getlist("attr") if str(a).strip()]
+    if str(form.get("attr_new") or "").strip():
+        attrs.append(str(form.get("attr_new")).strip())
     name = str(form.get("name") or "")
     try:
-        raw = saved_segments.definition(picked, accounts=[account] if account else [])
+        raw = _definition(picked, accounts, attrs)
         row = saved_segments.save(session, name, raw, clock.now())
     except SegmentError as exc:
         session.rollback()
         context = _picker(
-            session, picked, account, name, error=_(ERRORS.get(exc.code, ERRORS["invalid"]))
+            session,
+            picked,
+            accounts,
+            name,
+            attrs,
+            error=_(ERRORS.get(exc.code, ERRORS["invalid"])),
         )
         return render(request, "ui/segment_build.html", context, status_code=422)
     auth.record(
@@ -139,7 +171,7 @@ async def new_sop(
         context = _picker(
             session,
             picked,
-            "",
+            [],
             saved.name,
             saved=saved,
             error=_("An SOP counts from when a tag was added: pick a tag every member has."),
@@ -160,6 +192,6 @@ async def new_sop(
         template = template_actions.create(request, session, me, spec, clock.now())
     except TemplateError as exc:
         session.rollback()
-        context = _picker(session, picked, "", saved.name, saved=saved, error=str(exc))
+        context = _picker(session, picked, [], saved.name, saved=saved, error=str(exc))
         return render(request, "ui/segment_build.html", context, status_code=409)
     return redirect(request, f"/templates/{template.id}?done=created")
