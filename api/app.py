@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from api import auth, deps, errors, guards
 from api.audit_middleware import AuditMiddleware
+from api.import_progress import ImportProgress
 from api.routes import (
     audiences,
     deliveries,
@@ -83,6 +84,7 @@ def create_app(
             lambda now_settings: setattr(app.state, "settings", now_settings)
         )
         app.state.workspace.load()
+        app.state.import_progress = ImportProgress()  # the import page's progress bar
         app.state.secret_key = auth.load_secret_key(
             app.state.engine, settings.secret_key, app.state.clock.now()
         )

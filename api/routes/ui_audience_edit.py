@@ -8,12 +8,14 @@ the page then says what the change triggered."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlmodel import Session, col
@@ -22,6 +24,7 @@ from api import auth
 from api.auth import Author
 from api.deps import ClockDep, SessionDep, SettingsDep
 from api.i18n import N_
+from api.import_progress import ImportProgress
 from api.views import redirect, render, translator
 from audiences import importer
 from audiences import search as audiences_search
@@ -283,6 +286,7 @@ def _import_page(request: Request, session: Session, **extra: Any) -> Response:
             "accounts": audiences_search.all_accounts(session),
             "columns": importer.COLUMNS,
             "encoding": "auto",
+            "progress_id": secrets.token_urlsafe(12),
             **extra,
         },
     )
@@ -314,7 +318,32 @@ async def import_upload(
         dry_run=mode != "import",
         create_accounts=bool(form.get("create_accounts")),
     )
-    report = changes.import_file(session, data, clock.now(), options)
+    # The import runs off the event loop, so the page's progress polls are
+    # answered while it writes (api.import_progress).
+    tracker: ImportProgress = request.app.state.import_progress
+    progress_id = str(form.get("progress_id") or "")[:64]
+    written = 0
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal written
+        written += done
+        tracker.update(progress_id, written, total)
+
+    track = bool(progress_id) and mode == "import"
+    if track:
+        tracker.start(progress_id)
+    try:
+        report = await asyncio.to_thread(
+            changes.import_file,
+            session,
+            data,
+            clock.now(),
+            options,
+            progress=on_progress if track else None,
+        )
+    finally:
+        if track:
+            tracker.finish(progress_id)
     if not report.applied:
         session.rollback()
     else:
@@ -341,6 +370,13 @@ async def import_upload(
         preview=preview,
         reasons=[(e.line, e.field, import_reason(_, e.reason)) for e in report.errors],
     )
+
+
+@router.get("/contacts/import/progress")
+def import_progress(request: Request, me: auth.Reader, id: str = "") -> JSONResponse:  # noqa: A002
+    """``{"done", "total", "finished"}`` of the import with this progress id."""
+    tracker: ImportProgress = request.app.state.import_progress
+    return JSONResponse(tracker.get(id[:64]).as_dict())
 
 
 # The importer's reasons (English, also the CLI's and the API's) in the operator's language.
