@@ -168,19 +168,19 @@ class Exclusive:
 def exclusive_partners(session: Session, template: SopTemplate) -> list[Exclusive]:
     """The SOPs this one excludes both ways (互斥): those its draft lists, and
     the live ones whose version lists it (``scheduler.flows.exclusivity``)."""
-    from sop_templates.models import SopTemplate as Template
-
     listed = {int(i) for i in (template.draft or {}).get("exclusive_with") or []}
     live, _ = enrollment.live_templates(session, template.target_kind)
-    listing = {item.template.id for item in live if template.id in item.spec.exclusive_with}
-    ids = sorted(listed | listing)  # type: ignore[arg-type]
-    names = (
-        dict(
-            session.execute(
-                select(col(Template.id), col(Template.name)).where(col(Template.id).in_(ids))
+    listing = {
+        int(item.template.id or 0) for item in live if template.id in item.spec.exclusive_with
+    }
+    ids = sorted(listed | listing)
+    names: dict[int, str] = {}
+    if ids:
+        names = dict(
+            session.execute(  # type: ignore[arg-type]
+                select(col(SopTemplate.id), col(SopTemplate.name)).where(
+                    col(SopTemplate.id).in_(ids)
+                )
             ).all()
         )
-        if ids
-        else {}
-    )
     return [Exclusive(i, names.get(i, f"#{i}"), i in listed) for i in ids]
