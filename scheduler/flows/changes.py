@@ -142,6 +142,8 @@ class EventsReport:
             "enrolled": self.membership.enrolled,
             "exited": self.membership.exited,
             "cancelled": self.membership.cancelled,
+            # not enrolled: already in a mutually exclusive SOP (scheduler.flows.exclusivity)
+            "excluded": self.membership.excluded,
             "failed_templates": self.membership.failures,
             "results": self.results,
         }

@@ -78,8 +78,8 @@ class BatchPreparation:
         now = self.clock.now()
         with Session(reader(self.engine)) as session:
             self._load_touchpoints(session, {r.touchpoint_id for r in rows})
-            self._load_template_policies(session, {r.version_id for r in rows})
-            zones = self._contact_zones(session, rows)
+            template_policies = self._load_template_policies(session, {r.version_id for r in rows})
+            zones = self._contact_zones(session, rows, template_policies)
             outcomes_cache = experiments.cache_of(self)
             outcomes_cache.load(session, {r.version_id for r in rows})
             variant_facts = outcomes_cache.facts(session, rows)
@@ -112,7 +112,7 @@ class BatchPreparation:
             if problem:
                 outcomes[row.id] = Outcome(S.FAILED, problem)
                 continue
-            policy = self._template_policies[row.version_id]
+            policy = template_policies[row.version_id]
             own_zone = zones.get(row.target_id) if row.target_kind == "contact" else None
             zone = policies.local_zone(policy.zone, own_zone)
             grace = timedelta(seconds=touchpoint.grace_seconds)
@@ -180,25 +180,39 @@ class BatchPreparation:
         self._admit_channels(rows, messages, outcomes, now)
         return messages, outcomes
 
-    def _load_template_policies(self, session: Session, version_ids: set[int]) -> None:
-        missing = version_ids - self._template_policies.keys()
+    def _load_template_policies(
+        self, session: Session, version_ids: set[int]
+    ) -> dict[int, policies.TemplatePolicy]:
+        # The map first, then the defaults: ``use_workspace`` (another thread)
+        # swaps them in the opposite order, so a policy worked out from old
+        # defaults can only land in the map it throws away.
+        cache = self._template_policies
+        workspace = self.workspace
+        missing = version_ids - cache.keys()
         if missing:
-            # Published versions are immutable: their policies can be cached forever.
+            # Published versions are immutable: their policies are cached until
+            # the workspace defaults change.
             for version_id, spec in session.execute(
                 select(TemplateVersion.id, TemplateVersion.spec).where(  # type: ignore[call-overload]
                     col(TemplateVersion.id).in_(missing)
                 )
             ).all():
-                self._template_policies[version_id] = policies.template_policy(
-                    TemplateSpec.model_validate(spec), self.workspace
+                cache[version_id] = policies.template_policy(
+                    TemplateSpec.model_validate(spec), workspace
                 )
+        return cache
 
-    def _contact_zones(self, session: Session, rows: Sequence[Any]) -> dict[int, str]:
+    def _contact_zones(
+        self,
+        session: Session,
+        rows: Sequence[Any],
+        template_policies: dict[int, policies.TemplatePolicy],
+    ) -> dict[int, str]:
         """Contacts' own time zones, where known (quiet hours follow them)."""
         ids = {
             r.target_id
             for r in rows
-            if r.target_kind == "contact" and self._template_policies[r.version_id].quiet
+            if r.target_kind == "contact" and template_policies[r.version_id].quiet
         }
         if not ids:
             return {}

@@ -51,7 +51,7 @@ def test_three_exclusive_new_friend_sops_welcome_a_new_friend_once(client, engin
         "/api/events", json={"kind": "friend_added", "account": "staff_1", "external_id": "wm_new"}
     )
     assert response.status_code == 200, response.text
-    assert response.json()["enrolled"] == 1
+    assert (response.json()["enrolled"], response.json()["excluded"]) == (1, 2)
 
     with session_scope(engine) as session:
         rows = session.execute(
