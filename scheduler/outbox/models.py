@@ -36,6 +36,15 @@ class DeliveryStatus:
     ALL = PENDING + TERMINAL
 
 
+# Deliveries of this mode are claimed ahead of the due backlog
+# (``transitions.claim``): a welcome's WelcomeCode works once, for about 20 s
+# after the add event (channels.wecom_welcome), so it cannot wait its turn
+# behind thousands of ordinary rows. The partial index ``ix_deliveries_urgent``
+# holds only the scheduled ones, so looking for them costs nothing when there
+# are none.
+URGENT_MODE = "welcome"
+URGENT_WHERE = f"status = '{DeliveryStatus.SCHEDULED}' AND mode = '{URGENT_MODE}'"
+
 # ``deliveries.reason`` is a VARCHAR of this length. PostgreSQL rejects a longer
 # value (SQLite stores it), and one over-long reason fails the whole batch's
 # write, so dynamic text (adapter errors, exception messages) goes through
@@ -91,6 +100,13 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("enrollment_id", "touchpoint_id", "occurrence", name="uq_delivery_key"),
         Index("ix_deliveries_status_run_at", "status", "run_at"),
+        # The urgent claim's own index (URGENT_MODE): partial, so it stays tiny.
+        Index(
+            "ix_deliveries_urgent",
+            "run_at",
+            sqlite_where=text(URGENT_WHERE),
+            postgresql_where=text(URGENT_WHERE),
+        ),
         Index("ix_deliveries_template_status", "template_id", "status"),
         # Frequency caps count a target's recent sends (scheduler.outbox.policies). Partial,
         # so enrolling (sent_at still NULL) does not pay for it.

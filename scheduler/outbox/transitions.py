@@ -38,7 +38,13 @@ from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, 
 from sqlmodel import Session, col
 
 from scheduler.outbox import repository
-from scheduler.outbox.models import REASON_LENGTH, Delivery, DeliveryStatus, clip_reason
+from scheduler.outbox.models import (
+    REASON_LENGTH,
+    URGENT_WHERE,
+    Delivery,
+    DeliveryStatus,
+    clip_reason,
+)
 from sopbot.db import rowcount
 
 S = DeliveryStatus
@@ -164,12 +170,36 @@ def claim(
     """claim: atomically move up to ``limit`` due rows from scheduled to claimed,
     leased to ``owner``.
 
+    Urgent rows first (``URGENT_MODE``: welcomes, whose code lapses in 20 s),
+    through their own partial index; the rest of the batch is the due backlog
+    in ``run_at`` order, exactly as without them. Both are one transaction, so a
+    row is claimed once whichever of the two finds it.
+
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim disjoint
     batches at once. SQLite: the caller's transaction began with ``BEGIN
     IMMEDIATE`` (SQLAlchemy silently drops ``skip_locked`` there), so the whole
     statement runs under the write lock.
     """
     check("claim", S.CLAIMED)
+    urgent = _claim_due(session, now, owner, lease_until, limit, held_templates, urgent_only=True)
+    rest = []
+    if len(urgent) < limit:
+        rest = _claim_due(session, now, owner, lease_until, limit - len(urgent), held_templates)
+    return sorted(urgent, key=lambda r: (r.run_at, r.id)) + sorted(
+        rest, key=lambda r: (r.run_at, r.id)
+    )
+
+
+def _claim_due(
+    session: Session,
+    now: datetime,
+    owner: str,
+    lease_until: datetime,
+    limit: int,
+    held_templates: Sequence[int],
+    *,
+    urgent_only: bool = False,
+) -> list[Any]:
     dialect = session.get_bind().dialect.name
     held = ""
     params: dict[str, Any] = {
@@ -184,9 +214,13 @@ def claim(
         held = "AND template_id NOT IN :held"
         params["held"] = list(held_templates)
     lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    # The urgent condition is written out (not bound) so both databases can
+    # prove it implies the partial index's and use it.
+    status = URGENT_WHERE if urgent_only else "status = :scheduled"
+    index = "INDEXED BY ix_deliveries_urgent" if urgent_only and dialect == "sqlite" else ""
     due = f"""
-            SELECT id FROM deliveries
-            WHERE status = :scheduled AND run_at <= :now {held}
+            SELECT id FROM deliveries {index}
+            WHERE {status} AND run_at <= :now {held}
             ORDER BY run_at
             LIMIT :limit {lock}
     """
@@ -228,8 +262,7 @@ def claim(
         expires_at=dt,
         attempts=repository.DELIVERIES.c.attempts.type,
     )
-    rows = session.execute(typed, params).all()
-    return sorted(rows, key=lambda r: (r.run_at, r.id))
+    return list(session.execute(typed, params).all())
 
 
 def renew(session: Session, *, owner: str, ids: Sequence[int], lease_until: datetime) -> int:
