@@ -39,6 +39,7 @@ from sqlmodel import Session, col
 
 from scheduler.outbox import repository
 from scheduler.outbox.models import (
+    GATHER_WHERE,
     REASON_LENGTH,
     URGENT_WHERE,
     Delivery,
@@ -190,6 +191,34 @@ def claim(
     )
 
 
+def claim_siblings(
+    session: Session,
+    *,
+    now: datetime,
+    owner: str,
+    lease_until: datetime,
+    touchpoint_id: int,
+    occurrence: int,
+    limit: int,
+    held_templates: Sequence[int] = (),
+) -> list[Any]:
+    """claim (siblings): the due task/moment rows of one touchpoint occurrence,
+    up to ``limit``, so that they reach the platform as one job
+    (``GATHERED_MODES``). Same fence and lease as :func:`claim`; call it in the
+    claim's transaction."""
+    check("claim", S.CLAIMED)
+    rows = _claim_due(
+        session,
+        now,
+        owner,
+        lease_until,
+        limit,
+        held_templates,
+        siblings=(touchpoint_id, occurrence),
+    )
+    return sorted(rows, key=lambda r: (r.run_at, r.id))
+
+
 def _claim_due(
     session: Session,
     now: datetime,
@@ -199,6 +228,7 @@ def _claim_due(
     held_templates: Sequence[int],
     *,
     urgent_only: bool = False,
+    siblings: tuple[int, int] | None = None,
 ) -> list[Any]:
     dialect = session.get_bind().dialect.name
     held = ""
@@ -216,8 +246,14 @@ def _claim_due(
     lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
     # The urgent condition is written out (not bound) so both databases can
     # prove it implies the partial index's and use it.
-    status = URGENT_WHERE if urgent_only else "status = :scheduled"
-    index = "INDEXED BY ix_deliveries_urgent" if urgent_only and dialect == "sqlite" else ""
+    status, index = "status = :scheduled", ""
+    if urgent_only:
+        status, index = URGENT_WHERE, "ix_deliveries_urgent"
+    elif siblings is not None:
+        status = f"{GATHER_WHERE} AND touchpoint_id = :touchpoint AND occurrence = :occurrence"
+        index = "ix_deliveries_gather"
+        params["touchpoint"], params["occurrence"] = siblings
+    index = f"INDEXED BY {index}" if index and dialect == "sqlite" else ""
     due = f"""
             SELECT id FROM deliveries {index}
             WHERE {status} AND run_at <= :now {held}

@@ -1,6 +1,7 @@
-"""the urgent claim's partial index: welcome deliveries go ahead of the backlog
+"""the claim's partial indexes: welcomes ahead of the backlog; a touchpoint's
+task and moment rows gathered into one job
 
-Revision ID: 0010_urgent_claim
+Revision ID: 0010_claim_indexes
 Revises: 0007_outcomes
 Create Date: 2026-12-04 05:20:00.000000
 
@@ -12,13 +13,14 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0010_urgent_claim"
+revision: str = "0010_claim_indexes"
 down_revision: str | Sequence[str] | None = "0007_outcomes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Written out here (not imported) so the migration keeps meaning what it meant.
 URGENT_WHERE = "status = 'scheduled' AND mode = 'welcome'"
+GATHER_WHERE = "status = 'scheduled' AND mode IN ('task', 'moment')"
 
 
 def upgrade() -> None:
@@ -30,7 +32,16 @@ def upgrade() -> None:
         sqlite_where=sa.text(URGENT_WHERE),
         postgresql_where=sa.text(URGENT_WHERE),
     )
+    op.create_index(
+        "ix_deliveries_gather",
+        "deliveries",
+        ["touchpoint_id", "occurrence", "run_at"],
+        unique=False,
+        sqlite_where=sa.text(GATHER_WHERE),
+        postgresql_where=sa.text(GATHER_WHERE),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_gather", table_name="deliveries")
     op.drop_index("ix_deliveries_urgent", table_name="deliveries")
