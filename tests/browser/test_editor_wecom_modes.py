@@ -142,7 +142,5 @@ def test_a_welcome_later_than_plus_0_is_refused_in_chinese(live, page, engine, c
     page.select_option("#tp-0-offset_unit", "h")
     page.fill("#tp-0-part-0-text", "你好")
     post(page, "button[name=action][value='check']")
-    expect(page.locator("[data-error-for='tp-0-mode']")).to_contain_text(
-        "欢迎语只能用于新好友 SOP"
-    )
+    expect(page.locator("[data-error-for='tp-0-mode']")).to_contain_text("欢迎语只能用于新好友 SOP")
     shot(page, "wecom-modes-welcome-refused")
