@@ -17,6 +17,8 @@ transition's start status (or not held by the caller) is simply not touched.
       │  └── release, reap_claimed, defer ────────┘  │            resolve_unknown ─► sent/failed/scheduled
       └──────────── record_outcome (retry), reap_resend (deduplicating channel) ──┘
                                           reap_sending: sending ─► unknown
+    claim takes due welcomes first (URGENT_MODE); claim_siblings: scheduled ─► claimed for
+      the due task/moment rows of a touchpoint occurrence already in the batch
     unmark: sending ─► scheduled (marked as next in line, a stop came before the call)
     cancel: scheduled/claimed ─► cancelled      repoint: scheduled ─► scheduled/skipped
     task_failed / task_expired: sent ─► failed / unknown (mass-send task polls)
