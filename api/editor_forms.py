@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from api import editor_modes
 from sopbot.ids import is_id
 
-PART_KINDS = ("text", "image", "link", "miniprogram", "file")
+PART_KINDS = ("text", "image", "link", "miniprogram", "file", "video")
 # "repeat" is the picker for the common cron schedules (每天 / 工作日 / 每周 / 每月);
 # raw cron stays under "cron" (高级).
 TIMING_KINDS = ("offset", "day_at", "at", "repeat", "cron")
@@ -40,7 +41,7 @@ TIMING_FIELDS = (
     "cron_end",
     "shorthand",
 )
-MODES = ("send", "task", "remind")
+MODES = editor_modes.MODES
 # Form field of each part kind, in display order: (field, required)
 PART_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
     "text": (("text", True),),
@@ -48,6 +49,7 @@ PART_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
     "link": (("title", True), ("url", True), ("description", False), ("image_url", False)),
     "miniprogram": (("title", True), ("appid", True), ("page", True), ("pic_url", False)),
     "file": (("url", True), ("name", False)),
+    "video": (("url", True),),
 }
 CAP_PRESETS = ("wecom_daily", "wecom_weekly", "wecom_monthly_days")
 
@@ -75,6 +77,7 @@ def blank_touchpoint(n: int = 1) -> dict[str, Any]:
         "cron_end": "",
         "shorthand": "",
         "mode": "send",
+        **editor_modes.blank(),
         "grace": "",
         "past_policy": "skip",
         "parts": [_blank_part("text")],
@@ -267,6 +270,7 @@ def _touchpoint_form(tp: Mapping[str, Any]) -> dict[str, Any]:
         timing = parse_timing(timing)
     timing_into_form(out, timing or {})
     out["mode"] = tp.get("mode") or "send"
+    editor_modes.into_form(out, tp)
     out["grace"] = tp.get("grace") or ""
     out["past_policy"] = tp.get("past_policy") or "skip"
     content = tp.get("content") or []
@@ -316,6 +320,7 @@ def form_from_request(data: Mapping[str, Any]) -> dict[str, Any]:
             else ([str(dows)] if dows else [])
         )
         _apply_shorthand(tp)
+        editor_modes.from_request(tp, data, prefix)
         tp["grace"] = get(prefix + "grace")
         tp["past_policy"] = get(prefix + "past_policy", "skip") or "skip"
         parts = []
@@ -464,6 +469,7 @@ def _touchpoint_spec(tp: Mapping[str, Any]) -> dict[str, Any]:
         "mode": tp["mode"] or "send",
         "past_policy": tp["past_policy"] or "skip",
     }
+    editor_modes.into_spec(out, tp)
     if tp["grace"].strip():
         out["grace"] = tp["grace"].strip()
     return out
@@ -601,8 +607,10 @@ def field_for(location: str, form: Mapping[str, Any]) -> str | None:
             return f"{prefix}-part-{j}"
         return f"{prefix}-part-{j}-{name}"
     name = rest.split(".", 1)[0]
-    if name in ("name", "mode", "grace", "past_policy"):
+    if name in ("name", "mode", "grace", "past_policy", "fallback"):
         return f"{prefix}-{name}"
+    if name == "visible_to":
+        return f"{prefix}-visible_tags"
     return prefix
 
 

@@ -146,6 +146,35 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "upload_too_large": ("「{name}」超过 {max} 的上限", "“{name}” is over the {max} limit"),
     "name_taken": ("已有同名的 SOP：{name}", "an SOP named {name} already exists"),
+    "welcome_placement": (
+        "欢迎语只能用于新好友 SOP（发送对象为客户、从加好友时开始计时）中立即发送（+0）的触达点",
+        "a welcome message is only for a new-friend SOP's touchpoint at +0 "
+        "(customers, counted from when the friend was added)",
+    ),
+    "moment_mixed": (
+        "朋友圈只能是：文字加最多 9 张图片，或 1 个视频，或 1 个链接，不能混用",
+        "a moment is text plus up to 9 images, or one video, or one link, not a mix",
+    ),
+    "moment_kinds": (
+        "朋友圈只能包含文字、图片、视频或链接",
+        "a moment can only carry text, images, a video or a link",
+    ),
+    "moment_images": (
+        "朋友圈最多 9 张图片，现在有 {count} 张",
+        "a moment carries at most 9 images; this one has {count}",
+    ),
+    "video_media": (
+        "视频「{value}」不是已上传到企业微信的素材：请先上传视频，再填写它的素材编号",
+        "the video “{value}” must be uploaded to WeCom first and written as wecom-media:<media id>",
+    ),
+    "fallback_only_welcome": (
+        "只有欢迎语才需要选择没有欢迎码时的处理方式",
+        "only a welcome message has a fallback for when there is no welcome code",
+    ),
+    "visible_only_moment": (
+        "只有朋友圈才需要选择可见范围",
+        "only a moment has a choice of who sees it",
+    ),
     "not_found": ("找不到{field}", "{field} was not found"),
     "invalid": ("{field}填写有误", "{field} is not valid"),
 }
@@ -192,6 +221,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "grace": ("可延迟发送时长", "how late it may go out"),
     "past_policy": ("时间已过时的处理", "what to do when the time has passed"),
     "kind": ("类型", "kind"),
+    "fallback": ("没有欢迎码时", "without a welcome code"),
+    "visible_to": ("可见范围", "who sees it"),
 }
 
 _Q = r"['\"](?P<value>.*?)['\"]"
@@ -255,6 +286,13 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^appid " + _Q), "appid_invalid"),
     (re.compile(r"^page " + _Q), "page_invalid"),
     (re.compile(r"^a template named " + _Q + " already exists"), "name_taken"),
+    (re.compile(r"^mode welcome is only for a new-friend"), "welcome_placement"),
+    (re.compile(r"^a moment is text plus up to 9 images"), "moment_mixed"),
+    (re.compile(r"^a moment cannot carry"), "moment_kinds"),
+    (re.compile(r"^a moment carries at most \d+ images, not (?P<count>\d+)"), "moment_images"),
+    (re.compile(r"^video " + _Q + r" is not a WeCom media id"), "video_media"),
+    (re.compile(r"^fallback is only for mode welcome"), "fallback_only_welcome"),
+    (re.compile(r"^visible_to is only for mode moment"), "visible_only_moment"),
     (re.compile(r"^未定义的变量 (?P<name>[\w.]+)"), "variable_unknown"),
 ]
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from sopbot.clock import Clock
 
-PartKind = Literal["text", "image", "link", "miniprogram", "file"]
+PartKind = Literal["text", "image", "link", "miniprogram", "file", "video"]
 TargetKind = Literal["contact", "group", "staff"]  # staff: a digest to the staff member
 ExecutionMode = Literal["send", "task", "remind", "welcome", "moment"]
 TaskStatus = Literal["sent", "pending", "failed", "skipped"]

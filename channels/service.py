@@ -9,7 +9,7 @@ a config it was shown without wiping credentials.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -242,11 +242,13 @@ def list_instances(session: Session) -> list[ChannelInstance]:
     return list(session.exec(select(ChannelInstance).order_by(col(ChannelInstance.name))).all())
 
 
-def instance_names(session: Session) -> list[str]:
-    """The channel instances' names, in order (what a channel filter offers)."""
-    return list(
-        session.exec(select(ChannelInstance.name).order_by(col(ChannelInstance.name))).all()
-    )
+def instance_names(session: Session, adapters: Sequence[str] | None = None) -> list[str]:
+    """The channel instances' names, in order (what a channel filter offers);
+    only those of ``adapters`` when given."""
+    stmt = select(ChannelInstance.name).order_by(col(ChannelInstance.name))
+    if adapters is not None:
+        stmt = stmt.where(col(ChannelInstance.adapter).in_(list(adapters)))
+    return list(session.exec(stmt).all())
 
 
 def get_instance(session: Session, name: str) -> ChannelInstance:

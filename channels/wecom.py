@@ -140,7 +140,7 @@ class WeComAdapter:
     name: ClassVar[str] = "wecom"
     config_model: ClassVar[type[AdapterConfig]] = WeComConfig
     capabilities: ClassVar[Capabilities] = Capabilities(
-        parts=frozenset({"text", "image", "link", "miniprogram", "file"}),
+        parts=frozenset({"text", "image", "link", "miniprogram", "file", "video"}),
         targets=frozenset({"contact", "group"}),
         modes=frozenset({"task", "remind", "welcome", "moment"}),
         idempotent=False,
@@ -471,6 +471,8 @@ def build_task_content(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             attachments.append(_miniprogram_attachment(part))
         elif kind == "file":
             attachments.append(_file_attachment(part))
+        elif kind == "video":
+            attachments.append(_video_attachment(part))
         else:
             raise _ContentError(f"WeCom cannot send part kind {kind!r}")
     text = "\n".join(texts)
@@ -543,6 +545,16 @@ def _file_attachment(part: dict[str, Any]) -> dict[str, Any]:
     return {"msgtype": "file", "file": {"media_id": part["media_id"]}}
 
 
+def _video_attachment(part: dict[str, Any]) -> dict[str, Any]:
+    media_id = str(part.get("url", "")).removeprefix("wecom-media:")
+    if not media_id or media_id == part.get("url"):
+        raise _ContentError(
+            "WeCom videos need a media_id: upload the video to WeCom "
+            "(media/upload_attachment) and use url wecom-media:<media_id>"
+        )
+    return {"msgtype": "video", "video": {"media_id": media_id}}
+
+
 def _task_body(
     sender: str, target_kind: str, target_ids: list[str], content: dict[str, Any]
 ) -> dict[str, Any]:
@@ -577,6 +589,8 @@ def remind_text(message: OutboundMessage) -> str:
             lines.append(f"[小程序] {part.get('title', '')}（{part.get('page', '')}）")
         elif kind == "file":
             lines.append(f"[文件] {part.get('name') or ''} {part.get('url', '')}".rstrip())
+        elif kind == "video":
+            lines.append(f"[视频] {part.get('url', '')}")
         else:
             lines.append(f"[{kind}]")
     return "\n".join(line.rstrip() for line in lines)

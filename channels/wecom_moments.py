@@ -12,8 +12,11 @@ customers of the staff members who own them (plus the touchpoint's
 provider id ``moment:<jobid>`` and awaits its staff member's publishing, which
 the task poll records per member (:func:`poll_moment`).
 
-Content: text plus up to 9 images, or one link. WeCom takes images only as
-uploaded media, so an image part's url must be ``wecom-media:<media_id>``.
+Content: text plus up to 9 images, or one video, or one link
+(:func:`moment_shape_problem`, which also refuses a mix when the template is
+validated: ``sop_templates.mode_rules``).
+WeCom takes images and videos only as uploaded media, so their url must be
+``wecom-media:<media_id>``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,23 @@ if TYPE_CHECKING:
     from channels.wecom import WeComAdapter
 
 PREFIX = "moment:"
-MEDIA = "wecom-media:"
+MOMENT_KINDS = ("text", "image", "video", "link")
 MAX_IMAGES = 9
+MEDIA = "wecom-media:"
 MAX_TEXT_BYTES = 2_000
+
+
+def moment_shape_problem(kinds: list[str]) -> str | None:
+    """Why parts of these kinds cannot be one WeCom moment, or None."""
+    other = sorted(set(kinds) - set(MOMENT_KINDS))
+    if other:
+        return f"a moment cannot carry {', '.join(other)} parts"
+    images, videos, links = (kinds.count(k) for k in ("image", "video", "link"))
+    if sum(1 for n in (images, videos, links) if n) > 1 or videos > 1 or links > 1:
+        return "a moment is text plus up to 9 images, or one video, or one link; not a mix"
+    if images > MAX_IMAGES:
+        return f"a moment carries at most {MAX_IMAGES} images, not {images}"
+    return None
 
 
 class MomentContentError(ValueError):
@@ -40,24 +57,22 @@ class MomentContentError(ValueError):
 def moment_content(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """``text`` and ``attachments`` of an add_moment_task call."""
     texts = [str(p.get("text", "")) for p in parts if p.get("kind") == "text"]
-    images = [p for p in parts if p.get("kind") == "image"]
-    links = [p for p in parts if p.get("kind") == "link"]
-    other = sorted({str(p.get("kind")) for p in parts} - {"text", "image", "link"})
-    if other:
-        raise MomentContentError(f"a WeCom moment cannot carry {', '.join(other)} parts")
-    if images and links or len(links) > 1 or len(images) > MAX_IMAGES:
-        raise MomentContentError(
-            f"a WeCom moment is text plus up to {MAX_IMAGES} images, or one link"
-        )
+    problem = moment_shape_problem([str(p.get("kind")) for p in parts])
+    if problem:
+        raise MomentContentError(problem)
     attachments: list[dict[str, Any]] = []
-    for image in images:
-        url = str(image.get("url", ""))
+    for part in parts:
+        kind = part.get("kind")
+        if kind not in ("image", "video"):
+            continue
+        url = str(part.get("url", ""))
         if not url.startswith(MEDIA):
             raise MomentContentError(
-                "WeCom moments take uploaded images only: upload the image to WeCom "
+                f"WeCom moments take uploaded {kind}s only: upload the {kind} to WeCom "
                 f"(media/upload_attachment) and use url {MEDIA}<media_id>"
             )
-        attachments.append({"msgtype": "image", "image": {"media_id": url.removeprefix(MEDIA)}})
+        attachments.append({"msgtype": kind, kind: {"media_id": url.removeprefix(MEDIA)}})
+    links = [p for p in parts if p.get("kind") == "link"]
     for link in links:
         attachments.append(
             {"msgtype": "link", "link": {"title": link["title"], "url": link["url"]}}

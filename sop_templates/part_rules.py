@@ -1,7 +1,8 @@
 """Rules for the addresses in message parts, checked when a template is
 validated, saved and published (``checks.publish_problems``): links and images
 are ``https://`` addresses (or materials of the library, ``/materials/...``;
-an image may be ``wecom-media:<media_id>`` on WeCom channels, for moments),
+an image may be ``wecom-media:<media_id>`` on WeCom channels, for moments, and
+a video must be one),
 a mini-program AppID is ``wx`` and 16 hex characters, a page path is relative
 (``pages/index/index``, no leading ``/``), and WeCom's channels need the page
 path to end in ``.html`` (their API says so).
@@ -27,9 +28,14 @@ URL_FIELDS = {
     "link": ("url", "image_url"),
     "miniprogram": ("pic_url",),
     "file": ("url",),
+    "video": ("url",),
 }
 WECOM_ADAPTERS = ("wecom", "wecom_group_bot")
 WECOM_MEDIA = "wecom-media:"  # an image already uploaded to WeCom (moments)
+
+
+def _is_media(value: str) -> bool:
+    return value.startswith(WECOM_MEDIA) and len(value) > len(WECOM_MEDIA)
 
 
 def is_https_url(value: str) -> bool:
@@ -49,6 +55,12 @@ def part_problems(spec: TemplateSpec, adapter: str | None = None) -> list[tuple[
             where = f"touchpoints[{i}].content[{j}]"
             for name in URL_FIELDS.get(kind, ()):
                 value = str(raw.get(name) or "").strip()
+                if kind == "video":  # WeCom takes a video only as uploaded media
+                    if value and "{{" not in value and not _is_media(value):
+                        problems.append(
+                            (f"{where}.{name}", f"video {value!r} is not a WeCom media id")
+                        )
+                    continue
                 if (
                     kind == "image"
                     and value.startswith(WECOM_MEDIA)

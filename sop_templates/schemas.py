@@ -70,9 +70,19 @@ class FilePart(_Part):
     name: str | None = None
 
 
+class VideoPart(_Part):
+    """A video already uploaded to WeCom (``wecom-media:<media_id>``): one per
+    moment (朋友圈), or an attachment of a mass-send task."""
+
+    kind: Literal["video"] = "video"
+    url: str = Field(min_length=1)
+
+
 ContentPart = Annotated[
-    TextPart | ImagePart | LinkPart | MiniProgramPart | FilePart, Field(discriminator="kind")
+    TextPart | ImagePart | LinkPart | MiniProgramPart | FilePart | VideoPart,
+    Field(discriminator="kind"),
 ]
+PART_KINDS = ("text", "image", "link", "miniprogram", "file", "video")
 
 # Which fields of a part are Jinja templates (rendered per target).
 RENDERED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -81,6 +91,7 @@ RENDERED_FIELDS: dict[str, tuple[str, ...]] = {
     "link": ("title", "url", "description"),
     "miniprogram": ("title", "page"),
     "file": ("url", "name"),
+    "video": ("url",),
 }
 
 _URLISH = re.compile(r"^(https?://|\{\{)", re.I)
@@ -91,7 +102,7 @@ def _normalize_part(value: object) -> object:
     if isinstance(value, str):
         return {"kind": "text", "text": value}
     if isinstance(value, dict) and "kind" not in value:
-        for kind in ("text", "image", "link", "miniprogram", "file"):
+        for kind in PART_KINDS:
             if kind in value:
                 inner = value[kind]
                 if isinstance(inner, dict):

@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from sop_templates.checks import publish_problems
+from sop_templates.mode_rules import mode_problems
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.rendering import validate_content
-from sop_templates.schemas import TemplateSpec
+from sop_templates.schemas import PART_KINDS, TemplateSpec
 from sopbot.ids import is_id
 
 
@@ -44,7 +45,7 @@ def parse_spec(data: dict[str, Any] | TemplateSpec) -> TemplateSpec:
             raise TemplateValidationError(
                 [(_loc(err["loc"]), _msg(err)) for err in exc.errors()]
             ) from None
-    problems = validate_content(spec)
+    problems = mode_problems(spec) or validate_content(spec)
     if problems:
         raise TemplateValidationError(problems)
     return spec
@@ -62,7 +63,7 @@ def check_spec(session: Session, data: dict[str, Any] | TemplateSpec) -> Templat
     return spec
 
 
-_TAGS = {"offset", "day_at", "at", "cron", "text", "image", "link", "miniprogram", "file"}
+_TAGS = {"offset", "day_at", "at", "cron", *PART_KINDS}
 
 
 def _loc(loc: Sequence[int | str]) -> str:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, col, select
 
-from api import auth, draft_diff, editor_forms, template_actions
+from api import auth, draft_diff, editor_forms, editor_modes, template_actions
 from api.auth import Approver, Author, Reader
 from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep, get_settings
 from api.i18n import N_
@@ -379,6 +379,12 @@ def _editor(
         "part_kinds": editor_forms.PART_KINDS,
         "timing_kinds": editor_forms.TIMING_KINDS,
         "modes": editor_forms.MODES,
+        "wecom_channels": channels_service.instance_names(
+            session, adapters=editor_modes.WECOM_ADAPTERS
+        ),
+        "all_modes": editor_modes.MODES + editor_modes.WECOM_MODES,
+        "wecom_modes": editor_modes.WECOM_MODES,
+        "modes_offered": editor_modes.offered,
         "cap_presets": editor_forms.CAP_PRESETS,
         "flash": flash,
         "flash_error": flash_error,

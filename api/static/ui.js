@@ -30,8 +30,25 @@ document.addEventListener("change", (event) => {
   if (event.target.closest && event.target.closest("#editor")) {
     dirty = true;
     if (["anchor", "target"].includes(event.target.id)) updateAnchorWords();
+    if (["channel", "target"].includes(event.target.id)) updateWecomModes();
   }
 });
+
+// 欢迎语 and 朋友圈 are offered for customers on a WeCom channel only; a mode
+// already chosen stays (validation says why it cannot).
+function updateWecomModes() {
+  const form = document.getElementById("editor");
+  if (!form || !form.dataset.wecomChannels) return;
+  const wecom = JSON.parse(form.dataset.wecomChannels);
+  const channel = (form.querySelector("#channel") || {}).value || "";
+  const target = (form.querySelector("#target") || {}).value || "contact";
+  const on = wecom.includes(channel) && target === "contact";
+  form.querySelectorAll("option[data-wecom]").forEach((option) => {
+    const keep = on || option.selected;
+    option.hidden = !keep;
+    option.disabled = !keep;
+  });
+}
 document.addEventListener("submit", (event) => {
   const submitter = event.submitter;
   if (event.target.id === "editor" && submitter && submitter.value === "save") dirty = false;

@@ -37,7 +37,7 @@ from channels.breaker import CircuitBreakers
 from channels.ratelimit import build_limiter
 from channels.registry import ChannelPool
 from scheduler.outbox import leases, policies, transitions, wecom_quota
-from scheduler.outbox.models import DeliveryStatus
+from scheduler.outbox.models import GATHERED_MODES, DeliveryStatus
 from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
 from scheduler.outbox.repository import DELIVERIES
@@ -218,20 +218,57 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
     # -- claim, lease ---------------------------------------------------------------
 
     def claim(self, limit: int, *, expire: bool = True) -> list[Any]:
-        """Claim up to ``limit`` due rows (after marking overdue ones missed)."""
+        """Claim up to ``limit`` due rows (after marking overdue ones missed),
+        and the due siblings of their task/moment rows (:meth:`_gather`)."""
         now = self.clock.now()
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
         with session_scope(self.engine, immediate=True) as session:
             held = held_template_ids(session)
             if expire:
                 transitions.miss_overdue(session, now=now, held_templates=held)
-            return transitions.claim(
+            rows = transitions.claim(
                 session,
                 now=now,
                 owner=self.worker_id,
-                lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                lease_until=lease_until,
                 limit=limit,
                 held_templates=held,
             )
+            return rows + self._gather(session, rows, now, lease_until, held)
+
+    def _gather(
+        self,
+        session: Any,
+        rows: Sequence[Any],
+        now: datetime,
+        lease_until: datetime,
+        held: list[int],
+    ) -> list[Any]:
+        """A WeCom mass-send task takes up to 10,000 customers (2,000 groups) and
+        a moment is one per touchpoint: rows of one touchpoint occurrence in
+        ``task``/``moment`` mode go out in one batch, as many as the channel
+        takes in one call, instead of one job per claim batch."""
+        claimed: Counter[tuple[int, int, str]] = Counter(
+            (r.touchpoint_id, r.occurrence, r.channel) for r in rows if r.mode in GATHERED_MODES
+        )
+        more: list[Any] = []
+        for (touchpoint_id, occurrence, channel), count in claimed.items():
+            try:
+                room = self.channels.get(channel).capabilities.max_batch - count
+            except ChannelError:  # disabled: preparing the batch says so
+                continue
+            if room > 0:
+                more += transitions.claim_siblings(
+                    session,
+                    now=now,
+                    owner=self.worker_id,
+                    lease_until=lease_until,
+                    touchpoint_id=touchpoint_id,
+                    occurrence=occurrence,
+                    limit=room,
+                    held_templates=held,
+                )
+        return more
 
     def reap_expired_leases(self) -> dict[str, int]:
         """Leases nobody renewed: claimed rows go back to scheduled (nothing was

@@ -36,6 +36,23 @@ class DeliveryStatus:
     ALL = PENDING + TERMINAL
 
 
+# Deliveries of this mode are claimed ahead of the due backlog
+# (``transitions.claim``): a welcome's WelcomeCode works once, for about 20 s
+# after the add event (channels.wecom_welcome), so it cannot wait its turn
+# behind thousands of ordinary rows. The partial index ``ix_deliveries_urgent``
+# holds only the scheduled ones, so looking for them costs nothing when there
+# are none.
+URGENT_MODE = "welcome"
+URGENT_WHERE = f"status = '{DeliveryStatus.SCHEDULED}' AND mode = '{URGENT_MODE}'"
+
+# Modes whose deliveries of one touchpoint occurrence become one platform job
+# (a WeCom mass-send task of up to 10,000 customers or 2,000 groups; one moment
+# for all of a touchpoint's customers): a claim that takes some of them takes
+# their due siblings too (``transitions.claim_siblings``), so a batch boundary
+# does not split one task into several, nor publish the same moment twice.
+GATHERED_MODES = ("task", "moment")
+GATHER_WHERE = f"status = '{DeliveryStatus.SCHEDULED}' AND mode IN ('task', 'moment')"
+
 # ``deliveries.reason`` is a VARCHAR of this length. PostgreSQL rejects a longer
 # value (SQLite stores it), and one over-long reason fails the whole batch's
 # write, so dynamic text (adapter errors, exception messages) goes through
@@ -94,6 +111,22 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("enrollment_id", "touchpoint_id", "occurrence", name="uq_delivery_key"),
         Index("ix_deliveries_status_run_at", "status", "run_at"),
+        # Gathering a touchpoint occurrence's task/moment rows (GATHERED_MODES).
+        Index(
+            "ix_deliveries_gather",
+            "touchpoint_id",
+            "occurrence",
+            "run_at",
+            sqlite_where=text(GATHER_WHERE),
+            postgresql_where=text(GATHER_WHERE),
+        ),
+        # The urgent claim's own index (URGENT_MODE): partial, so it stays tiny.
+        Index(
+            "ix_deliveries_urgent",
+            "run_at",
+            sqlite_where=text(URGENT_WHERE),
+            postgresql_where=text(URGENT_WHERE),
+        ),
         Index("ix_deliveries_template_status", "template_id", "status"),
         # Frequency caps count a target's recent sends (scheduler.outbox.policies). Partial,
         # so enrolling (sent_at still NULL) does not pay for it.

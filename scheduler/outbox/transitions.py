@@ -17,6 +17,8 @@ transition's start status (or not held by the caller) is simply not touched.
       │  └── release, reap_claimed, defer ────────┘  │            resolve_unknown ─► sent/failed/scheduled
       └──────────── record_outcome (retry), reap_resend (deduplicating channel) ──┘
                                           reap_sending: sending ─► unknown
+    claim takes due welcomes first (URGENT_MODE); claim_siblings: scheduled ─► claimed for
+      the due task/moment rows of a touchpoint occurrence already in the batch
     unmark: sending ─► scheduled (marked as next in line, a stop came before the call)
     cancel: scheduled/claimed ─► cancelled      repoint: scheduled ─► scheduled/skipped
     task_failed / task_expired: sent ─► failed / unknown (mass-send task polls)
@@ -38,7 +40,14 @@ from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, 
 from sqlmodel import Session, col
 
 from scheduler.outbox import repository
-from scheduler.outbox.models import REASON_LENGTH, Delivery, DeliveryStatus, clip_reason
+from scheduler.outbox.models import (
+    GATHER_WHERE,
+    REASON_LENGTH,
+    URGENT_WHERE,
+    Delivery,
+    DeliveryStatus,
+    clip_reason,
+)
 from sopbot.db import rowcount
 
 S = DeliveryStatus
@@ -164,12 +173,65 @@ def claim(
     """claim: atomically move up to ``limit`` due rows from scheduled to claimed,
     leased to ``owner``.
 
+    Urgent rows first (``URGENT_MODE``: welcomes, whose code lapses in 20 s),
+    through their own partial index; the rest of the batch is the due backlog
+    in ``run_at`` order, exactly as without them. Both are one transaction, so a
+    row is claimed once whichever of the two finds it.
+
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim disjoint
     batches at once. SQLite: the caller's transaction began with ``BEGIN
     IMMEDIATE`` (SQLAlchemy silently drops ``skip_locked`` there), so the whole
     statement runs under the write lock.
     """
     check("claim", S.CLAIMED)
+    urgent = _claim_due(session, now, owner, lease_until, limit, held_templates, urgent_only=True)
+    rest = []
+    if len(urgent) < limit:
+        rest = _claim_due(session, now, owner, lease_until, limit - len(urgent), held_templates)
+    return sorted(urgent, key=lambda r: (r.run_at, r.id)) + sorted(
+        rest, key=lambda r: (r.run_at, r.id)
+    )
+
+
+def claim_siblings(
+    session: Session,
+    *,
+    now: datetime,
+    owner: str,
+    lease_until: datetime,
+    touchpoint_id: int,
+    occurrence: int,
+    limit: int,
+    held_templates: Sequence[int] = (),
+) -> list[Any]:
+    """claim (siblings): the due task/moment rows of one touchpoint occurrence,
+    up to ``limit``, so that they reach the platform as one job
+    (``GATHERED_MODES``). Same fence and lease as :func:`claim`; call it in the
+    claim's transaction."""
+    check("claim", S.CLAIMED)
+    rows = _claim_due(
+        session,
+        now,
+        owner,
+        lease_until,
+        limit,
+        held_templates,
+        siblings=(touchpoint_id, occurrence),
+    )
+    return sorted(rows, key=lambda r: (r.run_at, r.id))
+
+
+def _claim_due(
+    session: Session,
+    now: datetime,
+    owner: str,
+    lease_until: datetime,
+    limit: int,
+    held_templates: Sequence[int],
+    *,
+    urgent_only: bool = False,
+    siblings: tuple[int, int] | None = None,
+) -> list[Any]:
     dialect = session.get_bind().dialect.name
     held = ""
     params: dict[str, Any] = {
@@ -184,9 +246,19 @@ def claim(
         held = "AND template_id NOT IN :held"
         params["held"] = list(held_templates)
     lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    # The urgent condition is written out (not bound) so both databases can
+    # prove it implies the partial index's and use it.
+    status, index = "status = :scheduled", ""
+    if urgent_only:
+        status, index = URGENT_WHERE, "ix_deliveries_urgent"
+    elif siblings is not None:
+        status = f"{GATHER_WHERE} AND touchpoint_id = :touchpoint AND occurrence = :occurrence"
+        index = "ix_deliveries_gather"
+        params["touchpoint"], params["occurrence"] = siblings
+    index = f"INDEXED BY {index}" if index and dialect == "sqlite" else ""
     due = f"""
-            SELECT id FROM deliveries
-            WHERE status = :scheduled AND run_at <= :now {held}
+            SELECT id FROM deliveries {index}
+            WHERE {status} AND run_at <= :now {held}
             ORDER BY run_at
             LIMIT :limit {lock}
     """
@@ -228,8 +300,7 @@ def claim(
         expires_at=dt,
         attempts=repository.DELIVERIES.c.attempts.type,
     )
-    rows = session.execute(typed, params).all()
-    return sorted(rows, key=lambda r: (r.run_at, r.id))
+    return list(session.execute(typed, params).all())
 
 
 def renew(session: Session, *, owner: str, ids: Sequence[int], lease_until: datetime) -> int:

@@ -140,3 +140,100 @@ def test_cron_bounds_round_trip():
         templates_service.parse_spec(editor_forms.spec_from_form(form))
     errors = editor_forms.map_problems(caught.value.problems, form)
     assert "tp-0-timing" in errors.by_field
+
+
+WECOM_NEW_FRIEND_YAML = """
+name: 新好友欢迎
+target: contact
+anchor: join
+channel: wecom-a
+segment: {kind: new_friends}
+touchpoints:
+  - name: 欢迎语
+    timing: +0m
+    mode: welcome
+    fallback: remind
+    content:
+      - 你好，欢迎！
+      - {link: {title: 问卷, url: "https://example.com/q"}}
+  - name: 新品朋友圈
+    timing: +1d
+    mode: moment
+    visible_to: {accounts: [staff_li], tags: [vip, 新客]}
+    content:
+      - 新品开箱
+      - {video: "wecom-media:VIDEO_1"}
+"""
+
+
+def test_wecom_modes_round_trip_as_the_yaml_stores_them():
+    import yaml
+
+    original = templates_service.parse_spec(yaml.safe_load(WECOM_NEW_FRIEND_YAML))
+    form = editor_forms.form_from_spec(original.model_dump(mode="json"))
+    welcome, moment = form["touchpoints"]
+    assert (welcome["mode"], welcome["fallback"]) == ("welcome", "remind")
+    assert (moment["visible_accounts"], moment["visible_tags"]) == ("staff_li", "vip, 新客")
+    assert moment["parts"][1] == {"kind": "video", "url": "wecom-media:VIDEO_1"}
+    again = templates_service.parse_spec(editor_forms.spec_from_form(form))
+    assert again.model_dump(mode="json") == original.model_dump(mode="json")
+
+
+def test_a_posted_welcome_and_moment_become_the_yaml_form():
+    import yaml
+    from starlette.datastructures import FormData
+
+    original = templates_service.parse_spec(yaml.safe_load(WECOM_NEW_FRIEND_YAML))
+    fields = {
+        "name": "新好友欢迎",
+        "target": "contact",
+        "channel": "wecom-a",
+        "anchor": "join",
+        "segment_kind": "new_friends",
+        "exit_on_inactive": "on",
+        "exit_on_segment_mismatch": "on",
+        "reentry": "never",
+        "quiet_mode": "default",
+        "cap_mode": "default",
+        "tp-count": "2",
+        "tp-0-name": "欢迎语",
+        "tp-0-mode": "welcome",
+        "tp-0-fallback": "remind",
+        "tp-0-timing_kind": "offset",
+        "tp-0-offset_n": "0",
+        "tp-0-offset_unit": "m",
+        "tp-0-part-count": "2",
+        "tp-0-part-0-kind": "text",
+        "tp-0-part-0-text": "你好，欢迎！",
+        "tp-0-part-1-kind": "link",
+        "tp-0-part-1-title": "问卷",
+        "tp-0-part-1-url": "https://example.com/q",
+        "tp-1-name": "新品朋友圈",
+        "tp-1-mode": "moment",
+        "tp-1-fallback": "task",  # hidden for a moment: not stored
+        "tp-1-visible_accounts": "staff_li",
+        "tp-1-visible_tags": "vip，新客",
+        "tp-1-timing_kind": "offset",
+        "tp-1-offset_n": "1",
+        "tp-1-offset_unit": "d",
+        "tp-1-part-count": "2",
+        "tp-1-part-0-kind": "text",
+        "tp-1-part-0-text": "新品开箱",
+        "tp-1-part-1-kind": "video",
+        "tp-1-part-1-url": "wecom-media:VIDEO_1",
+    }
+    form = editor_forms.form_from_request(FormData(list(fields.items())))
+    spec = templates_service.parse_spec(editor_forms.spec_from_form(form))
+    assert spec.model_dump(mode="json") == original.model_dump(mode="json")
+
+
+def test_wecom_modes_are_offered_for_customers_on_a_wecom_channel_only():
+    from api import editor_modes
+
+    wecom = ["wecom-a"]
+    assert "welcome" in editor_modes.offered("wecom-a", wecom, "contact", "send")
+    assert "moment" in editor_modes.offered("wecom-a", wecom, "contact", "send")
+    assert editor_modes.offered("mock", wecom, "contact", "send") == ("send", "task", "remind")
+    assert editor_modes.offered("wecom-a", wecom, "group", "send") == ("send", "task", "remind")
+    # a mode already chosen is kept (validation says why it cannot stay)
+    assert "welcome" in editor_modes.offered("mock", wecom, "contact", "welcome")

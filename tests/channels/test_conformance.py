@@ -104,7 +104,7 @@ HARNESSES: dict[str, Harness] = {
 ALL_MODES = {"send", "task", "remind"}
 PLATFORM_MODES = {"welcome", "moment"}  # WeCom-only; covered by tests/channels/test_wecom_*
 ALL_TARGETS = {"contact", "group"}
-ALL_PARTS = {"text", "image", "link", "miniprogram", "file"}
+ALL_PARTS = {"text", "image", "link", "miniprogram", "file", "video"}  # channels.base.PartKind
 
 
 def _messages(caps: Capabilities, mode: str, count: int) -> list[OutboundMessage]:

@@ -370,7 +370,7 @@ async def test_attachments_map_to_wecom_shapes(adapter: WeComAdapter, fake: Fake
             [{"kind": "image", "url": f"https://example.com/{i}.png"} for i in range(10)],
             "at most 9",
         ),
-        ([{"kind": "video", "url": "https://example.com/v.mp4"}], "'video'"),
+        ([{"kind": "video", "url": "https://example.com/v.mp4"}], "videos need a media_id"),
         ([], "empty"),
     ],
     ids=["file-url-only", "miniprogram-no-media", "ten-attachments", "video", "empty"],

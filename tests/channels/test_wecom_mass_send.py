@@ -212,3 +212,55 @@ async def test_the_fake_also_serves_as_an_asgi_app(clock, fake):
         bad = await http.get("https://qyapi.weixin.qq.com/cgi-bin/externalcontact/get")
     assert result.status is ResultStatus.SENT
     assert bad.json()["errcode"] == 40014  # no access token
+
+
+async def test_a_group_sop_to_2500_groups_makes_two_tasks_through_the_dispatcher(
+    engine, clock, settings, fake
+):
+    """Claim batches are smaller than a task (100 here, 500 by default): the
+    claim gathers the occurrence's due rows, so batch boundaries do not split
+    the task."""
+    from factories import store_menu_spec
+    from sqlmodel import select as sql_select
+
+    from audiences.models import Account, GroupChat
+
+    set_quota(engine, None)
+    with session_scope(engine) as session:
+        session.add(Account(external_id="staff_li", name="李"))
+    for i in range(2_500):
+        fake.add_group(f"wr_{i}", "staff_li")
+    with session_scope(engine) as session:
+        owner = session.exec(sql_select(Account.id)).one()
+        session.add_all(
+            GroupChat(
+                external_id=f"wr_{i}",
+                owner_account_id=owner,
+                name=f"门店{i}",
+                joined_at=T0,
+                status="active",
+                attributes={},
+                member_count=0,
+            )
+            for i in range(2_500)
+        )
+    with session_scope(engine) as session:
+        ids = list(session.exec(sql_select(GroupChat.id)).all())
+    spec = store_menu_spec(
+        channel=CHANNEL,
+        touchpoints=[{"name": "menu", "timing": "+0m", "content": "今日菜单", "mode": "task"}],
+    )
+    template_id = publish(engine, spec, T0)
+    enroll(engine, template_id, [(i, T0) for i in ids], T0)
+    http = httpx.AsyncClient(transport=fake.transport())
+    runtime = SchedulerRuntime(engine, clock, settings, http=http)
+    stats = await runtime.dispatcher.run_once()
+    await http.aclose()
+
+    assert stats.claimed == 2_500
+    tasks = list(fake.tasks.values())
+    assert sorted((t.chat_type, len(t.targets)) for t in tasks) == [
+        ("group", 500),
+        ("group", 2_000),
+    ]
+    assert {r.status for r in deliveries(engine)} == {"sent"}

@@ -171,3 +171,36 @@ async def test_a_welcome_that_became_a_task_counts_against_the_quota(
     promo = [r for r in deliveries(engine) if r.template_id == template_id][0]
     assert promo.status == "scheduled"
     assert promo.reason.startswith("WeCom mass-send quota (customer wm_1)")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"timing": "+3h"}, "not at +0"),
+        ({"timing": "day 1 20:00"}, "not an offset"),
+    ],
+)
+def test_a_welcome_is_only_for_the_new_friend_start(change, why):
+    from api import error_codes
+    from sop_templates.service import TemplateValidationError, parse_spec
+
+    spec = welcome_spec("task")
+    spec["touchpoints"][0].update(change)
+    with pytest.raises(TemplateValidationError) as caught:
+        parse_spec(spec)
+    [(location, message)] = caught.value.problems
+    assert location == "touchpoints[0].mode", why
+    code, params = error_codes.classify(location, message)
+    assert code == "welcome_placement"
+    assert error_codes.render(code, params, "zh_CN", location).startswith(
+        "欢迎语只能用于新好友 SOP"
+    )
+
+
+def test_a_welcome_in_a_tagged_sop_is_refused():
+    from sop_templates.service import TemplateValidationError, parse_spec
+
+    spec = welcome_spec("task")
+    spec.update(anchor="tag", anchor_tag="vip", segment={"kind": "tagged", "tags": "vip"})
+    with pytest.raises(TemplateValidationError, match="mode welcome is only for a new-friend"):
+        parse_spec(spec)

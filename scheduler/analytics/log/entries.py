@@ -38,8 +38,20 @@ STATUS_ZH = {
     "skipped_by_staff": "员工已跳过",
 }
 TARGET_ZH = {"contact": "客户", "group": "客户群"}
-MODE_ZH = {"send": "自动发送", "task": "群发任务（员工确认）", "remind": "提醒员工发送"}
-PART_ZH = {"image": "图片", "link": "链接", "miniprogram": "小程序", "file": "文件"}
+MODE_ZH = {
+    "send": "自动发送",
+    "task": "群发任务（员工确认）",
+    "remind": "提醒员工发送",
+    "welcome": "欢迎语",
+    "moment": "朋友圈",
+}
+PART_ZH = {
+    "image": "图片",
+    "link": "链接",
+    "miniprogram": "小程序",
+    "file": "文件",
+    "video": "视频",
+}
 
 
 @dataclass(slots=True)
