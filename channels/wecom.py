@@ -298,6 +298,12 @@ class WeComAdapter:
 
         return await wecom_contacts.corp_tags(self, refresh=refresh)
 
+    async def corp_tag_groups(self) -> dict[str, list[str]]:
+        """Tag group name → its tag names, fetched now (``channels.wecom_contacts``)."""
+        from channels import wecom_contacts
+
+        return await wecom_contacts.corp_tag_groups(self)
+
     async def check_connection(self) -> str:
         """Fetch an access token (sends nothing): proves corp_id and corp_secret."""
         self._token = None

@@ -27,13 +27,24 @@ MAX_REMINDS_PER_DAY = 3
 async def corp_tags(adapter: WeComAdapter, *, refresh: bool = False) -> dict[str, str]:
     """Tag name → WeCom tag id (cached on the adapter until ``refresh``)."""
     if adapter._corp_tags is None or refresh:
-        data = await adapter._call("externalcontact/get_corp_tag_list", {})
-        adapter._corp_tags = {
-            str(tag["name"]): str(tag["id"])
-            for group in data.get("tag_group") or []
-            for tag in group.get("tag") or []
-        }
+        await corp_tag_groups(adapter)
+    assert adapter._corp_tags is not None
     return adapter._corp_tags
+
+
+async def corp_tag_groups(adapter: WeComAdapter) -> dict[str, list[str]]:
+    """The corp tag catalogue as WeCom holds it now: tag group (标签组) name →
+    its tag names, in WeCom's order. Refreshes the adapter's name → id cache."""
+    data = await adapter._call("externalcontact/get_corp_tag_list", {})
+    groups: dict[str, list[str]] = {}
+    ids: dict[str, str] = {}
+    for group in data.get("tag_group") or []:
+        names = groups.setdefault(str(group.get("group_name") or ""), [])
+        for tag in group.get("tag") or []:
+            names.append(str(tag["name"]))
+            ids[str(tag["name"])] = str(tag["id"])
+    adapter._corp_tags = ids
+    return groups
 
 
 async def contact_tags(adapter: WeComAdapter, external_userid: str) -> dict[str, set[str]]:

@@ -181,6 +181,13 @@ class FakeWeCom:
         group["tags"][tag_id] = tag_name
         return tag_id
 
+    def rename_corp_tag_group(self, old: str, new: str) -> None:
+        """An admin renames a tag group in the WeCom console (``edit_corp_tag``
+        on the group id; a ``change_external_tag`` event follows)."""
+        for group in self.tag_groups.values():
+            if group["name"] == old:
+                group["name"] = new
+
     def staff_sets_tag(
         self, userid: str, external_userid: str, tag_id: str, *, add: bool = True
     ) -> None:

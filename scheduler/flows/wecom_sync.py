@@ -17,7 +17,11 @@ member, WeCom's corp tags with sopbot's:
 Who is checked: customers named by ``edit_external_contact`` callbacks and
 customers sopbot tagged since the last run (job ``sopbot:wecom-tag-sync``), and
 everyone, nightly (``sopbot:wecom-reconcile``, with a progress log). A
-``change_external_tag`` callback refreshes the corp tag catalogue.
+``change_external_tag`` callback (and the nightly run) refreshes the corp tag
+catalogue and brings sopbot's tag groups (标签组) in line with WeCom's: a tag
+whose group WeCom names differently is moved (a ``tag_group_set`` event through
+the one audience write path), and corp tags nobody carries yet appear in
+their group. Tags WeCom does not know keep the group they have in sopbot.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from audiences import wecom_events
+from audiences.changes import EventsRejected
 from audiences.models import Account, Contact, ContactStatus, InboxEvent, Tag, TagAssignment
 from channels import wecom_contacts
 from channels.base import ChannelError
@@ -89,6 +94,46 @@ def _adapter(ctx: JobContext, channel: str) -> WeComAdapter | None:
         log.warning("WeCom tag sync: channel %s unavailable: %s", channel, exc)
         return None
     return adapter if isinstance(adapter, WeComAdapter) else None
+
+
+async def refresh_catalogue(
+    engine: Engine, now: datetime, channel: str, adapter: WeComAdapter
+) -> int:
+    """Fetch WeCom's corp tag catalogue and move sopbot's tags into the groups
+    WeCom names (one ``tag_group_set`` event per group that changed). Returns
+    how many tags moved or appeared."""
+    catalogue = await adapter.corp_tag_groups()
+    with Session(engine) as session:
+        known: dict[str, str | None] = dict(
+            session.execute(select(Tag.name, Tag.group_name)).all()  # type: ignore[call-overload]
+        )
+    moves: dict[str, list[str]] = defaultdict(list)
+    for group, names in catalogue.items():
+        for name in names:
+            if name not in known or (known[name] or "") != group:
+                moves[group].append(name)
+    moved = 0
+    for group, names in moves.items():
+        try:
+            with session_scope(engine) as session:
+                changes.set_tag_group(session, names, group or None, now)
+            moved += len(names)
+        except EventsRejected as exc:
+            log.warning(
+                "WeCom tag group %r of %s not taken over: %s",
+                group,
+                channel,
+                exc,
+                extra={"channel": channel},
+            )
+    if moved:
+        log.info(
+            "WeCom tag catalogue of %s: %d tags moved into their WeCom tag groups",
+            channel,
+            moved,
+            extra={"channel": channel},
+        )
+    return moved
 
 
 async def sync_customers(
@@ -218,7 +263,7 @@ async def sync_edited(ctx: JobContext) -> SyncStats:
         mine = [r for r in rows if r.payload.get("fields", {}).get("ToUserName", corp) == corp]
         stats = SyncStats()
         if any(r.kind.startswith(TAG_KIND_PREFIX) for r in mine):
-            await adapter.corp_tags(refresh=True)
+            await refresh_catalogue(ctx.engine, now, channel, adapter)
             stats.catalogue_refreshed = True
         edited = [
             r.payload["fields"]["ExternalUserID"]
@@ -244,7 +289,7 @@ async def reconcile(ctx: JobContext) -> SyncStats:
         adapter = _adapter(ctx, channel)
         if adapter is None:
             continue
-        await adapter.corp_tags(refresh=True)
+        await refresh_catalogue(ctx.engine, ctx.clock.now(), channel, adapter)
         with Session(ctx.engine) as session:
             externals = list(
                 session.execute(

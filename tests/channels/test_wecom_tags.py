@@ -12,7 +12,8 @@ from factories import deliveries, new_friend_spec
 from sqlmodel import Session, select
 from wecom_kit import CHANNEL, CONFIG, befriend, contact_callback, create_and_publish
 
-from audiences.models import Contact, Tag, TagAssignment
+from audiences import inbox, wecom_events
+from audiences.models import Contact, InboxEvent, Tag, TagAssignment
 from channels.registry import ensure_instance
 from channels.wecom_fake import FakeWeCom
 from scheduler.flows import changes, wecom_sync
@@ -131,3 +132,60 @@ async def test_reconcile_checks_everyone_and_logs_progress(
     assert (stats.customers, stats.tags_added) == (3, 1)
     assert tags_of(engine, "wm_2") == {"purchased"}
     assert "WeCom reconcile wecom-a: 3/3 customers checked, 1 tags added" in caplog.text
+
+
+def tag_group_callback(engine, now: datetime, change: str = "update") -> None:
+    """A change_external_tag callback, stored as the callback route does."""
+    fields = {
+        "ToUserName": "ww_corp",
+        "FromUserName": "sys",
+        "CreateTime": str(int(now.timestamp())),
+        "MsgType": "event",
+        "Event": "change_external_tag",
+        "ChangeType": change,
+        "Id": "et_group1",
+        "TagType": "tag_group",
+    }
+    with session_scope(engine) as session:
+        inbox.enqueue(
+            session,
+            dedupe_key=wecom_events.dedupe_key(fields),
+            source=wecom_events.SOURCE,
+            kind=wecom_events.event_kind(fields),
+            payload={"fields": fields},
+            now=now,
+        )
+
+
+def groups_of(engine) -> dict[str, str | None]:
+    with Session(engine) as session:
+        return {tag.name: tag.group_name for tag in session.exec(select(Tag))}
+
+
+async def test_a_tag_group_renamed_in_wecom_renames_it_in_sopbot(
+    engine, clock, fake, wecom_runtime
+):
+    befriend(engine, fake, T0, "staff_li", "wm_1")
+    wecom_runtime.apply_inbox_now()
+    await wecom_sync.reconcile(wecom_runtime)
+    assert groups_of(engine) == {CLASS_TAG: "班级", "purchased": "阶段"}
+
+    fake.rename_corp_tag_group("班级", "2027 春季班级")
+    fake.add_corp_tag("阶段", "vip")
+    tag_group_callback(engine, T0 + timedelta(minutes=1))
+    wecom_runtime.apply_inbox_now()
+    stats = await wecom_sync.sync_edited(wecom_runtime)
+    assert stats.catalogue_refreshed
+    assert groups_of(engine) == {CLASS_TAG: "2027 春季班级", "purchased": "阶段", "vip": "阶段"}
+
+    # nothing changed in WeCom: nothing is written again
+    with Session(engine) as session:
+        before = session.exec(select(InboxEvent)).all()
+    assert (
+        await wecom_sync.refresh_catalogue(
+            engine, T0, CHANNEL, wecom_sync._adapter(wecom_runtime, CHANNEL)
+        )
+        == 0
+    )
+    with Session(engine) as session:
+        assert len(session.exec(select(InboxEvent)).all()) == len(before)
