@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlmodel import Session, col
 
 from audiences.events import (
@@ -30,14 +30,24 @@ from audiences.events import (
     GroupMemberLeft,
     GroupUpdated,
     ItemError,
+    LinkClicked,
     TagAdded,
     TagRemoved,
     _ContactRef,
     _GroupRef,
 )
 from audiences.models import Account, ContactStatus, GroupStatus, Tag
-from audiences.segments import TargetFacts
-from audiences.tables import CONTACTS, GROUPS, TAG_ASSIGNMENTS, TAGS, owner_account, target_table
+from audiences.segments import CLICK_MEMORY_DAYS, ClickKey, TargetFacts
+from audiences.tables import (
+    CONTACTS,
+    GROUPS,
+    LINK_CLICKS,
+    TAG_ASSIGNMENTS,
+    TAGS,
+    owner_account,
+    target_table,
+)
+from sopbot.clock import ensure_utc
 from sopbot.sql import chunked, insert_ignore
 
 # ------------------------------------------------------------------ unit of work
@@ -59,6 +69,11 @@ class TargetState:
     timezone: str | None = None
     member_count: int = 0
     tags: dict[str, datetime] = field(default_factory=dict)  # name -> tagged_at
+    # a person's last click per (template id, step) within CLICK_MEMORY_DAYS of
+    # ``as_of``, the instant the batch is applied at; ``clicked``: this batch's clicks
+    clicks: dict[ClickKey, datetime] = field(default_factory=dict)
+    as_of: datetime | None = None
+    clicked: list[LinkClicked] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -71,11 +86,22 @@ class TargetState:
 
     def facts(self) -> TargetFacts:
         return TargetFacts(
-            account=self.account, name=self.name, attributes=self.attributes, tags=self.tags
+            account=self.account,
+            name=self.name,
+            attributes=self.attributes,
+            tags=self.tags,
+            clicks=self.clicks,
+            now=self.as_of,
         )
 
     def snapshot(self) -> TargetState:
-        return dataclasses.replace(self, attributes=dict(self.attributes), tags=dict(self.tags))
+        return dataclasses.replace(
+            self,
+            attributes=dict(self.attributes),
+            tags=dict(self.tags),
+            clicks=dict(self.clicks),
+            clicked=list(self.clicked),
+        )
 
 
 TargetKey = tuple[str, int]
@@ -111,6 +137,8 @@ class _Batch:
         self.touched: dict[int, TargetState] = {}
         self.joined: dict[int, TargetState] = {}
         self.tag_groups: dict[str, str] = {}
+        self.by_key: dict[TargetKey, TargetState] = {}
+        self.clicks: list[LinkClicked] = []
 
     # -- loading -----------------------------------------------------------------
 
@@ -118,8 +146,13 @@ class _Batch:
         account_ids: set[str] = set()
         contact_ext: set[str] = set()
         group_ext: set[str] = set()
+        by_target_id: set[TargetKey] = set()
         for event in events:
-            if isinstance(event, _ContactRef) and getattr(event, "target", "contact") == "contact":
+            if isinstance(event, LinkClicked):
+                by_target_id.add((event.target, event.target_id))
+            elif (
+                isinstance(event, _ContactRef) and getattr(event, "target", "contact") == "contact"
+            ):
                 contact_ext.add(event.external_id)
                 if event.account:
                     account_ids.add(event.account)
@@ -180,8 +213,19 @@ class _Batch:
                     )
                 ).all():
                     by_id[(kind, target_id)].tags[name] = tagged_at
+        missing = by_target_id - set(by_id)
+        if missing:  # clicks name their target by id
+            for key, state in load_states(self.session, missing).items():
+                if key[0] == "contact":
+                    self._index_contact(state)
+                else:
+                    self.groups[state.external_id] = state
+                by_id[key] = state
+        load_clicks(self.session, by_id, self.now)
         for state in by_id.values():
+            state.as_of = self.now
             self.before[id(state)] = state.snapshot()
+        self.by_key = by_id
 
     def _index_contact(self, state: TargetState) -> None:
         self.contacts_by_key[(state.account_id, state.external_id)] = state
@@ -248,6 +292,17 @@ class _Batch:
 
     def apply(self, event: Any) -> None:
         getattr(self, "_on_" + event.kind)(event, event.occurred_at or self.now)
+
+    def _on_link_clicked(self, e: LinkClicked, at: datetime) -> None:
+        self.clicks.append(e)
+        state = self.by_key.get((e.target, e.target_id))
+        if state is None or e.bot:
+            return  # recorded, but a preview is no person's click (or the target is gone)
+        self._touch(state)
+        key = (e.template_id, e.touchpoint_name)
+        if key not in state.clicks or state.clicks[key] < at:
+            state.clicks[key] = at
+        state.clicked.append(e)
 
     def _on_friend_added(self, e: FriendAdded, at: datetime) -> None:
         account_id = self._account(e.account)
@@ -404,6 +459,7 @@ class _Batch:
                 )
                 applied.updated += len(changed)
         self._write_tags(states)
+        self._write_clicks()
         for state in states:
             applied.before[state.key] = self.before.get(id(state))
             applied.after[state.key] = state
@@ -424,6 +480,29 @@ class _Batch:
         else:
             row.update(owner_account_id=state.account_id, member_count=state.member_count)
         return row
+
+    def _write_clicks(self) -> None:
+        if not self.clicks:
+            return
+        self.session.execute(
+            insert(LINK_CLICKS),
+            [
+                {
+                    "token": e.token,
+                    "delivery_id": e.delivery_id,
+                    "enrollment_id": e.enrollment_id,
+                    "template_id": e.template_id,
+                    "touchpoint_name": e.touchpoint_name,
+                    "target_kind": e.target,
+                    "target_id": e.target_id,
+                    "clicked_at": e.occurred_at or self.now,
+                    "user_agent": e.user_agent,
+                    "bot": e.bot,
+                    "repeat": e.repeat,
+                }
+                for e in self.clicks
+            ],
+        )
 
     def _write_tags(self, states: list[TargetState]) -> None:
         added: list[tuple[TargetState, str]] = []
@@ -556,3 +635,24 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
                 if (kind, target_id) in out:
                     out[(kind, target_id)].tags[name] = tagged_at
     return out
+
+
+def load_clicks(session: Session, states: dict[TargetKey, TargetState], now: datetime) -> None:
+    """Fill in each state's last person click per (template, step) within
+    ``CLICK_MEMORY_DAYS``: one grouped query per chunk of targets."""
+    c = LINK_CLICKS.c
+    since = now - timedelta(days=CLICK_MEMORY_DAYS)
+    for kind in ("contact", "group"):
+        ids = sorted(i for k, i in states if k == kind)
+        for chunk in chunked(ids):
+            for target_id, template_id, step, last in session.execute(
+                select(c.target_id, c.template_id, c.touchpoint_name, func.max(c.clicked_at))
+                .where(
+                    c.target_kind == kind,
+                    c.target_id.in_(chunk),
+                    c.bot.is_(False),
+                    c.clicked_at >= since,
+                )
+                .group_by(c.target_id, c.template_id, c.touchpoint_name)
+            ).all():
+                states[(kind, target_id)].clicks[(template_id, step)] = ensure_utc(last)

@@ -7,6 +7,8 @@ the same delivery reuses its tokens. Opening a short link records a
 ``link_clicked`` (:func:`record_click`) and redirects at once; link previews and
 crawlers (WeCom's and WeChat's unfurlers, chat apps, HTTP libraries) are
 recorded as ``bot`` and a person's second click on the same link as ``repeat``.
+The redirect itself (``api/routes/links.py``) answers from :class:`LinkCache`
+and leaves the writing to ``scheduler.flows.clicks``.
 """
 
 from __future__ import annotations
@@ -180,49 +182,71 @@ def _swap_urls(text: str, tokens: list[str | None], base_url: str, prefix: str) 
 # -- at click time ----------------------------------------------------------------
 
 
-@dataclass
-class Click:
+@dataclass(frozen=True)
+class Link:
+    """What a short link's token stands for (a ``tracked_links`` row; never changes)."""
+
+    token: str
     url: str
-    bot: bool
-    repeat: bool
-    link: Any  # the tracked_links row
+    delivery_id: int
+    enrollment_id: int
+    template_id: int
+    touchpoint_name: str
+    target_kind: str
+    target_id: int
 
 
-_PERSON_CLICKED = (
-    select(LINK_CLICKS.c.id)
-    .where(LINK_CLICKS.c.token == TRACKED_LINKS.c.token, LINK_CLICKS.c.bot.is_(False))
-    .exists()
-)
+class LinkCache:
+    """Tokens already looked up, so an opened link costs no query: a tracked
+    link is written once and never changes. Bounded: when full, the older half
+    is forgotten (and read again if opened again). Unknown tokens are not kept."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._links: dict[str, Link] = {}
+
+    def get(self, token: str) -> Link | None:
+        return self._links.get(token)
+
+    def lookup(self, engine: Engine, token: str) -> Link | None:
+        """The link of ``token`` from the cache or the database; None if unknown."""
+        if not TOKEN.match(token):
+            return None
+        link = self._links.get(token)
+        if link is not None:
+            return link
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    TRACKED_LINKS.c.token,
+                    TRACKED_LINKS.c.url,
+                    TRACKED_LINKS.c.delivery_id,
+                    TRACKED_LINKS.c.enrollment_id,
+                    TRACKED_LINKS.c.template_id,
+                    TRACKED_LINKS.c.touchpoint_name,
+                    TRACKED_LINKS.c.target_kind,
+                    TRACKED_LINKS.c.target_id,
+                ).where(TRACKED_LINKS.c.token == token)
+            ).first()
+        if row is None:
+            return None
+        link = Link(*row)
+        if len(self._links) >= self.size:
+            for old in list(self._links)[: self.size // 2]:  # dicts keep insertion order
+                self._links.pop(old, None)
+        self._links[token] = link
+        return link
 
 
-def record_click(session: Session, token: str, user_agent: str, now: datetime) -> Click | None:
-    """Record a request to a short link; None when the token is unknown. Two
-    statements: the link (with whether a person opened it before), the click."""
-    if not TOKEN.match(token):
-        return None
-    link = session.execute(
-        select(TRACKED_LINKS, _PERSON_CLICKED.label("clicked_before")).where(
-            TRACKED_LINKS.c.token == token
+def persons_clicked_before(session: Session, tokens: Sequence[str]) -> set[str]:
+    """The tokens among ``tokens`` a person (not a preview) has opened before."""
+    out: set[str] = set()
+    for chunk in chunked(sorted(set(tokens))):
+        out.update(
+            session.execute(
+                select(LINK_CLICKS.c.token)
+                .where(LINK_CLICKS.c.token.in_(list(chunk)), LINK_CLICKS.c.bot.is_(False))
+                .distinct()
+            ).scalars()
         )
-    ).first()
-    if link is None:
-        return None
-    agent = (user_agent or "")[:500]
-    bot = is_bot(agent)
-    repeat = not bot and bool(link.clicked_before)
-    session.execute(
-        LINK_CLICKS.insert().values(
-            token=token,
-            delivery_id=link.delivery_id,
-            enrollment_id=link.enrollment_id,
-            template_id=link.template_id,
-            touchpoint_name=link.touchpoint_name,
-            target_kind=link.target_kind,
-            target_id=link.target_id,
-            clicked_at=now,
-            user_agent=agent,
-            bot=bot,
-            repeat=repeat,
-        )
-    )
-    return Click(url=link.url, bot=bot, repeat=repeat, link=link)
+    return out
