@@ -101,11 +101,12 @@ def create_app(
             metrics=dispatch_metrics,
         )
         # Tracked links: tokens kept in memory, clicks written in batches.
-        app.state.link_cache = links.LinkCache()
+        app.state.link_cache = links.LinkCache(app.state.engine)
         app.state.link_clicks = clicks.ClickRecorder(
             app.state.engine, app.state.clock, flush_seconds=settings.link_click_flush_seconds
         )
         app.state.link_clicks.start()
+        link_routes.quiet_access_log(settings.link_prefix)
         if on_startup is not None:
             on_startup(app)
         scheduling = settings.run_scheduler if run_scheduler is None else run_scheduler

@@ -48,7 +48,7 @@ from audiences.tables import (
     target_table,
 )
 from sopbot.clock import ensure_utc
-from sopbot.sql import chunked, insert_ignore
+from sopbot.sql import among, chunked, insert_ignore, insert_rows, instant_param
 
 # ------------------------------------------------------------------ unit of work
 
@@ -117,6 +117,21 @@ class Applied:
     joined: list[TargetKey] = field(default_factory=list)
     created: int = 0
     updated: int = 0
+
+
+_CLICK_COLUMNS = (
+    "token",
+    "delivery_id",
+    "enrollment_id",
+    "template_id",
+    "touchpoint_name",
+    "target_kind",
+    "target_id",
+    "clicked_at",
+    "user_agent",
+    "bot",
+    "repeat",
+)
 
 
 class _EventError(Exception):
@@ -484,22 +499,25 @@ class _Batch:
     def _write_clicks(self) -> None:
         if not self.clicks:
             return
-        self.session.execute(
-            insert(LINK_CLICKS),
+        instant = instant_param(self.session)
+        insert_rows(
+            self.session,
+            LINK_CLICKS,
+            _CLICK_COLUMNS,
             [
-                {
-                    "token": e.token,
-                    "delivery_id": e.delivery_id,
-                    "enrollment_id": e.enrollment_id,
-                    "template_id": e.template_id,
-                    "touchpoint_name": e.touchpoint_name,
-                    "target_kind": e.target,
-                    "target_id": e.target_id,
-                    "clicked_at": e.occurred_at or self.now,
-                    "user_agent": e.user_agent,
-                    "bot": e.bot,
-                    "repeat": e.repeat,
-                }
+                (
+                    e.token,
+                    e.delivery_id,
+                    e.enrollment_id,
+                    e.template_id,
+                    e.touchpoint_name,
+                    e.target,
+                    e.target_id,
+                    instant(ensure_utc(e.occurred_at or self.now)),
+                    e.user_agent,
+                    e.bot,
+                    e.repeat,
+                )
                 for e in self.clicks
             ],
         )
@@ -608,7 +626,7 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
             for row in session.execute(
                 select(table, Account.external_id.label("account_ext"))  # type: ignore[attr-defined,arg-type]
                 .outerjoin(Account, col(Account.id) == account_col)
-                .where(table.c.id.in_(chunk))
+                .where(among(table.c.id, chunk, session))
             ).all():
                 out[(kind, row.id)] = TargetState(
                     kind=kind,
@@ -629,7 +647,8 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
                 select(TAG_ASSIGNMENTS.c.target_id, col(Tag.name), TAG_ASSIGNMENTS.c.tagged_at)
                 .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
                 .where(
-                    TAG_ASSIGNMENTS.c.target_kind == kind, TAG_ASSIGNMENTS.c.target_id.in_(chunk)
+                    TAG_ASSIGNMENTS.c.target_kind == kind,
+                    among(TAG_ASSIGNMENTS.c.target_id, chunk, session),
                 )
             ).all():
                 if (kind, target_id) in out:
@@ -649,7 +668,7 @@ def load_clicks(session: Session, states: dict[TargetKey, TargetState], now: dat
                 select(c.target_id, c.template_id, c.touchpoint_name, func.max(c.clicked_at))
                 .where(
                     c.target_kind == kind,
-                    c.target_id.in_(chunk),
+                    among(c.target_id, chunk, session),
                     c.bot.is_(False),
                     c.clicked_at >= since,
                 )

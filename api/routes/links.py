@@ -13,6 +13,7 @@ The route below is what the API documentation shows; it answers the same way.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +42,7 @@ async def open_link(state: Any, token: str, user_agent: str) -> links.Link | Non
     if link is None:
         if not links.TOKEN.match(token):
             return None
-        link = await anyio.to_thread.run_sync(cache.lookup, state.engine, token)
+        link = await anyio.to_thread.run_sync(cache.lookup, token)
         if link is None:
             return None
     recorder = state.link_clicks
@@ -90,6 +91,32 @@ class ShortLinks:
         headers = [(b"location", location), (b"content-length", b"0"), *_COMMON_HEADERS]
         await send({"type": "http.response.start", "status": 302, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+class _NoShortLinks(logging.Filter):
+    """Leaves short-link requests out of uvicorn's access log: each is recorded
+    as a click already, a token is as good as the link, and writing a log line
+    costs about as much as answering the request."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(args, tuple)
+            and len(args) > 2
+            and isinstance(args[2], str)
+            and args[2].startswith(self.start)
+        )
+
+
+def quiet_access_log(prefix: str) -> None:
+    """Install :class:`_NoShortLinks` on ``uvicorn.access`` (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _NoShortLinks) for f in access.filters):
+        access.addFilter(_NoShortLinks(f"/{prefix.strip('/')}/"))
 
 
 def build_router(prefix: str) -> APIRouter:

@@ -14,6 +14,7 @@ and leaves the writing to ``scheduler.flows.clicks``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -21,14 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ARRAY, String, any_, bindparam, func, literal, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from scheduler.outbox.repository import among, chunked, insert_ignore
 from scheduler.outcomes.experiments import PreparingCache
 from scheduler.outcomes.models import LinkClick, TrackedLink
-from sopbot.db import session_scope
+from sopbot.db import reader, session_scope
 
 TRACKED_LINKS = TrackedLink.__table__  # type: ignore[attr-defined]
 LINK_CLICKS = LinkClick.__table__  # type: ignore[attr-defined]
@@ -196,38 +197,49 @@ class Link:
     target_id: int
 
 
+_LINK_COLUMNS = (
+    "token",
+    "url",
+    "delivery_id",
+    "enrollment_id",
+    "template_id",
+    "touchpoint_name",
+    "target_kind",
+    "target_id",
+)
+
+
 class LinkCache:
     """Tokens already looked up, so an opened link costs no query: a tracked
     link is written once and never changes. Bounded: when full, the older half
     is forgotten (and read again if opened again). Unknown tokens are not kept."""
 
-    def __init__(self, size: int = 100_000) -> None:
+    def __init__(self, engine: Engine, size: int = 100_000) -> None:
         self.size = size
         self._links: dict[str, Link] = {}
+        # a read never waits for the click writer's write lock (SQLite)
+        self._read = reader(engine)
+        # compiled once: a click's lookup skips SQLAlchemy's statement building
+        stmt = select(*(TRACKED_LINKS.c[name] for name in _LINK_COLUMNS)).where(
+            TRACKED_LINKS.c.token == bindparam("token")
+        )
+        compiled = stmt.compile(dialect=engine.dialect)
+        self._sql = str(compiled)
+        self._positional = compiled.positional
 
     def get(self, token: str) -> Link | None:
         return self._links.get(token)
 
-    def lookup(self, engine: Engine, token: str) -> Link | None:
+    def lookup(self, token: str) -> Link | None:
         """The link of ``token`` from the cache or the database; None if unknown."""
         if not TOKEN.match(token):
             return None
         link = self._links.get(token)
         if link is not None:
             return link
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    TRACKED_LINKS.c.token,
-                    TRACKED_LINKS.c.url,
-                    TRACKED_LINKS.c.delivery_id,
-                    TRACKED_LINKS.c.enrollment_id,
-                    TRACKED_LINKS.c.template_id,
-                    TRACKED_LINKS.c.touchpoint_name,
-                    TRACKED_LINKS.c.target_kind,
-                    TRACKED_LINKS.c.target_id,
-                ).where(TRACKED_LINKS.c.token == token)
-            ).first()
+        params: Any = (token,) if self._positional else {"token": token}
+        with self._read.connect() as conn:
+            row = conn.exec_driver_sql(self._sql, params).first()
         if row is None:
             return None
         link = Link(*row)
@@ -245,8 +257,16 @@ def persons_clicked_before(session: Session, tokens: Sequence[str]) -> set[str]:
         out.update(
             session.execute(
                 select(LINK_CLICKS.c.token)
-                .where(LINK_CLICKS.c.token.in_(list(chunk)), LINK_CLICKS.c.bot.is_(False))
+                .where(_among_tokens(chunk, session), LINK_CLICKS.c.bot.is_(False))
                 .distinct()
             ).scalars()
         )
     return out
+
+
+def _among_tokens(tokens: Sequence[str], session: Session) -> Any:
+    """``token IN tokens`` as one parameter (a plain ``IN`` renders one per token)."""
+    if session.get_bind().dialect.name == "sqlite":
+        each = func.json_each(json.dumps(list(tokens))).table_valued("value")
+        return LINK_CLICKS.c.token.in_(select(each.c.value))
+    return LINK_CLICKS.c.token == any_(literal(list(tokens), ARRAY(String)))
