@@ -85,11 +85,24 @@ class _Connections:
         self.opened = 0
 
     async def get(self, path: str) -> tuple[int, str]:
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self.opened += 1
+        reused = bool(self.idle)
+        reader, writer = self.idle.pop() if reused else await self._open()
+        try:
+            return await self._ask(reader, writer, path)
+        except (ConnectionError, IndexError, ValueError):
+            writer.close()
+            if not reused:
+                raise
+            # the server closed an idle keep-alive connection: ask again on a new one
+            return await self._ask(*await self._open(), path)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.opened += 1
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def _ask(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+    ) -> tuple[int, str]:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nUser-Agent: {AGENT}\r\n\r\n".encode()
         )
