@@ -146,6 +146,7 @@ class LinkClick(SQLModel, table=True):
         Index("ix_link_clicks_token", "token", "clicked_at"),
         Index("ix_link_clicks_template", "template_id", "clicked_at"),
         Index("ix_link_clicks_target", "target_kind", "target_id", "clicked_at"),
+        Index("ix_link_clicks_delivery", "delivery_id"),  # the delivery log
     )
 
     id: int | None = Field(default=None, primary_key=True)

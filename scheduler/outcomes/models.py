@@ -21,6 +21,7 @@ class Conversion(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("enrollment_id", name="uq_conversion_enrollment"),
         Index("ix_conversions_template", "template_id", "converted_at"),
+        Index("ix_conversions_delivery", "delivery_id"),  # the delivery log
     )
 
     id: int | None = Field(default=None, primary_key=True)

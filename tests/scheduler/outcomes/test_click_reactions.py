@@ -5,7 +5,9 @@ way any exit condition does, and a link preview does neither."""
 
 from __future__ import annotations
 
+import io
 import re
+from csv import reader as csv_reader
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -143,3 +145,42 @@ def test_click_conditions_read_plainly():
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} accepted")
+
+
+async def test_the_delivery_log_shows_clicks_and_the_conversion_of_each_delivery(
+    engine, clock, runtime, client
+):
+    goal = {"event": "link_clicked", "where": {"touchpoint": "welcome"}}
+    template_id, _, path = await _welcome_link(engine, clock, runtime, goal=goal)
+    first = clock.advance(timedelta(minutes=5))
+    _open(client, path)
+    clock.advance(timedelta(minutes=5))
+    _open(client, path)
+    _open(client, path, agent="Slackbot 1.0")  # a preview is no click
+
+    log = client.get("/api/deliveries", params={"template_id": template_id}).json()
+    by_step = {e["touchpoint_name"]: e for e in log}
+    welcome = by_step["welcome"]
+    assert welcome["clicks"] == 2
+    assert welcome["first_clicked_at"] == first.isoformat().replace("+00:00", "Z")
+    assert welcome["converted_at"] == welcome["first_clicked_at"]
+    assert (by_step["coupon"]["clicks"], by_step["coupon"]["converted_at"]) == (0, None)
+
+    for params, expected in (
+        ({"clicked": "true"}, ["welcome"]),
+        ({"converted": "true"}, ["welcome"]),
+        ({"clicked": "false"}, ["coupon", "reminder"]),
+    ):
+        found = client.get("/api/deliveries", params={"template_id": template_id, **params})
+        assert sorted(e["touchpoint_name"] for e in found.json()) == expected
+    bad = client.get("/api/deliveries", params={"clicked": "maybe"})
+    assert bad.status_code == 422
+
+    csv = client.get("/api/deliveries/export.csv", params={"clicked": "true"}).text
+    header, line = list(csv_reader(io.StringIO(csv.lstrip("\ufeff"))))[:2]
+    assert header[-3:] == [
+        "点击次数",
+        "首次点击时间 (Asia/Shanghai)",
+        "转化时间 (Asia/Shanghai)",
+    ]
+    assert line[-3:] == ["2", "2027-03-01 10:06:00", "2027-03-01 10:06:00"]
