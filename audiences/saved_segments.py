@@ -50,9 +50,14 @@ class Picked:
 
 
 def definition(
-    picked: Picked, kind: str = "tagged", accounts: Sequence[str] = ()
+    picked: Picked,
+    kind: str = "tagged",
+    accounts: Sequence[str] = (),
+    *,
+    clicked_days: int | None = None,
 ) -> dict[str, Any]:
-    """A segment definition from the picker; ``SegmentError`` says what is wrong."""
+    """A segment definition from the picker; ``SegmentError`` says what is wrong.
+    ``clicked_days``: only who clicked a tracked link in the last N days."""
     if kind not in ("tagged", "groups"):
         raise SegmentError("kind", f"unknown segment kind {kind!r}")
     expr = picked.expression()
@@ -61,6 +66,8 @@ def definition(
     raw: dict[str, Any] = {"kind": kind, "tags": expr}
     if accounts:
         raw["accounts" if kind == "tagged" else "owners"] = list(accounts)
+    if clicked_days:
+        raw["clicked"] = {"days": clicked_days}
     try:
         SEGMENT_KINDS[kind].model_validate(raw)
     except ValidationError as exc:
@@ -68,10 +75,19 @@ def definition(
     return raw
 
 
-def evaluate(session: Session, raw: dict[str, Any], limit: int = 10) -> Preview:
-    """The live count and the first members of a definition."""
+def evaluate(
+    session: Session, raw: dict[str, Any], limit: int = 10, *, now: datetime | None = None
+) -> Preview:
+    """The live count and the first members of a definition (``now``: what
+    "clicked in the last N days" counts back from)."""
     segment: Any = SEGMENT_KINDS[raw["kind"]].model_validate(raw)
-    return preview(session, SEGMENT_TARGET[raw["kind"]], segment, limit=limit)
+    return preview(session, SEGMENT_TARGET[raw["kind"]], segment, limit=limit, now=now)
+
+
+def clicked_days(raw: dict[str, Any]) -> int | None:
+    """The "clicked in the last N days" of a saved definition, if any."""
+    clicked = raw.get("clicked")
+    return int(clicked["days"]) if isinstance(clicked, dict) and "days" in clicked else None
 
 
 def save(session: Session, name: str, raw: dict[str, Any], now: datetime) -> SavedSegment:

@@ -25,6 +25,7 @@ from sop_templates import library
 from sop_templates.service import TemplateError
 
 router = APIRouter(include_in_schema=False)
+CLICK_CHOICES = (3, 7, 14, 30)  # "clicked a tracked link in the last N days"
 
 ERRORS = {
     "no_tags": N_("Pick at least one tag that every member has, or one of several."),
@@ -42,6 +43,7 @@ def _picker(session: Any, picked: Picked, account: str, name: str, **extra: Any)
         "picked": picked,
         "account": account,
         "name": name,
+        "click_choices": CLICK_CHOICES,
         "result": None,
         **extra,
     }
@@ -53,6 +55,7 @@ def build_page(
     request: Request,
     me: Reader,
     session: SessionDep,
+    clock: ClockDep,
     all: list[str] = Query([]),  # noqa: A002 - the form's field names
     any: list[str] = Query([]),  # noqa: A002
     none: list[str] = Query([]),
@@ -60,6 +63,7 @@ def build_page(
     name: str = "",
     id: int | None = None,  # noqa: A002
     done: str = "",
+    clicked: str = "",
 ) -> Response:
     """The picker with the live count and the first members of what is picked."""
     _ = translator(request)
@@ -69,19 +73,28 @@ def build_page(
         name = name or saved.name
         accounts = saved.definition.get("accounts") or []
         account = account or (accounts[0] if accounts else "")
+        days = saved_segments.clicked_days(saved.definition)
     else:
         picked = Picked(list(all), list(any), list(none))
-    context = _picker(session, picked, account, name, saved=saved)
+        days = _days(clicked)
+    context = _picker(session, picked, account, name, saved=saved, clicked=days)
     if done == "saved":
         context["flash"] = _("Segment saved.")
     if picked.all or picked.any or picked.none:
         try:
-            raw = saved_segments.definition(picked, accounts=[account] if account else [])
-            result = saved_segments.evaluate(session, raw)
+            raw = saved_segments.definition(
+                picked, accounts=[account] if account else [], clicked_days=days
+            )
+            result = saved_segments.evaluate(session, raw, now=clock.now())
             context.update(result=result, expression=_expression_text(raw))
         except SegmentError as exc:
             context["error"] = _(ERRORS.get(exc.code, ERRORS["invalid"]))
     return render(request, "ui/segment_build.html", context)
+
+
+def _days(value: str) -> int | None:
+    """A choice of the "clicked in the last N days" field; anything else: no condition."""
+    return int(value) if value.isdigit() and int(value) in CLICK_CHOICES else None
 
 
 def _expression_text(raw: dict[str, Any]) -> str:
@@ -103,8 +116,11 @@ async def save_segment(
     )
     account = str(form.get("account") or "").strip()
     name = str(form.get("name") or "")
+    days = _days(str(form.get("clicked") or ""))
     try:
-        raw = saved_segments.definition(picked, accounts=[account] if account else [])
+        raw = saved_segments.definition(
+            picked, accounts=[account] if account else [], clicked_days=days
+        )
         row = saved_segments.save(session, name, raw, clock.now())
     except SegmentError as exc:
         session.rollback()

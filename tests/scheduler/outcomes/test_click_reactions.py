@@ -11,9 +11,12 @@ from csv import reader as csv_reader
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from auth_helpers import make_user
 from factories import add_contact, deliveries, enroll, mock_sends, new_friend_spec, publish
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from api.app import create_app
 from audiences import segments
 from audiences.applying import load_clicks, load_states
 from scheduler.flows import changes
@@ -184,3 +187,45 @@ async def test_the_delivery_log_shows_clicks_and_the_conversion_of_each_delivery
         "转化时间 (Asia/Shanghai)",
     ]
     assert line[-3:] == ["2", "2027-03-01 10:06:00", "2027-03-01 10:06:00"]
+
+
+def test_the_segment_builder_offers_clicked_in_the_last_n_days(engine, clock, settings):
+    clock.set(JOINED)
+    for i, clicked_days_ago in enumerate((2, 10, None)):
+        contact_id = add_contact(engine, f"wm_{i}", f"客户{i}", JOINED, tags=["vip"])
+        if clicked_days_ago is not None:
+            with session_scope(engine) as session:
+                session.add(
+                    LinkClick(
+                        token=f"token-{i}",
+                        delivery_id=i + 1,
+                        enrollment_id=i + 1,
+                        template_id=1,
+                        touchpoint_name="welcome",
+                        target_kind="contact",
+                        target_id=contact_id,
+                        clicked_at=JOINED - timedelta(days=clicked_days_ago),
+                        user_agent=BROWSER,
+                    )
+                )
+    with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as ui:
+        make_user(engine, clock.now(), "wang", ["operator"])
+        page = ui.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        done = ui.post(
+            "/login", data={"username": "wang", "password": "test-password", "csrf_token": token}
+        )
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)  # type: ignore[union-attr]
+
+        page = ui.get("/segments/build?all=vip")
+        assert re.search(r'id="seg-live-count">当前 3 个客户<', page.text)
+        assert "点击过链接" in page.text and "最近 7 天内" in page.text
+        page = ui.get("/segments/build?all=vip&clicked=7")
+        assert re.search(r'id="seg-live-count">当前 1 个客户<', page.text)
+
+        page = ui.post(
+            "/segments/build",
+            data={"csrf_token": csrf, "all": "vip", "clicked": "14", "name": "两周内点过"},
+        )
+        assert "人群已保存" in page.text and '<option value="14" selected>' in page.text
+        assert re.search(r'id="seg-live-count">当前 2 个客户<', page.text)
