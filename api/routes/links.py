@@ -42,7 +42,10 @@ async def open_link(state: Any, token: str, user_agent: str) -> links.Link | Non
     if link is None:
         if not links.TOKEN.match(token):
             return None
-        link = await anyio.to_thread.run_sync(cache.lookup, token)
+        if cache.inline:
+            link = cache.lookup(token)
+        else:
+            link = await anyio.to_thread.run_sync(cache.lookup, token)
         if link is None:
             return None
     recorder = state.link_clicks

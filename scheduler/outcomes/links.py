@@ -29,7 +29,7 @@ from sqlmodel import Session
 from scheduler.outbox.repository import among, chunked, insert_ignore
 from scheduler.outcomes.experiments import PreparingCache
 from scheduler.outcomes.models import LinkClick, TrackedLink
-from sopbot.db import reader, session_scope
+from sopbot.db import session_scope
 
 TRACKED_LINKS = TrackedLink.__table__  # type: ignore[attr-defined]
 LINK_CLICKS = LinkClick.__table__  # type: ignore[attr-defined]
@@ -217,8 +217,10 @@ class LinkCache:
     def __init__(self, engine: Engine, size: int = 100_000) -> None:
         self.size = size
         self._links: dict[str, Link] = {}
-        # a read never waits for the click writer's write lock (SQLite)
-        self._read = reader(engine)
+        self._engine = engine
+        # SQLite: a local file read in WAL mode (never waits on the writer), cheap
+        # enough to do on the event loop; elsewhere a network round trip, in a thread
+        self.inline = engine.dialect.name == "sqlite"
         # compiled once: a click's lookup skips SQLAlchemy's statement building
         stmt = select(*(TRACKED_LINKS.c[name] for name in _LINK_COLUMNS)).where(
             TRACKED_LINKS.c.token == bindparam("token")
@@ -238,8 +240,16 @@ class LinkCache:
         if link is not None:
             return link
         params: Any = (token,) if self._positional else {"token": token}
-        with self._read.connect() as conn:
-            row = conn.exec_driver_sql(self._sql, params).first()
+        # The driver's own cursor: one statement, no BEGIN/ROLLBACK around it on
+        # SQLite (autocommit there); the pool ends PostgreSQL's read transaction.
+        pooled = self._engine.raw_connection()
+        try:
+            cursor = pooled.cursor()
+            cursor.execute(self._sql, params)
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            pooled.close()
         if row is None:
             return None
         link = Link(*row)
