@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.guards import SECURITY_HEADERS
 from scheduler.outcomes import links
 
 NOT_FOUND = "链接无效或已失效。"
@@ -31,7 +32,7 @@ _LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"
 _COMMON_HEADERS = [
     (b"cache-control", b"no-store"),  # every click must reach us, none a cached answer
     (b"referrer-policy", b"no-referrer"),
-    (b"x-content-type-options", b"nosniff"),
+    *((k, v) for k, v in SECURITY_HEADERS if k != b"referrer-policy"),
 ]
 
 

@@ -77,6 +77,9 @@ async def test_a_click_records_once_redirects_302_and_a_second_is_a_repeat(
         timings.append(time.perf_counter() - started)
         assert answer.status_code == 302
         assert answer.headers["location"] == "https://example.com/q"
+        # never a cached answer (every click counts), and the app's security headers
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["x-frame-options"] == "DENY"
     assert statistics.median(timings) < 0.05
 
     assert client.app.state.link_clicks.flush() == 5  # written in one batch
