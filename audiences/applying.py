@@ -47,7 +47,6 @@ from audiences.tables import (
     owner_account,
     target_table,
 )
-from sopbot.clock import ensure_utc
 from sopbot.sql import among, chunked, insert_ignore, insert_rows, instant_param
 
 # ------------------------------------------------------------------ unit of work
@@ -513,7 +512,7 @@ class _Batch:
                     e.touchpoint_name,
                     e.target,
                     e.target_id,
-                    instant(ensure_utc(e.occurred_at or self.now)),
+                    instant(e.occurred_at or self.now),  # events hold UTC instants
                     e.user_agent,
                     e.bot,
                     e.repeat,
@@ -674,4 +673,4 @@ def load_clicks(session: Session, states: dict[TargetKey, TargetState], now: dat
                 )
                 .group_by(c.target_id, c.template_id, c.touchpoint_name)
             ).all():
-                states[(kind, target_id)].clicks[(template_id, step)] = ensure_utc(last)
+                states[(kind, target_id)].clicks[(template_id, step)] = last  # UTC (UTCDateTime)

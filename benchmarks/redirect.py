@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
+from audiences.models import Contact
 from benchmarks.audiences import _api_process, _database
 from benchmarks.machine import describe
 from scheduler.outcomes import links
@@ -47,9 +48,24 @@ def _log(msg: str) -> None:
 
 
 def seed(engine: Engine, count: int) -> list[str]:
-    """``count`` tracked links (the rows sending writes), returning their tokens."""
+    """``count`` contacts and a tracked link of each (the rows sending writes),
+    returning the tokens."""
     tokens = [links.new_token() for _ in range(count)]
     with engine.begin() as conn:
+        # the customers: each click loads its contact and runs the SOP reactions
+        conn.execute(
+            insert(Contact),
+            [
+                {
+                    "external_id": f"wm_{i + 1}",
+                    "name": f"客户{i + 1}",
+                    "joined_at": NOW,
+                    "status": "active",
+                    "attributes": {},
+                }
+                for i in range(count)
+            ],
+        )
         conn.execute(
             insert(TrackedLink),
             [

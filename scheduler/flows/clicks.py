@@ -174,4 +174,4 @@ class ClickRecorder:
                         repeat=repeat,
                     )
                 )
-            changes.apply(session, events, self.clock.now())
+            changes.apply_clicks(session, events, self.clock.now())
