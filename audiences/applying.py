@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlmodel import Session, col
 
+from audiences.clicks import ClickKey, load_clicks, write_clicks
 from audiences.events import (
     ContactUpdated,
     FriendAdded,
@@ -37,17 +38,16 @@ from audiences.events import (
     _GroupRef,
 )
 from audiences.models import Account, ContactStatus, GroupStatus, Tag
-from audiences.segments import CLICK_MEMORY_DAYS, ClickKey, TargetFacts
+from audiences.segments import TargetFacts
 from audiences.tables import (
     CONTACTS,
     GROUPS,
-    LINK_CLICKS,
     TAG_ASSIGNMENTS,
     TAGS,
     owner_account,
     target_table,
 )
-from sopbot.sql import among, chunked, insert_ignore, insert_rows, instant_param
+from sopbot.sql import among, chunked, insert_ignore
 
 # ------------------------------------------------------------------ unit of work
 
@@ -116,21 +116,6 @@ class Applied:
     joined: list[TargetKey] = field(default_factory=list)
     created: int = 0
     updated: int = 0
-
-
-_CLICK_COLUMNS = (
-    "token",
-    "delivery_id",
-    "enrollment_id",
-    "template_id",
-    "touchpoint_name",
-    "target_kind",
-    "target_id",
-    "clicked_at",
-    "user_agent",
-    "bot",
-    "repeat",
-)
 
 
 class _EventError(Exception):
@@ -473,7 +458,7 @@ class _Batch:
                 )
                 applied.updated += len(changed)
         self._write_tags(states)
-        self._write_clicks()
+        write_clicks(self.session, self.clicks, self.now)
         for state in states:
             applied.before[state.key] = self.before.get(id(state))
             applied.after[state.key] = state
@@ -494,32 +479,6 @@ class _Batch:
         else:
             row.update(owner_account_id=state.account_id, member_count=state.member_count)
         return row
-
-    def _write_clicks(self) -> None:
-        if not self.clicks:
-            return
-        instant = instant_param(self.session)
-        insert_rows(
-            self.session,
-            LINK_CLICKS,
-            _CLICK_COLUMNS,
-            [
-                (
-                    e.token,
-                    e.delivery_id,
-                    e.enrollment_id,
-                    e.template_id,
-                    e.touchpoint_name,
-                    e.target,
-                    e.target_id,
-                    instant(e.occurred_at or self.now),  # events hold UTC instants
-                    e.user_agent,
-                    e.bot,
-                    e.repeat,
-                )
-                for e in self.clicks
-            ],
-        )
 
     def _write_tags(self, states: list[TargetState]) -> None:
         added: list[tuple[TargetState, str]] = []
@@ -653,24 +612,3 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
                 if (kind, target_id) in out:
                     out[(kind, target_id)].tags[name] = tagged_at
     return out
-
-
-def load_clicks(session: Session, states: dict[TargetKey, TargetState], now: datetime) -> None:
-    """Fill in each state's last person click per (template, step) within
-    ``CLICK_MEMORY_DAYS``: one grouped query per chunk of targets."""
-    c = LINK_CLICKS.c
-    since = now - timedelta(days=CLICK_MEMORY_DAYS)
-    for kind in ("contact", "group"):
-        ids = sorted(i for k, i in states if k == kind)
-        for chunk in chunked(ids):
-            for target_id, template_id, step, last in session.execute(
-                select(c.target_id, c.template_id, c.touchpoint_name, func.max(c.clicked_at))
-                .where(
-                    c.target_kind == kind,
-                    among(c.target_id, chunk, session),
-                    c.bot.is_(False),
-                    c.clicked_at >= since,
-                )
-                .group_by(c.target_id, c.template_id, c.touchpoint_name)
-            ).all():
-                states[(kind, target_id)].clicks[(template_id, step)] = last  # UTC (UTCDateTime)

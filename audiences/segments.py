@@ -24,7 +24,7 @@ import fnmatch
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -56,13 +56,14 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
+from audiences.clicks import ClickCondition, ClickKey
 from audiences.models import (
     Account,
     ContactStatus,
     GroupStatus,
     Tag,
 )
-from audiences.tables import LINK_CLICKS, TAG_ASSIGNMENTS, target_table
+from audiences.tables import TAG_ASSIGNMENTS, target_table
 from audiences.tag_expressions import MAX_TAG_LENGTH, TagExpr, parse_tag_expr, tag_name
 from sopbot.clock import SystemClock
 
@@ -169,10 +170,6 @@ def _check_attr_keys(value: dict[str, AttributeFilter]) -> dict[str, AttributeFi
 # ----------------------------------------------------------------------- segments
 
 
-ClickKey = tuple[int, str]  # (template id, touchpoint name) of a tracked link
-CLICK_MEMORY_DAYS = 365  # the longest "clicked in the last N days"
-
-
 @dataclass
 class TargetFacts:
     """What a segment looks at on one contact or group."""
@@ -185,61 +182,6 @@ class TargetFacts:
     # "the last N days" count back from
     clicks: Mapping[ClickKey, datetime] = dataclasses.field(default_factory=dict)
     now: datetime | None = None
-
-
-class ClickCondition(BaseModel):
-    """Clicked a tracked link in the last ``days`` days (点击过链接): of any
-    SOP, or of one template (by id) and, optionally, one of its steps. Link
-    previews and crawlers do not count. Short forms: ``clicked: 7`` or ``7d``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    days: int = Field(7, ge=1, le=CLICK_MEMORY_DAYS, description="the last N days")
-    template_id: int | None = Field(None, ge=1, description="only links of this template")
-    step: str | None = Field(
-        None, min_length=1, max_length=100, description="only links of this step (触达节点)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short_forms(cls, value: object) -> object:
-        if isinstance(value, bool):
-            raise ValueError("write the number of days, e.g. clicked: 7d")
-        if isinstance(value, int):
-            return {"days": value}
-        if isinstance(value, str):
-            text = value.strip().lower().removesuffix("d").strip()
-            if not text.isdigit():
-                raise ValueError(f"{value!r} is not a number of days such as 7d")
-            return {"days": int(text)}
-        return value
-
-    def since(self, now: datetime) -> datetime:
-        return now - timedelta(days=self.days)
-
-    def wants(self, key: ClickKey) -> bool:
-        template_id, step = key
-        if self.template_id is not None and template_id != self.template_id:
-            return False
-        return self.step is None or step == self.step
-
-    def matches(self, facts: TargetFacts) -> bool:
-        since = self.since(facts.now or SystemClock().now())
-        return any(at >= since for key, at in facts.clicks.items() if self.wants(key))
-
-    def to_sql(self, target: str, table: Any, now: datetime) -> ColumnElement[bool]:
-        c = LINK_CLICKS.c
-        where = [
-            c.target_kind == target,
-            c.target_id == table.c.id,
-            c.bot.is_(False),
-            c.clicked_at >= self.since(now),
-        ]
-        if self.template_id is not None:
-            where.append(c.template_id == self.template_id)
-        if self.step is not None:
-            where.append(c.touchpoint_name == self.step)
-        return exists().where(*where)
 
 
 class _Segment(BaseModel):
@@ -274,7 +216,7 @@ class _Segment(BaseModel):
         raise NotImplementedError
 
     def clicks_match(self, facts: TargetFacts) -> bool:
-        return self.clicked is None or self.clicked.matches(facts)
+        return self.clicked is None or self.clicked.matches(facts.clicks, facts.now)
 
     def tag_names(self) -> set[str]:
         tags = getattr(self, "tags", None)

@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from api.app import create_app
 from audiences import segments
-from audiences.applying import load_clicks, load_states
+from audiences.applying import load_states
+from audiences.clicks import ClickCondition, load_clicks
 from scheduler.flows import changes
 from scheduler.outbox.models import Enrollment
 from scheduler.outcomes.models import LinkClick
@@ -140,11 +141,11 @@ async def test_clicks_are_audience_events_in_order_with_repeats(engine, clock, r
 
 
 def test_click_conditions_read_plainly():
-    assert segments.ClickCondition.model_validate("7d").days == 7
-    assert segments.ClickCondition.model_validate(30).days == 30
+    assert ClickCondition.model_validate("7d").days == 7
+    assert ClickCondition.model_validate(30).days == 30
     for bad in ("soon", 0, 400, True):
         try:
-            segments.ClickCondition.model_validate(bad)
+            ClickCondition.model_validate(bad)
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} accepted")
