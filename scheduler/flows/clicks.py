@@ -12,8 +12,9 @@ Whether a person's click is a ``repeat`` is decided here, at write time: one
 query per batch for the tokens a person opened before, then the batch in order.
 
 What a crash costs: a process killed without its shutdown (SIGKILL, power
-loss) loses the clicks of at most the last ``flush_seconds`` — the customers
-were redirected, their clicks are not counted. SIGTERM (and the app's shutdown)
+loss) loses the clicks not yet written — normally those of the last
+``flush_seconds`` or so; the customers were redirected, their clicks are not
+counted. SIGTERM (and the app's shutdown)
 writes everything queued first. A database that cannot be written keeps the
 batch queued and retried (up to ``max_queue`` clicks, then the oldest are
 dropped with an error in the log); ``flush_seconds = 0`` writes each click in
