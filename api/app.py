@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -44,7 +45,9 @@ from api.routes import stats as stats_routes
 from api.routes import users as user_routes
 from channels.http import channel_http_client
 from channels.registry import ensure_instance
+from scheduler.flows import clicks
 from scheduler.operations.metrics import build_registry
+from scheduler.outcomes import links
 from scheduler.runtime import SchedulerRuntime
 from sopbot import __version__
 from sopbot.clock import Clock, SystemClock
@@ -107,6 +110,13 @@ def create_app(
             metrics=dispatch_metrics,
             workspace=app.state.workspace,
         )
+        # Tracked links: tokens kept in memory, clicks written in batches.
+        app.state.link_cache = links.LinkCache(app.state.engine)
+        app.state.link_clicks = clicks.ClickRecorder(
+            app.state.engine, app.state.clock, flush_seconds=settings.link_click_flush_seconds
+        )
+        app.state.link_clicks.start()
+        link_routes.quiet_access_log(settings.link_prefix)
         if on_startup is not None:
             on_startup(app)
         scheduling = settings.run_scheduler if run_scheduler is None else run_scheduler
@@ -115,6 +125,7 @@ def create_app(
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(app.state.link_clicks.stop)
             if scheduling:
                 await app.state.runtime.shutdown()
             await app.state.http.aclose()
@@ -181,6 +192,8 @@ def create_app(
         by_path={"/api/contacts/import": settings.max_import_bytes},
     )
     app.add_middleware(guards.SecurityHeaders)
+    # Outermost of all: a customer's click on a short link needs none of the above.
+    app.add_middleware(link_routes.ShortLinks, prefix=settings.link_prefix)
 
     return app
 

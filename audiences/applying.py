@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlmodel import Session, col
 
+from audiences.clicks import ClickKey, load_clicks, write_clicks
 from audiences.events import (
     ContactUpdated,
     FriendAdded,
@@ -30,6 +31,7 @@ from audiences.events import (
     GroupMemberLeft,
     GroupUpdated,
     ItemError,
+    LinkClicked,
     TagAdded,
     TagGroupSet,
     TagRemoved,
@@ -38,8 +40,15 @@ from audiences.events import (
 )
 from audiences.models import Account, ContactStatus, GroupStatus, Tag
 from audiences.segments import TargetFacts
-from audiences.tables import CONTACTS, GROUPS, TAG_ASSIGNMENTS, TAGS, owner_account, target_table
-from sopbot.sql import chunked, insert_ignore
+from audiences.tables import (
+    CONTACTS,
+    GROUPS,
+    TAG_ASSIGNMENTS,
+    TAGS,
+    owner_account,
+    target_table,
+)
+from sopbot.sql import among, chunked, insert_ignore
 
 # ------------------------------------------------------------------ unit of work
 
@@ -60,6 +69,11 @@ class TargetState:
     timezone: str | None = None
     member_count: int = 0
     tags: dict[str, datetime] = field(default_factory=dict)  # name -> tagged_at
+    # a person's last click per (template id, step) within CLICK_MEMORY_DAYS of
+    # ``as_of``, the instant the batch is applied at; ``clicked``: this batch's clicks
+    clicks: dict[ClickKey, datetime] = field(default_factory=dict)
+    as_of: datetime | None = None
+    clicked: list[LinkClicked] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -72,11 +86,22 @@ class TargetState:
 
     def facts(self) -> TargetFacts:
         return TargetFacts(
-            account=self.account, name=self.name, attributes=self.attributes, tags=self.tags
+            account=self.account,
+            name=self.name,
+            attributes=self.attributes,
+            tags=self.tags,
+            clicks=self.clicks,
+            now=self.as_of,
         )
 
     def snapshot(self) -> TargetState:
-        return dataclasses.replace(self, attributes=dict(self.attributes), tags=dict(self.tags))
+        return dataclasses.replace(
+            self,
+            attributes=dict(self.attributes),
+            tags=dict(self.tags),
+            clicks=dict(self.clicks),
+            clicked=list(self.clicked),
+        )
 
 
 TargetKey = tuple[str, int]
@@ -113,6 +138,8 @@ class _Batch:
         self.joined: dict[int, TargetState] = {}
         self.tag_groups: dict[str, str] = {}
         self.group_moves: dict[str, str | None] = {}  # tag_group_set: tag -> group
+        self.by_key: dict[TargetKey, TargetState] = {}
+        self.clicks: list[LinkClicked] = []
 
     # -- loading -----------------------------------------------------------------
 
@@ -120,8 +147,13 @@ class _Batch:
         account_ids: set[str] = set()
         contact_ext: set[str] = set()
         group_ext: set[str] = set()
+        by_target_id: set[TargetKey] = set()
         for event in events:
-            if isinstance(event, _ContactRef) and getattr(event, "target", "contact") == "contact":
+            if isinstance(event, LinkClicked):
+                by_target_id.add((event.target, event.target_id))
+            elif (
+                isinstance(event, _ContactRef) and getattr(event, "target", "contact") == "contact"
+            ):
                 contact_ext.add(event.external_id)
                 if event.account:
                     account_ids.add(event.account)
@@ -182,8 +214,19 @@ class _Batch:
                     )
                 ).all():
                     by_id[(kind, target_id)].tags[name] = tagged_at
+        missing = by_target_id - set(by_id)
+        if missing:  # clicks name their target by id
+            for key, state in load_states(self.session, missing).items():
+                if key[0] == "contact":
+                    self._index_contact(state)
+                else:
+                    self.groups[state.external_id] = state
+                by_id[key] = state
+        load_clicks(self.session, by_id, self.now)
         for state in by_id.values():
+            state.as_of = self.now
             self.before[id(state)] = state.snapshot()
+        self.by_key = by_id
 
     def _index_contact(self, state: TargetState) -> None:
         self.contacts_by_key[(state.account_id, state.external_id)] = state
@@ -250,6 +293,17 @@ class _Batch:
 
     def apply(self, event: Any) -> None:
         getattr(self, "_on_" + event.kind)(event, event.occurred_at or self.now)
+
+    def _on_link_clicked(self, e: LinkClicked, at: datetime) -> None:
+        self.clicks.append(e)
+        state = self.by_key.get((e.target, e.target_id))
+        if state is None or e.bot:
+            return  # recorded, but a preview is no person's click (or the target is gone)
+        self._touch(state)
+        key = (e.template_id, e.touchpoint_name)
+        if key not in state.clicks or state.clicks[key] < at:
+            state.clicks[key] = at
+        state.clicked.append(e)
 
     def _on_friend_added(self, e: FriendAdded, at: datetime) -> None:
         account_id = self._account(e.account)
@@ -411,6 +465,7 @@ class _Batch:
                 applied.updated += len(changed)
         self._write_tags(states)
         self._write_tag_groups()
+        write_clicks(self.session, self.clicks, self.now)
         for state in states:
             applied.before[state.key] = self.before.get(id(state))
             applied.after[state.key] = state
@@ -548,7 +603,7 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
             for row in session.execute(
                 select(table, Account.external_id.label("account_ext"))  # type: ignore[attr-defined,arg-type]
                 .outerjoin(Account, col(Account.id) == account_col)
-                .where(table.c.id.in_(chunk))
+                .where(among(table.c.id, chunk, session))
             ).all():
                 out[(kind, row.id)] = TargetState(
                     kind=kind,
@@ -569,7 +624,8 @@ def load_states(session: Session, keys: Iterable[TargetKey]) -> dict[TargetKey, 
                 select(TAG_ASSIGNMENTS.c.target_id, col(Tag.name), TAG_ASSIGNMENTS.c.tagged_at)
                 .join(Tag, col(Tag.id) == TAG_ASSIGNMENTS.c.tag_id)
                 .where(
-                    TAG_ASSIGNMENTS.c.target_kind == kind, TAG_ASSIGNMENTS.c.target_id.in_(chunk)
+                    TAG_ASSIGNMENTS.c.target_kind == kind,
+                    among(TAG_ASSIGNMENTS.c.target_id, chunk, session),
                 )
             ).all():
                 if (kind, target_id) in out:

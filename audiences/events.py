@@ -5,7 +5,8 @@
 ``group_member_joined`` and ``group_member_left`` arrive through ``POST
 /api/events``, WeCom callbacks, the CSV import, the contact/group forms and the
 CLI (and from sopbot itself, e.g. an exit action that adds a tag). Each may
-carry an idempotency ``id``.
+carry an idempotency ``id``. ``link_clicked`` comes only from sopbot's own
+short links (:class:`LinkClicked`).
 
 This module says what an event is: its shape, and how a raw one is validated
 (``parse_event``). Applying events to the tables is ``audiences.applying``; the
@@ -245,6 +246,28 @@ class GroupMemberJoined(_MemberChange):
 
 class GroupMemberLeft(_MemberChange):
     kind: Literal["group_member_left"]
+
+
+class LinkClicked(BaseEvent):
+    """A tracked short link was opened (``scheduler.flows.clicks`` records these
+    from the redirect route; not accepted by ``POST /api/events``). Every one is
+    written to ``link_clicks``; a person's click (not ``bot``) is also a fact
+    about the target that segments (``clicked``), exit conditions and goals read.
+    The target is named by id: the link row knows it, and a contact deleted
+    since still has its click recorded."""
+
+    kind: Literal["link_clicked"] = "link_clicked"
+    target: Literal["contact", "group"] = "contact"
+    target_id: int
+    token: str = Field(max_length=32)
+    delivery_id: int
+    enrollment_id: int
+    template_id: int
+    touchpoint_name: str = Field(max_length=100)
+    url: str = ""
+    user_agent: str = Field("", max_length=500)
+    bot: bool = False
+    repeat: bool = False
 
 
 AudienceEvent = Annotated[

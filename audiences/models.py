@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from sopbot.db import JSONType, UTCDateTime
@@ -135,3 +135,32 @@ class SavedSegment(SQLModel, table=True):
     definition: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class LinkClick(SQLModel, table=True):
+    """A request to a tracked link (a ``link_clicked`` audience event): a person's
+    click, a repeat, or a bot/preview. The ids name the delivery it was in."""
+
+    __tablename__ = "link_clicks"
+    __table_args__ = (
+        Index("ix_link_clicks_token", "token", "clicked_at"),
+        Index("ix_link_clicks_template", "template_id", "clicked_at"),
+        Index("ix_link_clicks_target", "target_kind", "target_id", "clicked_at"),
+        Index("ix_link_clicks_delivery", "delivery_id"),  # the delivery log
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    token: str = Field(max_length=32)
+    delivery_id: int = Field(
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), nullable=False)
+    )
+    enrollment_id: int
+    template_id: int
+    touchpoint_name: str = Field(max_length=100)
+    target_kind: str = Field(max_length=16)
+    target_id: int
+    clicked_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    user_agent: str = Field(default="", max_length=500)
+    bot: bool = False  # link previews (WeCom's unfurler), crawlers
+    repeat: bool = False  # the same link clicked before (by a person)
+    extra: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))

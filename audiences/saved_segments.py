@@ -85,9 +85,12 @@ def definition(
     kind: str = "tagged",
     accounts: Sequence[str] = (),
     attributes: dict[str, list[str]] | None = None,
+    *,
+    clicked_days: int | None = None,
 ) -> dict[str, Any]:
     """A segment definition from the picker: tags, staff accounts (external ids;
-    any of them) and attribute filters (``parse_attribute_chips``).
+    any of them), attribute filters (``parse_attribute_chips``) and, with
+    ``clicked_days``, only who clicked a tracked link in the last N days.
     ``SegmentError`` says what is wrong."""
     if kind not in ("tagged", "groups"):
         raise SegmentError("kind", f"unknown segment kind {kind!r}")
@@ -102,6 +105,8 @@ def definition(
             key: values[0] if len(values) == 1 else {"in": values}
             for key, values in attributes.items()
         }
+    if clicked_days:
+        raw["clicked"] = {"days": clicked_days}
     try:
         SEGMENT_KINDS[kind].model_validate(raw)
     except ValidationError as exc:
@@ -109,10 +114,19 @@ def definition(
     return raw
 
 
-def evaluate(session: Session, raw: dict[str, Any], limit: int = 10) -> Preview:
-    """The live count and the first members of a definition."""
+def evaluate(
+    session: Session, raw: dict[str, Any], limit: int = 10, *, now: datetime | None = None
+) -> Preview:
+    """The live count and the first members of a definition (``now``: what
+    "clicked in the last N days" counts back from)."""
     segment: Any = SEGMENT_KINDS[raw["kind"]].model_validate(raw)
-    return preview(session, SEGMENT_TARGET[raw["kind"]], segment, limit=limit)
+    return preview(session, SEGMENT_TARGET[raw["kind"]], segment, limit=limit, now=now)
+
+
+def clicked_days(raw: dict[str, Any]) -> int | None:
+    """The "clicked in the last N days" of a saved definition, if any."""
+    clicked = raw.get("clicked")
+    return int(clicked["days"]) if isinstance(clicked, dict) and "days" in clicked else None
 
 
 def save(session: Session, name: str, raw: dict[str, Any], now: datetime) -> SavedSegment:

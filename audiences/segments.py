@@ -19,6 +19,7 @@ too because they are expressed in the same vocabulary (tags, segment, status).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -55,6 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
+from audiences.clicks import ClickCondition, ClickKey
 from audiences.models import (
     Account,
     ContactStatus,
@@ -63,6 +65,7 @@ from audiences.models import (
 )
 from audiences.tables import TAG_ASSIGNMENTS, target_table
 from audiences.tag_expressions import MAX_TAG_LENGTH, TagExpr, parse_tag_expr, tag_name
+from sopbot.clock import SystemClock
 
 __all__ = ["MAX_TAG_LENGTH", "TagExpr", "parse_tag_expr"]
 
@@ -175,6 +178,10 @@ class TargetFacts:
     name: str
     attributes: Mapping[str, Any]
     tags: Collection[str]
+    # a person's last click per tracked link's (template, step), and the instant
+    # "the last N days" count back from
+    clicks: Mapping[ClickKey, datetime] = dataclasses.field(default_factory=dict)
+    now: datetime | None = None
 
 
 class _Segment(BaseModel):
@@ -183,6 +190,9 @@ class _Segment(BaseModel):
     attributes: dict[str, AttributeFilter] = Field(
         default_factory=dict,
         description="attribute filters, e.g. {city: 上海, child_age: {lte: 3}}",
+    )
+    clicked: ClickCondition | None = Field(
+        None, description="clicked a tracked link in the last N days, e.g. {days: 7}"
     )
 
     @field_validator("attributes")
@@ -205,6 +215,9 @@ class _Segment(BaseModel):
     def matches(self, facts: TargetFacts) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def clicks_match(self, facts: TargetFacts) -> bool:
+        return self.clicked is None or self.clicked.matches(facts.clicks, facts.now)
+
     def tag_names(self) -> set[str]:
         tags = getattr(self, "tags", None)
         return tags.names() if tags is not None else set()
@@ -223,7 +236,7 @@ class NewFriendsSegment(_Segment):
     def matches(self, facts: TargetFacts) -> bool:
         if self.accounts and facts.account not in self.accounts:
             return False
-        return _attrs_match(self.attributes, facts.attributes)
+        return _attrs_match(self.attributes, facts.attributes) and self.clicks_match(facts)
 
 
 class TaggedSegment(_Segment):
@@ -236,7 +249,11 @@ class TaggedSegment(_Segment):
     def matches(self, facts: TargetFacts) -> bool:
         if self.accounts and facts.account not in self.accounts:
             return False
-        return self.tags.matches(facts.tags) and _attrs_match(self.attributes, facts.attributes)
+        return (
+            self.tags.matches(facts.tags)
+            and _attrs_match(self.attributes, facts.attributes)
+            and self.clicks_match(facts)
+        )
 
 
 class GroupSegment(_Segment):
@@ -258,7 +275,7 @@ class GroupSegment(_Segment):
             facts.name.lower(), self.name_pattern.lower()
         ):
             return False
-        return _attrs_match(self.attributes, facts.attributes)
+        return _attrs_match(self.attributes, facts.attributes) and self.clicks_match(facts)
 
 
 SEGMENT_KINDS: dict[str, type[_Segment]] = {
@@ -351,11 +368,32 @@ class ExitRules(BaseModel):
         default_factory=list,
         description="tags sopbot applies to the target when it leaves (they trigger other SOPs)",
     )
+    clicked: bool | list[str] = Field(
+        False,
+        description="leave when the person clicks a tracked link of this SOP "
+        "(true: any step; a list: of these steps)",
+    )
 
     @field_validator("tags_added", "tags_removed", "add_tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(tag_name(v) for v in value))
+
+    @field_validator("clicked")
+    @classmethod
+    def _steps(cls, value: bool | list[str]) -> bool | list[str]:
+        if isinstance(value, list):
+            steps = [str(v).strip() for v in value]
+            if not steps or not all(steps):
+                raise ValueError("name the steps whose clicks end the SOP, or write true")
+            return list(dict.fromkeys(steps))
+        return value
+
+    def exits_on_click(self, step: str) -> bool:
+        """Whether a person's click on a link of ``step`` (of this SOP) ends it."""
+        if isinstance(self.clicked, list):
+            return step in self.clicked
+        return self.clicked
 
 
 # --------------------------------------------------------------------------- SQL
@@ -433,10 +471,15 @@ def _tag_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
 
 
 def segment_condition(
-    session: Session, target: TargetKind, segment: NewFriendsSegment | TaggedSegment | GroupSegment
+    session: Session,
+    target: TargetKind,
+    segment: NewFriendsSegment | TaggedSegment | GroupSegment,
+    *,
+    now: datetime | None = None,
 ) -> ColumnElement[bool]:
     """The segment as a SQL condition on the contacts or group_chats table
-    (status not included)."""
+    (status not included). ``now`` is what "clicked in the last N days" counts
+    back from (default: the system clock)."""
     table = target_table(target)
     account_col = table.c.account_id if target == "contact" else table.c.owner_account_id
     dialect = session.get_bind().dialect.name
@@ -466,6 +509,8 @@ def segment_condition(
         conditions.append(table.c.name.ilike(_glob_to_like(pattern), escape="\\"))
     for key, flt in segment.attributes.items():
         conditions.append(_attr_sql(table.c.attributes, key, flt, dialect))
+    if segment.clicked is not None:
+        conditions.append(segment.clicked.to_sql(target, table, now or SystemClock().now()))
     return and_(true(), *conditions)
 
 
@@ -489,12 +534,13 @@ def segment_query(
     segment: NewFriendsSegment | TaggedSegment | GroupSegment,
     *,
     joined_since: datetime | None = None,
+    now: datetime | None = None,
 ) -> Any:
     """``SELECT id FROM contacts|group_chats`` of the active targets in the segment."""
     table = target_table(target)
     active = ContactStatus.ACTIVE if target == "contact" else GroupStatus.ACTIVE
     stmt = select(table.c.id).where(
-        table.c.status == active, segment_condition(session, target, segment)
+        table.c.status == active, segment_condition(session, target, segment, now=now)
     )
     if joined_since is not None:
         stmt = stmt.where(table.c.joined_at >= joined_since)
@@ -516,11 +562,12 @@ def preview(
     *,
     limit: int = 20,
     joined_since: datetime | None = None,
+    now: datetime | None = None,
 ) -> Preview:
     """How many active targets the segment holds now, and the first ``limit`` of them."""
     if SEGMENT_TARGET[segment.kind] != target:
         raise ValueError(f"a {segment.kind} segment selects {SEGMENT_TARGET[segment.kind]}s")
-    ids_query = segment_query(session, target, segment, joined_since=joined_since)
+    ids_query = segment_query(session, target, segment, joined_since=joined_since, now=now)
     count = session.execute(select(func.count()).select_from(ids_query.subquery())).scalar_one()
     table = target_table(target)
     account_col = table.c.account_id if target == "contact" else table.c.owner_account_id

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Table
 
-from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
+from audiences.models import Account, Contact, GroupChat, LinkClick, Tag, TagAssignment
 
 ACCOUNTS = Account.__table__  # type: ignore[attr-defined]
 CONTACTS = Contact.__table__  # type: ignore[attr-defined]
 GROUPS = GroupChat.__table__  # type: ignore[attr-defined]
 TAGS = Tag.__table__  # type: ignore[attr-defined]
 TAG_ASSIGNMENTS = TagAssignment.__table__  # type: ignore[attr-defined]
+LINK_CLICKS = LinkClick.__table__  # type: ignore[attr-defined]
 
 TARGET_KINDS = ("contact", "group")
 

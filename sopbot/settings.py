@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     link_prefix: str = Field(
         "l", pattern=r"^[a-z0-9-]{1,16}$", description="short links are /{prefix}/{token}"
     )
+    link_click_flush_seconds: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="clicks are written in batches this often (0: each in its own request)",
+    )
 
     # operations (scheduler.operations.heartbeat, api/routes/ops.py, sopbot.logging)
     heartbeat_seconds: float = Field(

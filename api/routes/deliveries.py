@@ -44,6 +44,8 @@ LOG_PARAMS = (
     "due_to",
     "sent_from",
     "sent_to",
+    "clicked",
+    "converted",
 )
 
 
@@ -66,6 +68,16 @@ def parse_log_filter(get: Callable[[str], list[str]], zone: ZoneInfo) -> LogFilt
             raise InvalidLogQuery(name, f"{name} must be an id between 1 and {log.MAX_ID}")
         return number
 
+    def yes_no(name: str) -> bool | None:
+        value = one(name)
+        if value is None:
+            return None
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise InvalidLogQuery(name, f"{name} {value!r} must be true or false")
+
     statuses = tuple(s.strip() for v in get("status") for s in v.split(",") if s.strip())
     return LogFilter(
         template_id=number("template_id"),
@@ -82,6 +94,8 @@ def parse_log_filter(get: Callable[[str], list[str]], zone: ZoneInfo) -> LogFilt
         due_to=log.parse_instant(one("due_to"), zone, "due_to", end=True),
         sent_from=log.parse_instant(one("sent_from"), zone, "sent_from"),
         sent_to=log.parse_instant(one("sent_to"), zone, "sent_to", end=True),
+        clicked=yes_no("clicked"),
+        converted=yes_no("converted"),
     )
 
 
@@ -122,6 +136,12 @@ def log_filter(
     due_to: Annotated[str | None, Query(description="exclusive; a bare date: to its end")] = None,
     sent_from: str | None = None,
     sent_to: str | None = None,
+    clicked: Annotated[
+        bool | None, Query(description="true: a person clicked one of its tracked links")
+    ] = None,
+    converted: Annotated[
+        bool | None, Query(description="true: its enrollment converted, attributed to it")
+    ] = None,
 ) -> LogFilter:
     # The parameters above are declared for FastAPI's type checks and the OpenAPI
     # page; the filter is read from the query string the same way the HTML log

@@ -25,6 +25,7 @@ from sop_templates import library
 from sop_templates.service import TemplateError
 
 router = APIRouter(include_in_schema=False)
+CLICK_CHOICES = (3, 7, 14, 30)  # "clicked a tracked link in the last N days"
 
 ERRORS = {
     "no_tags": N_("Pick at least one tag that every member has, or one of several."),
@@ -56,15 +57,20 @@ def _picker(
         "chosen_accounts": accounts,
         "chosen_attrs": attrs,
         "name": name,
+        "click_choices": CLICK_CHOICES,
         "result": None,
         **extra,
     }
     return context
 
 
-def _definition(picked: Picked, accounts: list[str], attrs: list[str]) -> dict[str, Any]:
+def _definition(
+    picked: Picked, accounts: list[str], attrs: list[str], days: int | None
+) -> dict[str, Any]:
     attributes = saved_segments.parse_attribute_chips(attrs)
-    return saved_segments.definition(picked, accounts=accounts, attributes=attributes)
+    return saved_segments.definition(
+        picked, accounts=accounts, attributes=attributes, clicked_days=days
+    )
 
 
 @router.get("/segments/build", response_class=HTMLResponse)
@@ -72,6 +78,7 @@ def build_page(
     request: Request,
     me: Reader,
     session: SessionDep,
+    clock: ClockDep,
     all: list[str] = Query([]),  # noqa: A002 - the form's field names
     any: list[str] = Query([]),  # noqa: A002
     none: list[str] = Query([]),
@@ -81,6 +88,7 @@ def build_page(
     name: str = "",
     id: int | None = None,  # noqa: A002
     done: str = "",
+    clicked: str = "",
 ) -> Response:
     """The picker with the live count and the first members of what is picked."""
     _ = translator(request)
@@ -93,19 +101,26 @@ def build_page(
         name = name or saved.name
         accounts = accounts or list(saved.definition.get("accounts") or [])
         attrs = attrs or saved_segments.attribute_chips(saved.definition)
+        days = saved_segments.clicked_days(saved.definition)
     else:
         picked = Picked(list(all), list(any), list(none))
-    context = _picker(session, picked, accounts, name, attrs, saved=saved)
+        days = _days(clicked)
+    context = _picker(session, picked, accounts, name, attrs, saved=saved, clicked=days)
     if done == "saved":
         context["flash"] = _("Segment saved.")
     if picked.all or picked.any or picked.none:
         try:
-            raw = _definition(picked, accounts, attrs)
-            result = saved_segments.evaluate(session, raw)
+            raw = _definition(picked, accounts, attrs, days)
+            result = saved_segments.evaluate(session, raw, now=clock.now())
             context.update(result=result, expression=_expression_text(raw))
         except SegmentError as exc:
             context["error"] = _(ERRORS.get(exc.code, ERRORS["invalid"]))
     return render(request, "ui/segment_build.html", context)
+
+
+def _days(value: str) -> int | None:
+    """A choice of the "clicked in the last N days" field; anything else: no condition."""
+    return int(value) if value.isdigit() and int(value) in CLICK_CHOICES else None
 
 
 def _expression_text(raw: dict[str, Any]) -> str:
@@ -130,8 +145,9 @@ async def save_segment(
     if str(form.get("attr_new") or "").strip():
         attrs.append(str(form.get("attr_new")).strip())
     name = str(form.get("name") or "")
+    days = _days(str(form.get("clicked") or ""))
     try:
-        raw = _definition(picked, accounts, attrs)
+        raw = _definition(picked, accounts, attrs, days)
         row = saved_segments.save(session, name, raw, clock.now())
     except SegmentError as exc:
         session.rollback()

@@ -61,6 +61,17 @@ def rename_tag_group(session: Session, old: str, new: str, now: datetime) -> tup
     return audience_changes.rename_tag_group(session, old, new, now, react=react)
 
 
+def apply_clicks(session: Session, events: Sequence[Any], now: datetime) -> Changes:
+    """Apply ``link_clicked`` events (``scheduler.flows.clicks``) like any event;
+    a batch that touched no target (link previews only, or targets deleted
+    since) is recorded without asking every live SOP about it."""
+
+    def react_if_touched(session: Session, applied: Applied, now: datetime) -> Reaction:
+        return react(session, applied, now) if applied.after else Reaction()
+
+    return audience_changes.apply(session, events, now, react=react_if_touched)
+
+
 def upsert_contact(session: Session, data: ContactIn, now: datetime) -> tuple[Contact, Changes]:
     """Create or update a contact from a form or CLI body; its tags start SOPs."""
     return audience_changes.upsert_contact(session, data, now, react=react)

@@ -153,7 +153,7 @@ def segment_targets(
     segment = spec.segment
     assert segment is not None
     table = target_table(spec.target)
-    query = segment_query(session, spec.target, segment)
+    query = segment_query(session, spec.target, segment, now=now)
     tag_ids = dict(
         session.execute(
             select(col(Tag.name), col(Tag.id)).where(

@@ -4,7 +4,8 @@ A template's ``goal`` is a tag added (``tags_added``) or an event
 (``link_clicked``, ``contact_updated``) with attribute filters (``where``),
 within a window after enrollment (``within``). This reaction runs in the one
 audience write path (``scheduler.flows.changes``), before the enroll/exit
-reactions, and for every tracked-link click (:func:`record_click_event`).
+reactions; tracked-link clicks arrive there too, as ``link_clicked`` events
+(``scheduler.flows.clicks``).
 
 A conversion is recorded once per enrollment (a unique key), at the time of the
 event, attributed to the last touchpoint sent before it and listing every
@@ -66,7 +67,13 @@ def react(session: Session, applied: Applied, now: datetime) -> int:
                 if spec is None or spec.goal is None:
                     continue
                 key = (row.target_kind, row.target_id)
-                hit = audience_goal(spec.goal, applied.before.get(key), applied.after[key], now)
+                hit = audience_goal(
+                    spec.goal,
+                    applied.before.get(key),
+                    applied.after[key],
+                    now,
+                    template_id=row.template_id,
+                )
                 if hit is not None:
                     reached.append(Reached(row, hit[0], hit[1], spec.goal.exit))
             return _record(session, reached, now)
@@ -76,9 +83,29 @@ def react(session: Session, applied: Applied, now: datetime) -> int:
 
 
 def audience_goal(
-    goal: GoalSpec, before: TargetState | None, after: TargetState, now: datetime
+    goal: GoalSpec,
+    before: TargetState | None,
+    after: TargetState,
+    now: datetime,
+    *,
+    template_id: int | None = None,
 ) -> tuple[datetime, str] | None:
-    """(when, what) if this change reaches ``goal``. Only changes count."""
+    """(when, what) if this change reaches ``goal``. Only changes count: a tag
+    added, attributes that start matching, a person's click on a tracked link
+    of ``template_id`` (its first matching one in the batch)."""
+    if goal.event == "link_clicked":
+        for click in after.clicked:
+            if click.template_id != template_id or click.bot:
+                continue
+            wanted_step = goal.where.get("touchpoint")
+            wanted_url = goal.where.get("url")
+            if wanted_step is not None and wanted_step != click.touchpoint_name:
+                continue
+            if wanted_url is not None and wanted_url not in click.url:
+                continue
+            at = ensure_utc(click.occurred_at or now)
+            return at, f"link clicked in {click.touchpoint_name!r}"
+        return None
     old_tags = set(before.tags) if before else set()
     for tag in goal.tags_added:
         if tag in after.tags and tag not in old_tags:
@@ -94,37 +121,6 @@ def audience_goal(
             pairs = ", ".join(f"{k}={v}" for k, v in goal.where.items())
             return now, f"contact updated: {pairs}"
     return None
-
-
-def record_click_event(
-    session: Session,
-    *,
-    template_id: int,
-    target_kind: str,
-    target_id: int,
-    touchpoint: str,
-    url: str,
-    at: datetime,
-) -> int:
-    """A person clicked a tracked link of ``template_id``: convert the target's
-    enrollments in it whose goal is a matching ``link_clicked``."""
-    if template_id not in goal_templates(session, event="link_clicked"):
-        return 0
-    rows, specs = _candidates(session, [(target_kind, target_id)], at, templates={template_id})
-    reached = []
-    for row in rows:
-        spec = specs.get(row.version_id)
-        goal = spec.goal if spec else None
-        if goal is None or goal.event != "link_clicked":
-            continue
-        wanted_step = goal.where.get("touchpoint")
-        wanted_url = goal.where.get("url")
-        if wanted_step is not None and wanted_step != touchpoint:
-            continue
-        if wanted_url is not None and wanted_url not in url:
-            continue
-        reached.append(Reached(row, at, f"link clicked in {touchpoint!r}", goal.exit))
-    return _record(session, reached, at)
 
 
 def goal_templates(session: Session, *, event: str | None = None) -> set[int]:

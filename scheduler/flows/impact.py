@@ -147,8 +147,8 @@ def overlaps(session: Session, template: SopTemplate, now: datetime) -> list[Ove
             b = set(getattr(theirs.segment, "accounts", []) or [])
             shared = len(a & b) if a and b else 1
         else:
-            ours = segment_query(session, spec.target, spec.segment).subquery()
-            other_q = segment_query(session, theirs.target, theirs.segment).subquery()
+            ours = segment_query(session, spec.target, spec.segment, now=now).subquery()
+            other_q = segment_query(session, theirs.target, theirs.segment, now=now).subquery()
             shared = session.execute(
                 select(func.count()).select_from(ours).where(ours.c[0].in_(select(other_q.c[0])))
             ).scalar_one()

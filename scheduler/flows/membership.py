@@ -128,6 +128,7 @@ def _exit_decisions(
             enrollments += session.execute(
                 select(
                     ENROLLMENTS.c.id,
+                    ENROLLMENTS.c.template_id,
                     ENROLLMENTS.c.version_id,
                     ENROLLMENTS.c.target_kind,
                     ENROLLMENTS.c.target_id,
@@ -145,17 +146,29 @@ def _exit_decisions(
         if row.version_id not in specs:
             continue
         key = (row.target_kind, row.target_id)
-        reason = exit_reason(specs[row.version_id], applied.before[key], applied.after[key])
+        reason = exit_reason(
+            specs[row.version_id],
+            applied.before[key],
+            applied.after[key],
+            template_id=row.template_id,
+        )
         if reason:
             tags = tuple(specs[row.version_id].exit.add_tags)
             decisions[row.id] = (reason, key, tags)
     return decisions
 
 
-def exit_reason(spec: TemplateSpec, before: TargetState | None, after: TargetState) -> str | None:
-    """Why a target enrolled in ``spec`` must leave after changing from ``before``
-    to ``after``, or None. Only changes count: a condition that already held
-    before the batch was dealt with then."""
+def exit_reason(
+    spec: TemplateSpec,
+    before: TargetState | None,
+    after: TargetState,
+    *,
+    template_id: int | None = None,
+) -> str | None:
+    """Why a target enrolled in ``spec`` (of ``template_id``) must leave after
+    changing from ``before`` to ``after``, or None. Only changes count: a
+    condition that already held before the batch was dealt with then; a click
+    is the person's click on a tracked link of this template in the batch."""
     rules = spec.exit
     was_active = before is None or before.active
     if rules.on_inactive and was_active and not after.active:
@@ -167,6 +180,10 @@ def exit_reason(spec: TemplateSpec, before: TargetState | None, after: TargetSta
     for tag in rules.tags_removed:
         if tag in old_tags and tag not in after.tags:
             return f"exit condition: tag {tag!r} removed"
+    if rules.clicked:
+        for click in after.clicked:
+            if click.template_id == template_id and rules.exits_on_click(click.touchpoint_name):
+                return f"exit condition: link clicked in {click.touchpoint_name!r}"
     segment = spec.segment
     if (
         segment is not None

@@ -7,11 +7,14 @@ the same delivery reuses its tokens. Opening a short link records a
 ``link_clicked`` (:func:`record_click`) and redirects at once; link previews and
 crawlers (WeCom's and WeChat's unfurlers, chat apps, HTTP libraries) are
 recorded as ``bot`` and a person's second click on the same link as ``repeat``.
+The redirect itself (``api/routes/links.py``) answers from :class:`LinkCache`
+and leaves the writing to ``scheduler.flows.clicks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ARRAY, String, any_, bindparam, func, literal, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -180,49 +183,100 @@ def _swap_urls(text: str, tokens: list[str | None], base_url: str, prefix: str) 
 # -- at click time ----------------------------------------------------------------
 
 
-@dataclass
-class Click:
+@dataclass(frozen=True)
+class Link:
+    """What a short link's token stands for (a ``tracked_links`` row; never changes)."""
+
+    token: str
     url: str
-    bot: bool
-    repeat: bool
-    link: Any  # the tracked_links row
+    delivery_id: int
+    enrollment_id: int
+    template_id: int
+    touchpoint_name: str
+    target_kind: str
+    target_id: int
 
 
-_PERSON_CLICKED = (
-    select(LINK_CLICKS.c.id)
-    .where(LINK_CLICKS.c.token == TRACKED_LINKS.c.token, LINK_CLICKS.c.bot.is_(False))
-    .exists()
+_LINK_COLUMNS = (
+    "token",
+    "url",
+    "delivery_id",
+    "enrollment_id",
+    "template_id",
+    "touchpoint_name",
+    "target_kind",
+    "target_id",
 )
 
 
-def record_click(session: Session, token: str, user_agent: str, now: datetime) -> Click | None:
-    """Record a request to a short link; None when the token is unknown. Two
-    statements: the link (with whether a person opened it before), the click."""
-    if not TOKEN.match(token):
-        return None
-    link = session.execute(
-        select(TRACKED_LINKS, _PERSON_CLICKED.label("clicked_before")).where(
-            TRACKED_LINKS.c.token == token
+class LinkCache:
+    """Tokens already looked up, so an opened link costs no query: a tracked
+    link is written once and never changes. Bounded: when full, the older half
+    is forgotten (and read again if opened again). Unknown tokens are not kept."""
+
+    def __init__(self, engine: Engine, size: int = 100_000) -> None:
+        self.size = size
+        self._links: dict[str, Link] = {}
+        self._engine = engine
+        # SQLite: a local file read in WAL mode (never waits on the writer), cheap
+        # enough to do on the event loop; elsewhere a network round trip, in a thread
+        self.inline = engine.dialect.name == "sqlite"
+        # compiled once: a click's lookup skips SQLAlchemy's statement building
+        stmt = select(*(TRACKED_LINKS.c[name] for name in _LINK_COLUMNS)).where(
+            TRACKED_LINKS.c.token == bindparam("token")
         )
-    ).first()
-    if link is None:
-        return None
-    agent = (user_agent or "")[:500]
-    bot = is_bot(agent)
-    repeat = not bot and bool(link.clicked_before)
-    session.execute(
-        LINK_CLICKS.insert().values(
-            token=token,
-            delivery_id=link.delivery_id,
-            enrollment_id=link.enrollment_id,
-            template_id=link.template_id,
-            touchpoint_name=link.touchpoint_name,
-            target_kind=link.target_kind,
-            target_id=link.target_id,
-            clicked_at=now,
-            user_agent=agent,
-            bot=bot,
-            repeat=repeat,
+        compiled = stmt.compile(dialect=engine.dialect)
+        self._sql = str(compiled)
+        self._positional = compiled.positional
+
+    def get(self, token: str) -> Link | None:
+        return self._links.get(token)
+
+    def lookup(self, token: str) -> Link | None:
+        """The link of ``token`` from the cache or the database; None if unknown."""
+        if not TOKEN.match(token):
+            return None
+        link = self._links.get(token)
+        if link is not None:
+            return link
+        params: Any = (token,) if self._positional else {"token": token}
+        # The driver's own cursor: one statement, no BEGIN/ROLLBACK around it on
+        # SQLite (autocommit there); the pool ends PostgreSQL's read transaction.
+        pooled = self._engine.raw_connection()
+        try:
+            cursor = pooled.cursor()
+            cursor.execute(self._sql, params)
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            pooled.close()
+        if row is None:
+            return None
+        link = Link(*row)
+        if len(self._links) >= self.size:
+            for old in list(self._links)[: self.size // 2]:  # dicts keep insertion order
+                self._links.pop(old, None)
+        self._links[token] = link
+        return link
+
+
+def persons_clicked_before(session: Session, tokens: Sequence[str]) -> set[str]:
+    """The tokens among ``tokens`` a person (not a preview) has opened before."""
+    out: set[str] = set()
+    for chunk in chunked(sorted(set(tokens))):
+        out.update(
+            session.execute(
+                select(LINK_CLICKS.c.token)
+                .where(_among_tokens(chunk, session), LINK_CLICKS.c.bot.is_(False))
+                .distinct()
+            ).scalars()
         )
-    )
-    return Click(url=link.url, bot=bot, repeat=repeat, link=link)
+    return out
+
+
+def _among_tokens(tokens: Sequence[str], session: Session) -> Any:
+    """``token IN tokens`` as one parameter (a plain ``IN`` renders one per token)."""
+    if session.get_bind().dialect.name == "sqlite":
+        each = func.json_each(json.dumps(list(tokens))).table_valued("value")
+        return LINK_CLICKS.c.token.in_(select(each.c.value))
+    return LINK_CLICKS.c.token == any_(literal(list(tokens), ARRAY(String)))

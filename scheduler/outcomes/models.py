@@ -1,14 +1,17 @@
-"""Tables of outcomes: conversions, tracked links and their clicks."""
+"""Tables of outcomes: conversions and tracked links. Their clicks
+(``link_clicks``) are audience events: ``audiences.models.LinkClick``."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from audiences.models import LinkClick
 from sopbot.db import JSONType, UTCDateTime
+
+__all__ = ["Conversion", "LinkClick", "TrackedLink"]
 
 
 class Conversion(SQLModel, table=True):
@@ -18,6 +21,7 @@ class Conversion(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("enrollment_id", name="uq_conversion_enrollment"),
         Index("ix_conversions_template", "template_id", "converted_at"),
+        Index("ix_conversions_delivery", "delivery_id"),  # the delivery log
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -61,30 +65,3 @@ class TrackedLink(SQLModel, table=True):
     slot: int = 0  # which URL of the part (a text may hold several)
     url: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-
-
-class LinkClick(SQLModel, table=True):
-    """A request to a tracked link: a person's click, a repeat, or a bot/preview."""
-
-    __tablename__ = "link_clicks"
-    __table_args__ = (
-        Index("ix_link_clicks_token", "token", "clicked_at"),
-        Index("ix_link_clicks_template", "template_id", "clicked_at"),
-        Index("ix_link_clicks_target", "target_kind", "target_id", "clicked_at"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    token: str = Field(max_length=32)
-    delivery_id: int = Field(
-        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), nullable=False)
-    )
-    enrollment_id: int
-    template_id: int
-    touchpoint_name: str = Field(max_length=100)
-    target_kind: str = Field(max_length=16)
-    target_id: int
-    clicked_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-    user_agent: str = Field(default="", max_length=500)
-    bot: bool = False  # link previews (WeCom's unfurler), crawlers
-    repeat: bool = False  # the same link clicked before (by a person)
-    extra: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))

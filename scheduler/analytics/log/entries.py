@@ -14,12 +14,15 @@ from sqlalchemy import String, Text, cast, func, select, type_coerce
 from sqlalchemy.engine import Connection, Row
 from sqlmodel import Session, col
 
-from audiences.tables import ACCOUNTS, owner_account, target_table
+from audiences.tables import ACCOUNTS, LINK_CLICKS, owner_account, target_table
 from scheduler.outbox.repository import DELIVERIES
+from scheduler.outcomes.models import Conversion
 from sop_templates.models import SopTemplate, TemplateVersion, Touchpoint
+from sopbot.clock import ensure_utc
 from sopbot.db import is_sqlite
 from sopbot.sql import among
 
+CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
 TARGET_MEMORY = 10_000  # targets an export remembers across batches (see Labels._targets)
 
 
@@ -84,11 +87,23 @@ class LogEntry:
     attempts: int
     provider_message_id: str | None
     rendered: list[dict[str, Any]] | None
+    # what the delivery achieved: a person's clicks on its tracked links (previews
+    # apart), the first one, and its enrollment's conversion attributed to it
+    clicks: int = 0
+    first_clicked_at: datetime | None = None
+    converted_at: datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 in UTC (``Z``)."""
         out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
-        for key in ("due_at", "run_at", "sent_at", "finished_at"):
+        for key in (
+            "due_at",
+            "run_at",
+            "sent_at",
+            "finished_at",
+            "first_clicked_at",
+            "converted_at",
+        ):
             value = out[key]
             if value is not None:
                 out[key] = value.isoformat().replace("+00:00", "Z")
@@ -215,6 +230,8 @@ def seconds_between(later: Any, earlier: Any) -> float | None:
 
 NO_TARGET: tuple[Any, Any, Any] = (None, None, None)
 NO_TOUCHPOINT: tuple[Any, Any] = (None, None)
+NO_OUTCOME: tuple[int, Any, Any] = (0, None, None)  # clicks, first click, converted at
+OUTCOME_MEMORY = 20_000  # deliveries with clicks or a conversion remembered (see Labels)
 
 
 Targets = dict[tuple[str, int], tuple[Any, Any, Any]]  # (kind, id) -> (external id, name, account)
@@ -247,6 +264,10 @@ class Labels:
         self.accounts: dict[int, str] = {}
         self._recent_targets: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         self._older_targets: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        # (clicks, first click, converted at) by delivery id, for prepared batches
+        # (two generations, like targets: an export prepares ahead of writing)
+        self._recent_outcomes: dict[int, tuple[int, Any, Any]] = {}
+        self._older_outcomes: dict[int, tuple[int, Any, Any]] = {}
 
     def prepare(self, rows: Sequence[LogRow]) -> Targets:
         """Load the names this batch needs; return its targets by (kind, id).
@@ -256,12 +277,44 @@ class Labels:
         template, touchpoint = self._template_at, self._touchpoint_at
         self._load_templates({r[template] for r in rows} - self.templates.keys())
         self._load_touchpoints({r[touchpoint] for r in rows} - self.touchpoints.keys())
+        self._load_outcomes([r[0] for r in rows])
         return self._targets(rows)
+
+    def outcome(self, delivery_id: int) -> tuple[int, Any, Any]:
+        """(clicks, first click, converted at) of a delivery of a prepared batch."""
+        found = self._recent_outcomes.get(delivery_id)
+        if found is None:
+            found = self._older_outcomes.get(delivery_id, NO_OUTCOME)
+        return found
+
+    def _load_outcomes(self, ids: list[int]) -> None:
+        """Clicks and attributed conversions of a batch: two grouped queries on
+        indexes by delivery, however many rows (only deliveries that have any
+        are kept)."""
+        if len(self._recent_outcomes) > OUTCOME_MEMORY:
+            self._older_outcomes, self._recent_outcomes = self._recent_outcomes, {}
+        if not ids:
+            return
+        c, v = LINK_CLICKS.c, CONVERSIONS.c
+        found: dict[int, tuple[int, Any, Any]] = {}
+        for delivery_id, count, first in self.conn.execute(
+            select(c.delivery_id, func.count(), func.min(c.clicked_at))
+            .where(among(c.delivery_id, ids, self.conn), c.bot.is_(False))
+            .group_by(c.delivery_id)
+        ).all():
+            found[delivery_id] = (count, first, None)
+        for delivery_id, converted_at in self.conn.execute(
+            select(v.delivery_id, v.converted_at).where(among(v.delivery_id, ids, self.conn))
+        ).all():
+            count, first, _ = found.get(delivery_id, NO_OUTCOME)
+            found[delivery_id] = (count, first, converted_at)
+        self._recent_outcomes.update(found)
 
     def entries(self, rows: Sequence[LogRow], targets: Targets | None = None) -> list[LogEntry]:
         targets = self.prepare(rows) if targets is None else targets
         raw = self.raw_times
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
+        outcome = self.outcome
         out = []
         for r in rows:
             # Tuple unpacking: much cheaper than attribute access per column.
@@ -287,6 +340,7 @@ class Labels:
             ) = r
             external_id, name, account_id = targets.get((target_kind, target_id), NO_TARGET)
             tp_name, version = touchpoints.get(touchpoint_id, NO_TOUCHPOINT)
+            clicks, first_click, converted_at = outcome(row_id)
             out.append(
                 LogEntry(
                     row_id,
@@ -315,6 +369,9 @@ class Labels:
                     attempts,
                     provider_message_id,
                     content_parts(rendered),
+                    clicks,
+                    ensure_utc(first_click) if first_click is not None else None,
+                    ensure_utc(converted_at) if converted_at is not None else None,
                 )
             )
         return out

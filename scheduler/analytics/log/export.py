@@ -194,6 +194,7 @@ class ExportLabels(Labels):
         on SQLite no datetime for a time that is only printed."""
         accounts, templates, touchpoints = self.accounts, self.templates, self.touchpoints
         encode, iso, seconds = _json_line, _iso_utc, seconds_between
+        outcome_of = self.outcome
         out = []
         for (
             row_id,
@@ -217,6 +218,7 @@ class ExportLabels(Labels):
         ) in rows:
             external_id, name, account_id = targets.get((target_kind, target_id), NO_TARGET)
             tp_name, version = touchpoints.get(touchpoint_id, NO_TOUCHPOINT)
+            clicks, first_click, converted_at = outcome_of(row_id)
             entry = {
                 "id": row_id,
                 "template_id": template_id,
@@ -244,6 +246,9 @@ class ExportLabels(Labels):
                 "attempts": attempts,
                 "provider_message_id": provider_message_id,
                 "rendered": content_parts(rendered),
+                "clicks": clicks,
+                "first_clicked_at": iso(first_click),
+                "converted_at": iso(converted_at),
             }
             out.append(encode(entry))
         out.append(b"")
@@ -257,6 +262,7 @@ class ExportLabels(Labels):
         are written once per export and reused."""
         touchpoints, outcomes = self._csv_touchpoints, self._csv_outcomes
         accounts = self._csv_accounts
+        outcome_of = self.outcome
         local_text, seconds, parse = local.text, seconds_between, datetime.fromisoformat
         raw = self.raw_times
         out = []
@@ -302,12 +308,19 @@ class ExportLabels(Labels):
                     late = seconds(sent_at, due_at)
                 lateness = f"{late:.3f}"
             content = csv_field(content_text(content_parts(rendered))) if rendered else ""
+            clicks, first_click, converted_at = outcome_of(row_id)
+            achieved = (
+                f",{clicks},{local_text(first_click)},{local_text(converted_at)}"
+                if clicks or converted_at is not None
+                else ",0,,"
+            )
             out.append(
                 f"{row_id},{touchpoint},{outcome[0]},{csv_field(name) if name else ''},"
                 f"{target_id},{csv_field(external_id) if external_id else ''},{account},"
                 f"{outcome[1]},{csv_field(reason) if reason else ''},"
                 f"{local_text(due_at)},{sent},{finished},{lateness},{attempts},"
-                f"{csv_field(provider_message_id) if provider_message_id else ''},{content}\r\n"
+                f"{csv_field(provider_message_id) if provider_message_id else ''},{content}"
+                f"{achieved}\r\n"
             )
         return "".join(out)
 
@@ -407,6 +420,9 @@ def csv_header(zone_name: str) -> list[str]:
         "尝试次数",
         "渠道消息ID",
         "内容",
+        "点击次数",
+        f"首次点击时间 ({zone_name})",
+        f"转化时间 ({zone_name})",
     ]
 
 

@@ -17,15 +17,24 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select
 
-from audiences.tables import TAG_ASSIGNMENTS, TAGS, TARGET_KINDS, owner_account, target_table
+from audiences.tables import (
+    LINK_CLICKS,
+    TAG_ASSIGNMENTS,
+    TAGS,
+    TARGET_KINDS,
+    owner_account,
+    target_table,
+)
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
+from scheduler.outcomes.models import Conversion
 from sopbot.sql import unindexed
 
 SORTS = ("due_at", "sent_at")
 ORDERS = ("desc", "asc")
 MAX_PAGE = 1000
 MAX_ID = 2**63 - 1  # ids are 64-bit: larger numbers cannot name a row
+CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
 
 
 class InvalidLogQuery(ValueError):
@@ -63,6 +72,8 @@ class LogFilter:
     due_to: datetime | None = None
     sent_from: datetime | None = None
     sent_to: datetime | None = None
+    clicked: bool | None = None  # a person clicked one of its tracked links (已点击)
+    converted: bool | None = None  # its enrollment converted, attributed to it (已转化)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.statuses if s not in DeliveryStatus.ALL]
@@ -149,6 +160,14 @@ class LogFilter:
             where.append(DELIVERIES.c.sent_at >= self.sent_from)
         if self.sent_to is not None:
             where.append(DELIVERIES.c.sent_at < self.sent_to)
+        if self.clicked is not None:
+            clicked = exists().where(
+                LINK_CLICKS.c.delivery_id == DELIVERIES.c.id, LINK_CLICKS.c.bot.is_(False)
+            )
+            where.append(clicked if self.clicked else ~clicked)
+        if self.converted is not None:
+            converted = exists().where(CONVERSIONS.c.delivery_id == DELIVERIES.c.id)
+            where.append(converted if self.converted else ~converted)
         return where
 
 

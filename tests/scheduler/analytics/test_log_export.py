@@ -349,6 +349,9 @@ def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
                     e.attempts,
                     e.provider_message_id or "",
                     log.content_text(e.rendered),
+                    e.clicks,
+                    local(e.first_clicked_at),
+                    local(e.converted_at),
                 )
             ]
         )

@@ -178,6 +178,7 @@ def test_the_analyst_pages_are_pages_of_the_app_in_both_languages(world, analyst
         "Lateness",
         "Attempts",
         "Channel message id",
+        "Outcome",
         "Content",
     ]
     assert 'aria-current="page">Delivery log</a>' in log_en and "Log out</button>" in log_en

@@ -77,8 +77,12 @@ async def test_a_click_records_once_redirects_302_and_a_second_is_a_repeat(
         timings.append(time.perf_counter() - started)
         assert answer.status_code == 302
         assert answer.headers["location"] == "https://example.com/q"
+        # never a cached answer (every click counts), and the app's security headers
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["x-frame-options"] == "DENY"
     assert statistics.median(timings) < 0.05
 
+    assert client.app.state.link_clicks.flush() == 5  # written in one batch
     clicks = _clicks(engine)
     assert len(clicks) == 5
     assert [c.repeat for c in clicks] == [False, True, True, True, True]
@@ -94,6 +98,7 @@ async def test_link_previews_are_counted_apart(engine, clock, runtime, client):
         answer = client.get(path, headers={"user-agent": agent}, follow_redirects=False)
         assert answer.status_code == 302
     client.get(path, headers={"user-agent": BROWSER}, follow_redirects=False)
+    client.app.state.link_clicks.flush()
     clicks = _clicks(engine)
     assert [c.bot for c in clicks] == [True, True, True, True, False]
     assert clicks[-1].repeat is False  # previews do not make a person's click a repeat
@@ -116,13 +121,16 @@ async def test_a_click_reaches_a_link_goal(engine, clock, runtime, client):
     )
     path = "/l/" + SHORT.fullmatch(parts[1]).group(1)  # type: ignore[union-attr]
     client.get(path, headers={"user-agent": "Slackbot 1.0"}, follow_redirects=False)
+    client.app.state.link_clicks.flush()
     with session_scope(engine) as session:
         assert session.execute(select(Conversion)).first() is None  # a preview is no click
     clock.advance(timedelta(minutes=5))
     client.get(path, headers={"user-agent": BROWSER}, follow_redirects=False)
+    clock.advance(timedelta(seconds=1))  # written a moment later: dated when clicked
+    client.app.state.link_clicks.flush()
     with session_scope(engine) as session:
         [conversion] = session.execute(select(Conversion)).scalars()
-    assert conversion.converted_at == clock.now()
+    assert conversion.converted_at == clock.now() - timedelta(seconds=1)
     assert conversion.touchpoint_name == "welcome"
 
 
