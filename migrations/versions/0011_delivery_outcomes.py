@@ -1,7 +1,7 @@
 """delivery log outcomes: clicks and conversions found by delivery
 
 Revision ID: 0011_delivery_outcomes
-Revises: 0007_outcomes
+Revises: 0010_claim_indexes
 Create Date: 2026-12-04 05:30:00.000000
 
 """
