@@ -90,11 +90,13 @@ def signed_material_file(
     clock: ClockDep,
 ) -> Response:
     """A material by its signed address (channels, the staff inbox): no login;
-    an unsigned, changed or expired address is refused (403)."""
+    an address that is not one is unknown (404), a changed or expired one is
+    refused (403)."""
     try:
         material_id = materials.verify_address(auth.secret_key(request), token, name, clock.now())
-    except materials.LinkRefused:
-        return Response(status_code=403, headers={"Cache-Control": "no-store"})
+    except materials.LinkRefused as exc:
+        status = 404 if str(exc) == "malformed" else 403
+        return Response(status_code=status, headers={"Cache-Control": "no-store"})
     return _serve(session, settings, material_id, name)
 
 
