@@ -169,8 +169,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "status_not_settable": ("不能直接设为这个状态", "this status cannot be set directly"),
     "status_not_allowed": (
-        "SOP「{name}」当前状态不允许这样改",
-        "the SOP {name} cannot make this change in its current status",
+        "SOP「{name}」当前为{status}，不能改为{to}",
+        "the SOP {name} is {status}; it cannot become {to}",
     ),
     "never_published": (
         "SOP「{name}」还没有发布过",
@@ -270,6 +270,15 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "value_does_not_fit": ("请求中的某个值无法保存", "a value in the request does not fit"),
     "batch_rejected": ("整批被拒绝，没有任何改动", "the batch was refused; nothing was applied"),
     "bad_request": ("请求有误", "the request is not valid"),
+}
+
+# a template's status → (zh_CN, en)
+STATUS_WORDS: dict[str, tuple[str, str]] = {
+    "draft": ("草稿", "a draft"),
+    "pending_approval": ("待审批", "waiting for approval"),
+    "published": ("已发布", "published"),
+    "paused": ("已暂停", "paused"),
+    "archived": ("已归档", "archived"),
 }
 
 # the last word of a location → (zh_CN, en)
@@ -398,7 +407,10 @@ _DOMAIN_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^template " + _Q + r" is archived"), "template_archived"),
     (re.compile(r"^a published template cannot change its target kind"), "target_kind_frozen"),
     (re.compile(r"^cannot set status .* directly"), "status_not_settable"),
-    (re.compile(r"^template " + _Q + r" is \w+; cannot make it"), "status_not_allowed"),
+    (
+        re.compile(r"^template " + _Q + r" is (?P<status>\w+); cannot make it (?P<to>\w+)"),
+        "status_not_allowed",
+    ),
     (re.compile(r"^template " + _Q + r" has never been published"), "never_published"),
     (re.compile(r"^template " + _Q + r" is \w+; only a published template"), "not_published"),
     (re.compile(r"^template " + _Q + r" needs approval"), "needs_approval"),
@@ -524,6 +536,9 @@ def render(
     zh_text, en_text = MESSAGES.get(code, MESSAGES["invalid"])
     text = en_text if locale.startswith("en") else zh_text
     values = {k: _clip(v) for k, v in (params or {}).items()}
+    for key in ("status", "to"):  # a template's status in words
+        if values.get(key) in STATUS_WORDS:
+            values[key] = STATUS_WORDS[values[key]][1 if locale.startswith("en") else 0]
     values.setdefault("field", field_name(location, locale) if location else _this(locale))
     try:
         out = text.format(**values)

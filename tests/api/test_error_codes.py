@@ -27,6 +27,8 @@ SAMPLE = {
     "key": "7",
     "adapter": "wx",
     "roles": "x",
+    "status": "draft",
+    "to": "paused",
 }
 # English words a Chinese message may carry as they are (formats, examples, names)
 ZH_ALLOWED = {"Asia", "Shanghai", "AppID", "https", "pages", "index", "SOP", "coupon", "abcdef"}
@@ -192,7 +194,8 @@ def test_404_and_409_answers_are_coded_in_the_callers_language(client, engine, c
     body = _assert_coded(again, 409, "name_taken", "已有同名的 SOP")
     assert body["params"] == {"name": spec["name"]}
     never = client.post(f"/api/templates/{template_id}/resume", headers=zh)
-    _assert_coded(never, 409, "status_not_allowed", "当前状态不允许")
+    body = _assert_coded(never, 409, "status_not_allowed", "当前为草稿，不能改为已发布")
+    assert body["params"]["status"] == "draft"
     channel = {"name": "mock", "adapter": "mock", "config": {}}
     _assert_coded(
         client.post("/api/channels", json=channel, headers=zh), 409, "channel_exists", "已有名为"
