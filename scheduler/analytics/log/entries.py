@@ -39,7 +39,25 @@ STATUS_ZH = {
 }
 TARGET_ZH = {"contact": "客户", "group": "客户群"}
 MODE_ZH = {"send": "自动发送", "task": "群发任务（员工确认）", "remind": "提醒员工发送"}
+# the same in English (the CSV export asked for in English)
+STATUS_EN = {
+    "scheduled": "scheduled",
+    "claimed": "claimed",
+    "sending": "sending",
+    "sent": "sent",
+    "failed": "failed",
+    "skipped": "skipped",
+    "cancelled": "cancelled",
+    "missed": "missed",
+    "unknown": "result unknown",
+    "awaiting_staff": "awaiting staff",
+    "done": "done by staff",
+    "skipped_by_staff": "skipped by staff",
+}
+TARGET_EN = {"contact": "contact", "group": "group chat"}
+MODE_EN = {"send": "send", "task": "mass-send task (staff confirm)", "remind": "remind staff"}
 PART_ZH = {"image": "图片", "link": "链接", "miniprogram": "小程序", "file": "文件"}
+PART_EN = {"image": "image", "link": "link", "miniprogram": "mini-program", "file": "file"}
 
 
 @dataclass(slots=True)
