@@ -128,7 +128,8 @@ def error_text(request: Request, exc: Exception) -> str:
 
     locale = locale_of(request)
     if isinstance(exc, ValidationError):
-        first: Any = (exc.errors() or [{}])[0]
+        problems: list[Any] = list(exc.errors()) or [{}]
+        first = problems[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         code, params = error_codes.classify(where, str(first.get("msg", "")))
         return error_codes.render(code, params, locale, where)

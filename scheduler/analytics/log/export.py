@@ -313,11 +313,12 @@ class ExportLabels(Labels):
             content = csv_field(content_text(content_parts(rendered), parts)) if rendered else ""
             worded = ""
             if reason:
-                worded = reasons.get(reason)
-                if worded is None:
-                    worded = csv_field(reason_text(reason, self.lang))
+                known = reasons.get(reason)
+                if known is None:
+                    known = csv_field(reason_text(reason, self.lang))
                     if len(reasons) < 10_000:
-                        reasons[reason] = worded
+                        reasons[reason] = known
+                worded = known
             out.append(
                 f"{row_id},{touchpoint},{outcome[0]},{csv_field(name) if name else ''},"
                 f"{target_id},{csv_field(external_id) if external_id else ''},{account},"
