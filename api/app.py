@@ -30,6 +30,7 @@ from api.routes import (
     ui_audience_edit,
     ui_audiences,
     ui_auth,
+    ui_materials,
     ui_outcomes,
     ui_segments,
     ui_templates,
@@ -167,6 +168,7 @@ def create_app(
     app.include_router(report_pages.router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # Staff execution: the inbox's signed link is its own credential (scheduler.staff.links).
     app.include_router(staff_inbox.router)
+    app.include_router(ui_materials.public_router)  # signed material addresses
     app.include_router(staff_inbox.api_router, dependencies=[Depends(auth.gate(Permission.AUTHOR))])
     # /healthz (load balancers) and /metrics (Prometheus) stay open; /api/workers is
     # for admins (README), reading included.

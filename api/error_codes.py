@@ -177,6 +177,137 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "not_found": ("找不到{field}", "{field} was not found"),
     "invalid": ("{field}填写有误", "{field} is not valid"),
+    # answers other than 422: what was asked for is unknown (404), the current
+    # state refuses the change (409), the caller may not (401/403), the request
+    # cannot be read (400/413)
+    "template_not_found": ("找不到 SOP 模板 {key}", "there is no SOP template {key}"),
+    "version_not_found": ("找不到模板版本 {key}", "there is no template version {key}"),
+    "contact_not_found": ("找不到客户 {key}", "there is no contact {key}"),
+    "group_not_found": ("找不到客户群 {key}", "there is no group chat {key}"),
+    "channel_not_found": ("找不到渠道 {key}", "there is no channel {key}"),
+    "user_not_found": ("找不到用户 {key}", "there is no user {key}"),
+    "token_not_found": ("找不到 API 令牌 {key}", "there is no API token {key}"),
+    "resource_not_found": ("找不到所请求的内容", "what was asked for does not exist"),
+    "template_archived": (
+        "SOP「{name}」已归档，不能再修改或发布；请新建一个",
+        "the SOP {name} is archived and can no longer change or be published; create a new one",
+    ),
+    "target_kind_frozen": (
+        "已发布的 SOP 不能更改发送对象（客户或群）",
+        "a published SOP cannot change who it sends to (contacts or groups)",
+    ),
+    "status_not_settable": ("不能直接设为这个状态", "this status cannot be set directly"),
+    "status_not_allowed": (
+        "SOP「{name}」当前为{status}，不能改为{to}",
+        "the SOP {name} is {status}; it cannot become {to}",
+    ),
+    "never_published": (
+        "SOP「{name}」还没有发布过",
+        "the SOP {name} has never been published",
+    ),
+    "not_published": (
+        "SOP「{name}」未发布：只有已发布的 SOP 才能加入客户",
+        "the SOP {name} is not published: only a published SOP enrolls",
+    ),
+    "needs_approval": (
+        "SOP「{name}」发布前需要审批：先提交，再由非作者的审批人批准",
+        "the SOP {name} needs approval before publishing: submit it, then an approver "
+        "who did not write it approves it",
+    ),
+    "already_approved": (
+        "这份草稿已经批准，可以发布了",
+        "this draft is already approved; it can be published",
+    ),
+    "not_waiting_for_approval": (
+        "SOP「{name}」没有在等待审批",
+        "the SOP {name} is not waiting for approval",
+    ),
+    "own_draft": (
+        "这份草稿是你写的或提交的，需要另一位审批人批准",
+        "you wrote or submitted this draft; another approver must approve it",
+    ),
+    "draft_changed": (
+        "草稿在提交或批准后又改过了，请重新提交",
+        "the draft changed after it was submitted or approved; submit it again",
+    ),
+    "reason_required": (
+        "退回需要写明原因：说明作者应该改什么",
+        "a rejection needs a reason: say what the authors should change",
+    ),
+    "touchpoint_unknown": (
+        "草稿中没有名为「{name}」的触达点",
+        "the draft has no touchpoint {name}",
+    ),
+    "draft_invalid": (
+        "草稿已无法通过检查，请先在编辑器中修正",
+        "the draft no longer passes its checks; correct it in the editor first",
+    ),
+    "no_segment": ("SOP「{name}」没有设置人群", "the SOP {name} has no segment"),
+    "channel_exists": ("已有名为「{name}」的渠道", "a channel named {name} already exists"),
+    "channel_config_masked": (
+        "配置中有被遮盖的值（**********），请填写真实的密钥",
+        "the configuration holds a masked value (**********); give the real secret",
+    ),
+    "channel_config_invalid": (
+        "渠道类型 {adapter} 的配置有误，请检查每一项",
+        "the configuration of the {adapter} channel is not valid; check each setting",
+    ),
+    "adapter_unknown": ("没有「{adapter}」这种渠道类型", "there is no channel type {adapter}"),
+    "channel_unavailable": ("渠道暂时不能使用", "the channel cannot be used right now"),
+    "role_unknown": ("没有这样的角色：{roles}", "there is no such role: {roles}"),
+    "role_required": ("用户至少需要一个角色", "a user needs at least one role"),
+    "password_too_short": (
+        "密码至少要 {min} 个字符",
+        "the password needs at least {min} characters",
+    ),
+    "username_invalid": (
+        "用户名为 2–64 个字母、数字或 . _ - @",
+        "a username has 2-64 letters, digits or . _ - @",
+    ),
+    "user_exists": ("已有名为「{name}」的用户", "a user named {name} already exists"),
+    "last_admin": (
+        "这是最后一位在用的管理员：请先让另一位用户成为管理员",
+        "this is the last active admin; make another user admin first",
+    ),
+    "token_name_required": (
+        "请给令牌起个名字（1–100 个字符），例如使用它的脚本",
+        "give the token a name (1-100 characters), e.g. the script using it",
+    ),
+    "setup_link_invalid": (
+        "这个初始化链接已失效（已经用过，或已有用户）",
+        "this setup link is not valid (already used, or users exist)",
+    ),
+    "external_id_required": ("员工账号需要外部 ID", "an account needs an external id"),
+    "external_id_too_long": ("外部 ID 或名称过长", "the external id or the name is too long"),
+    "conflict": ("当前状态不允许这样做", "the current state does not allow this"),
+    "not_authenticated": (
+        "请先登录（或提供有效的 API 令牌）",
+        "sign in first (or give a valid API token)",
+    ),
+    "forbidden": ("你的角色不能执行此操作", "your role does not allow this"),
+    "csrf_invalid": (
+        "表单的安全令牌缺失或有误，请刷新页面",
+        "the form's security token is missing or wrong; reload the page",
+    ),
+    "method_not_allowed": ("不支持这种请求方式", "this request method is not supported here"),
+    "body_unreadable": (
+        "请求内容无法读取（不是有效的 JSON）",
+        "the request body cannot be read (not valid JSON)",
+    ),
+    "body_too_large": ("请求内容超过大小上限", "the request body is over the size limit"),
+    "number_out_of_range": ("请求中的数字超出范围", "a number in the request is out of range"),
+    "value_does_not_fit": ("请求中的某个值无法保存", "a value in the request does not fit"),
+    "batch_rejected": ("整批被拒绝，没有任何改动", "the batch was refused; nothing was applied"),
+    "bad_request": ("请求有误", "the request is not valid"),
+}
+
+# a template's status → (zh_CN, en)
+STATUS_WORDS: dict[str, tuple[str, str]] = {
+    "draft": ("草稿", "a draft"),
+    "pending_approval": ("待审批", "waiting for approval"),
+    "published": ("已发布", "published"),
+    "paused": ("已暂停", "paused"),
+    "archived": ("已归档", "archived"),
 }
 
 # the last word of a location → (zh_CN, en)
@@ -297,6 +428,102 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# (pattern on a domain error's message, code) for answers other than 422;
+# named groups become params
+_DOMAIN_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^no SOP template (?:with id|named) '?(?P<key>.*?)'?$"), "template_not_found"),
+    (re.compile(r"^no template version with id (?P<key>\d+)"), "version_not_found"),
+    (re.compile(r"^no contact with id (?:or external id )?'?(?P<key>.*?)'?$"), "contact_not_found"),
+    (
+        re.compile(r"^no group chat with id (?:or external id )?'?(?P<key>.*?)'?$"),
+        "group_not_found",
+    ),
+    (re.compile(r"^no channel instance named '(?P<key>.*)'$"), "channel_not_found"),
+    (re.compile(r"^no user with id (?P<key>\d+)"), "user_not_found"),
+    (re.compile(r"^no API token with id (?P<key>\d+)"), "token_not_found"),
+    (re.compile(r"^a template named " + _Q + " already exists"), "name_taken"),
+    (re.compile(r"^template " + _Q + r" is archived"), "template_archived"),
+    (re.compile(r"^a published template cannot change its target kind"), "target_kind_frozen"),
+    (re.compile(r"^cannot set status .* directly"), "status_not_settable"),
+    (
+        re.compile(r"^template " + _Q + r" is (?P<status>\w+); cannot make it (?P<to>\w+)"),
+        "status_not_allowed",
+    ),
+    (re.compile(r"^template " + _Q + r" has never been published"), "never_published"),
+    (re.compile(r"^template " + _Q + r" is \w+; only a published template"), "not_published"),
+    (re.compile(r"^template " + _Q + r" needs approval"), "needs_approval"),
+    (re.compile(r"^this draft is already approved"), "already_approved"),
+    (re.compile(r"^template " + _Q + r" is not waiting for approval"), "not_waiting_for_approval"),
+    (re.compile(r"^you wrote or submitted this draft"), "own_draft"),
+    (re.compile(r"^the draft changed after it was"), "draft_changed"),
+    (re.compile(r"^a rejection needs a reason"), "reason_required"),
+    (re.compile(r"^the draft has no touchpoint named " + _Q), "touchpoint_unknown"),
+    (re.compile(r"^the draft no longer validates"), "draft_invalid"),
+    (re.compile(r"^template " + _Q + r" has no segment"), "no_segment"),
+    (re.compile(r"^a channel instance named " + _Q + " already exists"), "channel_exists"),
+    (re.compile(r"^config contains a masked value"), "channel_config_masked"),
+    (re.compile(r"^invalid config for '(?P<adapter>[^']*)' channel"), "channel_config_invalid"),
+    (re.compile(r"^unknown channel adapter '(?P<adapter>[^']*)'"), "adapter_unknown"),
+    (
+        re.compile(r"^(?:channel adapter|adapter|SOPBOT_REDIS_URL|channel '.*' cannot)"),
+        "channel_unavailable",
+    ),
+    (re.compile(r"^unknown role (?P<roles>[^;]*);"), "role_unknown"),
+    (re.compile(r"^a user needs at least one role"), "role_required"),
+    (re.compile(r"^the password needs at least (?P<min>\d+)"), "password_too_short"),
+    (re.compile(r"^a username has 2-64"), "username_invalid"),
+    (re.compile(r"^a user named " + _Q + " already exists"), "user_exists"),
+    (re.compile(r"^this is the last active admin"), "last_admin"),
+    (re.compile(r"^give the token a name"), "token_name_required"),
+    (re.compile(r"^this setup link is not valid"), "setup_link_invalid"),
+    (re.compile(r"^an account needs an external id"), "external_id_required"),
+    (re.compile(r"^the external id or the name is too long"), "external_id_too_long"),
+    (re.compile(r"security token \(CSRF\)"), "csrf_invalid"),
+    (re.compile(r"^this needs "), "forbidden"),
+]
+_BY_STATUS = {
+    400: "body_unreadable",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "resource_not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    422: "invalid",
+}
+_RENAMED = {"template_archived", "status_not_allowed", "never_published", "not_published"}
+_RENAMED |= {"needs_approval", "not_waiting_for_approval", "no_segment", "channel_exists"}
+_RENAMED |= {"user_exists", "name_taken", "touchpoint_unknown"}
+
+
+def classify_error(message: str, status: int) -> tuple[str, dict[str, Any]]:
+    """A domain error's message (``no SOP template with id 7``) and the answer's
+    status → ``(code, params)``; a message no rule knows gets its status's code."""
+    text = str(message or "")
+    for pattern, code in _DOMAIN_RULES:
+        match = pattern.search(text)
+        if match:
+            params = {k: v for k, v in match.groupdict().items() if v is not None}
+            if code in _RENAMED and "value" in params:
+                params["name"] = params.pop("value")
+            return code, params
+    return _BY_STATUS.get(status, "bad_request" if status < 500 else "conflict"), {}
+
+
+def error_body(detail: Any, status: int, locale: str = ZH) -> dict[str, Any]:
+    """The JSON of an answer other than a template's 422: ``detail`` as before
+    (the domain's own text), and ``code``, ``params`` and ``message`` in ``locale``."""
+    code, params = classify_error(detail if isinstance(detail, str) else "", status)
+    if isinstance(detail, dict) and "errors" in detail:  # a batch refused as a whole
+        code, params = "batch_rejected", {}
+    return {
+        "detail": detail,
+        "code": code,
+        "params": params,
+        "message": render(code, params, locale),
+    }
+
+
 _WHOM = re.compile(r" \(for (contact|group) (.+)\)$")
 
 
@@ -347,6 +574,9 @@ def render(
     zh_text, en_text = MESSAGES.get(code, MESSAGES["invalid"])
     text = en_text if locale.startswith("en") else zh_text
     values = {k: _clip(v) for k, v in (params or {}).items()}
+    for key in ("status", "to"):  # a template's status in words
+        if values.get(key) in STATUS_WORDS:
+            values[key] = STATUS_WORDS[values[key]][1 if locale.startswith("en") else 0]
     values.setdefault("field", field_name(location, locale) if location else _this(locale))
     try:
         out = text.format(**values)

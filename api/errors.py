@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import error_codes
 from api.auth import Forbidden, NotAuthenticated
@@ -44,8 +46,8 @@ def install(app: FastAPI) -> None:
     for error_type in (TemplateNotFound, AudienceNotFound, ChannelNotFound, UserNotFound):
 
         @app.exception_handler(error_type)
-        async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse(status_code=404, content={"detail": str(exc)})
+        async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+            return coded(request, 404, str(exc))
 
     for error_type in (
         TemplateError,
@@ -57,8 +59,8 @@ def install(app: FastAPI) -> None:
     ):
 
         @app.exception_handler(error_type)
-        async def _conflict(_: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse(status_code=409, content={"detail": str(exc)})
+        async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+            return coded(request, 409, str(exc))
 
     for error_type in (InvalidLogQuery, InvalidStatsQuery):
 
@@ -79,36 +81,33 @@ def install(app: FastAPI) -> None:
         if wants_html(request):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-        return JSONResponse(
-            status_code=401,
-            content={"detail": str(exc)},
-            headers={"WWW-Authenticate": 'Bearer realm="sopbot"'},
-        )
+        return coded(request, 401, str(exc), {"WWW-Authenticate": 'Bearer realm="sopbot"'})
 
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, exc: Forbidden) -> Response:
         if wants_html(request):
-            from api.views import render
-
-            return render(
-                request, "ui/error.html", {"message": str(exc), "code": 403}, status_code=403
-            )
-        return JSONResponse(status_code=403, content={"detail": str(exc)})
+            return _error_page(request, 403, str(exc))
+        return coded(request, 403, str(exc))
 
     # Input the database cannot hold (an id past 2**63, found by fuzzing the
     # OpenAPI document) is the caller's mistake, not a 500.
     @app.exception_handler(OverflowError)
-    async def _overflow(_: Request, exc: OverflowError) -> JSONResponse:
-        return JSONResponse(
-            status_code=422, content={"detail": f"a number in the request is out of range: {exc}"}
-        )
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        detail = f"a number in the request is out of range: {exc}"
+        return coded(request, 422, detail, code="number_out_of_range")
 
     @app.exception_handler(DataError)
-    async def _data_error(_: Request, exc: DataError) -> JSONResponse:
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
         reason = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-        return JSONResponse(
-            status_code=422, content={"detail": f"a value in the request does not fit: {reason}"}
-        )
+        detail = f"a value in the request does not fit: {reason}"
+        return coded(request, 422, detail, code="value_does_not_fit")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # a route's own refusal, or the router's (unknown address 404, method 405)
+        if exc.status_code in (404, 405) and wants_html(request):
+            return _error_page(request, exc.status_code, str(exc.detail))
+        return coded(request, exc.status_code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -123,9 +122,47 @@ MAX_PROBLEMS = 50  # problems listed in one 422
 
 
 def request_locale(request: Request) -> str:
-    """zh_CN when the caller asks for Chinese (Accept-Language), else English."""
-    accept = request.headers.get("accept-language", "").lower()
-    return error_codes.ZH if accept.startswith("zh") else error_codes.EN
+    """The caller's language: ``?lang=`` or the UI's language cookie, else
+    Accept-Language (``zh*`` or ``en*``), else the workspace default (zh_CN)."""
+    from api.i18n import LANG_COOKIE, LOCALES
+
+    for value in (request.query_params.get("lang"), request.cookies.get(LANG_COOKIE)):
+        if value in LOCALES:
+            return str(value)
+    accept = request.headers.get("accept-language", "").strip().lower()
+    if accept.startswith("zh"):
+        return error_codes.ZH
+    if accept.startswith("en"):
+        return error_codes.EN
+    default = getattr(getattr(request.app.state, "settings", None), "ui_language", None)
+    return error_codes.EN if default == error_codes.EN else error_codes.ZH
+
+
+def coded(
+    request: Request,
+    status: int,
+    detail: Any,
+    headers: Mapping[str, str] | None = None,
+    *,
+    code: str | None = None,
+) -> JSONResponse:
+    """An error answer: ``detail`` (the domain's own text) with ``code``, ``params``
+    and ``message`` in the caller's language (``api.error_codes``)."""
+    locale = request_locale(request)
+    body = error_codes.error_body(detail, status, locale)
+    if code is not None:
+        body.update(code=code, params={}, message=error_codes.render(code, {}, locale))
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def _error_page(request: Request, status: int, detail: str) -> Response:
+    from api.views import render
+
+    locale = request_locale(request)
+    body = error_codes.error_body(detail, status, locale)
+    return render(
+        request, "ui/error.html", {"message": body["message"], "code": status}, status_code=status
+    )
 
 
 MAX_ECHO = 200  # characters of the input echoed per problem
@@ -218,7 +255,17 @@ def _document_validation_errors(app: FastAPI) -> None:
 # Open routes (api.app): no login, so no 401/403 and no security scheme.
 PUBLIC_PATHS = ("/healthz", "/metrics", "/api/wecom/callback")
 _MESSAGE = {
-    "application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+                "params": {"type": "object"},
+                "message": {"type": "string"},
+            },
+        }
+    }
 }
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 

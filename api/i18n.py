@@ -102,6 +102,12 @@ def environment(locale: str) -> Environment:
 
     env.filters["local"] = local
     env.filters["weekday_time"] = weekday_time
+    # the audit log in words (api.users.audit_words)
+    from api.users import audit_words
+
+    env.filters["audit_action"] = lambda action: audit_words.action_text(action, locale)
+    env.filters["audit_object"] = lambda kind: audit_words.object_text(kind, locale)
+    env.filters["audit_summary"] = lambda e: audit_words.summary_text(e.action, e.summary, locale)
     return env
 
 

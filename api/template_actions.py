@@ -24,6 +24,7 @@ from api.users import service as users_service
 from scheduler.flows import authoring, lifecycle
 from scheduler.flows.models import TestSend
 from scheduler.outbox import service as scheduler_service
+from scheduler.outbox.material_links import MaterialSigner
 from sop_templates import approvals
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
@@ -265,6 +266,7 @@ async def test_send(
         touchpoint=touchpoint,
         requested_by=me.user_id,
         requested_by_name=me.username,
+        sign_materials=MaterialSigner(engine, request.app.state.settings),
     )
     with session_scope(engine) as session:
         _record(

@@ -4,6 +4,7 @@ labels of statuses and kinds in the operators' words (DOMAIN.md)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -118,6 +119,28 @@ def zone_of(request: Request) -> ZoneInfo:
 
 def locale_of(request: Request) -> str:
     return negotiate(request, request.app.state.settings.ui_language)
+
+
+def error_text(request: Request, exc: Exception) -> str:
+    """A refusal shown on a page, in the user's language (``api.error_codes``):
+    a domain error by its code, a validation error by its first problem; text
+    that is already Chinese is kept. Never the exception's English text."""
+    from pydantic import ValidationError
+
+    from api import error_codes
+
+    locale = locale_of(request)
+    if isinstance(exc, ValidationError):
+        problems: list[Any] = list(exc.errors()) or [{}]
+        first = problems[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        code, params = error_codes.classify(where, str(first.get("msg", "")))
+        return error_codes.render(code, params, locale, where)
+    text = str(exc)
+    if re.search(r"[\u3400-\u9fff]", text) and not re.search(r"[A-Za-z]{4,}", text):
+        return text
+    code, params = error_codes.classify_error(text, 409)
+    return error_codes.render(code, params, locale)
 
 
 def translator(request: Request) -> Any:

@@ -5,16 +5,25 @@ Uploads are checked (type by content, not by name; size) and stored behind a
 small storage interface: :class:`LocalStorage` keeps them under the data
 directory (``SOPBOT_MATERIALS_DIR``); an S3-compatible store only has to offer
 the same three methods. A message part refers to a material by its address
-``/materials/<id>/<name>``, which the preview shows as the real image.
+``/materials/<id>/<name>``, which the preview shows as the real image; that
+address is served to signed-in users only. What leaves sopbot (a message for a
+channel, the staff inbox) carries a signed, expiring address instead
+(:func:`public_parts`): ``<public base>/materials/s/<id>.<expiry>.<signature>/<name>``,
+an HMAC-SHA256 of the id, expiry and name with the workspace secret key. It names
+no person; rotating the secret key revokes every address given out.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Column
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -204,3 +213,83 @@ def list_materials(session: Session, kind: str | None = None) -> list[Material]:
     if kind:
         query = query.where(Material.kind == kind)
     return list(session.exec(query).all())
+
+
+# -- signed addresses (channels, the staff inbox) ----------------------------------------
+
+SIGNED_PREFIX = "/materials/s/"
+# part kind → fields that may hold a material's address
+ADDRESS_FIELDS = {
+    "image": ("url",),
+    "file": ("url",),
+    "link": ("image_url",),
+    "miniprogram": ("pic_url",),
+}
+_LOCAL = re.compile(r"^/materials/(\d+)/([^/?#]+)$")
+
+
+class LinkRefused(ValueError):
+    """A signed address that is malformed, changed or expired."""
+
+
+def _signature(key: str, material_id: int, expires: int, name: str) -> str:
+    payload = f"material:{material_id}.{expires}.{name}".encode()
+    digest = hmac.new(key.encode("utf-8"), payload, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def link_expiry(now: datetime, days: float) -> datetime:
+    """``days`` after the end of ``now``'s UTC day: the same address all day long
+    (receivers and caches see one address per material per day)."""
+    day_end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    return day_end + timedelta(days=days)
+
+
+def signed_address(
+    key: str, base_url: str, material_id: int, name: str, expires_at: datetime
+) -> str:
+    """The public address of a material until ``expires_at``."""
+    expires = int(expires_at.timestamp())
+    token = f"{int(material_id)}.{expires}.{_signature(key, material_id, expires, name)}"
+    return f"{base_url.rstrip('/')}{SIGNED_PREFIX}{token}/{quote(name, safe='')}"
+
+
+def verify_address(key: str, token: str, name: str, now: datetime) -> int:
+    """The material id a signed address opens, or :class:`LinkRefused`."""
+    pieces = (token or "").split(".")
+    if len(pieces) != 3 or not pieces[0].isdigit() or not pieces[1].isdigit():
+        raise LinkRefused("malformed")
+    material_id, expires = int(pieces[0]), int(pieces[1])
+    if not hmac.compare_digest(_signature(key, material_id, expires, name), pieces[2]):
+        raise LinkRefused("changed")
+    if now.timestamp() >= expires:
+        raise LinkRefused("expired")
+    return material_id
+
+
+def has_local_address(parts: list[dict[str, Any]]) -> bool:
+    """Whether any part refers to the material library by its local address."""
+    return any(
+        str(part.get(name) or "").startswith(PREFIX)
+        for part in parts
+        for name in ADDRESS_FIELDS.get(str(part.get("kind")), ())
+    )
+
+
+def public_parts(
+    parts: list[dict[str, Any]], key: str, base_url: str, expires_at: datetime
+) -> list[dict[str, Any]]:
+    """``parts`` with every local material address (``/materials/<id>/<name>``)
+    replaced by its signed public address; other addresses are left as they are."""
+    out = []
+    for part in parts:
+        fields = ADDRESS_FIELDS.get(str(part.get("kind")), ())
+        changed = dict(part)
+        for name in fields:
+            match = _LOCAL.match(str(part.get(name) or ""))
+            if match:
+                changed[name] = signed_address(
+                    key, base_url, int(match.group(1)), unquote(match.group(2)), expires_at
+                )
+        out.append(changed)
+    return out

@@ -104,7 +104,9 @@ class Settings(BaseSettings):
         60.0, ge=0, description="how often digests, nudges and staff deadlines are checked"
     )
     public_url: str | None = Field(
-        None, description="sopbot's address as staff members reach it, for inbox links"
+        None,
+        description="sopbot's public base address (https://...) as staff members and channels "
+        "reach it: inbox links and material addresses start with it; default http://host:port",
     )
 
     # WeCom (企业微信) callback: 客户联系 → 接收事件服务器 (the callback is off until all three are set)
@@ -135,6 +137,12 @@ class Settings(BaseSettings):
     materials_dir: str = Field(
         "./sopbot-materials",
         description="where the material library keeps uploaded images and files",
+    )
+    material_link_days: float = Field(
+        30.0,
+        gt=0,
+        description="signed material addresses in messages and the staff inbox stay valid "
+        "this many days (rotating the secret key revokes them all)",
     )
 
     # operator UI and API auth (api.auth)
@@ -202,6 +210,10 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="root log level (DEBUG, INFO, WARNING, ...)")
     run_scheduler: bool = Field(True, description="run the scheduler inside `serve`")
     sql_echo: bool = Field(False, description="log every SQL statement (debugging)")
+
+    def public_base(self) -> str:
+        """The address links leaving sopbot start with (no trailing slash)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 def markdown_table() -> str:

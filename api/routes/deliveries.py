@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlmodel import col, select
 
 from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep
+from api.errors import request_locale
 from channels.models import MockMessage
 from scheduler.analytics import log
 from scheduler.analytics.log import InvalidLogQuery, LogFilter
@@ -192,13 +193,14 @@ def _export(
     clock: Any,
     sort: str,
     order: str,
+    lang: str = "zh_CN",
 ) -> StreamingResponse:
     # now: once the response has started streaming it is too late for a 422
     log.check_sort(sort, order)
     zone = ZoneInfo(settings.default_timezone)
     stamp = clock.now().astimezone(zone).strftime("%Y%m%d-%H%M%S")
     if kind == "csv":
-        body = log.export_csv(engine, flt, zone, sort=sort, order=order)
+        body = log.export_csv(engine, flt, zone, sort=sort, order=order, lang=lang)
         media = "text/csv; charset=utf-8"
     else:
         body = log.export_ndjson(engine, flt, sort=sort, order=order)
@@ -212,6 +214,7 @@ def _export(
 
 @router.get("/deliveries/export.csv", response_class=StreamingResponse)
 def export_csv(
+    request: Request,
     flt: LogFilterDep,
     engine: EngineDep,
     settings: SettingsDep,
@@ -220,8 +223,10 @@ def export_csv(
     order: Order = "desc",
 ) -> StreamingResponse:
     """The filtered log as CSV (UTF-8 with BOM for Excel; times in the workspace
-    zone), streamed: memory stays flat for any number of rows."""
-    return _export("csv", flt, engine, settings, clock, sort, order)
+    zone; column names, statuses and reasons in the caller's language: ``?lang=``,
+    the UI's language, else Accept-Language, else Chinese), streamed: memory stays
+    flat for any number of rows."""
+    return _export("csv", flt, engine, settings, clock, sort, order, request_locale(request))
 
 
 @router.get("/deliveries/export.ndjson", response_class=StreamingResponse)

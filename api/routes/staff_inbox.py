@@ -26,6 +26,7 @@ from scheduler.analytics import execution
 from scheduler.staff import links
 from scheduler.staff import service as staff_service
 from scheduler.staff.service import StaffTaskError
+from sop_templates import materials
 
 router = APIRouter(include_in_schema=False)
 api_router = APIRouter(prefix="/api/staff", tags=["staff"])
@@ -106,6 +107,11 @@ def inbox_page(
         day_start=day_start,
         pinned_external_id=pinned,
     )
+    # images and files of the material library: their signed public address
+    # (the staff member has no login to fetch the library's own address with)
+    key, expires = auth.secret_key(request), materials.link_expiry(now, settings.material_link_days)
+    for task in [t for step in box.open for t in step.tasks] + box.finished:
+        task.parts = materials.public_parts(task.parts, key, settings.public_base(), expires)
     gettext = translator(request)
     notice = {
         "done": N_("Marked as sent: %(n)s"),

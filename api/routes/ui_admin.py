@@ -16,7 +16,7 @@ from api.auth import Admin, CurrentUser, Reader
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
 from api.users import audit
 from api.users import service as users_service
-from api.views import redirect, render, translator
+from api.views import error_text, redirect, render, translator
 from channels import service as channels_service
 from channels.base import AdapterContext, ChannelError
 from channels.breaker import CircuitBreakers
@@ -84,7 +84,7 @@ async def create_channel(
             {
                 "rows": _channel_rows(session, engine, settings),
                 "adapters": [a for a in channels_service.adapter_catalog() if a.get("available")],
-                "flash_error": str(exc),
+                "flash_error": error_text(request, exc),
                 "new": {**dict(form), "config": _echo(str(form.get("adapter") or ""), form)},
             },
             status_code=422,
@@ -176,7 +176,10 @@ def _channel_page(
         problem = None
     except ChannelError as exc:
         # What can be shown of a config that no longer validates: secrets masked.
-        config, problem = channels_service.mask_declared(row.adapter, row.config), str(exc)
+        config, problem = (
+            channels_service.mask_declared(row.adapter, row.config),
+            error_text(request, exc),
+        )
     schema: dict[str, Any] = next(
         (
             a["config_schema"]
@@ -276,7 +279,7 @@ async def save_channel(
             engine,
             settings,
             name,
-            flash_error=str(exc),
+            flash_error=error_text(request, exc),
             config_json=_echo(channels_service.get_instance(session, name).adapter, form),
             status=422,
         )
@@ -367,7 +370,7 @@ async def create_user(
             {
                 "users": users_service.list_users(session),
                 "roles": users_service.ROLES,
-                "flash_error": str(exc),
+                "flash_error": error_text(request, exc),
                 "new": {
                     "username": form.get("username"),
                     "display_name": form.get("display_name"),
@@ -407,7 +410,7 @@ async def update_user(user_id: int, request: Request, me: Admin, session: Sessio
             {
                 "users": users_service.list_users(session),
                 "roles": users_service.ROLES,
-                "flash_error": str(exc),
+                "flash_error": error_text(request, exc),
             },
             status_code=422,
         )
@@ -463,7 +466,7 @@ async def save_account(request: Request, me: CurrentUser, session: SessionDep) -
                 password=new_password or None,
             )
     except users_service.UserError as exc:
-        return _account(request, session, me, flash_error=str(exc), status=422)
+        return _account(request, session, me, flash_error=error_text(request, exc), status=422)
     auth.record(request, session, me, "user.update_self", object_kind="user", object_id=me.user_id)
     if new_password:  # sessions ended: log in again
         return redirect(request, "/login")
@@ -481,7 +484,7 @@ async def create_token(
                 session, me.user_id, str(form.get("name") or ""), clock.now()
             )
     except users_service.UserError as exc:
-        return _account(request, session, me, flash_error=str(exc), status=422)
+        return _account(request, session, me, flash_error=error_text(request, exc), status=422)
     auth.record(
         request,
         session,

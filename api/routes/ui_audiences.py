@@ -16,7 +16,7 @@ from api import template_actions
 from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep
 from api.routes import ui_audience_edit
-from api.views import redirect, render, translator
+from api.views import error_text, redirect, render, translator
 from audiences import saved_segments, segments
 from audiences import search as audiences_search
 from audiences import service as audiences_service
@@ -167,7 +167,7 @@ async def enroll(
             request, session, me, template, pairs, clock.now(), named=f"{kind} {target_id}"
         )
     except (scheduler_service.EnrollmentError, templates_service.NotFound) as exc:
-        return _detail(request, session, kind, target_id, flash_error=str(exc))
+        return _detail(request, session, kind, target_id, flash_error=error_text(request, exc))
     path = "contacts" if kind == "contact" else "groups"
     return redirect(request, f"/{path}/{target_id}?done=enrolled")
 
@@ -238,7 +238,7 @@ def segments_page(
             segment = segments.SEGMENT_KINDS[kind].model_validate(raw)
             result = segments.preview(session, segments.SEGMENT_TARGET[kind], segment, limit=20)  # type: ignore[arg-type]
         except (ValidationError, KeyError, ValueError) as exc:
-            error = str(exc)
+            error = error_text(request, exc)
     return render(
         request,
         "ui/segments.html",

@@ -12,7 +12,7 @@ from api import auth
 from api.deps import ClockDep, SessionDep
 from api.i18n import LANG_COOKIE, LOCALES
 from api.users import service as users_service
-from api.views import render, translator
+from api.views import error_text, render, translator
 
 router = APIRouter(include_in_schema=False)
 
@@ -144,7 +144,7 @@ def setup(
                 "token": token,
                 "username": username,
                 "login_csrf": csrf_token,
-                "error": str(exc),
+                "error": error_text(request, exc),
             },
             status_code=422,
         )

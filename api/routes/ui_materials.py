@@ -8,13 +8,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from api import error_codes
+from api import auth, error_codes
 from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep, SettingsDep
 from api.views import locale_of, redirect, render
 from sop_templates import materials
 
 router = APIRouter(include_in_schema=False)
+# signed addresses: no login (the signature is the credential), see app.py
+public_router = APIRouter(include_in_schema=False)
 
 
 def storage_of(settings: Any) -> materials.LocalStorage:
@@ -75,8 +77,32 @@ async def material_card(
 def material_file(
     material_id: int, name: str, me: Reader, session: SessionDep, settings: SettingsDep
 ) -> Response:
+    return _serve(session, settings, material_id, None)
+
+
+@public_router.get("/materials/s/{token}/{name}")
+def signed_material_file(
+    token: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> Response:
+    """A material by its signed address (channels, the staff inbox): no login;
+    an address that is not one is unknown (404), a changed or expired one is
+    refused (403)."""
+    try:
+        material_id = materials.verify_address(auth.secret_key(request), token, name, clock.now())
+    except materials.LinkRefused as exc:
+        status = 404 if str(exc) == "malformed" else 403
+        return Response(status_code=status, headers={"Cache-Control": "no-store"})
+    return _serve(session, settings, material_id, name)
+
+
+def _serve(session: Any, settings: Any, material_id: int, name: str | None) -> Response:
     material = session.get(materials.Material, material_id)
-    if material is None or material.storage_key is None:
+    if material is None or material.storage_key is None or name not in (None, material.name):
         return Response(status_code=404)
     try:
         data = storage_of(settings).load(material.storage_key)

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from api.auth import Reader
 from api.deps import ClockDep, ReaderDep, SettingsDep
-from api.views import locale_of, render
+from api.views import error_text, locale_of, render
 from scheduler.analytics import outcomes
 from scheduler.flows import forecast as forecasting
 from scheduler.outbox import policies
@@ -38,7 +38,7 @@ def forecast_panel(
             workspace=policies.WorkspaceDefaults.from_settings(settings),
         )
     except TemplateError as exc:
-        error = str(exc)
+        error = error_text(request, exc)
     return render(
         request, "ui/_forecast.html", {"template": template, "forecast": result, "error": error}
     )

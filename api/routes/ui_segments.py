@@ -17,7 +17,7 @@ from api import auth, template_actions
 from api.auth import Author, Reader
 from api.deps import ClockDep, SessionDep
 from api.i18n import N_
-from api.views import redirect, render, translator
+from api.views import error_text, redirect, render, translator
 from audiences import saved_segments
 from audiences import search as audiences_search
 from audiences.saved_segments import Picked, SegmentError
@@ -208,6 +208,8 @@ async def new_sop(
         template = template_actions.create(request, session, me, spec, clock.now())
     except TemplateError as exc:
         session.rollback()
-        context = _picker(session, picked, [], saved.name, saved=saved, error=str(exc))
+        context = _picker(
+            session, picked, [], saved.name, saved=saved, error=error_text(request, exc)
+        )
         return render(request, "ui/segment_build.html", context, status_code=409)
     return redirect(request, f"/templates/{template.id}?done=created")

@@ -19,7 +19,7 @@ from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep, ge
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
-from api.views import is_htmx, locale_of, redirect, render, translator, zone_of
+from api.views import error_text, is_htmx, locale_of, redirect, render, translator, zone_of
 from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
@@ -327,7 +327,8 @@ def _panels(
     try:
         preview = authoring.preview(session, spec, preview_target or None)
     except (audiences_service.NotFound, authoring.AuthoringError) as exc:
-        preview, preview_error = authoring.preview(session, spec, None), str(exc)
+        preview = authoring.preview(session, spec, None)
+        preview_error = error_text(request, exc)
     targets = _choices(session, spec.target)
     me = getattr(request.state, "principal", None)
     own = users_service.get_user(session, me.user_id).test_contact if me else None
@@ -544,7 +545,7 @@ async def test_send(
             request, me, engine, clock, template_id, target, touchpoint
         )
     except (audiences_service.NotFound, TemplateError, authoring.AuthoringError) as exc:
-        return _after(request, template_id, error=str(exc))
+        return _after(request, template_id, error=error_text(request, exc))
     if is_htmx(request):
         with session_scope(engine) as session:
             rows = authoring.test_sends(session, template_id, limit=10)
@@ -579,7 +580,7 @@ def _lifecycle(
             get_settings(request),
             template,
             editor_forms.form_from_spec(template.draft),
-            flash_error=str(exc),
+            flash_error=error_text(request, exc),
             status=409,
         )
     return redirect(request, f"/templates/{template_id}?done={done}")

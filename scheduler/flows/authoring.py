@@ -30,6 +30,7 @@ from scheduler.flows.membership import fixed_start
 from scheduler.flows.models import TestSend
 from scheduler.outbox import policies
 from scheduler.outbox.dispatch import _capability_problem
+from scheduler.outbox.material_links import MaterialSigner
 from scheduler.outbox.models import DeliveryStatus
 from sop_templates import service as templates_service
 from sop_templates.rendering import RenderError, build_context, render_parts, sample_context
@@ -262,6 +263,7 @@ async def test_send(
     touchpoint: str | None = None,
     requested_by: int | None = None,
     requested_by_name: str = "",
+    sign_materials: MaterialSigner | None = None,
 ) -> TestSend:
     """Send one touchpoint of the template's draft (default: the first) to one
     contact or group through the template's channel, now, and record it.
@@ -309,7 +311,7 @@ async def test_send(
                 target_kind=spec.target,
                 target_external_id=target["external_id"],
                 account_external_id=account.get("external_id"),
-                parts=row.parts,
+                parts=sign_materials(row.parts, clock.now()) if sign_materials else row.parts,
                 mode=tp.mode,
                 target_name=target.get("name"),
                 template_name=spec.name,

@@ -37,6 +37,7 @@ from channels.breaker import CircuitBreakers
 from channels.ratelimit import build_limiter
 from channels.registry import ChannelPool
 from scheduler.outbox import leases, policies, transitions, wecom_quota
+from scheduler.outbox.material_links import MaterialSigner
 from scheduler.outbox.models import GATHERED_MODES, DeliveryStatus
 from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
@@ -122,6 +123,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         self._breaker_seen: dict[str, dict[str, Any]] = {}
         self._cap_checks: dict[int, CapCheck] = {}
         self._quota_checks: dict[int, wecom_quota.QuotaCheck] = {}
+        self._sign_materials = MaterialSigner(engine, settings)
 
     def use_workspace(self, settings: Settings) -> None:
         """New workspace defaults (quiet hours, cap): policies worked out from the

@@ -23,6 +23,7 @@ from channels.breaker import CircuitBreakers
 from channels.ratelimit import RateLimiter
 from channels.registry import ChannelPool
 from scheduler.outbox import modes, policies, wecom_quota
+from scheduler.outbox.material_links import MaterialSigner
 from scheduler.outbox.models import DeliveryStatus
 from scheduler.outbox.transitions import Outcome
 from scheduler.outcomes import experiments, links
@@ -67,6 +68,7 @@ class BatchPreparation:
     _breaker_seen: dict[str, dict[str, Any]]
     _cap_checks: dict[int, CapCheck]
     _quota_checks: dict[int, wecom_quota.QuotaCheck]
+    _sign_materials: MaterialSigner
 
     def _prepare(
         self, rows: Sequence[Any]
@@ -131,7 +133,8 @@ class BatchPreparation:
             )
             try:
                 content, _variant = outcomes_cache.content_for(row, touchpoint, variant_facts)
-                parts = render_parts(content, context)
+                # library materials leave with their signed public address
+                parts = self._sign_materials(render_parts(content, context), now)
             except RenderError as exc:
                 outcomes[row.id] = Outcome(S.FAILED, f"content could not be rendered: {exc}")
                 continue

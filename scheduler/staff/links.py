@@ -67,8 +67,7 @@ def verify(key: str, token: str, now: datetime) -> StaffLink:
 def inbox_url(settings: Settings, key: str, account_id: int, now: datetime) -> str:
     """The inbox address a digest carries, valid ``staff_link_hours``."""
     token = sign(key, account_id, now + timedelta(hours=settings.staff_link_hours))
-    base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    return f"{base}/staff/inbox?{urlencode({'t': token})}"
+    return f"{settings.public_base()}/staff/inbox?{urlencode({'t': token})}"
 
 
 # The operator UI's workspace settings table (api.users.models.WorkspaceSetting),

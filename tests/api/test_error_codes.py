@@ -24,9 +24,15 @@ SAMPLE = {
     "size": 5000,
     "channel": "wx",
     "limit": 4000,
+    "key": "7",
+    "adapter": "wx",
+    "roles": "x",
+    "status": "draft",
+    "to": "paused",
 }
 # English words a Chinese message may carry as they are (formats, examples, names)
 ZH_ALLOWED = {"Asia", "Shanghai", "AppID", "https", "pages", "index", "SOP", "coupon", "abcdef"}
+ZH_ALLOWED |= {"API", "JSON"}
 ZH_ALLOWED |= {"PNG", "JPG", "GIF", "WEBP", "PDF", "Word", "Excel", "PPT", "TXT", "ZIP"}
 
 
@@ -134,5 +140,79 @@ def test_the_api_answers_with_codes(client, engine, clock):
     problem = answer.json()["errors"][0]
     assert problem["code"] == "offset_invalid" and problem["params"] == {"value": "soon"}
     assert problem["message"].startswith("「soon」不是一段时长")
-    english = client.post("/api/templates", json=spec, headers=headers).json()["errors"][0]
+    english = client.post(
+        "/api/templates", json=spec, headers={**headers, "Accept-Language": "en-US"}
+    ).json()["errors"][0]
     assert english["message"].startswith("“soon” is not a duration")
+    # no language asked for: the workspace's (Chinese)
+    plain = client.post("/api/templates", json=spec, headers=headers).json()["errors"][0]
+    assert plain["message"].startswith("「soon」不是一段时长")
+
+
+def _assert_coded(answer, status: int, code: str, chinese: str) -> dict:
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["code"] == code, body
+    assert isinstance(body["params"], dict)
+    assert chinese in body["message"], body
+    assert (
+        not set(ASCII_WORD.findall(body["message"])) - ZH_ALLOWED - {"nope", "missing", "mock"}
+    ), body
+    assert "detail" in body  # the domain's own text, as before
+    return body
+
+
+def test_404_and_409_answers_are_coded_in_the_callers_language(client, engine, clock):
+    from auth_helpers import make_auth_headers
+
+    headers = make_auth_headers(engine, clock.now())
+    zh = {**headers, "Accept-Language": "zh-CN,zh;q=0.9"}
+    cases = [
+        (
+            client.get("/api/templates/999", headers=zh),
+            404,
+            "template_not_found",
+            "找不到 SOP 模板",
+        ),
+        (client.get("/api/contacts/nope", headers=zh), 404, "contact_not_found", "找不到客户 nope"),
+        (client.get("/api/groups/missing", headers=zh), 404, "group_not_found", "找不到客户群"),
+        (client.get("/api/channels/nope", headers=zh), 404, "channel_not_found", "找不到渠道"),
+        (client.patch("/api/users/999", json={}, headers=zh), 404, "user_not_found", "找不到用户"),
+        (client.delete("/api/tokens/999", headers=zh), 404, "token_not_found", "找不到 API 令牌"),
+        (client.get("/api/no-such-route", headers=zh), 404, "resource_not_found", "找不到"),
+    ]
+    for answer, status, code, chinese in cases:
+        body = _assert_coded(answer, status, code, chinese)
+        if code == "template_not_found":
+            assert body["params"] == {"key": "999"}
+
+    spec = library.load("new_friend")
+    created = client.post("/api/templates", json=spec, headers=zh)
+    assert created.status_code == 201, created.text
+    template_id = created.json()["id"]
+    again = client.post("/api/templates", json=spec, headers=zh)
+    body = _assert_coded(again, 409, "name_taken", "已有同名的 SOP")
+    assert body["params"] == {"name": spec["name"]}
+    never = client.post(f"/api/templates/{template_id}/resume", headers=zh)
+    body = _assert_coded(never, 409, "status_not_allowed", "当前为草稿，不能改为已发布")
+    assert body["params"]["status"] == "draft"
+    channel = {"name": "mock", "adapter": "mock", "config": {}}
+    _assert_coded(
+        client.post("/api/channels", json=channel, headers=zh), 409, "channel_exists", "已有名为"
+    )
+
+    # the same answers in English when asked, with no Chinese in them
+    english = client.get("/api/templates/999", headers={**headers, "Accept-Language": "en"})
+    assert english.json()["message"] == "there is no SOP template 999"
+    # 401 and 403 too
+    anonymous = client.get("/api/templates", headers={"Accept-Language": "zh-CN"})
+    _assert_coded(anonymous, 401, "not_authenticated", "请先登录")
+    analyst = make_auth_headers(engine, clock.now(), username="ana", roles=["analyst"])
+    refused = client.post("/api/templates", json=spec, headers=analyst)  # no language: Chinese
+    _assert_coded(refused, 403, "forbidden", "你的角色不能")
+
+
+def test_an_unknown_page_is_an_error_page_in_words(client):
+    page = client.get("/no-such-page", headers={"accept": "text/html"})
+    assert page.status_code == 404
+    assert "找不到所请求的内容" in page.text and "Not Found" not in page.text

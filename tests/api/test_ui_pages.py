@@ -174,7 +174,7 @@ def test_a_refused_lifecycle_step_explains_why(client, operator):
     form = editor_forms.form_from_spec(library.load("new_friend"))
     client.post("/templates/new", data=posted(form, operator))
     response = client.post("/templates/1/pause", data={"csrf_token": operator})
-    assert response.status_code == 409 and "cannot make it paused" in response.text
+    assert response.status_code == 409 and "当前为草稿，不能改为已暂停" in response.text
 
 
 def test_ui_test_send_with_htmx(client, operator, engine):

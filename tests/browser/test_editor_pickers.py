@@ -1,10 +1,14 @@
-"""An operator builds the README's three SOPs with the pickers only (no typed
-code) and the stored timings are the README's; shorthand typed instead gives the
-same. Chinese UI, 1366 px; screenshots in test-output/screenshots/."""
+"""An operator builds the README's three SOPs with the pickers and the material
+library only (no typed code: the menu image, the questionnaire link and the mall
+mini-program come from 素材库) and the stored timings are the README's; shorthand
+typed instead gives the same. Chinese UI, 1366 px; screenshots in
+test-output/screenshots/."""
 
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from typing import Any
 
 import pytest
@@ -58,6 +62,57 @@ def post(page: Any, selector: str) -> None:
     page.wait_for_selector("#editor")
 
 
+def png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    rows = b"".join(b"\x00" + b"\xe0\x60\x20" * 8 for _ in range(8))
+    header = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + (chunk(b"IEND", b""))
+    )
+
+
+def fill_library(page: Any, live: Any) -> None:
+    """素材库: the menu picture, the questionnaire link and the mall mini-program."""
+    page.goto(f"{live.url}/materials")
+    page.set_input_files(
+        "#material-file", files=[{"name": "菜单.png", "mimeType": "image/png", "buffer": png()}]
+    )
+    page.click("#upload-button")
+    page.wait_for_url(re.compile(r"/materials\?done=1"))
+    for kind, fields in (
+        ("link", {"title": "问卷", "url": "https://example.com/q"}),
+        (
+            "miniprogram",
+            {"title": "商城小程序", "appid": "wx0123456789abcdef", "page": "pages/mall/index.html"},
+        ),
+    ):
+        page.select_option("#card-kind", kind)
+        for name, value in fields.items():
+            page.fill(f"#card-{name}", value)
+        page.click("form[action='/materials/card'] button[type=submit]")
+        page.wait_for_url(re.compile(r"/materials\?done=1"))
+    assert page.locator("#materials figure").count() == 3
+
+
+def add_part(page: Any, step: int, kind: str) -> None:
+    page.select_option(f"#tp-{step}-new-part", kind)
+    post(page, f"button[name=action][value='add_part:{step}']")
+
+
+def stored_parts(engine, name: str) -> list[list[dict]]:
+    with Session(engine) as session:
+        template = next(t for t in templates_service.list_templates(session) if t.name == name)
+        spec = templates_service.parse_spec(template.draft)
+    return [[p.model_dump(exclude_none=True) for p in tp.content] for tp in spec.touchpoints]
+
+
 def save(page: Any) -> None:
     page.click("#save")
     page.wait_for_url(re.compile(r"/templates/\d+\?done=created"))
@@ -66,6 +121,7 @@ def save(page: Any) -> None:
 def test_the_three_readme_sops_with_pickers_only(live, page, engine, clock):
     expect = sync_api.expect
     login(page, live, engine, clock)
+    fill_library(page, live)
 
     # 1 · 新好友 SOP: 加好友后 0 分钟 / 3 小时 / 第 2 天 20:00
     page.goto(f"{live.url}/templates/new?start=blank")
@@ -76,12 +132,17 @@ def test_the_three_readme_sops_with_pickers_only(live, page, engine, clock):
     page.fill("#tp-0-part-0-text", "你好！")
     page.click("#tp-0-part-0 button[data-insert='{{ contact.name }}']")  # 插入客户昵称
     expect(page.locator("#tp-0-part-0-text")).to_have_value("你好！{{ contact.name }}")
+    add_part(page, 0, "link")  # the questionnaire, from the library
+    page.select_option("#tp-0-part-1-from-library", label="问卷")
+    expect(page.locator("#tp-0-part-1-url")).to_have_value("https://example.com/q")
     post(page, "button[name=action][value='add_touchpoint']")
     expect(page.locator("#tp-1-name")).to_be_focused()  # focus kept on the new step
     expect(page.locator("#tp-1-name")).to_have_value("第 2 步")  # a new step starts valid
     page.fill("#tp-1-name", "小程序和优惠券")
     page.fill("#tp-1-offset_n", "3")
     page.select_option("#tp-1-offset_unit", "h")
+    add_part(page, 1, "miniprogram")  # the mall mini-program, from the library
+    page.select_option("#tp-1-part-1-from-library", label="商城小程序")
     post(page, "button[name=action][value='add_touchpoint']")
     page.fill("#tp-2-name", "第二天提醒")
     page.select_option("#tp-2-timing_kind", "day_at")
@@ -109,6 +170,9 @@ def test_the_three_readme_sops_with_pickers_only(live, page, engine, clock):
     assert asked == ["beforeunload"] and "/templates/new" in page.url
     save(page)
     assert stored_timings(engine, "新好友 SOP") == readme_timings("新好友 SOP")
+    parts = stored_parts(engine, "新好友 SOP")
+    assert parts[0][1] == {"kind": "link", "title": "问卷", "url": "https://example.com/q"}
+    assert parts[1][1]["kind"] == "miniprogram" and parts[1][1]["appid"] == "wx0123456789abcdef"
 
     # 2 · 客户标签 SOP: 从打标签开始，第 1 天 20:00 / 第 2 天 19:30 / 第 3 天 09:00
     page.goto(f"{live.url}/templates/new?start=blank")
@@ -139,6 +203,10 @@ def test_the_three_readme_sops_with_pickers_only(live, page, engine, clock):
     page.fill("#tp-0-part-0-text", "今日菜单")
     page.select_option("#tp-0-repeat_freq", "daily")
     page.fill("#tp-0-repeat_time", "11:00")
+    add_part(page, 0, "image")  # the menu picture, from the library
+    page.select_option("#tp-0-part-1-from-library", label="菜单.png")
+    # the live preview shows the real picture, not its address
+    expect(page.locator("#preview img[src^='/materials/']").first).to_be_visible()
     post(page, "button[name=action][value='add_touchpoint']")
     page.fill("#tp-1-name", "美食小贴士")
     page.fill("#tp-1-repeat_time", "18:00")
@@ -148,6 +216,8 @@ def test_the_three_readme_sops_with_pickers_only(live, page, engine, clock):
     shot(page, "pickers-groups")
     save(page)
     assert stored_timings(engine, "群聊 SOP") == readme_timings("群聊 SOP")
+    menu = stored_parts(engine, "群聊 SOP")[0]
+    assert re.fullmatch(r"/materials/\d+/菜单\.png", menu[1]["url"]), menu
     # the saved group SOP shows its repeat in the picker, not as cron
     expect(page.locator("#tp-0-timing_kind")).to_have_value("repeat")
     expect(page.locator("#tp-1-repeat_time")).to_have_value("18:00")

@@ -22,7 +22,8 @@ CJK = re.compile(r"[\u3400-\u9fff]")
 ENGLISH_ERRORS = re.compile(
     r"Input should|String should|Field required|dict object|pydantic|Value error|"
     r"is not a duration|needs 5 fields|must be unique|undefined variable|already past|"
-    r"\d+ per \d+[dhm]\b|Traceback|Internal Server Error|has no attribute"
+    r"\d+ per \d+[dhm]\b|Traceback|Internal Server Error|has no attribute|Not Found|"
+    r"Method Not Allowed|cannot make it|already exists"
 )
 
 
@@ -90,6 +91,7 @@ def pages(ids: dict[str, int]) -> list[str]:
         "/calendar?view=day&day=2027-03-03",
         "/calendar?view=month",
         "/materials",
+        "/no-such-page",  # an unknown address: an error page in words
     ]
 
 

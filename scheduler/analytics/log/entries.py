@@ -48,12 +48,42 @@ MODE_ZH = {
     "welcome": "欢迎语",
     "moment": "朋友圈",
 }
+# the same in English (the CSV export asked for in English)
+STATUS_EN = {
+    "scheduled": "scheduled",
+    "claimed": "claimed",
+    "sending": "sending",
+    "sent": "sent",
+    "failed": "failed",
+    "skipped": "skipped",
+    "cancelled": "cancelled",
+    "missed": "missed",
+    "unknown": "result unknown",
+    "awaiting_staff": "awaiting staff",
+    "done": "done by staff",
+    "skipped_by_staff": "skipped by staff",
+}
+TARGET_EN = {"contact": "contact", "group": "group chat"}
+MODE_EN = {
+    "send": "send",
+    "task": "mass-send task (staff confirm)",
+    "remind": "remind staff",
+    "welcome": "welcome message",
+    "moment": "moments post",
+}
 PART_ZH = {
     "image": "图片",
     "link": "链接",
     "miniprogram": "小程序",
     "file": "文件",
     "video": "视频",
+}
+PART_EN = {
+    "image": "image",
+    "link": "link",
+    "miniprogram": "mini-program",
+    "file": "file",
+    "video": "video",
 }
 
 

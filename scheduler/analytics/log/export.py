@@ -17,10 +17,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from scheduler.analytics.log.entries import (
+    MODE_EN,
     MODE_ZH,
     NO_TARGET,
     NO_TOUCHPOINT,
+    PART_EN,
+    PART_ZH,
+    STATUS_EN,
     STATUS_ZH,
+    TARGET_EN,
     TARGET_ZH,
     Labels,
     LogEntry,
@@ -34,6 +39,7 @@ from scheduler.analytics.log.entries import (
 )
 from scheduler.analytics.log.filters import LogFilter, check_sort
 from scheduler.analytics.log.paging import segments
+from sop_templates.wording import EN, ZH, reason_text
 from sopbot.db import is_sqlite
 from sopbot.sql import read_snapshot
 
@@ -187,6 +193,8 @@ class ExportLabels(Labels):
         self._csv_touchpoints: dict[tuple[int, int], str] = {}
         self._csv_accounts: dict[int | None, str] = {}
         self._csv_outcomes: dict[tuple[str, str, str, str], tuple[str, str]] = {}
+        self._csv_reasons: dict[str, str] = {}  # stored reason → its CSV cell, in words
+        self.lang = ZH
 
     def json_lines(self, rows: Sequence[LogRow], targets: Targets) -> bytes:
         """NDJSON lines of these rows, each ``LogEntry.as_json()`` of the row but
@@ -261,7 +269,8 @@ class ExportLabels(Labels):
         columns that follow from the touchpoint, the staff account or the outcome
         are written once per export and reused."""
         touchpoints, outcomes = self._csv_touchpoints, self._csv_outcomes
-        accounts = self._csv_accounts
+        accounts, reasons = self._csv_accounts, self._csv_reasons
+        parts = PART_EN if self.lang == EN else PART_ZH
         outcome_of = self.outcome
         local_text, seconds, parse = local.text, seconds_between, datetime.fromisoformat
         raw = self.raw_times
@@ -307,17 +316,25 @@ class ExportLabels(Labels):
                 else:
                     late = seconds(sent_at, due_at)
                 lateness = f"{late:.3f}"
-            content = csv_field(content_text(content_parts(rendered))) if rendered else ""
+            content = csv_field(content_text(content_parts(rendered), parts)) if rendered else ""
             clicks, first_click, converted_at = outcome_of(row_id)
             achieved = (
                 f",{clicks},{local_text(first_click)},{local_text(converted_at)}"
                 if clicks or converted_at is not None
                 else ",0,,"
             )
+            worded = ""
+            if reason:
+                known = reasons.get(reason)
+                if known is None:
+                    known = csv_field(reason_text(reason, self.lang))
+                    if len(reasons) < 10_000:
+                        reasons[reason] = known
+                worded = known
             out.append(
                 f"{row_id},{touchpoint},{outcome[0]},{csv_field(name) if name else ''},"
                 f"{target_id},{csv_field(external_id) if external_id else ''},{account},"
-                f"{outcome[1]},{csv_field(reason) if reason else ''},"
+                f"{outcome[1]},{worded},"
                 f"{local_text(due_at)},{sent},{finished},{lateness},{attempts},"
                 f"{csv_field(provider_message_id) if provider_message_id else ''},{content}"
                 f"{achieved}\r\n"
@@ -344,8 +361,11 @@ class ExportLabels(Labels):
 
     def _csv_outcome(self, kind: str, channel: str, mode: str, status: str) -> tuple[str, str]:
         """The target type column, and the channel, mode and status ones, of the CSV."""
-        return csv_field(TARGET_ZH.get(kind, kind)), csv_line(
-            (channel, MODE_ZH.get(mode, mode), STATUS_ZH.get(status, status)), end=""
+        targets, modes, statuses = (
+            (TARGET_EN, MODE_EN, STATUS_EN) if self.lang == EN else (TARGET_ZH, MODE_ZH, STATUS_ZH)
+        )
+        return csv_field(targets.get(kind, kind)), csv_line(
+            (channel, modes.get(mode, mode), statuses.get(status, status)), end=""
         )
 
 
@@ -396,7 +416,39 @@ class LocalTime:
         return f"{prefix}:{value.minute:02d}:{value.second:02d}"
 
 
-def csv_header(zone_name: str) -> list[str]:
+CSV_HEADER_EN = [
+    "delivery id",
+    "SOP template",
+    "template id",
+    "version",
+    "touchpoint",
+    "touchpoint id",
+    "target type",
+    "target",
+    "target id",
+    "target external id",
+    "staff account",
+    "channel",
+    "execution mode",
+    "status",
+    "reason",
+    "due ({zone})",
+    "sent ({zone})",
+    "finished ({zone})",
+    "lateness (s)",
+    "attempts",
+    "channel message id",
+    "content",
+    "clicks",
+    "first click ({zone})",
+    "converted ({zone})",
+]
+
+
+def csv_header(zone_name: str, lang: str = ZH) -> list[str]:
+    """The CSV's column names in ``lang`` (``zh_CN`` or ``en``)."""
+    if lang == EN:
+        return [name.format(zone=zone_name) for name in CSV_HEADER_EN]
     return [
         "发送任务ID",
         "SOP 模板",
@@ -455,13 +507,22 @@ def csv_line(fields: Iterable[str], *, end: str = "\r\n") -> str:
 
 
 def export_csv(
-    engine: Engine, flt: LogFilter, zone: tzinfo, *, sort: str = "due_at", order: str = "desc"
+    engine: Engine,
+    flt: LogFilter,
+    zone: tzinfo,
+    *,
+    sort: str = "due_at",
+    order: str = "desc",
+    lang: str = ZH,
 ) -> Iterator[bytes]:
     """The log as CSV, UTF-8 with a BOM (so Excel reads Chinese text), times in
-    ``zone``; one chunk of bytes per batch of rows."""
+    ``zone``, column names, statuses and reasons in ``lang`` (the reasons through
+    ``sop_templates.wording``, as on every page); one chunk of bytes per batch."""
     local = LocalTime(zone)
-    yield ("\ufeff" + csv_line(csv_header(str(zone)))).encode()
+    lang = EN if lang == EN else ZH
+    yield ("\ufeff" + csv_line(csv_header(str(zone), lang))).encode()
     for labels, rows, targets in _batches(engine, flt, sort=sort, order=order, csv=True):
+        labels.lang = lang
         yield labels.csv_text(rows, targets, local).encode()
 
 

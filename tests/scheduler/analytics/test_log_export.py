@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 import tracemalloc
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from scheduler.analytics import log
 from scheduler.analytics.log import entries as log_entries
 from scheduler.analytics.log import export as log_export
 from scheduler.outbox.models import Delivery
+from sop_templates.wording import reason_text
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2027, 3, 20, 4, 0, tzinfo=UTC)
@@ -85,6 +87,35 @@ def test_csv_round_trips_chinese_names_and_awkward_content(world, client):
     assert sorted(r[col["对象"]] for r in rows if r[col["状态"]] == "已发送") == sorted(
         CONTACT_NAMES
     )
+
+
+def test_csv_reasons_in_words_in_chinese_and_english(world, client):
+    """The reasons of skipped and deferred deliveries through the one formatter
+    (``sop_templates.wording``), the whole file in the caller's language."""
+    quiet = (
+        "quiet hours 22:00-08:00 (Asia/Shanghai): deferred from 2027-03-19 23:10 "
+        "to 2027-03-20 08:00"
+    )
+    for reason in (quiet, "time already past when enrolled"):
+        world.add(
+            world.contacts[1], status="skipped", reason=reason, due_at=NOW - timedelta(hours=20)
+        )
+    params = {"template_id": world.friend_template, "status": "skipped"}
+    zh = client.get("/api/deliveries/export.csv", params=params).content.decode("utf-8-sig")
+    assert "免打扰时段顺延至 08:00" in zh and "加入时该时间已过，已跳过" in zh
+    assert "quiet hours" not in zh and "already past" not in zh
+    english = client.get(
+        "/api/deliveries/export.csv", params=params, headers={"Accept-Language": "en"}
+    ).content.decode("utf-8-sig")
+    table = list(csv.reader(io.StringIO(english, newline="")))
+    assert table[0][:3] == ["delivery id", "SOP template", "template id"]
+    assert "deferred by quiet hours to 08:00" in english
+    assert "the time had already passed at entry; skipped" in english
+    for row in table[1:]:  # Chinese only in user data (template, contact, staff names)
+        cells = row[:1] + row[2:7] + row[8:10] + row[11:]
+        assert not re.search(r"[\u3400-\u9fff]", ",".join(cells)), row
+    same = client.get("/api/deliveries/export.csv", params={**params, "lang": "en"})
+    assert same.content.decode("utf-8-sig") == english
 
 
 def test_ndjson_has_the_api_row_shape_and_the_same_filters(world, client):
@@ -341,7 +372,7 @@ def _entries_csv(entries: list[log.LogEntry], zone: ZoneInfo) -> bytes:
                     e.channel,
                     log.MODE_ZH.get(e.mode, e.mode),
                     log.STATUS_ZH.get(e.status, e.status),
-                    e.reason or "",
+                    reason_text(e.reason),
                     local(e.due_at),
                     local(e.sent_at),
                     local(e.finished_at),
