@@ -136,7 +136,7 @@ def test_publish_keep_and_move_from_the_ui(client, operator, engine):
     moved = client.post("/templates/1/publish", data={"csrf_token": operator, "migrate": "move"})
     assert moved.status_code == 200
     audit = client.get("/audit").text
-    assert "v2 (move)" in audit
+    assert "版本 2（已加入的迁移到新版本）" in audit
 
 
 def test_ui_steps_leave_the_audit_entries_the_api_leaves(client, operator, engine, clock):
