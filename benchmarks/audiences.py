@@ -288,7 +288,9 @@ def phase_publish(
         with session_scope(engine) as session:
             template_id = templates_service.create_template(session, spec, NOW).id
         path = "set-based" if set_based else "rows"
-        _log(f"publish: enrolling a {contacts:,}-contact tagged segment ({path}, {engine.dialect.name})")
+        _log(
+            f"publish: enrolling a {contacts:,}-contact tagged segment ({path}, {engine.dialect.name})"
+        )
         load_start = round(os.getloadavg()[0], 2)
         started, cpu_started = time.perf_counter(), time.process_time()
         with (

@@ -19,9 +19,11 @@ enroll). The rows are the ones ``service.enroll`` writes, in the same order
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import product
 from typing import Any
 
-from sqlalchemy import Select, case, literal, select, true, union_all
+from sqlalchemy import Join, Select, case, literal, select, true, union_all
+from sqlalchemy.ext.compiler import compiles
 from sqlmodel import Session
 
 from scheduler.outbox import service
@@ -84,6 +86,7 @@ def enroll_all(
         e.target_kind == template.target_kind,
         e.cycle == 0,
         e.enrolled_at == literal(now, e.enrolled_at.type),
+        e.status == EnrollmentStatus.ACTIVE,
     )
     held: set[int] = set()
     if spec.holdout > 0:  # a hash per enrollment: computed on ids, marked in SQL
@@ -121,7 +124,7 @@ def enroll_all(
                 if held
                 else steps.c.finished_at,
             )
-            .select_from(ENROLLMENTS.join(steps, true()))
+            .select_from(_CrossJoin(ENROLLMENTS, steps, true()))
             .where(*fresh)
             .order_by(e.id, steps.c.position)
         )
@@ -141,6 +144,26 @@ def enroll_all(
         if plan.kind == "cron":
             service._fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
     return result
+
+
+class _CrossJoin(Join):
+    """``enrollments CROSS JOIN steps`` on SQLite, whose planner takes the
+    left table as the outer loop only when told so: enrollments in id order,
+    each with its few touchpoints, instead of the touchpoints outside and a
+    sort of every row written (a plain join elsewhere)."""
+
+    inherit_cache = True
+
+
+@compiles(_CrossJoin, "sqlite")
+def _cross_join_sqlite(element: _CrossJoin, compiler: Any, **kw: Any) -> str:
+    kw["asfrom"] = True
+    linter = kw.get("from_linter")
+    if linter is not None:  # joined on purpose: not a cartesian product by mistake
+        linter.edges.update(product(element.left._from_objects, element.right._from_objects))
+    left = compiler.process(element.left, **kw)
+    right = compiler.process(element.right, **kw)
+    return f"{left} CROSS JOIN {right}"
 
 
 def _outcome(

@@ -154,6 +154,8 @@ def test_set_based_publish_writes_the_rows_of_the_row_by_row_path(engine, monkey
     statuses = {(r[1], r[11], r[12]) for r in rows[:-1]}
     assert ("开课前", "skipped", "time already past when enrolled") in statuses
     assert any(s[1] == "skipped" and s[2] == "holdout" for s in statuses)
-    assert any(name == "深夜" and reason and "quiet hours" in reason for name, _, reason in statuses)
+    assert any(
+        name == "深夜" and reason and "quiet hours" in reason for name, _, reason in statuses
+    )
     assert {r[16] for r in rows[:-1] if r[1] == "预习"} == {"A", "B"}
     assert any(p[5] for p in people) and not all(p[5] for p in people)
