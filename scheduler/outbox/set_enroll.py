@@ -18,6 +18,8 @@ enroll). The rows are the ones ``service.enroll`` writes, in the same order
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from itertools import product
 from typing import Any
@@ -35,6 +37,8 @@ from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
 from sop_templates.timing import due_at, get_zone
 from sopbot.db import rowcount
 from sopbot.sql import insert_of
+
+BULK_CACHE_KIB = 512 * 1024  # at most; SQLite takes pages as it needs them
 
 
 def enroll_all(
@@ -54,9 +58,8 @@ def enroll_all(
             f"template {template.name!r} is {template.status}; only a published template enrolls"
         )
     spec = templates_service.version_spec(version)
-    zone = get_zone(spec.timezone)
     plans = service._plans(session, version)
-    e, d = ENROLLMENTS.c, DELIVERIES.c
+    e = ENROLLMENTS.c
     sqlite = session.get_bind().dialect.name == "sqlite"
     targets = target_ids.subquery("targets")
     target_id = next(iter(targets.c))
@@ -72,6 +75,40 @@ def enroll_all(
     ).order_by(target_id)  # enrollment ids in target order, as service.enroll gives them
     if sqlite:  # SQLite needs a WHERE on the SELECT of an upsert to parse ON CONFLICT
         enrollments = enrollments.where(true())
+    with _page_cache(session, sqlite):
+        return _write(session, template, version, spec, plans, enrollments, anchor, now)
+
+
+@contextmanager
+def _page_cache(session: Session, sqlite: bool) -> Iterator[None]:
+    """SQLite: a larger page cache while a bulk enroll runs. The outbox's
+    indexes of a million-row publish outgrow the usual cache many times over,
+    and each page evicted is read (and written) again."""
+    if not sqlite:
+        yield
+        return
+    connection = session.connection()
+    usual = connection.exec_driver_sql("PRAGMA cache_size").scalar()
+    connection.exec_driver_sql(f"PRAGMA cache_size={-BULK_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(f"PRAGMA cache_size={int(usual or -2000)}")
+
+
+def _write(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    spec: Any,
+    plans: list[Any],
+    enrollments: Select[Any],
+    anchor: datetime,
+    now: datetime,
+) -> service.EnrollResult:
+    e, d = ENROLLMENTS.c, DELIVERIES.c
+    zone = get_zone(spec.timezone)
+    sqlite = session.get_bind().dialect.name == "sqlite"
     result = service.EnrollResult()
     result.enrolled = rowcount(
         session.execute(
@@ -126,8 +163,9 @@ def enroll_all(
             )
             .select_from(_CrossJoin(ENROLLMENTS, steps, true()))
             .where(*fresh)
-            .order_by(e.id, steps.c.position)
         )
+        if sqlite:  # the order service.enroll writes in, free with the loops above
+            source = source.order_by(e.id, steps.c.position)
         result.deliveries = rowcount(
             session.execute(
                 insert_of(session, DELIVERIES)

@@ -147,7 +147,11 @@ def test_set_based_publish_writes_the_rows_of_the_row_by_row_path(engine, monkey
     counts, rows, people = set_way
     assert counts == rows_way[0]
     assert people == rows_way[2]
-    assert rows == rows_way[1]  # every column, and the order they were written in
+    if engine.dialect.name == "sqlite":  # every column, and the order they were written in
+        assert rows == rows_way[1]
+    else:  # every column; the order is the planner's
+        assert rows[:-1] == rows_way[1][:-1]
+        assert sorted(rows[-1]) == sorted(rows_way[1][-1])
     # the mixed case is really mixed
     enrolled = {p[0] for p in people}
     assert len(enrolled) == 40 - 6 - 3 - 1 == counts[0]
