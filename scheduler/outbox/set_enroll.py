@@ -18,8 +18,6 @@ enroll). The rows are the ones ``service.enroll`` writes, in the same order
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from itertools import product
 from typing import Any
@@ -37,8 +35,6 @@ from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
 from sop_templates.timing import due_at, get_zone
 from sopbot.db import rowcount
 from sopbot.sql import insert_of
-
-BULK_CACHE_KIB = 512 * 1024  # at most; SQLite takes pages as it needs them
 
 
 def enroll_all(
@@ -75,25 +71,7 @@ def enroll_all(
     ).order_by(target_id)  # enrollment ids in target order, as service.enroll gives them
     if sqlite:  # SQLite needs a WHERE on the SELECT of an upsert to parse ON CONFLICT
         enrollments = enrollments.where(true())
-    with _page_cache(session, sqlite):
-        return _write(session, template, version, spec, plans, enrollments, anchor, now)
-
-
-@contextmanager
-def _page_cache(session: Session, sqlite: bool) -> Iterator[None]:
-    """SQLite: a larger page cache while a bulk enroll runs. The outbox's
-    indexes of a million-row publish outgrow the usual cache many times over,
-    and each page evicted is read (and written) again."""
-    if not sqlite:
-        yield
-        return
-    connection = session.connection()
-    usual = connection.exec_driver_sql("PRAGMA cache_size").scalar()
-    connection.exec_driver_sql(f"PRAGMA cache_size={-BULK_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        connection.exec_driver_sql(f"PRAGMA cache_size={int(usual or -2000)}")
+    return _write(session, template, version, spec, plans, enrollments, anchor, now)
 
 
 def _write(
