@@ -29,7 +29,6 @@ transition's start status (or not held by the caller) is simply not touched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -331,8 +330,12 @@ def _write(
                 "b_rendered": o.rendered,
             }
         )
-    if session.get_bind().dialect.name == "postgresql":
-        return _write_set(session, name, owner, params)
+    # One ``UPDATE ... WHERE id = ?`` for many parameter sets: on SQLite one
+    # prepared statement stepped per row; on PostgreSQL psycopg 3 pipelines the
+    # executemany (one round trip for the batch) and prepares the statement, and
+    # each row is found by its primary key whatever the statistics say
+    # (``benchmarks/outcome_writes.py``: one ``UPDATE ... FROM unnest(...)`` for
+    # the batch costs the same at best, far more on stale statistics).
     table = repository.DELIVERIES
     stmt = (
         table.update()
@@ -362,49 +365,6 @@ def _write(
         )
     )
     return repository.execute_many(session.connection(), stmt, params)
-
-
-# PostgreSQL: a batch's outcomes as one array per column, unnested into one
-# UPDATE ... FROM: one statement for the whole batch (an executemany is one
-# UPDATE per row on the server, each with its own plan and index lookups).
-_SET_COLUMNS = (
-    ("b_id", "bigint"),
-    ("b_status", "varchar"),
-    ("b_reason", "varchar"),
-    ("b_provider", "varchar"),
-    ("b_sent_at", "timestamptz"),
-    ("b_finished_at", "timestamptz"),
-    ("b_run_at", "timestamptz"),
-    ("b_keep_run_at", "boolean"),
-    ("b_expires_at", "timestamptz"),
-    ("b_keep_expires_at", "boolean"),
-    ("b_rendered", "text"),
-)
-
-
-def _write_set(session: Session, name: str, owner: str, params: list[dict[str, Any]]) -> int:
-    arrays = ", ".join(f"%s::{kind}[]" for _, kind in _SET_COLUMNS)
-    names = ", ".join(column for column, _ in _SET_COLUMNS)
-    fence = ", ".join(f"'{start}'" for start in starts(name))  # statuses: fixed names
-    sql = f"""
-        UPDATE deliveries AS d SET
-            status = v.b_status, reason = v.b_reason, provider_message_id = v.b_provider,
-            sent_at = v.b_sent_at, finished_at = v.b_finished_at,
-            run_at = CASE WHEN v.b_keep_run_at THEN d.run_at ELSE v.b_run_at END,
-            expires_at = CASE WHEN v.b_keep_expires_at THEN d.expires_at ELSE v.b_expires_at END,
-            rendered = v.b_rendered::json, lease_owner = NULL, lease_expires_at = NULL
-        FROM unnest({arrays}) AS v({names})
-        WHERE d.id = v.b_id AND d.lease_owner = %s AND d.status IN ({fence})
-    """
-    columns: list[list[Any]] = [[] for _ in _SET_COLUMNS]
-    for row in params:
-        for values, (column, _) in zip(columns, _SET_COLUMNS, strict=True):
-            value = row[column]
-            if column == "b_rendered" and value is not None:
-                value = json.dumps(value)
-            values.append(value)
-    result = session.connection().exec_driver_sql(sql, (*columns, owner))
-    return max(result.rowcount, 0)
 
 
 def release(session: Session, *, owner: str, ids: Sequence[int] | None = None) -> int:
