@@ -25,6 +25,7 @@ from audiences.segments import segment_query
 from audiences.tables import TAG_ASSIGNMENTS, target_table
 from scheduler.flows import exclusivity
 from scheduler.outbox import service as scheduler_service
+from scheduler.outbox import set_enroll
 from scheduler.outbox.repository import ENROLLMENTS, chunked
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
@@ -145,11 +146,12 @@ def enrolls_at_publish(spec: TemplateSpec) -> bool:
     )
 
 
-def segment_targets(
+def _segment_newcomers(
     session: Session, spec: TemplateSpec, template_id: int, now: datetime
-) -> list[tuple[int, datetime]]:
-    """``(target id, anchor)`` of every active target in the template's segment
-    that was never enrolled in it and carries none of its exit tags — one query."""
+) -> tuple[Any, dict[str, int]]:
+    """``SELECT id`` of the active targets in the template's segment that were
+    never enrolled in it and carry none of its exit tags, and the ids of the
+    exit and anchor tags by name."""
     segment = spec.segment
     assert segment is not None
     table = target_table(spec.target)
@@ -177,9 +179,19 @@ def segment_targets(
         ENROLLMENTS.c.target_id == table.c.id,
     )
     conditions = [not_(enrolled), *(not_(has_tag(t)) for t in spec.exit.tags_added)]
+    return query.where(and_(*conditions)), tag_ids
+
+
+def segment_targets(
+    session: Session, spec: TemplateSpec, template_id: int, now: datetime
+) -> list[tuple[int, datetime]]:
+    """``(target id, anchor)`` of every active target in the template's segment
+    that was never enrolled in it and carries none of its exit tags — one query."""
+    query, tag_ids = _segment_newcomers(session, spec, template_id, now)
+    table = target_table(spec.target)
     if spec.anchor == "fixed":  # one anchor for everyone: no need to read it per row
         start = ensure_utc(fixed_start(spec))
-        ids = session.execute(query.where(and_(*conditions)).order_by(table.c.id)).scalars()
+        ids = session.execute(query.order_by(table.c.id)).scalars()
         return [(target_id, start) for target_id in ids]
     if spec.anchor == "tag" and spec.anchor_tag in tag_ids:
         anchor: ColumnElement[Any] = func.coalesce(
@@ -196,9 +208,7 @@ def segment_targets(
         anchor = literal(now, table.c.joined_at.type)
     else:
         anchor = table.c.joined_at
-    stmt = (
-        query.add_columns(anchor.label("anchor_at")).where(and_(*conditions)).order_by(table.c.id)
-    )
+    stmt = query.add_columns(anchor.label("anchor_at")).order_by(table.c.id)
     return [(row[0], ensure_utc(row[1])) for row in session.execute(stmt).all()]
 
 
@@ -235,15 +245,32 @@ def enroll_segment(
     now: datetime,
     *,
     progress: Callable[[int], None] | None = None,
+    set_based: bool = True,
 ) -> SegmentEnrollment:
     """Enroll everyone in the segment of a just-published version, where the
-    template says so (``enrolls_at_publish``), set-based: the segment is
-    evaluated in SQL and enrolled in chunks of 10,000."""
+    template says so (``enrolls_at_publish``), set-based: with a fixed start
+    (one anchor for everyone) and no mutually exclusive SOPs in SQL from end
+    to end (``scheduler.outbox.set_enroll``); with anchors per target (a group SOP
+    counted from each group's join time) the segment is evaluated in SQL and
+    its rows built in chunks of 10,000. ``set_based=False`` takes the second
+    way for a fixed start too (what the first is tested and measured against)."""
     spec = templates_service.version_spec(version)
     result = SegmentEnrollment()
     if not enrolls_at_publish(spec):
         return result
-    pairs, excluded = publish_targets(session, spec, template.id, now)  # type: ignore[arg-type]
+    excludes = exclusions(session, template.id, spec)  # type: ignore[arg-type]
+    if set_based and spec.anchor == "fixed" and not excludes:
+        # Exclusivity needs each target checked against the SOPs it excludes:
+        # an SOP that has any takes the row-by-row way below.
+        query, _ = _segment_newcomers(session, spec, template.id, now)  # type: ignore[arg-type]
+        written = set_enroll.enroll_all(
+            session, template, version, query, ensure_utc(fixed_start(spec)), now
+        )
+        if progress:
+            progress(written.enrolled)
+        return SegmentEnrollment(written.enrolled, written.deliveries, written.skipped)
+    pairs = segment_targets(session, spec, template.id, now)  # type: ignore[arg-type]
+    pairs, excluded = exclusivity.split(session, spec.target, pairs, excludes)
     result.excluded = exclusivity.record_skips(session, template, version, excluded, now)
     for chunk in chunked(pairs, ENROLL_CHUNK):
         enrolled = scheduler_service.enroll(session, template, chunk, now, version=version)

@@ -1,0 +1,209 @@
+"""Enrolling a whole segment that shares one anchor, in SQL: publishing a
+fixed-start template (a million contacts) writes its enrollments with one
+``INSERT ... SELECT`` over the segment and their deliveries with one more over
+the new enrollments, instead of building each row in Python
+(``service.enroll``).
+
+With one anchor every target's one-off touchpoint falls due at the same
+instant, so what ``service.enroll`` decides per row -- the due time, whether it
+is already past (skipped, or sent late), the template's quiet hours (deferred
+or skipped), the expiry -- is decided once per touchpoint here and written as
+constants. What SQL cannot compute portably is computed in Python on ids only:
+the holdout (a hash of the enrollment's identity: the held enrollments are
+marked, and their rows written ``skipped`` / ``holdout`` by a ``CASE`` on that
+mark) and A/B variants (``experiments.store_variants``, as after a row-by-row
+enroll). The rows are the ones ``service.enroll`` writes, in the same order
+(enrollment, then touchpoint), so even their ids match (tested).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import product
+from typing import Any
+
+from sqlalchemy import Join, Select, case, literal, select, true, union_all
+from sqlalchemy.ext.compiler import compiles
+from sqlmodel import Session
+
+from scheduler.outbox import service
+from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
+from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
+from scheduler.outcomes import experiments
+from sop_templates import service as templates_service
+from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
+from sop_templates.timing import due_at, get_zone
+from sopbot.db import rowcount
+from sopbot.sql import insert_of
+
+
+def enroll_all(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    target_ids: Select[Any],
+    anchor: datetime,
+    now: datetime,
+) -> service.EnrollResult:
+    """Enroll every target ``target_ids`` selects (one column, the target id;
+    targets already enrolled in this template left alone) into ``version``,
+    all anchored at ``anchor``, and write their deliveries -- the rows
+    ``service.enroll`` would write for the same targets, set-based."""
+    if template.status not in (TemplateStatus.PUBLISHED, TemplateStatus.PAUSED):
+        raise service.EnrollmentError(
+            f"template {template.name!r} is {template.status}; only a published template enrolls"
+        )
+    spec = templates_service.version_spec(version)
+    plans = service._plans(session, version)
+    e = ENROLLMENTS.c
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    targets = target_ids.subquery("targets")
+    target_id = next(iter(targets.c))
+    enrollments = select(
+        literal(template.id),
+        literal(version.id),
+        literal(template.target_kind),
+        target_id,
+        literal(0),
+        literal(anchor, e.anchor_at.type),
+        literal(now, e.enrolled_at.type),
+        literal(EnrollmentStatus.ACTIVE),
+    ).order_by(target_id)  # enrollment ids in target order, as service.enroll gives them
+    if sqlite:  # SQLite needs a WHERE on the SELECT of an upsert to parse ON CONFLICT
+        enrollments = enrollments.where(true())
+    return _write(session, template, version, spec, plans, enrollments, anchor, now)
+
+
+def _write(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    spec: Any,
+    plans: list[Any],
+    enrollments: Select[Any],
+    anchor: datetime,
+    now: datetime,
+) -> service.EnrollResult:
+    e, d = ENROLLMENTS.c, DELIVERIES.c
+    zone = get_zone(spec.timezone)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    result = service.EnrollResult()
+    result.enrolled = rowcount(
+        session.execute(
+            insert_of(session, ENROLLMENTS)
+            .from_select(list(service._ENROLLMENT_COLUMNS), enrollments)
+            .on_conflict_do_nothing()
+        )
+    )
+    fresh = (
+        e.template_id == template.id,
+        e.version_id == version.id,
+        e.target_kind == template.target_kind,
+        e.cycle == 0,
+        e.enrolled_at == literal(now, e.enrolled_at.type),
+        e.status == EnrollmentStatus.ACTIVE,
+    )
+    held: set[int] = set()
+    if spec.holdout > 0:  # a hash per enrollment: computed on ids, marked in SQL
+        rows = session.execute(select(e.id, e.target_id).where(*fresh)).all()
+        held = experiments.held_enrollments(spec, template.id, template.target_kind, 0, rows)  # type: ignore[arg-type]
+        experiments.mark_held(session, held)
+    one_offs = [p for p in plans if p.kind != "cron"]
+    if result.enrolled and one_offs:
+        steps = union_all(
+            *(_step(plan, position, anchor, zone, now) for position, plan in enumerate(one_offs))
+        ).subquery("steps")
+        is_held = e.holdout == true()
+        skipped = literal(DeliveryStatus.SKIPPED)
+        source = (
+            select(
+                e.id,
+                steps.c.touchpoint_id,
+                literal(0),
+                e.template_id,
+                e.version_id,
+                e.target_kind,
+                e.target_id,
+                literal(spec.channel),
+                steps.c.mode,
+                steps.c.due_at,
+                steps.c.run_at,
+                steps.c.expires_at,
+                case((is_held, skipped), else_=steps.c.status) if held else steps.c.status,
+                case((is_held, literal(experiments.HOLDOUT_REASON)), else_=steps.c.reason)
+                if held
+                else steps.c.reason,
+                literal(0),
+                literal(now, d.created_at.type),
+                case((is_held, literal(now, d.finished_at.type)), else_=steps.c.finished_at)
+                if held
+                else steps.c.finished_at,
+            )
+            .select_from(_CrossJoin(ENROLLMENTS, steps, true()))
+            .where(*fresh)
+        )
+        if sqlite:  # the order service.enroll writes in, free with the loops above
+            source = source.order_by(e.id, steps.c.position)
+        result.deliveries = rowcount(
+            session.execute(
+                insert_of(session, DELIVERIES)
+                .from_select(list(service.DELIVERY_COLUMNS), source)
+                .on_conflict_do_nothing()
+            )
+        )
+        for plan in one_offs:
+            status, _, _ = _outcome(plan, anchor, zone, now)
+            result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
+        experiments.store_variants(session, version, spec)
+    # Cron occurrences already fanned out ahead of time must include newcomers.
+    for plan in plans:
+        if plan.kind == "cron":
+            service._fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
+    return result
+
+
+class _CrossJoin(Join):
+    """``enrollments CROSS JOIN steps`` on SQLite, whose planner takes the
+    left table as the outer loop only when told so: enrollments in id order,
+    each with its few touchpoints, instead of the touchpoints outside and a
+    sort of every row written (a plain join elsewhere)."""
+
+    inherit_cache = True
+
+
+@compiles(_CrossJoin, "sqlite")
+def _cross_join_sqlite(element: _CrossJoin, compiler: Any, **kw: Any) -> str:
+    kw["asfrom"] = True
+    linter = kw.get("from_linter")
+    if linter is not None:  # joined on purpose: not a cartesian product by mistake
+        linter.edges.update(product(element.left._from_objects, element.right._from_objects))
+    left = compiler.process(element.left, **kw)
+    right = compiler.process(element.right, **kw)
+    return f"{left} CROSS JOIN {right}"
+
+
+def _outcome(
+    plan: Any, anchor: datetime, zone: Any, now: datetime
+) -> tuple[str, str | None, datetime]:
+    due = due_at(plan.timing, anchor, zone)
+    return service._one_off_outcome(plan, due, now)
+
+
+def _step(plan: Any, position: int, anchor: datetime, zone: Any, now: datetime) -> Select[Any]:
+    """One touchpoint's constant columns: what ``service.enroll`` decides for a
+    row anchored at ``anchor``, decided once."""
+    d = DELIVERIES.c
+    due = due_at(plan.timing, anchor, zone)
+    status, reason, run_at = service._one_off_outcome(plan, due, now)
+    finished = now if status != DeliveryStatus.SCHEDULED else None
+    return select(
+        literal(plan.touchpoint_id, d.touchpoint_id.type).label("touchpoint_id"),
+        literal(position, d.attempts.type).label("position"),
+        literal(plan.mode, d.mode.type).label("mode"),
+        literal(due, d.due_at.type).label("due_at"),
+        literal(run_at, d.run_at.type).label("run_at"),
+        literal(run_at + plan.grace, d.expires_at.type).label("expires_at"),
+        literal(status, d.status.type).label("status"),
+        literal(reason, d.reason.type).label("reason"),
+        literal(finished, d.finished_at.type).label("finished_at"),
+    )
