@@ -158,18 +158,32 @@ class WeComAdapter:
         self._token_lock = asyncio.Lock()
         self._moment_ids: dict[str, str] = {}  # moment job id -> moment id
         self._corp_tags: dict[str, str] | None = None  # tag name -> WeCom tag id
+        # (media type, address) -> (WeCom media id, uploaded at): channels.wecom_media
+        self._media: dict[tuple[str, str], tuple[str, datetime]] = {}
 
     # -- sending ------------------------------------------------------------
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         # The welcome and moment modes live in their own modules, which use this one.
-        from channels import wecom_moments, wecom_welcome
+        from channels import wecom_media, wecom_moments, wecom_welcome
 
         results: list[SendResult | None] = [None] * len(messages)
+        messages = list(messages)
+        # covers and files by address become WeCom media first (channels.wecom_media)
+        uploads = [
+            i
+            for i, m in enumerate(messages)
+            if m.mode in ("task", "welcome") and any(map(wecom_media.needs_upload, m.parts))
+        ]
+        failed = await wecom_media.with_media_all(self, messages, uploads)
+        for index, result in failed.items():
+            results[index] = result
         task_indices: list[int] = []
         moment_indices: list[int] = []
         welcome_indices: list[int] = []
         for index, message in enumerate(messages):
+            if index in failed:
+                continue
             if message.mode == "task":
                 task_indices.append(index)
             elif message.mode == "remind":
@@ -355,6 +369,36 @@ class WeComAdapter:
             seen.add(cursor)
 
     # -- HTTP plumbing --------------------------------------------------------
+
+    async def _upload(self, media_type: str, filename: str, data: bytes) -> dict[str, Any]:
+        """``media/upload`` (multipart, field ``media``) with a valid token."""
+        for attempt in (0, 1):
+            token = await self._access_token()
+            try:
+                response = await self.context.http.post(
+                    f"{self._base_url}/media/upload",
+                    params={"access_token": token, "type": media_type},
+                    files={"media": (filename, data)},
+                    timeout=self.config.timeout_s,
+                )
+            except httpx.HTTPError as exc:
+                raise WeComAPIError(
+                    f"WeCom media/upload failed: {exc.__class__.__name__}", retryable=True
+                ) from None
+            if response.status_code != 200:
+                raise WeComAPIError(
+                    f"WeCom media/upload returned HTTP {response.status_code}",
+                    retryable=response.status_code >= 500,
+                )
+            answer: dict[str, Any] = response.json()
+            code = _errcode(answer)
+            if code in TOKEN_ERRCODES and attempt == 0:
+                self._invalidate_token(token)
+                continue
+            if code != 0:
+                raise WeComAPIError.from_errcode(code, str(answer.get("errmsg", "")))
+            return answer
+        raise WeComAPIError("WeCom media/upload: token refused twice", retryable=True)
 
     async def _call(
         self, path: str, body: dict[str, Any] | None = None, *, query: dict[str, str] | None = None

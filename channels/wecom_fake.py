@@ -51,6 +51,14 @@ ERR_NOT_FOUND = 84061  # "not external contact" (DOC 90313)
 # used once -- DOC 92137. The fake answers 41051 for a code used already (or a
 # customer who already chatted) and 41096 for a code that is unknown or expired.
 WELCOME_VALIDITY = timedelta(seconds=20)
+# DOC 90253 (media/upload): image ≤ 10 MB, file ≤ 20 MB, at least 5 bytes; a media
+# id lives 3 days. DOC 90313: 40004 invalid media type, 40007 invalid media_id,
+# 40005 invalid file type / size.
+ERR_MEDIA_TYPE = 40004
+ERR_MEDIA_SIZE = 40005
+ERR_MEDIA_ID = 40007
+MEDIA_LIMITS = {"image": 10 * 1024 * 1024, "file": 20 * 1024 * 1024}
+MEDIA_TTL = timedelta(days=3)
 ERR_WELCOME_USED = 41051
 ERR_WELCOME_INVALID = 41096
 # add_msg_template: at most 10,000 customers or 2,000 groups a task, text up to
@@ -140,6 +148,8 @@ class FakeWeCom:
         self.console_welcome: set[str] = set()  # members with a console welcome
         self.welcome_codes: dict[str, _WelcomeCode] = {}
         self.welcomes: list[dict[str, Any]] = []  # what send_welcome_msg delivered
+        # media id -> (type, file name, bytes, uploaded at): media/upload
+        self.media: dict[str, tuple[str, str, bytes, datetime]] = {}
         self.tasks: dict[str, _Task] = {}
         self.received: dict[str, list[datetime]] = {}  # customer/group -> mass messages
         self.tag_groups: dict[str, dict[str, Any]] = {}  # group_id -> {name, tags{id: name}}
@@ -274,6 +284,15 @@ class FakeWeCom:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.split("/cgi-bin/", 1)[-1]
+        if path == "media/upload":
+            return httpx.Response(
+                200,
+                json=self.upload(
+                    dict(request.url.params),
+                    request.headers.get("content-type", ""),
+                    request.read(),
+                ),
+            )
         body = json.loads(request.content) if request.content else {}
         return httpx.Response(
             200, json=self.handle(request.method, path, dict(request.url.params), body)
@@ -291,11 +310,51 @@ class FakeWeCom:
 
         async def endpoint(request: Request) -> JSONResponse:
             raw = await request.body()
+            if request.path_params["path"] == "media/upload":
+                content_type = request.headers.get("content-type", "")
+                return JSONResponse(self.upload(dict(request.query_params), content_type, raw))
             body = json.loads(raw) if raw else {}
             path = request.path_params["path"]
             return JSONResponse(self.handle(request.method, path, dict(request.query_params), body))
 
         return Starlette(routes=[Route("/cgi-bin/{path:path}", endpoint, methods=["GET", "POST"])])
+
+    def upload(self, params: dict[str, str], content_type: str, raw: bytes) -> dict[str, Any]:
+        """``media/upload``: a multipart body with one file in field ``media``."""
+        self.calls["media/upload"] += 1
+        try:
+            self._check_token(params)
+            media_type = params.get("type", "")
+            if media_type not in MEDIA_LIMITS:
+                raise _Reply(ERR_MEDIA_TYPE, f"invalid media type {media_type!r}")
+            name, data = _multipart_file(content_type, raw, "media")
+            if len(data) < 5 or len(data) > MEDIA_LIMITS[media_type]:
+                raise _Reply(ERR_MEDIA_SIZE, f"invalid file size {len(data)}")
+            media_id = f"media{next(self._ids)}"
+            self.media[media_id] = (media_type, name, data, self.clock.now())
+            created = int(self.clock.now().timestamp())
+            return {
+                "errcode": 0,
+                "errmsg": "ok",
+                "type": media_type,
+                "media_id": media_id,
+                "created_at": str(created),
+            }
+        except _Reply as reply:
+            return {"errcode": reply.errcode, "errmsg": reply.errmsg}
+
+    def _check_media(self, body: dict[str, Any]) -> None:
+        """Attachments naming media must name media uploaded in the last 3 days."""
+        for attachment in body.get("attachments") or []:
+            kind = attachment.get("msgtype")
+            inner = attachment.get(kind) or {}
+            media_id = inner.get("pic_media_id") if kind == "miniprogram" else inner.get("media_id")
+            if kind in ("miniprogram", "file") and not media_id:
+                raise _Reply(ERR_INVALID_PARAM, f"{kind} attachment needs a media id")
+            if media_id and kind in ("miniprogram", "file", "image"):
+                found = self.media.get(str(media_id))
+                if found is None or self.clock.now() - found[3] > MEDIA_TTL:
+                    raise _Reply(ERR_MEDIA_ID, f"invalid media_id {media_id}")
 
     def _routes(
         self,
@@ -332,6 +391,7 @@ class FakeWeCom:
         if code.used:
             raise _Reply(ERR_WELCOME_USED, "welcome message already sent for this code")
         _check_content(body)
+        self._check_media(body)
         code.used = True
         self.welcomes.append(
             {"userid": code.userid, "external_userid": code.external_userid, **body}
@@ -355,6 +415,7 @@ class FakeWeCom:
         if not sender:
             raise _Reply(ERR_INVALID_PARAM, "sender is required")
         _check_content(body)
+        self._check_media(body)
         msgid = f"msg{next(self._ids)}"
         kept = [t for t in targets if t not in fail]
         self.tasks[msgid] = _Task(
@@ -531,3 +592,20 @@ def _check_content(body: dict[str, Any]) -> None:
         raise _Reply(ERR_INVALID_PARAM, f"more than {MAX_ATTACHMENTS} attachments")
     if not text and not body.get("attachments"):
         raise _Reply(ERR_INVALID_PARAM, "empty message")
+
+
+def _multipart_file(content_type: str, raw: bytes, field: str) -> tuple[str, bytes]:
+    """The file name and bytes of form field ``field`` of a multipart body."""
+    import email.parser
+    import email.policy
+
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
+    if not message.is_multipart():
+        raise _Reply(ERR_INVALID_PARAM, "media/upload needs a multipart/form-data body")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == field:
+            payload = part.get_payload(decode=True)
+            return str(part.get_filename() or ""), payload if isinstance(payload, bytes) else b""
+    raise _Reply(ERR_INVALID_PARAM, f"no form field {field!r}")

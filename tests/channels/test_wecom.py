@@ -353,17 +353,10 @@ async def test_attachments_map_to_wecom_shapes(adapter: WeComAdapter, fake: Fake
 @pytest.mark.parametrize(
     ("parts", "error_has"),
     [
-        ([{"kind": "file", "url": "https://example.com/a.pdf", "name": "a.pdf"}], "media upload"),
+        # covers and files by web address are uploaded first (test_wecom_media.py)
+        ([{"kind": "file", "url": "ftp://example.com/a.pdf", "name": "a.pdf"}], "web address"),
         (
-            [
-                {
-                    "kind": "miniprogram",
-                    "appid": "wx1",
-                    "page": "p",
-                    "title": "t",
-                    "pic_url": "https://x",
-                }
-            ],
+            [{"kind": "miniprogram", "appid": "wx1", "page": "p", "title": "t"}],
             "media_id",
         ),
         (
