@@ -68,14 +68,19 @@ REASON_WORDS: list[tuple[re.Pattern[str], str, str]] = [
         "channel {ch} raised {exc}: {raw}; outcome unknown, not resent",
     ),
     (
-        _p(r"content could not be rendered: (?P<raw>.*)"),
-        "内容无法生成：{raw}",
-        "the content could not be rendered: {raw}",
+        _p(r"content could not be rendered: (?P<inner>.*)"),
+        "内容无法生成：{inner}",
+        "the content could not be rendered: {inner}",
     ),
     (
-        _p(r"rendering took longer than (?P<raw>.*)"),
-        "内容生成耗时超过 {raw}",
-        "rendering took longer than {raw}",
+        _p(r"渲染超时：超过 (?P<ms>\d+) ms 的渲染预算 \(rendering took longer than its .*"),
+        "渲染超时：超过 {ms} ms 的渲染预算",
+        "rendering took longer than its {ms} ms budget",
+    ),
+    (
+        _p(r"内容过长：(?P<what>\S+) 超过 (?P<max>[\d,]+) 个字符的上限 \(.*"),
+        "内容过长：{what} 超过 {max} 个字符的上限",
+        "too long: {what} is over the {max} character budget",
     ),
     # -- generic channel outcomes (scheduler.outbox.sending)
     (_p(r"skipped by the channel"), "渠道跳过了这次发送", "skipped by the channel"),
@@ -130,7 +135,11 @@ REASON_WORDS: list[tuple[re.Pattern[str], str, str]] = [
         "员工跳过：{raw}",
         "skipped by the staff member: {raw}",
     ),
-    (_p(r"the channel refused the digest"), "渠道拒收了员工待办汇总", "the channel refused the digest"),
+    (
+        _p(r"the channel refused the digest"),
+        "渠道拒收了员工待办汇总",
+        "the channel refused the digest",
+    ),
     # -- circuit breaker and registry (channels.breaker / channels.registry)
     (
         _p(
@@ -230,17 +239,23 @@ REASON_WORDS: list[tuple[re.Pattern[str], str, str]] = [
         "the welcome fell back to a reminder ({why}): {inner}",
     ),
     (
-        _p(r"welcome fell back to a reminder to staff (?P<who>\S+) \(app message (?P<id>\S+)\): (?P<raw>.*)"),
+        _p(
+            r"welcome fell back to a reminder to staff (?P<who>\S+) \(app message (?P<id>\S+)\): (?P<raw>.*)"
+        ),
         "欢迎语改为提醒员工 {who}（应用消息 {id}）：{raw}",
         "the welcome fell back to a reminder to staff {who} (app message {id}): {raw}",
     ),
     (
-        _p(r"welcome sent with the WelcomeCode of staff (?P<who>\S+)'s add event \(send_welcome_msg\)"),
+        _p(
+            r"welcome sent with the WelcomeCode of staff (?P<who>\S+)'s add event \(send_welcome_msg\)"
+        ),
         "已用员工 {who} 添加好友时的欢迎语凭证发送",
         "welcome sent with staff {who}'s add-friend welcome code",
     ),
     (
-        _p(r"WelcomeCode expired: (?P<age>\d+) s after the add event, WeCom accepts it for (?P<max>\d+) s"),
+        _p(
+            r"WelcomeCode expired: (?P<age>\d+) s after the add event, WeCom accepts it for (?P<max>\d+) s"
+        ),
         "欢迎语凭证已过期：添加好友后 {age} 秒，企业微信只接受 {max} 秒内发送",
         "welcome code expired: {age} s after the add event; WeCom accepts it for {max} s",
     ),

@@ -18,14 +18,24 @@ CASES: list[tuple[str, set[str]]] = [
     ("gave up after 3 attempts: temporary channel error", set()),
     ("gave up: next retry would be past the grace period (permanent channel error)", set()),
     ("gave up: retries ran past the grace period (last error: skipped by the channel)", set()),
-    ("attempt 2 failed, retrying: WeCom errcode 45009: api freq out of limit", {"api", "freq", "out", "limit"}),
+    (
+        "attempt 2 failed, retrying: WeCom errcode 45009: api freq out of limit",
+        {"api", "freq", "out", "limit"},
+    ),
     ("not sent within its grace period (scheduler down or backlog)", set()),
     ("not sent within its grace period: holdout", set()),
     (REAPED_UNKNOWN, set()),
     (REAPED_RESEND, set()),
-    ("channel wecom raised ReadTimeout: timed out; outcome unknown, not resent", {"wecom", "ReadTimeout", "timed", "out"}),
+    (
+        "channel wecom raised ReadTimeout: timed out; outcome unknown, not resent",
+        {"wecom", "ReadTimeout", "timed", "out"},
+    ),
     ("content could not be rendered: unknown field 'nickname'", {"unknown", "field", "nickname"}),
-    ("rendering took longer than 2.0 s", set()),
+    (
+        "content could not be rendered: 渲染超时：超过 200 ms 的渲染预算 (rendering took longer "
+        "than its 200 ms budget: a loop, recursion or filter does too much work)",
+        set(),
+    ),
     ("skipped by the channel", set()),
     ("temporary channel error", set()),
     ("permanent channel error", set()),
@@ -80,12 +90,18 @@ CASES: list[tuple[str, set[str]]] = [
     ("no staff account to remind", set()),
     ("no staff account owns this target to remind", set()),
     ("WeCom remind mode needs agent_id in the channel config", {"AgentId"}),
-    ("WeCom cannot send to customers directly; use mode 'task' (staff confirms a mass send) or 'remind'", set()),
+    (
+        "WeCom cannot send to customers directly; use mode 'task' (staff confirms a mass send) or 'remind'",
+        set(),
+    ),
     ("WeCom could not create the moment: errcode 40058", set()),
     ("staff lisi is not among the moment's publishers", {"lisi"}),
     ("moment mom1 published by staff lisi", {"mom1", "lisi"}),
     ("WeCom group bot returned HTTP 502", {"HTTP"}),
-    ("webhook returned HTTP 500: Internal Server Error", {"Webhook", "HTTP", "Internal", "Server", "Error"}),
+    (
+        "webhook returned HTTP 500: Internal Server Error",
+        {"Webhook", "HTTP", "Internal", "Server", "Error"},
+    ),
     ("message is empty: nothing to send", set()),
     ("template archived", {"SOP"}),
     ("time already past when enrolled", set()),
@@ -109,4 +125,7 @@ def test_every_reason_reads_in_english(stored: str, params: set[str]) -> None:
 
 
 def test_unknown_channel_text_is_kept_as_stored() -> None:
-    assert reason_text("something only the platform says", "zh_CN") == "something only the platform says"
+    assert (
+        reason_text("something only the platform says", "zh_CN")
+        == "something only the platform says"
+    )
