@@ -299,7 +299,33 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "value_does_not_fit": ("请求中的某个值无法保存", "a value in the request does not fit"),
     "batch_rejected": ("整批被拒绝，没有任何改动", "the batch was refused; nothing was applied"),
     "bad_request": ("请求有误", "the request is not valid"),
+    "request_invalid": (
+        "请求中有 {count} 处无效（首个：{name}）",
+        "{count} invalid value(s) in the request (first: {name})",
+    ),
+    "json_invalid": ("请求内容不是有效的 JSON", "the request body is not valid JSON"),
 }
+
+_LOC_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
+def validation_body(problems: list[dict[str, Any]], locale: str = ZH) -> dict[str, Any]:
+    """A malformed request's 422: FastAPI's ``detail`` list kept, with a
+    top-level ``code``, ``params`` and ``message`` in ``locale``."""
+    if any(p.get("type") == "json_invalid" for p in problems):
+        code, params = "json_invalid", {}
+    else:
+        loc = problems[0].get("loc", ()) if problems else ()
+        parts = [str(x) for x in loc if x not in _LOC_SOURCES] or [str(x) for x in loc[:1]]
+        params = {"name": ".".join(parts) or _this(locale), "count": len(problems)}
+        code = "request_invalid"
+    return {
+        "detail": problems,
+        "code": code,
+        "params": params,
+        "message": render(code, params, locale),
+    }
+
 
 # a template's status → (zh_CN, en)
 STATUS_WORDS: dict[str, tuple[str, str]] = {

@@ -110,10 +110,12 @@ def install(app: FastAPI) -> None:
         return coded(request, exc.status_code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's shape, but bounded and always encodable, whatever was sent.
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape, but bounded and always encodable, whatever was sent,
+        # with a code and a message in the caller's language on top.
         problems = [_bounded_problem(e) for e in exc.errors()[:MAX_PROBLEMS]]
-        return JSONResponse(status_code=422, content={"detail": problems})
+        body = error_codes.validation_body(problems, request_locale(request))
+        return JSONResponse(status_code=422, content=body)
 
     _document_validation_errors(app)
 

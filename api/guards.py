@@ -109,11 +109,13 @@ class StrictJSON:
             try:
                 check_json(body)
             except BadJSON as exc:
+                from api import error_codes
+                from api.errors import request_locale
+
+                problems = [{"type": "json_invalid", "loc": ["body"], "msg": str(exc)}]
                 response = JSONResponse(
                     status_code=422,
-                    content={
-                        "detail": [{"type": "json_invalid", "loc": ["body"], "msg": str(exc)}]
-                    },
+                    content=error_codes.validation_body(problems, request_locale(Request(scope))),
                 )
                 await response(scope, receive, send)
                 return

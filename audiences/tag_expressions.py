@@ -1,7 +1,8 @@
 """Tag expressions: which tags a segment asks for (AND / OR / NOT).
 
-Written as text (``spring-class-2027 and not purchased``, ``a & (b | !c)``) or
-structured (``{"all": [...]}``, ``{"any": [...]}``, ``{"not": ...}``), parsed
+Written as text (``spring-class-2027 and not purchased``, ``a & (b | !c)``,
+``春季班 且 非 已购买`` — 且 / 或 / 非 are and / or / not; a tag with one of
+these names is quoted) or structured (``{"all": [...]}``, ``{"any": [...]}``, ``{"not": ...}``), parsed
 into a small tree that is matched in Python on one target's tags and turned
 into SQL for whole tables. Nesting is limited (``MAX_DEPTH``): an expression is
 written by a person, and a deeper one would only exhaust the interpreter's stack.
@@ -144,7 +145,9 @@ class _Not(TagExpr):
         return "not " + self.item._text("not")
 
 
-_KEYWORDS = {"and", "or", "not"}
+_KEYWORDS = {"and", "or", "not", "且", "或", "非"}
+# Chinese operators read as their English keywords (the canonical text keeps English)
+_ZH_KEYWORDS = {"且": "and", "或": "or", "非": "not"}
 _BARE_TAG = re.compile(r'[^\s()!&|"]+')
 _TOKEN = re.compile(r'\s*(?:(?P<op>[()!&|])|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<word>[^\s()!&|"]+))')
 MAX_TAG_LENGTH = 100
@@ -218,7 +221,7 @@ def _parse_text(text: str) -> TagExpr:
         else:
             word = match.group("word")
             if word.lower() in _KEYWORDS:
-                tokens.append(("op", word.lower()))
+                tokens.append(("op", _ZH_KEYWORDS.get(word, word.lower())))
             else:
                 tokens.append(("tag", tag_name(word)))
     if not tokens:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from sop_templates.reason_words import REASON_WORDS
 from sop_templates.timing import parse_duration, parse_timing
 
 ZH = "zh_CN"
@@ -326,6 +327,7 @@ _REASONS: list[tuple[re.Pattern[str], str, str]] = [
         "missed while the scheduler was not running",
     ),
     (re.compile(r"^template archived$"), "SOP 已归档", "SOP archived"),
+    *REASON_WORDS,
 ]
 
 
@@ -342,7 +344,10 @@ def reason_text(reason: str | None, lang: str | None = ZH) -> str:
             cap = ""
             if "{cap}" in zh_text:
                 cap = cap_text(match.group(1), lang)
-            return (zh_text if zh else en_text).format(*groups, cap=cap)
+            named = {k: v or "" for k, v in match.groupdict().items()}
+            if named.get("inner"):
+                named["inner"] = reason_text(named["inner"], lang)
+            return (zh_text if zh else en_text).format(*groups, cap=cap, **named)
     return reason
 
 

@@ -216,3 +216,33 @@ def test_an_unknown_page_is_an_error_page_in_words(client):
     page = client.get("/no-such-page", headers={"accept": "text/html"})
     assert page.status_code == 404
     assert "找不到所请求的内容" in page.text and "Not Found" not in page.text
+
+
+def test_malformed_requests_are_coded_in_the_callers_language(client, engine, clock):
+    from auth_helpers import make_auth_headers
+
+    headers = make_auth_headers(engine, clock.now())
+    for lang, words in (("zh-CN", "请求内容不是有效的 JSON"), ("en-US", "not valid JSON")):
+        answer = client.post(
+            "/api/templates",
+            content=b'{"name": ',
+            headers={**headers, "Accept-Language": lang, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["code"] == "json_invalid" and body["params"] == {}
+        assert words in body["message"]
+        assert body["detail"][0]["type"] == "json_invalid"  # FastAPI's list, as before
+    for lang, words in (
+        ("zh-CN", "请求中有 1 处无效"),
+        ("en-US", "1 invalid value(s) in the request"),
+    ):
+        answer = client.get(
+            "/api/templates/not-a-number", headers={**headers, "Accept-Language": lang}
+        )
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["code"] == "request_invalid", body
+        assert body["params"]["count"] == 1 and body["params"]["name"]
+        assert words in body["message"]
+        assert isinstance(body["detail"], list) and body["detail"][0]["loc"]
