@@ -190,6 +190,13 @@ REASON_WORDS: list[tuple[re.Pattern[str], str, str]] = [
         "客户已不是发送员工的好友",
         "no longer a friend of the sending staff member",
     ),
+    (  # scheduler.outbox.tasks.awaiting_reason
+        _p(
+            r"mass-send task (?P<id>\S+) created for staff (?P<who>\S+); awaiting staff confirmation"
+        ),
+        "已为员工 {who} 创建群发任务 {id}，等待员工确认发送",
+        "mass-send task {id} created for staff {who}; waiting for the staff member to confirm",
+    ),
     (
         _p(r"mass-send task (?P<id>\S+) delivered"),
         "群发任务 {id} 已送达",

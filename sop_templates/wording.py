@@ -333,9 +333,22 @@ _REASONS: list[tuple[re.Pattern[str], str, str]] = [
 
 def reason_text(reason: str | None, lang: str | None = ZH) -> str:
     """A stored skip / defer / failure reason in the operator's words. Reasons
-    that name no known rule (a channel's own error text) are shown as stored."""
+    that name no known rule (a channel's own error text) are shown as stored.
+    A note joined to a reason (``"{note}; {reason}"``, ``outbox.sending``) is
+    worded part by part."""
     if not reason:
         return ""
+    start = reason.find("; ")
+    while start != -1:
+        head, tail = reason[:start], reason[start + 2 :]
+        worded = _one_reason(tail, lang)
+        if worded != tail:
+            return ("；" if _lang(lang) == ZH else "; ").join([reason_text(head, lang), worded])
+        start = reason.find("; ", start + 2)
+    return _one_reason(reason, lang)
+
+
+def _one_reason(reason: str, lang: str | None) -> str:
     zh = _lang(lang) == ZH
     for pattern, zh_text, en_text in _REASONS:
         match = pattern.match(reason)

@@ -129,3 +129,18 @@ def test_unknown_channel_text_is_kept_as_stored() -> None:
         reason_text("something only the platform says", "zh_CN")
         == "something only the platform says"
     )
+
+
+def test_a_note_joined_to_a_reason_is_worded_part_by_part() -> None:
+    from scheduler.outbox.tasks import awaiting_reason
+    from sop_templates.wording import reason_text
+
+    note = "welcome fell back to a mass-send task: no WelcomeCode"
+    stored = f"{note}; {awaiting_reason('msg1', 'staff_li')}"
+    zh = reason_text(stored, "zh_CN")
+    assert (
+        zh
+        == f"{reason_text(note, 'zh_CN')}；{reason_text(awaiting_reason('msg1', 'staff_li'), 'zh_CN')}"
+    )
+    assert zh.startswith("欢迎语改为群发任务") and zh.endswith("等待员工确认发送")
+    assert reason_text("channel said: x; y", "zh_CN") == "channel said: x; y"
