@@ -372,50 +372,35 @@ class WeComAdapter:
 
     async def _upload(self, media_type: str, filename: str, data: bytes) -> dict[str, Any]:
         """``media/upload`` (multipart, field ``media``) with a valid token."""
-        for attempt in (0, 1):
-            token = await self._access_token()
-            try:
-                response = await self.context.http.post(
-                    f"{self._base_url}/media/upload",
-                    params={"access_token": token, "type": media_type},
-                    files={"media": (filename, data)},
-                    timeout=self.config.timeout_s,
-                )
-            except httpx.HTTPError as exc:
-                raise WeComAPIError(
-                    f"WeCom media/upload failed: {exc.__class__.__name__}", retryable=True
-                ) from None
-            if response.status_code != 200:
-                raise WeComAPIError(
-                    f"WeCom media/upload returned HTTP {response.status_code}",
-                    retryable=response.status_code >= 500,
-                )
-            answer: dict[str, Any] = response.json()
-            code = _errcode(answer)
-            if code in TOKEN_ERRCODES and attempt == 0:
-                self._invalidate_token(token)
-                continue
-            if code != 0:
-                raise WeComAPIError.from_errcode(code, str(answer.get("errmsg", "")))
-            return answer
-        raise WeComAPIError("WeCom media/upload: token refused twice", retryable=True)
+        return await self._call(
+            "media/upload", query={"type": media_type}, files={"media": (filename, data)}
+        )
 
     async def _call(
-        self, path: str, body: dict[str, Any] | None = None, *, query: dict[str, str] | None = None
+        self,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        query: dict[str, str] | None = None,
+        files: dict[str, tuple[str, bytes]] | None = None,
     ) -> dict[str, Any]:
-        """POST ``body`` (GET with ``query`` when there is no body) with a valid
-        token; refresh the token once if WeCom rejects it."""
-        method = "POST" if body is not None else "GET"
+        """POST ``body`` or multipart ``files`` (GET with ``query`` when there is
+        neither) with a valid token; refresh the token once if WeCom rejects it."""
+        method = "POST" if body is not None or files else "GET"
         token = await self._access_token()
         data = await self._request(
-            method, path, params={"access_token": token, **(query or {})}, json=body
+            method, path, params={"access_token": token, **(query or {})}, json=body, files=files
         )
         code = _errcode(data)
         if code in TOKEN_ERRCODES:
             self._invalidate_token(token)
             token = await self._access_token()
             data = await self._request(
-                method, path, params={"access_token": token, **(query or {})}, json=body
+                method,
+                path,
+                params={"access_token": token, **(query or {})},
+                json=body,
+                files=files,
             )
             code = _errcode(data)
         if code != 0:
@@ -468,11 +453,12 @@ class WeComAdapter:
         *,
         params: dict[str, str],
         json: dict[str, Any] | None = None,
+        files: dict[str, tuple[str, bytes]] | None = None,
     ) -> dict[str, Any]:
         url = f"{self._base_url}/{path}"
         try:
             response = await self.context.http.request(
-                method, url, params=params, json=json, timeout=self.config.timeout_s
+                method, url, params=params, json=json, files=files, timeout=self.config.timeout_s
             )
         except httpx.TimeoutException:
             raise WeComAPIError(

@@ -284,16 +284,7 @@ class FakeWeCom:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.split("/cgi-bin/", 1)[-1]
-        if path == "media/upload":
-            return httpx.Response(
-                200,
-                json=self.upload(
-                    dict(request.url.params),
-                    request.headers.get("content-type", ""),
-                    request.read(),
-                ),
-            )
-        body = json.loads(request.content) if request.content else {}
+        body = _body(request.headers.get("content-type", ""), request.read())
         return httpx.Response(
             200, json=self.handle(request.method, path, dict(request.url.params), body)
         )
@@ -309,39 +300,25 @@ class FakeWeCom:
         from starlette.routing import Route
 
         async def endpoint(request: Request) -> JSONResponse:
-            raw = await request.body()
-            if request.path_params["path"] == "media/upload":
-                content_type = request.headers.get("content-type", "")
-                return JSONResponse(self.upload(dict(request.query_params), content_type, raw))
-            body = json.loads(raw) if raw else {}
+            body = _body(request.headers.get("content-type", ""), await request.body())
             path = request.path_params["path"]
             return JSONResponse(self.handle(request.method, path, dict(request.query_params), body))
 
         return Starlette(routes=[Route("/cgi-bin/{path:path}", endpoint, methods=["GET", "POST"])])
 
-    def upload(self, params: dict[str, str], content_type: str, raw: bytes) -> dict[str, Any]:
-        """``media/upload``: a multipart body with one file in field ``media``."""
-        self.calls["media/upload"] += 1
-        try:
-            self._check_token(params)
-            media_type = params.get("type", "")
-            if media_type not in MEDIA_LIMITS:
-                raise _Reply(ERR_MEDIA_TYPE, f"invalid media type {media_type!r}")
-            name, data = _multipart_file(content_type, raw, "media")
-            if len(data) < 5 or len(data) > MEDIA_LIMITS[media_type]:
-                raise _Reply(ERR_MEDIA_SIZE, f"invalid file size {len(data)}")
-            media_id = f"media{next(self._ids)}"
-            self.media[media_id] = (media_type, name, data, self.clock.now())
-            created = int(self.clock.now().timestamp())
-            return {
-                "errcode": 0,
-                "errmsg": "ok",
-                "type": media_type,
-                "media_id": media_id,
-                "created_at": str(created),
-            }
-        except _Reply as reply:
-            return {"errcode": reply.errcode, "errmsg": reply.errmsg}
+    def _upload(self, params: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        # DOC 90253: a multipart body with one file in field ``media``
+        media_type = params.get("type", "")
+        if media_type not in MEDIA_LIMITS:
+            raise _Reply(ERR_MEDIA_TYPE, f"invalid media type {media_type!r}")
+        content_type, raw = body.get(MULTIPART, ("", b""))
+        name, data = _multipart_file(content_type, raw, "media")
+        if len(data) < 5 or len(data) > MEDIA_LIMITS[media_type]:
+            raise _Reply(ERR_MEDIA_SIZE, f"invalid file size {len(data)}")
+        media_id = f"media{next(self._ids)}"
+        self.media[media_id] = (media_type, name, data, self.clock.now())
+        created = str(int(self.clock.now().timestamp()))
+        return {"type": media_type, "media_id": media_id, "created_at": created}
 
     def _check_media(self, body: dict[str, Any]) -> None:
         """Attachments naming media must name media uploaded in the last 3 days."""
@@ -373,6 +350,7 @@ class FakeWeCom:
             ("GET", "externalcontact/get_moment_task_result"): self._moment_result,
             ("POST", "externalcontact/get_moment_task"): self._moment_task,
             ("POST", "message/send"): self._app_message,
+            ("POST", "media/upload"): self._upload,
         }
 
     def _gettoken(self, params: dict[str, str]) -> dict[str, Any]:
@@ -592,6 +570,16 @@ def _check_content(body: dict[str, Any]) -> None:
         raise _Reply(ERR_INVALID_PARAM, f"more than {MAX_ATTACHMENTS} attachments")
     if not text and not body.get("attachments"):
         raise _Reply(ERR_INVALID_PARAM, "empty message")
+
+
+MULTIPART = "_multipart"  # a request body that is not JSON: (content type, raw bytes)
+
+
+def _body(content_type: str, raw: bytes) -> dict[str, Any]:
+    """A request's JSON body; a multipart one is kept raw for the route to read."""
+    if content_type.startswith("multipart/"):
+        return {MULTIPART: (content_type, raw)}
+    return json.loads(raw) if raw else {}
 
 
 def _multipart_file(content_type: str, raw: bytes, field: str) -> tuple[str, bytes]:
