@@ -245,6 +245,28 @@ def worker_totals(engine: Engine) -> dict[str, dict[str, int]]:
     return {r.id: {"claimed": r.claimed_total, "sent": r.sent_total} for r in rows}
 
 
+def release_template(engine: Engine, template_id: int) -> None:
+    """Make one template's parked deliveries due now."""
+    at = func.now()
+    with engine.begin() as conn:
+        conn.execute(
+            update(Delivery)
+            .where(Delivery.template_id == template_id)  # type: ignore[arg-type]
+            .values(due_at=at, run_at=at)
+        )
+
+
+def template_outcomes(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
+    """(status, reason) -> count for one template's deliveries."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Delivery.status, Delivery.reason, func.count())  # type: ignore[call-overload]
+            .where(Delivery.template_id == template_id)
+            .group_by(Delivery.status, Delivery.reason)
+        ).all()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
 def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> float:
     """Poll ``predicate`` until true; returns the seconds it took."""
     started = time.monotonic()

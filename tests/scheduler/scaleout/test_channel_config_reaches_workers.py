@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 from harness import (
     add_mock_channel,
+    release_template,
     seed_parked,
+    template_outcomes,
     wait_until,
     worker_totals,
     workers,
 )
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from channels import service as channels_service
@@ -41,28 +43,6 @@ PER_PHASE = 120
 TAKES_EFFECT_S = REFRESH_SECONDS + 2.0
 
 
-def _release(engine: Engine, template_id: int) -> None:
-    """Make one template's parked deliveries due now."""
-    at = func.now()
-    with engine.begin() as conn:
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.template_id == template_id)  # type: ignore[arg-type]
-            .values(due_at=at, run_at=at)
-        )
-
-
-def _outcomes(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
-    """(status, reason) -> count for one template's deliveries."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Delivery.status, Delivery.reason, func.count())  # type: ignore[call-overload]
-            .where(Delivery.template_id == template_id)
-            .group_by(Delivery.status, Delivery.reason)
-        ).all()
-    return {(r[0], r[1]): r[2] for r in rows}
-
-
 def _statuses(outcomes: dict[tuple[str, str | None], int]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for (status, _), n in outcomes.items():
@@ -71,7 +51,7 @@ def _statuses(outcomes: dict[tuple[str, str | None], int]) -> dict[str, int]:
 
 
 def _settled(engine: Engine, template_id: int) -> bool:
-    return all(status in ("sent", "failed") for status, _ in _outcomes(engine, template_id))
+    return all(status in ("sent", "failed") for status, _ in template_outcomes(engine, template_id))
 
 
 def _received(engine: Engine, template_id: int) -> int:
@@ -95,12 +75,12 @@ def _change(engine: Engine, **patch: Any) -> None:
 
 
 def _phase(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
-    _release(engine, template_id)
+    release_template(engine, template_id)
     try:
         wait_until(lambda: _settled(engine, template_id), 60, interval=0.2, what="settled")
     except TimeoutError as exc:
-        raise AssertionError(f"not settled: {_outcomes(engine, template_id)}") from exc
-    return _outcomes(engine, template_id)
+        raise AssertionError(f"not settled: {template_outcomes(engine, template_id)}") from exc
+    return template_outcomes(engine, template_id)
 
 
 def test_disable_and_edit_reach_both_workers_without_restart(

@@ -17,12 +17,18 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from harness import add_mock_channel, now, seed_parked, wait_until, workers
-from sqlalchemy import func, select, update
+from harness import (
+    add_mock_channel,
+    now,
+    release_template,
+    seed_parked,
+    template_outcomes,
+    wait_until,
+    workers,
+)
 from sqlalchemy.engine import Engine
 
 from api import workspace_settings
-from scheduler.outbox.models import Delivery
 from sopbot.db import session_scope
 
 pytestmark = pytest.mark.postgres
@@ -34,35 +40,17 @@ REFRESH_S = 0.5
 TAKES_EFFECT_S = REFRESH_S + 2.0
 
 
-def _release(engine: Engine, template_id: int) -> None:
-    at = func.now()
-    with engine.begin() as conn:
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.template_id == template_id)  # type: ignore[arg-type]
-            .values(due_at=at, run_at=at)
-        )
-
-
-def _outcomes(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Delivery.status, Delivery.reason, func.count())  # type: ignore[call-overload]
-            .where(Delivery.template_id == template_id)
-            .group_by(Delivery.status, Delivery.reason)
-        ).all()
-    return {(r[0], r[1]): r[2] for r in rows}
-
-
 def _phase(engine: Engine, template_id: int) -> dict[tuple[str, str | None], int]:
-    _release(engine, template_id)
+    release_template(engine, template_id)
     wait_until(
-        lambda: all(s in ("sent", "skipped", "failed") for s, _ in _outcomes(engine, template_id)),
+        lambda: all(
+            s in ("sent", "skipped", "failed") for s, _ in template_outcomes(engine, template_id)
+        ),
         60,
         interval=0.2,
         what="settled",
     )
-    return _outcomes(engine, template_id)
+    return template_outcomes(engine, template_id)
 
 
 def test_quiet_hours_saved_elsewhere_hold_in_a_running_worker(
