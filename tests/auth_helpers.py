@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -48,3 +50,17 @@ def make_auth_headers(
 ) -> dict[str, str]:
     """``Authorization: Bearer …`` of a new user with ``roles`` (default: admin)."""
     return token_headers(engine, now, make_user(engine, now, username, roles))
+
+
+def ui_login(
+    client: Any, engine: Engine, clock: Any, username: str = "wang", roles: Any = ("operator",)
+) -> str:
+    """Create a user with ``roles`` and sign in through the login form; returns
+    the page's CSRF token."""
+    make_user(engine, clock.now(), username, list(roles))
+    page = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    done = client.post(
+        "/login", data={"username": username, "password": "test-password", "csrf_token": token}
+    )
+    return re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)  # type: ignore[union-attr]

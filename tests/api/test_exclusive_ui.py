@@ -4,11 +4,10 @@ counts it, and once published a new friend gets one welcome."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 import pytest
-from auth_helpers import make_user
+from auth_helpers import ui_login as login
 from factories import new_friend_spec, publish
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -29,16 +28,6 @@ def client(engine, clock, settings):
         session.add(Account(external_id="staff_1", name="客服小王"))
     with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
         yield c
-
-
-def login(client, engine, clock) -> str:
-    make_user(engine, clock.now(), "wang", ["operator"])
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    done = client.post(
-        "/login", data={"username": "wang", "password": "test-password", "csrf_token": token}
-    )
-    return re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)
 
 
 def test_one_click_exclusivity_on_an_overlap(client, engine, clock):

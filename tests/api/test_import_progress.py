@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from auth_helpers import make_user
+from auth_helpers import ui_login as login
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -22,16 +22,6 @@ def client(engine, clock, settings):
     clock.set(JOIN)
     with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
         yield c
-
-
-def login(client, engine, clock) -> str:
-    make_user(engine, clock.now(), "wang", ["operator"])
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    done = client.post(
-        "/login", data={"username": "wang", "password": "test-password", "csrf_token": token}
-    )
-    return re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)
 
 
 def test_the_import_reports_rows_done_of_total_while_it_writes(client, engine, clock, monkeypatch):

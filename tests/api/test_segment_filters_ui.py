@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from auth_helpers import make_user
+from auth_helpers import ui_login as login
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -27,16 +27,6 @@ def client(engine, clock, settings):
     clock.set(JOIN)
     with TestClient(create_app(settings, engine=engine, clock=clock, run_scheduler=False)) as c:
         yield c
-
-
-def login(client, engine, clock) -> str:
-    make_user(engine, clock.now(), "wang", ["operator"])
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    done = client.post(
-        "/login", data={"username": "wang", "password": "test-password", "csrf_token": token}
-    )
-    return re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)
 
 
 def _world(engine) -> None:

@@ -6,12 +6,11 @@ here by a fake monotonic clock instead of waited out."""
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 
 import pytest
-from auth_helpers import make_user
+from auth_helpers import ui_login as login
 from factories import add_contact, enroll, new_friend_spec, publish
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -34,16 +33,6 @@ class Ticks:
 
     def __call__(self) -> float:
         return self.now
-
-
-def login(client, engine, clock, username) -> str:
-    make_user(engine, clock.now(), username, ["admin"])
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    done = client.post(
-        "/login", data={"username": username, "password": "test-password", "csrf_token": token}
-    )
-    return re.search(r'name="csrf-token" content="([^"]+)"', done.text).group(1)
 
 
 FORM = {
@@ -81,8 +70,8 @@ async def test_a_save_in_one_process_is_applied_by_the_others(
     with TestClient(app_a) as a, TestClient(app_b) as b:
         b_ticks = Ticks()
         b.app.state.workspace._monotonic = b_ticks
-        csrf_a = login(a, engine, clock, "root")
-        login(b, engine, clock, "admin2")
+        csrf_a = login(a, engine, clock, "root", roles=("admin",))
+        login(b, engine, clock, "admin2", roles=("admin",))
         assert 'value="Asia/Shanghai" selected' in b.get("/settings").text
 
         saved = a.post("/settings", data={**FORM, "csrf_token": csrf_a})
