@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from starlette.datastructures import QueryParams
+from starlette.datastructures import FormData, QueryParams
 
 from scheduler.analytics import log
 from sopbot.clock import Clock
@@ -79,8 +79,17 @@ def get_reader(request: Request) -> Iterator[Session]:
         yield session
 
 
+async def form_data(request: Request) -> FormData:
+    """The posted form, read on the event loop before the route runs: routes
+    that take it stay plain functions, so their database work runs in the
+    thread pool and never holds up the event loop (which ``serve`` shares with
+    the scheduler) while it waits for SQLite's write lock."""
+    return await request.form()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReaderDep = Annotated[Session, Depends(get_reader)]
+FormDep = Annotated[FormData, Depends(form_data)]

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from api import auth, workspace_settings
 from api.auth import Admin, CurrentUser, Reader
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep
+from api.deps import ClockDep, EngineDep, FormDep, SessionDep, SettingsDep
 from api.users import audit
 from api.users import service as users_service
 from api.views import error_text, redirect, render, translator
@@ -64,10 +64,14 @@ def channels_page(
 
 
 @router.post("/channels")
-async def create_channel(
-    request: Request, me: Admin, session: SessionDep, engine: EngineDep, settings: SettingsDep
+def create_channel(
+    request: Request,
+    form: FormDep,
+    me: Admin,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
 ) -> Response:
-    form = await request.form()
     try:
         config = json.loads(str(form.get("config") or "{}") or "{}")
         data = channels_service.ChannelInstanceIn(
@@ -241,16 +245,16 @@ def _number(value: Any, cast: Any) -> Any:
 
 
 @router.post("/channels/{name}")
-async def save_channel(
+def save_channel(
     name: str,
     request: Request,
+    form: FormDep,
     me: Admin,
     session: SessionDep,
     engine: EngineDep,
     settings: SettingsDep,
 ) -> Response:
     """Save config (masked secrets are kept), enabled and the sending policy."""
-    form = await request.form()
     raw = str(form.get("config") or "{}")
     try:
         if form.get("config_form"):
@@ -349,10 +353,9 @@ def users_page(request: Request, me: Admin, session: SessionDep, done: str = "")
 
 
 @router.post("/users")
-async def create_user(
-    request: Request, me: Admin, session: SessionDep, clock: ClockDep
+def create_user(
+    request: Request, form: FormDep, me: Admin, session: SessionDep, clock: ClockDep
 ) -> Response:
-    form = await request.form()
     try:
         with session.begin_nested():
             user = users_service.create_user(
@@ -392,8 +395,9 @@ async def create_user(
 
 
 @router.post("/users/{user_id}")
-async def update_user(user_id: int, request: Request, me: Admin, session: SessionDep) -> Response:
-    form = await request.form()
+def update_user(
+    user_id: int, request: Request, form: FormDep, me: Admin, session: SessionDep
+) -> Response:
     try:
         with session.begin_nested():
             user = users_service.update_user(
@@ -445,9 +449,8 @@ def account_page(request: Request, me: CurrentUser, session: SessionDep) -> Resp
 
 
 @router.post("/account")
-async def save_account(request: Request, me: CurrentUser, session: SessionDep) -> Response:
+def save_account(request: Request, form: FormDep, me: CurrentUser, session: SessionDep) -> Response:
     """Display name, test contact, password (the current one is asked again)."""
-    form = await request.form()
     _ = translator(request)
     new_password = str(form.get("new_password") or "")
     try:
@@ -474,10 +477,9 @@ async def save_account(request: Request, me: CurrentUser, session: SessionDep) -
 
 
 @router.post("/account/tokens")
-async def create_token(
-    request: Request, me: CurrentUser, session: SessionDep, clock: ClockDep
+def create_token(
+    request: Request, form: FormDep, me: CurrentUser, session: SessionDep, clock: ClockDep
 ) -> Response:
-    form = await request.form()
     try:
         with session.begin_nested():
             new = users_service.create_token(
@@ -556,10 +558,14 @@ def settings_page(
 
 
 @router.post("/settings")
-async def save_settings(
-    request: Request, me: Admin, session: SessionDep, clock: ClockDep, settings: SettingsDep
+def save_settings(
+    request: Request,
+    form: FormDep,
+    me: Admin,
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
 ) -> Response:
-    form = await request.form()
     value = form.get("require_approval") == "on"
     raw = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     values, errors = workspace_settings.check(raw) if "default_timezone" in raw else ({}, {})

@@ -8,7 +8,6 @@ the page then says what the change triggered."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from typing import Any
@@ -22,7 +21,7 @@ from sqlmodel import Session, col
 
 from api import auth
 from api.auth import Author
-from api.deps import ClockDep, SessionDep, SettingsDep
+from api.deps import ClockDep, FormDep, SessionDep, SettingsDep
 from api.i18n import N_
 from api.import_progress import ImportProgress
 from api.views import redirect, render, translator
@@ -61,10 +60,11 @@ def _tags(raw: object) -> list[str]:
 
 @router.post("/contacts/bulk")
 @router.post("/groups/bulk")
-async def bulk(request: Request, me: Author, session: SessionDep, clock: ClockDep) -> Response:
+def bulk(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
     """Tag, untag or remove the ticked rows, or every row the filter matches."""
     kind, path_kind = _kind(request)
-    form = await request.form()
     _ = translator(request)
     action = str(form.get("action") or "")
     filters = {k: str(form.get(k) or "").strip() for k in FILTERS}
@@ -148,10 +148,11 @@ def done_message(_: Any, kind: str, params: dict[str, str]) -> str | None:
 
 @router.post("/contacts/new")
 @router.post("/groups/new")
-async def create(request: Request, me: Author, session: SessionDep, clock: ClockDep) -> Response:
+def create(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
+) -> Response:
     """Add (or update) one contact or group chat from the list page's form."""
     kind, path_kind = _kind(request)
-    form = await request.form()
     _ = translator(request)
     raw = {
         "external_id": str(form.get("external_id") or "").strip(),
@@ -231,9 +232,8 @@ def accounts_page(
 
 
 @router.post("/staff")
-async def save_account(request: Request, me: Author, session: SessionDep) -> Response:
+def save_account(request: Request, form: FormDep, me: Author, session: SessionDep) -> Response:
     """Register a staff account or rename it (the name the UI and the import use)."""
-    form = await request.form()
     _ = translator(request)
     external_id = str(form.get("external_id") or "").strip()
     name = str(form.get("name") or "").strip()
@@ -293,11 +293,15 @@ def _import_page(request: Request, session: Session, **extra: Any) -> Response:
 
 
 @router.post("/contacts/import", response_class=HTMLResponse)
-async def import_upload(
-    request: Request, me: Author, session: SessionDep, clock: ClockDep, settings: SettingsDep
+def import_upload(
+    request: Request,
+    form: FormDep,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
 ) -> Response:
     """Check (``mode=check``: every error by line, nothing written) or import."""
-    form = await request.form()
     _ = translator(request)
     upload: Any = form.get("file")
     encoding = str(form.get("encoding") or "auto")
@@ -311,15 +315,15 @@ async def import_upload(
             encoding=encoding,
             error=_("Choose a CSV file first."),
         )
-    data = await upload.read(importer.MAX_BYTES + 1)
+    data = upload.file.read(importer.MAX_BYTES + 1)
     options = ImportOptions(
         timezone=settings.default_timezone,
         encoding=encoding,
         dry_run=mode != "import",
         create_accounts=bool(form.get("create_accounts")),
     )
-    # The import runs off the event loop, so the page's progress polls are
-    # answered while it writes (api.import_progress).
+    # The import runs in the thread pool, off the event loop, so the page's
+    # progress polls are answered while it writes (api.import_progress).
     tracker: ImportProgress = request.app.state.import_progress
     progress_id = str(form.get("progress_id") or "")[:64]
     written = 0
@@ -333,13 +337,8 @@ async def import_upload(
     if track:
         tracker.start(progress_id)
     try:
-        report = await asyncio.to_thread(
-            changes.import_file,
-            session,
-            data,
-            clock.now(),
-            options,
-            progress=on_progress if track else None,
+        report = changes.import_file(
+            session, data, clock.now(), options, progress=on_progress if track else None
         )
     finally:
         if track:
@@ -486,12 +485,11 @@ def tags_page(request: Request, me: auth.Reader, session: SessionDep) -> Respons
 
 
 @router.post("/tags/group")
-async def group_tags(
-    request: Request, me: Author, session: SessionDep, clock: ClockDep
+def group_tags(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     """Move the ticked tags (and a new tag, if named) into a tag group — a new
     group is created this way — or out of any group (group left empty)."""
-    form = await request.form()
     _ = translator(request)
     group = str(form.get("group") or "").strip()
     tags = [str(t).strip() for t in form.getlist("tags") if str(t).strip()]
@@ -518,11 +516,10 @@ async def group_tags(
 
 
 @router.post("/tags/group/rename")
-async def rename_tag_group(
-    request: Request, me: Author, session: SessionDep, clock: ClockDep
+def rename_tag_group(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     """Rename a tag group (an existing name: the two groups are merged)."""
-    form = await request.form()
     _ = translator(request)
     old = str(form.get("old") or "").strip()
     new = str(form.get("new") or "").strip()
@@ -543,13 +540,12 @@ async def rename_tag_group(
 
 
 @router.post("/tags/rename")
-async def rename_tag(
-    request: Request, me: Author, session: SessionDep, clock: ClockDep
+def rename_tag(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
     """Rename a tag, or merge it into another: every contact and group carrying
     it gets the new tag and loses the old one, as events through the audience
     write path (SOPs on the new tag enroll them, SOPs on the old one see it go)."""
-    form = await request.form()
     _ = translator(request)
     old = str(form.get("old") or "").strip()
     new = str(form.get("new") or "").strip()

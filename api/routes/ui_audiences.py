@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from api import template_actions
 from api.auth import Author, Reader
-from api.deps import ClockDep, SessionDep
+from api.deps import ClockDep, FormDep, SessionDep
 from api.routes import ui_audience_edit
 from api.views import error_text, redirect, render, translator
 from audiences import saved_segments, segments
@@ -136,12 +136,16 @@ def target_detail(
 
 @router.post("/contacts/{target_id}/enroll")
 @router.post("/groups/{target_id}/enroll")
-async def enroll(
-    target_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+def enroll(
+    target_id: int,
+    request: Request,
+    form: FormDep,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> Response:
     """Enroll this target into a published SOP by hand (anchored at its join time)."""
     kind = _kind(request.url.path.strip("/").split("/")[0])
-    form = await request.form()
     template_id = parse_id(form.get("template_id")) or 0
     try:
         template = templates_service.get_template(session, template_id)

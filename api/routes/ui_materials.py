@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from api import auth, error_codes
 from api.auth import Author, Reader
-from api.deps import ClockDep, SessionDep, SettingsDep
+from api.deps import ClockDep, FormDep, SessionDep, SettingsDep
 from api.views import locale_of, redirect, render
 from sop_templates import materials
 
@@ -42,14 +42,18 @@ def material_list(request: Request, me: Reader, session: SessionDep) -> Response
 
 
 @router.post("/materials/upload", response_class=HTMLResponse)
-async def material_upload(
-    request: Request, me: Author, session: SessionDep, settings: SettingsDep, clock: ClockDep
+def material_upload(
+    request: Request,
+    form: FormDep,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
 ) -> Response:
-    form = await request.form()
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         return _page(request, session, _message("upload_empty", {}, request), 422)
-    data = await upload.read(materials.MAX_FILE_BYTES + 1)
+    data = upload.file.read(materials.MAX_FILE_BYTES + 1)
     try:
         materials.upload(
             session, storage_of(settings), upload.filename or "", data, clock.now(), who=me.username
@@ -60,10 +64,9 @@ async def material_upload(
 
 
 @router.post("/materials/card", response_class=HTMLResponse)
-async def material_card(
-    request: Request, me: Author, session: SessionDep, clock: ClockDep
+def material_card(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
-    form = await request.form()
     kind = str(form.get("kind") or "")
     fields = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     try:

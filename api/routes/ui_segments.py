@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from api import auth, template_actions
 from api.auth import Author, Reader
-from api.deps import ClockDep, SessionDep
+from api.deps import ClockDep, FormDep, SessionDep
 from api.i18n import N_
 from api.views import error_text, redirect, render, translator
 from audiences import saved_segments
@@ -130,10 +130,9 @@ def _expression_text(raw: dict[str, Any]) -> str:
 
 
 @router.post("/segments/build")
-async def save_segment(
-    request: Request, me: Author, session: SessionDep, clock: ClockDep
+def save_segment(
+    request: Request, form: FormDep, me: Author, session: SessionDep, clock: ClockDep
 ) -> Response:
-    form = await request.form()
     _ = translator(request)
     picked = Picked(
         [str(v) for v in form.getlist("all")],
@@ -173,8 +172,13 @@ async def save_segment(
 
 
 @router.post("/segments/saved/{segment_id}/sop")
-async def new_sop(
-    segment_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+def new_sop(
+    segment_id: int,
+    request: Request,
+    form: FormDep,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> Response:
     """A tagged-customer SOP draft for this segment (the library's, to edit),
     counted from the time the first required tag was added."""
@@ -193,7 +197,6 @@ async def new_sop(
             error=_("An SOP counts from when a tag was added: pick a tag every member has."),
         )
         return render(request, "ui/segment_build.html", context, status_code=422)
-    form = await request.form()
     spec = library.load("tagged_class")
     spec.update(name=f"{saved.name} SOP", segment=saved.definition)
     if form.get("start") == "fixed":

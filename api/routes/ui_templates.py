@@ -4,6 +4,7 @@ send) and the lifecycle buttons. Thin: every decision is a service call
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -11,11 +12,21 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from starlette.datastructures import FormData
 
 from api import auth, draft_diff, editor_forms, editor_modes, template_actions
 from api.auth import Approver, Author, Reader
-from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep, get_settings
+from api.deps import (
+    ClockDep,
+    EngineDep,
+    FormDep,
+    ReaderDep,
+    SessionDep,
+    SettingsDep,
+    get_settings,
+)
 from api.i18n import N_
 from api.users import audit
 from api.users import service as users_service
@@ -33,7 +44,7 @@ from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus
 from sop_templates.service import NotFound, TemplateError, TemplateValidationError
 from sop_templates.timing import as_instant, get_zone
-from sopbot.db import session_scope
+from sopbot.db import reader
 from sopbot.ids import parse_id
 
 router = APIRouter(include_in_schema=False)
@@ -129,10 +140,14 @@ def template_list(request: Request, me: Reader, session: ReaderDep, clock: Clock
 
 
 @router.post("/templates/live", response_class=HTMLResponse)
-async def live_panels_new(
-    request: Request, me: Author, session: SessionDep, settings: SettingsDep, clock: ClockDep
+def live_panels_new(
+    request: Request,
+    data: FormDep,
+    me: Author,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
 ) -> Response:
-    data = await request.form()
     return _live(request, session, settings, clock.now(), data)
 
 
@@ -160,14 +175,14 @@ def new_template(
 
 
 @router.post("/templates/new", response_class=HTMLResponse)
-async def new_template_post(
+def new_template_post(
     request: Request,
+    data: FormDep,
     me: Author,
     session: SessionDep,
     settings: SettingsDep,
     clock: ClockDep,
 ) -> Response:
-    data = await request.form()
     return _editor_post(request, me, session, settings, clock, None, data)
 
 
@@ -203,15 +218,15 @@ def edit_template(
 
 
 @router.post("/templates/{template_id}", response_class=HTMLResponse)
-async def edit_template_post(
+def edit_template_post(
     template_id: int,
     request: Request,
+    data: FormDep,
     me: Author,
     session: SessionDep,
     settings: SettingsDep,
     clock: ClockDep,
 ) -> Response:
-    data = await request.form()
     templates_service.get_template(session, template_id)
     return _editor_post(request, me, session, settings, clock, template_id, data)
 
@@ -447,16 +462,16 @@ def _anchor_words(request: Request) -> dict[str, str]:
 
 
 @router.post("/templates/{template_id}/live", response_class=HTMLResponse)
-async def live_panels(
+def live_panels(
     template_id: int,
     request: Request,
+    data: FormDep,
     me: Author,
     session: SessionDep,
     settings: SettingsDep,
     clock: ClockDep,
 ) -> Response:
     templates_service.get_template(session, template_id)
-    data = await request.form()
     return _live(request, session, settings, clock.now(), data)
 
 
@@ -547,12 +562,16 @@ async def test_send(
     except (audiences_service.NotFound, TemplateError, authoring.AuthoringError) as exc:
         return _after(request, template_id, error=error_text(request, exc))
     if is_htmx(request):
-        with session_scope(engine) as session:
-            rows = authoring.test_sends(session, template_id, limit=10)
+        rows = await asyncio.to_thread(_test_sends, engine, template_id)
         return render(request, "ui/_test_sends.html", {"test_sends": rows, "just_sent": row})
     if row.status == "sent":
         return _after(request, template_id, message="test_sent")
     return _after(request, template_id, error=row.error or row.status)
+
+
+def _test_sends(engine: Engine, template_id: int) -> list[Any]:
+    with Session(reader(engine)) as session:
+        return authoring.test_sends(session, template_id, limit=10)
 
 
 def _after(request: Request, template_id: int, *, message: str = "", error: str = "") -> Response:
@@ -586,8 +605,8 @@ def _lifecycle(
     return redirect(request, f"/templates/{template_id}?done={done}")
 
 
-async def _note(request: Request) -> str:
-    return str((await request.form()).get("note") or "")
+def _note(form: FormData) -> str:
+    return str(form.get("note") or "")
 
 
 @router.post("/templates/{template_id}/submit")
@@ -600,15 +619,16 @@ def submit(
     return _lifecycle(request, session, template_id, run, "submitted")
 
 
-async def _decide(
+def _decide(
     request: Request,
+    form: FormData,
     session: Session,
     me: auth.Principal,
     template_id: int,
     verdict: template_actions.Verdict,
     now: Any,
 ) -> Response:
-    note = await _note(request)
+    note = _note(form)
     reason_missing = verdict == "reject" and not note.strip()
 
     def run() -> None:
@@ -623,25 +643,39 @@ async def _decide(
 
 
 @router.post("/templates/{template_id}/approve")
-async def approve(
-    template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
+def approve(
+    template_id: int,
+    request: Request,
+    form: FormDep,
+    me: Approver,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> Response:
-    return await _decide(request, session, me, template_id, "approve", clock.now())
+    return _decide(request, form, session, me, template_id, "approve", clock.now())
 
 
 @router.post("/templates/{template_id}/reject")
-async def reject(
-    template_id: int, request: Request, me: Approver, session: SessionDep, clock: ClockDep
+def reject(
+    template_id: int,
+    request: Request,
+    form: FormDep,
+    me: Approver,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> Response:
-    return await _decide(request, session, me, template_id, "reject", clock.now())
+    return _decide(request, form, session, me, template_id, "reject", clock.now())
 
 
 @router.post("/templates/{template_id}/exclusive")
-async def exclusive(
-    template_id: int, request: Request, me: Author, session: SessionDep, clock: ClockDep
+def exclusive(
+    template_id: int,
+    request: Request,
+    form: FormDep,
+    me: Author,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> Response:
     """One click on an overlap: "customers in this SOP no longer enter …" (or undo)."""
-    form = await request.form()
     other = parse_id(str(form.get("other") or "")) or 0
 
     def run() -> None:
@@ -652,14 +686,15 @@ async def exclusive(
 
 
 @router.post("/templates/{template_id}/publish")
-async def publish(
+def publish(
     template_id: int,
     request: Request,
+    form: FormDep,
     me: Author,
     session: SessionDep,
     clock: ClockDep,
 ) -> Response:
-    migrate = str((await request.form()).get("migrate") or "keep")
+    migrate = str(form.get("migrate") or "keep")
 
     def run() -> None:
         template_actions.publish(request, session, me, template_id, migrate, clock.now())

@@ -26,8 +26,10 @@ their group. Tags WeCom does not know keep the group they have in sopbot.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,7 +47,7 @@ from channels.models import ChannelInstance, WeComSyncState
 from channels.wecom import WeComAdapter, WeComAPIError
 from scheduler.flows import changes
 from scheduler.jobs import Job, JobContext
-from sopbot.db import session_scope
+from sopbot.db import reader, session_scope
 
 log = logging.getLogger("sopbot.wecom_sync")
 
@@ -77,7 +79,7 @@ class SyncStats:
 
 
 def wecom_channels(engine: Engine) -> list[str]:
-    with Session(engine) as session:
+    with Session(reader(engine)) as session:
         return list(
             session.execute(
                 select(ChannelInstance.name).where(  # type: ignore[call-overload]
@@ -103,10 +105,7 @@ async def refresh_catalogue(
     WeCom names (one ``tag_group_set`` event per group that changed). Returns
     how many tags moved or appeared."""
     catalogue = await adapter.corp_tag_groups()
-    with Session(engine) as session:
-        known: dict[str, str | None] = dict(
-            session.execute(select(Tag.name, Tag.group_name)).all()  # type: ignore[call-overload]
-        )
+    known = await asyncio.to_thread(_tag_groups, engine)
     moves: dict[str, list[str]] = defaultdict(list)
     for group, names in catalogue.items():
         for name in names:
@@ -115,8 +114,7 @@ async def refresh_catalogue(
     moved = 0
     for group, names in moves.items():
         try:
-            with session_scope(engine) as session:
-                changes.set_tag_group(session, names, group or None, now)
+            await asyncio.to_thread(_set_tag_group, engine, names, group or None, now)
             moved += len(names)
         except EventsRejected as exc:
             log.warning(
@@ -136,6 +134,23 @@ async def refresh_catalogue(
     return moved
 
 
+def _tag_groups(engine: Engine) -> dict[str, str | None]:
+    with Session(reader(engine)) as session:
+        return dict(
+            session.execute(select(Tag.name, Tag.group_name)).all()  # type: ignore[call-overload]
+        )
+
+
+def _set_tag_group(engine: Engine, names: list[str], group: str | None, now: datetime) -> None:
+    with session_scope(engine) as session:
+        changes.set_tag_group(session, names, group, now)
+
+
+def _apply(engine: Engine, events: list[dict[str, Any]], now: datetime) -> None:
+    with session_scope(engine) as session:
+        changes.apply(session, events, now)
+
+
 async def sync_customers(
     engine: Engine, now: datetime, adapter: WeComAdapter, externals: list[str]
 ) -> SyncStats:
@@ -151,12 +166,13 @@ async def sync_customers(
             continue
         stats.customers += 1
         try:
-            events, write_back = _diff(engine, external, in_wecom, catalogue, now)
+            events, write_back = await asyncio.to_thread(
+                _diff, engine, external, in_wecom, catalogue, now
+            )
             for account, tags in write_back.items():
                 await wecom_contacts.mark_tags(adapter, account, external, add=sorted(tags))
                 stats.written_back += len(tags)
-            with session_scope(engine) as session:
-                changes.apply(session, events, now)
+            await asyncio.to_thread(_apply, engine, events, now)
         except (WeComAPIError, changes.EventsRejected) as exc:
             stats.errors += 1
             log.warning("WeCom tag sync: %s failed: %s", external, exc)
@@ -177,7 +193,7 @@ def _diff(
     and the tags to write back to WeCom, per staff member."""
     events: list[dict[str, Any]] = []
     write_back: dict[str, set[str]] = defaultdict(set)
-    with Session(engine) as session:
+    with Session(reader(engine)) as session:
         contacts = session.execute(
             select(Contact.id, Account.external_id, Contact.attributes)  # type: ignore[call-overload]
             .join(Account, col(Account.id) == col(Contact.account_id))
@@ -224,41 +240,63 @@ def _diff(
     return events, write_back
 
 
+def _edited_since_last_run(engine: Engine, channel: str) -> tuple[Sequence[Any], list[str]]:
+    """Inbox events after the channel's last one seen, and the customers sopbot
+    tagged since the last run. Read on a snapshot: never waits on the writer."""
+    with Session(reader(engine)) as session:
+        state = session.get(WeComSyncState, channel) or WeComSyncState(instance=channel)
+        rows = session.execute(
+            select(InboxEvent.id, InboxEvent.kind, InboxEvent.payload)  # type: ignore[call-overload]
+            .where(
+                col(InboxEvent.source) == wecom_events.SOURCE,
+                col(InboxEvent.id) > state.last_event_id,
+                col(InboxEvent.status) != "pending",
+            )
+            .order_by(col(InboxEvent.id))
+            .limit(EVENT_BATCH)
+        ).all()
+        since = state.tags_checked_at
+        tagged: list[str] = []
+        if since is not None:
+            tagged = list(
+                session.execute(
+                    select(Contact.external_id)  # type: ignore[call-overload]
+                    .join(TagAssignment, col(TagAssignment.target_id) == col(Contact.id))
+                    .where(
+                        col(TagAssignment.target_kind) == "contact",
+                        col(TagAssignment.tagged_at) > since,
+                    )
+                    .distinct()
+                ).scalars()
+            )
+    return rows, tagged
+
+
+def _save_state(engine: Engine, channel: str, **values: Any) -> None:
+    with session_scope(engine) as session:
+        state = session.get(WeComSyncState, channel) or WeComSyncState(instance=channel)
+        last_event_id = values.pop("last_event_id", None)
+        if last_event_id is not None:
+            state.last_event_id = max(state.last_event_id, last_event_id)
+        for name, value in values.items():
+            setattr(state, name, value)
+        session.add(state)
+
+
 async def sync_edited(ctx: JobContext) -> SyncStats:
     """The tag-sync job: customers WeCom says were edited, customers sopbot
-    tagged since the last run, and tag catalogue changes."""
+    tagged since the last run, and tag catalogue changes.
+
+    Like every job it runs on the scheduler's event loop, which ``serve`` shares
+    with the web pages: its database work runs in threads, so waiting for
+    SQLite's write lock never stalls a page."""
     total = SyncStats()
-    for channel in wecom_channels(ctx.engine):
+    for channel in await asyncio.to_thread(wecom_channels, ctx.engine):
         adapter = _adapter(ctx, channel)
         if adapter is None:
             continue
         now = ctx.clock.now()
-        with session_scope(ctx.engine) as session:
-            state = session.get(WeComSyncState, channel) or WeComSyncState(instance=channel)
-            rows = session.execute(
-                select(InboxEvent.id, InboxEvent.kind, InboxEvent.payload)  # type: ignore[call-overload]
-                .where(
-                    col(InboxEvent.source) == wecom_events.SOURCE,
-                    col(InboxEvent.id) > state.last_event_id,
-                    col(InboxEvent.status) != "pending",
-                )
-                .order_by(col(InboxEvent.id))
-                .limit(EVENT_BATCH)
-            ).all()
-            since = state.tags_checked_at
-            tagged: list[str] = []
-            if since is not None:
-                tagged = list(
-                    session.execute(
-                        select(Contact.external_id)  # type: ignore[call-overload]
-                        .join(TagAssignment, col(TagAssignment.target_id) == col(Contact.id))
-                        .where(
-                            col(TagAssignment.target_kind) == "contact",
-                            col(TagAssignment.tagged_at) > since,
-                        )
-                        .distinct()
-                    ).scalars()
-                )
+        rows, tagged = await asyncio.to_thread(_edited_since_last_run, ctx.engine, channel)
         corp = adapter.config.corp_id
         mine = [r for r in rows if r.payload.get("fields", {}).get("ToUserName", corp) == corp]
         stats = SyncStats()
@@ -271,34 +309,39 @@ async def sync_edited(ctx: JobContext) -> SyncStats:
             if r.kind == EDIT_KIND and r.payload.get("fields", {}).get("ExternalUserID")
         ]
         stats.add(await sync_customers(ctx.engine, now, adapter, [*edited, *tagged]))
-        with session_scope(ctx.engine) as session:
-            state = session.get(WeComSyncState, channel) or WeComSyncState(instance=channel)
-            if rows:
-                state.last_event_id = max(state.last_event_id, rows[-1].id)
-            state.tags_checked_at = now
-            session.add(state)
+        await asyncio.to_thread(
+            _save_state,
+            ctx.engine,
+            channel,
+            last_event_id=rows[-1].id if rows else None,
+            tags_checked_at=now,
+        )
         total.add(stats)
     return total
+
+
+def _active_customers(engine: Engine) -> list[str]:
+    with Session(reader(engine)) as session:
+        return list(
+            session.execute(
+                select(Contact.external_id)  # type: ignore[call-overload]
+                .where(col(Contact.status) == ContactStatus.ACTIVE)
+                .distinct()
+                .order_by(col(Contact.external_id))
+            ).scalars()
+        )
 
 
 async def reconcile(ctx: JobContext) -> SyncStats:
     """The nightly job: every active WeCom customer's tags, page by page, with a
     progress line per page."""
     total = SyncStats()
-    for channel in wecom_channels(ctx.engine):
+    for channel in await asyncio.to_thread(wecom_channels, ctx.engine):
         adapter = _adapter(ctx, channel)
         if adapter is None:
             continue
         await refresh_catalogue(ctx.engine, ctx.clock.now(), channel, adapter)
-        with Session(ctx.engine) as session:
-            externals = list(
-                session.execute(
-                    select(Contact.external_id)  # type: ignore[call-overload]
-                    .where(col(Contact.status) == ContactStatus.ACTIVE)
-                    .distinct()
-                    .order_by(col(Contact.external_id))
-                ).scalars()
-            )
+        externals = await asyncio.to_thread(_active_customers, ctx.engine)
         stats = SyncStats(catalogue_refreshed=True)
         for start in range(0, len(externals), RECONCILE_PAGE):
             page = externals[start : start + RECONCILE_PAGE]
@@ -315,10 +358,7 @@ async def reconcile(ctx: JobContext) -> SyncStats:
                 stats.errors,
                 extra={"channel": channel},
             )
-        with session_scope(ctx.engine) as session:
-            state = session.get(WeComSyncState, channel) or WeComSyncState(instance=channel)
-            state.reconciled_at = ctx.clock.now()
-            session.add(state)
+        await asyncio.to_thread(_save_state, ctx.engine, channel, reconciled_at=ctx.clock.now())
         total.add(stats)
     return total
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from channels.wecom import WeComAdapter, WeComAPIError
 from scheduler.jobs import Job, JobContext
 from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, Enrollment, EnrollmentStatus
-from sopbot.db import session_scope
+from sopbot.db import reader, session_scope
 
 log = logging.getLogger("sopbot.wecom_tasks")
 
@@ -45,7 +46,7 @@ class UpkeepStats:
 
 
 def _open_tasks(ctx: JobContext) -> list[ChannelTask]:
-    with Session(ctx.engine) as session:
+    with Session(reader(ctx.engine)) as session:
         return list(
             session.execute(
                 select(ChannelTask).where(
@@ -58,7 +59,7 @@ def _open_tasks(ctx: JobContext) -> list[ChannelTask]:
 
 def _left(ctx: JobContext, delivery_ids: list[int]) -> tuple[list[int], str | None]:
     """The deliveries whose enrollment exited, and one exit reason."""
-    with Session(ctx.engine) as session:
+    with Session(reader(ctx.engine)) as session:
         rows = session.execute(
             select(Delivery.id, Enrollment.exit_reason)  # type: ignore[call-overload]
             .join(Enrollment, col(Enrollment.id) == col(Delivery.enrollment_id))
@@ -74,7 +75,8 @@ async def upkeep(ctx: JobContext) -> UpkeepStats:
     """Recall tasks nobody is left to receive; nudge unconfirmed ones on schedule."""
     stats = UpkeepStats()
     adapters: dict[str, WeComAdapter | None] = {}
-    for task in _open_tasks(ctx):
+    # Database work in threads: the event loop is shared with the web pages.
+    for task in await asyncio.to_thread(_open_tasks, ctx):
         if task.channel not in adapters:
             try:
                 adapter = ctx.channels.get(task.channel)
@@ -85,11 +87,11 @@ async def upkeep(ctx: JobContext) -> UpkeepStats:
         if adapter is None or not task.delivery_ids:
             continue
         now = ctx.clock.now()
-        left, why = _left(ctx, list(task.delivery_ids))
+        left, why = await asyncio.to_thread(_left, ctx, list(task.delivery_ids))
         try:
             if left and len(left) == len(task.delivery_ids):
                 await wecom_contacts.cancel_task(adapter, task.provider_task_id)
-                _cancelled(ctx, task, why, now)
+                await asyncio.to_thread(_cancelled, ctx, task, why, now)
                 stats.cancelled += 1
                 continue
             if left:
@@ -98,16 +100,18 @@ async def upkeep(ctx: JobContext) -> UpkeepStats:
                     "cannot recall a task for part of its customers"
                 )
                 if task.last_error != note:
-                    _update(ctx, task, last_error=note)
+                    await asyncio.to_thread(_update, ctx, task, last_error=note)
                     stats.not_recallable += 1
             if _nudge_due(adapter, task, now):
                 await wecom_contacts.remind_task(adapter, task.provider_task_id)
-                _update(ctx, task, reminders=_due_count(adapter, task, now), reminded_at=now)
+                await asyncio.to_thread(
+                    _update, ctx, task, reminders=_due_count(adapter, task, now), reminded_at=now
+                )
                 stats.reminded += 1
         except WeComAPIError as exc:
             stats.errors += 1
             log.warning("WeCom task %s upkeep failed: %s", task.provider_task_id, exc.reason)
-            _update(ctx, task, last_error=exc.reason[:1000])
+            await asyncio.to_thread(_update, ctx, task, last_error=exc.reason[:1000])
     return stats
 
 
