@@ -12,9 +12,12 @@ Five figures, each from the real code paths (``scheduler.outbox.service.enroll``
   Jinja ``{{ contact.name }}`` rendered per message) through a zero-latency mock channel
   that records every message, ``claim_batch_size`` 1000, on a ``ManualClock``. Verified:
   every delivery ``sent`` and exactly one mock record per delivery.
-* ``burst_p99_late_s`` -- 10,000 deliveries due in the same second about 2 s ahead, sent
+* ``burst_p99_late_s`` -- 10,000 deliveries due in the same second about 3 s ahead, sent
   by the real ``SchedulerRuntime.start()`` loop on the real ``SystemClock`` (tick every
-  second); p99 of ``sent_at - due_at`` read back from the delivery rows.
+  second); p99 of ``sent_at - due_at`` read back from the delivery rows. The worker
+  has sent before, as one that has been running has: 1,000 deliveries of another SOP
+  are due when it starts (its pace is timed, so it claims and renders the burst
+  ahead of its instant, ``prepare_ahead_seconds``); they are not counted.
 
 * ``cron_plan_s`` -- seconds to plan one daily cron occurrence (``plan_cron``, one
   ``INSERT ... SELECT``) for 100,000 enrolled groups. Verified: one scheduled delivery
@@ -90,6 +93,7 @@ TIMEZONE = "Asia/Shanghai"
 CHANNEL = "mock"
 WORKER_ID = "bench-worker"
 CLAIM_BATCH_SIZE = 1000
+BURST_WARM_UP = 1_000  # deliveries the worker sends before the burst (not counted)
 TICK_SECONDS = 1.0
 ENROLL_CHUNK = 10_000
 CONTACT_INSERT_CHUNK = 10_000
@@ -538,11 +542,15 @@ def phase_burst(
     clock: Clock = SystemClock()
     with dbs.fresh("burst") as engine:
         _setup_channel(engine)
+        warm_id = _publish(engine, "bench warm-up", [("warm-up", "+0m")], clock.now())
         template_id = _publish(engine, "bench burst", [("burst", "+0m")], clock.now())
         ids = _insert_contacts(engine, n, clock.now())
-        # About 2 s ahead, on a whole second, with room to write the rows first.
+        warm = min(BURST_WARM_UP, n)
+        _enroll_all(engine, warm_id, [(cid, clock.now()) for cid in ids[:warm]], clock.now())
+        # About 3 s ahead, on a whole second, with room to write the rows first
+        # and for the first tick to send the warm-up.
         rate = enroll_per_s if enroll_per_s and math.isfinite(enroll_per_s) else 5_000.0
-        lead = 2.0 + 1.5 * n / rate
+        lead = 3.0 + 1.5 * n / rate
         due = datetime.fromtimestamp(math.ceil(time.time() + lead), tz=UTC)
         _log(f"burst: {n} deliveries due at {due.isoformat()} (in {lead:.1f}s+)")
         _enroll_all(engine, template_id, [(cid, due) for cid in ids], clock.now())
@@ -573,7 +581,7 @@ def phase_burst(
         with engine.connect() as conn:
             rows = conn.execute(
                 select(Delivery.sent_at, Delivery.due_at).where(  # type: ignore[call-overload]
-                    Delivery.status == DeliveryStatus.SENT
+                    Delivery.status == DeliveryStatus.SENT, Delivery.template_id == template_id
                 )
             ).all()
         late = [(sent_at - due_at).total_seconds() for sent_at, due_at in rows]

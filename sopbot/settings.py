@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="batches in progress at once per worker (the next is claimed and "
         "rendered while the previous one waits on its channel)",
     )
+    prepare_ahead_seconds: float = Field(
+        1.5,
+        ge=0,
+        le=10,
+        description="rows due at one instant (a fixed-time send to many) are claimed and "
+        "rendered up to this long before it and handed to their channel at that instant; 0: off",
+    )
     redis_url: str | None = Field(None, description="shared rate-limit buckets (else database)")
     breaker_threshold: int = Field(
         5, ge=1, description="consecutive failed channel calls that open its breaker"

@@ -181,9 +181,55 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                         total.add(task.result())
         return total
 
-    async def _timed_process(self, rows: Sequence[Any]) -> DispatchStats:
+    async def run_ahead(self, due: datetime, max_batches: int | None = None) -> DispatchStats:
+        """Rows due at ``due``, a little ahead (a fixed-time send to many): claim
+        and render them now, hand them to their channel at ``due``, never before.
+
+        A burst due at one instant then costs only marking, sending and
+        recording after that instant. The batches are claimed, fenced and
+        leased exactly as :meth:`run_once`'s (their leases renewed while they
+        wait); policies are decided as of ``due``; a stop while they wait gives
+        them back. Their channel calls share one bound, that of a pipeline.
+
+        It takes no more than the worker can start within a third of a lease
+        (``leases.Pace.ahead_limit``), and nothing before it has timed a call:
+        one worker must not hoard a burst of a slow channel the others could
+        help send."""
+        total = DispatchStats()
+        limit = max_batches or self.settings.max_batches_per_tick
+        room = self.pace.ahead_limit(self.pipeline_depth, self.settings.claim_batch_size * limit)
+        bound = asyncio.Semaphore(self.settings.send_concurrency * self.pipeline_depth)
+        running: set[asyncio.Task[DispatchStats]] = set()
+        try:
+            while room > 0 and not self._stopping and self.clock.now() < due:
+                size = min(room, self.pace.claim_limit(self.settings.claim_batch_size))
+                rows = await asyncio.to_thread(self.claim, size, expire=False, upto=due)
+                if not rows:
+                    break
+                room -= len(rows)
+                running.add(asyncio.create_task(self._timed_process(rows, due, bound)))
+            if running:
+                await asyncio.wait(running)
+        except asyncio.CancelledError:
+            for task in running:
+                task.cancel()
+            raise
+        finally:
+            if running:
+                await asyncio.wait(running)
+                for task in running:
+                    if not task.cancelled() and task.exception() is None:
+                        total.add(task.result())
+        return total
+
+    async def _timed_process(
+        self,
+        rows: Sequence[Any],
+        send_at: datetime | None = None,
+        bound: asyncio.Semaphore | None = None,
+    ) -> DispatchStats:
         started = time.perf_counter()
-        batch = await self.process(rows)
+        batch = await self.process(rows, send_at, bound)
         batch.batch_seconds.append(time.perf_counter() - started)
         return batch
 
@@ -219,11 +265,13 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
 
     # -- claim, lease ---------------------------------------------------------------
 
-    def claim(self, limit: int, *, expire: bool = True) -> list[Any]:
-        """Claim up to ``limit`` due rows (after marking overdue ones missed),
-        and the due siblings of their task/moment rows (:meth:`_gather`)."""
+    def claim(self, limit: int, *, expire: bool = True, upto: datetime | None = None) -> list[Any]:
+        """Claim up to ``limit`` rows due by ``upto`` (default now; after marking
+        overdue ones missed), and the due siblings of their task/moment rows
+        (:meth:`_gather`)."""
         now = self.clock.now()
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        now = max(now, upto) if upto is not None else now
         with session_scope(self.engine, immediate=True) as session:
             held = held_template_ids(session)
             if expire:
@@ -296,19 +344,44 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
 
     # -- one batch --------------------------------------------------------------------
 
-    async def process(self, rows: Sequence[Any]) -> DispatchStats:
+    async def process(
+        self,
+        rows: Sequence[Any],
+        send_at: datetime | None = None,
+        bound: asyncio.Semaphore | None = None,
+    ) -> DispatchStats:
+        """One claimed batch: prepare, send, record. With ``send_at`` (rows
+        claimed ahead) nothing is handed to a channel before that instant;
+        ``bound``: the adapter calls in flight, when shared with other batches."""
         ids = [r.id for r in rows]
         keeper = asyncio.create_task(self.leases.keep(ids))
         try:
-            return await self._process(rows)
+            return await self._process(rows, send_at, bound)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
-    async def _process(self, rows: Sequence[Any]) -> DispatchStats:
+    async def _wait_until(self, instant: datetime) -> bool:
+        """Sleep until ``instant`` on the dispatcher's clock; False when a stop
+        came first, or the clock does not move (frozen time: never send early)."""
+        for _ in range(1000):
+            if self._stopping:
+                return False
+            left = (instant - self.clock.now()).total_seconds()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.05))
+        return False
+
+    async def _process(
+        self,
+        rows: Sequence[Any],
+        send_at: datetime | None = None,
+        bound: asyncio.Semaphore | None = None,
+    ) -> DispatchStats:
         stats = DispatchStats(claimed=len(rows), batches=1)
-        messages, outcomes = await asyncio.to_thread(self._prepare, rows)
+        messages, outcomes = await asyncio.to_thread(self._prepare, rows, send_at)
         by_id = {r.id: r for r in rows}
         adapters: dict[str, ChannelAdapter] = {}
         for channel_name in {by_id[i].channel for i in messages}:
@@ -320,6 +393,16 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                     outcomes[delivery_id] = Outcome(S.FAILED, str(exc))
         if outcomes:
             await asyncio.to_thread(self._mark_sending, [], outcomes)
+        if send_at is not None and messages and not await self._wait_until(send_at):
+            # a stop came while they waited for their instant: never handed over
+            for delivery_id in messages:
+                self._cap_checks.pop(delivery_id, None)
+                self._quota_checks.pop(delivery_id, None)
+            released = await asyncio.to_thread(self._give_back, list(messages), [])
+            stats.outcomes["released"] += released
+            for outcome in outcomes.values():
+                stats.outcomes[outcome.status] += 1
+            return stats
         marked: set[int] = set()
 
         async def flush(chunk: list[int]) -> set[int]:
@@ -342,7 +425,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         # Bounded: at most send_concurrency adapter calls in flight per batch;
         # their rows are marked a wave of send_concurrency calls at a time, at
         # most two waves ahead of the calls that started.
-        limit = asyncio.Semaphore(self.settings.send_concurrency)
+        limit = bound or asyncio.Semaphore(self.settings.send_concurrency)
         waves = SendingWaves(
             [[m.delivery_id for m in part] for _, _, part in parts],
             self.settings.send_concurrency,

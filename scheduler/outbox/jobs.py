@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from scheduler.jobs import Job, JobContext
 from scheduler.outbox import service, tasks
@@ -28,12 +28,16 @@ async def dispatch(ctx: JobContext) -> DispatchStats:
 
     Rows that become due before the next tick are not left waiting for it: the
     job sleeps until the earliest of them and dispatches again, until nothing
-    more is due within three quarters of a tick of when it started."""
+    more is due within three quarters of a tick of when it started. Rows due
+    at one instant are claimed and rendered ``prepare_ahead_seconds`` before
+    it and handed to their channel at that instant (``Dispatcher.run_ahead``):
+    a burst is late only by what marking, sending and recording it take."""
     dispatcher = ctx.dispatcher
     stats = DispatchStats()
     # Rows due in the last quarter of the interval wait for the next tick: the
     # job should have ended by then, or APScheduler skips that tick (and says so).
     until = ctx.clock.now() + timedelta(seconds=ctx.settings.tick_seconds * 0.75)
+    ahead = timedelta(seconds=ctx.settings.prepare_ahead_seconds)
     try:
         while True:
             stats.add(await dispatcher.run_once())
@@ -42,10 +46,16 @@ async def dispatch(ctx: JobContext) -> DispatchStats:
                 break
             if not isinstance(ctx.clock, SystemClock):  # a clock tests drive by hand
                 break
-            wake = await asyncio.to_thread(dispatcher.next_run_at, now, until)
-            if wake is None or dispatcher.stopping:
+            wake = await asyncio.to_thread(dispatcher.next_run_at, now, until + ahead)
+            if wake is None or dispatcher.stopping or wake - ahead >= until:
                 break
-            await asyncio.sleep(max(0.0, (wake - ctx.clock.now()).total_seconds()))
+            await _sleep_until(ctx, wake - ahead)
+            if ahead and ctx.clock.now() < wake:
+                early = await dispatcher.run_ahead(wake)
+                stats.add(early)
+                if not early.claimed and wake >= until:  # the next tick will do
+                    break
+            await _sleep_until(ctx, wake)
             if ctx.clock.now() < wake:  # frozen time: the next tick will do
                 break
     except Exception as exc:
@@ -59,6 +69,12 @@ async def dispatch(ctx: JobContext) -> DispatchStats:
     if stats.claimed:  # each batch has its own INFO line (scheduler.outbox.dispatch)
         log.debug("dispatched %s", dict(stats.outcomes))
     return stats
+
+
+async def _sleep_until(ctx: JobContext, instant: datetime) -> None:
+    seconds = (instant - ctx.clock.now()).total_seconds()
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 def plan_now(ctx: JobContext) -> service.PlanResult:

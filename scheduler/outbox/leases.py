@@ -54,6 +54,17 @@ class Pace:
         calls = self.concurrency * (self.lease_seconds / 3) / self.call_seconds
         return max(1, min(batch_size, int(calls * max(1.0, self.per_call))))
 
+    def ahead_limit(self, depth: int, most: int) -> int:
+        """Rows it may claim ahead of the instant they fall due (at most
+        ``most``): what ``depth`` batches' calls in flight start within a third
+        of a lease; none before a call was timed (the channel may be slow)."""
+        if self.call_seconds is None:
+            return 0
+        if not self.call_seconds:
+            return most
+        calls = depth * self.concurrency * (self.lease_seconds / 3) / self.call_seconds
+        return min(most, int(calls * max(1.0, self.per_call)))
+
 
 class LeaseKeeper:
     """Renews the lease of rows a worker holds, every ``lease / 3``, fenced by

@@ -71,13 +71,17 @@ class BatchPreparation:
     _sign_materials: MaterialSigner
 
     def _prepare(
-        self, rows: Sequence[Any]
+        self, rows: Sequence[Any], send_at: datetime | None = None
     ) -> tuple[dict[int, OutboundMessage], dict[int, Outcome]]:
         """Render every claimed row. Rows that cannot be sent get their final
-        outcome here (inactive target, render error, channel cannot do it)."""
+        outcome here (inactive target, render error, channel cannot do it).
+        Policies (quiet hours, expiry, rate limits) are decided as of
+        ``send_at`` when the rows were claimed ahead of it, else now."""
         messages: dict[int, OutboundMessage] = {}
         outcomes: dict[int, Outcome] = {}
         now = self.clock.now()
+        if send_at is not None:
+            now = max(now, send_at)
         with Session(reader(self.engine)) as session:
             self._load_touchpoints(session, {r.touchpoint_id for r in rows})
             template_policies = self._load_template_policies(session, {r.version_id for r in rows})
