@@ -65,6 +65,23 @@ def open_review(session: Session, template_id: int) -> TemplateReview | None:
     ).first()
 
 
+def open_reviews(session: Session, template_ids: list[int]) -> dict[int, TemplateReview]:
+    """Each template's open review (the newest), in one query, for lists."""
+    found: dict[int, TemplateReview] = {}
+    if not template_ids:
+        return found
+    for review in session.exec(
+        select(TemplateReview)
+        .where(
+            col(TemplateReview.template_id).in_(template_ids),
+            col(TemplateReview.state).in_(ReviewState.OPEN),
+        )
+        .order_by(col(TemplateReview.id))
+    ).all():
+        found[review.template_id] = review  # the newest wins
+    return found
+
+
 def reviews(session: Session, template_id: int) -> list[TemplateReview]:
     return list(
         session.exec(

@@ -173,9 +173,18 @@ def _targets(session: Session, pairs: list[tuple[str, int]]) -> list[dict[str, A
     return sorted(out, key=lambda t: t["name"])
 
 
-def next_send_lines(session: Session, now: datetime, zone: ZoneInfo, locale: str) -> dict[int, str]:
-    """``下次发送：明天 11:00，4 个群`` for each live template with a send ahead."""
+def next_send_lines(
+    session: Session,
+    now: datetime,
+    zone: ZoneInfo,
+    locale: str,
+    sends: dict[int, calendar.CalendarSend] | None = None,
+) -> dict[int, str]:
+    """``下次发送：明天 11:00，4 个群`` for each live template with a send ahead
+    (``sends``: those already read, else read now)."""
     local_now = now.astimezone(zone).replace(tzinfo=None)
+    if sends is None:
+        sends = calendar.next_sends(session, now)
     return {
         template_id: wording.next_send_text(
             send.at.astimezone(zone).replace(tzinfo=None),
@@ -184,5 +193,6 @@ def next_send_lines(session: Session, now: datetime, zone: ZoneInfo, locale: str
             send.target_kind,
             locale,
         )
-        for template_id, send in calendar.next_sends(session, now).items()
+        for template_id, send in sends.items()
+        if send.at >= now  # a snapshot a few seconds old may hold one just sent
     }

@@ -35,13 +35,13 @@ from audiences import service as audiences_service
 from audiences.models import Contact, GroupChat
 from channels import service as channels_service
 from scheduler.analytics import stats
-from scheduler.analytics.stats.snapshot import CountsSnapshot
+from scheduler.analytics.stats.snapshot import CountsSnapshot, NextSendsSnapshot
 from scheduler.flows import authoring, impact
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library, wording
 from sop_templates import service as templates_service
-from sop_templates.models import SopTemplate, TemplateStatus
+from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
 from sop_templates.service import NotFound, TemplateError, TemplateValidationError
 from sop_templates.timing import as_instant, get_zone
 from sopbot.db import reader
@@ -109,28 +109,48 @@ def template_counts(request: Request) -> CountsSnapshot:
     return state.template_counts  # type: ignore[no-any-return]
 
 
+def template_next_sends(request: Request) -> NextSendsSnapshot:
+    """This process's snapshot of each live template's next send."""
+    state = request.app.state
+    if getattr(state, "template_next_sends", None) is None:
+        state.template_next_sends = NextSendsSnapshot(state.engine)
+    return state.template_next_sends  # type: ignore[no-any-return]
+
+
 @router.get("/templates", response_class=HTMLResponse)
 def template_list(request: Request, me: Reader, session: ReaderDep, clock: ClockDep) -> Response:
     counts = template_counts(request).counts(clock.now())
+    templates = templates_service.list_templates(session)
+    ids = [t.id for t in templates if t.id is not None]
+    reviews = approvals.open_reviews(session, ids)
+    version_ids = [t.current_version_id for t in templates if t.current_version_id]
+    versions: dict[int, int] = dict(
+        session.execute(
+            select(TemplateVersion.id, TemplateVersion.version).where(  # type: ignore[call-overload]
+                col(TemplateVersion.id).in_(version_ids)
+            )
+        ).all()
+        if version_ids
+        else []
+    )
     rows: list[dict[str, Any]] = []
-    for template in templates_service.list_templates(session):
-        review = approvals.open_review(session, template.id)  # type: ignore[arg-type]
-        version = (
-            templates_service.get_version(session, template.current_version_id)
-            if template.current_version_id
-            else None
-        )
+    for template in templates:
+        review = reviews.get(template.id)  # type: ignore[arg-type]
         rows.append(
             {
                 "template": template,
                 "counts": counts.get(template.id) or stats.Counts(),  # type: ignore[arg-type]
                 "review": review.state if review else None,
-                "version": version.version if version else None,
+                "version": versions.get(template.current_version_id)
+                if template.current_version_id
+                else None,
             }
         )
     from api.routes.calendar_pages import next_send_lines
 
-    upcoming = next_send_lines(session, clock.now(), zone_of(request), locale_of(request))
+    now = clock.now()
+    sends = template_next_sends(request).get(now)
+    upcoming = next_send_lines(session, now, zone_of(request), locale_of(request), sends)
     for row in rows:
         row["next_send"] = upcoming.get(row["template"].id)  # type: ignore[union-attr]
     return render(request, "ui/templates.html", {"rows": rows})

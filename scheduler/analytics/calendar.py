@@ -106,12 +106,26 @@ def upcoming(
         )
 
     # cron occurrences the planner has not fanned out yet
+    # (only versions with a cron touchpoint: counting every SOP's enrollments
+    # would scan a large one's for nothing)
+    t = Touchpoint.__table__.c  # type: ignore[attr-defined]
+    with_cron = list(
+        session.execute(sa_select(t.version_id).where(t.timing_kind == "cron").distinct()).scalars()
+    )
     e = Enrollment.__table__.c  # type: ignore[attr-defined]
-    active = session.execute(
-        sa_select(e.version_id, e.target_kind, func.count())
-        .where(e.status == EnrollmentStatus.ACTIVE, e.template_id.in_(list(templates)))
-        .group_by(e.version_id, e.target_kind)
-    ).all()
+    active = (
+        session.execute(
+            sa_select(e.version_id, e.target_kind, func.count())
+            .where(
+                e.version_id.in_(with_cron),
+                e.status == EnrollmentStatus.ACTIVE,
+                e.template_id.in_(list(templates)),
+            )
+            .group_by(e.version_id, e.target_kind)
+        ).all()
+        if with_cron
+        else []
+    )
     for version_id, kind, count in active:
         version = versions.get(version_id) or session.get(TemplateVersion, version_id)
         if version is None:
