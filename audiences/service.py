@@ -5,9 +5,13 @@ of work that also runs the SOP reactions); accounts are registered here."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import Text, type_coerce
 from sqlmodel import Session, col, select
 
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
@@ -107,7 +111,9 @@ def render_targets(
     """Load what rendering and sending need for many targets in one query.
 
     This runs for every dispatch batch, so it selects plain columns (no ORM
-    objects) — the difference is most of a batch's preparation time.
+    objects) — the difference is most of a batch's preparation time — and reads
+    the attributes and join time as the driver gives them (SQLite: text), decoded
+    here only when there is something to decode.
     """
     ids = sorted(set(ids))
     if not ids:
@@ -119,9 +125,9 @@ def render_targets(
             table.c.id,
             table.c.external_id,
             table.c.name,
-            table.c.joined_at,
+            type_coerce(table.c.joined_at, Text).label("joined_at"),
             table.c.status,
-            table.c.attributes,
+            type_coerce(table.c.attributes, Text).label("attributes"),
             accounts.c.external_id.label("account_external_id"),
             accounts.c.name.label("account_name"),
             *extra,
@@ -135,9 +141,9 @@ def render_targets(
             "id": row.id,
             "external_id": row.external_id,
             "name": row.name,
-            "joined_at": row.joined_at,
+            "joined_at": _instant(row.joined_at),
             "status": row.status,
-            "attributes": dict(row.attributes or {}),
+            "attributes": _attributes(row.attributes),
             "account": (
                 {"external_id": row.account_external_id, "name": row.account_name}
                 if row.account_external_id is not None
@@ -148,6 +154,25 @@ def render_targets(
             item["member_count"] = row.member_count
         out[row.id] = item
     return out
+
+
+def _attributes(raw: Any) -> dict[str, Any]:
+    if not raw or raw == "{}":
+        return {}
+    return dict(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+def _instant(raw: Any) -> datetime | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):  # SQLite's UTC text
+        return _parse_instant(raw)
+    return raw.astimezone(UTC) if raw.tzinfo else raw.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=4096)  # a batch's targets often share a join time
+def _parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def is_active(target: dict[str, Any]) -> bool:

@@ -100,6 +100,8 @@ class BatchPreparation:
             for kind in {r.target_kind for r in rows}:
                 ids = [r.target_id for r in rows if r.target_kind == kind]
                 targets[kind] = audiences_service.render_targets(session, kind, ids)
+        adapters: dict[str, ChannelAdapter | ChannelError] = {}
+        problems: dict[tuple[str, int, str, str], str | None] = {}
         for row in rows:
             touchpoint = self._touchpoints[row.touchpoint_id]
             target = targets[row.target_kind].get(row.target_id)
@@ -109,12 +111,19 @@ class BatchPreparation:
             if not audiences_service.is_active(target):
                 outcomes[row.id] = Outcome(S.SKIPPED, f"{row.target_kind} is {target['status']}")
                 continue
-            try:
-                adapter = self.channels.get(row.channel)
-            except ChannelError as exc:
-                outcomes[row.id] = Outcome(S.FAILED, str(exc))
+            adapter = adapters.get(row.channel)
+            if adapter is None:  # once per channel and batch
+                try:
+                    adapter = adapters[row.channel] = self.channels.get(row.channel)
+                except ChannelError as exc:
+                    adapter = adapters[row.channel] = exc
+            if isinstance(adapter, ChannelError):
+                outcomes[row.id] = Outcome(S.FAILED, str(adapter))
                 continue
-            problem = capability_problem(adapter, row, touchpoint)
+            fit = (row.channel, row.touchpoint_id, row.mode, row.target_kind)
+            problem = problems.get(fit, "")
+            if problem == "":  # once per channel, touchpoint, mode and target kind
+                problem = problems[fit] = capability_problem(adapter, row, touchpoint)
             if problem:
                 outcomes[row.id] = Outcome(S.FAILED, problem)
                 continue
