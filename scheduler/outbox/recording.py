@@ -170,16 +170,8 @@ def log_batch(
             problems[(outcome.status, outcome.reason or "")].append(delivery_id)
     if lease_lost:
         by_status["lease_lost"] = list(lease_lost)
-    log.info(
-        "dispatched batch of %d: %s",
-        len(rows),
-        ", ".join(f"{status}={len(ids)}" for status, ids in sorted(by_status.items())),
-        extra={
-            "worker_id": worker_id,
-            "delivery_ids": [r.id for r in rows],
-            "outcomes": {status: ids for status, ids in sorted(by_status.items())},
-        },
-    )
+    if log.isEnabledFor(logging.INFO):  # its id lists cost a batch's worth of work
+        _log_summary(worker_id, rows, by_status)
     for (status, reason), ids in problems.items():
         log.log(
             logging.INFO if status == S.SCHEDULED else logging.WARNING,
@@ -202,3 +194,16 @@ def log_batch(
 def _id_list(ids: Sequence[int], limit: int = 20) -> str:
     shown = ", ".join(str(i) for i in ids[:limit])
     return shown if len(ids) <= limit else f"{shown}, ... {len(ids) - limit} more"
+
+
+def _log_summary(worker_id: str, rows: Sequence[Any], by_status: dict[str, list[int]]) -> None:
+    log.info(
+        "dispatched batch of %d: %s",
+        len(rows),
+        ", ".join(f"{status}={len(ids)}" for status, ids in sorted(by_status.items())),
+        extra={
+            "worker_id": worker_id,
+            "delivery_ids": [r.id for r in rows],
+            "outcomes": {status: ids for status, ids in sorted(by_status.items())},
+        },
+    )
