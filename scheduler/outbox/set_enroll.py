@@ -26,7 +26,7 @@ from sqlalchemy import Join, Select, case, literal, select, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlmodel import Session
 
-from scheduler.outbox import service
+from scheduler.outbox import service, set_checks
 from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
 from scheduler.outcomes import experiments
@@ -84,10 +84,42 @@ def _write(
     anchor: datetime,
     now: datetime,
 ) -> service.EnrollResult:
+    zone = get_zone(spec.timezone)
+    result = service.EnrollResult()
+    one_offs = [p for p in plans if p.kind != "cron"]
+    touchpoints = [p.touchpoint_id for p in plans]
+    with set_checks.checked_once(session, template.id, version.id, touchpoints):  # type: ignore[arg-type]
+        held = _write_rows(
+            session, template, version, spec, one_offs, enrollments, anchor, now, result
+        )
+    if result.enrolled and one_offs:
+        for plan in one_offs:
+            status, _, _ = _outcome(plan, anchor, zone, now)
+            result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
+        experiments.store_variants(session, version, spec)
+    # Cron occurrences already fanned out ahead of time must include newcomers.
+    for plan in plans:
+        if plan.kind == "cron":
+            service._fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
+    return result
+
+
+def _write_rows(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    spec: Any,
+    one_offs: list[Any],
+    enrollments: Select[Any],
+    anchor: datetime,
+    now: datetime,
+    result: service.EnrollResult,
+) -> set[int]:
+    """The two ``INSERT ... SELECT`` statements (and the holdout's marks);
+    counts into ``result``, returns the held enrollments."""
     e, d = ENROLLMENTS.c, DELIVERIES.c
     zone = get_zone(spec.timezone)
     sqlite = session.get_bind().dialect.name == "sqlite"
-    result = service.EnrollResult()
     result.enrolled = rowcount(
         session.execute(
             insert_of(session, ENROLLMENTS)
@@ -108,7 +140,6 @@ def _write(
         rows = session.execute(select(e.id, e.target_id).where(*fresh)).all()
         held = experiments.held_enrollments(spec, template.id, template.target_kind, 0, rows)  # type: ignore[arg-type]
         experiments.mark_held(session, held)
-    one_offs = [p for p in plans if p.kind != "cron"]
     if result.enrolled and one_offs:
         steps = union_all(
             *(_step(plan, position, anchor, zone, now) for position, plan in enumerate(one_offs))
@@ -151,15 +182,7 @@ def _write(
                 .on_conflict_do_nothing()
             )
         )
-        for plan in one_offs:
-            status, _, _ = _outcome(plan, anchor, zone, now)
-            result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
-        experiments.store_variants(session, version, spec)
-    # Cron occurrences already fanned out ahead of time must include newcomers.
-    for plan in plans:
-        if plan.kind == "cron":
-            service._fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
-    return result
+    return held
 
 
 class _CrossJoin(Join):
