@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, text
+from sqlmodel import col
 
 from scheduler.outbox import set_checks
 from sop_templates import service as templates_service
@@ -33,7 +34,9 @@ def _role(session) -> str:
 
 def _checked(session, template_id: int, version_id: int) -> tuple[bool, str | None]:
     touchpoints = list(
-        session.execute(select(Touchpoint.id).where(Touchpoint.version_id == version_id)).scalars()
+        session.execute(
+            select(col(Touchpoint.id)).where(col(Touchpoint.version_id) == version_id)
+        ).scalars()
     )
     with set_checks.checked_once(session, template_id, version_id, touchpoints) as once:
         inside = _role(session) if once else None

@@ -5,6 +5,8 @@ enrolled or exited before, exit tags, a contact who left."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy import select, update
 
 from scheduler.flows import enrollment
 from scheduler.outbox import service as scheduler_service
-from scheduler.outbox import set_enroll
+from scheduler.outbox import set_checks, set_enroll
 from scheduler.outbox.models import Delivery, Enrollment, EnrollmentStatus
 from sop_templates import service as templates_service
 from sop_templates.models import Touchpoint
@@ -140,10 +142,21 @@ def test_set_based_publish_writes_the_rows_of_the_row_by_row_path(engine, monkey
     calls = []
     enroll_all = set_enroll.enroll_all
     monkeypatch.setattr(set_enroll, "enroll_all", lambda *a: calls.append(1) or enroll_all(*a))
+    checked_once, once = set_checks.checked_once, []
+
+    @contextmanager
+    def recorded(*args: Any) -> Iterator[bool]:
+        with checked_once(*args) as taken:
+            once.append(taken)
+            yield taken
+
+    monkeypatch.setattr(set_checks, "checked_once", recorded)
     rows_way = _publish_v2(engine, template_id, set_based=False)
     assert calls == []
     set_way = _publish_v2(engine, template_id, set_based=True)
     assert calls == [1]
+    # on PostgreSQL the rows compared are the ones written with the keys checked once
+    assert once == [engine.dialect.name == "postgresql"]
     counts, rows, people = set_way
     assert counts == rows_way[0]
     assert people == rows_way[2]
