@@ -61,7 +61,7 @@ def checked_once(
     that keeps every key valid); yields whether it did. On SQLite, or when the
     version was not written by this transaction, or the role may not switch
     triggers, the block runs with the per-row checks (yields False)."""
-    if session.get_bind().dialect.name != "postgresql" or not _version_written_here(
+    if session.get_bind().dialect.name != "postgresql" or not version_written_here(
         session, version_id
     ):
         yield False
@@ -85,7 +85,9 @@ def checked_once(
     )
 
 
-def _version_written_here(session: Session, version_id: int) -> bool:
+def version_written_here(session: Session, version_id: int) -> bool:
+    """PostgreSQL: whether this transaction wrote the version's row (outside
+    any savepoint), so no other transaction can see it yet."""
     return bool(session.execute(_WRITTEN_HERE, {"version_id": version_id}).scalar())
 
 

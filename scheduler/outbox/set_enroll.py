@@ -120,13 +120,6 @@ def _write_rows(
     e, d = ENROLLMENTS.c, DELIVERIES.c
     zone = get_zone(spec.timezone)
     sqlite = session.get_bind().dialect.name == "sqlite"
-    result.enrolled = rowcount(
-        session.execute(
-            insert_of(session, ENROLLMENTS)
-            .from_select(list(service._ENROLLMENT_COLUMNS), enrollments)
-            .on_conflict_do_nothing()
-        )
-    )
     fresh = (
         e.template_id == template.id,
         e.version_id == version.id,
@@ -134,6 +127,14 @@ def _write_rows(
         e.cycle == 0,
         e.enrolled_at == literal(now, e.enrolled_at.type),
         e.status == EnrollmentStatus.ACTIVE,
+    )
+    first = _first_rows(session, version.id, fresh)  # type: ignore[arg-type]
+    result.enrolled = rowcount(
+        session.execute(
+            insert_of(session, ENROLLMENTS)
+            .from_select(list(service._ENROLLMENT_COLUMNS), enrollments)
+            .on_conflict_do_nothing()
+        )
     )
     held: set[int] = set()
     if spec.holdout > 0:  # a hash per enrollment: computed on ids, marked in SQL
@@ -175,14 +176,31 @@ def _write_rows(
         )
         if sqlite:  # the order service.enroll writes in, free with the loops above
             source = source.order_by(e.id, steps.c.position)
-        result.deliveries = rowcount(
-            session.execute(
-                insert_of(session, DELIVERIES)
-                .from_select(list(service.DELIVERY_COLUMNS), source)
-                .on_conflict_do_nothing()
-            )
-        )
+        write = insert_of(session, DELIVERIES).from_select(list(service.DELIVERY_COLUMNS), source)
+        if not first:  # some may exist: the key decides, as for a re-run
+            write = write.on_conflict_do_nothing()
+        result.deliveries = rowcount(session.execute(write))
     return held
+
+
+def _first_rows(session: Session, version_id: int, fresh: tuple[Any, ...]) -> bool:
+    """Whether the deliveries about to be written are certainly the first
+    of their enrollments, so a plain ``INSERT`` can write them instead of one
+    that first looks each key up (``ON CONFLICT DO NOTHING``: 15-25% of the
+    deliveries' statement on both databases).
+
+    They are when, before the enrollments' statement, no enrollment matches
+    what the deliveries' statement selects, and no other transaction can add
+    one before it runs: on SQLite the publish holds the only write lock from
+    its first write to its commit; on PostgreSQL the version must be this
+    transaction's own, unseen by any other (``set_checks``). Every enrollment
+    the deliveries' statement then finds is one the enrollments' statement
+    just wrote, and nothing wrote a delivery for it in between."""
+    if session.get_bind().dialect.name != "sqlite" and not set_checks.version_written_here(
+        session, version_id
+    ):
+        return False
+    return session.execute(select(ENROLLMENTS.c.id).where(*fresh).limit(1)).first() is None
 
 
 class _CrossJoin(Join):
