@@ -26,7 +26,7 @@ from sqlalchemy import Join, Select, case, literal, select, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlmodel import Session
 
-from scheduler.outbox import service
+from scheduler.outbox import service, set_checks
 from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
 from scheduler.outcomes import experiments
@@ -84,17 +84,42 @@ def _write(
     anchor: datetime,
     now: datetime,
 ) -> service.EnrollResult:
+    zone = get_zone(spec.timezone)
+    result = service.EnrollResult()
+    one_offs = [p for p in plans if p.kind != "cron"]
+    touchpoints = [p.touchpoint_id for p in plans]
+    with set_checks.checked_once(session, template.id, version.id, touchpoints):  # type: ignore[arg-type]
+        held = _write_rows(
+            session, template, version, spec, one_offs, enrollments, anchor, now, result
+        )
+    if result.enrolled and one_offs:
+        for plan in one_offs:
+            status, _, _ = _outcome(plan, anchor, zone, now)
+            result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
+        experiments.store_variants(session, version, spec)
+    # Cron occurrences already fanned out ahead of time must include newcomers.
+    for plan in plans:
+        if plan.kind == "cron":
+            service._fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
+    return result
+
+
+def _write_rows(
+    session: Session,
+    template: SopTemplate,
+    version: TemplateVersion,
+    spec: Any,
+    one_offs: list[Any],
+    enrollments: Select[Any],
+    anchor: datetime,
+    now: datetime,
+    result: service.EnrollResult,
+) -> set[int]:
+    """The two ``INSERT ... SELECT`` statements (and the holdout's marks);
+    counts into ``result``, returns the held enrollments."""
     e, d = ENROLLMENTS.c, DELIVERIES.c
     zone = get_zone(spec.timezone)
     sqlite = session.get_bind().dialect.name == "sqlite"
-    result = service.EnrollResult()
-    result.enrolled = rowcount(
-        session.execute(
-            insert_of(session, ENROLLMENTS)
-            .from_select(list(service._ENROLLMENT_COLUMNS), enrollments)
-            .on_conflict_do_nothing()
-        )
-    )
     fresh = (
         e.template_id == template.id,
         e.version_id == version.id,
@@ -103,12 +128,19 @@ def _write(
         e.enrolled_at == literal(now, e.enrolled_at.type),
         e.status == EnrollmentStatus.ACTIVE,
     )
+    first = _first_rows(session, version.id, fresh)  # type: ignore[arg-type]
+    result.enrolled = rowcount(
+        session.execute(
+            insert_of(session, ENROLLMENTS)
+            .from_select(list(service._ENROLLMENT_COLUMNS), enrollments)
+            .on_conflict_do_nothing()
+        )
+    )
     held: set[int] = set()
     if spec.holdout > 0:  # a hash per enrollment: computed on ids, marked in SQL
         rows = session.execute(select(e.id, e.target_id).where(*fresh)).all()
         held = experiments.held_enrollments(spec, template.id, template.target_kind, 0, rows)  # type: ignore[arg-type]
         experiments.mark_held(session, held)
-    one_offs = [p for p in plans if p.kind != "cron"]
     if result.enrolled and one_offs:
         steps = union_all(
             *(_step(plan, position, anchor, zone, now) for position, plan in enumerate(one_offs))
@@ -144,22 +176,31 @@ def _write(
         )
         if sqlite:  # the order service.enroll writes in, free with the loops above
             source = source.order_by(e.id, steps.c.position)
-        result.deliveries = rowcount(
-            session.execute(
-                insert_of(session, DELIVERIES)
-                .from_select(list(service.DELIVERY_COLUMNS), source)
-                .on_conflict_do_nothing()
-            )
-        )
-        for plan in one_offs:
-            status, _, _ = _outcome(plan, anchor, zone, now)
-            result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
-        experiments.store_variants(session, version, spec)
-    # Cron occurrences already fanned out ahead of time must include newcomers.
-    for plan in plans:
-        if plan.kind == "cron":
-            service._fan_out_planned_ahead(session, template, version, plan, spec, zone, now)
-    return result
+        write = insert_of(session, DELIVERIES).from_select(list(service.DELIVERY_COLUMNS), source)
+        if not first:  # some may exist: the key decides, as for a re-run
+            write = write.on_conflict_do_nothing()
+        result.deliveries = rowcount(session.execute(write))
+    return held
+
+
+def _first_rows(session: Session, version_id: int, fresh: tuple[Any, ...]) -> bool:
+    """Whether the deliveries about to be written are certainly the first
+    of their enrollments, so a plain ``INSERT`` can write them instead of one
+    that first looks each key up (``ON CONFLICT DO NOTHING``: 15-25% of the
+    deliveries' statement on both databases).
+
+    They are when, before the enrollments' statement, no enrollment matches
+    what the deliveries' statement selects, and no other transaction can add
+    one before it runs: on SQLite the publish holds the only write lock from
+    its first write to its commit; on PostgreSQL the version must be this
+    transaction's own, unseen by any other (``set_checks``). Every enrollment
+    the deliveries' statement then finds is one the enrollments' statement
+    just wrote, and nothing wrote a delivery for it in between."""
+    if session.get_bind().dialect.name != "sqlite" and not set_checks.version_written_here(
+        session, version_id
+    ):
+        return False
+    return session.execute(select(ENROLLMENTS.c.id).where(*fresh).limit(1)).first() is None
 
 
 class _CrossJoin(Join):

@@ -5,15 +5,18 @@ enrolled or exited before, exit tags, a contact who left."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from factories import add_contact
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlmodel import col
 
 from scheduler.flows import enrollment
 from scheduler.outbox import service as scheduler_service
-from scheduler.outbox import set_enroll
+from scheduler.outbox import set_checks, set_enroll
 from scheduler.outbox.models import Delivery, Enrollment, EnrollmentStatus
 from sop_templates import service as templates_service
 from sop_templates.models import Touchpoint
@@ -140,10 +143,21 @@ def test_set_based_publish_writes_the_rows_of_the_row_by_row_path(engine, monkey
     calls = []
     enroll_all = set_enroll.enroll_all
     monkeypatch.setattr(set_enroll, "enroll_all", lambda *a: calls.append(1) or enroll_all(*a))
+    checked_once, once = set_checks.checked_once, []
+
+    @contextmanager
+    def recorded(*args: Any) -> Iterator[bool]:
+        with checked_once(*args) as taken:
+            once.append(taken)
+            yield taken
+
+    monkeypatch.setattr(set_checks, "checked_once", recorded)
     rows_way = _publish_v2(engine, template_id, set_based=False)
     assert calls == []
     set_way = _publish_v2(engine, template_id, set_based=True)
     assert calls == [1]
+    # on PostgreSQL the rows compared are the ones written with the keys checked once
+    assert once == [engine.dialect.name == "postgresql"]
     counts, rows, people = set_way
     assert counts == rows_way[0]
     assert people == rows_way[2]
@@ -163,3 +177,29 @@ def test_set_based_publish_writes_the_rows_of_the_row_by_row_path(engine, monkey
     )
     assert {r[16] for r in rows[:-1] if r[1] == "预习"} == {"A", "B"}
     assert any(p[5] for p in people) and not all(p[5] for p in people)
+
+
+def test_more_of_a_segment_enrolled_in_the_same_transaction_leaves_the_first_rows(engine):
+    """The deliveries' statement is a plain INSERT only when no enrollment it
+    selects existed before; a second enroll at the same instant in the same
+    transaction finds the first one's and keeps their rows."""
+    template_id = _world(engine)
+    contacts = Enrollment.metadata.tables["contacts"]
+    anchor = datetime(2027, 3, 2, 1, 0, tzinfo=UTC)
+    with session_scope(engine) as session:
+        template = templates_service.get_template(session, template_id)
+        version = templates_service.freeze_draft(session, template_id, NOW)
+        targets = select(contacts.c.id)
+        some = set_enroll.enroll_all(
+            session, template, version, targets.where(contacts.c.id <= 20), anchor, NOW
+        )
+        rest = set_enroll.enroll_all(session, template, version, targets, anchor, NOW)
+        written = session.execute(
+            select(func.count())
+            .select_from(Delivery)
+            .where(col(Delivery.version_id) == version.id, col(Delivery.occurrence) == 0)
+        ).scalar_one()
+        session.rollback()
+    assert some.enrolled and rest.enrolled
+    assert rest.deliveries == 4 * rest.enrolled  # four one-off touchpoints each
+    assert written == 4 * (some.enrolled + rest.enrolled)
