@@ -157,6 +157,12 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                     # Expiring overdue rows scans every due row, so once per tick
                     # is enough; doing it per batch made draining a backlog quadratic.
                     size = self.pace.claim_limit(self.settings.claim_batch_size)
+                    if claimed < depth - 1:
+                        # The first batches are smaller, staggered: batches of one
+                        # size started together also end together, and then every
+                        # batch is between its calls (recording, claiming,
+                        # preparing) at once and none is sending.
+                        size = max(1, size * (claimed + 1) // depth)
                     rows = await asyncio.to_thread(self.claim, size, expire=claimed == 0)
                     if not rows:
                         drained = True

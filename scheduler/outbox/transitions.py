@@ -339,6 +339,9 @@ def mark_sending(
                 lease_expires_at=lease_until,
             )
             .returning(col(Delivery.id))
+            # No ORM objects to keep in step: synchronizing them would look
+            # up every returned id in the identity map (most of the cost).
+            .execution_options(synchronize_session=False)
         )
         marked.update(session.execute(stmt).scalars())
     return marked
