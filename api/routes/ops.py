@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -21,10 +21,20 @@ from sopbot.db import reader
 router = APIRouter(tags=["ops"])
 
 
+# A health probe counts the due backlog up to this many rows: enough to see a
+# backlog, without scanning a whole burst on every probe.
+HEALTH_BACKLOG_COUNT = 10_000
+
+
 class HealthOut(BaseModel):
     status: str
     version: str
-    backlog: int
+    backlog: int = Field(
+        description=f"deliveries due and not yet claimed, counted up to {HEALTH_BACKLOG_COUNT:,}"
+    )
+    backlog_more: bool = Field(
+        description=f"more than {HEALTH_BACKLOG_COUNT:,} are due (GET /api/workers counts all)"
+    )
     oldest_due: datetime | None
     oldest_overdue: heartbeat.OverdueDelivery | None
     live_workers: int
@@ -43,7 +53,12 @@ class WorkersOut(BaseModel):
 
 
 def _summary(
-    engine: EngineDep, clock: ClockDep, settings: SettingsDep, *, include_gone: bool = False
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    *,
+    include_gone: bool = False,
+    backlog_up_to: int | None = None,
 ) -> heartbeat.OpsSummary:
     with Session(reader(engine)) as session:
         return heartbeat.ops_summary(
@@ -51,6 +66,7 @@ def _summary(
             clock.now(),
             timedelta(seconds=settings.worker_stale_seconds),
             include_gone=include_gone,
+            backlog_up_to=backlog_up_to,
         )
 
 
@@ -65,7 +81,7 @@ def healthz(
     """Liveness plus the backlog (deliveries due now and not yet claimed), the
     oldest overdue delivery and the live scheduler processes."""
     try:
-        summary = _summary(engine, clock, settings)
+        summary = _summary(engine, clock, settings, backlog_up_to=HEALTH_BACKLOG_COUNT)
     except OperationalError as exc:
         return JSONResponse(
             status_code=503,
@@ -76,14 +92,18 @@ def healthz(
     warnings = []
     if summary.backlog and not summary.live_workers and not in_process:
         warnings.append(
-            f"{summary.backlog} deliveries are due and no scheduler process is alive "
+            f"{'more than ' if summary.backlog > HEALTH_BACKLOG_COUNT else ''}"
+            f"{min(summary.backlog, HEALTH_BACKLOG_COUNT)} deliveries are due and no "
+            "scheduler process is alive "
             "(start `sopbot worker` or `sopbot serve`)"
         )
     oldest = summary.oldest_overdue
+    more = summary.backlog > HEALTH_BACKLOG_COUNT
     return HealthOut(
         status="ok",
         version=__version__,
-        backlog=summary.backlog,
+        backlog=min(summary.backlog, HEALTH_BACKLOG_COUNT),
+        backlog_more=more,
         oldest_due=oldest.run_at if oldest else None,
         oldest_overdue=oldest,
         live_workers=summary.live_workers,

@@ -199,12 +199,21 @@ def count_live_workers(session: Session, now: datetime, stale: timedelta) -> int
     )
 
 
-def backlog(session: Session, now: datetime) -> tuple[int, OverdueDelivery | None]:
+def backlog(
+    session: Session, now: datetime, *, up_to: int | None = None
+) -> tuple[int, OverdueDelivery | None]:
     """Deliveries due and still waiting to be claimed, and the oldest of them.
 
-    Both read the ``(status, run_at)`` index: a range count and one row."""
+    Both read the ``(status, run_at)`` index: a range count and one row. With
+    ``up_to``, counting stops there (a burst of 100,000 due rows costs a health
+    probe a scan of all of them otherwise): the count is then ``up_to + 1``,
+    meaning "more than ``up_to``"."""
     due = (col(Delivery.status) == DeliveryStatus.SCHEDULED, col(Delivery.run_at) <= now)
-    count = int(session.execute(select(func.count()).where(*due)).scalar_one())
+    if up_to is None:
+        count = int(session.execute(select(func.count()).where(*due)).scalar_one())
+    else:
+        capped = select(col(Delivery.id)).where(*due).limit(up_to + 1).subquery()
+        count = int(session.execute(select(func.count()).select_from(capped)).scalar_one())
     if not count:
         return 0, None
     row = session.execute(
@@ -228,11 +237,16 @@ def backlog(session: Session, now: datetime) -> tuple[int, OverdueDelivery | Non
 
 
 def ops_summary(
-    session: Session, now: datetime, stale: timedelta, *, include_gone: bool = False
+    session: Session,
+    now: datetime,
+    stale: timedelta,
+    *,
+    include_gone: bool = False,
+    backlog_up_to: int | None = None,
 ) -> OpsSummary:
     """What ``/healthz`` and ``/api/workers`` report."""
     workers = list_workers(session, now, stale, include_gone=include_gone)
-    count, oldest = backlog(session, now)
+    count, oldest = backlog(session, now, up_to=backlog_up_to)
     return OpsSummary(
         now=now,
         live_workers=sum(1 for w in workers if w.live),

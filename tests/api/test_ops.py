@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
+from api.routes import ops
 from channels.breaker import CircuitBreakers
 from channels.registry import ensure_instance
 from sopbot.db import session_scope
@@ -57,11 +58,23 @@ def test_healthz_reports_backlog_oldest_overdue_and_no_live_worker(client, engin
     _due_welcomes(engine, 2, T0 - timedelta(minutes=10))
     health = client.get("/healthz").json()
     assert health["status"] == "ok"
-    assert health["backlog"] == 2
+    assert health["backlog"] == 2 and health["backlog_more"] is False
     assert health["oldest_overdue"]["overdue_seconds"] == 600
     assert health["oldest_due"] == health["oldest_overdue"]["run_at"]
     assert health["live_workers"] == 0 and health["workers"] == []
     assert "no scheduler process is alive" in health["warnings"][0]
+
+
+def test_healthz_counts_the_backlog_up_to_its_limit(client, engine, monkeypatch):
+    """A probe does not scan a whole burst: past the limit it says "more";
+    /api/workers counts every row."""
+    monkeypatch.setattr(ops, "HEALTH_BACKLOG_COUNT", 2)
+    _due_welcomes(engine, 3, T0 - timedelta(minutes=10))
+    health = client.get("/healthz").json()
+    assert (health["backlog"], health["backlog_more"]) == (2, True)
+    assert health["oldest_overdue"]["overdue_seconds"] == 600
+    assert "more than 2 deliveries are due" in health["warnings"][0]
+    assert client.get("/api/workers").json()["backlog"] == 3
 
 
 def test_healthz_and_workers_list_a_live_worker(client, clock):
