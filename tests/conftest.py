@@ -124,9 +124,10 @@ def db_url(tmp_path: Path, _pg_database: PostgresTestDatabase | None) -> str:
 
 
 @pytest.fixture
-def settings(db_url: str) -> Settings:
+def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(
         database_url=db_url,
+        materials_dir=str(tmp_path / "materials"),  # never the checkout's
         worker_id="test-worker",
         claim_batch_size=100,
         lease_seconds=60,

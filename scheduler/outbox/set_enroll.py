@@ -18,6 +18,7 @@ enroll). The rows are the ones ``service.enroll`` writes, in the same order
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from itertools import product
 from typing import Any
@@ -117,7 +118,7 @@ def _write_rows(
 ) -> set[int]:
     """The two ``INSERT ... SELECT`` statements (and the holdout's marks);
     counts into ``result``, returns the held enrollments."""
-    e, d = ENROLLMENTS.c, DELIVERIES.c
+    e = ENROLLMENTS.c
     zone = get_zone(spec.timezone)
     sqlite = session.get_bind().dialect.name == "sqlite"
     fresh = (
@@ -142,45 +143,86 @@ def _write_rows(
         held = experiments.held_enrollments(spec, template.id, template.target_kind, 0, rows)  # type: ignore[arg-type]
         experiments.mark_held(session, held)
     if result.enrolled and one_offs:
-        steps = union_all(
-            *(_step(plan, position, anchor, zone, now) for position, plan in enumerate(one_offs))
-        ).subquery("steps")
-        is_held = e.holdout == true()
-        skipped = literal(DeliveryStatus.SKIPPED)
-        source = (
-            select(
-                e.id,
-                steps.c.touchpoint_id,
-                literal(0),
-                e.template_id,
-                e.version_id,
-                e.target_kind,
-                e.target_id,
-                literal(spec.channel),
-                steps.c.mode,
-                steps.c.due_at,
-                steps.c.run_at,
-                steps.c.expires_at,
-                case((is_held, skipped), else_=steps.c.status) if held else steps.c.status,
-                case((is_held, literal(experiments.HOLDOUT_REASON)), else_=steps.c.reason)
-                if held
-                else steps.c.reason,
-                literal(0),
-                literal(now, d.created_at.type),
-                case((is_held, literal(now, d.finished_at.type)), else_=steps.c.finished_at)
-                if held
-                else steps.c.finished_at,
-            )
-            .select_from(_CrossJoin(ENROLLMENTS, steps, true()))
-            .where(*fresh)
+        result.deliveries = sum(
+            _write_deliveries(session, spec, part, anchor, zone, now, fresh, held, first, sqlite)
+            for part in _parts(one_offs, anchor, zone, now, sqlite)
         )
-        if sqlite:  # the order service.enroll writes in, free with the loops above
-            source = source.order_by(e.id, steps.c.position)
-        write = insert_of(session, DELIVERIES).from_select(list(service.DELIVERY_COLUMNS), source)
-        if not first:  # some may exist: the key decides, as for a re-run
-            write = write.on_conflict_do_nothing()
-        result.deliveries = rowcount(session.execute(write))
     return held
+
+
+def _parts(
+    one_offs: list[Any], anchor: datetime, zone: Any, now: datetime, sqlite: bool
+) -> list[list[tuple[int, Any]]]:
+    """The touchpoints (with their positions) written by one statement each.
+
+    SQLite: one statement per instant the rows run at. Each of the outbox's
+    time indexes then gets its keys in one place, appended, instead of at every
+    touchpoint's place at once (a page split in the middle for each): 1-3 s of
+    CPU at 1,000,000 contacts. Rows that run at the same instant are still
+    written enrollment by enrollment, each with its touchpoints in order, so
+    the order they are claimed in is that of ``service.enroll``. PostgreSQL:
+    one statement."""
+    positioned = list(enumerate(one_offs))
+    if not sqlite:
+        return [positioned]
+    by_instant: dict[datetime, list[tuple[int, Any]]] = defaultdict(list)
+    for position, plan in positioned:
+        by_instant[_outcome(plan, anchor, zone, now)[2]].append((position, plan))
+    return [by_instant[instant] for instant in sorted(by_instant)]
+
+
+def _write_deliveries(
+    session: Session,
+    spec: Any,
+    part: list[tuple[int, Any]],
+    anchor: datetime,
+    zone: Any,
+    now: datetime,
+    fresh: tuple[Any, ...],
+    held: set[int],
+    first: bool,
+    sqlite: bool,
+) -> int:
+    """One ``INSERT ... SELECT``: the fresh enrollments crossed with these
+    touchpoints' outcomes, decided once."""
+    e, d = ENROLLMENTS.c, DELIVERIES.c
+    selects = [_step(plan, position, anchor, zone, now) for position, plan in part]
+    steps = (selects[0] if len(selects) == 1 else union_all(*selects)).subquery("steps")
+    is_held = e.holdout == true()
+    skipped = literal(DeliveryStatus.SKIPPED)
+    source = (
+        select(
+            e.id,
+            steps.c.touchpoint_id,
+            literal(0),
+            e.template_id,
+            e.version_id,
+            e.target_kind,
+            e.target_id,
+            literal(spec.channel),
+            steps.c.mode,
+            steps.c.due_at,
+            steps.c.run_at,
+            steps.c.expires_at,
+            case((is_held, skipped), else_=steps.c.status) if held else steps.c.status,
+            case((is_held, literal(experiments.HOLDOUT_REASON)), else_=steps.c.reason)
+            if held
+            else steps.c.reason,
+            literal(0),
+            literal(now, d.created_at.type),
+            case((is_held, literal(now, d.finished_at.type)), else_=steps.c.finished_at)
+            if held
+            else steps.c.finished_at,
+        )
+        .select_from(_CrossJoin(ENROLLMENTS, steps, true()))
+        .where(*fresh)
+    )
+    if sqlite:  # the order service.enroll writes in, free with the loops above
+        source = source.order_by(e.id, steps.c.position)
+    write = insert_of(session, DELIVERIES).from_select(list(service.DELIVERY_COLUMNS), source)
+    if not first:  # some may exist: the key decides, as for a re-run
+        write = write.on_conflict_do_nothing()
+    return rowcount(session.execute(write))
 
 
 def _first_rows(session: Session, version_id: int, fresh: tuple[Any, ...]) -> bool:

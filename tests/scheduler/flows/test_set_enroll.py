@@ -122,12 +122,13 @@ def _publish_v2(engine, template_id: int, set_based: bool) -> tuple[Any, list, l
                 select(Delivery).where(Delivery.version_id == version.id).order_by(Delivery.id)
             ).scalars()
         )
+        # the order they are claimed in: by run_at, then as written
         order = [
             (target_of[e_id], names[tp])
             for e_id, tp in session.execute(
                 select(Delivery.enrollment_id, Delivery.touchpoint_id)
                 .where(Delivery.version_id == version.id, Delivery.occurrence == 0)
-                .order_by(Delivery.id)
+                .order_by(Delivery.run_at, Delivery.id)
             ).all()
         ]
         people = sorted(
@@ -161,7 +162,7 @@ def test_set_based_publish_writes_the_rows_of_the_row_by_row_path(engine, monkey
     counts, rows, people = set_way
     assert counts == rows_way[0]
     assert people == rows_way[2]
-    if engine.dialect.name == "sqlite":  # every column, and the order they were written in
+    if engine.dialect.name == "sqlite":  # every column, and the order they are claimed in
         assert rows == rows_way[1]
     else:  # every column; the order is the planner's
         assert rows[:-1] == rows_way[1][:-1]
