@@ -64,7 +64,13 @@ class Settings(BaseSettings):
     render_max_chars: int = Field(
         20_000, ge=1, le=1_000_000, description="longest rendered message part (characters)"
     )
-    send_concurrency: int = Field(8, ge=1, le=256, description="adapter calls in flight per tick")
+    send_concurrency: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="adapter calls in flight per batch; the batches in progress share "
+        "send_concurrency x dispatch_pipeline, so one fills the slots another leaves",
+    )
     dispatch_pipeline: int = Field(
         2,
         ge=1,

@@ -147,6 +147,10 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         total = DispatchStats()
         limit = max_batches or self.settings.max_batches_per_tick
         depth = self.pipeline_depth
+        # One bound on adapter calls in flight for the batches in progress, not
+        # one per batch: while one batch is between its calls (recording,
+        # claiming, rendering) or down to its last few, the other fills the slots.
+        bound = asyncio.Semaphore(self.settings.send_concurrency * depth)
         running: set[asyncio.Task[DispatchStats]] = set()
         claimed, drained = 0, False
         try:
@@ -168,7 +172,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                         drained = True
                         break
                     claimed += 1
-                    running.add(asyncio.create_task(self._timed_process(rows)))
+                    running.add(asyncio.create_task(self._timed_process(rows, None, bound)))
                 if not running:
                     break
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)

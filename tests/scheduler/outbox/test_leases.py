@@ -126,6 +126,7 @@ async def test_stop_gives_back_every_row_not_yet_handed_to_the_channel(
     clock.set(T0)
     ids = _due(engine, 5)
     settings.send_concurrency = 1
+    settings.dispatch_pipeline = 1  # one call in flight in all
     dispatcher = runtime.dispatcher
     channel = HeldChannel(runtime.channels.get("mock"), max_batch=1)
     tick = asyncio.create_task(runtime.dispatch_tick())
