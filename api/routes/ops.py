@@ -90,19 +90,19 @@ def healthz(
     runtime = getattr(request.app.state, "runtime", None)
     in_process = bool(runtime is not None and runtime.scheduler is not None)
     warnings = []
+    more = summary.backlog > HEALTH_BACKLOG_COUNT
+    backlog = min(summary.backlog, HEALTH_BACKLOG_COUNT)
     if summary.backlog and not summary.live_workers and not in_process:
         warnings.append(
-            f"{'more than ' if summary.backlog > HEALTH_BACKLOG_COUNT else ''}"
-            f"{min(summary.backlog, HEALTH_BACKLOG_COUNT)} deliveries are due and no "
+            f"{'more than ' if more else ''}{backlog} deliveries are due and no "
             "scheduler process is alive "
             "(start `sopbot worker` or `sopbot serve`)"
         )
     oldest = summary.oldest_overdue
-    more = summary.backlog > HEALTH_BACKLOG_COUNT
     return HealthOut(
         status="ok",
         version=__version__,
-        backlog=min(summary.backlog, HEALTH_BACKLOG_COUNT),
+        backlog=backlog,
         backlog_more=more,
         oldest_due=oldest.run_at if oldest else None,
         oldest_overdue=oldest,

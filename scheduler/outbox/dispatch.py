@@ -150,7 +150,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         # One bound on adapter calls in flight for the batches in progress, not
         # one per batch: while one batch is between its calls (recording,
         # claiming, rendering) or down to its last few, the other fills the slots.
-        bound = asyncio.Semaphore(self.settings.send_concurrency * depth)
+        bound = self._call_bound()
         running: set[asyncio.Task[DispatchStats]] = set()
         claimed, drained = 0, False
         try:
@@ -183,12 +183,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                 task.cancel()
             raise
         finally:
-            # Never abandon a batch half sent: let the others finish and record.
-            if running:
-                await asyncio.wait(running)
-                for task in running:
-                    if not task.cancelled() and task.exception() is None:
-                        total.add(task.result())
+            await _finish(running, total)
         return total
 
     async def run_ahead(self, due: datetime, max_batches: int | None = None) -> DispatchStats:
@@ -208,7 +203,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         total = DispatchStats()
         limit = max_batches or self.settings.max_batches_per_tick
         room = self.pace.ahead_limit(self.pipeline_depth, self.settings.claim_batch_size * limit)
-        bound = asyncio.Semaphore(self.settings.send_concurrency * self.pipeline_depth)
+        bound = self._call_bound()
         running: set[asyncio.Task[DispatchStats]] = set()
         try:
             while room > 0 and not self._stopping and self.clock.now() < due:
@@ -218,19 +213,18 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
                     break
                 room -= len(rows)
                 running.add(asyncio.create_task(self._timed_process(rows, due, bound)))
-            if running:
-                await asyncio.wait(running)
         except asyncio.CancelledError:
             for task in running:
                 task.cancel()
             raise
         finally:
-            if running:
-                await asyncio.wait(running)
-                for task in running:
-                    if not task.cancelled() and task.exception() is None:
-                        total.add(task.result())
+            await _finish(running, total)
         return total
+
+    def _call_bound(self) -> asyncio.Semaphore:
+        """The adapter calls in flight that the batches in progress share: one
+        fills the slots another leaves while it records, claims and renders."""
+        return asyncio.Semaphore(self.settings.send_concurrency * self.pipeline_depth)
 
     async def _timed_process(
         self,
@@ -375,13 +369,15 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
     async def _wait_until(self, instant: datetime) -> bool:
         """Sleep until ``instant`` on the dispatcher's clock; False when a stop
         came first, or the clock does not move (frozen time: never send early)."""
-        for _ in range(1000):
+        step = 0.05
+        rounds = int(max(0.0, (instant - self.clock.now()).total_seconds()) / step) + 20
+        for _ in range(rounds):
             if self._stopping:
                 return False
             left = (instant - self.clock.now()).total_seconds()
             if left <= 0:
                 return True
-            await asyncio.sleep(min(left, 0.05))
+            await asyncio.sleep(min(left, step))
         return False
 
     async def _process(
@@ -543,3 +539,13 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
             return transitions.mark_sending(
                 session, owner=self.worker_id, ids=ids, lease_until=self.leases.lease_until()
             )
+
+
+async def _finish(running: set[asyncio.Task[DispatchStats]], total: DispatchStats) -> None:
+    """Never abandon a batch half sent: let the batches still running finish
+    and record, and count what they did."""
+    if running:
+        await asyncio.wait(running)
+        for task in running:
+            if not task.cancelled() and task.exception() is None:
+                total.add(task.result())
