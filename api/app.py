@@ -47,6 +47,7 @@ from api.routes import users as user_routes
 from channels.http import channel_http_client
 from channels.registry import ensure_instance
 from scheduler.flows import clicks
+from scheduler.operations.child import SchedulerProcess
 from scheduler.operations.metrics import build_registry
 from scheduler.outcomes import links
 from scheduler.runtime import SchedulerRuntime
@@ -67,11 +68,17 @@ def create_app(
     engine: Engine | None = None,
     clock: Clock | None = None,
     run_scheduler: bool | None = None,
+    scheduler_process: bool = False,
     on_startup: Any = None,
 ) -> FastAPI:
     """Build the app. ``run_scheduler`` defaults to ``settings.run_scheduler``;
-    ``on_startup(app)`` runs after the database is ready (the demo loads here)."""
+    with ``scheduler_process`` the scheduler runs in a child process
+    (``scheduler.operations.child``, what ``sopbot serve`` does) instead of on
+    this event loop. ``on_startup(app)`` runs after the database is ready (the
+    demo loads here)."""
     settings = settings or Settings()
+    scheduling = settings.run_scheduler if run_scheduler is None else run_scheduler
+    in_child = scheduling and scheduler_process
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +108,10 @@ def create_app(
             app.state.clock,
             stale=timedelta(seconds=settings.worker_stale_seconds),
             cache_seconds=settings.metrics_cache_seconds,
+            with_dispatch=not in_child,
         )
+        # Without a scheduler of its own (the child has one) the runtime still
+        # holds the channel pool that test sends use.
         app.state.runtime = SchedulerRuntime(
             app.state.engine,
             app.state.clock,
@@ -120,14 +130,21 @@ def create_app(
         link_routes.quiet_access_log(settings.link_prefix)
         if on_startup is not None:
             on_startup(app)
-        scheduling = settings.run_scheduler if run_scheduler is None else run_scheduler
-        if scheduling:
+        app.state.scheduler_process = None
+        if in_child:
+            app.state.scheduler_process = SchedulerProcess(
+                shutdown_seconds=settings.shutdown_seconds
+            )
+            app.state.scheduler_process.start()
+        elif scheduling:
             await app.state.runtime.start()
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(app.state.link_clicks.stop)
-            if scheduling:
+            if in_child:
+                await app.state.scheduler_process.stop()
+            elif scheduling:
                 await app.state.runtime.shutdown()
             await app.state.http.aclose()
             if engine is None:

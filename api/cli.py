@@ -40,7 +40,8 @@ def serve(
         bool, typer.Option(help="run `sopbot db upgrade` first (single-process deployments)")
     ] = False,
 ) -> None:
-    """Run the API, the status page and the scheduler in one process.
+    """Run the API, the status page and the scheduler (in a child process that
+    lives and dies with this one; SOPBOT_SERVE_SCHEDULER_PROCESS).
 
     Refuses to start on an outdated schema (run `sopbot db upgrade`, or pass
     --migrate); a brand-new, empty SQLite database is created on the spot."""
@@ -50,10 +51,12 @@ def serve(
     from sopbot.logging import configure_logging, uvicorn_log_config
 
     settings = Settings()
-    # Pages and the scheduler share this process: a request thread waiting for
-    # the interpreter gets it after 0.5 ms instead of 5 ms, which is most of a
-    # page's time while a burst is being sent (benchmarks/pages.py).
-    sys.setswitchinterval(0.0005)
+    in_child = settings.run_scheduler and settings.serve_scheduler_process
+    if settings.run_scheduler and not in_child:
+        # Pages and the scheduler share this process: a request thread waiting
+        # for the interpreter gets it after 0.5 ms instead of 5 ms, which is most
+        # of a page's time while a burst is being sent (benchmarks/pages.py).
+        sys.setswitchinterval(0.0005)
     configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
     require_current_schema(settings, upgrade_empty=True, migrate=migrate)
     scheduler_lock = _one_scheduler_per_sqlite_file(settings) if settings.run_scheduler else None
@@ -71,7 +74,7 @@ def serve(
                 logging.getLogger("sopbot").info("demo data already there: nothing added")
         _print_setup_link(app_, bind_host, bind_port)
 
-    application = create_app(settings, on_startup=startup)
+    application = create_app(settings, scheduler_process=in_child, on_startup=startup)
     typer.echo(
         f"sopbot on http://{bind_host}:{bind_port}/  (API docs: /docs, database: {settings.database_url})"
     )
@@ -181,6 +184,27 @@ def worker() -> None:
     scheduler_lock = _one_scheduler_per_sqlite_file(settings)
     asyncio.run(run_worker(settings))
     del scheduler_lock  # held until the worker stopped
+
+
+@app.command("scheduler-process", hidden=True)
+def scheduler_process() -> None:
+    """serve's scheduler (started by `sopbot serve`, never by hand): a worker
+    under serve's id and lock that ends with serve."""
+    import asyncio
+
+    from scheduler.operations.child import child_settings, die_with_parent
+    from scheduler.operations.worker import run_worker
+    from sopbot.logging import configure_logging
+
+    parent = child_settings()
+    if parent is None:
+        fail("`sopbot scheduler-process` is started by `sopbot serve`; run `sopbot worker` instead")
+        return
+    serve_pid, metrics_port = parent
+    die_with_parent(serve_pid)
+    settings = Settings()
+    configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
+    asyncio.run(run_worker(settings, role="serve", dispatch_metrics_port=metrics_port))
 
 
 @app.command("api")

@@ -151,12 +151,15 @@ def _serve(url: str, workdir: Path, keep_log: str | None) -> Iterator[tuple[str,
 
 
 def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    """User + system CPU seconds so far of process ``pid`` and its children (serve's
+    scheduler process) (Linux /proc)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_process_cpu_s(int(child)) for child in children)
 
 
 def _pending(engine: Engine) -> int:

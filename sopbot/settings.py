@@ -222,6 +222,11 @@ class Settings(BaseSettings):
     log_format: str = Field("text", pattern="^(text|json)$", description="text|json")
     log_level: str = Field("INFO", description="root log level (DEBUG, INFO, WARNING, ...)")
     run_scheduler: bool = Field(True, description="run the scheduler inside `serve`")
+    serve_scheduler_process: bool = Field(
+        True,
+        description="`serve` runs its scheduler in a child process, so pages never wait "
+        "behind a burst (false: on the API's own event loop)",
+    )
     sql_echo: bool = Field(False, description="log every SQL statement (debugging)")
 
     def public_base(self) -> str:

@@ -88,7 +88,10 @@ def healthz(
             content={"status": "error", "detail": f"database unreachable: {exc.orig}"},
         )
     runtime = getattr(request.app.state, "runtime", None)
-    in_process = bool(runtime is not None and runtime.scheduler is not None)
+    child = getattr(request.app.state, "scheduler_process", None)
+    in_process = bool(runtime is not None and runtime.scheduler is not None) or bool(
+        child is not None and child.alive()
+    )
     warnings = []
     more = summary.backlog > HEALTH_BACKLOG_COUNT
     backlog = min(summary.backlog, HEALTH_BACKLOG_COUNT)
@@ -142,6 +145,10 @@ def list_workers(
 )
 def metrics(request: Request) -> Response:
     """Prometheus metrics: deliveries by status, backlog, oldest overdue, live
-    workers, breakers (database-wide), and this process's dispatch histograms."""
-    registry = request.app.state.metrics_registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    workers, breakers (database-wide), and this server's dispatch histograms
+    (from its scheduler process, when it runs one)."""
+    text = generate_latest(request.app.state.metrics_registry)
+    child = getattr(request.app.state, "scheduler_process", None)
+    if child is not None:
+        text += child.metrics_text()
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

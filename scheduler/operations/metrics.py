@@ -233,9 +233,19 @@ def _breaker_metrics(session: Session) -> list[Metric]:
 
 
 def build_registry(
-    engine: Engine, clock: Clock, *, stale: timedelta, cache_seconds: float
+    engine: Engine,
+    clock: Clock,
+    *,
+    stale: timedelta,
+    cache_seconds: float,
+    with_dispatch: bool = True,
 ) -> tuple[CollectorRegistry, DispatchMetrics]:
-    """A fresh registry with the database collector and the dispatch metrics."""
+    """A fresh registry with the database collector and the dispatch metrics.
+    ``with_dispatch=False`` (serve with its scheduler in a child process): the
+    registry has only the database figures, and the dispatch metrics returned
+    are registered nowhere."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(engine, clock, stale=stale, cache_seconds=cache_seconds))
-    return registry, DispatchMetrics(registry)
+    return registry, DispatchMetrics(
+        registry if with_dispatch else CollectorRegistry(auto_describe=False)
+    )

@@ -11,9 +11,9 @@ import logging
 import signal
 from datetime import timedelta
 
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
-from scheduler.operations.metrics import build_registry
+from scheduler.operations.metrics import DispatchMetrics, build_registry
 from scheduler.runtime import SchedulerRuntime
 from sopbot.clock import SystemClock
 from sopbot.db import create_all, make_engine, session_scope
@@ -22,7 +22,17 @@ from sopbot.settings import Settings
 log = logging.getLogger("sopbot.worker")
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    role: str = "worker",
+    dispatch_metrics_port: int | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``). ``role="serve"`` with
+    ``dispatch_metrics_port`` is serve's scheduler process
+    (``scheduler.operations.child``): it serves only its dispatch histograms, on
+    loopback, for serve's ``/metrics`` to append."""
     engine = make_engine(settings)
     create_all(engine)
     from channels.registry import ensure_instance
@@ -30,15 +40,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     with session_scope(engine) as session:
         ensure_instance(session, "mock", "mock")
     clock = SystemClock()
-    registry, dispatch_metrics = build_registry(
-        engine,
-        clock,
-        stale=timedelta(seconds=settings.worker_stale_seconds),
-        cache_seconds=settings.metrics_cache_seconds,
-    )
-    runtime = SchedulerRuntime(engine, clock, settings, role="worker", metrics=dispatch_metrics)
     metrics_server = None
-    if settings.metrics_port:
+    if dispatch_metrics_port is not None:
+        registry = CollectorRegistry(auto_describe=False)
+        dispatch_metrics = DispatchMetrics(registry)
+        metrics_server, _ = start_http_server(
+            dispatch_metrics_port, addr="127.0.0.1", registry=registry
+        )
+    else:
+        registry, dispatch_metrics = build_registry(
+            engine,
+            clock,
+            stale=timedelta(seconds=settings.worker_stale_seconds),
+            cache_seconds=settings.metrics_cache_seconds,
+        )
+    runtime = SchedulerRuntime(engine, clock, settings, role=role, metrics=dispatch_metrics)
+    if settings.metrics_port and dispatch_metrics_port is None:
         # This worker's own dispatch histograms (and the database-wide figures).
         metrics_server, _ = start_http_server(settings.metrics_port, registry=registry)
         log.info("metrics on :%d/metrics", settings.metrics_port)
