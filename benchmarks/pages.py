@@ -179,7 +179,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _probe(
-    base: str, pid: int, token: str, stop: threading.Event, out: dict[str, list[float]]
+    base: str,
+    pid: int,
+    token: str,
+    stop: threading.Event,
+    out: dict[str, list[float]],
+    phase: list[str],
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
@@ -196,6 +201,7 @@ def _probe(
                 if response.status_code != 200:
                     out.setdefault("errors", []).append(float(response.status_code))
                 out[name].append(elapsed * 1000)
+                out.setdefault(f"{phase[0]}:{name}", []).append(elapsed * 1000)
             stop.wait(max(0.0, PROBE_INTERVAL_S - (time.perf_counter() - started)))
 
 
@@ -218,7 +224,8 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
         with _serve(url, Path(tmp), serve_log) as (base, pid):
             samples: dict[str, list[float]] = {name: [] for name in PAGES}
             stop = threading.Event()
-            prober = threading.Thread(target=_probe, args=(base, pid, token, stop, samples))
+            phase = ["ingest"]  # which part of the run a probe fell in
+            prober = threading.Thread(target=_probe, args=(base, pid, token, stop, samples, phase))
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             cpu_before = _process_cpu_s(pid)
             with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
@@ -246,6 +253,7 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
                         raise RuntimeError(f"POST /api/events: {response.status_code}\n{tail}")
                 ingested = time.perf_counter() - started
                 _log(f"ingested in {ingested:.1f} s; draining")
+                phase[0] = "drain"
                 deadline = time.monotonic() + 600
                 while _pending(engine) and time.monotonic() < deadline:
                     time.sleep(0.5)
@@ -281,6 +289,12 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
         probe_errors=len(errors),
         not_sent=reasons,
     )
+    by_phase: dict[str, dict[str, float]] = {}
+    for key in [k for k in samples if ":" in k]:
+        when, name = key.split(":", 1)
+        values = samples.pop(key)
+        by_phase.setdefault(when, {})[f"{name}_p99_ms"] = round(_percentile(values, 0.99), 1)
+    result["p99_by_phase"] = by_phase  # while the events are posted / while they drain
     for name, values in samples.items():
         result[name] = {
             "probes": len(values),
