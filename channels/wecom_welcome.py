@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from channels.base import OutboundMessage, ResultStatus, SendResult
-from channels.wecom import WeComAPIError, _ContentError, build_task_content
+from channels.wecom import WeComAPIError
+from channels.wecom_content import ContentError, build_task_content
 
 if TYPE_CHECKING:
     from channels.wecom import WeComAdapter
@@ -50,7 +51,7 @@ async def send_welcome(adapter: WeComAdapter, message: OutboundMessage) -> SendR
         return SendResult.permanent("mode welcome greets a customer, not a group chat")
     try:
         content = build_task_content(message.parts)
-    except _ContentError as exc:
+    except ContentError as exc:
         return SendResult.permanent(str(exc))
     code = str(options.get("welcome_code") or "")
     if not code:

@@ -55,7 +55,8 @@ def real_targets(session: Session, spec: TemplateSpec, limit: int = REAL_TARGETS
 def _text_limit(adapter: str, mode: str) -> int | None:
     """Bytes of text one message may carry on ``adapter`` (None: no known limit)."""
     if adapter == "wecom":
-        from channels.wecom import MAX_REMIND_TEXT_BYTES, MAX_TASK_TEXT_BYTES
+        from channels.wecom import MAX_REMIND_TEXT_BYTES
+        from channels.wecom_content import MAX_TASK_TEXT_BYTES
 
         return MAX_REMIND_TEXT_BYTES if mode == "remind" else MAX_TASK_TEXT_BYTES
     if adapter == "wecom_group_bot":
