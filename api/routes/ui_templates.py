@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, col, select
 
-from api import auth, draft_diff, editor_forms, editor_modes, template_actions
+from api import auth, draft_diff, editor_errors, editor_forms, editor_modes, template_actions
 from api.auth import Author, Reader
 from api.deps import (
     ClockDep,
@@ -284,7 +284,7 @@ def _editor_post(
     try:
         parsed = templates_service.check_spec(session, spec)
     except TemplateValidationError as exc:
-        errors = editor_forms.map_problems(exc.problems, form, locale_of(request))
+        errors = editor_errors.map_problems(exc.problems, form, locale_of(request))
         return _editor(
             request, session, settings, template, form, errors=errors, clock=clock, status=422
         )
@@ -306,7 +306,7 @@ def _editor_post(
             saved = template_actions.update(request, session, me, template_id, parsed, clock.now())
             done = "saved"
     except TemplateError as exc:
-        errors = editor_forms.map_problems(
+        errors = editor_errors.map_problems(
             [("name" if "named" in str(exc) else "template", str(exc))], form, locale_of(request)
         )
         return _editor(
@@ -380,7 +380,7 @@ def _editor(
     template: SopTemplate | None,
     form: dict[str, Any],
     *,
-    errors: editor_forms.FieldErrors | None = None,
+    errors: editor_errors.FieldErrors | None = None,
     clock: Any = None,
     sample_at: str = "",
     preview_target: str = "",
@@ -401,7 +401,7 @@ def _editor(
         "library_materials": _library_materials(session),
         "template": template,
         "form": form,
-        "errors": errors or editor_forms.FieldErrors(),
+        "errors": errors or editor_errors.FieldErrors(),
         "channels": channels_service.instance_names(session),
         "part_kinds": editor_forms.PART_KINDS,
         "timing_kinds": editor_forms.TIMING_KINDS,
@@ -493,7 +493,7 @@ def _live(request: Request, session: Session, settings: Any, now: datetime, data
     try:
         spec = templates_service.parse_spec(editor_forms.spec_from_form(form))
     except TemplateValidationError as exc:
-        errors = editor_forms.map_problems(exc.problems, form, locale_of(request))
+        errors = editor_errors.map_problems(exc.problems, form, locale_of(request))
         return render(request, "ui/_live.html", {"live_errors": errors})
     sample = now.replace(second=0, microsecond=0)
     line = authoring.timeline(

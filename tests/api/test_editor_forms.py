@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from api import editor_forms
+from api import editor_errors, editor_forms
 from sop_templates import library
 from sop_templates import service as templates_service
 from sop_templates.service import TemplateValidationError
@@ -40,7 +40,7 @@ def test_policies_and_fixed_start_round_trip():
 def _problems(form):
     with pytest.raises(TemplateValidationError) as caught:
         templates_service.parse_spec(editor_forms.spec_from_form(form))
-    return editor_forms.map_problems(caught.value.problems, form)
+    return editor_errors.map_problems(caught.value.problems, form)
 
 
 def test_a_bad_cron_is_reported_at_its_field():
@@ -138,7 +138,7 @@ def test_cron_bounds_round_trip():
     form["touchpoints"][0]["cron_end"] = "2027-03-01T00:00"  # before its start
     with pytest.raises(TemplateValidationError) as caught:
         templates_service.parse_spec(editor_forms.spec_from_form(form))
-    errors = editor_forms.map_problems(caught.value.problems, form)
+    errors = editor_errors.map_problems(caught.value.problems, form)
     assert "tp-0-timing" in errors.by_field
 
 

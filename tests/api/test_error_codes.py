@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from api import editor_forms, error_codes
+from api import editor_errors, editor_forms, error_codes
 from sop_templates import library
 from sop_templates.service import TemplateValidationError, parse_spec
 
@@ -103,8 +103,8 @@ def test_no_validator_text_reaches_the_editor_in_either_language():
     form["touchpoints"][2]["name"] = form["touchpoints"][1]["name"]
     with pytest.raises(TemplateValidationError) as caught:
         parse_spec(editor_forms.spec_from_form(form))
-    zh = editor_forms.map_problems(caught.value.problems, form, "zh_CN")
-    en = editor_forms.map_problems(caught.value.problems, form, "en")
+    zh = editor_errors.map_problems(caught.value.problems, form, "zh_CN")
+    en = editor_errors.map_problems(caught.value.problems, form, "en")
     zh_all = [*zh.general, *(m for ms in zh.by_field.values() for m in ms)]
     en_all = [*en.general, *(m for ms in en.by_field.values() for m in ms)]
     assert zh_all and len(zh_all) == len(en_all)
