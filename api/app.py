@@ -34,6 +34,7 @@ from api.routes import (
     ui_outcomes,
     ui_segments,
     ui_templates,
+    ui_users,
     wecom_callback,
 )
 from api.routes import channels as channel_routes
@@ -198,6 +199,7 @@ def create_app(
     app.include_router(ui_segments.router, dependencies=signed_in)
     app.include_router(ui_audiences.router, dependencies=signed_in)
     app.include_router(ui_admin.router, dependencies=signed_in)
+    app.include_router(ui_users.router, dependencies=signed_in)
     app.include_router(ui_outcomes.router, dependencies=signed_in)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     _add_docs_and_icon(app)
