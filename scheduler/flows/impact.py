@@ -96,9 +96,9 @@ def _moments(tp: Any) -> tuple[str, tuple[int, ...]] | None:
         hour, minute = (int(x) for x in timing.at.split(":"))
         return "day_at", (timing.day * 24 * 60 + hour * 60 + minute,)
     if timing.kind == "cron":
-        from sop_templates.timing import _wall_times
+        from sop_templates.cron import wall_times
 
-        return "cron", tuple(t.hour * 60 + t.minute for t in _wall_times(timing.cron))
+        return "cron", tuple(t.hour * 60 + t.minute for t in wall_times(timing.cron))
     return None
 
 
