@@ -77,7 +77,7 @@ def serve(
     typer.echo(
         f"sopbot on http://{bind_host}:{bind_port}/  (API docs: /docs, database: {settings.database_url})"
     )
-    log_config = uvicorn_log_config(settings)
+    log_config = uvicorn_log_config(settings, process_role="serve")
     logging_options: dict[str, Any] = {"log_config": log_config} if log_config else {}
     uvicorn.run(
         application,
@@ -202,7 +202,7 @@ def scheduler_process() -> None:
     serve_pid, metrics_port = parent
     die_with_parent(serve_pid)
     settings = Settings()
-    configure_logging(settings, process_role="serve", worker_id=settings.worker_id)
+    configure_logging(settings, process_role="serve-scheduler", worker_id=settings.worker_id)
     asyncio.run(run_worker(settings, role="serve", dispatch_metrics_port=metrics_port))
 
 

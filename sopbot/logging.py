@@ -88,7 +88,7 @@ def configure_logging(settings: Settings, **fields: Any) -> None:
         apscheduler.addFilter(_BusyTickFilter())
 
 
-def uvicorn_log_config(settings: Settings) -> dict[str, Any] | None:
+def uvicorn_log_config(settings: Settings, process_role: str = "api") -> dict[str, Any] | None:
     """A ``logging.config.dictConfig`` for uvicorn that writes JSON too (uvicorn
     applies it in each of its worker processes). ``None`` keeps uvicorn's own."""
     if settings.log_format != "json":
@@ -97,7 +97,7 @@ def uvicorn_log_config(settings: Settings) -> dict[str, Any] | None:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "json": {"()": "sopbot.logging.JsonFormatter", "fields": {"process_role": "api"}}
+            "json": {"()": "sopbot.logging.JsonFormatter", "fields": {"process_role": process_role}}
         },
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "json"},
