@@ -4,6 +4,8 @@ the WAL checkpoint to a thread (``defer_wal_checkpoint``)."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,32 @@ def test_a_rolled_back_transaction_restores_the_threshold(sqlite_engine, started
     assert _threshold(sqlite_engine) == 1000
     with sqlite_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM blobs").scalar_one() == 0
+
+
+_KILLED_AFTER_COMMIT = """
+import os, sys
+from sqlalchemy import text
+from sopbot import db
+db._in_background = lambda database: None  # killed before any checkpoint
+engine = db.make_engine(sys.argv[1])
+with db.session_scope(engine) as session:
+    db.defer_wal_checkpoint(session)
+    session.execute(text("INSERT INTO blobs (body) VALUES (zeroblob(8000))"), [{}] * 2000)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_process_killed_after_a_deferred_commit_loses_nothing(sqlite_engine):
+    sqlite_engine.dispose()
+    database = _database_file(sqlite_engine)
+    before = database.stat().st_size
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_COMMIT, str(sqlite_engine.url)], check=False
+    )
+
+    assert killed.returncode == -9
+    assert database.stat().st_size == before  # never checkpointed
+    restarted = sqlite3.connect(database)
+    assert restarted.execute("SELECT count(*) FROM blobs").fetchone() == (ROWS,)
+    restarted.close()
