@@ -34,7 +34,7 @@ from scheduler.outcomes import experiments
 from sop_templates import service as templates_service
 from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
 from sop_templates.timing import due_at, get_zone
-from sopbot.db import rowcount
+from sopbot.db import defer_wal_checkpoint, rowcount
 from sopbot.sql import insert_of
 
 
@@ -89,6 +89,7 @@ def _write(
     result = service.EnrollResult()
     one_offs = [p for p in plans if p.kind != "cron"]
     touchpoints = [p.touchpoint_id for p in plans]
+    defer_wal_checkpoint(session)  # SQLite: the commit of a million rows does not copy them too
     with set_checks.checked_once(session, template.id, version.id, touchpoints):  # type: ignore[arg-type]
         held = _write_rows(
             session, template, version, spec, one_offs, enrollments, anchor, now, result
