@@ -243,3 +243,100 @@ def test_no_other_module_changes_a_delivery_s_status():
             if writes.search(path.read_text(encoding="utf-8")):
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+@pytest.fixture
+def rows(engine) -> list[int]:
+    """Eight deliveries of four contacts (the rest of their enrollments out of the way)."""
+    template_id = publish(engine, new_friend_spec(), T0)
+    contacts = [add_contact(engine, f"wm_{i}", f"客户{i}", T0) for i in range(8)]
+    enroll(engine, template_id, [(c, T0) for c in contacts], T0)
+    by_enrollment: dict[int, list[int]] = {}
+    for d in deliveries(engine):
+        by_enrollment.setdefault(d.enrollment_id, []).append(d.id)
+    firsts = sorted(min(ids) for ids in by_enrollment.values())
+    with session_scope(engine) as session:
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.id).not_in(firsts))
+            .values(status=S.CANCELLED, finished_at=T0)
+        )
+    return firsts
+
+
+def test_a_batch_of_outcomes_writes_only_the_rows_its_fence_admits(engine, rows):
+    """One write for a whole batch (one statement on PostgreSQL) still checks
+    every row: the owner's sending rows get their outcome, its reaped unknown
+    rows the late truth, and every other row is left exactly as it was."""
+    mine, retry, theirs, claimed, done, reaped, reaped_theirs, orphan = rows
+    _put(engine, mine, S.SENDING)
+    _put(engine, retry, S.SENDING)
+    _put(engine, theirs, S.SENDING, owner="w2")
+    _put(engine, claimed, S.CLAIMED)
+    _put(engine, done, S.SENT, owner=None)
+    _put(engine, reaped, S.UNKNOWN)
+    _put(engine, reaped_theirs, S.UNKNOWN, owner="w2")
+    _put(engine, orphan, S.SENDING, owner=None)
+    before = {d.id: d for d in deliveries(engine)}
+    later = NOW + timedelta(minutes=5)
+    sent = [{"text": "客户，你好"}]
+    outcomes = {i: Outcome(S.SENT, None, f"p-{i}", rendered=sent, sent=True) for i in rows}
+    outcomes[retry] = Outcome(S.SCHEDULED, "attempt 1 failed, retrying", run_at=later)
+    with session_scope(engine) as session:
+        written = transitions.record_outcome(session, owner=OWNER, outcomes=outcomes, now=NOW)
+    after = {d.id: d for d in deliveries(engine)}
+
+    assert written == 3
+    for i in (mine, reaped):
+        assert (after[i].status, after[i].provider_message_id, after[i].rendered) == (
+            S.SENT,
+            f"p-{i}",
+            sent,
+        )
+        assert (after[i].sent_at, after[i].finished_at, after[i].lease_owner) == (NOW, NOW, None)
+        assert (after[i].run_at, after[i].expires_at) == (before[i].run_at, before[i].expires_at)
+    assert (after[retry].status, after[retry].reason, after[retry].run_at) == (
+        S.SCHEDULED,
+        "attempt 1 failed, retrying",
+        later,
+    )
+    assert (after[retry].sent_at, after[retry].finished_at, after[retry].lease_owner) == (
+        None,
+        None,
+        None,
+    )
+    assert after[retry].expires_at == before[retry].expires_at
+    for i in (theirs, claimed, done, reaped_theirs, orphan):
+        assert after[i].model_dump() == before[i].model_dump(), i
+
+
+def test_a_batch_settled_before_sending_moves_only_the_owner_s_claimed_rows(engine, rows):
+    mine, moved, theirs, sending, *_ = rows
+    _put(engine, mine, S.CLAIMED)
+    _put(engine, moved, S.CLAIMED)
+    _put(engine, theirs, S.CLAIMED, owner="w2")
+    _put(engine, sending, S.SENDING)
+    before = {d.id: d for d in deliveries(engine)}
+    quiet_ends = NOW + timedelta(hours=8)
+    outcomes = {
+        mine: Outcome(S.SKIPPED, "contact left"),
+        moved: Outcome(S.SCHEDULED, "quiet hours", run_at=quiet_ends, expires_at=quiet_ends),
+        theirs: Outcome(S.SKIPPED, "contact left"),
+        sending: Outcome(S.FAILED, "render error"),
+    }
+    with session_scope(engine) as session:
+        assert transitions.settle(session, owner=OWNER, outcomes=outcomes, now=NOW) == 2
+    after = {d.id: d for d in deliveries(engine)}
+    assert (after[mine].status, after[mine].finished_at, after[mine].lease_owner) == (
+        S.SKIPPED,
+        NOW,
+        None,
+    )
+    assert (after[moved].status, after[moved].run_at, after[moved].expires_at) == (
+        S.SCHEDULED,
+        quiet_ends,
+        quiet_ends,
+    )
+    assert after[moved].finished_at is None
+    for i in (theirs, sending):
+        assert after[i].model_dump() == before[i].model_dump(), i
