@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from audiences.models import Account, Contact
@@ -265,6 +265,23 @@ def template_outcomes(engine: Engine, template_id: int) -> dict[tuple[str, str |
             .group_by(Delivery.status, Delivery.reason)
         ).all()
     return {(r[0], r[1]): r[2] for r in rows}
+
+
+def backends_gone(engine: Engine, worker_id: str, timeout: float = 10.0) -> None:
+    """Wait until no PostgreSQL backend of ``worker_id`` is left. A worker killed
+    with -9 may have sent a COMMIT its backend is still carrying out: read the
+    rows it held only once that has landed."""
+    if engine.dialect.name != "postgresql":
+        return
+
+    def gone() -> bool:
+        with engine.connect() as conn:
+            return not conn.execute(
+                text("SELECT 1 FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": worker_id},
+            ).first()
+
+    wait_until(gone, timeout, interval=0.02, what=f"the backends of {worker_id} gone")
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> float:

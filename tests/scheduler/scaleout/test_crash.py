@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from harness import (
     add_mock_channel,
+    backends_gone,
     pending,
     release,
     seed_parked,
@@ -63,8 +64,9 @@ def test_kill_9_while_sending_leaves_unknown_never_a_duplicate(scale_url, scale_
         victim.kill()
     finally:
         victim.close()
-    # Read after the kill: with the dispatch pipeline a second batch may have
-    # reached the channel between a look and the kill.
+    # Read after the kill, once its last COMMIT has landed: with the dispatch
+    # pipeline a second batch may have reached the channel between a look and the kill.
+    backends_gone(scale_engine, "victim")
     in_flight = _held_by(scale_engine, "victim", "sending")
     k = len(in_flight)
     assert 0 < k < n, "the kill should land while a batch is with the channel"
@@ -104,6 +106,7 @@ def test_kill_9_after_claiming_resends_the_claimed_rows(scale_url, scale_engine,
         victim.kill()
     finally:
         victim.close()
+    backends_gone(scale_engine, "victim")
     # On an idle machine the kill lands before anything is marked sending; on a
     # loaded one the worker may have marked a first wave by then. Both are
     # held: the claimed rows must be sent again, the sending ones settle as
