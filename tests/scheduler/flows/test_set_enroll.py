@@ -49,6 +49,8 @@ def _spec(**overrides: Any) -> dict[str, Any]:
                     {"name": "B", "weight": 2, "content": "预习 B"},
                 ],
             },
+            # at the instant of the one before: one statement writes both
+            {"name": "预习提醒", "timing": "day 2 19:30", "content": "同一时刻"},
             {"name": "每日", "timing": "cron 0 11 * * *", "content": "每日一句"},
         ],
     }
@@ -202,5 +204,5 @@ def test_more_of_a_segment_enrolled_in_the_same_transaction_leaves_the_first_row
         ).scalar_one()
         session.rollback()
     assert some.enrolled and rest.enrolled
-    assert rest.deliveries == 4 * rest.enrolled  # four one-off touchpoints each
-    assert written == 4 * (some.enrolled + rest.enrolled)
+    assert rest.deliveries == 5 * rest.enrolled  # five one-off touchpoints each
+    assert written == 5 * (some.enrolled + rest.enrolled)
