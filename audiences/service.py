@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
 from audiences.tables import ACCOUNTS, owner_account, target_table
 from sopbot.ids import is_id
+from sopbot.sql import among
 
 
 class AudienceError(ValueError):
@@ -133,14 +134,13 @@ def render_targets(
             *extra,
         )
         .select_from(table.outerjoin(accounts, accounts.c.id == owner))
-        .where(table.c.id.in_(ids))
+        .where(among(table.c.id, ids, session))  # one parameter, not one per id
     )
     out: dict[int, dict[str, Any]] = {}
     # Rows unpacked as tuples: a Row's attribute lookup costs more than the
     # rest of building the item.
-    for target_id, external_id, name, joined_at, status, attributes, *account in (
-        session.execute(stmt).all()
-    ):
+    rows = session.execute(stmt).all()
+    for target_id, external_id, name, joined_at, status, attributes, *account in rows:
         item: dict[str, Any] = {
             "id": target_id,
             "external_id": external_id,
