@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from audiences.models import Account, Contact, GroupChat, Tag, TagAssignment
 from audiences.tables import ACCOUNTS, owner_account, target_table
 from sopbot.ids import is_id
+from sopbot.sql import among
 
 
 class AudienceError(ValueError):
@@ -133,26 +134,27 @@ def render_targets(
             *extra,
         )
         .select_from(table.outerjoin(accounts, accounts.c.id == owner))
-        .where(table.c.id.in_(ids))
+        .where(among(table.c.id, ids, session))  # one parameter, not one per id
     )
     out: dict[int, dict[str, Any]] = {}
-    for row in session.execute(stmt):
+    # Rows unpacked as tuples: a Row's attribute lookup costs more than the
+    # rest of building the item.
+    rows = session.execute(stmt).all()
+    for target_id, external_id, name, joined_at, status, attributes, *account in rows:
         item: dict[str, Any] = {
-            "id": row.id,
-            "external_id": row.external_id,
-            "name": row.name,
-            "joined_at": _instant(row.joined_at),
-            "status": row.status,
-            "attributes": _attributes(row.attributes),
+            "id": target_id,
+            "external_id": external_id,
+            "name": name,
+            "joined_at": _instant(joined_at),
+            "status": status,
+            "attributes": _attributes(attributes),
             "account": (
-                {"external_id": row.account_external_id, "name": row.account_name}
-                if row.account_external_id is not None
-                else None
+                {"external_id": account[0], "name": account[1]} if account[0] is not None else None
             ),
         }
         if target_kind == "group":
-            item["member_count"] = row.member_count
-        out[row.id] = item
+            item["member_count"] = account[2]
+        out[target_id] = item
     return out
 
 

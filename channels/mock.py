@@ -14,10 +14,11 @@ from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 
 from channels.base import AdapterConfig, AdapterContext, Capabilities, OutboundMessage, SendResult
 from channels.models import MockMessage
+from sopbot.sql import execute_many
 
 
 class MockConfig(AdapterConfig):
@@ -134,19 +135,41 @@ class MockAdapter:
 
     def _persist(self, messages: list[OutboundMessage]) -> None:
         now = self.context.clock.now()
+        instance = self.context.instance_name
         rows = [
             {
-                "instance": self.context.instance_name,
-                "delivery_id": m.delivery_id,
-                "idempotency_key": m.idempotency_key,
-                "target_kind": m.target_kind,
-                "target_external_id": m.target_external_id,
-                "account_external_id": m.account_external_id,
-                "mode": m.mode,
-                "parts": m.parts,
-                "received_at": now,
+                "m_instance": instance,
+                "m_delivery_id": m.delivery_id,
+                "m_idempotency_key": m.idempotency_key,
+                "m_target_kind": m.target_kind,
+                "m_target_external_id": m.target_external_id,
+                "m_account_external_id": m.account_external_id,
+                "m_mode": m.mode,
+                "m_parts": m.parts,
+                "m_received_at": now,
             }
             for m in messages
         ]
         with self.context.engine.begin() as conn:
-            conn.execute(insert(MockMessage), rows)
+            # compiled once per call, plain tuples to the driver (not
+            # SQLAlchemy's per-row parameter processing)
+            execute_many(conn, _INSERT, rows)
+
+
+_TABLE = MockMessage.__table__  # type: ignore[attr-defined]
+_INSERT = insert(_TABLE).values(
+    {
+        name: bindparam(f"m_{name}", type_=_TABLE.c[name].type)
+        for name in (
+            "instance",
+            "delivery_id",
+            "idempotency_key",
+            "target_kind",
+            "target_external_id",
+            "account_external_id",
+            "mode",
+            "parts",
+            "received_at",
+        )
+    }
+)

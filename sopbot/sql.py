@@ -13,8 +13,10 @@ helpers that name tables live with the tables' domain instead:
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from sqlalchemy import (
@@ -191,15 +193,48 @@ def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) ->
     names = compiled.positiontup or []
     fixed = compiled.construct_params(rows[0])
     stamp = memoized(sqlite_instant)  # the batch's rows share "now"
-    converters = [_sqlite_converter(compiled.binds[name].type, None, stamp) for name in names]
-    params = []
+
+    def converter(name: str) -> Callable[[Any], Any] | None:
+        return _sqlite_converter(compiled.binds[name].type, None, stamp)
+
+    # Every row gives the same names (the parameter sets of one statement);
+    # the statement's own binds (fence values, constants) are the same for all.
+    given = [name for name in names if name in rows[0]]
+    others = [name for name in names if name not in rows[0]]
+    constants = tuple(_converted(fixed[name], converter(name)) for name in others)
+    take = _getter(given)
+    convert = [(k, c) for k, name in enumerate(given) if (c := converter(name)) is not None]
+    # each parameter's position in (the row's values + the constants)
+    where = {name: k for k, name in enumerate(given + others)}
+    order = _getter([where[name] for name in names]) if others else None
+    params: list[tuple[Any, ...]] = []  # the driver's own form (SQLAlchemy wants tuples)
     for row in rows:
-        values = []
-        for name, convert in zip(names, converters, strict=True):
-            value = row[name] if name in row else fixed[name]
-            values.append(value if value is None or convert is None else convert(value))
-        params.append(tuple(values))
+        values = take(row)
+        if convert:
+            converted = list(values)
+            for k, c in convert:
+                value = converted[k]
+                if value is not None:
+                    converted[k] = c(value)
+            values = tuple(converted)
+        if order is not None:
+            values = order((*values, *constants))
+        params.append(values)
     return rowcount(conn.exec_driver_sql(compiled.string, params))  # type: ignore[arg-type]
+
+
+def _getter(keys: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """``itemgetter(*keys)``, always giving a sequence."""
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda item: (item[key],)
+    if not keys:
+        return lambda item: ()
+    return operator.itemgetter(*keys)
+
+
+def _converted(value: Any, convert: Callable[[Any], Any] | None) -> Any:
+    return value if value is None or convert is None else convert(value)
 
 
 def _pg_execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> int:
@@ -255,7 +290,26 @@ def _sqlite_converter(
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """``json.dumps(value, ensure_ascii=False)``, the same text."""
+    if _encode_json is None:
+        return json.dumps(value, ensure_ascii=False)
+    return "".join(_encode_json(value, 0))
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder ``json.dumps`` builds afresh for every call (with its options),
+# made once: building it costs more than encoding a message's few parts, and
+# every sent delivery's rendered parts are encoded on the dispatch path. No
+# markers (a template's parts cannot refer to themselves), so it keeps no state
+# between calls.
+_encode_json = (
+    c_make_encoder(None, _not_json, encode_basestring, None, ": ", ", ", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
 
 
 def _sqlite_datetime(value: datetime) -> str:

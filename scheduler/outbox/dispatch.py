@@ -39,14 +39,18 @@ from channels.registry import ChannelPool
 from scheduler.outbox import leases, policies, transitions, wecom_quota
 from scheduler.outbox.material_links import MaterialSigner
 from scheduler.outbox.models import GATHERED_MODES, DeliveryStatus
-from scheduler.outbox.preparing import BatchPreparation, CapCheck, capability_problem
+from scheduler.outbox.preparing import (
+    BatchPreparation,
+    CapCheck,
+    PreparedTouchpoint,
+    capability_problem,
+)
 from scheduler.outbox.recording import ERROR_KINDS, OutcomeRecording, log_batch
 from scheduler.outbox.repository import DELIVERIES
 from scheduler.outbox.sending import ChannelCalls, SendingWaves, call_size
 from scheduler.outbox.service import held_template_ids
 from scheduler.outbox.transitions import Outcome
 from scheduler.staff import service as staff_service
-from sop_templates.models import Touchpoint
 from sopbot.clock import Clock
 from sopbot.db import reader, session_scope
 from sopbot.settings import Settings
@@ -102,7 +106,7 @@ class Dispatcher(BatchPreparation, ChannelCalls, OutcomeRecording):
         self.settings = settings
         self.worker_id = worker_id
         self.rng = rng or random.Random()
-        self._touchpoints: dict[int, Touchpoint] = {}
+        self._touchpoints: dict[int, PreparedTouchpoint] = {}
         self._stopping = False
         self._stop_by: float | None = None
         self._sleep = time.sleep  # outage backoff (tests pass their own)

@@ -148,7 +148,7 @@ def enroll(
                 (enrollment_id, target_id, unique[target_id])
                 for enrollment_id, target_id in session.execute(
                     select(ENROLLMENTS.c.id, ENROLLMENTS.c.target_id).where(*key, in_new)
-                )
+                ).all()
             ]
         else:  # a concurrent enroll may have won a row: take its anchor
             fresh = [
@@ -230,46 +230,48 @@ def _delivery_rows(
     through ``instant`` (see ``repository.instant_param``).
 
     This is the inner loop of a bulk enroll (a million rows for a large segment):
-    the common case -- due in the future, no template quiet hours -- costs one
-    due-time computation and two instant conversions per row.
+    due times, outcomes and instant conversions are worked out once per
+    distinct anchor; a row costs one tuple.
     """
     head = (template.id, version.id, template.target_kind)
     created = instant(now)
     scheduled = DeliveryStatus.SCHEDULED
-    steps = [
-        (
-            p,
-            p.timing.delta if p.kind == "offset" else None,
-            p.grace,
-            p.quiet is None,
-        )
-        for p in plans
-        if p.kind != "cron"
-    ]
-    rows: list[tuple[Any, ...]] = []
-    append = rows.append
-    dues: dict[tuple[int, datetime], datetime] = {}  # (step, anchor) → due
-    for enrollment_id, target_id, anchor in enrollments:
-        for step, (plan, delta, grace, plain) in enumerate(steps):
-            if delta is not None:
-                due = anchor + delta
-            else:  # day-at and absolute times: shared by every anchor on the same day
-                due = dues.get((step, anchor))  # type: ignore[assignment]
-                if due is None:
-                    due = dues[(step, anchor)] = due_at(plan.timing, anchor, zone)
-            if plain and due >= now:
+    one_offs = [p for p in plans if p.kind != "cron"]
+    # A row is (enrollment id, the touchpoint's columns, target id, the columns
+    # its anchor decides). Enrollments share anchors (everyone added in the same
+    # second; a fixed start), so those are worked out once per anchor.
+    fronts = [(p.touchpoint_id, 0, *head) for p in one_offs]
+
+    def ends(anchor: datetime) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for plan in one_offs:
+            if plan.kind == "offset":
+                due = anchor + plan.timing.delta
+            else:
+                due = due_at(plan.timing, anchor, zone)
+            if plan.quiet is None and due >= now:
                 at = instant(due)
-                append(
-                    (enrollment_id, plan.touchpoint_id, 0, *head, target_id, channel, plan.mode)
-                    + (at, at, instant(due + grace), scheduled, None, 0, created, None)
+                out.append(
+                    (channel, plan.mode, at, at, instant(due + plan.grace), scheduled, None, 0)
+                    + (created, None)
                 )
                 continue
             status, reason, run_at = _one_off_outcome(plan, due, now)
-            append(
-                (enrollment_id, plan.touchpoint_id, 0, *head, target_id, channel, plan.mode)
-                + (instant(due), instant(run_at), instant(run_at + grace), status, reason, 0)
-                + (created, created if status != scheduled else None)
+            out.append(
+                (channel, plan.mode, instant(due), instant(run_at), instant(run_at + plan.grace))
+                + (status, reason, 0, created, created if status != scheduled else None)
             )
+        return out
+
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    by_anchor: dict[datetime, list[tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
+    for enrollment_id, target_id, anchor in enrollments:
+        parts = by_anchor.get(anchor)
+        if parts is None:
+            parts = by_anchor[anchor] = list(zip(fronts, ends(anchor), strict=True))
+        for front, end in parts:
+            append((enrollment_id, *front, target_id, *end))
     return rows
 
 

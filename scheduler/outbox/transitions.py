@@ -35,7 +35,7 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, text, update
 from sqlmodel import Session, col
@@ -156,10 +156,29 @@ def _fence(name: str, owner: str | None) -> list[ColumnElement[bool]]:
 # -- a worker's own rows -------------------------------------------------------
 
 
-CLAIM_COLUMNS = (
-    "id, enrollment_id, touchpoint_id, occurrence, template_id, version_id, target_kind, "
-    "target_id, channel, mode, due_at, run_at, expires_at, attempts"
-)
+class Claimed(NamedTuple):
+    """A claimed row as dispatch reads it. A plain tuple: its fields are read
+    dozens of times per delivery, and a SQLAlchemy ``Row`` answers each
+    attribute only after a failed ordinary lookup (an ``AttributeError`` built
+    and thrown away), a tenth of the worker's CPU on the dispatch path."""
+
+    id: int
+    enrollment_id: int
+    touchpoint_id: int
+    occurrence: int
+    template_id: int
+    version_id: int
+    target_kind: str
+    target_id: int
+    channel: str
+    mode: str
+    due_at: datetime
+    run_at: datetime
+    expires_at: datetime
+    attempts: int
+
+
+CLAIM_COLUMNS = ", ".join(Claimed._fields)
 
 
 def claim(
@@ -170,7 +189,7 @@ def claim(
     lease_until: datetime,
     limit: int,
     held_templates: Sequence[int] = (),
-) -> list[Any]:
+) -> list[Claimed]:
     """claim: atomically move up to ``limit`` due rows from scheduled to claimed,
     leased to ``owner``.
 
@@ -204,7 +223,7 @@ def claim_siblings(
     occurrence: int,
     limit: int,
     held_templates: Sequence[int] = (),
-) -> list[Any]:
+) -> list[Claimed]:
     """claim (siblings): the due task/moment rows of one touchpoint occurrence,
     up to ``limit``, so that they reach the platform as one job
     (``GATHERED_MODES``). Same fence and lease as :func:`claim`; call it in the
@@ -232,7 +251,7 @@ def _claim_due(
     *,
     urgent_only: bool = False,
     siblings: tuple[int, int] | None = None,
-) -> list[Any]:
+) -> list[Claimed]:
     dialect = session.get_bind().dialect.name
     held = ""
     params: dict[str, Any] = {
@@ -301,7 +320,7 @@ def _claim_due(
         expires_at=dt,
         attempts=repository.DELIVERIES.c.attempts.type,
     )
-    return list(session.execute(typed, params).all())
+    return [Claimed._make(row) for row in session.execute(typed, params).all()]
 
 
 def renew(session: Session, *, owner: str, ids: Sequence[int], lease_until: datetime) -> int:
@@ -322,30 +341,25 @@ def mark_sending(
     """mark_sending: claimed → sending just before the channel call (one attempt
     used, lease refreshed); returns the ids still held, i.e. safe to send."""
     check("mark_sending", S.SENDING)
-    marked: set[int] = set()
-    postgres = session.get_bind().dialect.name == "postgresql"
-    # PostgreSQL: one statement for the whole wave, its ids as one array
-    for chunk in [list(ids)] if postgres else repository.chunked(list(ids), 900):
-        among = (
-            repository.among(col(Delivery.id), chunk, session)
-            if postgres
-            else col(Delivery.id).in_(list(chunk))
+    if not ids:
+        return set()
+    # One statement for the whole wave, its ids as one parameter (an array on
+    # PostgreSQL, a JSON array on SQLite): an IN list renders a parameter per
+    # id on every execution.
+    stmt = (
+        update(Delivery)
+        .where(repository.among(col(Delivery.id), ids, session), *_fence("mark_sending", owner))
+        .values(
+            status=S.SENDING,
+            attempts=col(Delivery.attempts) + 1,
+            lease_expires_at=lease_until,
         )
-        stmt = (
-            update(Delivery)
-            .where(among, *_fence("mark_sending", owner))
-            .values(
-                status=S.SENDING,
-                attempts=col(Delivery.attempts) + 1,
-                lease_expires_at=lease_until,
-            )
-            .returning(col(Delivery.id))
-            # No ORM objects to keep in step: synchronizing them would look
-            # up every returned id in the identity map (most of the cost).
-            .execution_options(synchronize_session=False)
-        )
-        marked.update(session.execute(stmt).scalars())
-    return marked
+        .returning(col(Delivery.id))
+        # No ORM objects to keep in step: synchronizing them would look
+        # up every returned id in the identity map (most of the cost).
+        .execution_options(synchronize_session=False)
+    )
+    return set(session.execute(stmt).scalars().all())
 
 
 def settle(session: Session, *, owner: str, outcomes: Mapping[int, Outcome], now: datetime) -> int:

@@ -262,7 +262,7 @@ class PreparingCache:
         return facts
 
     def content_for(
-        self, row: Any, touchpoint: Touchpoint, facts: VariantFacts
+        self, row: Any, touchpoint: Any, facts: VariantFacts
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The content parts ``row`` sends and the variant's name (None: no
         variants). The variant stored on the delivery wins while the version
