@@ -190,7 +190,6 @@ def scheduler_process() -> None:
     """serve's scheduler (started by `sopbot serve`, never by hand): a worker
     under serve's id and lock that ends with serve."""
     import asyncio
-    import os
 
     from scheduler.operations.child import child_settings, die_with_parent
     from scheduler.operations.worker import run_worker
@@ -203,8 +202,6 @@ def scheduler_process() -> None:
     serve_pid, metrics_port = parent
     die_with_parent(serve_pid)
     settings = Settings()
-    if settings.serve_scheduler_nice:
-        os.nice(settings.serve_scheduler_nice)
     configure_logging(settings, process_role="serve-scheduler", worker_id=settings.worker_id)
     asyncio.run(run_worker(settings, role="serve", dispatch_metrics_port=metrics_port))
 

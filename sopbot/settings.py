@@ -227,13 +227,6 @@ class Settings(BaseSettings):
         description="`serve` runs its scheduler in a child process, so pages never wait "
         "behind a burst (false: on the API's own event loop)",
     )
-    serve_scheduler_nice: int = Field(
-        0,
-        ge=0,
-        le=19,
-        description="niceness of `serve`'s scheduler process: above 0, pages get the CPU "
-        "first when both want it",
-    )
     sql_echo: bool = Field(False, description="log every SQL statement (debugging)")
 
     def public_base(self) -> str:
