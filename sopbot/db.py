@@ -130,7 +130,7 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def defer_wal_checkpoint(session: Session) -> None:
+def defer_wal_checkpoint(session: Session | Connection) -> None:
     """SQLite: the commit of this session's transaction does not checkpoint
     the WAL itself; a thread does it right after, on a connection of its own.
 
@@ -143,9 +143,10 @@ def defer_wal_checkpoint(session: Session) -> None:
     any commit: safe against the process dying, and synced by that checkpoint.
     Other writers' commits skip the checkpoint while it runs (a passive one
     does not wait for them, nor they for it). A no-op on other databases."""
-    if session.get_bind().dialect.name != "sqlite":
+    connection = session.connection() if isinstance(session, Session) else session
+    if connection.dialect.name != "sqlite":
         return
-    pooled = session.connection().connection
+    pooled = connection.connection
     if pooled.info.get(_CHECKPOINT_DEFERRED):
         return
     pooled.driver_connection.execute("PRAGMA wal_autocheckpoint=0")  # type: ignore[union-attr]

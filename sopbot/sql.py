@@ -36,7 +36,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlmodel import Session
 
-from sopbot.db import UTCDateTime, reader, rowcount
+from sopbot.db import UTCDateTime, defer_wal_checkpoint, reader, rowcount
 
 CHUNK = 5000
 
@@ -140,6 +140,12 @@ def sqlite_instant(value: datetime) -> str:
     return _sqlite_datetime(value)
 
 
+# A bulk write at least this large on SQLite commits without checkpointing the
+# WAL itself (``sopbot.db.defer_wal_checkpoint``): enrolling 100,000 rows at a
+# time spent about 15% of its time in the commit's checkpoint.
+BULK_ROWS = 10_000
+
+
 def insert_rows(
     conn: Session | Connection,
     table: Table,
@@ -158,6 +164,8 @@ def insert_rows(
     connection = _connection(conn)
     names = ", ".join(columns)
     if connection.dialect.name == "sqlite":
+        if len(rows) >= BULK_ROWS:  # its commit leaves the WAL checkpoint to a thread
+            defer_wal_checkpoint(connection)
         sql = (
             f"INSERT INTO {table.name} ({names}) "
             f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"

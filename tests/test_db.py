@@ -93,6 +93,23 @@ def test_a_rolled_back_transaction_restores_the_threshold(sqlite_engine, started
         assert conn.exec_driver_sql("SELECT count(*) FROM blobs").scalar_one() == 0
 
 
+def test_a_bulk_insert_defers_its_commit_s_checkpoint(sqlite_engine, started):
+    """``insert_rows`` of a bulk write (enrollment) defers; a small one does not."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from sopbot.sql import BULK_ROWS, insert_rows
+
+    table = Table("blobs", MetaData(), Column("id", Integer, primary_key=True))
+    with session_scope(sqlite_engine) as session:
+        insert_rows(session, table, ["id"], [(i,) for i in range(1, 11)])
+    assert started == []
+    with session_scope(sqlite_engine) as session:
+        insert_rows(session, table, ["id"], [(i,) for i in range(11, 11 + BULK_ROWS)])
+    assert started == [str(_database_file(sqlite_engine))]
+    with sqlite_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM blobs").scalar_one() == BULK_ROWS + 10
+
+
 _KILLED_AFTER_COMMIT = """
 import os, sys
 from sqlalchemy import text
