@@ -51,7 +51,6 @@ def serve(
     from sopbot.logging import configure_logging, uvicorn_log_config
 
     settings = Settings()
-    in_child = settings.run_scheduler and settings.serve_scheduler_process
     # A page's request thread waiting for the interpreter (behind a large event
     # post, or the scheduler when it runs in this process) gets it after 0.5 ms
     # instead of 5 ms, which is most of a page's time then (benchmarks/pages.py).
@@ -73,7 +72,9 @@ def serve(
                 logging.getLogger("sopbot").info("demo data already there: nothing added")
         _print_setup_link(app_, bind_host, bind_port)
 
-    application = create_app(settings, scheduler_process=in_child, on_startup=startup)
+    application = create_app(
+        settings, scheduler_process=settings.serve_scheduler_process, on_startup=startup
+    )
     typer.echo(
         f"sopbot on http://{bind_host}:{bind_port}/  (API docs: /docs, database: {settings.database_url})"
     )

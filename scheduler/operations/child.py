@@ -63,11 +63,6 @@ class SchedulerProcess:
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
         self.metrics_port = _free_loopback_port()
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -108,7 +103,6 @@ class SchedulerProcess:
             await asyncio.sleep(pause)
             if not self._stopping:
                 self._spawn()
-                self.restarts += 1
 
     async def stop(self) -> int | None:
         """The child's graceful stop (SIGTERM), bounded: killed a little past
