@@ -26,7 +26,9 @@ class MockConfig(AdapterConfig):
         "none", description="fail every message this way (or only fail_targets)"
     )
     fail_targets: list[str] = Field(default_factory=list, description="external ids that fail")
-    latency_ms: float = Field(0.0, ge=0, description="simulated time per batch call")
+    latency_ms: float = Field(
+        0.0, ge=0, description="simulated time per batch call (messages recorded meanwhile)"
+    )
     retry_after_s: float | None = Field(None, ge=0, description="Retry-After on retryable errors")
     persist: bool = Field(True, description="record every accepted message")
     max_batch: int | None = Field(
@@ -67,8 +69,6 @@ class MockAdapter:
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         self.calls += 1
-        if self.config.latency_ms:
-            await asyncio.sleep(self.config.latency_ms / 1000)
         results: list[SendResult] = []
         accepted: list[OutboundMessage] = []
         for message in messages:
@@ -84,8 +84,19 @@ class MockAdapter:
             else:
                 accepted.append(message)
                 results.append(SendResult.sent(f"mock-{message.delivery_id}"))
+        # A call takes ``latency_ms`` in all: the messages are recorded while it
+        # lasts, as a real channel accepts a message before its answer arrives.
+        # (Recording after the wait made a "20 ms" call take 20 ms plus a commit.)
+        # So a worker killed inside the call leaves messages the channel has but
+        # the worker never heard about: they must end ``unknown``, never resent.
+        wait = asyncio.sleep(self.config.latency_ms / 1000) if self.config.latency_ms else None
         if accepted and self.config.persist:
-            await self._record(accepted)
+            if wait is None:
+                await self._record(accepted)
+            else:
+                await asyncio.gather(wait, self._record(accepted))
+        elif wait is not None:
+            await wait
         return results
 
     async def _record(self, messages: list[OutboundMessage]) -> None:

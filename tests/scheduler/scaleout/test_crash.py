@@ -77,7 +77,7 @@ def test_kill_9_while_sending_leaves_unknown_never_a_duplicate(scale_url, scale_
     seen = witness(scale_engine)
     assert seen.pending == 0
     assert seen.statuses == {"sent": n - k, "unknown": k}
-    assert seen.duplicates == 0 and seen.recorded_not_sent == 0 == seen.sent_without_record
+    assert seen.duplicates == 0 and seen.sent_without_record == 0
     with scale_engine.connect() as conn:
         unknown = conn.execute(
             select(Delivery.id, Delivery.reason).where(Delivery.status == "unknown")
@@ -85,7 +85,10 @@ def test_kill_9_while_sending_leaves_unknown_never_a_duplicate(scale_url, scale_
         recorded = set(conn.execute(select(MockMessage.delivery_id)).scalars())
     assert {row.id for row in unknown} == in_flight
     assert all("worker stopped while sending" in row.reason for row in unknown)
-    assert not recorded & in_flight  # not resent: the mock never got them
+    # The channel may have got what was in flight when the kill landed (the
+    # mock records a message while its call lasts): those are the only
+    # records of a delivery not sent, once each, never resent.
+    assert seen.recorded_not_sent == len(recorded & in_flight)
 
 
 def test_kill_9_after_claiming_resends_the_claimed_rows(scale_url, scale_engine, workdir):
