@@ -13,15 +13,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import cache
+from itertools import chain
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from sqlalchemy import bindparam, insert
 from sqlalchemy.engine import Connection
 
 from channels.base import AdapterConfig, AdapterContext, Capabilities, OutboundMessage, SendResult
-from channels.models import MockMessage
-from sopbot.sql import execute_many
+from sopbot.sql import sqlite_instant
 
 
 class MockConfig(AdapterConfig):
@@ -154,24 +154,8 @@ class MockAdapter:
             with self.context.engine.begin() as conn:
                 _persist_postgresql(conn, instance, messages, now)
             return
-        rows = [
-            {
-                "m_instance": instance,
-                "m_delivery_id": m.delivery_id,
-                "m_idempotency_key": m.idempotency_key,
-                "m_target_kind": m.target_kind,
-                "m_target_external_id": m.target_external_id,
-                "m_account_external_id": m.account_external_id,
-                "m_mode": m.mode,
-                "m_parts": m.parts,
-                "m_received_at": now,
-            }
-            for m in messages
-        ]
         with self.context.engine.begin() as conn:
-            # compiled once per call, plain tuples to the driver (not
-            # SQLAlchemy's per-row parameter processing)
-            execute_many(conn, _INSERT, rows)
+            _persist_sqlite(conn, instance, messages, now)
 
 
 def _persist_postgresql(
@@ -196,6 +180,44 @@ def _persist_postgresql(
     )
 
 
+def _persist_sqlite(
+    conn: Connection, instance: str, messages: list[OutboundMessage], now: datetime
+) -> None:
+    """SQLite: up to 500 messages per ``INSERT`` (a multi-row ``VALUES``), so
+    the statement keeps its place in the table and its index between rows,
+    instead of one execution per message."""
+    at = sqlite_instant(now)
+    rows = [
+        (
+            instance,
+            m.delivery_id,
+            m.idempotency_key,
+            m.target_kind,
+            m.target_external_id,
+            m.account_external_id,
+            m.mode,
+            _json(m.parts),
+            at,
+        )
+        for m in messages
+    ]
+    for start in range(0, len(rows), _SQLITE_ROWS):
+        chunk = rows[start : start + _SQLITE_ROWS]
+        conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(chain.from_iterable(chunk)))
+
+
+_SQLITE_ROWS = 500
+
+
+@cache
+def _sqlite_insert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT INTO mock_messages (instance, delivery_id, idempotency_key, target_kind, "
+        f"target_external_id, account_external_id, mode, parts, received_at) VALUES {values}"
+    )
+
+
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _PG_INSERT = """
 INSERT INTO mock_messages (instance, delivery_id, idempotency_key, target_kind,
@@ -207,21 +229,3 @@ FROM unnest(%(delivery_ids)s::bigint[], %(keys)s::text[], %(kinds)s::text[],
     WITH ORDINALITY AS m(delivery_id, key, kind, target, account, mode, parts, n)
 ORDER BY m.n
 """
-
-_TABLE = MockMessage.__table__  # type: ignore[attr-defined]
-_INSERT = insert(_TABLE).values(
-    {
-        name: bindparam(f"m_{name}", type_=_TABLE.c[name].type)
-        for name in (
-            "instance",
-            "delivery_id",
-            "idempotency_key",
-            "target_kind",
-            "target_external_id",
-            "account_external_id",
-            "mode",
-            "parts",
-            "received_at",
-        )
-    }
-)
