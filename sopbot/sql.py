@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import operator
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -166,12 +168,7 @@ def insert_rows(
     if connection.dialect.name == "sqlite":
         if len(rows) >= BULK_ROWS:  # its commit leaves the WAL checkpoint to a thread
             defer_wal_checkpoint(connection)
-        sql = (
-            f"INSERT INTO {table.name} ({names}) "
-            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
-        )
-        for chunk in chunked(rows):
-            connection.exec_driver_sql(sql, list(chunk))  # type: ignore[arg-type]
+        _sqlite_insert_rows(connection, table.name, names, len(columns), rows)
         return
     types = [_pg_array_type(table.c[name].type, connection) for name in columns]
     arrays = ", ".join(f"%s::{t}[]" for t in types)
@@ -180,6 +177,38 @@ def insert_rows(
     )
     for part in chunked(rows, CHUNK * 4):
         connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*part, strict=True)))
+
+
+# Rows per statement of a bulk insert on SQLite (a multi-row VALUES), fewer
+# where the columns would pass SQLite's limit on parameters.
+ROWS_PER_INSERT = 500
+
+
+def _sqlite_insert_rows(
+    connection: Connection, table: str, names: str, width: int, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """SQLite's :func:`insert_rows`: ``per`` rows per ``INSERT ... VALUES (...),
+    (...), ...``, the rest (fewer than ``per``) by an executemany of one row.
+
+    One statement for many rows keeps its cursors on the table and on each
+    index from one row to the next, where an executemany opens them again for
+    every row and seeks each from the root: a delivery row (17 columns, 9
+    indexes) costs about 40% fewer instructions in SQLite. The rows go in
+    the given order, so they get the same ids."""
+    limit = connection.connection.driver_connection.getlimit(  # type: ignore[union-attr]
+        sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+    )
+    per = min(ROWS_PER_INSERT, limit // width)
+    one = f"({', '.join('?' * width)})"
+    head = f"INSERT INTO {table} ({names}) VALUES "
+    whole = len(rows) - len(rows) % per if per > 1 else 0
+    if whole:
+        sql = f"{head}{', '.join([one] * per)} ON CONFLICT DO NOTHING"
+        flat = chain.from_iterable
+        for start in range(0, whole, per):
+            connection.exec_driver_sql(sql, tuple(flat(rows[start : start + per])))
+    if whole < len(rows):
+        connection.exec_driver_sql(f"{head}{one} ON CONFLICT DO NOTHING", list(rows[whole:]))  # type: ignore[arg-type]
 
 
 def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> int:
