@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import operator
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -166,12 +168,7 @@ def insert_rows(
     if connection.dialect.name == "sqlite":
         if len(rows) >= BULK_ROWS:  # its commit leaves the WAL checkpoint to a thread
             defer_wal_checkpoint(connection)
-        sql = (
-            f"INSERT INTO {table.name} ({names}) "
-            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
-        )
-        for chunk in chunked(rows):
-            connection.exec_driver_sql(sql, list(chunk))  # type: ignore[arg-type]
+        _sqlite_insert_rows(connection, table.name, names, len(columns), rows)
         return
     types = [_pg_array_type(table.c[name].type, connection) for name in columns]
     arrays = ", ".join(f"%s::{t}[]" for t in types)
@@ -180,6 +177,82 @@ def insert_rows(
     )
     for part in chunked(rows, CHUNK * 4):
         connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*part, strict=True)))
+
+
+# Rows per statement of a bulk insert on SQLite (a multi-row VALUES), fewer
+# where the columns would pass SQLite's limit on parameters.
+ROWS_PER_INSERT = 500
+
+
+def _sqlite_insert_rows(
+    connection: Connection, table: str, names: str, width: int, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """SQLite's :func:`insert_rows`: ``per`` rows per ``INSERT ... VALUES (...),
+    (...), ...``, the rest (fewer than ``per``) by an executemany of one row.
+
+    One statement for many rows keeps its cursors on the table and on each
+    index from one row to the next, where an executemany opens them again for
+    every row and seeks each from the root: a delivery row (17 columns, 9
+    indexes) costs about 40% fewer instructions in SQLite. The rows go in
+    the given order, so they get the same ids.
+
+    A column with the same value in every row (the template, the channel, the
+    creation time of an enrollment's deliveries) is bound once per statement,
+    as one numbered parameter every row refers to: binding a value costs the
+    driver more than SQLite's reading it."""
+    one = f"({', '.join('?' * width)})"
+    head = f"INSERT INTO {table} ({names}) VALUES "
+    limit = connection.connection.driver_connection.getlimit(  # type: ignore[union-attr]
+        sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+    )
+    same = _same_in_every_row(rows, width) if len(rows) >= ROWS_PER_INSERT else {}
+    varying = [k for k in range(width) if k not in same]
+    per = min(ROWS_PER_INSERT, (limit - len(same)) // max(len(varying), 1))
+    whole = len(rows) - len(rows) % per if per > 1 else 0
+    if whole:
+        values = []
+        for r in range(per):
+            base = r * len(varying)
+            slots = {k: base + j + 1 for j, k in enumerate(varying)}
+            slots.update((k, per * len(varying) + i + 1) for i, k in enumerate(same))
+            values.append(f"({', '.join(f'?{slots[k]}' for k in range(width))})")
+        sql = f"{head}{', '.join(values)} ON CONFLICT DO NOTHING"
+        constants = tuple(same.values())
+        take = _getter(varying)
+        flat = chain.from_iterable
+        for start in range(0, whole, per):
+            part = rows[start : start + per]
+            params = (*flat(map(take, part) if same else part), *constants)
+            connection.exec_driver_sql(sql, params)
+    if whole < len(rows):
+        connection.exec_driver_sql(f"{head}{one} ON CONFLICT DO NOTHING", list(rows[whole:]))  # type: ignore[arg-type]
+
+
+# Values bound once for all rows when every row has the same one.
+_ONCE_TYPES = (int, str, type(None))
+
+
+def _same_in_every_row(rows: Sequence[tuple[Any, ...]], width: int) -> dict[int, Any]:
+    """{position: value} of the columns whose value is the same in every row:
+    text and NULL by equality, integers of the same type too (an equal bool or
+    float would be bound otherwise); other types are always bound per row."""
+    first, middle, last = rows[0], rows[len(rows) // 2], rows[-1]
+    candidates = [
+        k
+        for k in range(width)
+        if type(first[k]) in _ONCE_TYPES and first[k] == middle[k] == last[k]
+    ]
+    if not candidates:
+        return {}
+    same: dict[int, Any] = {}
+    for k in candidates:
+        value, column = first[k], list(map(operator.itemgetter(k), rows))
+        if column.count(value) != len(column):
+            continue
+        if type(value) is int and set(map(type, column)) != {int}:
+            continue
+        same[k] = value
+    return same
 
 
 def execute_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> int:

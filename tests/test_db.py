@@ -137,3 +137,42 @@ def test_a_process_killed_after_a_deferred_commit_loses_nothing(sqlite_engine):
     restarted = sqlite3.connect(database)
     assert restarted.execute("SELECT count(*) FROM blobs").fetchone() == (ROWS,)
     restarted.close()
+
+
+def test_a_bulk_insert_writes_the_rows_as_an_executemany_would(sqlite_engine):
+    """Several rows per statement, a value shared by every row bound once: the
+    same rows, ids, values and storage types as one INSERT per row."""
+    from sqlalchemy import Column, Integer, MetaData, Table, Text
+
+    from sopbot.sql import ROWS_PER_INSERT, insert_rows
+
+    columns = ["id", "a", "b", "c", "d"]
+    table = Table(
+        "mixed",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("a", Integer),
+        Column("b"),  # no affinity: 1 and 1.0 are stored apart
+        Column("c", Text),
+        Column("d", Text),
+    )
+    n = ROWS_PER_INSERT * 2 + 7  # full statements and a rest
+    odd = ROWS_PER_INSERT + 200  # in a full statement, not a row looked at first
+    rows = [(None, k, 1.0 if k == odd else 1, "same", None) for k in range(n)]
+    sql = "SELECT id, a, b, typeof(b), c, typeof(c), d FROM {} ORDER BY id"
+    with sqlite_engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE plain (id INTEGER PRIMARY KEY, a INTEGER, b, c TEXT, d TEXT)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE mixed (id INTEGER PRIMARY KEY, a INTEGER, b, c TEXT, d TEXT)"
+        )
+        conn.exec_driver_sql("INSERT INTO plain (id, a, b, c, d) VALUES (?, ?, ?, ?, ?)", rows)
+    with session_scope(sqlite_engine) as session:
+        insert_rows(session, table, columns, rows)
+    with sqlite_engine.connect() as conn:
+        expected = conn.exec_driver_sql(sql.format("plain")).all()
+        written = conn.exec_driver_sql(sql.format("mixed")).all()
+    assert len(written) == n
+    assert written == expected
+    assert expected[odd][3] == "real" and expected[0][3] == "integer"
