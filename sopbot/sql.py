@@ -364,13 +364,13 @@ def _sqlite_converter(
     if isinstance(column_type, UTCDateTime):
         return stamp
     if isinstance(column_type, JSON):
-        return _json_text
+        return json_text
     if conn is None:
         return None
     return column_type.bind_processor(conn.dialect)  # type: ignore[no-any-return]
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """``json.dumps(value, ensure_ascii=False)``, the same text."""
     if _encode_json is None:
         return json.dumps(value, ensure_ascii=False)

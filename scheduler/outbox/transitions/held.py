@@ -5,8 +5,11 @@ settle before the send, record the outcome, release, unmark.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import cache
+from itertools import chain
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, case, or_, text, update
@@ -29,6 +32,7 @@ from scheduler.outbox.transitions.machine import (
     starts,
 )
 from sopbot.db import rowcount
+from sopbot.sql import json_text, sqlite_instant
 
 # -- a worker's own rows -------------------------------------------------------
 
@@ -278,8 +282,11 @@ def _write(
     if not outcomes:
         return 0
     check(name, *{o.status for o in outcomes.values()})
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         return len(_write_batch(session, owner, starts(name), outcomes, now))
+    if dialect == "sqlite" and UPDATE_FROM:
+        return _write_values(session, owner, starts(name), outcomes, now)
     params = []
     for delivery_id, o in outcomes.items():
         terminal = o.status not in (S.SCHEDULED, S.AWAITING_STAFF)
@@ -329,6 +336,67 @@ def _write(
         )
     )
     return repository.execute_many(session.connection(), stmt, params)
+
+
+def _write_values(
+    session: Session,
+    owner: str,
+    fence: list[str],
+    outcomes: Mapping[int, Outcome],
+    now: datetime,
+) -> int:
+    """SQLite: up to 400 outcomes per ``UPDATE ... FROM (VALUES ...)``, each
+    row found by its primary key and fenced by owner and status, instead of an
+    ``UPDATE ... WHERE id = ?`` executed once per outcome."""
+    at = sqlite_instant(now)
+    rows = []
+    for delivery_id, o in outcomes.items():
+        terminal = o.status not in (S.SCHEDULED, S.AWAITING_STAFF)
+        rows.append(
+            (
+                delivery_id,
+                o.status,
+                clip_reason(o.reason),
+                o.provider_message_id,
+                at if o.sent else None,
+                at if terminal else None,
+                None if o.run_at is None else sqlite_instant(o.run_at),
+                None if o.expires_at is None else sqlite_instant(o.expires_at),
+                None if o.rendered is None else json_text(o.rendered),
+            )
+        )
+    connection = session.connection()
+    written = 0
+    for start in range(0, len(rows), _VALUES_ROWS):
+        chunk = rows[start : start + _VALUES_ROWS]
+        params = (*chain.from_iterable(chunk), owner, *fence)
+        written += rowcount(
+            connection.exec_driver_sql(_update_from_values(len(chunk), len(fence)), params)
+        )
+    return written
+
+
+_VALUES_ROWS = 400
+# ``UPDATE ... FROM`` is SQLite 3.33+; older ones step one UPDATE per outcome.
+UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+
+
+@cache
+def _update_from_values(rows: int, fence: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    statuses = ", ".join(["?"] * fence)
+    # No WITH: the sqlite3 module counts changed rows only for a statement
+    # that starts with UPDATE. A VALUES row's columns are column1, column2, ...
+    return f"""
+        UPDATE deliveries SET status = b.column2, reason = b.column3,
+            provider_message_id = b.column4, sent_at = b.column5,
+            finished_at = b.column6, run_at = coalesce(b.column7, deliveries.run_at),
+            expires_at = coalesce(b.column8, deliveries.expires_at),
+            rendered = b.column9, lease_owner = NULL, lease_expires_at = NULL
+        FROM (VALUES {values}) AS b
+        WHERE deliveries.id = b.column1 AND deliveries.lease_owner = ?
+            AND deliveries.status IN ({statuses})
+    """
 
 
 # PostgreSQL: one ``UPDATE ... FROM unnest(...)`` for a batch's outcomes, each

@@ -14,7 +14,7 @@ from sqlmodel import Session, col
 
 from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus
-from scheduler.outbox.transitions import TABLE, Outcome, TransitionRefused
+from scheduler.outbox.transitions import TABLE, Outcome, TransitionRefused, held
 from sopbot.db import session_scope
 
 S = DeliveryStatus
@@ -265,10 +265,15 @@ def rows(engine) -> list[int]:
     return firsts
 
 
-def test_a_batch_of_outcomes_writes_only_the_rows_its_fence_admits(engine, rows):
-    """One write for a whole batch (one statement on PostgreSQL) still checks
-    every row: the owner's sending rows get their outcome, its reaped unknown
-    rows the late truth, and every other row is left exactly as it was."""
+@pytest.mark.parametrize("one_statement", [True, False], ids=["update-from", "per-row"])
+def test_a_batch_of_outcomes_writes_only_the_rows_its_fence_admits(
+    engine, rows, monkeypatch, one_statement
+):
+    """One write for a whole batch (one statement on PostgreSQL, and on SQLite
+    3.33+; per row on older SQLite) still checks every row: the owner's sending
+    rows get their outcome, its reaped unknown rows the late truth, and every
+    other row is left exactly as it was."""
+    monkeypatch.setattr(held, "UPDATE_FROM", one_statement)
     mine, retry, theirs, claimed, done, reaped, reaped_theirs, orphan = rows
     _put(engine, mine, S.SENDING)
     _put(engine, retry, S.SENDING)
