@@ -84,7 +84,14 @@ from scheduler.outbox.models import Delivery, DeliveryStatus
 from scheduler.runtime import SchedulerRuntime
 from sop_templates import service as templates_service
 from sopbot.clock import Clock, ManualClock, SystemClock
-from sopbot.db import create_all, import_models, make_engine, reader, session_scope
+from sopbot.db import (
+    create_all,
+    import_models,
+    make_engine,
+    reader,
+    session_scope,
+    wait_for_checkpoints,
+)
 from sopbot.settings import Settings
 
 #: Every ManualClock phase starts here (08:00 in Asia/Shanghai, the template zone).
@@ -496,6 +503,9 @@ def phase_dispatch(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str
         ids = _insert_contacts(engine, n, CLOCK_START)
         result = _enroll_all(engine, template_id, [(cid, CLOCK_START) for cid in ids], clock.now())
         del ids
+        # The setup's (and the enroll phase's) WAL checkpoints run in a thread
+        # after their commits: let them finish before the timed drain.
+        wait_for_checkpoints()
         clock.advance(seconds=1)  # everything is due now
         settings = _settings(_engine_url(engine))
 
@@ -554,6 +564,7 @@ def phase_burst(
         due = datetime.fromtimestamp(math.ceil(time.time() + lead), tz=UTC)
         _log(f"burst: {n} deliveries due at {due.isoformat()} (in {lead:.1f}s+)")
         _enroll_all(engine, template_id, [(cid, due) for cid in ids], clock.now())
+        wait_for_checkpoints()  # the setup's, not the burst's
         del ids
         setup_overrun = clock.now() > due - timedelta(seconds=0.5)
         settings = _settings(_engine_url(engine))
