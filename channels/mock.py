@@ -13,15 +13,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from functools import cache
-from itertools import chain
 from typing import ClassVar, Literal
 
 from pydantic import Field
 from sqlalchemy.engine import Connection
 
 from channels.base import AdapterConfig, AdapterContext, Capabilities, OutboundMessage, SendResult
-from sopbot.sql import sqlite_instant
+from channels.models import MockMessage
+from sopbot.sql import insert_rows, sqlite_instant
 
 
 class MockConfig(AdapterConfig):
@@ -183,9 +182,8 @@ def _persist_postgresql(
 def _persist_sqlite(
     conn: Connection, instance: str, messages: list[OutboundMessage], now: datetime
 ) -> None:
-    """SQLite: up to 500 messages per ``INSERT`` (a multi-row ``VALUES``), so
-    the statement keeps its place in the table and its index between rows,
-    instead of one execution per message."""
+    """SQLite: the bulk insert of ready rows (``sopbot.sql.insert_rows``: a
+    multi-row ``VALUES`` per 500 messages, not one execution per message)."""
     at = sqlite_instant(now)
     rows = [
         (
@@ -201,21 +199,20 @@ def _persist_sqlite(
         )
         for m in messages
     ]
-    for start in range(0, len(rows), _SQLITE_ROWS):
-        chunk = rows[start : start + _SQLITE_ROWS]
-        conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(chain.from_iterable(chunk)))
+    insert_rows(conn, MockMessage.__table__, _COLUMNS, rows)  # type: ignore[attr-defined]
 
 
-_SQLITE_ROWS = 500
-
-
-@cache
-def _sqlite_insert(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    return (
-        "INSERT INTO mock_messages (instance, delivery_id, idempotency_key, target_kind, "
-        f"target_external_id, account_external_id, mode, parts, received_at) VALUES {values}"
-    )
+_COLUMNS = (
+    "instance",
+    "delivery_id",
+    "idempotency_key",
+    "target_kind",
+    "target_external_id",
+    "account_external_id",
+    "mode",
+    "parts",
+    "received_at",
+)
 
 
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -188,13 +188,6 @@ def wait_for_checkpoints(timeout: float | None = None) -> None:
 
 def _checkpoint(database: str) -> None:
     try:
-        _run_checkpoint(database)
-    finally:
-        _CHECKPOINTS.discard(threading.current_thread())
-
-
-def _run_checkpoint(database: str) -> None:
-    try:
         connection = sqlite3.connect(database, timeout=30, isolation_level=None)
         try:
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -202,6 +195,8 @@ def _run_checkpoint(database: str) -> None:
             connection.close()
     except sqlite3.Error as exc:  # the next commit past the threshold checkpoints instead
         log.warning("WAL checkpoint after a large commit failed: %s", exc)
+    finally:
+        _CHECKPOINTS.discard(threading.current_thread())
 
 
 def _bind_none_directly() -> None:
