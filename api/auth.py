@@ -28,13 +28,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from api.users import audit
 from api.users import service as users_service
 from api.users.models import ApiToken, User
 from api.users.throttle import LoginThrottle
-from sopbot.db import reader, session_scope
+from sopbot.db import is_busy, reader, session_scope, unless_busy
 
 SESSION_COOKIE = "sopbot_session"
 LOGIN_CSRF_COOKIE = "sopbot_login_csrf"
@@ -151,8 +152,14 @@ def _resolve(request: Request, bearer: str | None, cookie: str | None) -> Princi
             raise NotAuthenticated("the API token is not valid (unknown or revoked)")
         token, token_user = found
         if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-            with session_scope(engine) as session:
-                users_service.touch_token(session, token.id, now)  # type: ignore[arg-type]
+            # Never wait for SQLite's write lock for this (a 500-event post holds
+            # it for a tenth of a second): when it is busy, a later request records it.
+            try:
+                with session_scope(unless_busy(engine)) as session:
+                    users_service.touch_token(session, token.id, now)  # type: ignore[arg-type]
+            except OperationalError as exc:
+                if not is_busy(exc):
+                    raise
         return Principal.of(token_user, "token")
     if cookie:
         key = secret_key(request)

@@ -71,6 +71,19 @@ def serve(
             else:
                 logging.getLogger("sopbot").info("demo data already there: nothing added")
         _print_setup_link(app_, bind_host, bind_port)
+        # Pages compile their templates on first use (a second's CPU in all):
+        # done now, in the background, no operator's first click pays for it;
+        # then what start-up made is left out of full GC passes (sopbot.gc_pauses).
+        import threading
+
+        from api import i18n
+        from sopbot.gc_pauses import freeze_startup_objects
+
+        def warm_then_freeze() -> None:
+            i18n.warm()
+            freeze_startup_objects()
+
+        threading.Thread(target=warm_then_freeze, name="sopbot-warm-pages", daemon=True).start()
 
     application = create_app(
         settings, scheduler_process=settings.serve_scheduler_process, on_startup=startup
@@ -182,7 +195,7 @@ def worker() -> None:
     configure_logging(settings, process_role="worker", worker_id=settings.worker_id)
     require_current_schema(settings, upgrade_empty=False)
     scheduler_lock = _one_scheduler_per_sqlite_file(settings)
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_worker(settings, freeze_gc=True))
     del scheduler_lock  # held until the worker stopped
 
 
@@ -204,7 +217,9 @@ def scheduler_process() -> None:
     die_with_parent(serve_pid)
     settings = Settings()
     configure_logging(settings, process_role="serve-scheduler", worker_id=settings.worker_id)
-    asyncio.run(run_worker(settings, role="serve", dispatch_metrics_port=metrics_port))
+    asyncio.run(
+        run_worker(settings, role="serve", dispatch_metrics_port=metrics_port, freeze_gc=True)
+    )
 
 
 @app.command("api")

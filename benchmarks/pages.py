@@ -4,9 +4,11 @@ ingests a burst of new friends and drains the deliveries they make due.
 A real ``sopbot serve`` process (API, pages and scheduler in one process, as a
 single-machine deployment runs) on SQLite, with a published new-friend template
 of 10 touchpoints all due at ``+0m`` on the mock channel. This process is the
-client: one thread posts ``friend_added`` events (batches of 500) as fast as the
-server takes them, so every event makes 10 deliveries due at once; another probes
-the pages every 100 ms, one after another, until every delivery is sent:
+client: it posts ``friend_added`` events (batches of 500) as fast as the server
+takes them, so every event makes 10 deliveries due at once, while a process of
+its own (as an operator's browser is) probes the pages every 100 ms, one after
+another, until every delivery is sent. Probing starts once the server has
+started: each page opened once and the server idle (``settle_s``):
 
 * ``/healthz`` -- liveness and backlog (what a load balancer polls);
 * ``/api/deliveries?limit=20`` -- the first page of the delivery log;
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -37,10 +40,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +165,25 @@ def _process_cpu_s(pid: int) -> float:
     return own + sum(_process_cpu_s(int(child)) for child in children)
 
 
+def _settle(base: str, pid: int, token: str) -> float:
+    """Open every page once, then wait until ``serve`` has finished starting up
+    (its scheduler process, compiling the page templates): the figures are for a
+    running server, not for its first second. Returns the seconds waited."""
+    started = time.perf_counter()
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as client:
+        for path in PAGES.values():
+            client.get(path, timeout=30).raise_for_status()
+    deadline = time.monotonic() + 30
+    before = _process_cpu_s(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _process_cpu_s(pid)
+        if now - before < 0.05:  # under 10% of a core: idle
+            break
+        before = now
+    return time.perf_counter() - started
+
+
 def _pending(engine: Engine) -> int:
     with reader(engine).connect() as conn:
         return int(
@@ -182,10 +204,15 @@ def _probe(
     base: str,
     pid: int,
     token: str,
-    stop: threading.Event,
-    out: dict[str, list[float]],
-    phase: list[str],
+    stop: EventType,
+    phase: Any,
+    results: Any,
 ) -> None:
+    """The prober, a process of its own (as an operator's browser is): in the
+    posting process its timings would include waiting for that process's GIL.
+    ``phase`` is 0 while the events are posted, 1 while they drain; the samples
+    go back through ``results``."""
+    out: dict[str, list[float]] = {name: [] for name in PAGES}
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
         while not stop.is_set():
@@ -201,8 +228,10 @@ def _probe(
                 if response.status_code != 200:
                     out.setdefault("errors", []).append(float(response.status_code))
                 out[name].append(elapsed * 1000)
-                out.setdefault(f"{phase[0]}:{name}", []).append(elapsed * 1000)
+                when = "drain" if phase.value else "ingest"
+                out.setdefault(f"{when}:{name}", []).append(elapsed * 1000)
             stop.wait(max(0.0, PROBE_INTERVAL_S - (time.perf_counter() - started)))
+    results.put(out)
 
 
 def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
@@ -222,10 +251,14 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
         _setup(engine)
         token = _api_token(engine)
         with _serve(url, Path(tmp), serve_log) as (base, pid):
-            samples: dict[str, list[float]] = {name: [] for name in PAGES}
-            stop = threading.Event()
-            phase = ["ingest"]  # which part of the run a probe fell in
-            prober = threading.Thread(target=_probe, args=(base, pid, token, stop, samples, phase))
+            context = multiprocessing.get_context("spawn")
+            stop = context.Event()
+            phase = context.Value("i", 0)  # which part of the run a probe fell in
+            results = context.Queue()
+            prober = context.Process(
+                target=_probe, args=(base, pid, token, stop, phase, results), daemon=True
+            )
+            result["settle_s"] = round(_settle(base, pid, token), 2)
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             cpu_before = _process_cpu_s(pid)
             with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
@@ -253,12 +286,13 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
                         raise RuntimeError(f"POST /api/events: {response.status_code}\n{tail}")
                 ingested = time.perf_counter() - started
                 _log(f"ingested in {ingested:.1f} s; draining")
-                phase[0] = "drain"
+                phase.value = 1
                 deadline = time.monotonic() + 600
                 while _pending(engine) and time.monotonic() < deadline:
                     time.sleep(0.5)
                 drained = time.perf_counter() - started
             stop.set()
+            samples: dict[str, list[float]] = results.get(timeout=60)
             prober.join()
             cpu = _process_cpu_s(pid) - cpu_before
         with engine.connect() as conn:

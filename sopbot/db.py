@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import JSON, DateTime, event
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, Result
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 # SQLite's default: a commit that leaves more than this many pages in the WAL
 # checkpoints it (copies them into the database file) before it returns.
 _WAL_AUTOCHECKPOINT = 1000
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite transaction waits for the write lock
 _CHECKPOINT_DEFERRED = "sopbot_checkpoint_deferred"
 
 
@@ -117,7 +119,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
@@ -126,8 +128,29 @@ def _sqlite_begin(conn: Any) -> None:
     # IMMEDIATE by default: a deferred transaction that reads and then writes
     # fails at once with "database is locked" when another writer got in
     # between (the busy timeout cannot help it). Read-only paths opt out.
-    mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    options = conn.get_execution_options()
+    mode = options.get("sqlite_begin", "IMMEDIATE")
+    if options.get("sqlite_wait", True):
+        conn.exec_driver_sql(f"BEGIN {mode}")
+        return
+    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        conn.exec_driver_sql(f"BEGIN {mode}")
+    finally:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def unless_busy(engine: Engine) -> Engine:
+    """The engine for a write that may be skipped: on SQLite its transaction
+    does not queue for the write lock but fails at once if another writer holds
+    it (``is_busy`` tells that error). For bookkeeping such as a token's "last
+    used" time, which the next request can record as well."""
+    return engine.execution_options(sqlite_wait=False)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked": another writer holds the write lock."""
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
 
 
 def defer_wal_checkpoint(session: Session | Connection) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from sopbot import db
 from sopbot.db import defer_wal_checkpoint, make_engine, session_scope
@@ -176,3 +177,23 @@ def test_a_bulk_insert_writes_the_rows_as_an_executemany_would(sqlite_engine):
     assert len(written) == n
     assert written == expected
     assert expected[odd][3] == "real" and expected[0][3] == "integer"
+
+
+def test_unless_busy_fails_at_once_on_a_held_write_lock_and_waits_again_after(engine) -> None:
+    if not db.is_sqlite(engine):
+        pytest.skip("SQLite's single write lock")
+    writer = engine.raw_connection()
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        with db.unless_busy(engine).connect() as conn:
+            with pytest.raises(OperationalError) as caught:
+                conn.begin()
+            assert db.is_busy(caught.value)
+            conn.rollback()
+            # the same connection waits for the write lock again
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+        writer.rollback()
+    finally:
+        writer.close()
+    with db.session_scope(db.unless_busy(engine)) as session:  # free: it writes
+        session.execute(text("SELECT 1"))

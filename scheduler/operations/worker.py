@@ -17,6 +17,7 @@ from scheduler.operations.metrics import DispatchMetrics, build_registry
 from scheduler.runtime import SchedulerRuntime
 from sopbot.clock import SystemClock
 from sopbot.db import create_all, make_engine, session_scope
+from sopbot.gc_pauses import freeze_startup_objects
 from sopbot.settings import Settings
 
 log = logging.getLogger("sopbot.worker")
@@ -28,11 +29,14 @@ async def run_worker(
     *,
     role: str = "worker",
     dispatch_metrics_port: int | None = None,
+    freeze_gc: bool = False,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``). ``role="serve"`` with
     ``dispatch_metrics_port`` is serve's scheduler process
     (``scheduler.operations.child``): it serves only its dispatch histograms, on
-    loopback, for serve's ``/metrics`` to append."""
+    loopback, for serve's ``/metrics`` to append. ``freeze_gc`` (the commands,
+    not tests): once started, what start-up made is left out of full GC passes
+    (``sopbot.gc_pauses``)."""
     engine = make_engine(settings)
     create_all(engine)
     from channels.registry import ensure_instance
@@ -66,6 +70,8 @@ async def run_worker(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    if freeze_gc:
+        freeze_startup_objects()
     log.info("worker %s running against %s", runtime.worker_id, engine.url.render_as_string())
     try:
         await stop.wait()

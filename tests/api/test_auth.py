@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from api.app import create_app
 from api.users import service as users_service
 from api.users.models import ApiToken, AuditEntry
-from sopbot.db import session_scope
+from sopbot.db import reader, session_scope
 
 
 @pytest.fixture
@@ -311,3 +311,27 @@ def test_audit_rows_record_who(engine, clock, client, auth_headers):
     with Session(engine) as session:
         entry = session.exec(select(AuditEntry).where(AuditEntry.action == "template.create")).one()
     assert entry.username == "test-admin" and entry.at == clock.now()
+
+
+def test_a_token_s_last_use_never_waits_for_a_busy_writer(client, engine, clock):
+    """Recording "last used" is bookkeeping: while another writer holds SQLite's
+    write lock the request is answered at once and a later request records it."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's single write lock")
+    headers = make_auth_headers(engine, clock.now(), "ops", ["operator"])
+
+    def last_used():  # type: ignore[no-untyped-def]
+        with Session(reader(engine)) as session:
+            return session.exec(select(ApiToken.last_used_at)).one()
+
+    assert last_used() is None
+    writer = engine.raw_connection()
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another writer, mid-transaction
+        assert client.get("/api/me", headers=headers).status_code == 200
+        assert last_used() is None  # skipped, not waited for
+        writer.rollback()
+    finally:
+        writer.close()
+    assert client.get("/api/me", headers=headers).status_code == 200
+    assert last_used() is not None

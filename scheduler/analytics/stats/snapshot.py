@@ -43,7 +43,7 @@ class SlowReadSnapshot(Generic[T]):
         engine: Engine,
         read: Callable[[Session, datetime], T],
         *,
-        slow_seconds: float = 0.05,
+        slow_seconds: float = 0.02,
         max_age_seconds: float = 3.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
