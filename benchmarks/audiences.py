@@ -353,18 +353,21 @@ def run(
         "machine": describe(),
     }
     checks, meets = [], {}
+    targets: dict[str, float] = {}
     if only in (None, "events"):
         result.update(phase_events(events))
         checks.append(result["events_verified"])
+        targets["events_per_s"] = TARGETS["events_per_s"]
         meets["events_per_s"] = result["events_per_s"] >= TARGETS["events_per_s"]
     if only in (None, "publish"):
         result.update(phase_publish(contacts, server=database_url, set_based=set_based))
         checks.append(result["publish_verified"])
-        # 5 s for 100,000 contacts; 15 s for 1,000,000 (issue's table)
+        # 5 s for 100,000 contacts; 15 s for 1,000,000
         limit = TARGETS["publish_enroll_s"] if contacts <= 100_000 else 15.0
+        targets["publish_enroll_s"] = limit
         meets["publish_enroll_s"] = result["publish_enroll_s"] <= limit
     result["load_avg_end"] = round(os.getloadavg()[0], 2)
-    result["targets"] = TARGETS
+    result["targets"] = targets  # for the size and phases run
     result["meets_targets"] = meets
     result["verified"] = all(checks)
     return result
