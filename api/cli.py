@@ -47,7 +47,7 @@ def serve(
     --migrate); a brand-new, empty SQLite database is created on the spot."""
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, warm_up_in_background
     from sopbot.logging import configure_logging, uvicorn_log_config
 
     settings = Settings()
@@ -71,19 +71,7 @@ def serve(
             else:
                 logging.getLogger("sopbot").info("demo data already there: nothing added")
         _print_setup_link(app_, bind_host, bind_port)
-        # Pages compile their templates on first use (a second's CPU in all):
-        # done now, in the background, no operator's first click pays for it;
-        # then what start-up made is left out of full GC passes (sopbot.gc_pauses).
-        import threading
-
-        from api import i18n
-        from sopbot.gc_pauses import freeze_startup_objects
-
-        def warm_then_freeze() -> None:
-            i18n.warm()
-            freeze_startup_objects()
-
-        threading.Thread(target=warm_then_freeze, name="sopbot-warm-pages", daemon=True).start()
+        warm_up_in_background()
 
     application = create_app(
         settings, scheduler_process=settings.serve_scheduler_process, on_startup=startup
@@ -244,7 +232,7 @@ def api_only(
     log_config = uvicorn_log_config(settings)
     logging_options: dict[str, Any] = {"log_config": log_config} if log_config else {}
     uvicorn.run(
-        "api.app:create_app",
+        "api.app:create_served_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,

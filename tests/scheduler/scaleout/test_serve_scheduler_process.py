@@ -167,3 +167,40 @@ def test_kill_9_of_serve_takes_its_scheduler_process_along(sqlite_url, tmp_path)
         assert successor.terminate() == 0, successor.output()[-3000:]
     finally:
         successor.close()
+
+
+def test_sopbot_api_with_two_server_processes_answers_pages_and_stops(sqlite_url, tmp_path):
+    """``sopbot api --workers 2`` (compose's api service): each server process
+    builds the app from its factory, warms up in the background, answers the
+    health check and a page, and all stop on SIGTERM."""
+    port = free_port()
+    env = cli_env(sqlite_url, secret_key="api-test-secret-key-api-test-secret-key")
+    log = (tmp_path / "api.log").open("ab")
+    process = subprocess.Popen(
+        sopbot_command("api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"),
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, 60, interval=0.2, what="sopbot api answering /healthz")
+        login = httpx.get(f"{base}/login", timeout=10)
+        assert login.status_code == 200 and "登录" in login.text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "api.log").read_text(errors="replace")
+    assert "Traceback" not in output, output[-4000:]
