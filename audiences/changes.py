@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from audiences import applying
+from audiences import applying, target_states
 from audiences import service as audiences_service
 from audiences.applying import Applied
 from audiences.events import BaseEvent, InvalidEvent, ItemError, TagAdded, parse_event
@@ -151,7 +151,7 @@ def tag_targets(
 ) -> Applied:
     """Tag rows sopbot knows by id (an exit action's tags), without reacting:
     the reaction that asked for it decides what follows."""
-    states = applying.load_states(session, [(target_kind, i) for i in target_ids])
+    states = target_states.load_states(session, [(target_kind, i) for i in target_ids])
     events = [
         TagAdded(
             kind="tag_added",
@@ -179,7 +179,7 @@ def target_events(
     (``tags``) or ``remove`` (a contact becomes ``deleted``, a group
     ``dissolved``). Applied like any event (:func:`apply`), so SOPs enroll and
     exit as they would for a webhook's event. Unknown ids are skipped."""
-    states = applying.load_states(session, [(target_kind, i) for i in target_ids])
+    states = target_states.load_states(session, [(target_kind, i) for i in target_ids])
     events: list[Any] = []
     for state in states.values():
         ref: dict[str, Any] = {"external_id": state.external_id}

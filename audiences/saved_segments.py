@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from audiences.models import SavedSegment
-from audiences.segments import SEGMENT_KINDS, SEGMENT_TARGET, Preview, preview
+from audiences.segment_queries import Preview, preview
+from audiences.segments import SEGMENT_KINDS, SEGMENT_TARGET
 
 
 class SegmentError(ValueError):

@@ -42,7 +42,7 @@ def real_targets(session: Session, spec: TemplateSpec, limit: int = REAL_TARGETS
     if spec.segment is None:
         return []
     from audiences import service as audiences_service
-    from audiences.segments import segment_query
+    from audiences.segment_queries import segment_query
 
     try:
         query = segment_query(session, spec.target, spec.segment)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from api.deps import SessionDep
-from audiences import segments
+from audiences import segment_queries, segments
 from audiences.segments import Segment
 from sop_templates import service as templates_service
 from sop_templates.schemas import TemplateSpec
@@ -37,7 +37,7 @@ class PreviewIn(BaseModel):
         return data
 
 
-def _out(preview: segments.Preview, segment: Any) -> dict[str, Any]:
+def _out(preview: segment_queries.Preview, segment: Any) -> dict[str, Any]:
     return {
         "segment": segment.model_dump(mode="json"),
         "count": preview.count,
@@ -60,7 +60,7 @@ def preview(body: PreviewIn, session: SessionDep) -> dict[str, Any]:
             f"a {body.segment.kind} segment selects {segments.SEGMENT_TARGET[body.segment.kind]}s",
         )
     since = ensure_utc(body.joined_since) if body.joined_since else None
-    result = segments.preview(
+    result = segment_queries.preview(
         session, body.target, body.segment, limit=body.limit, joined_since=since
     )
     return _out(result, body.segment)
@@ -83,5 +83,5 @@ def template_preview(
         raise HTTPException(409, f"the draft no longer validates: {exc}") from None
     if spec.segment is None:
         raise HTTPException(409, f"template {template.name!r} has no segment")
-    result = segments.preview(session, spec.target, spec.segment, limit=limit)
+    result = segment_queries.preview(session, spec.target, spec.segment, limit=limit)
     return _out(result, spec.segment)

@@ -17,7 +17,7 @@ from api.auth import Author, Reader
 from api.deps import ClockDep, FormDep, SessionDep
 from api.routes import ui_audience_edit
 from api.views import error_text, redirect, render, translator
-from audiences import saved_segments, segments
+from audiences import saved_segments, segment_queries, segments
 from audiences import search as audiences_search
 from audiences import service as audiences_service
 from audiences.models import Contact, ContactStatus, GroupChat, GroupStatus
@@ -186,7 +186,7 @@ def _in_segment(session: Session, template: Any, kind: str, target_id: int) -> b
     )
     if spec.segment is None:
         return True
-    query = segments.segment_query(session, kind, spec.segment)  # type: ignore[arg-type]
+    query = segment_queries.segment_query(session, kind, spec.segment)  # type: ignore[arg-type]
     ids = query.subquery()
     return bool(session.execute(select(ids.c[0]).where(ids.c[0] == target_id).limit(1)).first())
 
@@ -216,7 +216,7 @@ def segments_page(
             continue
         if spec.segment is None:
             continue
-        count = segments.preview(session, spec.target, spec.segment, limit=0).count
+        count = segment_queries.preview(session, spec.target, spec.segment, limit=0).count
         rows.append({"template": template, "segment": spec.segment, "count": count})
     trial: dict[str, Any] = {
         "target": target,
@@ -240,7 +240,12 @@ def segments_page(
             raw["accounts"] = names
         try:
             segment = segments.SEGMENT_KINDS[kind].model_validate(raw)
-            result = segments.preview(session, segments.SEGMENT_TARGET[kind], segment, limit=20)  # type: ignore[arg-type]
+            result = segment_queries.preview(
+                session,
+                segments.SEGMENT_TARGET[kind],
+                segment,  # type: ignore[arg-type]
+                limit=20,
+            )
         except (ValidationError, KeyError, ValueError) as exc:
             error = error_text(request, exc)
     return render(

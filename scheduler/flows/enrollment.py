@@ -19,10 +19,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, false, func, literal, not_, select
 from sqlmodel import Session, col
 
-from audiences.applying import Applied, TargetState
+from audiences.applying import Applied
 from audiences.models import Tag
-from audiences.segments import segment_query
+from audiences.segment_queries import segment_query
 from audiences.tables import TAG_ASSIGNMENTS, target_table
+from audiences.target_states import TargetState
 from scheduler.flows import exclusivity
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox import set_enroll

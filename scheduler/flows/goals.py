@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from audiences.applying import Applied, TargetState
+from audiences.applying import Applied
+from audiences.target_states import TargetState
 from scheduler.flows import membership
 from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS, chunked, insert_ignore

@@ -112,7 +112,7 @@ def overlaps(session: Session, template: SopTemplate, now: datetime) -> list[Ove
     """Live SOPs with the same kind of segment whose audience overlaps this
     draft's and whose touchpoints fall within the same hour of this one's (a
     new friend welcomed three times in one minute). Read-only."""
-    from audiences.segments import segment_query
+    from audiences.segment_queries import segment_query
     from sop_templates import service as templates_service
     from sop_templates.models import TemplateStatus
 

@@ -31,8 +31,9 @@ from sqlalchemy import Row, select, update
 from sqlmodel import Session, col
 
 from audiences import changes
-from audiences.applying import Applied, TargetKey, TargetState
+from audiences.applying import Applied
 from audiences.changes import Reaction
+from audiences.target_states import TargetKey, TargetState
 from scheduler.flows import enrollment, exclusivity
 from scheduler.flows.enrollment import fixed_start
 from scheduler.outbox import service as scheduler_service

@@ -14,8 +14,9 @@ from pydantic import TypeAdapter
 from sqlalchemy import text
 
 from api.app import create_app
-from audiences.applying import load_states
-from audiences.segments import Segment, parse_tag_expr, segment_query
+from audiences.segment_queries import segment_query
+from audiences.segments import Segment, parse_tag_expr
+from audiences.target_states import load_states
 from sop_templates import service as templates_service
 from sopbot.db import session_scope
 

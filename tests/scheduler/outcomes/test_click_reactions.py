@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from audiences import segments
-from audiences.applying import load_states
+from audiences import segment_queries, segments
 from audiences.clicks import ClickCondition, load_clicks
+from audiences.target_states import load_states
 from scheduler.flows import changes
 from scheduler.outbox.models import Enrollment
 from scheduler.outcomes.models import LinkClick
@@ -123,7 +123,7 @@ async def test_clicked_in_the_last_7_days_enrolls_and_lapses(engine, clock, runt
             load_clicks(session, states, at)
             state = states[("contact", contact_id)]
             state.as_of = at
-            found = segments.preview(session, "contact", segment, now=at).count
+            found = segment_queries.preview(session, "contact", segment, now=at).count
         assert (found, int(segment.matches(state.facts()))) == (expected, expected)
 
 
