@@ -12,7 +12,7 @@ from functools import cache
 from itertools import chain
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, case, or_, text, update
+from sqlalchemy import bindparam, text, update
 from sqlmodel import Session, col
 
 from scheduler.outbox import repository
@@ -282,73 +282,16 @@ def _write(
     if not outcomes:
         return 0
     check(name, *{o.status for o in outcomes.values()})
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return len(_write_batch(session, owner, starts(name), outcomes, now))
-    if dialect == "sqlite" and UPDATE_FROM:
-        return _write_values(session, owner, starts(name), outcomes, now)
-    params = []
-    for delivery_id, o in outcomes.items():
-        terminal = o.status not in (S.SCHEDULED, S.AWAITING_STAFF)
-        params.append(
-            {
-                "b_id": delivery_id,
-                "b_status": o.status,
-                "b_reason": clip_reason(o.reason),
-                "b_provider": o.provider_message_id,
-                "b_sent_at": now if o.sent else None,
-                "b_finished_at": now if terminal else None,
-                "b_run_at": o.run_at or now,
-                "b_keep_run_at": o.run_at is None,
-                "b_expires_at": o.expires_at or now,
-                "b_keep_expires_at": o.expires_at is None,
-                "b_rendered": o.rendered,
-            }
-        )
-    # One ``UPDATE ... WHERE id = ?`` for many parameter sets: on SQLite one
-    # prepared statement stepped per row, each row found by its primary key.
-    table = repository.DELIVERIES
-    stmt = (
-        table.update()
-        .where(
-            table.c.id == bindparam("b_id"),
-            table.c.lease_owner == owner,
-            # equalities, not IN: execute_many compiles this once for SQLite
-            or_(*(table.c.status == start for start in starts(name))),
-        )
-        .values(
-            status=bindparam("b_status"),
-            reason=bindparam("b_reason"),
-            provider_message_id=bindparam("b_provider"),
-            sent_at=bindparam("b_sent_at", type_=table.c.sent_at.type),
-            finished_at=bindparam("b_finished_at", type_=table.c.finished_at.type),
-            run_at=case(
-                (bindparam("b_keep_run_at"), table.c.run_at),
-                else_=bindparam("b_run_at", type_=table.c.run_at.type),
-            ),
-            expires_at=case(
-                (bindparam("b_keep_expires_at"), table.c.expires_at),
-                else_=bindparam("b_expires_at", type_=table.c.expires_at.type),
-            ),
-            rendered=bindparam("b_rendered", type_=table.c.rendered.type),
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-    )
-    return repository.execute_many(session.connection(), stmt, params)
+    rows = _rows(outcomes, now)
+    if session.get_bind().dialect.name == "postgresql":
+        return len(_write_batch(session, owner, starts(name), rows))
+    return _write_sqlite(session, owner, starts(name), rows)
 
 
-def _write_values(
-    session: Session,
-    owner: str,
-    fence: list[str],
-    outcomes: Mapping[int, Outcome],
-    now: datetime,
-) -> int:
-    """SQLite: up to 400 outcomes per ``UPDATE ... FROM (VALUES ...)``, each
-    row found by its primary key and fenced by owner and status, instead of an
-    ``UPDATE ... WHERE id = ?`` executed once per outcome."""
-    at = sqlite_instant(now)
+def _rows(outcomes: Mapping[int, Outcome], now: datetime) -> list[tuple[Any, ...]]:
+    """Each outcome's row as every form of the statement below writes it: id,
+    status, reason, provider message id, sent_at, finished_at, run_at and
+    expires_at (None: unchanged), rendered."""
     rows = []
     for delivery_id, o in outcomes.items():
         terminal = o.status not in (S.SCHEDULED, S.AWAITING_STAFF)
@@ -358,17 +301,43 @@ def _write_values(
                 o.status,
                 clip_reason(o.reason),
                 o.provider_message_id,
-                at if o.sent else None,
-                at if terminal else None,
-                None if o.run_at is None else sqlite_instant(o.run_at),
-                None if o.expires_at is None else sqlite_instant(o.expires_at),
-                None if o.rendered is None else json_text(o.rendered),
+                now if o.sent else None,
+                now if terminal else None,
+                _aware(o.run_at),
+                _aware(o.expires_at),
+                o.rendered,
             )
         )
+    return rows
+
+
+def _write_sqlite(
+    session: Session, owner: str, fence: list[str], rows: list[tuple[Any, ...]]
+) -> int:
+    """SQLite 3.33+: up to 400 outcomes per ``UPDATE ... FROM (VALUES ...)``,
+    each row found by its primary key and fenced by owner and status. Older
+    SQLite: the same values, one ``UPDATE ... WHERE id = ?`` stepped per row."""
+    instants: dict[datetime, str] = {}  # most are the one ``now``
+
+    def instant(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text = instants.get(value)
+        if text is None:
+            text = instants[value] = sqlite_instant(value)
+        return text
+
+    values = [
+        (*row[:4], *map(instant, row[4:8]), None if row[8] is None else json_text(row[8]))
+        for row in rows
+    ]
     connection = session.connection()
+    if not UPDATE_FROM:
+        by_row = [(*row[1:], row[0], owner, *fence) for row in values]
+        return rowcount(connection.exec_driver_sql(_update_by_id(len(fence)), by_row))
     written = 0
-    for start in range(0, len(rows), _VALUES_ROWS):
-        chunk = rows[start : start + _VALUES_ROWS]
+    for start in range(0, len(values), _VALUES_ROWS):
+        chunk = values[start : start + _VALUES_ROWS]
         params = (*chain.from_iterable(chunk), owner, *fence)
         written += rowcount(
             connection.exec_driver_sql(_update_from_values(len(chunk), len(fence)), params)
@@ -380,23 +349,37 @@ _VALUES_ROWS = 400
 # ``UPDATE ... FROM`` is SQLite 3.33+; older ones step one UPDATE per outcome.
 UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
 
+# What both SQLite statements set, from a row's values after its id (``_rows``):
+# a VALUES row's columns (column2, column3, ...) or parameters.
+_SET_SQLITE = (
+    "status = {0}, reason = {1}, provider_message_id = {2}, sent_at = {3}, finished_at = {4}, "
+    "run_at = coalesce({5}, deliveries.run_at), expires_at = coalesce({6}, deliveries.expires_at), "
+    "rendered = {7}, lease_owner = NULL, lease_expires_at = NULL"
+)
+
 
 @cache
 def _update_from_values(rows: int, fence: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     statuses = ", ".join(["?"] * fence)
+    assignments = _SET_SQLITE.format(*(f"b.column{i}" for i in range(2, 10)))
     # No WITH: the sqlite3 module counts changed rows only for a statement
-    # that starts with UPDATE. A VALUES row's columns are column1, column2, ...
-    return f"""
-        UPDATE deliveries SET status = b.column2, reason = b.column3,
-            provider_message_id = b.column4, sent_at = b.column5,
-            finished_at = b.column6, run_at = coalesce(b.column7, deliveries.run_at),
-            expires_at = coalesce(b.column8, deliveries.expires_at),
-            rendered = b.column9, lease_owner = NULL, lease_expires_at = NULL
-        FROM (VALUES {values}) AS b
-        WHERE deliveries.id = b.column1 AND deliveries.lease_owner = ?
-            AND deliveries.status IN ({statuses})
-    """
+    # that starts with UPDATE.
+    return (
+        f"UPDATE deliveries SET {assignments} FROM (VALUES {values}) AS b "
+        "WHERE deliveries.id = b.column1 AND deliveries.lease_owner = ? "
+        f"AND deliveries.status IN ({statuses})"
+    )
+
+
+@cache
+def _update_by_id(fence: int) -> str:
+    statuses = ", ".join(["?"] * fence)
+    assignments = _SET_SQLITE.format(*["?"] * 8)
+    return (
+        f"UPDATE deliveries SET {assignments} "
+        f"WHERE id = ? AND lease_owner = ? AND status IN ({statuses})"
+    )
 
 
 # PostgreSQL: one ``UPDATE ... FROM unnest(...)`` for a batch's outcomes, each
@@ -436,27 +419,13 @@ RETURNING d.id
 
 
 def _write_batch(
-    session: Session,
-    owner: str,
-    start: Sequence[str],
-    outcomes: Mapping[int, Outcome],
-    now: datetime,
+    session: Session, owner: str, start: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> set[int]:
-    """:func:`_write` on PostgreSQL, the same values row for row; returns the
-    ids written (the others failed the fence and are untouched)."""
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
-    ids, status, reason, provider, sent_at, finished_at, run_at, expires_at, rendered = columns
-    for delivery_id, o in outcomes.items():
-        ids.append(delivery_id)
-        status.append(o.status)
-        reason.append(clip_reason(o.reason))
-        provider.append(o.provider_message_id)
-        sent_at.append(now if o.sent else None)
-        finished_at.append(None if o.status in (S.SCHEDULED, S.AWAITING_STAFF) else now)
-        run_at.append(_aware(o.run_at))
-        expires_at.append(_aware(o.expires_at))
-        rendered.append(None if o.rendered is None else json.dumps(o.rendered, ensure_ascii=False))
-    fence = ([owner] * len(ids), [",".join(start)] * len(ids))
+    """:func:`_write` on PostgreSQL; returns the ids written (the others failed
+    the fence and are untouched)."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    columns[8] = [None if r is None else json.dumps(r, ensure_ascii=False) for r in columns[8]]
+    fence = ([owner] * len(rows), [",".join(start)] * len(rows))
     result = session.connection().exec_driver_sql(_WRITE_BATCH, (*columns, *fence))
     return set(result.scalars().all())
 
