@@ -50,60 +50,53 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import cProfile
-import io
 import json
 import math
 import os
 import platform
-import pstats
-import resource
 import sqlite3
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version as dist_version
 from typing import Any
 
-import httpx
 import sqlalchemy
-from sqlalchemy import func, insert, select, text
-from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel
+from sqlalchemy import select
 
-from audiences.models import Account, Contact
+from benchmarks.engine_setup import (
+    CHANNEL,
+    CLAIM_BATCH_SIZE,
+    CLOCK_START,
+    ENROLL_TOUCHPOINTS,
+    TICK_SECONDS,
+    TIMEZONE,
+    Databases,
+    Profiler,
+    Sizes,
+    engine_url,
+    enroll_all,
+    http_client,
+    insert_contacts,
+    log,
+    mock_counts,
+    peak_rss_mb,
+    percentile,
+    publish,
+    rss_now_mb,
+    settings,
+    setup_channel,
+    status_counts,
+)
 from benchmarks.machine import describe
-from channels.models import MockMessage
-from channels.registry import ensure_instance
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import Delivery, DeliveryStatus
 from scheduler.runtime import SchedulerRuntime
 from sop_templates import service as templates_service
 from sopbot.clock import Clock, ManualClock, SystemClock
-from sopbot.db import (
-    create_all,
-    import_models,
-    make_engine,
-    reader,
-    session_scope,
-    wait_for_checkpoints,
-)
-from sopbot.settings import Settings
+from sopbot.db import session_scope, wait_for_checkpoints
 
-#: Every ManualClock phase starts here (08:00 in Asia/Shanghai, the template zone).
-CLOCK_START = datetime(2027, 3, 1, 0, 0, tzinfo=UTC)
-TIMEZONE = "Asia/Shanghai"
-CHANNEL = "mock"
-WORKER_ID = "bench-worker"
-CLAIM_BATCH_SIZE = 1000
 BURST_WARM_UP = 1_000  # deliveries the worker sends before the burst (not counted)
-TICK_SECONDS = 1.0
-ENROLL_CHUNK = 10_000
-CONTACT_INSERT_CHUNK = 10_000
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_PG_DATABASE = "sopbot_bench"
 
@@ -115,324 +108,6 @@ TARGETS: dict[str, float] = {
     "cron_plan_s": 3.0,
 }
 
-#: The 10-touchpoint SOP for the enroll phase: offsets and day-N-at times, all in the
-#: future of CLOCK_START for anchors up to 10 minutes before it.
-ENROLL_TOUCHPOINTS: list[tuple[str, str]] = [
-    ("t01-questionnaire", "+1h"),
-    ("t02-coupon", "+3h"),
-    ("t03-evening-reminder", "day 2 20:00"),
-    ("t04-check-in", "+1d6h"),
-    ("t05-morning-tip", "day 3 09:00"),
-    ("t06-case-study", "+2d"),
-    ("t07-live-class", "day 4 19:30"),
-    ("t08-survey", "+5d"),
-    ("t09-weekly-menu", "day 7 11:00"),
-    ("t10-renewal", "day 14 10:00"),
-]
-
-
-def _log(msg: str) -> None:
-    print(f"[engine] {msg}", file=sys.stderr, flush=True)
-
-
-# -- sizes ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sizes:
-    enroll_contacts: int
-    enroll_touchpoints: int
-    dispatch: int
-    burst: int
-    naive_enroll: int
-    naive_dispatch: int
-    naive_burst: int
-    cron_groups: int
-
-    @classmethod
-    def full(cls) -> Sizes:
-        # The naive peer enrolls and dispatches at its own defaults (5000 / 5000);
-        # its burst is the same 10,000 in one second as ours.
-        return cls(100_000, len(ENROLL_TOUCHPOINTS), 100_000, 10_000, 5000, 5000, 10_000, 100_000)
-
-    @classmethod
-    def quick(cls) -> Sizes:
-        return cls(10_000, len(ENROLL_TOUCHPOINTS), 10_000, 1_000, 500, 500, 1_000, 10_000)
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "enroll_contacts": self.enroll_contacts,
-            "enroll_touchpoints": self.enroll_touchpoints,
-            "enroll_deliveries": self.enroll_contacts * self.enroll_touchpoints,
-            "enroll_chunk": ENROLL_CHUNK,
-            "dispatch": self.dispatch,
-            "burst": self.burst,
-            "naive_enroll": self.naive_enroll,
-            "naive_dispatch": self.naive_dispatch,
-            "naive_burst": self.naive_burst,
-            "cron_groups": self.cron_groups,
-        }
-
-
-# -- databases --------------------------------------------------------------------
-
-
-class Databases:
-    """Hands out a fresh, empty database per phase and cleans up after it."""
-
-    def __init__(self, database_url: str | None, pg_database: str) -> None:
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
-        self._pg_url: str | None = None
-        if database_url is None:
-            self.kind = "sqlite"
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="sopbot-bench-")
-        elif database_url.startswith("postgresql"):
-            self.kind = "postgresql"
-            self._pg_url = _ensure_pg_database(database_url, pg_database)
-        else:
-            raise SystemExit(f"unsupported --database-url {database_url!r} (sqlite is the default)")
-
-    @property
-    def display_url(self) -> str:
-        if self._pg_url is not None:
-            return make_url(self._pg_url).render_as_string(hide_password=True)
-        return "sqlite:///<tempdir>/<phase>.db"
-
-    @contextlib.contextmanager
-    def fresh(self, phase: str) -> Iterator[Engine]:
-        import_models()
-        if self._pg_url is not None:
-            engine = make_engine(self._pg_url)
-            SQLModel.metadata.drop_all(engine)
-            SQLModel.metadata.create_all(engine)
-            try:
-                yield engine
-            finally:
-                SQLModel.metadata.drop_all(engine)  # the next phase (or nobody) starts clean
-                engine.dispose()
-            return
-        assert self._tmpdir is not None
-        path = os.path.join(self._tmpdir.name, f"{phase}.db")
-        engine = make_engine(f"sqlite:///{path}")
-        create_all(engine)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path + suffix)
-
-    def close(self) -> None:
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-
-
-def _ensure_pg_database(url: str, name: str) -> str:
-    """Create database ``name`` next to ``url``'s (if missing); return a URL to it."""
-    base = make_url(url)
-    if base.drivername == "postgresql":
-        base = base.set(drivername="postgresql+psycopg")
-    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            exists = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            ).first()
-            if not exists:
-                _log(f"creating PostgreSQL database {name!r}")
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
-
-
-# -- fixtures shared by the phases ----------------------------------------------------
-
-
-def _settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        worker_id=WORKER_ID,
-        claim_batch_size=CLAIM_BATCH_SIZE,
-        tick_seconds=TICK_SECONDS,
-        _env_file=None,  # type: ignore[call-arg]
-    )
-
-
-def _engine_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=False)
-
-
-def _setup_channel(engine: Engine) -> None:
-    with session_scope(engine) as session:
-        ensure_instance(session, CHANNEL, "mock", {"persist": True, "latency_ms": 0})
-
-
-def _publish(engine: Engine, name: str, touchpoints: list[tuple[str, str]], now: datetime) -> int:
-    spec = {
-        "name": name,
-        "target": "contact",
-        "timezone": TIMEZONE,
-        "anchor": "join",
-        "channel": CHANNEL,
-        "touchpoints": [
-            {"name": tp_name, "timing": timing, "content": [f"{{{{ contact.name }}}}，{tp_name}"]}
-            for tp_name, timing in touchpoints
-        ],
-    }
-    with session_scope(engine) as session:
-        template = templates_service.create_template(session, spec, now)
-        templates_service.freeze_draft(session, template.id, now)  # type: ignore[arg-type]
-        return template.id  # type: ignore[return-value]
-
-
-def _insert_contacts(engine: Engine, n: int, joined_at: datetime) -> list[int]:
-    """Bulk-insert ``n`` contacts of one staff account (Core executemany); return their ids."""
-    with engine.begin() as conn:
-        account_id = conn.execute(
-            insert(Account).values(external_id="bench_staff", name="客服小王", channel=CHANNEL)
-        ).inserted_primary_key[0]
-    table = Contact.__table__  # type: ignore[attr-defined]
-    for start in range(0, n, CONTACT_INSERT_CHUNK):
-        rows = [
-            {
-                "external_id": f"wm_bench_{i:07d}",
-                "account_id": account_id,
-                "name": f"客户{i:07d}",
-                "joined_at": joined_at,
-                "status": "active",
-                "timezone": None,
-                "attributes": {},
-            }
-            for i in range(start, min(n, start + CONTACT_INSERT_CHUNK))
-        ]
-        with engine.begin() as conn:
-            conn.execute(insert(table), rows)
-    with engine.connect() as conn:
-        return list(conn.execute(select(table.c.id).order_by(table.c.id)).scalars())
-
-
-def _enroll_all(
-    engine: Engine,
-    template_id: int,
-    targets: list[tuple[int, datetime]],
-    now: datetime,
-    chunk: int = ENROLL_CHUNK,
-) -> scheduler_service.EnrollResult:
-    """Enroll ``targets`` in chunks, one transaction each, as a bulk segment enroll does."""
-    total = scheduler_service.EnrollResult()
-    for start in range(0, len(targets), chunk):
-        with session_scope(engine) as session:
-            template = templates_service.get_template(session, template_id)
-            part = scheduler_service.enroll(session, template, targets[start : start + chunk], now)
-        total.enrolled += part.enrolled
-        total.already += part.already
-        total.deliveries += part.deliveries
-        total.skipped += part.skipped
-    return total
-
-
-def _status_counts(engine: Engine) -> dict[str, int]:
-    # A reader: polling progress must not queue for the write lock the
-    # dispatcher being measured takes for every claim and outcome.
-    with Session(reader(engine)) as session:
-        return scheduler_service.delivery_counts(session)
-
-
-def _mock_counts(engine: Engine) -> tuple[int, int]:
-    """(mock messages recorded, distinct deliveries among them)."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(func.count(), func.count(MockMessage.delivery_id.distinct()))  # type: ignore[attr-defined]
-        ).one()
-    return int(row[0]), int(row[1])
-
-
-def _http_client() -> httpx.AsyncClient:
-    # The mock channel never calls out; anything that does gets a 599, not the network.
-    return httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(599)))
-
-
-def _rss_now_mb() -> float | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile (same definition as the naive peer); NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return ordered[rank - 1]
-
-
-# -- profiling ------------------------------------------------------------------------
-
-
-class Profiler:
-    """Optional cProfile around the timed sections; a no-op without a directory."""
-
-    def __init__(self, directory: str | None, top: int = 30) -> None:
-        self.directory = directory
-        self.top = top
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-
-    @property
-    def enabled(self) -> bool:
-        return self.directory is not None
-
-    @contextlib.contextmanager
-    def section(self, name: str) -> Iterator[None]:
-        if not self.directory:
-            yield
-            return
-        profile = cProfile.Profile()
-        with _inline_to_thread():
-            profile.enable()
-            try:
-                yield
-            finally:
-                profile.disable()
-        path = os.path.join(self.directory, f"{name}.prof")
-        profile.dump_stats(path)
-        for sort in ("cumulative", "tottime"):
-            out = io.StringIO()
-            pstats.Stats(profile, stream=out).strip_dirs().sort_stats(sort).print_stats(self.top)
-            _log(f"profile {name} by {sort} ({path}):\n{out.getvalue()}")
-
-
-@contextlib.contextmanager
-def _inline_to_thread() -> Iterator[None]:
-    """Run ``asyncio.to_thread`` work inline so one cProfile sees it (profiling only).
-
-    The dispatcher awaits each ``to_thread`` call before the next, so with a
-    zero-latency channel this changes where the work runs, not what it does.
-    """
-    original = asyncio.to_thread
-
-    async def inline(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-    asyncio.to_thread = inline  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        asyncio.to_thread = original
-
 
 # -- phases ---------------------------------------------------------------------------
 
@@ -442,34 +117,34 @@ def phase_enroll(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str, 
     expected = n * sizes.enroll_touchpoints
     with dbs.fresh("enroll") as engine:
         clock = ManualClock(CLOCK_START)
-        _setup_channel(engine)
-        template_id = _publish(engine, "bench 10-step SOP", ENROLL_TOUCHPOINTS, clock.now())
-        _log(f"enroll: inserting {n} contacts (not timed)")
+        setup_channel(engine)
+        template_id = publish(engine, "bench 10-step SOP", ENROLL_TOUCHPOINTS, clock.now())
+        log(f"enroll: inserting {n} contacts (not timed)")
         t0 = time.perf_counter()
-        ids = _insert_contacts(engine, n, CLOCK_START)
+        ids = insert_contacts(engine, n, CLOCK_START)
         insert_s = time.perf_counter() - t0
         # Friends added over the last ten minutes; every touchpoint stays in the future.
         targets = [(cid, CLOCK_START - timedelta(seconds=i % 600)) for i, cid in enumerate(ids)]
-        rss_before = _rss_now_mb()
-        _log(
+        rss_before = rss_now_mb()
+        log(
             f"enroll: {n} contacts in {insert_s:.2f}s; enrolling into "
             f"{sizes.enroll_touchpoints} touchpoints ({expected} deliveries)"
         )
         with profiler.section("enroll"):
             t0, c0 = time.perf_counter(), time.process_time()
-            result = _enroll_all(engine, template_id, targets, clock.now())
+            result = enroll_all(engine, template_id, targets, clock.now())
             enroll_s, enroll_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-        peak_rss = _peak_rss_mb()
-        rss_after = _rss_now_mb()
+        peak_rss = peak_rss_mb()
+        rss_after = rss_now_mb()
         del targets, ids
-        counts = _status_counts(engine)
+        counts = status_counts(engine)
         verified = (
             result.deliveries == expected
             and result.skipped == 0
             and counts.get(DeliveryStatus.SCHEDULED, 0) == expected
             and sum(counts.values()) == expected
         )
-        _log(
+        log(
             f"enroll: {result.deliveries} deliveries in {enroll_s:.2f}s = "
             f"{result.deliveries / enroll_s:,.0f}/s; peak RSS {peak_rss:.0f} MB; "
             f"verified={verified} {counts}"
@@ -497,22 +172,22 @@ def phase_dispatch(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str
     n = sizes.dispatch
     with dbs.fresh("dispatch") as engine:
         clock = ManualClock(CLOCK_START)
-        _setup_channel(engine)
-        template_id = _publish(engine, "bench welcome", [("welcome", "+0m")], clock.now())
-        _log(f"dispatch: inserting {n} contacts and enrolling them (not timed)")
-        ids = _insert_contacts(engine, n, CLOCK_START)
-        result = _enroll_all(engine, template_id, [(cid, CLOCK_START) for cid in ids], clock.now())
+        setup_channel(engine)
+        template_id = publish(engine, "bench welcome", [("welcome", "+0m")], clock.now())
+        log(f"dispatch: inserting {n} contacts and enrolling them (not timed)")
+        ids = insert_contacts(engine, n, CLOCK_START)
+        result = enroll_all(engine, template_id, [(cid, CLOCK_START) for cid in ids], clock.now())
         del ids
         # The setup's (and the enroll phase's) WAL checkpoints run in a thread
         # after their commits: let them finish before the timed drain.
         wait_for_checkpoints()
         clock.advance(seconds=1)  # everything is due now
-        settings = _settings(_engine_url(engine))
+        worker_settings = settings(engine_url(engine))
 
         async def run() -> tuple[Any, float, float]:
-            http = _http_client()
+            http = http_client()
             try:
-                runtime = SchedulerRuntime(engine, clock, settings, http=http)
+                runtime = SchedulerRuntime(engine, clock, worker_settings, http=http)
                 runtime.channels.get(CHANNEL)  # build the adapter before timing
                 with profiler.section("dispatch"):
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -522,13 +197,13 @@ def phase_dispatch(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str
             finally:
                 await http.aclose()
 
-        _log(f"dispatch: draining {result.deliveries} due deliveries")
+        log(f"dispatch: draining {result.deliveries} due deliveries")
         stats, dispatch_s, dispatch_cpu_s = asyncio.run(run())
-        counts = _status_counts(engine)
-        recorded, distinct = _mock_counts(engine)
+        counts = status_counts(engine)
+        recorded, distinct = mock_counts(engine)
         sent = counts.get(DeliveryStatus.SENT, 0)
         verified = sent == n and sum(counts.values()) == n and recorded == n and distinct == n
-        _log(
+        log(
             f"dispatch: {sent} sent in {dispatch_s:.2f}s = {sent / dispatch_s:,.0f}/s "
             f"({stats.batches} batches); mock recorded {recorded}; verified={verified} {counts}"
         )
@@ -551,33 +226,33 @@ def phase_burst(
     n = sizes.burst
     clock: Clock = SystemClock()
     with dbs.fresh("burst") as engine:
-        _setup_channel(engine)
-        warm_id = _publish(engine, "bench warm-up", [("warm-up", "+0m")], clock.now())
-        template_id = _publish(engine, "bench burst", [("burst", "+0m")], clock.now())
-        ids = _insert_contacts(engine, n, clock.now())
+        setup_channel(engine)
+        warm_id = publish(engine, "bench warm-up", [("warm-up", "+0m")], clock.now())
+        template_id = publish(engine, "bench burst", [("burst", "+0m")], clock.now())
+        ids = insert_contacts(engine, n, clock.now())
         warm = min(BURST_WARM_UP, n)
-        _enroll_all(engine, warm_id, [(cid, clock.now()) for cid in ids[:warm]], clock.now())
+        enroll_all(engine, warm_id, [(cid, clock.now()) for cid in ids[:warm]], clock.now())
         # About 3 s ahead, on a whole second, with room to write the rows first
         # and for the first tick to send the warm-up.
         rate = enroll_per_s if enroll_per_s and math.isfinite(enroll_per_s) else 5_000.0
         lead = 3.0 + 1.5 * n / rate
         due = datetime.fromtimestamp(math.ceil(time.time() + lead), tz=UTC)
-        _log(f"burst: {n} deliveries due at {due.isoformat()} (in {lead:.1f}s+)")
-        _enroll_all(engine, template_id, [(cid, due) for cid in ids], clock.now())
+        log(f"burst: {n} deliveries due at {due.isoformat()} (in {lead:.1f}s+)")
+        enroll_all(engine, template_id, [(cid, due) for cid in ids], clock.now())
         wait_for_checkpoints()  # the setup's, not the burst's
         del ids
         setup_overrun = clock.now() > due - timedelta(seconds=0.5)
-        settings = _settings(_engine_url(engine))
+        worker_settings = settings(engine_url(engine))
 
         async def run() -> tuple[bool, float]:
-            http = _http_client()
-            runtime = SchedulerRuntime(engine, clock, settings, http=http)
+            http = http_client()
+            runtime = SchedulerRuntime(engine, clock, worker_settings, http=http)
             try:
                 await runtime.start()
                 deadline = time.monotonic() + max(0.0, (due - clock.now()).total_seconds())
                 deadline += timeout_s
                 while True:
-                    counts = await asyncio.to_thread(_status_counts, engine)
+                    counts = await asyncio.to_thread(status_counts, engine)
                     pending = sum(counts.get(s, 0) for s in DeliveryStatus.PENDING)
                     if pending == 0:
                         return True, (clock.now() - due).total_seconds()
@@ -598,8 +273,8 @@ def phase_burst(
         late = [(sent_at - due_at).total_seconds() for sent_at, due_at in rows]
         result = {
             "burst_sent": len(late),
-            "burst_p50_late_s": _percentile(late, 50),
-            "burst_p99_late_s": _percentile(late, 99),
+            "burst_p50_late_s": percentile(late, 50),
+            "burst_p99_late_s": percentile(late, 99),
             "burst_max_late_s": max(late) if late else math.nan,
             "burst_min_late_s": min(late) if late else math.nan,
             "burst_drained_after_due_s": drained_after,
@@ -607,7 +282,7 @@ def phase_burst(
             "burst_setup_overrun": setup_overrun,
             "burst_verified": done and len(late) == n,
         }
-        _log(
+        log(
             f"burst: {len(late)} sent; p50 {result['burst_p50_late_s']:.3f}s "
             f"p99 {result['burst_p99_late_s']:.3f}s max {result['burst_max_late_s']:.3f}s late"
             + (" (TIMED OUT)" if not done else "")
@@ -621,7 +296,7 @@ def phase_cron(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
     n = sizes.cron_groups
     now = CLOCK_START
     with dbs.fresh("cron") as engine:
-        _setup_channel(engine)
+        setup_channel(engine)
         spec = {
             "name": "bench daily menu",
             "target": "group",
@@ -636,8 +311,8 @@ def phase_cron(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
             template = templates_service.create_template(session, spec, now)
             templates_service.freeze_draft(session, template.id, now)  # type: ignore[arg-type]
             template_id = template.id
-        _log(f"cron: enrolling {n} groups (not timed)")
-        _enroll_all(engine, template_id, [(g, now) for g in range(1, n + 1)], now)  # type: ignore[arg-type]
+        log(f"cron: enrolling {n} groups (not timed)")
+        enroll_all(engine, template_id, [(g, now) for g in range(1, n + 1)], now)  # type: ignore[arg-type]
         started = time.perf_counter()
         cpu = time.process_time()
         with session_scope(engine) as session:
@@ -646,9 +321,9 @@ def phase_cron(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
             )
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu
-        counts = _status_counts(engine)
+        counts = status_counts(engine)
     verified = counts == {DeliveryStatus.SCHEDULED: n}
-    _log(f"cron: one occurrence for {n} groups planned in {elapsed:.2f}s; verified={verified}")
+    log(f"cron: one occurrence for {n} groups planned in {elapsed:.2f}s; verified={verified}")
     return {
         "cron_plan_s": elapsed,
         "cron_plan_cpu_s": cpu,
@@ -660,7 +335,7 @@ def phase_cron(dbs: Databases, sizes: Sizes) -> dict[str, Any]:
 def phase_naive(sizes: Sizes, timeout_s: float) -> dict[str, Any]:
     from benchmarks.naive_peer import run as naive_run
 
-    _log(
+    log(
         f"naive peer: enroll {sizes.naive_enroll}, dispatch {sizes.naive_dispatch}, "
         f"burst {sizes.naive_burst}"
     )
@@ -705,7 +380,7 @@ def run(
     profiler = Profiler(profile_dir)
     dbs = Databases(database_url, pg_database)
     try:
-        _log(f"database: {dbs.kind} ({dbs.display_url}); quick={quick}")
+        log(f"database: {dbs.kind} ({dbs.display_url}); quick={quick}")
         enroll = phase_enroll(dbs, sizes, profiler)
         dispatch = phase_dispatch(dbs, sizes, profiler)
         burst = phase_burst(dbs, sizes, timeout_s, enroll["enroll_per_s"])

@@ -60,7 +60,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
 from benchmarks import log_data
-from benchmarks.engine import _ensure_pg_database, _percentile, _rss_now_mb
+from benchmarks.engine_setup import ensure_pg_database, percentile, rss_now_mb
 from benchmarks.machine import describe
 from scheduler.analytics import log, stats
 from scheduler.analytics.log import paging as log_paging
@@ -98,7 +98,7 @@ def _database(url: str | None, pg_database: str, name: str) -> Iterator[Engine]:
             finally:
                 engine.dispose()
         return
-    engine = make_engine(_ensure_pg_database(url, pg_database))
+    engine = make_engine(ensure_pg_database(url, pg_database))
     SQLModel.metadata.drop_all(engine)
     SQLModel.metadata.create_all(engine)
     try:
@@ -127,8 +127,8 @@ class _Timings:
     def summary(self) -> dict[str, Any]:
         def stats(values: list[float]) -> dict[str, float]:
             return {
-                "p50": round(_percentile(values, 50), 2),
-                "p95": round(_percentile(values, 95), 2),
+                "p50": round(percentile(values, 50), 2),
+                "p95": round(percentile(values, 95), 2),
                 "max": round(max(values), 2),
             }
 
@@ -219,13 +219,13 @@ def phase_stats(engine: Engine, templates: list[int], settings: Settings) -> dic
 
 def _stream(chunks: Iterator[bytes]) -> tuple[int, float, float, float]:
     """(lines, wall seconds, CPU seconds, largest RSS growth in MB) of consuming an export."""
-    base = _rss_now_mb() or 0.0
+    base = rss_now_mb() or 0.0
     peak = base
     lines = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for chunk in chunks:
         lines += chunk.count(b"\n")
-        peak = max(peak, _rss_now_mb() or 0.0)
+        peak = max(peak, rss_now_mb() or 0.0)
     return lines, time.perf_counter() - wall, time.process_time() - cpu, peak - base
 
 
