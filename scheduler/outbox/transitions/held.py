@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from itertools import chain
@@ -282,33 +282,43 @@ def _write(
     if not outcomes:
         return 0
     check(name, *{o.status for o in outcomes.values()})
-    rows = _rows(outcomes, now)
     if session.get_bind().dialect.name == "postgresql":
+        rows = _rows(outcomes, now, _aware, _json)
         return len(_write_batch(session, owner, starts(name), rows))
-    return _write_sqlite(session, owner, starts(name), rows)
+    return _write_sqlite(
+        session, owner, starts(name), _rows(outcomes, now, sqlite_instant, json_text)
+    )
 
 
-def _rows(outcomes: Mapping[int, Outcome], now: datetime) -> list[tuple[Any, ...]]:
+def _rows(
+    outcomes: Mapping[int, Outcome],
+    now: datetime,
+    instant: Callable[[datetime], Any],
+    as_json: Callable[[Any], str],
+) -> list[tuple[Any, ...]]:
     """Each outcome's row as every form of the statement below writes it: id,
     status, reason, provider message id, sent_at, finished_at, run_at and
-    expires_at (None: unchanged), rendered."""
-    rows = []
-    for delivery_id, o in outcomes.items():
-        terminal = o.status not in (S.SCHEDULED, S.AWAITING_STAFF)
-        rows.append(
-            (
-                delivery_id,
-                o.status,
-                clip_reason(o.reason),
-                o.provider_message_id,
-                now if o.sent else None,
-                now if terminal else None,
-                _aware(o.run_at),
-                _aware(o.expires_at),
-                o.rendered,
-            )
+    expires_at (None: unchanged), rendered; instants and JSON as ``instant``
+    and ``as_json`` give them to the database's driver."""
+    at = instant(now)
+    return [
+        (
+            delivery_id,
+            o.status,
+            clip_reason(o.reason),
+            o.provider_message_id,
+            at if o.sent else None,
+            None if o.status in (S.SCHEDULED, S.AWAITING_STAFF) else at,
+            None if o.run_at is None else instant(o.run_at),
+            None if o.expires_at is None else instant(o.expires_at),
+            None if o.rendered is None else as_json(o.rendered),
         )
-    return rows
+        for delivery_id, o in outcomes.items()
+    ]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _write_sqlite(
@@ -317,27 +327,13 @@ def _write_sqlite(
     """SQLite 3.33+: up to 400 outcomes per ``UPDATE ... FROM (VALUES ...)``,
     each row found by its primary key and fenced by owner and status. Older
     SQLite: the same values, one ``UPDATE ... WHERE id = ?`` stepped per row."""
-    instants: dict[datetime, str] = {}  # most are the one ``now``
-
-    def instant(value: datetime | None) -> str | None:
-        if value is None:
-            return None
-        text = instants.get(value)
-        if text is None:
-            text = instants[value] = sqlite_instant(value)
-        return text
-
-    values = [
-        (*row[:4], *map(instant, row[4:8]), None if row[8] is None else json_text(row[8]))
-        for row in rows
-    ]
     connection = session.connection()
     if not UPDATE_FROM:
-        by_row = [(*row[1:], row[0], owner, *fence) for row in values]
+        by_row = [(*row[1:], row[0], owner, *fence) for row in rows]
         return rowcount(connection.exec_driver_sql(_update_by_id(len(fence)), by_row))
     written = 0
-    for start in range(0, len(values), _VALUES_ROWS):
-        chunk = values[start : start + _VALUES_ROWS]
+    for start in range(0, len(rows), _VALUES_ROWS):
+        chunk = rows[start : start + _VALUES_ROWS]
         params = (*chain.from_iterable(chunk), owner, *fence)
         written += rowcount(
             connection.exec_driver_sql(_update_from_values(len(chunk), len(fence)), params)
@@ -424,14 +420,13 @@ def _write_batch(
     """:func:`_write` on PostgreSQL; returns the ids written (the others failed
     the fence and are untouched)."""
     columns = [list(column) for column in zip(*rows, strict=True)]
-    columns[8] = [None if r is None else json.dumps(r, ensure_ascii=False) for r in columns[8]]
     fence = ([owner] * len(rows), [",".join(start)] * len(rows))
     result = session.connection().exec_driver_sql(_WRITE_BATCH, (*columns, *fence))
     return set(result.scalars().all())
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r} given to a UTC column")
     return value
 
