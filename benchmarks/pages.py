@@ -204,17 +204,21 @@ def _probe(
     base: str,
     pid: int,
     token: str,
+    ready: EventType,
+    go: EventType,
     stop: EventType,
     phase: Any,
     results: Any,
 ) -> None:
     """The prober, a process of its own (as an operator's browser is): in the
     posting process its timings would include waiting for that process's GIL.
-    ``phase`` is 0 while the events are posted, 1 while they drain; the samples
-    go back through ``results``."""
+    Once started it sets ``ready``, and probes from ``go`` to ``stop``; ``phase`` is 0 while the events are
+    posted, 1 while they drain; the samples go back through ``results``."""
     out: dict[str, list[float]] = {name: [] for name in PAGES}
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        ready.set()
+        go.wait()
         while not stop.is_set():
             started = time.perf_counter()
             for name, path in PAGES.items():
@@ -252,18 +256,21 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
         token = _api_token(engine)
         with _serve(url, Path(tmp), serve_log) as (base, pid):
             context = multiprocessing.get_context("spawn")
-            stop = context.Event()
+            ready, go, stop = context.Event(), context.Event(), context.Event()
             phase = context.Value("i", 0)  # which part of the run a probe fell in
             results = context.Queue()
             prober = context.Process(
-                target=_probe, args=(base, pid, token, stop, phase, results), daemon=True
+                target=_probe, args=(base, pid, token, ready, go, stop, phase, results), daemon=True
             )
+            prober.start()  # its start-up (imports) done before the posting starts
+            if not ready.wait(60):
+                raise RuntimeError("the prober process did not start within 60 s")
             result["settle_s"] = round(_settle(base, pid, token), 2)
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             cpu_before = _process_cpu_s(pid)
             with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
                 _log(f"{events:,} friend_added, {events * TOUCHPOINTS:,} deliveries due at once")
-                prober.start()
+                go.set()
                 started = time.perf_counter()
                 for b in range(events // BATCH):
                     occurred = datetime.now(UTC).isoformat()
@@ -328,6 +335,7 @@ def run(*, quick: bool = False, serve_log: str | None = None) -> dict[str, Any]:
         when, name = key.split(":", 1)
         values = samples.pop(key)
         by_phase.setdefault(when, {})[f"{name}_p99_ms"] = round(_percentile(values, 0.99), 1)
+        by_phase[when]["probes"] = len(values)
     result["p99_by_phase"] = by_phase  # while the events are posted / while they drain
     for name, values in samples.items():
         result[name] = {
