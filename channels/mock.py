@@ -216,13 +216,15 @@ _COLUMNS = (
 
 
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# The arrays go in binary (%b): in text each string is quoted and escaped in
+# Python, about 10x the client CPU for a call's messages.
 _PG_INSERT = """
 INSERT INTO mock_messages (instance, delivery_id, idempotency_key, target_kind,
     target_external_id, account_external_id, mode, parts, received_at)
 SELECT %(instance)s, m.delivery_id, m.key, m.kind, m.target, m.account, m.mode,
     m.parts::json, %(received_at)s
-FROM unnest(%(delivery_ids)s::bigint[], %(keys)s::text[], %(kinds)s::text[],
-    %(targets)s::text[], %(accounts)s::text[], %(modes)s::text[], %(parts)s::text[])
+FROM unnest(%(delivery_ids)b::bigint[], %(keys)b::text[], %(kinds)b::text[],
+    %(targets)b::text[], %(accounts)b::text[], %(modes)b::text[], %(parts)b::text[])
     WITH ORDINALITY AS m(delivery_id, key, kind, target, account, mode, parts, n)
 ORDER BY m.n
 """
