@@ -3,8 +3,8 @@ delivery counts and each SOP's next send (with its recipients).
 
 Both scan every pending row of a burst. On a small workspace that takes a few
 milliseconds and each request reads afresh. Once a read took longer than
-``slow_seconds`` (hundreds of thousands of rows, or a burst being sent),
-requests are answered from the last read, at most ``max_age_seconds`` old, while
+``slow_seconds`` and covered at least ``min_rows`` deliveries (a burst of a
+hundred thousand being sent), requests are answered from the last read, at most ``max_age_seconds`` old, while
 one background thread reads again: a page never waits for the scan, and the
 figures lag by a few seconds at most. Names and statuses are always read
 fresh; only these figures come from the snapshot.
@@ -44,12 +44,19 @@ class SlowReadSnapshot(Generic[T]):
         read: Callable[[Session, datetime], T],
         *,
         slow_seconds: float = 0.02,
+        min_rows: int = 10_000,
+        rows: Callable[[T], int] | None = None,
         max_age_seconds: float = 3.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``rows(value)``: how many deliveries a read covered (a read of fewer
+        than ``min_rows`` is never slow: a small workspace always reads afresh,
+        however busy the machine); without it every read counts."""
         self._engine = engine
         self._reader = read
         self._slow = slow_seconds
+        self._min_rows = min_rows
+        self._rows = rows
         self._max_age = max_age_seconds
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -74,8 +81,11 @@ class SlowReadSnapshot(Generic[T]):
         with Session(read_snapshot(self._engine)) as session:
             value = self._reader(session, now)
         ended = self._monotonic()
+        took = ended - started
+        if self._rows is not None and self._rows(value) < self._min_rows:
+            took = 0.0  # small: quick, whatever the clock said
         with self._lock:
-            self._value, self._read_at, self._took = value, ended, ended - started
+            self._value, self._read_at, self._took = value, ended, took
         return value
 
     def _refresh(self, now: datetime) -> None:
@@ -94,7 +104,12 @@ class CountsSnapshot(SlowReadSnapshot[dict[int, Counts]]):
     what = "the template list's delivery counts"
 
     def __init__(self, engine: Engine, **options: Any) -> None:
-        super().__init__(engine, lambda session, now: overview_counts(session, now=now), **options)
+        super().__init__(
+            engine,
+            lambda session, now: overview_counts(session, now=now),
+            rows=lambda counts: sum(c.deliveries for c in counts.values()),
+            **options,
+        )
 
     def counts(self, now: datetime) -> dict[int, Counts]:
         return self.get(now)
@@ -106,4 +121,9 @@ class NextSendsSnapshot(SlowReadSnapshot[dict[int, calendar.CalendarSend]]):
     what = "the template list's next sends"
 
     def __init__(self, engine: Engine, **options: Any) -> None:
-        super().__init__(engine, calendar.next_sends, **options)
+        super().__init__(
+            engine,
+            calendar.next_sends,
+            rows=lambda sends: sum(send.count for send in sends.values()),
+            **options,
+        )

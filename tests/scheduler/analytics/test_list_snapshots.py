@@ -44,3 +44,19 @@ def test_quick_reads_are_fresh_and_a_slow_one_is_served_from_the_snapshot(engine
     assert snapshot.get(NOW) == 3
     assert reads.done.wait(5)
     assert reads.calls == 4
+
+
+def test_a_slow_read_of_a_small_workspace_is_never_served_from_the_snapshot(engine) -> None:
+    """However long the clock says a read took (a busy machine), figures that
+    cover fewer than ``min_rows`` deliveries are read afresh for each request."""
+    reads = Reads()
+    size = {"rows": 10}
+    snapshot = SlowReadSnapshot(
+        engine, reads.read, monotonic=reads.monotonic, min_rows=100, rows=lambda _: size["rows"]
+    )
+    reads.took = 1.0
+    assert [snapshot.get(NOW), snapshot.get(NOW)] == [1, 2]  # slow but small: fresh
+    size["rows"] = 100
+    assert snapshot.get(NOW) == 3  # slow and large
+    reads.took = 0.0
+    assert snapshot.get(NOW) == 3  # from the snapshot
