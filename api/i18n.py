@@ -111,11 +111,11 @@ def environment(locale: str) -> Environment:
     return env
 
 
-def warm(locales: tuple[str, ...] = LOCALES) -> None:
-    """Compile every page template now (about 0.5 s per language), so the first
-    operator to open each page does not wait for it; ``sopbot serve`` runs this
-    in a thread at start-up."""
-    for locale in locales:
+def warm() -> None:
+    """Compile every page template in every language now (about 0.5 s each),
+    so the first operator to open each page does not wait for it; server
+    processes run this in a thread at start-up (``api.app.warm_up_in_background``)."""
+    for locale in LOCALES:
         env = environment(locale)
         for name in env.list_templates(extensions=["html"]):
             env.get_template(name)

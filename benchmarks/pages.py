@@ -212,8 +212,9 @@ def _probe(
 ) -> None:
     """The prober, a process of its own (as an operator's browser is): in the
     posting process its timings would include waiting for that process's GIL.
-    Once started it sets ``ready``, and probes from ``go`` to ``stop``; ``phase`` is 0 while the events are
-    posted, 1 while they drain; the samples go back through ``results``."""
+    Once started it sets ``ready``, and probes from ``go`` to ``stop``;
+    ``phase`` is 0 while the events are posted, 1 while they drain; the
+    samples go back through ``results``."""
     out: dict[str, list[float]] = {name: [] for name in PAGES}
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:

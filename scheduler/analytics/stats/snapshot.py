@@ -4,10 +4,11 @@ delivery counts and each SOP's next send (with its recipients).
 Both scan every pending row of a burst. On a small workspace that takes a few
 milliseconds and each request reads afresh. Once a read took longer than
 ``slow_seconds`` and covered at least ``min_rows`` deliveries (a burst of a
-hundred thousand being sent), requests are answered from the last read, at most ``max_age_seconds`` old, while
-one background thread reads again: a page never waits for the scan, and the
-figures lag by a few seconds at most. Names and statuses are always read
-fresh; only these figures come from the snapshot.
+hundred thousand being sent), requests are answered from the last read, at
+most ``max_age_seconds`` old, while one background thread reads again: a
+page never waits for the scan, and the figures lag by a few seconds at most.
+Names and statuses are always read fresh; only these figures come from the
+snapshot.
 """
 
 from __future__ import annotations

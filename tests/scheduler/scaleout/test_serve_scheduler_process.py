@@ -53,7 +53,6 @@ def _gone(pid: int) -> bool:
 
 @contextmanager
 def _serve(url: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
     env = cli_env(
         url,
         tick_seconds=0.1,
@@ -62,9 +61,20 @@ def _serve(url: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], s
         log_format="json",
         secret_key="serve-test-secret-key-serve-test-secret-key",
     )
+    with _server(["serve"], env, workdir) as started:
+        yield started
+
+
+@contextmanager
+def _server(
+    command: list[str], env: dict[str, str], workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``sopbot COMMAND`` on a free port, its output in ``serve.log``, once it
+    answers ``/healthz``; killed at the end if still running."""
+    port = free_port()
     log = (workdir / "serve.log").open("ab")
     process = subprocess.Popen(
-        sopbot_command("serve", "--host", "127.0.0.1", "--port", str(port)),
+        sopbot_command(*command, "--host", "127.0.0.1", "--port", str(port)),
         env=env,
         cwd=workdir,
         stdout=log,
@@ -79,7 +89,7 @@ def _serve(url: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], s
             except httpx.HTTPError:
                 return False
 
-        wait_until(answers, 60, interval=0.2, what="serve answering /healthz")
+        wait_until(answers, 60, interval=0.2, what=f"sopbot {command[0]} answering /healthz")
         yield process, base
     finally:
         if process.poll() is None:
@@ -173,34 +183,11 @@ def test_sopbot_api_with_two_server_processes_answers_pages_and_stops(sqlite_url
     """``sopbot api --workers 2`` (compose's api service): each server process
     builds the app from its factory, warms up in the background, answers the
     health check and a page, and all stop on SIGTERM."""
-    port = free_port()
     env = cli_env(sqlite_url, secret_key="api-test-secret-key-api-test-secret-key")
-    log = (tmp_path / "api.log").open("ab")
-    process = subprocess.Popen(
-        sopbot_command("api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"),
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, 60, interval=0.2, what="sopbot api answering /healthz")
+    with _server(["api", "--workers", "2"], env, tmp_path) as (process, base):
         login = httpx.get(f"{base}/login", timeout=10)
         assert login.status_code == 200 and "登录" in login.text
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        log.close()
-    output = (tmp_path / "api.log").read_text(errors="replace")
+    output = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Traceback" not in output, output[-4000:]
