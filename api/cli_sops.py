@@ -69,6 +69,7 @@ def _publish(
         "version": outcome.version.version,
         "enrolled": outcome.enrolled,
         "deliveries": outcome.deliveries,
+        "planned_later": outcome.planned_later,
     }
 
 

@@ -36,8 +36,8 @@ from sqlalchemy.engine import Engine
 from audiences import service as audiences_service
 from audiences.models import Contact, Tag, TagAssignment
 from benchmarks.machine import describe
+from scheduler.flows import fan_out, lifecycle
 from scheduler.flows import forecast as forecasting
-from scheduler.flows import lifecycle
 from scheduler.outbox import policies
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment
 from sop_templates import service as templates_service
@@ -183,6 +183,7 @@ def run(contacts: int) -> dict[str, Any]:
         _log(f"forecast: {seconds:.2f}s; publishing to compare")
         with session_scope(engine) as session:
             lifecycle.publish(session, template_id, NOW, ACTOR)
+            fan_out.plan_each_when_due(session)  # the rows the planner writes later
         published = published_counts(engine, template_id)
         predicted = forecast_counts(result)
         capped = sum(r.count for r in result.capped)

@@ -72,3 +72,7 @@ class Touchpoint(SQLModel, table=True):
     )
     # Cron touchpoints: occurrences up to here have been fanned out.
     planned_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # One-off touchpoints of a fixed start whose deliveries publishing left to
+    # the planner (due later than ``service.FIXED_PLAN_AHEAD``): the instant
+    # they fall due, until the planner has written them (then NULL again).
+    fan_out_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

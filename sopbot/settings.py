@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(3600.0, gt=0, description="upper bound of one backoff")
 
     # fixed schedules (cron touchpoints)
-    plan_interval_seconds: float = Field(15.0, gt=0, description="cron fan-out job interval")
+    plan_interval_seconds: float = Field(
+        15.0, gt=0, description="cron fan-out job interval; also a fixed start's later touchpoints"
+    )
     plan_lookahead_seconds: int = Field(120, ge=0, description="fan out cron occurrences early")
     catch_up_days: int = Field(
         7, ge=0, description="after downtime, cron occurrences this far back are recorded missed"

@@ -112,3 +112,12 @@ def sends_per_delivery(engine: Engine) -> dict[int, int]:
             select(MockMessage.delivery_id, func.count()).group_by(MockMessage.delivery_id)
         ).all()
         return {d: n for d, n in rows}
+
+
+def plan_when_due(engine: Engine) -> int:
+    """The planner's rows of a fixed start's later touchpoints, written as each
+    comes due (``fan_out.plan_each_when_due``)."""
+    from scheduler.flows import fan_out
+
+    with session_scope(engine) as session:
+        return fan_out.plan_each_when_due(session)

@@ -29,7 +29,7 @@ from audiences.models import Contact, GroupChat
 from channels import service as channels_service
 from scheduler.analytics import stats
 from scheduler.analytics.stats.snapshot import CountsSnapshot, NextSendsSnapshot
-from scheduler.flows import authoring, impact
+from scheduler.flows import authoring, fan_out, impact
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library, wording
@@ -425,6 +425,8 @@ def _editor(
                 "review": approvals.review_state(session, template),
                 "versions": templates_service.list_versions(session, template.id),  # type: ignore[arg-type]
                 "counts": scheduler_service.delivery_counts(session, template.id),
+                "planned_later": fan_out.waiting(session, template.id),  # type: ignore[arg-type]
+                "plan_ahead_minutes": fan_out.AHEAD_MINUTES,
                 "history": audit.entries(
                     session, object_kind="template", object_id=template.id, limit=20
                 ),

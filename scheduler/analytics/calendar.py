@@ -1,12 +1,15 @@
 """The send calendar: every upcoming send across live SOPs in a window, read-only.
 
-Two sources, never counted twice:
+Three sources, never counted twice:
 
 * planned deliveries (``scheduled`` rows), by touchpoint and due time;
 * cron occurrences not planned yet (the planner fans them out only shortly
   before they fall due): computed for display from each live version's cron
   touchpoints, counting the version's active enrollments, which is whom the
-  planner would fan the occurrence out to.
+  planner would fan the occurrence out to;
+* a fixed start's touchpoints whose rows the planner writes shortly before
+  they fall due (``scheduler.flows.fan_out``): counting the enrollments from
+  that start.
 
 Nothing here writes; the planner stays the only one that creates deliveries.
 """
@@ -158,8 +161,66 @@ def upcoming(
                         anchor=version.spec.get("anchor") or "join",
                     )
                 )
+    out.extend(_fan_outs(session, templates, low, end, planned_keys, out))
     out.sort(key=lambda s: (s.at, s.template_name, s.touchpoint_name))
     return out
+
+
+def _fan_outs(
+    session: Session,
+    templates: dict[Any, SopTemplate],
+    low: datetime,
+    end: datetime,
+    planned_keys: set[tuple[int, datetime]],
+    out: list[CalendarSend],
+) -> list[CalendarSend]:
+    """A fixed start's touchpoints whose rows the planner writes shortly before
+    they fall due (``scheduler.flows.fan_out``): one send for everyone enrolled
+    from the start. Rows some of them already have (enrolled after the
+    publish) are counted in it, not apart."""
+    from scheduler.flows.enrollment import fixed_start
+    from sop_templates import service as templates_service
+
+    pending = session.exec(
+        select(Touchpoint).where(
+            col(Touchpoint.fan_out_at).is_not(None),
+            col(Touchpoint.fan_out_at) >= low,
+            col(Touchpoint.fan_out_at) < end,
+            col(Touchpoint.template_id).in_(list(templates)),
+        )
+    ).all()
+    sends = []
+    e = Enrollment.__table__.c  # type: ignore[attr-defined]
+    for tp in pending:
+        version = session.get(TemplateVersion, tp.version_id)
+        if version is None or tp.fan_out_at is None:
+            continue
+        spec = templates_service.version_spec(version)
+        count = session.execute(
+            sa_select(func.count()).where(
+                e.version_id == version.id,
+                e.status == EnrollmentStatus.ACTIVE,
+                e.anchor_at == fixed_start(spec),
+            )
+        ).scalar_one()
+        if (tp.id, tp.fan_out_at) in planned_keys:
+            out[:] = [s for s in out if (s.touchpoint_id, s.at) != (tp.id, tp.fan_out_at)]
+        sends.append(
+            CalendarSend(
+                at=tp.fan_out_at,
+                template_id=tp.template_id,
+                template_name=templates[tp.template_id].name,
+                touchpoint_id=tp.id,  # type: ignore[arg-type]
+                touchpoint_name=tp.name,
+                version_id=version.id,  # type: ignore[arg-type]
+                target_kind=spec.target,
+                count=int(count),
+                planned=False,
+                timing=tp.timing,
+                anchor="fixed",
+            )
+        )
+    return sends
 
 
 def next_sends(
@@ -188,20 +249,26 @@ def by_day(sends: list[CalendarSend], zone: Any) -> dict[Any, list[CalendarSend]
 def recipients(
     session: Session, touchpoint_id: int, at: datetime, limit: int = 500
 ) -> list[tuple[str, int]]:
-    """Who a send at ``at`` goes to: its planned deliveries, else the active
-    enrollments of the touchpoint's version (``(target_kind, target_id)``)."""
-    rows = session.exec(
-        select(Delivery.target_kind, Delivery.target_id)
-        .where(
-            Delivery.touchpoint_id == touchpoint_id,
-            Delivery.due_at == at,
-            Delivery.status == DeliveryStatus.SCHEDULED,
-        )
-        .limit(limit)
-    ).all()
+    """Who a send at ``at`` goes to: its planned deliveries, else (or while the
+    planner has yet to write them all) the active enrollments of the
+    touchpoint's version (``(target_kind, target_id)``)."""
+    tp = session.get(Touchpoint, touchpoint_id)
+    waiting = tp is not None and tp.fan_out_at == at
+    rows = (
+        []
+        if waiting
+        else session.exec(
+            select(Delivery.target_kind, Delivery.target_id)
+            .where(
+                Delivery.touchpoint_id == touchpoint_id,
+                Delivery.due_at == at,
+                Delivery.status == DeliveryStatus.SCHEDULED,
+            )
+            .limit(limit)
+        ).all()
+    )
     if rows:
         return [(k, int(i)) for k, i in rows]
-    tp = session.get(Touchpoint, touchpoint_id)
     if tp is None:
         return []
     enrolled = session.exec(

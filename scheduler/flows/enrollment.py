@@ -237,6 +237,7 @@ class SegmentEnrollment:
     deliveries: int = 0
     skipped: int = 0
     excluded: int = 0  # in an SOP this one excludes: recorded skipped, not enrolled
+    planned_later: int = 0  # touchpoints the planner writes later (scheduler.flows.fan_out)
 
 
 def enroll_segment(
@@ -269,7 +270,12 @@ def enroll_segment(
         )
         if progress:
             progress(written.enrolled)
-        return SegmentEnrollment(written.enrolled, written.deliveries, written.skipped)
+        return SegmentEnrollment(
+            written.enrolled,
+            written.deliveries,
+            written.skipped,
+            planned_later=written.planned_later,
+        )
     pairs = segment_targets(session, spec, template.id, now)  # type: ignore[arg-type]
     pairs, excluded = exclusivity.split(session, spec.target, pairs, excludes)
     result.excluded = exclusivity.record_skips(session, template, version, excluded, now)

@@ -24,7 +24,7 @@ from sqlalchemy import String, cast, func, select
 from sqlmodel import Session
 
 from audiences.tables import target_table
-from scheduler.flows import enrollment
+from scheduler.flows import enrollment, fan_out
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import DeliveryStatus
@@ -364,6 +364,11 @@ def _other_sops(
         d.run_at < horizon,
         d.target_kind == kind,
     )
+    # and the rows the planner has yet to write (a fixed start's later touchpoints)
+    for target_id, instants in fan_out.waiting_sends(session, kind, horizon).items():
+        later = ",".join(at.isoformat() for at in instants if at < horizon)
+        if later:
+            runs[target_id] = f"{runs[target_id]},{later}" if target_id in runs else later
     return {t: text for t, text in runs.items() if t in target_ids}
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from scheduler.flows import enrollment
+from scheduler.flows import enrollment, fan_out
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
 from sop_templates.models import SopTemplate
 from sop_templates.schemas import TemplateSpec
@@ -67,7 +67,7 @@ def publish_impact(session: Session, template: SopTemplate, now: datetime) -> Pu
                 col(Delivery.template_id) == template.id,
                 col(Delivery.status) == DeliveryStatus.SCHEDULED,
             )
-        ).scalar_one()
+        ).scalar_one() + fan_out.waiting(session, template.id)  # type: ignore[arg-type]
     return impact
 
 

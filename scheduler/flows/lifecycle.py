@@ -51,6 +51,8 @@ class PublishOutcome:
     migration: str
     enrolled: int = 0
     deliveries: int = 0
+    # touchpoints whose rows the planner writes shortly before they fall due
+    planned_later: int = 0
     moved: MoveResult = field(default_factory=MoveResult)
 
     def as_dict(self, template_id: int) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class PublishOutcome:
             "version": self.version.version,
             "enrolled": self.enrolled,
             "deliveries": self.deliveries,
+            "planned_later": self.planned_later,
             "migrate": self.migration,
             "moved": asdict(self.moved),
         }
@@ -91,6 +94,7 @@ def publish(
         migration=migrate,
         enrolled=enrolled.enrolled,
         deliveries=enrolled.deliveries,
+        planned_later=enrolled.planned_later,
     )
     if migrate == "move" and had_version:
         outcome.moved = versions.move_to_version(session, template_id, version, now)

@@ -34,7 +34,7 @@ from audiences import changes
 from audiences.applying import Applied
 from audiences.changes import Reaction
 from audiences.target_states import TargetKey, TargetState
-from scheduler.flows import enrollment, exclusivity
+from scheduler.flows import enrollment, exclusivity, fan_out
 from scheduler.flows.enrollment import fixed_start
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
@@ -265,7 +265,11 @@ def _enroll_with_reentry(
     for chunk in chunked(sorted(candidates)):
         for row in session.execute(
             select(
-                ENROLLMENTS.c.id, ENROLLMENTS.c.target_id, ENROLLMENTS.c.cycle, ENROLLMENTS.c.status
+                ENROLLMENTS.c.id,
+                ENROLLMENTS.c.target_id,
+                ENROLLMENTS.c.cycle,
+                ENROLLMENTS.c.status,
+                ENROLLMENTS.c.version_id,
             ).where(
                 ENROLLMENTS.c.template_id == live.template.id,
                 ENROLLMENTS.c.target_kind == spec.target,
@@ -275,10 +279,11 @@ def _enroll_with_reentry(
             runs[row.target_id].append(row)
     unfinished = set()
     if spec.reentry == "after_finish":
-        active_ids = [
-            r.id for rs in runs.values() for r in rs if r.status == EnrollmentStatus.ACTIVE
-        ]
-        unfinished = _with_pending_deliveries(session, active_ids)
+        running = [r for rs in runs.values() for r in rs if r.status == EnrollmentStatus.ACTIVE]
+        unfinished = _with_pending_deliveries(session, [r.id for r in running])
+        # a touchpoint whose rows the planner has yet to write is pending too
+        waiting = fan_out.versions_waiting(session, {r.version_id for r in running})
+        unfinished.update(r.id for r in running if r.version_id in waiting)
     never_finishes = spec.has_cron
     by_cycle: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
     restart: dict[int, str] = {}

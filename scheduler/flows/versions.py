@@ -24,6 +24,7 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
+from scheduler.flows import fan_out
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus
@@ -72,6 +73,8 @@ def move_to_version(
         ).all()
     )
     has_cron = any(tp.timing_kind == "cron" for tp in new_touchpoints.values())
+    # mid-SOP too: a touchpoint of their version the planner has yet to write
+    waiting = fan_out.versions_waiting(session, {e.version_id for e in enrollments})
     for chunk in chunked(enrollments, 2000):
         by_id = {e.id: e for e in chunk}
         deliveries = list(
@@ -83,7 +86,11 @@ def move_to_version(
             seen[d.enrollment_id].add(names.get(d.touchpoint_id, ""))
             if d.status == DeliveryStatus.SCHEDULED:
                 pending[d.enrollment_id].append(d)
-        movers = [e for e in chunk if pending.get(e.id) or has_cron]  # type: ignore[arg-type]
+        movers = [
+            e
+            for e in chunk
+            if pending.get(e.id) or has_cron or e.version_id in waiting  # type: ignore[arg-type]
+        ]
         if not movers:
             continue
         # Due times exactly as enrolling into the new version would compute them.

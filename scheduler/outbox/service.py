@@ -38,6 +38,11 @@ class EnrollmentError(ValueError):
     """An enrollment request that cannot be carried out; the message says why."""
 
 
+# A fan-out (a cron occurrence, a fixed start's touchpoint) written after it
+# passed its grace period: nothing ran the planner in time.
+MISSED_WHILE_DOWN = "occurrence passed while no scheduler was running"
+
+
 @dataclass
 class EnrollResult:
     enrolled: int = 0  # new enrollments
@@ -343,7 +348,7 @@ def _fan_out_occurrence(
     expires = occurrence + plan.grace
     missed = expires < now
     status = DeliveryStatus.MISSED if missed else DeliveryStatus.SCHEDULED
-    reason = "occurrence passed while no scheduler was running" if missed else None
+    reason = MISSED_WHILE_DOWN if missed else None
     run_at = occurrence
     if not missed and plan.quiet is not None:
         decision = plan.quiet.decide(max(occurrence, now), plan.zone)
@@ -479,6 +484,12 @@ def archive_template(session: Session, template_id: int, now: datetime) -> int:
             col(Enrollment.status) == EnrollmentStatus.ACTIVE,
         )
         .values(status=EnrollmentStatus.CANCELLED, exited_at=now, exit_reason="template archived")
+    )
+    # nothing is left for the planner to write (scheduler.flows.fan_out)
+    session.execute(
+        update(Touchpoint)
+        .where(col(Touchpoint.template_id) == template_id, col(Touchpoint.fan_out_at).is_not(None))
+        .values(fan_out_at=None)
     )
     return count
 

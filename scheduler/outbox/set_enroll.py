@@ -14,16 +14,23 @@ marked, and their rows written ``skipped`` / ``holdout`` by a ``CASE`` on that
 mark) and A/B variants (``experiments.store_variants``, as after a row-by-row
 enroll). The rows are the ones ``service.enroll`` writes, in the same order
 (enrollment, then touchpoint), so even their ids match (tested).
+
+A touchpoint that falls due more than ``FIXED_PLAN_AHEAD`` after the publish
+gets no rows here: the touchpoint remembers when it falls due
+(``Touchpoint.fan_out_at``) and the planner writes them shortly before
+(``scheduler.outbox.fan_out``), with the same statement, in chunks. Publishing
+a class that starts next week writes its enrollments only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from itertools import product
 from typing import Any
 
-from sqlalchemy import Join, Select, case, literal, select, true, union_all
+from sqlalchemy import Join, Select, case, literal, select, true, union_all, update
 from sqlalchemy.ext.compiler import compiles
 from sqlmodel import Session
 
@@ -32,10 +39,21 @@ from scheduler.outbox.models import DeliveryStatus, EnrollmentStatus
 from scheduler.outbox.repository import DELIVERIES, ENROLLMENTS
 from scheduler.outcomes import experiments
 from sop_templates import service as templates_service
-from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion
+from sop_templates.models import SopTemplate, TemplateStatus, TemplateVersion, Touchpoint
 from sop_templates.timing import due_at, get_zone
 from sopbot.db import defer_wal_checkpoint, rowcount
 from sopbot.sql import insert_of
+
+# A fixed start's one-off touchpoint due later than this after publishing is
+# written by the planner, this long before it falls due: long enough for a
+# million rows to be written (about 30 s on PostgreSQL here) and for a planner
+# tick or two to be missed.
+FIXED_PLAN_AHEAD = timedelta(minutes=10)
+
+
+@dataclass
+class SetEnrollResult(service.EnrollResult):
+    planned_later: int = 0  # touchpoints whose rows the planner writes (FIXED_PLAN_AHEAD)
 
 
 def enroll_all(
@@ -45,7 +63,7 @@ def enroll_all(
     target_ids: Select[Any],
     anchor: datetime,
     now: datetime,
-) -> service.EnrollResult:
+) -> SetEnrollResult:
     """Enroll every target ``target_ids`` selects (one column, the target id;
     targets already enrolled in this template left alone) into ``version``,
     all anchored at ``anchor``, and write their deliveries -- the rows
@@ -84,10 +102,15 @@ def _write(
     enrollments: Select[Any],
     anchor: datetime,
     now: datetime,
-) -> service.EnrollResult:
+) -> SetEnrollResult:
     zone = get_zone(spec.timezone)
-    result = service.EnrollResult()
-    one_offs = [p for p in plans if p.kind != "cron"]
+    result = SetEnrollResult()
+    one_offs: list[Any] = []
+    later: list[Any] = []
+    for plan in plans:
+        if plan.kind != "cron":
+            due = due_at(plan.timing, anchor, zone)
+            (later if due > now + FIXED_PLAN_AHEAD else one_offs).append(plan)
     touchpoints = [p.touchpoint_id for p in plans]
     defer_wal_checkpoint(session)  # SQLite: the commit of a million rows does not copy them too
     with set_checks.checked_once(session, template.id, version.id, touchpoints):  # type: ignore[arg-type]
@@ -99,6 +122,13 @@ def _write(
             status, _, _ = _outcome(plan, anchor, zone, now)
             result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
         experiments.store_variants(session, version, spec)
+    for plan in later:  # the planner writes these (scheduler.outbox.fan_out)
+        session.execute(
+            update(Touchpoint)
+            .where(Touchpoint.id == plan.touchpoint_id)  # type: ignore[arg-type]
+            .values(fan_out_at=due_at(plan.timing, anchor, zone))
+        )
+    result.planned_later = len(later)
     # Cron occurrences already fanned out ahead of time must include newcomers.
     for plan in plans:
         if plan.kind == "cron":
@@ -145,7 +175,9 @@ def _write_rows(
         experiments.mark_held(session, held)
     if result.enrolled and one_offs:
         result.deliveries = sum(
-            _write_deliveries(session, spec, part, anchor, zone, now, fresh, held, first, sqlite)
+            _write_deliveries(
+                session, spec, part, anchor, zone, now, fresh, bool(held), first, sqlite
+            )
             for part in _parts(one_offs, anchor, zone, now, sqlite)
         )
     return held
@@ -180,14 +212,18 @@ def _write_deliveries(
     zone: Any,
     now: datetime,
     fresh: tuple[Any, ...],
-    held: set[int],
+    held: bool,
     first: bool,
     sqlite: bool,
+    *,
+    as_of: datetime | None = None,
 ) -> int:
-    """One ``INSERT ... SELECT``: the fresh enrollments crossed with these
-    touchpoints' outcomes, decided once."""
+    """One ``INSERT ... SELECT``: the enrollments ``fresh`` selects crossed with
+    these touchpoints' outcomes, decided once; ``held``: some of them are in
+    the control group (``enrollments.holdout``), their rows written skipped.
+    ``as_of``: decide the outcomes as of then (see :func:`_step`)."""
     e, d = ENROLLMENTS.c, DELIVERIES.c
-    selects = [_step(plan, position, anchor, zone, now) for position, plan in part]
+    selects = [_step(plan, position, anchor, zone, now, as_of) for position, plan in part]
     steps = (selects[0] if len(selects) == 1 else union_all(*selects)).subquery("steps")
     is_held = e.holdout == true()
     skipped = literal(DeliveryStatus.SKIPPED)
@@ -277,12 +313,26 @@ def _outcome(
     return service._one_off_outcome(plan, due, now)
 
 
-def _step(plan: Any, position: int, anchor: datetime, zone: Any, now: datetime) -> Select[Any]:
+def _step(
+    plan: Any,
+    position: int,
+    anchor: datetime,
+    zone: Any,
+    now: datetime,
+    as_of: datetime | None = None,
+) -> Select[Any]:
     """One touchpoint's constant columns: what ``service.enroll`` decides for a
-    row anchored at ``anchor``, decided once."""
+    row anchored at ``anchor``, decided once.
+
+    ``as_of``: the planner's rows, decided as of when they should have been
+    written (``scheduler.flows.fan_out``): a planner that was not running when
+    the touchpoint fell due writes them as they would have been, and those
+    past their grace period missed, as a cron occurrence would be."""
     d = DELIVERIES.c
     due = due_at(plan.timing, anchor, zone)
-    status, reason, run_at = service._one_off_outcome(plan, due, now)
+    status, reason, run_at = service._one_off_outcome(plan, due, as_of or now)
+    if as_of is not None and status == DeliveryStatus.SCHEDULED and run_at + plan.grace < now:
+        status, reason = DeliveryStatus.MISSED, service.MISSED_WHILE_DOWN
     finished = now if status != DeliveryStatus.SCHEDULED else None
     return select(
         literal(plan.touchpoint_id, d.touchpoint_id.type).label("touchpoint_id"),

@@ -14,7 +14,7 @@ from audience_helpers import (
     run_until,
     send_events,
 )
-from factories import deliveries, mock_sends, new_friend_spec, store_menu_spec
+from factories import deliveries, mock_sends, new_friend_spec, plan_when_due, store_menu_spec
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -261,8 +261,13 @@ def test_fixed_start_template_enrolls_everyone_matching_at_publish(engine, clock
     assert result.enrolled == 2
     assert {e.anchor_at for e in enrollments(engine)} == {datetime(2027, 3, 1, 0, 0, tzinfo=UTC)}
     statuses = [(r.status, r.reason) for r in deliveries(engine) if r.target_id == 1]
+    # day 1 20:00 is gone; the planner writes the later two shortly before they fall due
+    assert statuses == [("skipped", "time already past when enrolled")]
+    assert result.planned_later == 2
+    assert plan_when_due(engine) == 2 * 2
+    statuses = [(r.status, r.reason) for r in deliveries(engine) if r.target_id == 1]
     assert statuses == [
-        ("skipped", "time already past when enrolled"),  # day 1 20:00 is gone
+        ("skipped", "time already past when enrolled"),
         ("scheduled", None),
         ("scheduled", None),
     ]
@@ -379,6 +384,28 @@ def test_after_finish_reenters_once_the_first_run_is_over(engine, clock):
     first, second = enrollments(engine)
     assert (first.status, first.exit_reason) == ("completed", "finished")
     assert second.cycle == 1 and second.status == "active"
+
+
+def test_after_finish_waits_for_touchpoints_the_planner_has_yet_to_write(engine, clock):
+    """A fixed start's later touchpoints have no rows until shortly before they
+    fall due; a run whose rows are all done but which has those ahead is not over."""
+    register_account(engine, "staff_1")
+    tag = {"account": "staff_1", "external_id": "wm1", "tags": ["spring-class-2027"]}
+    send_events(engine, clock.now(), [{"kind": "friend_added", "account": "staff_1",
+                                       "external_id": "wm1"}, {"kind": "tag_added", **tag}])  # fmt: skip
+    spec = class_spec(
+        anchor="fixed",
+        anchor_tag=None,
+        start_at="2027-03-05T08:00:00",
+        reentry="after_finish",
+        exit={"on_segment_mismatch": False},
+    )
+    _, result = create_and_publish(engine, spec, clock.now())
+    assert (result.enrolled, result.deliveries, result.planned_later) == (1, 0, 3)
+    send_events(engine, clock.now(), {"kind": "tag_removed", **tag})
+    send_events(engine, clock.now(), {"kind": "tag_added", **tag})
+    assert [(e.cycle, e.status) for e in enrollments(engine)] == [(0, "active")]
+    assert plan_when_due(engine) == 3
 
 
 def test_exit_action_tags_trigger_other_sops(engine, clock):

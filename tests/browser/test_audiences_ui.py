@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from auth_helpers import PASSWORD, make_user, token_headers
 from browser_kit import no_horizontal_overflow, shot
+from factories import plan_when_due
 from sqlalchemy import select
 
 from scheduler.outbox.models import Delivery, Enrollment
@@ -156,7 +157,11 @@ def test_operator_imports_tags_segments_and_a_tagged_sop_enrolls_exactly_them(
             select(Delivery.id).where(Delivery.template_id == template_id)
         ).all()
     assert len(tagged) == 50 and enrolled == tagged
-    assert len(pending) == 150  # three touchpoints each
+    # the class starts days later: the planner writes the rows shortly before
+    assert pending == []
+    expect(page.locator("#planned-later")).to_have_text("另有 150 条待发送，将在发送前 10 分钟生成")
+    both_widths(page, "template-planned-later")
+    assert plan_when_due(engine) == 150  # three touchpoints each
     page.goto(f"{live.url}/segments")
     both_widths(page, "segments")
 
