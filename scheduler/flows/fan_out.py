@@ -34,6 +34,7 @@ from scheduler.flows.enrollment import fixed_start
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox import set_enroll
 from scheduler.outbox.models import EnrollmentStatus
+from scheduler.outbox.recording import is_outage
 from scheduler.outbox.repository import ENROLLMENTS
 from scheduler.outcomes import experiments
 from sop_templates import service as templates_service
@@ -50,6 +51,7 @@ AHEAD_MINUTES = int(set_enroll.FIXED_PLAN_AHEAD.total_seconds() // 60)  # as ope
 class FanOutResult:
     touchpoints: int = 0  # whose rows are now all written
     deliveries: int = 0  # rows written
+    failed: int = 0  # touchpoints that could not be written (logged; tried again next tick)
 
 
 def versions_waiting(session: Session, version_ids: set[int]) -> set[int]:
@@ -253,9 +255,23 @@ def waiting_sends(session: Session, kind: str, before: datetime) -> dict[int, li
 
 
 def plan_fixed(session: Session, now: datetime, *, chunk: int = CHUNK) -> FanOutResult:
-    """Write every touchpoint's rows that are due to be written at ``now``."""
+    """Write every touchpoint's rows that are due to be written at ``now``.
+    One that cannot be written fails alone: logged with its reason, tried
+    again next tick, the others written meanwhile. A database outage stops
+    the tick (the next one goes on from where the chunks got)."""
     result = FanOutResult()
     for touchpoint_id in due_fan_outs(session, now):
-        result.deliveries += fan_out(session, touchpoint_id, now, chunk=chunk)
-        result.touchpoints += 1
+        try:
+            result.deliveries += fan_out(session, touchpoint_id, now, chunk=chunk)
+            result.touchpoints += 1
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            session.rollback()
+            result.failed += 1
+            log.exception(
+                "could not write the deliveries of touchpoint %s; the others go on",
+                touchpoint_id,
+                extra={"touchpoint_id": touchpoint_id},
+            )
     return result

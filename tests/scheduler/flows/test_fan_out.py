@@ -141,8 +141,7 @@ def test_chunks_commit_as_they_go_and_a_crash_leaves_the_rest_for_the_next_tick(
         return write(*args, **kwargs)
 
     monkeypatch.setattr(set_enroll, "_write_deliveries", crash_on_third)
-    with pytest.raises(RuntimeError):
-        _plan(engine, START, chunk=4)
+    assert _plan(engine, START, chunk=4).failed == 1
     assert len(_rows(engine, template_id)["开课"]) == 8  # two chunks committed
     assert "开课" in _pending(engine, template_id)
     monkeypatch.setattr(set_enroll, "_write_deliveries", write)
@@ -233,3 +232,26 @@ def test_a_touchpoint_another_worker_is_writing_is_left_to_it(engine):
         assert "开课" in _pending(engine, template_id)
     assert _plan(engine, START).deliveries == 10
     assert "开课" not in _pending(engine, template_id)
+
+
+def test_a_touchpoint_that_cannot_be_written_fails_alone(engine, monkeypatch, caplog):
+    template_id, ids = _publish(engine)
+    write = set_enroll._write_deliveries
+
+    def poison_first(session, spec, part, *args: Any, **kwargs: Any) -> int:
+        if part[0][1].touchpoint_id == first:
+            raise ValueError("a template the planner cannot read")
+        return write(session, spec, part, *args, **kwargs)
+
+    with session_scope(engine) as session:
+        first = session.execute(
+            select(Touchpoint.id).where(
+                Touchpoint.template_id == template_id, Touchpoint.name == "开课"
+            )
+        ).scalar_one()
+    monkeypatch.setattr(set_enroll, "_write_deliveries", poison_first)
+    result = _plan(engine, START + timedelta(days=2))
+    assert (result.failed, result.touchpoints, result.deliveries) == (1, 2, 20)
+    assert "could not write the deliveries of touchpoint" in caplog.text
+    assert sorted(_rows(engine, template_id)) == ["当晚", "次日"]
+    assert "开课" in _pending(engine, template_id)  # tried again next tick
