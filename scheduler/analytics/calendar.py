@@ -191,18 +191,21 @@ def _fan_outs(
     ).all()
     sends = []
     e = Enrollment.__table__.c  # type: ignore[attr-defined]
+    counts: dict[int, int] = {}  # version → enrolled from its start (one count for its touchpoints)
     for tp in pending:
         version = session.get(TemplateVersion, tp.version_id)
         if version is None or tp.fan_out_at is None:
             continue
         spec = templates_service.version_spec(version)
-        count = session.execute(
-            sa_select(func.count()).where(
-                e.version_id == version.id,
-                e.status == EnrollmentStatus.ACTIVE,
-                e.anchor_at == fixed_start(spec),
-            )
-        ).scalar_one()
+        if tp.version_id not in counts:
+            counts[tp.version_id] = session.execute(
+                sa_select(func.count()).where(
+                    e.version_id == version.id,
+                    e.status == EnrollmentStatus.ACTIVE,
+                    e.anchor_at == fixed_start(spec),
+                )
+            ).scalar_one()
+        count = counts[tp.version_id]
         if (tp.id, tp.fan_out_at) in planned_keys:
             out[:] = [s for s in out if (s.touchpoint_id, s.at) != (tp.id, tp.fan_out_at)]
         sends.append(

@@ -221,12 +221,13 @@ def waiting(session: Session, template_id: int) -> int:
     return total
 
 
-def waiting_sends(session: Session, kind: str, before: datetime) -> dict[int, list[datetime]]:
+def waiting_sends(session: Session, kind: str, before: datetime) -> list[tuple[datetime, set[int]]]:
     """When the rows the planner has yet to write go out (the touchpoints of
     live and paused SOPs to ``kind`` targets, falling due before ``before``):
-    target id → run times, as the planner will write them (the template's
-    quiet hours applied)."""
-    out: dict[int, list[datetime]] = {}
+    per touchpoint, its run time as the planner will write it (the template's
+    quiet hours applied) and the ids of the targets it goes to."""
+    out: list[tuple[datetime, set[int]]] = []
+    enrolled: dict[int, set[int]] = {}  # version → its targets (one read for its touchpoints)
     e = ENROLLMENTS.c
     for touchpoint_id in due_fan_outs(session, before - set_enroll.FIXED_PLAN_AHEAD):
         touchpoint = session.get(Touchpoint, touchpoint_id)
@@ -243,14 +244,17 @@ def waiting_sends(session: Session, kind: str, before: datetime) -> dict[int, li
         )
         due = touchpoint.fan_out_at
         _, _, run_at = scheduler_service._one_off_outcome(plan, due, due)
-        for target_id in session.execute(
-            select(e.target_id).where(
-                e.version_id == version.id,
-                e.status == EnrollmentStatus.ACTIVE,
-                e.anchor_at == fixed_start(spec),
+        if version.id not in enrolled:
+            enrolled[version.id] = set(  # type: ignore[index]
+                session.execute(
+                    select(e.target_id).where(
+                        e.version_id == version.id,
+                        e.status == EnrollmentStatus.ACTIVE,
+                        e.anchor_at == fixed_start(spec),
+                    )
+                ).scalars()
             )
-        ).scalars():
-            out.setdefault(target_id, []).append(run_at)
+        out.append((run_at, enrolled[version.id]))  # type: ignore[index]
     return out
 
 

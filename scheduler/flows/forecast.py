@@ -365,10 +365,12 @@ def _other_sops(
         d.target_kind == kind,
     )
     # and the rows the planner has yet to write (a fixed start's later touchpoints)
-    for target_id, instants in fan_out.waiting_sends(session, kind, horizon).items():
-        later = ",".join(at.isoformat() for at in instants if at < horizon)
-        if later:
-            runs[target_id] = f"{runs[target_id]},{later}" if target_id in runs else later
+    for run_at, targets in fan_out.waiting_sends(session, kind, horizon):
+        if run_at >= horizon:
+            continue
+        at = run_at.isoformat()
+        for target_id in targets & target_ids:
+            runs[target_id] = f"{runs[target_id]},{at}" if target_id in runs else at
     return {t: text for t, text in runs.items() if t in target_ids}
 
 
