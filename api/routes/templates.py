@@ -13,7 +13,7 @@ from api.auth import Approver, Author, Principal
 from api.deps import ClockDep, EngineDep, ReaderDep, SessionDep, SettingsDep
 from api.users import audit
 from audiences import service as audiences_service
-from scheduler.flows import authoring
+from scheduler.flows import authoring, fan_out
 from scheduler.outbox import policies
 from scheduler.outbox import service as scheduler_service
 from sop_templates import approvals, library
@@ -34,10 +34,16 @@ class TemplateOut(BaseModel):
     updated_at: datetime
     draft: dict[str, Any]
     counts: dict[str, int] = Field(default_factory=dict)
+    # deliveries of a fixed start's later touchpoints the planner has yet to write
+    planned_later: int = 0
 
 
-def _out(template: SopTemplate, counts: dict[str, int] | None = None) -> TemplateOut:
-    return TemplateOut.model_validate({**template.model_dump(), "counts": counts or {}})
+def _out(
+    template: SopTemplate, counts: dict[str, int] | None = None, planned_later: int = 0
+) -> TemplateOut:
+    return TemplateOut.model_validate(
+        {**template.model_dump(), "counts": counts or {}, "planned_later": planned_later}
+    )
 
 
 SPEC_EXAMPLE = {
@@ -90,7 +96,11 @@ def validate_template(
 @router.get("/{template_id}", response_model=TemplateOut)
 def get_template(template_id: int, session: SessionDep) -> TemplateOut:
     template = templates_service.get_template(session, template_id)
-    return _out(template, scheduler_service.delivery_counts(session, template_id))
+    return _out(
+        template,
+        scheduler_service.delivery_counts(session, template_id),
+        fan_out.waiting(session, template_id),
+    )
 
 
 @router.put("/{template_id}", response_model=TemplateOut)

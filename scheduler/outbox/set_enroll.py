@@ -18,7 +18,7 @@ enroll). The rows are the ones ``service.enroll`` writes, in the same order
 A touchpoint that falls due more than ``FIXED_PLAN_AHEAD`` after the publish
 gets no rows here: the touchpoint remembers when it falls due
 (``Touchpoint.fan_out_at``) and the planner writes them shortly before
-(``scheduler.outbox.fan_out``), with the same statement, in chunks. Publishing
+(``scheduler.flows.fan_out``), with the same statement, in chunks. Publishing
 a class that starts next week writes its enrollments only.
 """
 
@@ -122,7 +122,7 @@ def _write(
             status, _, _ = _outcome(plan, anchor, zone, now)
             result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
         experiments.store_variants(session, version, spec)
-    for plan in later:  # the planner writes these (scheduler.outbox.fan_out)
+    for plan in later:  # the planner writes these (scheduler.flows.fan_out)
         session.execute(
             update(Touchpoint)
             .where(Touchpoint.id == plan.touchpoint_id)  # type: ignore[arg-type]

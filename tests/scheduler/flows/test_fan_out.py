@@ -255,3 +255,18 @@ def test_a_touchpoint_that_cannot_be_written_fails_alone(engine, monkeypatch, ca
     assert "could not write the deliveries of touchpoint" in caplog.text
     assert sorted(_rows(engine, template_id)) == ["当晚", "次日"]
     assert "开课" in _pending(engine, template_id)  # tried again next tick
+
+
+def test_the_api_says_how_many_rows_are_still_to_be_written(engine, settings, clock, auth_headers):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    template_id, _ = _publish(engine)
+    app = create_app(settings, engine=engine, clock=clock, run_scheduler=False)
+    with TestClient(app, headers=auth_headers) as client:
+        before = client.get(f"/api/templates/{template_id}").json()
+        _plan(engine, START)
+        after = client.get(f"/api/templates/{template_id}").json()
+    assert (before["counts"], before["planned_later"]) == ({}, 30)
+    assert (after["counts"], after["planned_later"]) == ({"scheduled": 10}, 20)
