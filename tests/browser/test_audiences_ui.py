@@ -161,6 +161,20 @@ def test_operator_imports_tags_segments_and_a_tagged_sop_enrolls_exactly_them(
     assert pending == []
     expect(page.locator("#planned-later")).to_have_text("另有 150 条待发送，将在发送前 10 分钟生成")
     both_widths(page, "template-planned-later")
+    # the calendar shows each of them as expected, for the 50 enrolled
+    with session_scope(engine) as session:
+        from sqlalchemy import func
+
+        from sop_templates.models import Touchpoint
+
+        first = session.execute(
+            select(func.min(Touchpoint.fan_out_at)).where(Touchpoint.template_id == template_id)
+        ).scalar_one()
+    page.goto(f"{live.url}/calendar?view=week&day={first.date().isoformat()}")
+    expected = page.locator("li.send.computed").first
+    expect(expected).to_contain_text("50")
+    expect(expected.locator(".pill.computed")).to_have_text("预计")
+    both_widths(page, "calendar-planned-later")
     assert plan_when_due(engine) == 150  # three touchpoints each
     page.goto(f"{live.url}/segments")
     both_widths(page, "segments")
