@@ -21,6 +21,7 @@ from scheduler.outbox import set_enroll
 from scheduler.outbox.models import Delivery, Enrollment, EnrollmentStatus
 from sop_templates import service as templates_service
 from sop_templates.models import TemplateStatus, Touchpoint
+from sop_templates.timing import get_zone
 from sopbot.db import session_scope
 
 ACTOR = lifecycle.Actor(require_approval=False, audit=lambda *entry: None)
@@ -270,3 +271,46 @@ def test_the_api_says_how_many_rows_are_still_to_be_written(engine, settings, cl
         after = client.get(f"/api/templates/{template_id}").json()
     assert (before["counts"], before["planned_later"]) == ({}, 30)
     assert (after["counts"], after["planned_later"]) == ({"scheduled": 10}, 20)
+
+
+def test_a_touchpoint_on_a_dst_night_is_planned_for_the_instant_enrolling_gives(engine):
+    """New York springs forward at 02:00 on 2027-03-14: day 2's 02:30 does not
+    exist and is moved forward by the gap (03:30 EDT), once."""
+    spec = _spec(
+        timezone="America/New_York",
+        start_at="2027-03-13T09:00:00",
+        touchpoints=[
+            {"name": "夜里", "timing": "day 2 02:30", "content": "夜里"},
+            {"name": "早上", "timing": "day 2 09:00", "content": "早上"},
+        ],
+    )
+    ids = [add_contact(engine, f"ny_{i}", f"学员{i}", NOW, tags=["春季班"]) for i in range(3)]
+    with session_scope(engine) as session:
+        template = templates_service.create_template(session, spec, NOW)
+        outcome = lifecycle.publish(session, template.id, NOW, ACTOR)
+        template_id = template.id
+        assert outcome.planned_later == 2
+        # what enrolling one more target from the start writes, row by row
+        reference = scheduler_service._deliveries_for(
+            [Enrollment(id=0, target_id=0, anchor_at=datetime(2027, 3, 13, 14, 0, tzinfo=UTC))],
+            [p for p in scheduler_service._plans(session, outcome.version)],
+            template,
+            outcome.version,
+            "mock",
+            get_zone("America/New_York"),
+            NOW,
+        )
+    night, morning = (
+        datetime(2027, 3, 14, 7, 30, tzinfo=UTC),
+        datetime(2027, 3, 14, 13, 0, tzinfo=UTC),
+    )
+    assert sorted(r["due_at"] for r in reference) == [night, morning]
+    assert _pending(engine, template_id) == {"夜里": night, "早上": morning}
+    with session_scope(engine) as session:  # each 10 minutes before it falls due
+        assert fan_out.plan_each_when_due(session) == 6
+    rows = _rows(engine, template_id)
+    assert {(d.status, d.due_at, d.run_at) for d in rows["夜里"]} == {("scheduled", night, night)}
+    assert {(d.status, d.due_at, d.run_at) for d in rows["早上"]} == {
+        ("scheduled", morning, morning)
+    }
+    assert sorted(d.target_id for d in rows["夜里"]) == ids
