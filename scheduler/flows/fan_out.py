@@ -15,6 +15,13 @@ its rows when it enrolled; a chunk written before a crash is not written
 twice). The mark is cleared in the transaction of the last chunk, so a crash
 midway leaves it for the next tick.
 
+On PostgreSQL a chunk holds its touchpoint's row (``FOR UPDATE``) until it
+commits, and whatever ends or moves enrollments waits for it
+(:func:`wait_for_writers`, ``FOR SHARE``) before it cancels or re-points their
+rows: an exit that lands while a chunk is being written then cancels that
+chunk's row too, instead of missing a row it could not see yet. (SQLite's
+writers take turns, so the question does not arise there.)
+
 A planner that was not running when the touchpoint fell due writes its rows
 late, as they would have been written in time: sent late within the
 touchpoint's grace period, ``missed`` after it (as a cron occurrence), never
@@ -26,6 +33,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlmodel import Session, col
@@ -120,7 +128,7 @@ def fan_out(
     written = 0
     start = low
     while start is not None and start <= high:
-        if not _hold(session, touchpoint_id):
+        if not _hold(session, touchpoint_id, first=start == low):
             return written
         end = start + chunk
         part = (*enrolled, e.id >= start, e.id < end)
@@ -145,7 +153,7 @@ def fan_out(
         if commit:
             session.commit()
         start = end
-    if not _hold(session, touchpoint_id):
+    if not _hold(session, touchpoint_id, first=low is None):
         return written
     session.execute(
         update(Touchpoint)
@@ -164,17 +172,33 @@ def fan_out(
     return written
 
 
-def _hold(session: Session, touchpoint_id: int) -> bool:
+def _hold(session: Session, touchpoint_id: int, *, first: bool) -> bool:
     """Whether the touchpoint still waits for its rows, held for this
-    transaction: on PostgreSQL its row is locked (``SKIP LOCKED``: a worker
-    already writing it keeps it, the others move on); SQLite's writers take
-    turns anyway."""
+    transaction. On PostgreSQL its row is locked: before the first chunk with
+    ``SKIP LOCKED`` (a worker already writing it keeps it, the others move
+    on), before the next ones waiting for whatever holds it (an exit or a move
+    in :func:`wait_for_writers`). SQLite's writers take turns anyway."""
     query = select(Touchpoint.id).where(  # type: ignore[call-overload]
         col(Touchpoint.id) == touchpoint_id, col(Touchpoint.fan_out_at).is_not(None)
     )
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        query = query.with_for_update(skip_locked=first)
     return session.execute(query).first() is not None
+
+
+def wait_for_writers(session: Session, version_ids: Any) -> None:
+    """Before cancelling or re-pointing the rows of enrollments of
+    ``version_ids`` (ids, or a query selecting them): on PostgreSQL, wait for
+    a chunk being written for them to commit, and keep the next one from
+    starting until this transaction ends (see the module's docstring). A
+    statement run after this sees that chunk's rows."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        select(Touchpoint.id)  # type: ignore[call-overload]
+        .where(col(Touchpoint.fan_out_at).is_not(None), col(Touchpoint.version_id).in_(version_ids))
+        .with_for_update(read=True)
+    ).all()
 
 
 def plan_each_when_due(session: Session) -> int:

@@ -247,6 +247,11 @@ def _exit(
                     .values(status=status, exited_at=now, exit_reason=reason[:500])
                 )
             )
+            # a fixed start's rows being written for them now are cancelled too
+            fan_out.wait_for_writers(
+                session,
+                select(col(Enrollment.version_id)).where(col(Enrollment.id).in_(list(chunk))),
+            )
             result.cancelled += scheduler_service.cancel_pending(
                 session, reason=reason, now=now, enrollment_ids=list(chunk)
             )

@@ -74,7 +74,9 @@ def move_to_version(
     )
     has_cron = any(tp.timing_kind == "cron" for tp in new_touchpoints.values())
     # mid-SOP too: a touchpoint of their version the planner has yet to write
+    # (and rows of it being written now are among those moved)
     waiting = fan_out.versions_waiting(session, {e.version_id for e in enrollments})
+    fan_out.wait_for_writers(session, sorted(waiting))
     for chunk in chunked(enrollments, 2000):
         by_id = {e.id: e for e in chunk}
         deliveries = list(

@@ -476,6 +476,13 @@ def cancel_pending(
 def archive_template(session: Session, template_id: int, now: datetime) -> int:
     """Archive a template: cancel its pending deliveries and end its enrollments."""
     templates_service.set_status(session, template_id, TemplateStatus.ARCHIVED, now)
+    # Nothing is left for the planner to write (scheduler.flows.fan_out). First:
+    # on PostgreSQL this waits for a chunk being written, so it is cancelled too.
+    session.execute(
+        update(Touchpoint)
+        .where(col(Touchpoint.template_id) == template_id, col(Touchpoint.fan_out_at).is_not(None))
+        .values(fan_out_at=None)
+    )
     count = cancel_pending(session, reason="template archived", now=now, template_id=template_id)
     session.execute(
         update(Enrollment)
@@ -484,12 +491,6 @@ def archive_template(session: Session, template_id: int, now: datetime) -> int:
             col(Enrollment.status) == EnrollmentStatus.ACTIVE,
         )
         .values(status=EnrollmentStatus.CANCELLED, exited_at=now, exit_reason="template archived")
-    )
-    # nothing is left for the planner to write (scheduler.flows.fan_out)
-    session.execute(
-        update(Touchpoint)
-        .where(col(Touchpoint.template_id) == template_id, col(Touchpoint.fan_out_at).is_not(None))
-        .values(fan_out_at=None)
     )
     return count
 

@@ -5,16 +5,17 @@ chunks that survive a crash, late but never silently not at all."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from factories import add_contact
-from sqlalchemy import select, update
-from sqlmodel import col
+from sqlalchemy import select, text, update
+from sqlmodel import Session, col
 
 from scheduler.analytics import calendar
-from scheduler.flows import fan_out, lifecycle
+from scheduler.flows import fan_out, lifecycle, membership
 from scheduler.flows.jobs import JOB_FAN_OUT, JOBS
 from scheduler.outbox import service as scheduler_service
 from scheduler.outbox import set_enroll
@@ -314,3 +315,76 @@ def test_a_touchpoint_on_a_dst_night_is_planned_for_the_instant_enrolling_gives(
         ("scheduled", morning, morning)
     }
     assert sorted(d.target_id for d in rows["夜里"]) == ids
+
+
+def _wait_for_a_lock_wait(engine) -> None:
+    """Until a backend of this database waits for a row lock (polled, not timed)."""
+    for _ in range(2000):
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("nothing waited for the chunk's lock")
+
+
+@pytest.mark.parametrize("ending", ["exit", "archive", "move"])
+def test_an_exit_archive_or_move_while_a_chunk_is_written_takes_its_rows_in(engine, ending):
+    """PostgreSQL: the exit (or archiving the SOP) waits for the chunk to
+    commit, then cancels its rows (without waiting, it would cancel what it
+    could see -- nothing -- and the chunk's row for the exited contact would
+    stay scheduled)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writers take turns: an exit never overlaps a chunk")
+    template_id, ids = _publish(engine)
+    with session_scope(engine) as session:
+        first = session.execute(
+            select(Touchpoint.id).where(
+                Touchpoint.template_id == template_id, Touchpoint.name == "开课"
+            )
+        ).scalar_one()
+        leaving = session.execute(
+            select(Enrollment.id).where(Enrollment.target_id == ids[0])
+        ).scalar_one()
+    outcome: list[Any] = []
+
+    def exit_now() -> None:
+        with session_scope(engine) as session:
+            if ending == "exit":
+                outcome.append(membership.exit_enrollments(session, {leaving: "已购买"}, START))
+            elif ending == "archive":
+                outcome.append(scheduler_service.archive_template(session, template_id, START))
+            else:  # a new version, everyone moved to it
+                templates_service.update_draft(session, template_id, _spec(), START - AHEAD)
+                published = lifecycle.publish(
+                    session, template_id, START - AHEAD, ACTOR, migrate="move"
+                )
+                outcome.append(published.version.id)
+
+    chunk = Session(engine)
+    try:
+        assert fan_out.fan_out(chunk, first, START - AHEAD, commit=False) == 10  # not committed
+        exiting = threading.Thread(target=exit_now)
+        exiting.start()
+        _wait_for_a_lock_wait(engine)
+        chunk.commit()
+    finally:
+        chunk.close()
+    exiting.join(timeout=30)
+    rows = {d.target_id: d for d in _rows(engine, template_id)["开课"]}
+    if ending == "exit":
+        assert outcome and outcome[0].cancelled == 1
+        assert (rows[ids[0]].status, rows[ids[0]].reason) == ("cancelled", "已购买")
+        assert {rows[i].status for i in ids[1:]} == {"scheduled"}
+    elif ending == "archive":
+        assert outcome == [10]
+        assert {(d.status, d.reason) for d in rows.values()} == {("cancelled", "template archived")}
+    else:  # the chunk's rows were moved, not left behind beside new ones
+        moved = _rows(engine, template_id)["开课"]
+        assert sorted(d.target_id for d in moved) == ids
+        assert {(d.status, d.version_id) for d in moved} == {("scheduled", outcome[0])}
