@@ -189,14 +189,18 @@ def _hold(session: Session, touchpoint_id: int, *, first: bool) -> bool:
 def wait_for_writers(session: Session, version_ids: Any) -> None:
     """Before cancelling or re-pointing the rows of enrollments of
     ``version_ids`` (ids, or a query selecting them): on PostgreSQL, wait for
-    a chunk being written for them to commit, and keep the next one from
-    starting until this transaction ends (see the module's docstring). A
-    statement run after this sees that chunk's rows."""
+    a chunk being written for them (or a cron occurrence being fanned out) to
+    commit, and keep the next one from starting until this transaction ends
+    (see the module's docstring). A statement run after this sees its rows."""
     if session.get_bind().dialect.name != "postgresql":
         return
     session.execute(
         select(Touchpoint.id)  # type: ignore[call-overload]
-        .where(col(Touchpoint.fan_out_at).is_not(None), col(Touchpoint.version_id).in_(version_ids))
+        .where(
+            col(Touchpoint.version_id).in_(version_ids),
+            # a cron occurrence being fanned out holds its touchpoint too (service.plan_cron)
+            (col(Touchpoint.fan_out_at).is_not(None)) | (col(Touchpoint.timing_kind) == "cron"),
+        )
         .with_for_update(read=True)
     ).all()
 

@@ -425,6 +425,14 @@ def plan_cron(
         start = max(touchpoint.planned_until or now, now - catch_up)
         if start >= until:
             continue
+        if session.get_bind().dialect.name == "postgresql":
+            # Held until this commits: an exit meanwhile waits for it, then
+            # cancels the rows written here (scheduler.flows.fan_out.wait_for_writers).
+            session.execute(
+                select(Touchpoint.id)  # type: ignore[call-overload]
+                .where(col(Touchpoint.id) == touchpoint.id)
+                .with_for_update()
+            )
         plan = _Plan(
             touchpoint_id=touchpoint.id,
             timing=timing,

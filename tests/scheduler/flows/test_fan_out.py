@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from factories import add_contact
+from factories import add_contact, add_group, enroll, publish, store_menu_spec
 from sqlalchemy import select, text, update
 from sqlmodel import Session, col
 
@@ -388,3 +388,38 @@ def test_an_exit_archive_or_move_while_a_chunk_is_written_takes_its_rows_in(engi
         moved = _rows(engine, template_id)["开课"]
         assert sorted(d.target_id for d in moved) == ids
         assert {(d.status, d.version_id) for d in moved} == {("scheduled", outcome[0])}
+
+
+def test_an_exit_while_a_cron_occurrence_is_fanned_out_cancels_its_row(engine):
+    """The same for a cron occurrence (``service.plan_cron`` holds its touchpoint)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writers take turns: an exit never overlaps a fan-out")
+    template_id = publish(engine, store_menu_spec(), NOW)
+    groups = [add_group(engine, f"wr_{i}", f"群{i}", NOW) for i in range(3)]
+    enroll(engine, template_id, [(g, NOW) for g in groups], NOW)
+    with session_scope(engine) as session:
+        leaving = session.execute(
+            select(Enrollment.id).where(Enrollment.target_id == groups[0])
+        ).scalar_one()
+    done: list[Any] = []
+
+    def exit_now() -> None:
+        with session_scope(engine) as session:
+            done.append(membership.exit_enrollments(session, {leaving: "群已解散"}, NOW))
+
+    planning = Session(engine)
+    try:
+        planned = scheduler_service.plan_cron(
+            planning, NOW, lookahead=timedelta(hours=2), catch_up=timedelta(days=1)
+        )
+        assert planned.deliveries == 3  # 11:00 in Shanghai, not committed
+        exiting = threading.Thread(target=exit_now)
+        exiting.start()
+        _wait_for_a_lock_wait(engine)
+        planning.commit()
+    finally:
+        planning.close()
+    exiting.join(timeout=30)
+    rows = {d.target_id: d for d in _rows(engine, template_id)["menu"]}
+    assert (rows[groups[0]].status, rows[groups[0]].reason) == ("cancelled", "群已解散")
+    assert {rows[g].status for g in groups[1:]} == {"scheduled"}
