@@ -161,7 +161,9 @@ def upcoming(
                         anchor=version.spec.get("anchor") or "join",
                     )
                 )
-    out.extend(_fan_outs(session, templates, low, end, planned_keys, out))
+    waiting = _fan_outs(session, templates, low, end)
+    written = {(s.touchpoint_id, s.at) for s in waiting} & planned_keys  # counted in them
+    out = [s for s in out if (s.touchpoint_id, s.at) not in written] + waiting
     out.sort(key=lambda s: (s.at, s.template_name, s.touchpoint_name))
     return out
 
@@ -171,14 +173,12 @@ def _fan_outs(
     templates: dict[Any, SopTemplate],
     low: datetime,
     end: datetime,
-    planned_keys: set[tuple[int, datetime]],
-    out: list[CalendarSend],
 ) -> list[CalendarSend]:
     """A fixed start's touchpoints whose rows the planner writes shortly before
     they fall due (``scheduler.flows.fan_out``): one send for everyone enrolled
     from the start. Rows some of them already have (enrolled after the
     publish) are counted in it, not apart."""
-    from scheduler.flows.enrollment import fixed_start
+    from scheduler.flows.fan_out import enrolled_from_start
     from sop_templates import service as templates_service
 
     pending = session.exec(
@@ -190,7 +190,6 @@ def _fan_outs(
         )
     ).all()
     sends = []
-    e = Enrollment.__table__.c  # type: ignore[attr-defined]
     counts: dict[int, int] = {}  # version → enrolled from its start (one count for its touchpoints)
     for tp in pending:
         version = session.get(TemplateVersion, tp.version_id)
@@ -199,15 +198,9 @@ def _fan_outs(
         spec = templates_service.version_spec(version)
         if tp.version_id not in counts:
             counts[tp.version_id] = session.execute(
-                sa_select(func.count()).where(
-                    e.version_id == version.id,
-                    e.status == EnrollmentStatus.ACTIVE,
-                    e.anchor_at == fixed_start(spec),
-                )
+                sa_select(func.count()).where(*enrolled_from_start(version, spec))
             ).scalar_one()
         count = counts[tp.version_id]
-        if (tp.id, tp.fan_out_at) in planned_keys:
-            out[:] = [s for s in out if (s.touchpoint_id, s.at) != (tp.id, tp.fan_out_at)]
         sends.append(
             CalendarSend(
                 at=tp.fan_out_at,

@@ -62,6 +62,23 @@ class FanOutResult:
     failed: int = 0  # touchpoints that could not be written (logged; tried again next tick)
 
 
+def enrolled_from_start(version: TemplateVersion, spec: Any) -> tuple[Any, ...]:
+    """Conditions on ``enrollments`` selecting whom a waiting touchpoint of
+    ``version`` goes to: its active enrollments anchored at the fixed start."""
+    e = ENROLLMENTS.c
+    return (
+        e.version_id == version.id,
+        e.status == EnrollmentStatus.ACTIVE,
+        e.anchor_at == fixed_start(spec),
+    )
+
+
+def _plan_of(session: Session, version: TemplateVersion, touchpoint_id: int) -> Any:
+    return next(
+        p for p in scheduler_service._plans(session, version) if p.touchpoint_id == touchpoint_id
+    )
+
+
 def versions_waiting(session: Session, version_ids: set[int]) -> set[int]:
     """Those of ``version_ids`` with a touchpoint whose rows are not written
     yet: their enrollments are not finished, whatever their rows say."""
@@ -112,17 +129,11 @@ def fan_out(
     touchpoint, version, template = row
     due = touchpoint.fan_out_at
     spec = templates_service.version_spec(version)
-    plan = next(
-        p for p in scheduler_service._plans(session, version) if p.touchpoint_id == touchpoint_id
-    )
+    plan = _plan_of(session, version, touchpoint_id)
     anchor, zone = fixed_start(spec), get_zone(spec.timezone)
     e = ENROLLMENTS.c
     sqlite = session.get_bind().dialect.name == "sqlite"
-    enrolled = (
-        e.version_id == version.id,
-        e.status == EnrollmentStatus.ACTIVE,
-        e.anchor_at == anchor,
-    )
+    enrolled = enrolled_from_start(version, spec)
     variants = touchpoint.name in {t.name for t in spec.touchpoints if t.variants}
     low, high = session.execute(select(func.min(e.id), func.max(e.id)).where(*enrolled)).one()
     written = 0
@@ -221,29 +232,18 @@ def waiting(session: Session, template_id: int) -> int:
     """How many deliveries of ``template_id`` the planner has yet to write:
     per touchpoint waiting, the enrollments it will write them for now."""
     total = 0
-    e = ENROLLMENTS.c
-    for version_id in set(
-        session.execute(
-            select(Touchpoint.version_id).where(  # type: ignore[call-overload]
-                col(Touchpoint.template_id) == template_id,
-                col(Touchpoint.fan_out_at).is_not(None),
-            )
-        ).scalars()
-    ):
+    per_version = session.execute(
+        select(Touchpoint.version_id, func.count())  # type: ignore[call-overload]
+        .where(col(Touchpoint.template_id) == template_id, col(Touchpoint.fan_out_at).is_not(None))
+        .group_by(Touchpoint.version_id)
+    ).all()
+    for version_id, touchpoints in per_version:
         version = session.get(TemplateVersion, version_id)
         if version is None:
             continue
-        touchpoints = session.execute(
-            select(func.count()).where(
-                col(Touchpoint.version_id) == version_id, col(Touchpoint.fan_out_at).is_not(None)
-            )
-        ).scalar_one()
+        spec = templates_service.version_spec(version)
         enrolled = session.execute(
-            select(func.count()).where(
-                e.version_id == version_id,
-                e.status == EnrollmentStatus.ACTIVE,
-                e.anchor_at == fixed_start(templates_service.version_spec(version)),
-            )
+            select(func.count()).where(*enrolled_from_start(version, spec))
         ).scalar_one()
         total += touchpoints * enrolled
     return total
@@ -256,7 +256,6 @@ def waiting_sends(session: Session, kind: str, before: datetime) -> list[tuple[d
     quiet hours applied) and the ids of the targets it goes to."""
     out: list[tuple[datetime, set[int]]] = []
     enrolled: dict[int, set[int]] = {}  # version → its targets (one read for its touchpoints)
-    e = ENROLLMENTS.c
     for touchpoint_id in due_fan_outs(session, before - set_enroll.FIXED_PLAN_AHEAD):
         touchpoint = session.get(Touchpoint, touchpoint_id)
         version = session.get(TemplateVersion, touchpoint.version_id) if touchpoint else None
@@ -265,21 +264,14 @@ def waiting_sends(session: Session, kind: str, before: datetime) -> list[tuple[d
         spec = templates_service.version_spec(version)
         if spec.target != kind:
             continue
-        plan = next(
-            p
-            for p in scheduler_service._plans(session, version)
-            if p.touchpoint_id == touchpoint_id
-        )
         due = touchpoint.fan_out_at
-        _, _, run_at = scheduler_service._one_off_outcome(plan, due, due)
+        _, _, run_at = scheduler_service._one_off_outcome(
+            _plan_of(session, version, touchpoint_id), due, due
+        )
         if version.id not in enrolled:
             enrolled[version.id] = set(  # type: ignore[index]
                 session.execute(
-                    select(e.target_id).where(
-                        e.version_id == version.id,
-                        e.status == EnrollmentStatus.ACTIVE,
-                        e.anchor_at == fixed_start(spec),
-                    )
+                    select(ENROLLMENTS.c.target_id).where(*enrolled_from_start(version, spec))
                 ).scalars()
             )
         out.append((run_at, enrolled[version.id]))  # type: ignore[index]

@@ -106,11 +106,14 @@ def _write(
     zone = get_zone(spec.timezone)
     result = SetEnrollResult()
     one_offs: list[Any] = []
-    later: list[Any] = []
+    later: list[tuple[Any, datetime]] = []  # (plan, the instant it falls due)
     for plan in plans:
         if plan.kind != "cron":
             due = due_at(plan.timing, anchor, zone)
-            (later if due > now + FIXED_PLAN_AHEAD else one_offs).append(plan)
+            if due > now + FIXED_PLAN_AHEAD:
+                later.append((plan, due))
+            else:
+                one_offs.append(plan)
     touchpoints = [p.touchpoint_id for p in plans]
     defer_wal_checkpoint(session)  # SQLite: the commit of a million rows does not copy them too
     with set_checks.checked_once(session, template.id, version.id, touchpoints):  # type: ignore[arg-type]
@@ -122,11 +125,11 @@ def _write(
             status, _, _ = _outcome(plan, anchor, zone, now)
             result.skipped += result.enrolled if status == DeliveryStatus.SKIPPED else len(held)
         experiments.store_variants(session, version, spec)
-    for plan in later:  # the planner writes these (scheduler.flows.fan_out)
+    for plan, due in later:  # the planner writes these (scheduler.flows.fan_out)
         session.execute(
             update(Touchpoint)
             .where(Touchpoint.id == plan.touchpoint_id)  # type: ignore[arg-type]
-            .values(fan_out_at=due_at(plan.timing, anchor, zone))
+            .values(fan_out_at=due)
         )
     result.planned_later = len(later)
     # Cron occurrences already fanned out ahead of time must include newcomers.

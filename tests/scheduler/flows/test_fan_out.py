@@ -6,6 +6,7 @@ chunks that survive a crash, late but never silently not at all."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -333,6 +334,30 @@ def _wait_for_a_lock_wait(engine) -> None:
     raise AssertionError("nothing waited for the chunk's lock")
 
 
+def _while_written(engine, write: Callable[[Session], None], end: Callable[[Session], Any]) -> Any:
+    """``write`` in a transaction of its own, ``end`` in another thread while
+    that transaction is open; once ``end`` waits for a lock, ``write``
+    commits. Returns what ``end`` returned."""
+    done: list[Any] = []
+
+    def run_end() -> None:
+        with session_scope(engine) as session:
+            done.append(end(session))
+
+    writing = Session(engine)
+    try:
+        write(writing)  # not committed
+        ending = threading.Thread(target=run_end)
+        ending.start()
+        _wait_for_a_lock_wait(engine)
+        writing.commit()
+    finally:
+        writing.close()
+    ending.join(timeout=30)
+    assert done, "the other transaction did not finish"
+    return done[0]
+
+
 @pytest.mark.parametrize("ending", ["exit", "archive", "move"])
 def test_an_exit_archive_or_move_while_a_chunk_is_written_takes_its_rows_in(engine, ending):
     """PostgreSQL: the exit (or archiving the SOP) waits for the chunk to
@@ -351,43 +376,33 @@ def test_an_exit_archive_or_move_while_a_chunk_is_written_takes_its_rows_in(engi
         leaving = session.execute(
             select(Enrollment.id).where(Enrollment.target_id == ids[0])
         ).scalar_one()
-    outcome: list[Any] = []
 
-    def exit_now() -> None:
-        with session_scope(engine) as session:
-            if ending == "exit":
-                outcome.append(membership.exit_enrollments(session, {leaving: "已购买"}, START))
-            elif ending == "archive":
-                outcome.append(scheduler_service.archive_template(session, template_id, START))
-            else:  # a new version, everyone moved to it
-                templates_service.update_draft(session, template_id, _spec(), START - AHEAD)
-                published = lifecycle.publish(
-                    session, template_id, START - AHEAD, ACTOR, migrate="move"
-                )
-                outcome.append(published.version.id)
+    def chunk(session: Session) -> None:
+        assert fan_out.fan_out(session, first, START - AHEAD, commit=False) == 10
 
-    chunk = Session(engine)
-    try:
-        assert fan_out.fan_out(chunk, first, START - AHEAD, commit=False) == 10  # not committed
-        exiting = threading.Thread(target=exit_now)
-        exiting.start()
-        _wait_for_a_lock_wait(engine)
-        chunk.commit()
-    finally:
-        chunk.close()
-    exiting.join(timeout=30)
+    def end(session: Session) -> Any:
+        if ending == "exit":
+            return membership.exit_enrollments(session, {leaving: "已购买"}, START)
+        if ending == "archive":
+            return scheduler_service.archive_template(session, template_id, START)
+        # a new version, everyone moved to it
+        templates_service.update_draft(session, template_id, _spec(), START - AHEAD)
+        published = lifecycle.publish(session, template_id, START - AHEAD, ACTOR, migrate="move")
+        return published.version.id
+
+    outcome = _while_written(engine, chunk, end)
     rows = {d.target_id: d for d in _rows(engine, template_id)["开课"]}
     if ending == "exit":
-        assert outcome and outcome[0].cancelled == 1
+        assert outcome.cancelled == 1
         assert (rows[ids[0]].status, rows[ids[0]].reason) == ("cancelled", "已购买")
         assert {rows[i].status for i in ids[1:]} == {"scheduled"}
     elif ending == "archive":
-        assert outcome == [10]
+        assert outcome == 10
         assert {(d.status, d.reason) for d in rows.values()} == {("cancelled", "template archived")}
     else:  # the chunk's rows were moved, not left behind beside new ones
         moved = _rows(engine, template_id)["开课"]
         assert sorted(d.target_id for d in moved) == ids
-        assert {(d.status, d.version_id) for d in moved} == {("scheduled", outcome[0])}
+        assert {(d.status, d.version_id) for d in moved} == {("scheduled", outcome)}
 
 
 def test_an_exit_while_a_cron_occurrence_is_fanned_out_cancels_its_row(engine):
@@ -401,25 +416,18 @@ def test_an_exit_while_a_cron_occurrence_is_fanned_out_cancels_its_row(engine):
         leaving = session.execute(
             select(Enrollment.id).where(Enrollment.target_id == groups[0])
         ).scalar_one()
-    done: list[Any] = []
 
-    def exit_now() -> None:
-        with session_scope(engine) as session:
-            done.append(membership.exit_enrollments(session, {leaving: "群已解散"}, NOW))
-
-    planning = Session(engine)
-    try:
+    def plan(session: Session) -> None:
         planned = scheduler_service.plan_cron(
-            planning, NOW, lookahead=timedelta(hours=2), catch_up=timedelta(days=1)
+            session, NOW, lookahead=timedelta(hours=2), catch_up=timedelta(days=1)
         )
-        assert planned.deliveries == 3  # 11:00 in Shanghai, not committed
-        exiting = threading.Thread(target=exit_now)
-        exiting.start()
-        _wait_for_a_lock_wait(engine)
-        planning.commit()
-    finally:
-        planning.close()
-    exiting.join(timeout=30)
+        assert planned.deliveries == 3  # 11:00 in Shanghai
+
+    _while_written(
+        engine,
+        plan,
+        lambda session: membership.exit_enrollments(session, {leaving: "群已解散"}, NOW),
+    )
     rows = {d.target_id: d for d in _rows(engine, template_id)["menu"]}
     assert (rows[groups[0]].status, rows[groups[0]].reason) == ("cancelled", "群已解散")
     assert {rows[g].status for g in groups[1:]} == {"scheduled"}
