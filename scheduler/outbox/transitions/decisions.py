@@ -22,7 +22,8 @@ from scheduler.outbox.transitions.machine import (
     _fence,
     check,
 )
-from sopbot.db import rowcount
+from sopbot.db import is_sqlite, rowcount
+from sopbot.sql import unindexed
 
 # -- decisions of the flows (archive, exit, version moves) ----------------------
 
@@ -38,9 +39,13 @@ def cancel(
 ) -> int:
     """cancel: rows not yet handed to a channel (scheduled or claimed) →
     cancelled, selected by template, enrollments and/or delivery ids."""
-    conditions = _fence("cancel", None)
+    # Rows named by enrollment or id are found through those, whatever else
+    # narrows them (on SQLite the template would be looked up by index too).
+    named = enrollment_ids is not None or delivery_ids is not None
+    conditions = _fence("cancel", None, by_id=session if named else None)
     if template_id is not None:
-        conditions.append(col(Delivery.template_id) == template_id)
+        template = unindexed(col(Delivery.template_id), named and is_sqlite(session.get_bind()))
+        conditions.append(template == template_id)
     if enrollment_ids is not None:
         conditions.append(col(Delivery.enrollment_id).in_(list(enrollment_ids)))
     if delivery_ids is not None:
@@ -182,7 +187,7 @@ def _staff_move(
     for chunk in repository.chunked(list(ids), 900):
         stmt = (
             update(Delivery)
-            .where(col(Delivery.id).in_(list(chunk)), *_fence(name, None))
+            .where(col(Delivery.id).in_(list(chunk)), *_fence(name, None, by_id=session))
             .values(status=to, **values)
             .returning(col(Delivery.id))
         )

@@ -166,15 +166,20 @@ def _claim_due(
     # PostgreSQL may plan ``id IN (... LIMIT n FOR UPDATE SKIP LOCKED)`` as a nested-loop
     # semi join that rescans the subquery per row and claims far more than ``limit``
     # rows; a MATERIALIZED CTE runs it exactly once.
-    prefix, source = "", due
+    # On SQLite the status is checked row by row (``+status``): looked up through
+    # the status index, every claim read the whole scheduled backlog.
+    # On PostgreSQL ``id = ANY(ARRAY(...))``, not ``id IN (SELECT id FROM due)``:
+    # on a table of 22,000 rows the planner hashed the batch and read the whole
+    # table for it (6 ms of a 32 ms claim of 1,000 rows).
+    prefix, found = "", f"id IN ({due})"
     if dialect == "postgresql":
-        prefix, source = f"WITH due AS MATERIALIZED ({due})", "SELECT id FROM due"
+        prefix, found = f"WITH due AS MATERIALIZED ({due})", "id = ANY(ARRAY(SELECT id FROM due))"
     stmt = text(
         f"""
         {prefix}
         UPDATE deliveries SET status = :claimed, lease_owner = :owner,
                lease_expires_at = :lease_until
-        WHERE id IN ({source}) AND status = :scheduled
+        WHERE {found} AND {"+" if dialect == "sqlite" else ""}status = :scheduled
         RETURNING {CLAIM_COLUMNS}
         """
     )
@@ -210,7 +215,9 @@ def renew(session: Session, *, owner: str, ids: Sequence[int], lease_until: date
         return 0
     stmt = (
         update(Delivery)
-        .where(repository.among(col(Delivery.id), ids, session), *_fence("renew", owner))
+        .where(
+            repository.among(col(Delivery.id), ids, session), *_fence("renew", owner, by_id=session)
+        )
         .values(lease_expires_at=lease_until)
     )
     return rowcount(session.execute(stmt))
@@ -229,7 +236,10 @@ def mark_sending(
     # id on every execution.
     stmt = (
         update(Delivery)
-        .where(repository.among(col(Delivery.id), ids, session), *_fence("mark_sending", owner))
+        .where(
+            repository.among(col(Delivery.id), ids, session),
+            *_fence("mark_sending", owner, by_id=session),
+        )
         .values(
             status=S.SENDING,
             attempts=col(Delivery.attempts) + 1,
@@ -435,7 +445,7 @@ def release(session: Session, *, owner: str, ids: Sequence[int] | None = None) -
     """release: claimed → scheduled for rows ``owner`` holds but has not handed
     to a channel (graceful stop); all of them, or only ``ids``."""
     check("release", S.SCHEDULED)
-    conditions = _fence("release", owner)
+    conditions = _fence("release", owner, by_id=session if ids is not None else None)
     if ids is not None:
         if not ids:
             return 0
@@ -457,7 +467,10 @@ def unmark(session: Session, *, owner: str, ids: Sequence[int]) -> int:
         return 0
     stmt = (
         update(Delivery)
-        .where(repository.among(col(Delivery.id), ids, session), *_fence("unmark", owner))
+        .where(
+            repository.among(col(Delivery.id), ids, session),
+            *_fence("unmark", owner, by_id=session),
+        )
         .values(
             status=S.SCHEDULED,
             attempts=col(Delivery.attempts) - 1,
