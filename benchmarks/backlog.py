@@ -1,6 +1,6 @@
 """Sending from a large backlog: 100,000 contacts enrolled in a template of 10
-touchpoints all due at once (1,000,000 scheduled rows), then one contact's exit
-and the first batches the dispatcher sends, with everything else still waiting.
+touchpoints all due at once (1,000,000 scheduled rows), then the exit of 10
+contacts at once (a tag taken off them) and the first batches the dispatcher sends, with everything else still waiting.
 
 Every claim and every write that names its rows must cost the same whatever
 the backlog; on SQLite, without statistics, they once read every scheduled
@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from benchmarks.engine_setup import (
     CHANNEL,
@@ -46,6 +47,7 @@ from sopbot.clock import ManualClock
 from sopbot.db import session_scope
 
 TOUCHPOINTS = 10
+LEAVING = 10
 
 
 def run(database_url: str | None, contacts: int, batches: int) -> dict[str, Any]:
@@ -61,16 +63,20 @@ def run(database_url: str | None, contacts: int, batches: int) -> dict[str, Any]
             ids = insert_contacts(engine, contacts, CLOCK_START)
             enroll_all(engine, template_id, [(c, CLOCK_START) for c in ids], clock.now())
             clock.advance(seconds=1)  # all due
-            leaving = ids[len(ids) // 2]
+            leaving = ids[len(ids) // 2 : len(ids) // 2 + LEAVING]
             del ids
             with session_scope(engine) as session:
-                enrollment_id = session.execute(
-                    select(Delivery.enrollment_id).where(Delivery.target_id == leaving).limit(1)
-                ).scalar_one()
+                enrollment_ids = list(
+                    session.execute(
+                        select(Delivery.enrollment_id)
+                        .where(col(Delivery.target_id).in_(leaving))
+                        .distinct()
+                    ).scalars()
+                )
             started = time.perf_counter()
             with session_scope(engine) as session:
                 cancelled = transitions.cancel(
-                    session, reason="exit", now=clock.now(), enrollment_ids=[enrollment_id]
+                    session, reason="exit", now=clock.now(), enrollment_ids=enrollment_ids
                 )
             exit_ms = (time.perf_counter() - started) * 1000
 
@@ -95,8 +101,8 @@ def run(database_url: str | None, contacts: int, batches: int) -> dict[str, Any]
             recorded, distinct = mock_counts(engine)
             sent = counts.get(DeliveryStatus.SENT, 0)
             verified = (
-                cancelled == TOUCHPOINTS
-                and counts.get(DeliveryStatus.CANCELLED, 0) == TOUCHPOINTS
+                cancelled == TOUCHPOINTS * LEAVING
+                and counts.get(DeliveryStatus.CANCELLED, 0) == cancelled
                 and recorded == sent == distinct
                 and sum(counts.values()) == backlog
             )

@@ -121,9 +121,9 @@ def _fence(
     ``owner``). ``by_id``: the session of a statement that names its rows (by
     id, enrollment...); on SQLite their status is then checked row by row, not
     looked up through the status index. SQLite has no statistics to tell the
-    two apart and took the index: every such write, one contact's exit
-    included, read every row still in that status (a 1,000,000-row backlog
-    for each claim)."""
+    two apart and took the index: every such write (a claim's batch, a wave,
+    the exit of several contacts at once) read every row still in that status,
+    a 1,000,000-row backlog for each claim."""
     status = unindexed(col(Delivery.status), by_id is not None and is_sqlite(by_id.get_bind()))
     conditions: list[ColumnElement[bool]] = [status.in_(starts(name))]
     if owner is not None:

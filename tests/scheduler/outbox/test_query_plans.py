@@ -87,15 +87,15 @@ def test_the_claim_and_a_batch_s_writes_find_their_rows_by_id(sqlite_engine, wri
     assert _scans(_plans(sqlite_engine, written)) == []
 
 
-def test_an_exit_cancels_its_rows_through_the_enrollment(sqlite_engine, written):
+def test_exits_cancel_their_rows_through_the_enrollments(sqlite_engine, written):
     template_id = publish(sqlite_engine, new_friend_spec(), T0)
-    contacts = [add_contact(sqlite_engine, f"wm_{i}", f"客户{i}", T0) for i in range(3)]
+    contacts = [add_contact(sqlite_engine, f"wm_{i}", f"客户{i}", T0) for i in range(6)]
     enroll(sqlite_engine, template_id, [(c, T0) for c in contacts], T0)
-    enrollment_id = deliveries(sqlite_engine)[0].enrollment_id
+    leaving = sorted({d.enrollment_id for d in deliveries(sqlite_engine)})[:5]
     one = deliveries(sqlite_engine)[-1].id
     written.clear()
     with session_scope(sqlite_engine) as session:
-        assert transitions.cancel(session, reason="退出", now=T0, enrollment_ids=[enrollment_id])
+        assert transitions.cancel(session, reason="退出", now=T0, enrollment_ids=leaving)
         assert (
             transitions.cancel(
                 session, reason="退出", now=T0, template_id=template_id, enrollment_ids=[0]
