@@ -16,7 +16,6 @@ sent rows were recorded by the mock channel, once each.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from typing import Any
@@ -25,24 +24,20 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from benchmarks.engine_setup import (
-    CHANNEL,
     CLOCK_START,
     Databases,
-    engine_url,
     enroll_all,
-    http_client,
     insert_contacts,
     log,
     mock_counts,
     publish,
-    settings,
     setup_channel,
     status_counts,
+    timed_drain,
 )
 from benchmarks.machine import describe
 from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery, DeliveryStatus
-from scheduler.runtime import SchedulerRuntime
 from sopbot.clock import ManualClock
 from sopbot.db import session_scope
 
@@ -80,21 +75,8 @@ def run(database_url: str | None, contacts: int, batches: int) -> dict[str, Any]
                 )
             exit_ms = (time.perf_counter() - started) * 1000
 
-            async def drain() -> tuple[float, float]:
-                http = http_client()
-                try:
-                    runtime = SchedulerRuntime(
-                        engine, clock, settings(engine_url(engine)), http=http
-                    )
-                    runtime.channels.get(CHANNEL)
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    await runtime.dispatcher.run_once(max_batches=batches)
-                    return time.perf_counter() - t0, time.process_time() - c0
-                finally:
-                    await http.aclose()
-
             log(f"backlog: sending {batches} batches out of {contacts * TOUCHPOINTS:,} due")
-            elapsed, cpu = asyncio.run(drain())
+            _, elapsed, cpu = timed_drain(engine, clock, batches)
             counts = status_counts(engine)
             with session_scope(engine) as session:
                 backlog = session.execute(select(func.count()).select_from(Delivery)).scalar_one()

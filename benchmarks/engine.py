@@ -87,6 +87,7 @@ from benchmarks.engine_setup import (
     settings,
     setup_channel,
     status_counts,
+    timed_drain,
 )
 from benchmarks.machine import describe
 from scheduler.outbox import service as scheduler_service
@@ -164,10 +165,6 @@ def phase_enroll(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str, 
     }
 
 
-async def _drain(runtime: SchedulerRuntime) -> Any:
-    return await runtime.dispatcher.run_once(max_batches=10**9)
-
-
 def phase_dispatch(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str, Any]:
     n = sizes.dispatch
     with dbs.fresh("dispatch") as engine:
@@ -182,23 +179,10 @@ def phase_dispatch(dbs: Databases, sizes: Sizes, profiler: Profiler) -> dict[str
         # after their commits: let them finish before the timed drain.
         wait_for_checkpoints()
         clock.advance(seconds=1)  # everything is due now
-        worker_settings = settings(engine_url(engine))
-
-        async def run() -> tuple[Any, float, float]:
-            http = http_client()
-            try:
-                runtime = SchedulerRuntime(engine, clock, worker_settings, http=http)
-                runtime.channels.get(CHANNEL)  # build the adapter before timing
-                with profiler.section("dispatch"):
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    stats = await _drain(runtime)
-                    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-                return stats, elapsed, cpu
-            finally:
-                await http.aclose()
-
         log(f"dispatch: draining {result.deliveries} due deliveries")
-        stats, dispatch_s, dispatch_cpu_s = asyncio.run(run())
+        stats, dispatch_s, dispatch_cpu_s = timed_drain(
+            engine, clock, 10**9, profiler.section("dispatch")
+        )
         counts = status_counts(engine)
         recorded, distinct = mock_counts(engine)
         sent = counts.get(DeliveryStatus.SENT, 0)

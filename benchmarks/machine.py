@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -60,3 +61,14 @@ def describe() -> dict[str, Any]:
         "python_reference_ms": python_reference_ms(),
         "load_avg_start": round(os.getloadavg()[0], 2),
     }
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far, read from
+    ``/proc`` (Linux; 0 for a process that is gone): a worker's, or a database
+    backend's when the server runs on this machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, process_cpu
 from scheduler.outbox import transitions
 from scheduler.outbox.models import Delivery
 from scheduler.outbox.repository import DELIVERIES, execute_many
@@ -43,11 +43,6 @@ from pgtools import create_database, drop_database_on  # noqa: E402
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BENCH_DATABASE = f"sopbot_outcome_writes_bench_{os.getpid()}"
 OWNER = "bench-worker"
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _each_row(session: Any, outcomes: dict[int, Outcome], at: Any) -> int:
@@ -104,7 +99,7 @@ def _round(engine: Any, ids: list[int], batch: int, each_row: bool) -> dict[str,
         }
         with session_scope(engine) as session:
             pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-            s0, t0, c0 = _cpu(pid), time.perf_counter(), time.process_time()
+            s0, t0, c0 = process_cpu(pid), time.perf_counter(), time.process_time()
             if each_row:
                 written += _each_row(session, outcomes, at)
             else:
@@ -114,7 +109,7 @@ def _round(engine: Any, ids: list[int], batch: int, each_row: bool) -> dict[str,
             session.commit()
             wall += time.perf_counter() - t0
             client += time.process_time() - c0
-            server += _cpu(pid) - s0
+            server += process_cpu(pid) - s0
     if written != len(ids):
         raise RuntimeError(f"{written} of {len(ids)} outcomes written")
     n = len(ids)

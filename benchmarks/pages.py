@@ -53,7 +53,7 @@ from sqlalchemy.engine import Engine
 
 from audiences import service as audiences_service
 from benchmarks.audiences import _api_token, _free_port
-from benchmarks.machine import describe
+from benchmarks.machine import describe, process_cpu
 from channels.models import MockMessage
 from channels.registry import ensure_instance
 from scheduler.flows import lifecycle
@@ -157,12 +157,10 @@ def _process_cpu_s(pid: int) -> float:
     """User + system CPU seconds so far of process ``pid`` and its children (serve's
     scheduler process) (Linux /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(_process_cpu_s(int(child)) for child in children)
+    return process_cpu(pid) + sum(_process_cpu_s(int(child)) for child in children)
 
 
 def _settle(base: str, pid: int, token: str) -> float:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,11 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, process_cpu
+
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(_TESTS)]
+from pgtools import create_database, drop_database_on  # noqa: E402
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATABASE = f"sopbot_row_writes_bench_{os.getpid()}"
@@ -68,11 +73,6 @@ CLAIM_INDEX = {
     "hot": "CREATE INDEX ON dx (run_at) WHERE status = 'scheduled'; "
     "CREATE INDEX ON dx (status, run_at)",
 }
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _setup(conn: psycopg.Connection[Any], variant: str, rows: int) -> None:
@@ -166,13 +166,13 @@ def measure(url: str, variant: str, rows: int, batch: int) -> dict[str, Any]:
     with psycopg.connect(url) as conn:
         _setup(conn, variant, rows)
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-        cpu0, wall0 = _cpu(pid), time.perf_counter()
+        cpu0, wall0 = process_cpu(pid), time.perf_counter()
         done = 0
         while ids := _claim(conn, variant, batch):
             _mark_sending(conn, variant, ids)
             _record(conn, variant, ids)
             done += len(ids)
-        cpu, wall = _cpu(pid) - cpu0, time.perf_counter() - wall0
+        cpu, wall = process_cpu(pid) - cpu0, time.perf_counter() - wall0
         sent = conn.execute("SELECT count(*) FROM dx WHERE status = 'sent'").fetchone()[0]  # type: ignore[index]
         conn.execute("DROP TABLE dx")
         conn.commit()
@@ -186,18 +186,14 @@ def measure(url: str, variant: str, rows: int, batch: int) -> dict[str, Any]:
 
 
 def run(server: str, rows: int, batch: int, rounds: int) -> dict[str, Any]:
-    base = make_url(server).set(drivername="postgresql")
-    admin = base.render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    url = base.set(database=DATABASE).render_as_string(hide_password=False)
+    created = make_url(create_database(server, DATABASE))
+    url = created.set(drivername="postgresql").render_as_string(hide_password=False)  # libpq's
     results = []
     try:
         for _ in range(rounds):
             results += [measure(url, variant, rows, batch) for variant in VARIANTS]
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
+        drop_database_on(server, DATABASE)
     by_variant = {
         v: sorted(r["backend_us_per_delivery"] for r in results if r["variant"] == v)
         for v in VARIANTS

@@ -51,7 +51,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, process_cpu
 from scheduler.outbox.models import Delivery
 from sopbot import migrate
 from sopbot.db import make_engine
@@ -110,15 +110,7 @@ def _cpu_times() -> tuple[int, int] | None:
 def _process_cpu(pids: list[int]) -> float:
     """CPU seconds (user + system) the processes ``pids`` used so far (Linux;
     0 for a process that is gone)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+    return sum(process_cpu(pid) for pid in pids)
 
 
 def _backend_pids(engine: Any) -> list[int]:
